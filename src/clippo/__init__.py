@@ -1,0 +1,8 @@
+"""clippo: Proximal Policy Optimization, correct to the paper, fast on a CPU, easy to read."""
+
+__version__ = "0.1.0"
+
+from clippo.config import PPOConfig  # noqa: E402
+from clippo.ppo import PPO  # noqa: E402
+
+__all__ = ["PPO", "PPOConfig", "__version__"]

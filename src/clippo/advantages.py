@@ -1,0 +1,74 @@
+"""Discounted rewards-to-go and generalized advantage estimation (GAE), as pure tensor functions.
+
+All inputs are ``[num_steps, num_envs]`` tensors from one rollout, in the layout of Gymnasium's
+next-step autoreset: ``values[t + 1]`` is the critic's value of the observation returned by step
+``t``. When step ``t`` ended an episode, that observation is the episode's *final* observation
+(the env resets on the following step), so:
+
+* termination (``terminated[t]``): the episode truly ended, nothing is bootstrapped;
+* truncation (``truncated[t]``, e.g. a time limit): the task did not end, so the return is
+  bootstrapped from ``values[t + 1]``, the value of the final observation;
+* the rollout cut: the last step bootstraps from ``last_value``, the value of the observation
+  returned by the last step.
+
+In both cases nothing flows back across the episode boundary. Steps that are autoreset steps
+(not transitions) get meaningless values here and are dropped from the batch by the caller.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def next_values_of(values: torch.Tensor, last_value: torch.Tensor) -> torch.Tensor:
+    """``values`` shifted one step back, with the bootstrap value of the rollout cut appended."""
+    return torch.cat([values[1:], last_value.unsqueeze(0)], dim=0)
+
+
+def discounted_rewards_to_go(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    terminated: torch.Tensor,
+    truncated: torch.Tensor,
+    last_value: torch.Tensor,
+    gamma: float,
+) -> torch.Tensor:
+    """``R_t = r_t + gamma * R_{t+1}`` within an episode; bootstrapped on truncation and at the cut."""
+    next_values = next_values_of(values, last_value)
+    returns = torch.zeros_like(rewards)
+    future = next_values[-1]
+    for t in reversed(range(rewards.shape[0])):
+        ended = terminated[t] | truncated[t]
+        # Where the episode ended the future is the final obs's value (truncation) or zero.
+        future = torch.where(ended, next_values[t] * (~terminated[t]), future)
+        future = rewards[t] + gamma * future
+        returns[t] = future
+    return returns
+
+
+def compute_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    terminated: torch.Tensor,
+    truncated: torch.Tensor,
+    last_value: torch.Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE(lambda) advantages and the critic's targets ``returns = advantages + values``.
+
+    ``delta_t = r_t + gamma * V(s_{t+1}) * (1 - terminated_t) - V(s_t)`` and
+    ``A_t = delta_t + gamma * lambda * (1 - done_t) * A_{t+1}``. With ``gae_lambda = 1`` the
+    advantages equal ``discounted_rewards_to_go(...) - values``.
+    """
+    next_values = next_values_of(values, last_value)
+    not_terminated = (~terminated).to(rewards.dtype)
+    continues = (~(terminated | truncated)).to(rewards.dtype)
+    deltas = rewards + gamma * next_values * not_terminated - values
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[0])
+    decay = gamma * gae_lambda
+    for t in reversed(range(rewards.shape[0])):
+        running = deltas[t] + decay * continues[t] * running
+        advantages[t] = running
+    return advantages, advantages + values

@@ -1,0 +1,128 @@
+"""Checkpoints: tensors and plain data only, written atomically, loaded with ``weights_only=True``.
+
+``weights_only`` loading cannot run code hidden in a pickle, so a checkpoint from anyone is safe
+to open. Spaces are stored as plain descriptions for the same reason.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+FORMAT = "clippo-checkpoint"
+FORMAT_VERSION = 1
+FINAL_NAME = "agent.pt"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or used."""
+
+
+def space_to_dict(space: spaces.Space) -> dict[str, Any]:
+    if isinstance(space, spaces.Discrete):
+        return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
+    if isinstance(space, spaces.MultiDiscrete):
+        return {"type": "MultiDiscrete", "nvec": torch.as_tensor(space.nvec), "start": torch.as_tensor(space.start)}
+    if isinstance(space, spaces.Box):
+        return {
+            "type": "Box",
+            "low": torch.from_numpy(np.array(space.low)),
+            "high": torch.from_numpy(np.array(space.high)),
+            "dtype": str(space.dtype),
+        }
+    raise CheckpointError(f"space {space} cannot be stored in a checkpoint")
+
+
+def space_from_dict(data: dict[str, Any]) -> spaces.Space:
+    kind = data.get("type")
+    if kind == "Discrete":
+        return spaces.Discrete(data["n"], start=data["start"])
+    if kind == "MultiDiscrete":
+        return spaces.MultiDiscrete(data["nvec"].numpy(), start=data["start"].numpy())
+    if kind == "Box":
+        return spaces.Box(data["low"].numpy(), data["high"].numpy(), dtype=np.dtype(data["dtype"]))
+    raise CheckpointError(f"unknown space type {kind!r} in checkpoint")
+
+
+def write_atomic(payload: dict[str, Any], path: str | Path) -> Path:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A crash at any instant leaves either the old file or the new one, never a partial file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory's final checkpoint (else its newest periodic one)."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / FINAL_NAME).is_file():
+            return path / FINAL_NAME
+        periodic = sorted((path / CHECKPOINT_DIR).glob("step_*.pt"))
+        if periodic:
+            return periodic[-1]
+        raise CheckpointError(f"no checkpoint in run directory {str(path)!r} (expected {FINAL_NAME} or {CHECKPOINT_DIR}/)")
+    if not path.exists():
+        raise CheckpointError(f"no such checkpoint file or run directory: {str(path)!r}")
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and check a clippo checkpoint; one-line CheckpointError for anything else."""
+    path = resolve_checkpoint_path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()
+        detail = next((line for line in reason if "Unsupported" in line or "global" in line.lower()), reason[0] if reason else "")
+        raise CheckpointError(
+            f"refusing to load {str(path)!r}: it holds objects other than tensors and plain data, "
+            f"and unpickling them could run code ({detail.strip()[:160]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{str(path)!r} is not a readable checkpoint (truncated or corrupted?): {first[:160]}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a clippo checkpoint")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{str(path)!r} has checkpoint format version {payload.get('format_version')!r}; "
+            f"this clippo reads version {FORMAT_VERSION}"
+        )
+    return payload
+
+
+def periodic_checkpoint_path(run_dir: Path, global_step: int) -> Path:
+    return run_dir / CHECKPOINT_DIR / f"step_{global_step:012d}.pt"
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` periodic checkpoints."""
+    for old in sorted((run_dir / CHECKPOINT_DIR).glob("step_*.pt"))[:-keep]:
+        old.unlink(missing_ok=True)

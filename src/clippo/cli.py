@@ -1,0 +1,196 @@
+"""The ``clippo`` command line: ``train`` and ``eval``.
+
+Every hyperparameter flag is generated from :class:`clippo.config.PPOConfig`, so the flags, their
+help and their defaults cannot drift from the config. Bad input ends with one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+from clippo.config import ENV_PRESETS, PRESETS, PPOConfig
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a usage error is a single line on stderr (exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _optional_float(text: str) -> float | None:
+    if text.lower() in ("none", "off"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: give a number or 'none'") from None
+
+
+# Flags whose values are positional/command options rather than hyperparameters.
+_NOT_FLAGS = {"env_id"}
+_CHOICES = {
+    "network": ("separate", "shared"),
+    "activation": ("tanh", "relu"),
+    "vector_env": ("auto", "sync", "async", "native"),
+    "device": ("cpu", "cuda", "auto"),
+}
+
+
+def _add_hyperparameter_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "hyperparameters",
+        "Defaults shown are the generic ones; an env with built-in tuned values (see --preset) uses those. "
+        "Explicit flags always win.",
+    )
+    for f in fields(PPOConfig):
+        if f.name in _NOT_FLAGS:
+            continue
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        flag = "--" + f.name.replace("_", "-")
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+        help_text = f"{f.metadata['help']} (default: {default})"
+        if f.type == "bool":
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text, **kwargs)
+            continue
+        if f.type == "int":
+            kwargs["type"] = int
+            kwargs["metavar"] = "N"
+        elif f.type == "float":
+            kwargs["type"] = float
+            kwargs["metavar"] = "X"
+        elif f.type == "float | None":
+            kwargs["type"] = _optional_float
+            kwargs["metavar"] = "X|none"
+        elif f.type == "list[int]":
+            kwargs["type"] = int
+            kwargs["nargs"] = "+"
+            kwargs["metavar"] = "N"
+        if f.name in _CHOICES:
+            kwargs["choices"] = _CHOICES[f.name]
+        group.add_argument(flag, help=help_text, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(
+        prog="clippo", description="Proximal Policy Optimization for Gymnasium environments."
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
+
+    train = commands.add_parser(
+        "train",
+        help="train an agent on a Gymnasium env",
+        description="Train PPO on ENV_ID. Presets: "
+        + ", ".join(PRESETS)
+        + ". Envs with built-in tuned values: "
+        + ", ".join(ENV_PRESETS)
+        + ". The values of each are documented in docs/presets.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    train.add_argument("env_id", metavar="ENV_ID", help="Gymnasium environment id, e.g. CartPole-v1")
+    train.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default=None,
+        help="hyperparameter preset (default: the env's built-in tuned values if any, else 'default')",
+    )
+    train.add_argument("--config", metavar="FILE", default=None, help="YAML, TOML or JSON file of hyperparameters")
+    train.add_argument(
+        "--run-dir",
+        metavar="DIR",
+        default=None,
+        help="where config, metrics, TensorBoard logs and checkpoints go (default: runs/ENV_ID-seedS-TIME)",
+    )
+    train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                       help="live progress bar (default: when stderr is a terminal)")
+    train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+    _add_hyperparameter_flags(train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a trained agent",
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    evaluate.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory or a checkpoint file")
+    evaluate.add_argument("--episodes", type=int, default=20, help="number of whole episodes")
+    evaluate.add_argument("--seed", type=int, default=None, help="seed of the evaluation envs")
+    evaluate.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
+                          help="act with the policy's mode (--no-deterministic or --stochastic samples)")
+    evaluate.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions")
+    evaluate.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    evaluate.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from clippo.ppo import PPO  # deferred: torch is slow to import and --help should not wait for it
+    from clippo.config import save_config
+
+    known = {f.name for f in fields(PPOConfig)}
+    overrides = {name: value for name, value in vars(args).items() if name in known}
+    seed = overrides.get("seed", 0)
+    run_dir = Path(args.run_dir or f"runs/{args.env_id}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (run_dir / "metrics.csv").exists():
+        raise ValueError(f"run directory {str(run_dir)!r} already holds a run: choose another --run-dir")
+    agent = PPO(args.env_id, preset=args.preset, config_file=args.config, run_dir=run_dir, **overrides)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(agent.config, run_dir / "config.yaml")
+    print(f"training {args.env_id} for {agent.config.total_steps} steps; run directory: {run_dir}", flush=True)
+    try:
+        agent.learn(progress=args.progress)
+    finally:
+        agent.close()
+    if agent.config.eval_episodes:
+        result = agent.evaluate(episodes=agent.config.eval_episodes, seed=agent.config.seed + 10_000)
+        (run_dir / "eval.json").write_text(json.dumps(_public(result), indent=2) + "\n")
+        print(
+            f"evaluation over {result['episodes']} episodes (deterministic): "
+            f"mean return {result['mean_return']:.2f} +- {result['std_return']:.2f}",
+            flush=True,
+        )
+    print(f"saved {run_dir / 'agent.pt'}; evaluate with: clippo eval {run_dir}", flush=True)
+    return 0
+
+
+def _public(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: result[k] for k in ("mean_return", "std_return", "episodes", "mean_length", "returns")}
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from clippo.ppo import PPO
+
+    if args.episodes < 1:
+        raise ValueError(f"--episodes={args.episodes} is invalid: it must be an integer >= 1")
+    agent = PPO.load(args.path)
+    result = agent.evaluate(episodes=args.episodes, seed=args.seed, deterministic=args.deterministic)
+    if args.json:
+        print(json.dumps(_public(result)))
+    else:
+        mode = "deterministic" if args.deterministic else "stochastic"
+        print(
+            f"{agent.config.env_id}: mean return {result['mean_return']:.2f} +- {result['std_return']:.2f} "
+            f"over {result['episodes']} episodes ({mode}), mean length {result['mean_length']:.1f}"
+        )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
+    handlers = {"train": _train, "eval": _eval}
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        print("clippo: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError) as exc:
+        if debug:
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"clippo: error: {message}", file=sys.stderr)
+        return 2

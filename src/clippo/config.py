@@ -1,0 +1,323 @@
+"""Hyperparameters: one typed dataclass, the presets, and their validation.
+
+Precedence, lowest to highest: the ``default`` preset, the env's built-in tuned
+preset (if any, and if no ``--preset`` was named), the named preset, a config
+file, explicit keyword arguments / command-line flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A hyperparameter value, name or file that clippo cannot accept."""
+
+
+def knob(help: str, default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A config field with its help text (shown by ``clippo train --help``)."""
+    return field(default=default, default_factory=default_factory, metadata={"help": help})
+
+
+@dataclass
+class PPOConfig:
+    """Every knob of a clippo run. Field names are the CLI flag names with '_' for '-'."""
+
+    env_id: str = knob('Gymnasium environment id (only informative when the env is given as a callable).', "CartPole-v1")
+    total_steps: int = knob('Environment steps to train for, summed over all environments (and all ranks).', 500_000)
+    seed: int = knob('Seed of the network init, the action sampling, the minibatch shuffling and the envs.', 0)
+    num_envs: int = knob('Environments stepped together.', 8)
+    num_steps: int = knob('Steps per environment per rollout; the batch is num_envs * num_steps.', 128)
+    vector_env: str = knob("sync | async | native | auto: Gymnasium's synchronous or multi-process vector env, the env's own vectorized implementation (CartPole has one), or native when it exists else sync.", "auto")
+    num_minibatches: int = knob('Minibatches per epoch; 1 means full-batch updates.', 4)
+    update_epochs: int = knob('Passes over the batch per update (fewer if the KL early stop triggers).', 4)
+    learning_rate: float = knob('Adam step size (start value when annealed).', 3e-4)
+    anneal_lr: bool = knob('Decay the learning rate linearly to 0 over the run.', True)
+    gamma: float = knob('Discount factor.', 0.99)
+    gae_lambda: float = knob('GAE lambda; 1.0 gives rewards-to-go minus critic values.', 0.95)
+    clip_epsilon: float = knob('Clip range of the probability ratio in the surrogate objective.', 0.2)
+    clip_value_loss: bool = knob('Clip the value prediction around the old value by clip_epsilon (PPO2 style).', False)
+    ent_coef: float = knob('Weight of the entropy bonus.', 0.0)
+    vf_coef: float = knob('Weight of the value loss.', 0.5)
+    max_grad_norm: float | None = knob('Global gradient-norm clip; None disables it.', 0.5)
+    target_kl: float | None = knob("Stop the update's epochs when the approximate KL exceeds this; None disables it.", None)
+    normalize_advantages: bool = knob('Normalize advantages to zero mean, unit std within each minibatch.', True)
+    network: str = knob('separate | shared: two MLPs, or one trunk with an actor head and a critic head.', "separate")
+    hidden_sizes: list[int] = knob('Hidden layer widths of the MLP(s).', default_factory=lambda: [64, 64])
+    activation: str = knob('tanh | relu.', "tanh")
+    init_log_std: float = knob('Initial log standard deviation of the Gaussian policy (continuous actions).', 0.0)
+    normalize_observations: bool = knob('Running mean/std observation normalization (clipped to +-obs_clip).', False)
+    normalize_rewards: bool = knob('Scale rewards by the running std of the discounted return (no mean shift).', False)
+    obs_clip: float = knob('Clip of normalized observations.', 10.0)
+    reward_clip: float = knob('Clip of scaled rewards.', 10.0)
+    device: str = knob('cpu | cuda | auto.', "cpu")
+    torch_threads: int = knob('torch intra-op threads; small MLPs run fastest on one.', 1)
+    checkpoint_every: int = knob('Write a checkpoint every this many updates (0: only at the end).', 0)
+    keep_checkpoints: int = knob('How many periodic checkpoints to keep.', 3)
+    eval_episodes: int = knob('Episodes of the deterministic evaluation run at the end of `clippo train` (0: none).', 10)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> PPOConfig:
+        """Raise ConfigError naming the first bad value and what is allowed; return self."""
+        _check_types(self)
+        positive_ints = ["total_steps", "num_envs", "num_steps", "num_minibatches", "update_epochs"]
+        for name in positive_ints:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} is invalid: it must be an integer >= 1")
+        for name in ["learning_rate", "clip_epsilon", "obs_clip", "reward_clip"]:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name}={value} is invalid: it must be a finite number > 0")
+        for name in ["ent_coef", "vf_coef"]:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name}={value} is invalid: it must be a finite number >= 0")
+        for name in ["max_grad_norm", "target_kl"]:
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name}={value} is invalid: it must be a number > 0, or none to disable it")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ConfigError(f"gamma={self.gamma} is invalid: it must be in [0, 1]")
+        if not 0.0 <= self.gae_lambda <= 1.0:
+            raise ConfigError(f"gae_lambda={self.gae_lambda} is invalid: it must be in [0, 1]")
+        if not math.isfinite(self.init_log_std):
+            raise ConfigError(f"init_log_std={self.init_log_std} is invalid: it must be a finite number")
+        choices = {
+            "network": ("separate", "shared"),
+            "activation": ("tanh", "relu"),
+            "vector_env": ("auto", "sync", "async", "native"),
+            "device": ("cpu", "cuda", "auto"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: choose one of {', '.join(allowed)}")
+        if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
+            raise ConfigError(f"hidden_sizes={self.hidden_sizes} is invalid: give one or more widths >= 1")
+        batch = self.num_envs * self.num_steps
+        if self.num_minibatches > batch:
+            raise ConfigError(
+                f"num_minibatches={self.num_minibatches} is invalid: it must be at most the batch size "
+                f"num_envs * num_steps = {batch}"
+            )
+        if self.torch_threads < 1:
+            raise ConfigError(f"torch_threads={self.torch_threads} is invalid: it must be an integer >= 1")
+        for name in ["checkpoint_every", "eval_episodes"]:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} is invalid: it must be an integer >= 0")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"keep_checkpoints={self.keep_checkpoints} is invalid: it must be an integer >= 1")
+        return self
+
+
+FIELD_NAMES = tuple(f.name for f in fields(PPOConfig))
+
+# ---------------------------------------------------------------------------------------------
+# Presets. Values not named fall back to the dataclass defaults above (the ``default`` preset).
+# ---------------------------------------------------------------------------------------------
+PRESETS: dict[str, dict[str, Any]] = {
+    # A generic recipe for discrete and continuous tasks (CleanRL/SB3-like).
+    "default": {},
+    # OpenAI Spinning Up's reference PPO: 4000 steps per update, full-batch steps, up to 80 of them
+    # stopped early at KL 0.01, lambda 0.97, no annealing, no entropy bonus.
+    "spinningup": {
+        "num_envs": 1,
+        "num_steps": 4000,
+        "num_minibatches": 1,
+        "update_epochs": 80,
+        "learning_rate": 3e-4,
+        "anneal_lr": False,
+        "gamma": 0.99,
+        "gae_lambda": 0.97,
+        "clip_epsilon": 0.2,
+        "target_kl": 0.01,
+        "ent_coef": 0.0,
+        "max_grad_norm": None,
+        "vector_env": "sync",
+    },
+    # Continuous-control locomotion (MuJoCo) at 1M steps.
+    "mujoco": {
+        "total_steps": 1_000_000,
+        "num_envs": 1,
+        "num_steps": 2048,
+        "num_minibatches": 32,
+        "update_epochs": 10,
+        "learning_rate": 3e-4,
+        "gamma": 0.99,
+        "gae_lambda": 0.95,
+        "normalize_observations": True,
+        "normalize_rewards": True,
+        "vector_env": "sync",
+    },
+}
+
+# Tuned hyperparameters used by ``clippo train ENV_ID`` when no --preset is given.
+ENV_PRESETS: dict[str, dict[str, Any]] = {
+    # RL-Zoo's CartPole recipe shape (8 x 32 steps, one 256 minibatch, 20 epochs).
+    "CartPole-v1": {
+        "total_steps": 100_000,
+        "num_envs": 8,
+        "num_steps": 32,
+        "num_minibatches": 1,
+        "update_epochs": 20,
+        "learning_rate": 1e-3,
+        "gamma": 0.98,
+        "gae_lambda": 0.8,
+        "ent_coef": 0.0,
+    },
+    "Acrobot-v1": {
+        "total_steps": 300_000,
+        "num_envs": 16,
+        "num_steps": 256,
+        "num_minibatches": 16,
+        "update_epochs": 4,
+        "gamma": 0.99,
+        "gae_lambda": 0.94,
+        "normalize_observations": True,
+    },
+    "Pendulum-v1": {
+        "total_steps": 200_000,
+        "num_envs": 4,
+        "num_steps": 512,
+        "num_minibatches": 32,
+        "update_epochs": 10,
+        "learning_rate": 1e-3,
+        "gamma": 0.9,
+        "gae_lambda": 0.95,
+        "normalize_observations": True,
+        "normalize_rewards": True,
+    },
+    **{
+        env_id: {"preset": "mujoco"}
+        for env_id in [
+            "HalfCheetah-v5",
+            "Hopper-v5",
+            "Walker2d-v5",
+            "Ant-v5",
+            "Humanoid-v5",
+            "InvertedPendulum-v5",
+            "InvertedDoublePendulum-v5",
+            "Swimmer-v5",
+            "Reacher-v5",
+        ]
+    },
+}
+
+
+def _check_types(config: PPOConfig) -> None:
+    """Reject values of the wrong type (a string for a number, a float for a count) by name."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        kind = f.type
+        if kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind == "float":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if ok:
+                setattr(config, f.name, float(value))
+        elif kind == "float | None":
+            ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+            if ok and value is not None:
+                setattr(config, f.name, float(value))
+        elif kind == "bool":
+            ok = isinstance(value, bool)
+        elif kind == "str":
+            ok = isinstance(value, str)
+        elif kind == "list[int]":
+            ok = isinstance(value, (list, tuple)) and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value
+            )
+            if ok:
+                setattr(config, f.name, list(value))
+        else:  # pragma: no cover - a new field type without a check is a programming error
+            raise TypeError(f"no type check for field {f.name}: {kind}")
+        if not ok:
+            raise ConfigError(f"{f.name}={value!r} is invalid: it must be of type {kind}")
+
+
+def check_names(overrides: dict[str, Any], where: str = "hyperparameter") -> None:
+    """Raise ConfigError for a key that is not a PPOConfig field, suggesting the closest one."""
+    for key in overrides:
+        if key not in FIELD_NAMES:
+            close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known names: {', '.join(FIELD_NAMES)}"
+            raise ConfigError(f"unknown {where} {key!r}{hint}")
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    """The overrides of a named preset."""
+    if name not in PRESETS:
+        raise ConfigError(f"preset={name!r} is invalid: choose one of {', '.join(PRESETS)}")
+    return dict(PRESETS[name])
+
+
+def env_preset_values(env_id: str) -> dict[str, Any]:
+    """The built-in tuned overrides for an env id (empty when it has none)."""
+    values = dict(ENV_PRESETS.get(env_id, {}))
+    base = values.pop("preset", None)
+    return {**(preset_values(base) if base else {}), **values}
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML, TOML or JSON file of hyperparameters (a flat mapping of field names)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except Exception as exc:  # every parser has its own error class; all mean "not parseable"
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot parse config file {str(path)!r}: {first_line}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of hyperparameter names to values")
+    check_names(data, where=f"key in config file {str(path)!r}:")
+    return data
+
+
+def resolve_config(
+    env_id: str,
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> PPOConfig:
+    """Merge defaults, env preset (or named preset), config file and explicit overrides; validate."""
+    overrides = dict(overrides or {})
+    check_names(overrides)
+    values: dict[str, Any] = {}
+    values.update(preset_values(preset) if preset is not None else env_preset_values(env_id))
+    if config_file is not None:
+        values.update(load_config_file(config_file))
+    values.update(overrides)
+    values["env_id"] = env_id
+    return PPOConfig(**values).validate()
+
+
+def save_config(config: PPOConfig, path: str | Path) -> None:
+    """Write the resolved config as human-readable YAML."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def config_from_dict(values: dict[str, Any]) -> PPOConfig:
+    """Rebuild a config saved by clippo (checkpoint or config.yaml)."""
+    check_names(values, where="config key")
+    return PPOConfig(**values).validate()

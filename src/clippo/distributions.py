@@ -1,0 +1,155 @@
+"""Action distributions for each Gymnasium action space, as small pure functions of the head output.
+
+``torch.distributions`` objects validate and allocate on every construction; in the rollout loop
+that costs more than the network itself for small MLPs, so the three distributions PPO needs are
+written out here (each a couple of lines of textbook math, tested against torch.distributions).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class ActionDistribution:
+    """Maps the actor's output to sampled actions, log-probabilities and entropies."""
+
+    #: number of outputs the actor head must produce
+    num_outputs: int
+    #: shape of one action as stored in the rollout buffer
+    action_shape: tuple[int, ...]
+    action_dtype: torch.dtype
+
+    def sample(self, params: torch.Tensor, deterministic: bool, generator: torch.Generator | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def log_prob(self, params: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def entropy(self, params: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def to_env(self, actions: np.ndarray) -> np.ndarray:
+        """The action as sent to the environment (offset by the space's start, clipped to bounds)."""
+        return actions
+
+
+class Categorical(ActionDistribution):
+    """One logit per action of a ``Discrete(n)`` space."""
+
+    def __init__(self, space: spaces.Discrete) -> None:
+        self.num_outputs = int(space.n)
+        self.start = int(space.start)
+        self.action_shape = ()
+        self.action_dtype = torch.int64
+
+    def sample(self, logits, deterministic, generator):
+        if deterministic:
+            return logits.argmax(dim=-1)
+        probs = torch.softmax(logits, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+    def log_prob(self, logits, actions):
+        return torch.log_softmax(logits, dim=-1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+
+    def entropy(self, logits):
+        log_p = torch.log_softmax(logits, dim=-1)
+        return -(log_p.exp() * log_p).sum(dim=-1)
+
+    def to_env(self, actions):
+        return actions + self.start if self.start else actions
+
+
+class MultiCategorical(ActionDistribution):
+    """Independent categoricals, one per component of a ``MultiDiscrete`` space."""
+
+    def __init__(self, space: spaces.MultiDiscrete) -> None:
+        if space.nvec.ndim != 1:
+            raise ValueError(f"action space {space} is not supported: clippo needs a one-dimensional MultiDiscrete nvec")
+        self.sizes = [int(n) for n in space.nvec]
+        self.start = np.asarray(space.start)
+        self.num_outputs = sum(self.sizes)
+        self.action_shape = (len(self.sizes),)
+        self.action_dtype = torch.int64
+
+    def sample(self, logits, deterministic, generator):
+        parts = logits.split(self.sizes, dim=-1)
+        if deterministic:
+            return torch.stack([p.argmax(dim=-1) for p in parts], dim=-1)
+        flat = [torch.multinomial(torch.softmax(p.reshape(-1, p.shape[-1]), -1), 1, generator=generator) for p in parts]
+        return torch.cat(flat, dim=-1).reshape(*logits.shape[:-1], len(self.sizes))
+
+    def log_prob(self, logits, actions):
+        parts = logits.split(self.sizes, dim=-1)
+        return sum(
+            torch.log_softmax(p, dim=-1).gather(-1, actions[..., i : i + 1].long()).squeeze(-1)
+            for i, p in enumerate(parts)
+        )
+
+    def entropy(self, logits):
+        total = 0
+        for p in logits.split(self.sizes, dim=-1):
+            log_p = torch.log_softmax(p, dim=-1)
+            total = total - (log_p.exp() * log_p).sum(dim=-1)
+        return total
+
+    def to_env(self, actions):
+        return actions + self.start if np.any(self.start) else actions
+
+
+class DiagGaussian(ActionDistribution):
+    """Gaussian with a state-dependent mean and a state-independent log-std (a learned vector).
+
+    Samples are unclipped (their log-probability is exact); only ``to_env`` clips to the bounds.
+    """
+
+    def __init__(self, space: spaces.Box) -> None:
+        self.shape = space.shape
+        self.num_outputs = int(np.prod(space.shape))
+        self.action_shape = (self.num_outputs,)
+        self.action_dtype = torch.float32
+        self.low = space.low.reshape(-1).astype(np.float32)
+        self.high = space.high.reshape(-1).astype(np.float32)
+        self.bounded = bool(np.all(np.isfinite(self.low)) and np.all(np.isfinite(self.high)))
+        self.log_std: torch.Tensor | None = None  # set by the network that owns the parameter
+
+    def sample(self, mean, deterministic, generator):
+        if deterministic:
+            return mean
+        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+        return mean + noise * self.log_std.exp()
+
+    def log_prob(self, mean, actions):
+        log_std = self.log_std
+        z = (actions - mean) * torch.exp(-log_std)
+        return (-0.5 * z.pow(2) - log_std - _LOG_SQRT_2PI).sum(dim=-1)
+
+    def entropy(self, mean):
+        per_dim = 0.5 + _LOG_SQRT_2PI + self.log_std
+        return per_dim.sum().expand(mean.shape[:-1])
+
+    def to_env(self, actions):
+        if self.bounded:
+            actions = np.clip(actions, self.low, self.high)
+        return actions.reshape(*actions.shape[:-1], *self.shape)
+
+
+def make_distribution(space: spaces.Space) -> ActionDistribution:
+    """The distribution for a Gymnasium action space; a clear error for one clippo does not support."""
+    if isinstance(space, spaces.Discrete):
+        return Categorical(space)
+    if isinstance(space, spaces.MultiDiscrete):
+        return MultiCategorical(space)
+    if isinstance(space, spaces.Box):
+        if not np.issubdtype(space.dtype, np.floating):
+            raise ValueError(f"action space {space} is not supported: Box actions must have a floating dtype")
+        return DiagGaussian(space)
+    raise ValueError(
+        f"action space {space} ({type(space).__name__}) is not supported: clippo handles Discrete, "
+        "MultiDiscrete and Box action spaces"
+    )

@@ -1,0 +1,42 @@
+"""Evaluation: run a policy for a number of whole episodes and report raw environment returns."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from gymnasium.vector import VectorEnv
+
+
+def run_episodes(
+    envs: VectorEnv, policy: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int | None
+) -> tuple[list[float], list[int]]:
+    """Returns and lengths of ``episodes`` episodes, split evenly across the vector env's copies.
+
+    Each copy has a fixed quota decided up front: counting whichever episodes finish first would
+    favour short episodes and bias the mean.
+    """
+    n = envs.num_envs
+    quota = np.array([episodes // n + (i < episodes % n) for i in range(n)])
+    obs, _ = envs.reset(seed=seed)
+    running_return = np.zeros(n)
+    running_length = np.zeros(n, dtype=np.int64)
+    autoreset = np.zeros(n, dtype=bool)
+    returns: list[list[float]] = [[] for _ in range(n)]
+    lengths: list[list[int]] = [[] for _ in range(n)]
+    done_count = np.zeros(n, dtype=np.int64)
+    while np.any(done_count < quota):
+        obs, rewards, terminated, truncated, _ = envs.step(policy(obs))
+        counting = ~autoreset
+        running_return += rewards * counting
+        running_length += counting
+        dones = (terminated | truncated) & counting
+        for i in np.flatnonzero(dones):
+            if done_count[i] < quota[i]:
+                returns[i].append(float(running_return[i]))
+                lengths[i].append(int(running_length[i]))
+                done_count[i] += 1
+        running_return[dones] = 0.0
+        running_length[dones] = 0
+        autoreset = terminated | truncated
+    return [r for per_env in returns for r in per_env], [ln for per_env in lengths for ln in per_env]

@@ -1,0 +1,100 @@
+"""Per-update metrics: a CSV file (``pandas.read_csv(run_dir / "metrics.csv")``), TensorBoard
+event files, and a live progress bar on a terminal or plain log lines otherwise."""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+METRICS_FILE = "metrics.csv"
+TENSORBOARD_DIR = "tensorboard"
+
+# Column order of metrics.csv; TensorBoard gets the same names under "train/".
+COLUMNS = [
+    "global_step",
+    "update",
+    "wall_time",
+    "sps",
+    "episode_return",
+    "episode_length",
+    "episodes",
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "approx_kl",
+    "clip_fraction",
+    "explained_variance",
+    "epochs_run",
+    "early_stopped",
+    "learning_rate",
+]
+
+
+class RunLogger:
+    """Writes one row per update. ``run_dir=None`` writes no files (Python API without a run dir)."""
+
+    def __init__(self, run_dir: Path | None, total_steps: int, start_step: int = 0, show_progress: bool | None = None):
+        self.run_dir = run_dir
+        self._csv_file = None
+        self._csv = None
+        self._tb = None
+        if run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            path = run_dir / METRICS_FILE
+            new_file = not path.exists() or path.stat().st_size == 0
+            self._csv_file = open(path, "a", newline="")
+            self._csv = csv.DictWriter(self._csv_file, fieldnames=COLUMNS, extrasaction="ignore")
+            if new_file:
+                self._csv.writeheader()
+            from torch.utils.tensorboard import SummaryWriter  # imported lazily: it is slow to import
+
+            self._tb = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR), purge_step=start_step or None)
+        if show_progress is None:
+            show_progress = sys.stderr.isatty()
+        self._bar = (
+            tqdm(total=total_steps, initial=start_step, unit="step", unit_scale=True, dynamic_ncols=True)
+            if show_progress
+            else None
+        )
+        self._plain = run_dir is not None and not show_progress
+        self._last_line = 0.0
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        if self._csv is not None:
+            self._csv.writerow(metrics)
+        if self._tb is not None:
+            step = metrics["global_step"]
+            for name in COLUMNS[2:]:
+                value = metrics.get(name)
+                if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                    self._tb.add_scalar(f"train/{name}", value, step)
+        if self._bar is not None:
+            self._bar.n = metrics["global_step"]
+            self._bar.set_postfix(sps=f"{metrics['sps']:.0f}", ret=_fmt(metrics.get("recent_return")), refresh=False)
+            self._bar.refresh()
+        elif self._plain and (time.monotonic() - self._last_line > 5.0 or metrics.get("final")):
+            self._last_line = time.monotonic()
+            print(
+                f"step {metrics['global_step']}  update {metrics['update']}  sps {metrics['sps']:.0f}  "
+                f"return {_fmt(metrics.get('recent_return'))}  kl {metrics['approx_kl']:.4f}  "
+                f"clipfrac {metrics['clip_fraction']:.3f}",
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._csv_file is not None:
+            self._csv_file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.1f}"

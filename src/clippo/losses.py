@@ -1,0 +1,72 @@
+"""PPO's loss terms and diagnostics as pure tensor functions (Schulman et al., 2017)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def normalize_advantages(advantages: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Zero mean, unit std; a minibatch of one sample is left as it is (its std is undefined)."""
+    if advantages.numel() < 2:
+        return advantages
+    return (advantages - advantages.mean()) / (advantages.std() + eps)
+
+
+def clipped_surrogate_loss(
+    logratio: torch.Tensor, advantages: torch.Tensor, clip_epsilon: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``-mean(min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A))`` and the ratio itself.
+
+    Where the clipped term is the minimum, the loss does not depend on the ratio, so its gradient
+    is zero: the policy gets no incentive to move further than the clip range.
+    """
+    ratio = logratio.exp()
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1.0 - clip_epsilon, 1.0 + clip_epsilon) * advantages
+    return -torch.min(unclipped, clipped).mean(), ratio
+
+
+def value_loss(
+    values: torch.Tensor,
+    returns: torch.Tensor,
+    old_values: torch.Tensor | None = None,
+    clip_epsilon: float | None = None,
+) -> torch.Tensor:
+    """Mean squared error to the returns; optionally the pessimistic max with a clipped prediction."""
+    unclipped = (values - returns).pow(2)
+    if old_values is None or clip_epsilon is None:
+        return unclipped.mean()
+    clipped_values = old_values + torch.clamp(values - old_values, -clip_epsilon, clip_epsilon)
+    return torch.max(unclipped, (clipped_values - returns).pow(2)).mean()
+
+
+def entropy_bonus(entropy: torch.Tensor) -> torch.Tensor:
+    """Mean policy entropy; subtracted (times ent_coef) from the loss to keep exploring."""
+    return entropy.mean()
+
+
+def ppo_loss(
+    policy_loss: torch.Tensor, v_loss: torch.Tensor, entropy: torch.Tensor, vf_coef: float, ent_coef: float
+) -> torch.Tensor:
+    """The one combined loss that gets a single backward pass and a single Adam step."""
+    return policy_loss + vf_coef * v_loss - ent_coef * entropy
+
+
+@torch.no_grad()
+def approx_kl(logratio: torch.Tensor) -> torch.Tensor:
+    """Low-variance, always non-negative estimator of KL(old || new): ``E[(r - 1) - log r]``."""
+    return ((logratio.exp() - 1.0) - logratio).mean()
+
+
+@torch.no_grad()
+def clip_fraction(ratio: torch.Tensor, clip_epsilon: float) -> torch.Tensor:
+    """Share of samples whose ratio lies outside the clip range."""
+    return ((ratio - 1.0).abs() > clip_epsilon).float().mean()
+
+
+def explained_variance(predictions: torch.Tensor, targets: torch.Tensor) -> float:
+    """``1 - Var(targets - predictions) / Var(targets)``: 1 is perfect, 0 no better than a constant."""
+    var_targets = targets.var()
+    if var_targets == 0 or targets.numel() < 2:
+        return float("nan")
+    return float(1.0 - (targets - predictions).var() / var_targets)

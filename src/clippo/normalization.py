@@ -1,0 +1,107 @@
+"""Running statistics for observation normalization and reward scaling.
+
+Both live in the agent (not in env wrappers) so that they are saved in checkpoints, frozen for
+evaluation, applied identically by ``act``, and can be reduced across distributed ranks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class RunningMeanStd:
+    """Mean and variance of a stream of batches (Chan et al.'s parallel update), in float64."""
+
+    def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4) -> None:
+        self.mean = np.zeros(shape, dtype=np.float64)
+        self.var = np.ones(shape, dtype=np.float64)
+        # A tiny prior count keeps the first update well defined.
+        self.count = epsilon
+
+    def update(self, batch: np.ndarray) -> None:
+        batch = np.asarray(batch, dtype=np.float64)
+        if batch.shape[0] == 0:
+            return
+        self.update_from_moments(batch.mean(axis=0), batch.var(axis=0), batch.shape[0])
+
+    def update_from_moments(self, batch_mean: np.ndarray, batch_var: np.ndarray, batch_count: float) -> None:
+        delta = batch_mean - self.mean
+        total = self.count + batch_count
+        self.mean = self.mean + delta * batch_count / total
+        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
+        self.var = m2 / total
+        self.count = total
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {
+            "mean": torch.from_numpy(self.mean.copy()),
+            "var": torch.from_numpy(self.var.copy()),
+            "count": torch.tensor(self.count, dtype=torch.float64),
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.mean = state["mean"].numpy().astype(np.float64).copy()
+        self.var = state["var"].numpy().astype(np.float64).copy()
+        self.count = float(state["count"])
+
+
+class ObservationNormalizer:
+    """``clip((obs - mean) / sqrt(var + eps))`` with statistics updated while training."""
+
+    def __init__(self, shape: tuple[int, ...], clip: float, enabled: bool, epsilon: float = 1e-8) -> None:
+        self.enabled = enabled
+        self.clip = clip
+        self.epsilon = epsilon
+        self.stats = RunningMeanStd(shape)
+
+    def __call__(self, obs: np.ndarray, update: bool = False) -> np.ndarray:
+        obs = np.asarray(obs, dtype=np.float32)
+        if not self.enabled:
+            return obs
+        if update:
+            self.stats.update(obs)
+        normalized = (obs - self.stats.mean) / np.sqrt(self.stats.var + self.epsilon)
+        return np.clip(normalized, -self.clip, self.clip).astype(np.float32)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.stats.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.stats.load_state_dict(state)
+
+
+class RewardScaler:
+    """Divide rewards by the running std of the discounted return; no mean is subtracted.
+
+    Subtracting a mean would erase the signal of tasks whose reward is constant per step
+    (CartPole's is always 1: only the episode length carries information).
+    """
+
+    def __init__(self, num_envs: int, gamma: float, clip: float, enabled: bool, epsilon: float = 1e-8) -> None:
+        self.enabled = enabled
+        self.gamma = gamma
+        self.clip = clip
+        self.epsilon = epsilon
+        self.stats = RunningMeanStd(())
+        self.returns = np.zeros(num_envs, dtype=np.float64)
+
+    def __call__(self, rewards: np.ndarray, dones: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Update with this step's rewards (``valid`` marks real transitions) and return them scaled."""
+        rewards = np.asarray(rewards, dtype=np.float32)
+        if not self.enabled:
+            return rewards
+        self.returns = np.where(valid, self.returns * self.gamma + rewards, self.returns)
+        self.stats.update(self.returns[valid])
+        self.returns[dones] = 0.0
+        scaled = rewards / np.sqrt(self.stats.var + self.epsilon)
+        return np.clip(scaled, -self.clip, self.clip).astype(np.float32)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {**self.stats.state_dict(), "returns": torch.from_numpy(self.returns.copy())}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.stats.load_state_dict(state)
+        returns = state["returns"].numpy().astype(np.float64).copy()
+        if returns.shape == self.returns.shape:
+            self.returns = returns

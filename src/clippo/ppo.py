@@ -1,0 +1,421 @@
+"""The ``PPO`` agent: construction, the training loop, acting, evaluation, save and load.
+
+The loop in ``learn`` follows the paper: collect a rollout with the current policy, compute
+returns and GAE advantages, then take several epochs of minibatch Adam steps on one combined
+loss (clipped surrogate + value error - entropy bonus), stopping early when the KL to the
+rollout policy exceeds ``target_kl``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from clippo import __version__
+from clippo.advantages import compute_gae
+from clippo.checkpoint import (
+    FINAL_NAME,
+    FORMAT,
+    FORMAT_VERSION,
+    CheckpointError,
+    periodic_checkpoint_path,
+    prune_checkpoints,
+    read_checkpoint,
+    space_from_dict,
+    space_to_dict,
+    write_atomic,
+)
+from clippo.config import PPOConfig, config_from_dict, resolve_config
+from clippo.envs import EnvSource, make_vector_env
+from clippo.evaluation import run_episodes
+from clippo.logger import RunLogger
+from clippo.losses import (
+    approx_kl,
+    clip_fraction,
+    clipped_surrogate_loss,
+    entropy_bonus,
+    explained_variance,
+    normalize_advantages,
+    ppo_loss,
+    value_loss,
+)
+from clippo.networks import ActorCritic
+from clippo.normalization import ObservationNormalizer, RewardScaler
+from clippo.rollout import Batch, EnvRunner, RolloutBuffer
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' is invalid here: no CUDA GPU is available (use cpu or auto)")
+    return torch.device(name)
+
+
+class PPO:
+    """Proximal Policy Optimization agent.
+
+    >>> agent = PPO("CartPole-v1", seed=0, num_envs=8)
+    >>> agent.learn(total_steps=100_000)
+    >>> agent.evaluate(episodes=20)["mean_return"]
+
+    Args:
+        env: a Gymnasium env id, or a callable returning a ``gymnasium.Env``.
+        preset: a named hyperparameter preset (see ``clippo.config.PRESETS``); by default the env's
+            built-in tuned preset if it has one, else ``default``.
+        config_file: a YAML/TOML/JSON file of hyperparameters.
+        run_dir: where metrics, TensorBoard logs and checkpoints go; None writes nothing.
+        **hyperparameters: any field of :class:`clippo.config.PPOConfig`.
+    """
+
+    def __init__(
+        self,
+        env: EnvSource = "CartPole-v1",
+        *,
+        preset: str | None = None,
+        config_file: str | Path | None = None,
+        run_dir: str | Path | None = None,
+        **hyperparameters: Any,
+    ) -> None:
+        if isinstance(env, str):
+            env_id = env
+        elif callable(env):
+            env_id = hyperparameters.pop("env_id", getattr(env, "__name__", "custom-env"))
+        else:
+            raise TypeError(f"env must be a Gymnasium env id (str) or a callable returning a gymnasium.Env, got {env!r}")
+        config = resolve_config(env_id, preset, config_file, hyperparameters)
+        self.env_source: EnvSource = env
+        envs = make_vector_env(env, config.num_envs, config.vector_env)
+        self._setup(config, envs.single_observation_space, envs.single_action_space, run_dir)
+        self._envs = envs
+
+    # ------------------------------------------------------------------------------------------
+    # construction shared by __init__ and load
+    # ------------------------------------------------------------------------------------------
+    def _setup(
+        self,
+        config: PPOConfig,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        run_dir: str | Path | None,
+    ) -> None:
+        self.config = config
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.device = resolve_device(config.device)
+        torch.set_num_threads(config.torch_threads)
+        # Seed the global RNG only for the weight init; everything after draws from our generator.
+        torch.manual_seed(config.seed)
+        self.model = ActorCritic(
+            observation_space,
+            action_space,
+            config.hidden_sizes,
+            config.activation,
+            config.network,
+            config.init_log_std,
+        ).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate, eps=1e-5)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        obs_shape = observation_space.shape if isinstance(observation_space, spaces.Box) else ()
+        self.obs_normalizer = ObservationNormalizer(obs_shape, config.obs_clip, config.normalize_observations)
+        self.reward_scaler = RewardScaler(config.num_envs, config.gamma, config.reward_clip, config.normalize_rewards)
+        self.global_step = 0
+        self.update = 0
+        # The LR schedule spans the updates of one learn() call: [start, end).
+        self.schedule_start = 0
+        self.schedule_end = 0
+        self._envs = None
+        self._runner: EnvRunner | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.num_envs * self.config.num_steps
+
+    # ------------------------------------------------------------------------------------------
+    # training
+    # ------------------------------------------------------------------------------------------
+    def learn(self, total_steps: int | None = None, progress: bool | None = None) -> PPO:
+        """Train for ``total_steps`` more environment steps (default: the config's), rounded up to
+        whole rollouts. The learning rate anneals to zero over this call."""
+        steps = self.config.total_steps if total_steps is None else total_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"total_steps={steps!r} is invalid: it must be an integer >= 1")
+        self.schedule_start = self.update
+        self.schedule_end = self.update + math.ceil(steps / self.batch_size)
+        return self._train(progress)
+
+    def _train(self, progress: bool | None) -> PPO:
+        cfg = self.config
+        runner = self._ensure_runner()
+        buffer = RolloutBuffer(
+            cfg.num_steps,
+            cfg.num_envs,
+            self.model.obs_size,
+            self.model.distribution.action_shape,
+            self.model.distribution.action_dtype,
+            self.device,
+        )
+        end_step = self.global_step + (self.schedule_end - self.update) * self.batch_size
+        logger = RunLogger(self.run_dir, end_step, self.global_step, progress)
+        recent_returns: list[float] = []
+        start_time, start_step = time.perf_counter(), self.global_step
+        try:
+            while self.update < self.schedule_end:
+                learning_rate = self._annealed_learning_rate()
+                for group in self.optimizer.param_groups:
+                    group["lr"] = learning_rate
+
+                # 1. Run the current policy and store the trajectories.
+                runner.collect(self.model, buffer, self.generator)
+                self.global_step += self.batch_size
+                self.update += 1
+
+                # 2. Rewards-to-go and advantages (bootstrapped on truncation and at the cut).
+                advantages, returns = compute_gae(
+                    buffer.rewards,
+                    buffer.values,
+                    buffer.terminated,
+                    buffer.truncated,
+                    buffer.last_value,
+                    cfg.gamma,
+                    cfg.gae_lambda,
+                )
+                batch = buffer.flatten(advantages, returns)
+
+                # 3. Several epochs of minibatch steps on the combined PPO loss.
+                stats = self.update_policy(batch)
+
+                episode_returns, episode_lengths = runner.pop_finished_episodes()
+                recent_returns = (recent_returns + episode_returns)[-100:]
+                elapsed = time.perf_counter() - start_time
+                logger.log(
+                    {
+                        "global_step": self.global_step,
+                        "update": self.update,
+                        "wall_time": elapsed,
+                        "sps": (self.global_step - start_step) / max(elapsed, 1e-9),
+                        "episode_return": float(np.mean(episode_returns)) if episode_returns else float("nan"),
+                        "episode_length": float(np.mean(episode_lengths)) if episode_lengths else float("nan"),
+                        "episodes": len(episode_returns),
+                        "recent_return": float(np.mean(recent_returns)) if recent_returns else float("nan"),
+                        "learning_rate": learning_rate,
+                        "explained_variance": explained_variance(batch.values, batch.returns),
+                        "final": self.update == self.schedule_end,
+                        **stats,
+                    }
+                )
+                if self.run_dir is not None and cfg.checkpoint_every and self.update % cfg.checkpoint_every == 0:
+                    self.save(periodic_checkpoint_path(self.run_dir, self.global_step))
+                    prune_checkpoints(self.run_dir, cfg.keep_checkpoints)
+        finally:
+            logger.close()
+        if self.run_dir is not None:
+            self.save(self.run_dir / FINAL_NAME)
+        return self
+
+    def _annealed_learning_rate(self) -> float:
+        if not self.config.anneal_lr:
+            return self.config.learning_rate
+        span = max(self.schedule_end - self.schedule_start, 1)
+        return self.config.learning_rate * (1.0 - (self.update - self.schedule_start) / span)
+
+    def update_policy(self, batch: Batch) -> dict[str, float]:
+        """The PPO update: ``update_epochs`` passes of shuffled minibatches, one Adam step each,
+        stopped as soon as a minibatch's approximate KL to the rollout policy exceeds target_kl."""
+        cfg = self.config
+        size = len(batch)
+        sums = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "clip_fraction": 0.0}
+        steps_taken = 0
+        kl = torch.zeros(())
+        early_stopped = False
+        for _ in range(cfg.update_epochs):
+            # With one minibatch the order of samples does not matter: skip the shuffle.
+            order = torch.arange(size) if cfg.num_minibatches == 1 else torch.randperm(size, generator=self.generator)
+            for indices in order.tensor_split(cfg.num_minibatches):
+                if len(indices) == 0:
+                    continue
+                minibatch = batch[indices.to(self.device)]
+                logprobs, entropy, values = self.model.evaluate_actions(minibatch.obs, minibatch.actions)
+                logratio = logprobs - minibatch.logprobs
+                kl = approx_kl(logratio)
+                if cfg.target_kl is not None and kl > cfg.target_kl:
+                    early_stopped = True
+                    break
+                advantages = minibatch.advantages
+                if cfg.normalize_advantages:
+                    advantages = normalize_advantages(advantages)
+                pg_loss, ratio = clipped_surrogate_loss(logratio, advantages, cfg.clip_epsilon)
+                v_loss = value_loss(
+                    values,
+                    minibatch.returns,
+                    minibatch.values if cfg.clip_value_loss else None,
+                    cfg.clip_epsilon,
+                )
+                entropy_mean = entropy_bonus(entropy)
+                loss = ppo_loss(pg_loss, v_loss, entropy_mean, cfg.vf_coef, cfg.ent_coef)
+
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+
+                steps_taken += 1
+                sums["policy_loss"] += pg_loss.item()
+                sums["value_loss"] += v_loss.item()
+                sums["entropy"] += entropy_mean.item()
+                sums["clip_fraction"] += clip_fraction(ratio, cfg.clip_epsilon).item()
+            if early_stopped:
+                break
+        stats = {name: total / max(steps_taken, 1) for name, total in sums.items()}
+        stats["approx_kl"] = float(kl)
+        stats["epochs_run"] = steps_taken / cfg.num_minibatches
+        stats["early_stopped"] = int(early_stopped)
+        return stats
+
+    def _ensure_runner(self) -> EnvRunner:
+        if self._runner is None:
+            if self._envs is None:
+                self._envs = make_vector_env(self.env_source, self.config.num_envs, self.config.vector_env)
+                self._check_spaces(self._envs)
+            self._runner = EnvRunner(self._envs, self.obs_normalizer, self.reward_scaler, self.config.seed)
+        return self._runner
+
+    def _check_spaces(self, envs) -> None:
+        for name in ("observation_space", "action_space"):
+            mine, theirs = getattr(self, name), getattr(envs, f"single_{name}")
+            if mine != theirs:
+                envs.close()
+                raise ValueError(f"the env's {name} {theirs} does not match the agent's {mine}")
+
+    # ------------------------------------------------------------------------------------------
+    # acting and evaluation
+    # ------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def act(self, obs: Any, deterministic: bool = False) -> np.ndarray:
+        """Action(s) for one observation or a batch of them, valid for the env's action space.
+
+        Observations are raw env observations: the agent applies its own (frozen) normalization.
+        """
+        obs = np.asarray(obs)
+        single_shape = self.observation_space.shape if isinstance(self.observation_space, spaces.Box) else ()
+        single = obs.shape == tuple(single_shape)
+        if not single and obs.shape[1:] != tuple(single_shape):
+            raise ValueError(
+                f"observation of shape {obs.shape} does not fit the observation space {self.observation_space}: "
+                f"expected {tuple(single_shape)} or (batch, *{tuple(single_shape)})"
+            )
+        batch = obs[None] if single else obs
+        if isinstance(self.observation_space, spaces.Box):
+            batch = self.obs_normalizer(batch)
+        actions, _, _ = self.model.act(self.model.preprocess(batch), deterministic, self.generator)
+        env_actions = self.model.distribution.to_env(actions.cpu().numpy())
+        return env_actions[0] if single else env_actions
+
+    def predict(self, obs: Any, deterministic: bool = False) -> tuple[np.ndarray, None]:
+        """Stable-Baselines3-style alias of :meth:`act` returning ``(action, None)``."""
+        return self.act(obs, deterministic), None
+
+    def evaluate(
+        self,
+        episodes: int = 10,
+        seed: int | None = None,
+        deterministic: bool = True,
+        env: EnvSource | None = None,
+        num_envs: int | None = None,
+    ) -> dict[str, Any]:
+        """Run whole episodes with the (by default deterministic) policy; raw env returns."""
+        if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+            raise ValueError(f"episodes={episodes!r} is invalid: it must be an integer >= 1")
+        source = env if env is not None else self.env_source
+        count = num_envs or min(episodes, self.config.num_envs)
+        envs = make_vector_env(source, count, self.config.vector_env)
+        try:
+            self._check_spaces(envs)
+            returns, lengths = run_episodes(envs, lambda obs: self.act(obs, deterministic), episodes, seed)
+        finally:
+            envs.close()
+        return {
+            "mean_return": float(np.mean(returns)),
+            "std_return": float(np.std(returns)),
+            "episodes": len(returns),
+            "mean_length": float(np.mean(lengths)),
+            "returns": returns,
+        }
+
+    # ------------------------------------------------------------------------------------------
+    # checkpoints
+    # ------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to act as trained and to continue training (tensors and plain data)."""
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "clippo_version": __version__,
+            "config": self.config.to_dict(),
+            "observation_space": space_to_dict(self.observation_space),
+            "action_space": space_to_dict(self.action_space),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "obs_normalizer": self.obs_normalizer.state_dict(),
+            "reward_scaler": self.reward_scaler.state_dict(),
+            "global_step": self.global_step,
+            "update": self.update,
+            "schedule": [self.schedule_start, self.schedule_end],
+            "generator": self.generator.get_state(),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write a checkpoint atomically (temporary file, fsync, rename)."""
+        return write_atomic(self.state_dict(), path)
+
+    @classmethod
+    def load(
+        cls, path: str | Path, env: EnvSource | None = None, run_dir: str | Path | None = None, device: str | None = None
+    ) -> PPO:
+        """Load a checkpoint file or a run directory's final checkpoint.
+
+        ``env`` is needed only when the agent was trained on an env factory rather than an id.
+        """
+        payload = read_checkpoint(path)
+        try:
+            values = dict(payload["config"])
+            if device is not None:
+                values["device"] = device
+            config = config_from_dict(values)
+            agent = cls.__new__(cls)
+            agent._setup(
+                config,
+                space_from_dict(payload["observation_space"]),
+                space_from_dict(payload["action_space"]),
+                run_dir,
+            )
+            agent.model.load_state_dict(payload["model"])
+            agent.optimizer.load_state_dict(payload["optimizer"])
+            agent.obs_normalizer.load_state_dict(payload["obs_normalizer"])
+            agent.reward_scaler.load_state_dict(payload["reward_scaler"])
+            agent.global_step = int(payload["global_step"])
+            agent.update = int(payload["update"])
+            agent.schedule_start, agent.schedule_end = (int(v) for v in payload["schedule"])
+            agent.generator.set_state(payload["generator"])
+        except (KeyError, TypeError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"checkpoint {str(path)!r} does not fit this clippo: {first[:200]}") from None
+        agent.env_source = env if env is not None else config.env_id
+        return agent
+
+    def close(self) -> None:
+        """Close the training environments."""
+        if self._runner is not None:
+            self._runner.close()
+        elif self._envs is not None:
+            self._envs.close()
+        self._runner = None
+        self._envs = None
