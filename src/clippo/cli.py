@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import MISSING, fields
@@ -123,7 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions")
     evaluate.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     evaluate.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+    commands.add_parser("presets", help="print every preset's values as Markdown (docs/presets.md)")
     return parser
+
+
+def _presets(args: argparse.Namespace) -> int:
+    from clippo.config import presets_markdown
+
+    print(presets_markdown(), end="")
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -138,6 +147,8 @@ def _train(args: argparse.Namespace) -> int:
         raise ValueError(f"run directory {str(run_dir)!r} already holds a run: choose another --run-dir")
     agent = PPO(args.env_id, preset=args.preset, config_file=args.config, run_dir=run_dir, **overrides)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if args.run_dir is None:
+        _point_latest_at(run_dir)
     save_config(agent.config, run_dir / "config.yaml")
     print(f"training {args.env_id} for {agent.config.total_steps} steps; run directory: {run_dir}", flush=True)
     try:
@@ -154,6 +165,15 @@ def _train(args: argparse.Namespace) -> int:
         )
     print(f"saved {run_dir / 'agent.pt'}; evaluate with: clippo eval {run_dir}", flush=True)
     return 0
+
+
+def _point_latest_at(run_dir: Path) -> None:
+    """Make runs/latest a symlink to the newest default run directory (replaced atomically)."""
+    latest = run_dir.parent / "latest"
+    tmp = run_dir.parent / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_dir.name)
+    os.replace(tmp, latest)
 
 
 def _public(result: dict[str, Any]) -> dict[str, Any]:
@@ -182,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
-    handlers = {"train": _train, "eval": _eval}
+    handlers = {"train": _train, "eval": _eval, "presets": _presets}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

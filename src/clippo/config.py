@@ -36,7 +36,7 @@ class PPOConfig:
     seed: int = knob('Seed of the network init, the action sampling, the minibatch shuffling and the envs.', 0)
     num_envs: int = knob('Environments stepped together.', 8)
     num_steps: int = knob('Steps per environment per rollout; the batch is num_envs * num_steps.', 128)
-    vector_env: str = knob("sync | async | native | auto: Gymnasium's synchronous or multi-process vector env, the env's own vectorized implementation (CartPole has one), or native when it exists else sync.", "auto")
+    vector_env: str = knob("sync, async, native or auto: Gymnasium's synchronous or multi-process vector env, the env's own vectorized implementation (CartPole has one), or native when it exists else sync.", "auto")
     num_minibatches: int = knob('Minibatches per epoch; 1 means full-batch updates.', 4)
     update_epochs: int = knob('Passes over the batch per update (fewer if the KL early stop triggers).', 4)
     learning_rate: float = knob('Adam step size (start value when annealed).', 3e-4)
@@ -50,15 +50,15 @@ class PPOConfig:
     max_grad_norm: float | None = knob('Global gradient-norm clip; None disables it.', 0.5)
     target_kl: float | None = knob("Stop the update's epochs when the approximate KL exceeds this; None disables it.", None)
     normalize_advantages: bool = knob('Normalize advantages to zero mean, unit std within each minibatch.', True)
-    network: str = knob('separate | shared: two MLPs, or one trunk with an actor head and a critic head.', "separate")
+    network: str = knob('separate or shared: two MLPs, or one trunk with an actor head and a critic head.', "separate")
     hidden_sizes: list[int] = knob('Hidden layer widths of the MLP(s).', default_factory=lambda: [64, 64])
-    activation: str = knob('tanh | relu.', "tanh")
+    activation: str = knob('tanh or relu.', "tanh")
     init_log_std: float = knob('Initial log standard deviation of the Gaussian policy (continuous actions).', 0.0)
     normalize_observations: bool = knob('Running mean/std observation normalization (clipped to +-obs_clip).', False)
     normalize_rewards: bool = knob('Scale rewards by the running std of the discounted return (no mean shift).', False)
     obs_clip: float = knob('Clip of normalized observations.', 10.0)
     reward_clip: float = knob('Clip of scaled rewards.', 10.0)
-    device: str = knob('cpu | cuda | auto.', "cpu")
+    device: str = knob('cpu, cuda or auto (cuda when available).', "cpu")
     torch_threads: int = knob('torch intra-op threads; small MLPs run fastest on one.', 1)
     checkpoint_every: int = knob('Write a checkpoint every this many updates (0: only at the end).', 0)
     keep_checkpoints: int = knob('How many periodic checkpoints to keep.', 3)
@@ -315,6 +315,36 @@ def resolve_config(
 def save_config(config: PPOConfig, path: str | Path) -> None:
     """Write the resolved config as human-readable YAML."""
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def presets_markdown() -> str:
+    """The table of every preset's values, as committed in docs/presets.md (a test keeps them equal)."""
+    defaults = PPOConfig().to_dict()
+    lines = [
+        "# Presets",
+        "",
+        "Generated from `src/clippo/config.py` by `clippo presets > docs/presets.md`.",
+        "",
+        "`clippo train ENV_ID` uses the env's built-in values below when it has them and no `--preset`",
+        "is given; `--preset NAME` picks a named set instead. Values not listed are the defaults.",
+        "Explicit flags and `--config` files override both.",
+        "",
+        "## Defaults",
+        "",
+        "| hyperparameter | value | meaning |",
+        "| --- | --- | --- |",
+    ]
+    for f in fields(PPOConfig):
+        lines.append(f"| `{f.name}` | `{defaults[f.name]}` | {f.metadata['help']} |")
+    lines += ["", "## Named presets (`--preset NAME`)", ""]
+    for name, values in PRESETS.items():
+        shown = ", ".join(f"`{k}={v}`" for k, v in values.items()) or "the defaults above"
+        lines.append(f"- **{name}**: {shown}")
+    lines += ["", "## Built-in values per environment", ""]
+    for env_id, values in ENV_PRESETS.items():
+        shown = ", ".join(f"`{k}={v}`" for k, v in values.items())
+        lines.append(f"- **{env_id}**: {shown}")
+    return "\n".join(lines) + "\n"
 
 
 def config_from_dict(values: dict[str, Any]) -> PPOConfig:
