@@ -16,8 +16,19 @@ from gymnasium import spaces
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
+def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator | None, device=None) -> torch.Tensor:
+    """Standard Gumbel samples: ``argmax(logits + g)`` is then an exact draw from softmax(logits)."""
+    u = torch.rand(shape, generator=generator, device=device)
+    return -torch.log(-torch.log(u))
+
+
 class ActionDistribution:
-    """Maps the actor's output to sampled actions, log-probabilities and entropies."""
+    """Maps the actor's output to sampled actions, log-probabilities and entropies.
+
+    Sampling is split in two: ``noise`` draws the randomness for many samples at once (a whole
+    rollout's worth, one call instead of one per step), ``sample`` turns the actor's output and
+    that noise into actions; ``noise=None`` gives the deterministic action (the mode).
+    """
 
     #: number of outputs the actor head must produce
     num_outputs: int
@@ -25,7 +36,10 @@ class ActionDistribution:
     action_shape: tuple[int, ...]
     action_dtype: torch.dtype
 
-    def sample(self, params: torch.Tensor, deterministic: bool, generator: torch.Generator | None) -> torch.Tensor:
+    def noise(self, shape: tuple[int, ...], generator: torch.Generator | None, device=None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sample(self, params: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
     def log_prob(self, params: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -33,6 +47,15 @@ class ActionDistribution:
 
     def entropy(self, params: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def sample_with_log_prob(
+        self, params: torch.Tensor, noise: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        actions = self.sample(params, noise)
+        return actions, self.log_prob(params, actions)
+
+    def log_prob_and_entropy(self, params: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.log_prob(params, actions), self.entropy(params)
 
     def to_env(self, actions: np.ndarray) -> np.ndarray:
         """The action as sent to the environment (offset by the space's start, clipped to bounds)."""
@@ -48,11 +71,21 @@ class Categorical(ActionDistribution):
         self.action_shape = ()
         self.action_dtype = torch.int64
 
-    def sample(self, logits, deterministic, generator):
-        if deterministic:
-            return logits.argmax(dim=-1)
-        probs = torch.softmax(logits, dim=-1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    def noise(self, shape, generator, device=None):
+        return gumbel_noise((*shape, self.num_outputs), generator, device)
+
+    def sample(self, logits, noise):
+        return (logits if noise is None else logits + noise).argmax(dim=-1)
+
+    def sample_with_log_prob(self, logits, noise):
+        actions = self.sample(logits, noise)
+        log_p = torch.log_softmax(logits, dim=-1)
+        return actions, log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+
+    def log_prob_and_entropy(self, logits, actions):
+        log_p = torch.log_softmax(logits, dim=-1)
+        entropy = -(log_p.exp() * log_p).sum(dim=-1)
+        return log_p.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1), entropy
 
     def log_prob(self, logits, actions):
         return torch.log_softmax(logits, dim=-1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
@@ -77,12 +110,12 @@ class MultiCategorical(ActionDistribution):
         self.action_shape = (len(self.sizes),)
         self.action_dtype = torch.int64
 
-    def sample(self, logits, deterministic, generator):
-        parts = logits.split(self.sizes, dim=-1)
-        if deterministic:
-            return torch.stack([p.argmax(dim=-1) for p in parts], dim=-1)
-        flat = [torch.multinomial(torch.softmax(p.reshape(-1, p.shape[-1]), -1), 1, generator=generator) for p in parts]
-        return torch.cat(flat, dim=-1).reshape(*logits.shape[:-1], len(self.sizes))
+    def noise(self, shape, generator, device=None):
+        return gumbel_noise((*shape, self.num_outputs), generator, device)
+
+    def sample(self, logits, noise):
+        perturbed = logits if noise is None else logits + noise
+        return torch.stack([p.argmax(dim=-1) for p in perturbed.split(self.sizes, dim=-1)], dim=-1)
 
     def log_prob(self, logits, actions):
         parts = logits.split(self.sizes, dim=-1)
@@ -118,11 +151,11 @@ class DiagGaussian(ActionDistribution):
         self.bounded = bool(np.all(np.isfinite(self.low)) and np.all(np.isfinite(self.high)))
         self.log_std: torch.Tensor | None = None  # set by the network that owns the parameter
 
-    def sample(self, mean, deterministic, generator):
-        if deterministic:
-            return mean
-        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
-        return mean + noise * self.log_std.exp()
+    def noise(self, shape, generator, device=None):
+        return torch.randn((*shape, self.num_outputs), generator=generator, device=device)
+
+    def sample(self, mean, noise):
+        return mean if noise is None else mean + noise * self.log_std.exp()
 
     def log_prob(self, mean, actions):
         log_std = self.log_std

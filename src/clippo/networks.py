@@ -8,10 +8,11 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from torch import nn
+from torch.nn import functional as F
 
 from clippo.distributions import ActionDistribution, DiagGaussian, make_distribution
 
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
 
 
 def observation_size(space: spaces.Space) -> int:
@@ -34,13 +35,24 @@ def layer(in_features: int, out_features: int, gain: float) -> nn.Linear:
     return linear
 
 
-def mlp_body(in_features: int, hidden_sizes: list[int], activation: str) -> nn.Sequential:
-    """Hidden layers only: Linear + activation, orthogonal init with gain sqrt(2)."""
-    layers: list[nn.Module] = []
+def mlp_body(in_features: int, hidden_sizes: list[int]) -> nn.ModuleList:
+    """The hidden layers of an MLP, orthogonal init with gain sqrt(2); see ``run_body``."""
+    layers = nn.ModuleList()
     for width in hidden_sizes:
-        layers += [layer(in_features, width, math.sqrt(2)), ACTIVATIONS[activation]()]
+        layers.append(layer(in_features, width, math.sqrt(2)))
         in_features = width
-    return nn.Sequential(*layers)
+    return layers
+
+
+def run_body(x: torch.Tensor, layers: nn.ModuleList, activation) -> torch.Tensor:
+    """``activation(linear(x))`` through each hidden layer.
+
+    The layers are applied as functions rather than called as modules: a module call costs a few
+    microseconds of Python, as much as the matrix product itself at PPO's sizes.
+    """
+    for linear in layers:
+        x = activation(F.linear(x, linear.weight, linear.bias))
+    return x
 
 
 class ActorCritic(nn.Module):
@@ -63,12 +75,13 @@ class ActorCritic(nn.Module):
         self.obs_size = observation_size(observation_space)
         self.distribution: ActionDistribution = make_distribution(action_space)
         self.shared = network == "shared"
+        self.activation = ACTIVATIONS[activation]
         width = hidden_sizes[-1]
         if self.shared:
-            self.trunk = mlp_body(self.obs_size, hidden_sizes, activation)
+            self.trunk = mlp_body(self.obs_size, hidden_sizes)
         else:
-            self.actor_body = mlp_body(self.obs_size, hidden_sizes, activation)
-            self.critic_body = mlp_body(self.obs_size, hidden_sizes, activation)
+            self.actor_body = mlp_body(self.obs_size, hidden_sizes)
+            self.critic_body = mlp_body(self.obs_size, hidden_sizes)
         self.actor_head = layer(width, self.distribution.num_outputs, 0.01)
         self.critic_head = layer(width, 1, 1.0)
         if isinstance(self.distribution, DiagGaussian):
@@ -77,34 +90,48 @@ class ActorCritic(nn.Module):
 
     def preprocess(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Flat float32 network input for a batch of (already normalized) observations."""
-        obs = torch.as_tensor(obs, device=self.critic_head.weight.device)
+        device = self.critic_head.weight.device
+        obs = torch.from_numpy(obs).to(device) if isinstance(obs, np.ndarray) else torch.as_tensor(obs, device=device)
         if isinstance(self.observation_space, spaces.Discrete):
-            return nn.functional.one_hot(obs.long() - int(self.observation_space.start), self.obs_size).float()
-        return obs.reshape(obs.shape[0], self.obs_size).float()
+            return F.one_hot(obs.long() - int(self.observation_space.start), self.obs_size).float()
+        if obs.dim() != 2 or obs.dtype != torch.float32:
+            obs = obs.reshape(obs.shape[0], self.obs_size).float()
+        return obs
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Distribution parameters and values (shape [batch]) for a batch of network inputs."""
         if self.shared:
-            hidden = self.trunk(obs)
-            return self.actor_head(hidden), self.critic_head(hidden).squeeze(-1)
-        return self.actor_head(self.actor_body(obs)), self.critic_head(self.critic_body(obs)).squeeze(-1)
+            actor_hidden = critic_hidden = run_body(obs, self.trunk, self.activation)
+        else:
+            actor_hidden = run_body(obs, self.actor_body, self.activation)
+            critic_hidden = run_body(obs, self.critic_body, self.activation)
+        return self._actor_out(actor_hidden), self._critic_out(critic_hidden)
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
-        if self.shared:
-            return self.critic_head(self.trunk(obs)).squeeze(-1)
-        return self.critic_head(self.critic_body(obs)).squeeze(-1)
+        body = self.trunk if self.shared else self.critic_body
+        return self._critic_out(run_body(obs, body, self.activation))
+
+    def _actor_out(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.actor_head.weight, self.actor_head.bias)
+
+    def _critic_out(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.critic_head.weight, self.critic_head.bias).squeeze(-1)
 
     def act(
-        self, obs: torch.Tensor, deterministic: bool = False, generator: torch.Generator | None = None
+        self, obs: torch.Tensor, noise: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sample actions from the current policy: (actions, log-probabilities, values)."""
+        """Actions of the current policy, their log-probabilities, and the values.
+
+        ``noise`` comes from ``self.distribution.noise``; None acts deterministically (the mode).
+        """
         params, values = self(obs)
-        actions = self.distribution.sample(params, deterministic, generator)
-        return actions, self.distribution.log_prob(params, actions), values
+        actions, logprobs = self.distribution.sample_with_log_prob(params, noise)
+        return actions, logprobs, values
 
     def evaluate_actions(
         self, obs: torch.Tensor, actions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Log-probabilities of stored actions under the current policy, entropies and values."""
         params, values = self(obs)
-        return self.distribution.log_prob(params, actions), self.distribution.entropy(params), values
+        logprobs, entropy = self.distribution.log_prob_and_entropy(params, actions)
+        return logprobs, entropy, values

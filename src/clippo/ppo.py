@@ -8,6 +8,7 @@ rollout policy exceeds ``target_kl``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -46,6 +47,7 @@ from clippo.losses import (
     value_loss,
 )
 from clippo.networks import ActorCritic
+from clippo.optim import FlatAdam
 from clippo.normalization import ObservationNormalizer, RewardScaler
 from clippo.rollout import Batch, EnvRunner, RolloutBuffer
 
@@ -121,7 +123,7 @@ class PPO:
             config.network,
             config.init_log_std,
         ).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate, eps=1e-5)
+        self.optimizer = FlatAdam(self.model.parameters(), lr=config.learning_rate, eps=1e-5)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         obs_shape = observation_space.shape if isinstance(observation_space, spaces.Box) else ()
         self.obs_normalizer = ObservationNormalizer(obs_shape, config.obs_clip, config.normalize_observations)
@@ -169,8 +171,7 @@ class PPO:
         try:
             while self.update < self.schedule_end:
                 learning_rate = self._annealed_learning_rate()
-                for group in self.optimizer.param_groups:
-                    group["lr"] = learning_rate
+                self.optimizer.lr = learning_rate
 
                 # 1. Run the current policy and store the trajectories.
                 runner.collect(self.model, buffer, self.generator)
@@ -179,13 +180,9 @@ class PPO:
 
                 # 2. Rewards-to-go and advantages (bootstrapped on truncation and at the cut).
                 advantages, returns = compute_gae(
-                    buffer.rewards,
-                    buffer.values,
-                    buffer.terminated,
-                    buffer.truncated,
-                    buffer.last_value,
-                    cfg.gamma,
-                    cfg.gae_lambda,
+                    *(buffer.tensor(name) for name in ("rewards", "values", "terminated", "truncated", "last_value")),
+                    gamma=cfg.gamma,
+                    gae_lambda=cfg.gae_lambda,
                 )
                 batch = buffer.flatten(advantages, returns)
 
@@ -230,18 +227,20 @@ class PPO:
         """The PPO update: ``update_epochs`` passes of shuffled minibatches, one Adam step each,
         stopped as soon as a minibatch's approximate KL to the rollout policy exceeds target_kl."""
         cfg = self.config
-        size = len(batch)
-        sums = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "clip_fraction": 0.0}
-        steps_taken = 0
+        single_minibatch = cfg.num_minibatches == 1
+        if single_minibatch and cfg.normalize_advantages:
+            # The one minibatch is the whole batch in every epoch: normalize its advantages once.
+            batch = dataclasses.replace(batch, advantages=normalize_advantages(batch.advantages))
+        history: dict[str, list[torch.Tensor]] = {"policy_loss": [], "value_loss": [], "entropy": [], "clip_fraction": []}
         kl = torch.zeros(())
         early_stopped = False
         for _ in range(cfg.update_epochs):
-            # With one minibatch the order of samples does not matter: skip the shuffle.
-            order = torch.arange(size) if cfg.num_minibatches == 1 else torch.randperm(size, generator=self.generator)
-            for indices in order.tensor_split(cfg.num_minibatches):
-                if len(indices) == 0:
-                    continue
-                minibatch = batch[indices.to(self.device)]
+            if single_minibatch:
+                minibatches: list[Batch] = [batch]  # the order of samples in a mean does not matter
+            else:
+                order = torch.randperm(len(batch), generator=self.generator).to(self.device)
+                minibatches = [batch[indices] for indices in order.tensor_split(cfg.num_minibatches) if len(indices)]
+            for minibatch in minibatches:
                 logprobs, entropy, values = self.model.evaluate_actions(minibatch.obs, minibatch.actions)
                 logratio = logprobs - minibatch.logprobs
                 kl = approx_kl(logratio)
@@ -249,7 +248,7 @@ class PPO:
                     early_stopped = True
                     break
                 advantages = minibatch.advantages
-                if cfg.normalize_advantages:
+                if cfg.normalize_advantages and not single_minibatch:
                     advantages = normalize_advantages(advantages)
                 pg_loss, ratio = clipped_surrogate_loss(logratio, advantages, cfg.clip_epsilon)
                 v_loss = value_loss(
@@ -261,20 +260,20 @@ class PPO:
                 entropy_mean = entropy_bonus(entropy)
                 loss = ppo_loss(pg_loss, v_loss, entropy_mean, cfg.vf_coef, cfg.ent_coef)
 
-                self.optimizer.zero_grad(set_to_none=True)
+                self.optimizer.zero_grad()
                 loss.backward()
                 if cfg.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                    self.optimizer.clip_grad_norm(cfg.max_grad_norm)
                 self.optimizer.step()
 
-                steps_taken += 1
-                sums["policy_loss"] += pg_loss.item()
-                sums["value_loss"] += v_loss.item()
-                sums["entropy"] += entropy_mean.item()
-                sums["clip_fraction"] += clip_fraction(ratio, cfg.clip_epsilon).item()
+                history["policy_loss"].append(pg_loss.detach())
+                history["value_loss"].append(v_loss.detach())
+                history["entropy"].append(entropy_mean.detach())
+                history["clip_fraction"].append(clip_fraction(ratio, cfg.clip_epsilon))
             if early_stopped:
                 break
-        stats = {name: total / max(steps_taken, 1) for name, total in sums.items()}
+        steps_taken = len(history["policy_loss"])
+        stats = {name: torch.stack(values).mean().item() if values else float("nan") for name, values in history.items()}
         stats["approx_kl"] = float(kl)
         stats["epochs_run"] = steps_taken / cfg.num_minibatches
         stats["early_stopped"] = int(early_stopped)
@@ -315,7 +314,9 @@ class PPO:
         batch = obs[None] if single else obs
         if isinstance(self.observation_space, spaces.Box):
             batch = self.obs_normalizer(batch)
-        actions, _, _ = self.model.act(self.model.preprocess(batch), deterministic, self.generator)
+        obs = self.model.preprocess(batch)
+        noise = None if deterministic else self.model.distribution.noise((len(obs),), self.generator, self.device)
+        actions, _, _ = self.model.act(obs, noise)
         env_actions = self.model.distribution.to_env(actions.cpu().numpy())
         return env_actions[0] if single else env_actions
 
