@@ -17,14 +17,12 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from clippo.errors import CheckpointError
+
 FORMAT = "clippo-checkpoint"
 FORMAT_VERSION = 1
 FINAL_NAME = "agent.pt"
 CHECKPOINT_DIR = "checkpoints"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or used."""
 
 
 def space_to_dict(space: spaces.Space) -> dict[str, Any]:

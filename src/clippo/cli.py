@@ -41,6 +41,7 @@ _CHOICES = {
     "activation": ("tanh", "relu"),
     "vector_env": ("auto", "sync", "async", "native"),
     "device": ("cpu", "cuda", "auto"),
+    "nonfinite": ("stop", "skip"),
 }
 
 

@@ -17,9 +17,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A hyperparameter value, name or file that clippo cannot accept."""
+from clippo.errors import ConfigError
 
 
 def knob(help: str, default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
@@ -60,8 +58,9 @@ class PPOConfig:
     reward_clip: float = knob('Clip of scaled rewards.', 10.0)
     device: str = knob('cpu, cuda or auto (cuda when available).', "cpu")
     torch_threads: int = knob('torch intra-op threads; small MLPs run fastest on one.', 1)
-    checkpoint_every: int = knob('Write a checkpoint every this many updates (0: only at the end).', 0)
+    checkpoint_every: int = knob('Write a checkpoint every this many updates (0: only at the end and on interruption).', 50)
     keep_checkpoints: int = knob('How many periodic checkpoints to keep.', 3)
+    nonfinite: str = knob("stop or skip: on a NaN/inf observation, reward, loss or gradient, stop the run (after checkpointing the last good update) or skip the poisoned update.", "stop")
     eval_episodes: int = knob('Episodes of the deterministic evaluation run at the end of `clippo train` (0: none).', 10)
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,6 +96,7 @@ class PPOConfig:
             "activation": ("tanh", "relu"),
             "vector_env": ("auto", "sync", "async", "native"),
             "device": ("cpu", "cuda", "auto"),
+            "nonfinite": ("stop", "skip"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -28,9 +28,10 @@ class RunningMeanStd:
     def update_from_moments(self, batch_mean: np.ndarray, batch_var: np.ndarray, batch_count: float) -> None:
         delta = batch_mean - self.mean
         total = self.count + batch_count
-        self.mean = self.mean + delta * batch_count / total
+        # np.asarray keeps 0-d statistics arrays (numpy arithmetic on them returns scalars).
+        self.mean = np.asarray(self.mean + delta * batch_count / total)
         m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
-        self.var = m2 / total
+        self.var = np.asarray(m2 / total)
         self.count = total
 
     def state_dict(self) -> dict[str, torch.Tensor]:

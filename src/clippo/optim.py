@@ -48,10 +48,12 @@ class FlatAdam:
     def zero_grad(self) -> None:
         self.grad.zero_()
 
-    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
-        """Scale the gradient so its global L2 norm is at most ``max_norm``; return the norm before."""
+    def clip_grad_norm(self, max_norm: float | None) -> torch.Tensor:
+        """Scale the gradient so its global L2 norm is at most ``max_norm`` (None: leave it);
+        return the norm before."""
         norm = torch.linalg.vector_norm(self.grad)
-        self.grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+        if max_norm is not None:
+            self.grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
         return norm
 
     @torch.no_grad()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,6 @@ from clippo.checkpoint import (
     FINAL_NAME,
     FORMAT,
     FORMAT_VERSION,
-    CheckpointError,
     periodic_checkpoint_path,
     prune_checkpoints,
     read_checkpoint,
@@ -34,6 +34,7 @@ from clippo.checkpoint import (
 )
 from clippo.config import PPOConfig, config_from_dict, resolve_config
 from clippo.envs import EnvSource, make_vector_env
+from clippo.errors import CheckpointError, EnvStepError, NonFiniteError, TrainingInterrupted
 from clippo.evaluation import run_episodes
 from clippo.logger import RunLogger
 from clippo.losses import (
@@ -133,8 +134,12 @@ class PPO:
         # The LR schedule spans the updates of one learn() call: [start, end).
         self.schedule_start = 0
         self.schedule_end = 0
+        self.train_time = 0.0
+        self.stop_requested = False
+        self.envs_restored = False
         self._envs = None
         self._runner: EnvRunner | None = None
+        self._pending_runner_state: dict | None = None
 
     @property
     def batch_size(self) -> int:
@@ -153,6 +158,18 @@ class PPO:
         self.schedule_end = self.update + math.ceil(steps / self.batch_size)
         return self._train(progress)
 
+    def resume(self, progress: bool | None = None) -> PPO:
+        """Continue a loaded checkpoint's interrupted ``learn`` call to its original end."""
+        if self.update >= self.schedule_end:
+            raise ValueError(
+                f"the run is already complete ({self.global_step} steps, update {self.update} of {self.schedule_end})"
+            )
+        return self._train(progress)
+
+    def request_stop(self) -> None:
+        """Ask ``learn`` to stop at the next update boundary, checkpoint, and raise TrainingInterrupted."""
+        self.stop_requested = True
+
     def _train(self, progress: bool | None) -> PPO:
         cfg = self.config
         runner = self._ensure_runner()
@@ -167,14 +184,20 @@ class PPO:
         end_step = self.global_step + (self.schedule_end - self.update) * self.batch_size
         logger = RunLogger(self.run_dir, end_step, self.global_step, progress)
         recent_returns: list[float] = []
-        start_time, start_step = time.perf_counter(), self.global_step
+        start_time, start_step, time_before = time.perf_counter(), self.global_step, self.train_time
+        self.stop_requested = False
         try:
             while self.update < self.schedule_end:
+                if self.stop_requested:
+                    self._stop_interrupted()
                 learning_rate = self._annealed_learning_rate()
                 self.optimizer.lr = learning_rate
 
                 # 1. Run the current policy and store the trajectories.
-                runner.collect(self.model, buffer, self.generator)
+                try:
+                    runner.collect(self.model, buffer, self.generator)
+                except EnvStepError as exc:
+                    self._stop_env_error(exc)
                 self.global_step += self.batch_size
                 self.update += 1
 
@@ -187,17 +210,21 @@ class PPO:
                 batch = buffer.flatten(advantages, returns)
 
                 # 3. Several epochs of minibatch steps on the combined PPO loss.
-                stats = self.update_policy(batch)
+                if runner.poisoned:  # nonfinite == "skip": a rollout with NaN/inf data teaches nothing
+                    warnings.warn(f"skipped update {self.update}: {runner.poison_message}", stacklevel=2)
+                    stats = {"epochs_run": 0.0, "early_stopped": 0, "skipped_steps": 0}
+                else:
+                    stats = self.update_policy(batch)
 
                 episode_returns, episode_lengths = runner.pop_finished_episodes()
                 recent_returns = (recent_returns + episode_returns)[-100:]
-                elapsed = time.perf_counter() - start_time
+                self.train_time = time_before + time.perf_counter() - start_time
                 logger.log(
                     {
                         "global_step": self.global_step,
                         "update": self.update,
-                        "wall_time": elapsed,
-                        "sps": (self.global_step - start_step) / max(elapsed, 1e-9),
+                        "wall_time": self.train_time,
+                        "sps": (self.global_step - start_step) / max(self.train_time - time_before, 1e-9),
                         "episode_return": float(np.mean(episode_returns)) if episode_returns else float("nan"),
                         "episode_length": float(np.mean(episode_lengths)) if episode_lengths else float("nan"),
                         "episodes": len(episode_returns),
@@ -209,13 +236,37 @@ class PPO:
                     }
                 )
                 if self.run_dir is not None and cfg.checkpoint_every and self.update % cfg.checkpoint_every == 0:
-                    self.save(periodic_checkpoint_path(self.run_dir, self.global_step))
-                    prune_checkpoints(self.run_dir, cfg.keep_checkpoints)
+                    self._save_periodic()
         finally:
             logger.close()
         if self.run_dir is not None:
             self.save(self.run_dir / FINAL_NAME)
         return self
+
+    def _save_periodic(self, include_runner: bool = True) -> Path:
+        path = self.save(periodic_checkpoint_path(self.run_dir, self.global_step), include_runner=include_runner)
+        prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
+        return path
+
+    def _resume_hint(self) -> str:
+        return f"resume with: clippo resume {self.run_dir}" if self.run_dir is not None else "nothing was saved (no run_dir)"
+
+    def _stop_interrupted(self) -> None:
+        path = self._save_periodic() if self.run_dir is not None else None
+        where = f"checkpoint written to {path}; " if path else ""
+        raise TrainingInterrupted(
+            f"interrupted at step {self.global_step} (update {self.update}); {where}{self._resume_hint()}",
+            str(path) if path else None,
+        )
+
+    def _stop_env_error(self, exc: EnvStepError) -> None:
+        # The model, optimizer and step count are those of the last good update; the envs are not,
+        # so the checkpoint leaves them out and a resumed run starts them afresh.
+        self._runner = None
+        if self.run_dir is not None:
+            path = self._save_periodic(include_runner=False)
+            raise EnvStepError(f"{exc}; the last good update is checkpointed at {path}; {self._resume_hint()}") from exc
+        raise exc
 
     def _annealed_learning_rate(self) -> float:
         if not self.config.anneal_lr:
@@ -234,6 +285,7 @@ class PPO:
         history: dict[str, list[torch.Tensor]] = {"policy_loss": [], "value_loss": [], "entropy": [], "clip_fraction": []}
         kl = torch.zeros(())
         early_stopped = False
+        skipped = 0
         for _ in range(cfg.update_epochs):
             if single_minibatch:
                 minibatches: list[Batch] = [batch]  # the order of samples in a mean does not matter
@@ -262,8 +314,17 @@ class PPO:
 
                 self.optimizer.zero_grad()
                 loss.backward()
-                if cfg.max_grad_norm is not None:
-                    self.optimizer.clip_grad_norm(cfg.max_grad_norm)
+                grad_norm = self.optimizer.clip_grad_norm(cfg.max_grad_norm)
+                if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                    what = "loss" if not torch.isfinite(loss) else "gradient"
+                    message = (
+                        f"non-finite {what} at update {self.update}, minibatch step {len(history['policy_loss']) + 1} "
+                        f"(policy loss {pg_loss.item():.4g}, value loss {v_loss.item():.4g}, gradient norm {grad_norm.item():.4g})"
+                    )
+                    if cfg.nonfinite == "stop":
+                        raise NonFiniteError(f"{message}; {self._resume_hint()} from the last checkpoint")
+                    skipped += 1
+                    continue
                 self.optimizer.step()
 
                 history["policy_loss"].append(pg_loss.detach())
@@ -277,6 +338,7 @@ class PPO:
         stats["approx_kl"] = float(kl)
         stats["epochs_run"] = steps_taken / cfg.num_minibatches
         stats["early_stopped"] = int(early_stopped)
+        stats["skipped_steps"] = skipped
         return stats
 
     def _ensure_runner(self) -> EnvRunner:
@@ -284,7 +346,13 @@ class PPO:
             if self._envs is None:
                 self._envs = make_vector_env(self.env_source, self.config.num_envs, self.config.vector_env)
                 self._check_spaces(self._envs)
-            self._runner = EnvRunner(self._envs, self.obs_normalizer, self.reward_scaler, self.config.seed)
+            pending, self._pending_runner_state = self._pending_runner_state, None
+            # A run resumed without its envs' state restarts them from seeds of their own.
+            seed = self.config.seed if self.update == 0 else self.config.seed + 7919 * self.update
+            self._runner = EnvRunner(self._envs, self.obs_normalizer, self.reward_scaler, self.config.nonfinite)
+            self.envs_restored = pending is not None and self._runner.load_state_dict(pending)
+            if not self.envs_restored:
+                self._runner.start(seed)
         return self._runner
 
     def _check_spaces(self, envs) -> None:
@@ -371,11 +439,22 @@ class PPO:
             "update": self.update,
             "schedule": [self.schedule_start, self.schedule_end],
             "generator": self.generator.get_state(),
+            "train_time": self.train_time,
+            "runner": None,
         }
 
-    def save(self, path: str | Path) -> Path:
-        """Write a checkpoint atomically (temporary file, fsync, rename)."""
-        return write_atomic(self.state_dict(), path)
+    def save(self, path: str | Path, include_runner: bool = True) -> Path:
+        """Write a checkpoint atomically (temporary file, fsync, rename).
+
+        With a training env running, its state goes in too so that training can resume exactly.
+        A model with non-finite parameters is never written.
+        """
+        if not torch.isfinite(self.optimizer.flat).all():
+            raise NonFiniteError(f"refusing to write {path}: the model has non-finite parameters")
+        state = self.state_dict()
+        if include_runner and self._runner is not None:
+            state["runner"] = self._runner.state_dict()
+        return write_atomic(state, path)
 
     @classmethod
     def load(
@@ -406,6 +485,8 @@ class PPO:
             agent.update = int(payload["update"])
             agent.schedule_start, agent.schedule_end = (int(v) for v in payload["schedule"])
             agent.generator.set_state(payload["generator"])
+            agent.train_time = float(payload.get("train_time", 0.0))
+            agent._pending_runner_state = payload.get("runner")
         except (KeyError, TypeError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(f"checkpoint {str(path)!r} does not fit this clippo: {first[:200]}") from None

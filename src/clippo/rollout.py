@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from gymnasium.vector import VectorEnv
 
+from clippo.envs import restore_env_state, snapshot_env_state
+from clippo.errors import EnvStepError, NonFiniteError
 from clippo.networks import ActorCritic
 from clippo.normalization import ObservationNormalizer, RewardScaler
 
@@ -84,25 +86,36 @@ class EnvRunner:
         envs: VectorEnv,
         obs_normalizer: ObservationNormalizer,
         reward_scaler: RewardScaler,
-        seed: int | None,
+        nonfinite: str = "stop",
     ) -> None:
         self.envs = envs
+        self.nonfinite = nonfinite
+        self.poisoned = False
+        self.poison_message = ""
         self.num_envs = envs.num_envs
         self.obs_normalizer = obs_normalizer
         self.reward_scaler = reward_scaler
-        raw_obs, _ = envs.reset(seed=seed)
-        self.next_obs = obs_normalizer(raw_obs, update=True)
         self.autoreset = np.zeros(self.num_envs, dtype=bool)
         self.episode_returns = np.zeros(self.num_envs, dtype=np.float64)
         self.episode_lengths = np.zeros(self.num_envs, dtype=np.int64)
+        self.next_obs = np.zeros(0, dtype=np.float32)
         self.finished_returns: list[float] = []
         self.finished_lengths: list[int] = []
+
+    def start(self, seed: int | None) -> None:
+        """Reset every env (env i gets seed + i) and begin fresh episodes."""
+        raw_obs, _ = self.envs.reset(seed=seed)
+        self.next_obs = self.obs_normalizer(raw_obs, update=True)
+        self.autoreset[:] = False
+        self.episode_returns[:] = 0.0
+        self.episode_lengths[:] = 0
 
     @torch.inference_mode()
     def collect(self, policy: ActorCritic, buffer: RolloutBuffer, generator: torch.Generator) -> None:
         """Run the policy for ``num_steps`` steps in every env, storing each step into ``buffer``."""
         distribution = policy.distribution
         num_steps = buffer.obs.shape[0]
+        self.poisoned = False
         noise = distribution.noise((num_steps, self.num_envs), generator, buffer.device)
         for t in range(num_steps):
             obs = policy.preprocess(self.next_obs)
@@ -115,7 +128,13 @@ class EnvRunner:
             valid = ~self.autoreset
             buffer.valid[t] = valid
 
-            raw_obs, rewards, terminated, truncated, _ = self.envs.step(distribution.to_env(actions))
+            try:
+                raw_obs, rewards, terminated, truncated, _ = self.envs.step(distribution.to_env(actions))
+            except Exception as exc:  # whatever the env raises, training cannot go on from here
+                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise EnvStepError(f"the environment raised {type(exc).__name__} in step(): {detail}") from exc
+            if not (np.isfinite(raw_obs).all() and np.isfinite(rewards).all()):
+                raw_obs, rewards = self._handle_nonfinite(raw_obs, rewards)
             dones = terminated | truncated
             self.next_obs = self.obs_normalizer(raw_obs, update=True)
             buffer.rewards[t] = self.reward_scaler(rewards, dones, valid)
@@ -125,6 +144,19 @@ class EnvRunner:
             self.autoreset = dones
         buffer.last_value[:] = policy.value(policy.preprocess(self.next_obs)).cpu().numpy()
 
+    def _handle_nonfinite(self, raw_obs: np.ndarray, rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        bad_obs = ~np.isfinite(raw_obs).reshape(self.num_envs, -1).all(axis=1)
+        bad_rewards = ~np.isfinite(rewards)
+        what = "observation" if bad_obs.any() else "reward"
+        env_index = int(np.flatnonzero(bad_obs | bad_rewards)[0])
+        message = f"non-finite {what} from env {env_index} (of {self.num_envs})"
+        if self.nonfinite == "stop":
+            raise NonFiniteError(message)
+        # skip: zero the bad values so the statistics stay finite; the trainer drops this rollout.
+        self.poisoned = True
+        self.poison_message = message
+        return np.nan_to_num(raw_obs, nan=0.0, posinf=0.0, neginf=0.0), np.nan_to_num(rewards, nan=0.0, posinf=0.0, neginf=0.0)
+
     def _track_episodes(self, rewards: np.ndarray, dones: np.ndarray, valid: np.ndarray) -> None:
         self.episode_returns += rewards * valid
         self.episode_lengths += valid
@@ -133,6 +165,29 @@ class EnvRunner:
             self.finished_lengths.extend(self.episode_lengths[dones].tolist())
             self.episode_returns[dones] = 0.0
             self.episode_lengths[dones] = 0
+
+    def state_dict(self) -> dict:
+        """What carries over to the next rollout, including the envs' own state where it can be
+        captured exactly (see clippo.envs.snapshot_env_state)."""
+        return {
+            "next_obs": torch.from_numpy(self.next_obs.copy()),
+            "autoreset": torch.from_numpy(self.autoreset.copy()),
+            "episode_returns": torch.from_numpy(self.episode_returns.copy()),
+            "episode_lengths": torch.from_numpy(self.episode_lengths.copy()),
+            "envs": snapshot_env_state(self.envs),
+        }
+
+    def load_state_dict(self, state: dict) -> bool:
+        """Continue from a saved state; False (envs left freshly reset) where the envs cannot be restored."""
+        if state.get("envs") is None or state["next_obs"].shape[0] != self.num_envs:
+            return False
+        if not restore_env_state(self.envs, state["envs"]):
+            return False
+        self.next_obs = state["next_obs"].numpy().copy()
+        self.autoreset = state["autoreset"].numpy().copy()
+        self.episode_returns = state["episode_returns"].numpy().copy()
+        self.episode_lengths = state["episode_lengths"].numpy().copy()
+        return True
 
     def pop_finished_episodes(self) -> tuple[list[float], list[int]]:
         """Returns and lengths of the episodes finished since the last call."""

@@ -1,0 +1,27 @@
+"""The errors clippo raises on purpose; each message is one line naming what is wrong."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A hyperparameter value, name or file that clippo cannot accept."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or used."""
+
+
+class EnvStepError(RuntimeError):
+    """The environment raised inside ``step``; training stopped after checkpointing the last good update."""
+
+
+class NonFiniteError(RuntimeError):
+    """A NaN or infinity in an observation, reward, loss or gradient (with nonfinite='stop')."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training was stopped by a signal at an update boundary, after writing a checkpoint."""
+
+    def __init__(self, message: str, checkpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint
