@@ -124,3 +124,31 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
     """Delete all but the newest ``keep`` periodic checkpoints."""
     for old in sorted((run_dir / CHECKPOINT_DIR).glob("step_*.pt"))[:-keep]:
         old.unlink(missing_ok=True)
+
+
+def latest_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint of a run directory with the most steps, and its payload.
+
+    Unreadable candidates are passed over (the atomic writes make that rare); only if none is
+    readable is it an error.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"no such run directory: {str(run_dir)!r}")
+    candidates = sorted((run_dir / CHECKPOINT_DIR).glob("step_*.pt"))
+    if (run_dir / FINAL_NAME).is_file():
+        candidates.append(run_dir / FINAL_NAME)
+    best: tuple[Path, dict[str, Any]] | None = None
+    errors = []
+    for path in candidates:
+        try:
+            payload = read_checkpoint(path)
+        except CheckpointError as exc:
+            errors.append(str(exc))
+            continue
+        if best is None or payload["global_step"] > best[1]["global_step"]:
+            best = (path, payload)
+    if best is None:
+        reason = f": {errors[-1]}" if errors else f" (expected {FINAL_NAME} or {CHECKPOINT_DIR}/step_*.pt)"
+        raise CheckpointError(f"no readable checkpoint in run directory {str(run_dir)!r}{reason}")
+    return best

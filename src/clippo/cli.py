@@ -7,15 +7,19 @@ help and their defaults cannot drift from the config. Bad input ends with one li
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from clippo.config import ENV_PRESETS, PRESETS, PPOConfig
+from clippo.errors import EnvStepError, NonFiniteError, TrainingInterrupted
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -125,6 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions")
     evaluate.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     evaluate.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+    resume = commands.add_parser(
+        "resume",
+        help="continue an interrupted run to its original --total-steps",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    resume.add_argument("run_dir", metavar="RUN_DIR", help="the run directory of `clippo train`")
+    resume.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="live progress bar (default: when stderr is a terminal)")
+    resume.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+
     commands.add_parser("presets", help="print every preset's values as Markdown (docs/presets.md)")
     return parser
 
@@ -145,17 +159,72 @@ def _train(args: argparse.Namespace) -> int:
     seed = overrides.get("seed", 0)
     run_dir = Path(args.run_dir or f"runs/{args.env_id}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}")
     if (run_dir / "metrics.csv").exists():
-        raise ValueError(f"run directory {str(run_dir)!r} already holds a run: choose another --run-dir")
+        raise ValueError(
+            f"run directory {str(run_dir)!r} already holds a run: choose another --run-dir, "
+            f"or continue it with: clippo resume {run_dir}"
+        )
     agent = PPO(args.env_id, preset=args.preset, config_file=args.config, run_dir=run_dir, **overrides)
     run_dir.mkdir(parents=True, exist_ok=True)
     if args.run_dir is None:
         _point_latest_at(run_dir)
     save_config(agent.config, run_dir / "config.yaml")
     print(f"training {args.env_id} for {agent.config.total_steps} steps; run directory: {run_dir}", flush=True)
+    with stop_on_signals(agent):
+        try:
+            agent.learn(progress=args.progress)
+        finally:
+            agent.close()
+    return _finish(agent, run_dir)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from clippo.logger import truncate_metrics
+    from clippo.ppo import PPO
+
+    run_dir = Path(args.run_dir)
+    agent = PPO.from_run(run_dir)
+    if agent.update >= agent.schedule_end:
+        raise ValueError(f"run {str(run_dir)!r} is already complete ({agent.global_step} steps): nothing to resume")
+    truncate_metrics(run_dir, agent.global_step)
+    with stop_on_signals(agent):
+        try:
+            agent._ensure_runner()
+            how = "exactly (envs restored)" if agent.envs_restored else "with freshly reset envs"
+            print(f"resuming {agent.config.env_id} at step {agent.global_step} {how}", flush=True)
+            agent.resume(progress=args.progress)
+        finally:
+            agent.close()
+    return _finish(agent, run_dir)
+
+
+@contextlib.contextmanager
+def stop_on_signals(agent) -> Iterator[None]:
+    """SIGINT/SIGTERM ask the agent to stop at the next update boundary and checkpoint; a second
+    signal ends the process at once."""
+
+    def handler(signum, frame) -> None:
+        signal.signal(signum, signal.SIG_DFL)
+        agent.stop_signal = signum
+        print(
+            f"clippo: {signal.Signals(signum).name}: stopping after this update "
+            "(send it again to quit at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        agent.request_stop()
+
+    if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        agent.learn(progress=args.progress)
+        yield
     finally:
-        agent.close()
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _finish(agent, run_dir: Path) -> int:
     if agent.config.eval_episodes:
         result = agent.evaluate(episodes=agent.config.eval_episodes, seed=agent.config.seed + 10_000)
         (run_dir / "eval.json").write_text(json.dumps(_public(result), indent=2) + "\n")
@@ -203,13 +272,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
-    handlers = {"train": _train, "eval": _eval, "presets": _presets}
+    handlers = {"train": _train, "eval": _eval, "resume": _resume, "presets": _presets}
     try:
         return handlers[args.command](args)
+    except TrainingInterrupted as exc:
+        print(f"clippo: {exc}", file=sys.stderr)
+        return 143 if getattr(exc, "signum", None) == signal.SIGTERM else 130
     except KeyboardInterrupt:
         print("clippo: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, OSError) as exc:
+    except (ValueError, TypeError, OSError, EnvStepError, NonFiniteError) as exc:
         if debug:
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

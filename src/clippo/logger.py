@@ -32,6 +32,7 @@ COLUMNS = [
     "explained_variance",
     "epochs_run",
     "early_stopped",
+    "skipped_steps",
     "learning_rate",
 ]
 
@@ -94,6 +95,24 @@ class RunLogger:
             self._csv_file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def truncate_metrics(run_dir: Path, global_step: int) -> None:
+    """Drop metric rows logged after ``global_step`` (a resumed run logs them again)."""
+    path = run_dir / METRICS_FILE
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    kept = [row for row in rows if row.get("global_step") and float(row["global_step"]) <= global_step]
+    if len(kept) == len(rows):
+        return
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(kept)
+    tmp.replace(path)
 
 
 def _fmt(value: float | None) -> str:

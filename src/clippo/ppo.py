@@ -25,6 +25,7 @@ from clippo.checkpoint import (
     FINAL_NAME,
     FORMAT,
     FORMAT_VERSION,
+    latest_checkpoint,
     periodic_checkpoint_path,
     prune_checkpoints,
     read_checkpoint,
@@ -254,10 +255,12 @@ class PPO:
     def _stop_interrupted(self) -> None:
         path = self._save_periodic() if self.run_dir is not None else None
         where = f"checkpoint written to {path}; " if path else ""
-        raise TrainingInterrupted(
+        error = TrainingInterrupted(
             f"interrupted at step {self.global_step} (update {self.update}); {where}{self._resume_hint()}",
             str(path) if path else None,
         )
+        error.signum = getattr(self, "stop_signal", None)
+        raise error
 
     def _stop_env_error(self, exc: EnvStepError) -> None:
         # The model, optimizer and step count are those of the last good update; the envs are not,
@@ -464,7 +467,18 @@ class PPO:
 
         ``env`` is needed only when the agent was trained on an env factory rather than an id.
         """
-        payload = read_checkpoint(path)
+        return cls._from_payload(read_checkpoint(path), path, env, run_dir, device)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, env: EnvSource | None = None) -> PPO:
+        """The newest checkpoint of a run directory, set to log and checkpoint there (to resume)."""
+        path, payload = latest_checkpoint(run_dir)
+        return cls._from_payload(payload, path, env, run_dir, None)
+
+    @classmethod
+    def _from_payload(
+        cls, payload: dict[str, Any], path, env: EnvSource | None, run_dir: str | Path | None, device: str | None
+    ) -> PPO:
         try:
             values = dict(payload["config"])
             if device is not None:
