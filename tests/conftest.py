@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -95,6 +96,36 @@ def make_fixed_length_env(length: int = 5, reward: float = 1.0, action_space=Non
 
 def make_multidiscrete_env() -> gym.Env:
     return MultiDiscreteEnv()
+
+
+def sample_actions(dist, params: torch.Tensor, deterministic: bool, generator: torch.Generator | None):
+    """Actions from an ActionDistribution, deterministic (the mode) or random.
+
+    Supports both sampling interfaces clippo has had: ``sample(params, deterministic, generator)``
+    and ``sample(params, noise)`` with ``noise(shape, generator)`` (None meaning the mode).
+    """
+    if "noise" in inspect.signature(dist.sample).parameters:
+        noise = None if deterministic else dist.noise(tuple(params.shape[:-1]), generator)
+        return dist.sample(params, noise)
+    return dist.sample(params, deterministic, generator)
+
+
+def policy_act(model, obs: torch.Tensor, deterministic: bool = False, generator: torch.Generator | None = None):
+    """``ActorCritic.act`` -> (actions, logprobs, values), for either sampling interface."""
+    if "noise" in inspect.signature(model.act).parameters:
+        noise = None if deterministic else model.distribution.noise((obs.shape[0],), generator)
+        return model.act(obs, noise)
+    return model.act(obs, deterministic, generator)
+
+
+@pytest.fixture
+def draw():
+    return sample_actions
+
+
+@pytest.fixture
+def act():
+    return policy_act
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -30,23 +32,23 @@ def test_categorical_matches_torch(seed):
     torch.testing.assert_close(dist.entropy(logits), reference.entropy())
 
 
-def test_categorical_sampling_frequencies_and_mode():
+def test_categorical_sampling_frequencies_and_mode(draw):
     dist = make_distribution(spaces.Discrete(3))
     logits = torch.log(torch.tensor([[0.2, 0.5, 0.3]])).expand(20000, 3)
-    samples = dist.sample(logits, deterministic=False, generator=gen(4))
+    samples = draw(dist, logits, False, gen(4))
     assert samples.shape == (20000,) and samples.dtype == torch.int64
     freq = torch.bincount(samples, minlength=3).double() / 20000
     torch.testing.assert_close(freq, torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64), atol=0.02, rtol=0)
-    det = dist.sample(torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 0.0]]), deterministic=True, generator=None)
+    det = draw(dist, torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 0.0]]), True, None)
     assert det.tolist() == [1, 0]
 
 
-def test_categorical_sampling_is_reproducible_with_generator():
+def test_categorical_sampling_is_reproducible_with_generator(draw):
     dist = make_distribution(spaces.Discrete(4))
     logits = torch.zeros(100, 4)
-    a = dist.sample(logits, False, gen(7))
-    b = dist.sample(logits, False, gen(7))
-    c = dist.sample(logits, False, gen(8))
+    a = draw(dist, logits, False, gen(7))
+    b = draw(dist, logits, False, gen(7))
+    c = draw(dist, logits, False, gen(8))
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -82,23 +84,57 @@ def test_multicategorical_matches_independent_torch_categoricals(seed):
     torch.testing.assert_close(dist.entropy(logits), expected_ent)
 
 
-def test_multicategorical_sampling_shape_bounds_and_mode():
+def test_multicategorical_sampling_shape_bounds_and_mode(draw):
     sizes = [3, 4]
     dist = make_distribution(spaces.MultiDiscrete(sizes))
     logits = torch.randn(500, 7, generator=gen(1))
-    samples = dist.sample(logits, False, gen(2))
+    samples = draw(dist, logits, False, gen(2))
     assert samples.shape == (500, 2) and samples.dtype == torch.int64
     assert samples[:, 0].min() >= 0 and samples[:, 0].max() <= 2
     assert samples[:, 1].min() >= 0 and samples[:, 1].max() <= 3
     # both components are actually sampled (not always the argmax)
     assert len(torch.unique(samples[:, 0])) == 3 and len(torch.unique(samples[:, 1])) == 4
-    mode = dist.sample(logits, True, None)
+    mode = draw(dist, logits, True, None)
     expected = torch.stack([logits[:, :3].argmax(-1), logits[:, 3:].argmax(-1)], dim=-1)
     assert torch.equal(mode, expected)
     # sampling respects the per-component probabilities
     peaked = torch.tensor([[0.0, 20.0, 0.0, 0.0, 0.0, 0.0, 20.0]]).expand(50, 7)
-    peaked_samples = dist.sample(peaked, False, gen(3))
+    peaked_samples = draw(dist, peaked, False, gen(3))
     assert (peaked_samples[:, 0] == 1).all() and (peaked_samples[:, 1] == 3).all()
+
+
+def test_multicategorical_sampling_frequencies(draw):
+    dist = make_distribution(spaces.MultiDiscrete([2, 3]))
+    probs = [torch.tensor([0.7, 0.3]), torch.tensor([0.1, 0.3, 0.6])]
+    logits = torch.cat([p.log() for p in probs])[None].expand(20000, 5)
+    samples = draw(dist, logits, False, gen(9))
+    for i, p in enumerate(probs):
+        freq = torch.bincount(samples[:, i], minlength=len(p)).double() / 20000
+        torch.testing.assert_close(freq, p.double(), atol=0.02, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "space",
+    [spaces.Discrete(4), spaces.MultiDiscrete([3, 2]), spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)],
+    ids=["Discrete", "MultiDiscrete", "Box"],
+)
+def test_sample_with_log_prob_agrees_with_log_prob(space):
+    """Where a distribution samples and scores in one pass, the score is that of log_prob."""
+    dist = make_distribution(space)
+    if isinstance(dist, DiagGaussian):
+        dist.log_std = torch.tensor([0.3, -0.4])
+    params = torch.randn(50, dist.num_outputs, generator=gen(10))
+    if "noise" in inspect.signature(dist.sample_with_log_prob).parameters:
+        actions, logprobs = dist.sample_with_log_prob(params, dist.noise((50,), gen(11)))
+        mode, mode_lp = dist.sample_with_log_prob(params, None)
+    else:
+        actions, logprobs = dist.sample_with_log_prob(params, False, gen(11))
+        mode, mode_lp = dist.sample_with_log_prob(params, True, None)
+    torch.testing.assert_close(logprobs, dist.log_prob(params, actions))
+    torch.testing.assert_close(mode_lp, dist.log_prob(params, mode))
+    lp, ent = dist.log_prob_and_entropy(params, actions)
+    torch.testing.assert_close(lp, dist.log_prob(params, actions))
+    torch.testing.assert_close(ent, dist.entropy(params))
 
 
 def test_multidiscrete_start_offset():
@@ -143,21 +179,21 @@ def test_gaussian_log_prob_gradient_reaches_log_std():
     torch.testing.assert_close(log_std.grad, torch.tensor([3.0, -1.0]))
 
 
-def test_gaussian_sampling_statistics_and_mode():
+def test_gaussian_sampling_statistics_and_mode(draw):
     log_std = torch.log(torch.tensor([0.5, 2.0]))
     dist = gaussian(shape=(2,), log_std=log_std)
     mean = torch.tensor([[1.0, -3.0]]).expand(20000, 2)
-    samples = dist.sample(mean, False, gen(5))
+    samples = draw(dist, mean, False, gen(5))
     assert samples.shape == (20000, 2)
     torch.testing.assert_close(samples.mean(0), torch.tensor([1.0, -3.0]), atol=0.05, rtol=0)
     torch.testing.assert_close(samples.std(0), torch.tensor([0.5, 2.0]), atol=0.05, rtol=0)
-    assert torch.equal(dist.sample(mean, True, None), mean)
+    assert torch.equal(draw(dist, mean, True, None), mean)
 
 
-def test_box_to_env_clips_but_stored_sample_is_unclipped():
+def test_box_to_env_clips_but_stored_sample_is_unclipped(draw):
     dist = gaussian(shape=(2,), low=-1.0, high=1.0, log_std=torch.full((2,), 1.5))
     mean = torch.zeros(1000, 2)
-    samples = dist.sample(mean, False, gen(6))
+    samples = draw(dist, mean, False, gen(6))
     assert samples.abs().max() > 1.0  # std e^1.5 ~ 4.5: many samples fall outside the bounds
     before = samples.clone()
     env_actions = dist.to_env(samples.numpy())

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +102,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"refusing to load {str(path)!r}: it holds objects other than tensors and plain data, "
             f"and unpickling them could run code ({detail.strip()[:160]})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:  # torch.load fails in many ways on a damaged or foreign file
+        if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
+            raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {exc.strerror}") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{str(path)!r} is not a readable checkpoint (truncated or corrupted?): {first[:160]}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -127,8 +127,11 @@ class PPO:
         ).to(self.device)
         self.optimizer = FlatAdam(self.model.parameters(), lr=config.learning_rate, eps=1e-5)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
-        obs_shape = observation_space.shape if isinstance(observation_space, spaces.Box) else ()
-        self.obs_normalizer = ObservationNormalizer(obs_shape, config.obs_clip, config.normalize_observations)
+        # Discrete observations are one-hot encoded: there is nothing to normalize.
+        is_box = isinstance(observation_space, spaces.Box)
+        self.obs_normalizer = ObservationNormalizer(
+            observation_space.shape if is_box else (), config.obs_clip, config.normalize_observations and is_box
+        )
         self.reward_scaler = RewardScaler(config.num_envs, config.gamma, config.reward_clip, config.normalize_rewards)
         self.global_step = 0
         self.update = 0
@@ -382,10 +385,7 @@ class PPO:
                 f"observation of shape {obs.shape} does not fit the observation space {self.observation_space}: "
                 f"expected {tuple(single_shape)} or (batch, *{tuple(single_shape)})"
             )
-        batch = obs[None] if single else obs
-        if isinstance(self.observation_space, spaces.Box):
-            batch = self.obs_normalizer(batch)
-        obs = self.model.preprocess(batch)
+        obs = self.model.preprocess(self.obs_normalizer(obs[None] if single else obs))
         noise = None if deterministic else self.model.distribution.noise((len(obs),), self.generator, self.device)
         actions, _, _ = self.model.act(obs, noise)
         env_actions = self.model.distribution.to_env(actions.cpu().numpy())

@@ -1,0 +1,184 @@
+"""Helpers shared by the benchmark scripts: machine description, child processes, Markdown.
+
+Only the standard library is imported here, so the parent processes of the benchmarks stay light
+(all the training happens in child processes).
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+RESULT_PREFIX = "BENCH_RESULT "
+BENCH_DIR = Path(__file__).resolve().parent
+DEFAULT_OUT = BENCH_DIR / "results"
+
+# Every child process runs single-threaded: small MLPs are fastest on one thread, and the
+# comparison must not depend on how many cores each library would grab by default.
+THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(THREAD_ENV)
+    env.setdefault("PYTHONHASHSEED", "0")
+    return env
+
+
+def package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        usable = os.cpu_count()
+    try:
+        load = os.getloadavg()
+    except OSError:  # pragma: no cover
+        load = None
+    return {
+        "nproc": usable,
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "load_average_at_start": load,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": package_version("torch"),
+        "clippo": package_version("clippo"),
+        "stable_baselines3": package_version("stable-baselines3"),
+        "gymnasium": package_version("gymnasium"),
+        "numpy": package_version("numpy"),
+        "mujoco": package_version("mujoco"),
+        "thread_env": THREAD_ENV,
+    }
+
+
+def command_line() -> str:
+    """The command that produced the results, as it can be pasted into a shell."""
+    return shlex.join([sys.executable, *sys.argv])
+
+
+def now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def parse_child_output(stdout: str) -> dict[str, Any] | None:
+    """The last ``BENCH_RESULT {json}`` line a child printed (libraries may print other lines)."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX):])
+    return None
+
+
+def emit_result(result: dict[str, Any]) -> None:
+    """What a child prints as its last line for the parent to parse."""
+    sys.stdout.flush()
+    print(RESULT_PREFIX + json.dumps(result, allow_nan=False, default=_json_default), flush=True)
+
+
+def _json_default(value: Any) -> Any:
+    # numpy scalars and arrays without importing numpy here
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def finite_or_none(value: float | None) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def median(values: Iterable[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return statistics.median(kept) if kept else None
+
+
+def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
+    kept = [v for v in values if v is not None]
+    if not kept:
+        return None, None
+    return statistics.fmean(kept), (statistics.pstdev(kept) if len(kept) > 1 else 0.0)
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or denominator is None or denominator == 0:
+        return None
+    return numerator / denominator
+
+
+def fmt(value: Any, digits: int = 2, suffix: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}{suffix}"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "n/a"
+        return f"{value:,.{digits}f}{suffix}"
+    return str(value)
+
+
+def fmt_pm(mean: float | None, std: float | None, digits: int = 1) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"
+
+
+def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(str(cell) for cell in row) + " |")
+    return lines
+
+
+def machine_markdown(meta: dict[str, Any]) -> list[str]:
+    m = meta["machine"]
+    return [
+        f"- command: `{meta['command']}`",
+        f"- date: {meta['date']} (finished {meta.get('finished', 'n/a')})",
+        f"- machine: {m['nproc']} usable CPU cores (nproc), CPU `{m['cpu_model']}`, "
+        f"load average at start {fmt_load(m['load_average_at_start'])}, {m['platform']}",
+        f"- versions: Python {m['python']}, torch {m['torch']}, clippo {m['clippo']}, "
+        f"stable-baselines3 {m['stable_baselines3']}, gymnasium {m['gymnasium']}, numpy {m['numpy']}, "
+        f"mujoco {m['mujoco']}",
+        "- every child process runs with " + ", ".join(f"{k}={v}" for k, v in m["thread_env"].items())
+        + " and torch.set_num_threads(1)",
+    ]
+
+
+def fmt_load(load: Sequence[float] | None) -> str:
+    return "n/a" if load is None else " / ".join(f"{x:.2f}" for x in load)
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, allow_nan=False, default=_json_default) + "\n")

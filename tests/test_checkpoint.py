@@ -1,0 +1,230 @@
+"""Save and load: identical behaviour after a round trip, run directories, safe and clear failures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+from clippo import PPO
+from clippo.checkpoint import (
+    CheckpointError,
+    periodic_checkpoint_path,
+    prune_checkpoints,
+    read_checkpoint,
+    resolve_checkpoint_path,
+    space_from_dict,
+    space_to_dict,
+    write_atomic,
+)
+
+TINY = dict(num_envs=2, num_steps=32, num_minibatches=2, update_epochs=2, hidden_sizes=[16, 16])
+
+
+def params(agent: PPO) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in agent.model.parameters()]
+
+
+def test_save_load_identical_actions_with_normalization(tmp_path):
+    agent = PPO("Pendulum-v1", **TINY, normalize_observations=True, normalize_rewards=True, seed=0)
+    agent.learn(total_steps=agent.batch_size * 2)
+    agent.close()
+    assert agent.obs_normalizer.stats.count > 1  # statistics were actually gathered
+    path = agent.save(tmp_path / "agent.pt")
+    assert path.is_file()
+
+    loaded = PPO.load(path)
+    obs = np.random.default_rng(0).uniform(-1, 1, size=(16, 3)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.act(obs, deterministic=True), agent.act(obs, deterministic=True))
+    np.testing.assert_array_equal(loaded.act(obs[0], deterministic=True), agent.act(obs[0], deterministic=True))
+    np.testing.assert_array_equal(loaded.obs_normalizer.stats.mean, agent.obs_normalizer.stats.mean)
+    np.testing.assert_array_equal(loaded.obs_normalizer.stats.var, agent.obs_normalizer.stats.var)
+    assert loaded.obs_normalizer.stats.count == agent.obs_normalizer.stats.count
+    assert loaded.obs_normalizer.enabled and loaded.reward_scaler.enabled
+    np.testing.assert_array_equal(loaded.reward_scaler.stats.var, agent.reward_scaler.stats.var)
+    assert all(torch.equal(a, b) for a, b in zip(params(loaded), params(agent)))
+    assert loaded.config == agent.config
+    assert loaded.global_step == agent.global_step and loaded.update == agent.update
+    assert loaded.action_space == agent.action_space and loaded.observation_space == agent.observation_space
+    # the normalization matters: without it the loaded agent would act differently
+    loaded.obs_normalizer.enabled = False
+    assert not np.array_equal(loaded.act(obs, deterministic=True), agent.act(obs, deterministic=True))
+
+
+def test_save_load_without_reward_normalization(tmp_path):
+    # (Pendulum's built-in preset turns reward normalization on: switch it off explicitly)
+    agent = PPO("Pendulum-v1", **TINY, normalize_observations=True, normalize_rewards=False, seed=0)
+    agent.learn(total_steps=agent.batch_size * 2)
+    agent.close()
+    loaded = PPO.load(agent.save(tmp_path / "agent.pt"))
+    assert not loaded.reward_scaler.enabled
+    obs = np.random.default_rng(1).uniform(-1, 1, size=(8, 3)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.act(obs, deterministic=True), agent.act(obs, deterministic=True))
+    np.testing.assert_array_equal(loaded.obs_normalizer.stats.mean, agent.obs_normalizer.stats.mean)
+
+
+def test_load_run_dir(tmp_path):
+    run_dir = tmp_path / "run"
+    agent = PPO("CartPole-v1", **TINY, run_dir=run_dir, seed=0)
+    agent.learn(total_steps=agent.batch_size)
+    agent.close()
+    assert (run_dir / "agent.pt").is_file()
+    loaded = PPO.load(run_dir)
+    obs = np.random.default_rng(2).uniform(-0.1, 0.1, size=(10, 4)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.act(obs, deterministic=True), agent.act(obs, deterministic=True))
+    # a loaded agent can evaluate on its env id
+    result = loaded.evaluate(episodes=2, seed=0)
+    assert result["episodes"] == 2
+
+
+def test_loaded_agent_continues_training_deterministically(tmp_path):
+    """Optimizer, generator and schedule come back: two loads of one checkpoint train identically."""
+    agent = PPO("CartPole-v1", **TINY, seed=4)
+    agent.learn(total_steps=agent.batch_size)
+    path = agent.save(tmp_path / "agent.pt")
+    agent.close()
+    first, second = PPO.load(path), PPO.load(path)
+    for loaded in (first, second):
+        loaded.learn(total_steps=loaded.batch_size)
+        loaded.close()
+        assert loaded.global_step == 2 * agent.batch_size and loaded.update == 2
+    assert all(torch.equal(a, b) for a, b in zip(params(first), params(second)))
+    assert any(not torch.equal(a, b) for a, b in zip(params(first), params(agent)))
+
+
+def test_periodic_checkpoints_are_pruned(tmp_path):
+    run_dir = tmp_path / "run"
+    agent = PPO("CartPole-v1", **TINY, run_dir=run_dir, checkpoint_every=1, keep_checkpoints=2, seed=0)
+    agent.learn(total_steps=agent.batch_size * 4)
+    agent.close()
+    periodic = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*.pt"))
+    assert periodic == [periodic_checkpoint_path(run_dir, s).name for s in (192, 256)]
+    # the run dir resolves to agent.pt first, then to the newest periodic checkpoint
+    assert resolve_checkpoint_path(run_dir) == run_dir / "agent.pt"
+    (run_dir / "agent.pt").unlink()
+    assert resolve_checkpoint_path(run_dir) == run_dir / "checkpoints" / periodic[-1]
+    assert PPO.load(run_dir).global_step == 256
+
+
+def test_custom_env_checkpoint_needs_the_env_to_evaluate(tmp_path, multidiscrete_env):
+    agent = PPO(multidiscrete_env, **TINY, seed=0)
+    agent.learn(total_steps=agent.batch_size)
+    agent.close()
+    loaded = PPO.load(agent.save(tmp_path / "agent.pt"), env=multidiscrete_env)
+    assert loaded.action_space == spaces.MultiDiscrete([3, 4])
+    obs = np.random.default_rng(3).uniform(-1, 1, size=(6, 4)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.act(obs, deterministic=True), agent.act(obs, deterministic=True))
+    assert loaded.evaluate(episodes=2)["mean_length"] == 10.0
+
+
+@pytest.mark.parametrize(
+    "space",
+    [
+        spaces.Discrete(4, start=-2),
+        spaces.MultiDiscrete([3, 4], start=[1, 0]),
+        spaces.Box(low=np.array([-1.0, 0.0], dtype=np.float32), high=np.array([1.0, 5.0], dtype=np.float32)),
+        spaces.Box(-np.inf, np.inf, shape=(2, 3), dtype=np.float64),
+    ],
+)
+def test_space_round_trip(space):
+    assert space_from_dict(space_to_dict(space)) == space
+
+
+def test_unstorable_space():
+    with pytest.raises(CheckpointError):
+        space_to_dict(spaces.MultiBinary(2))
+    with pytest.raises(CheckpointError, match="unknown space type"):
+        space_from_dict({"type": "Graph"})
+
+
+def test_missing_and_corrupt_checkpoints(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        PPO.load(tmp_path / "nope.pt")
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    with pytest.raises(CheckpointError, match="no checkpoint in run directory"):
+        PPO.load(empty_dir)
+    not_a_zip = tmp_path / "not_a_zip.pt"
+    not_a_zip.write_bytes(b"PK\x03\x04 garbage")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        read_checkpoint(not_a_zip)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError):
+        read_checkpoint(empty)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(CheckpointError, match="not a clippo checkpoint"):
+        read_checkpoint(other)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"this is not a checkpoint", b"hello\n", b"(((((", bytes(range(256))],
+    ids=["text", "short-text", "pickle-marks", "binary"],
+)
+def test_garbage_file_gives_checkpoint_error(tmp_path, content):
+    """read_checkpoint promises a one-line CheckpointError for any file that is not a checkpoint."""
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError):
+        read_checkpoint(path)
+
+
+def test_truncated_checkpoint(tmp_path):
+    agent = PPO("CartPole-v1", **TINY)
+    path = agent.save(tmp_path / "agent.pt")
+    agent.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError):
+        PPO.load(path)
+
+
+def test_wrong_format_version(tmp_path):
+    agent = PPO("CartPole-v1", **TINY)
+    payload = agent.state_dict()
+    agent.close()
+    payload["format_version"] = 999
+    path = write_atomic(payload, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="format version 999"):
+        PPO.load(path)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_checkpoint_with_arbitrary_objects_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "clippo-checkpoint", "format_version": 1, "x": _Evil()}, path)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        read_checkpoint(path)
+
+
+def test_write_atomic_leaves_no_temporary_files(tmp_path):
+    target = tmp_path / "sub" / "ckpt.pt"
+    write_atomic({"a": torch.ones(3)}, target)
+    write_atomic({"a": torch.zeros(3)}, target)  # overwrite
+    assert sorted(p.name for p in target.parent.iterdir()) == ["ckpt.pt"]
+    assert torch.equal(torch.load(target, weights_only=True)["a"], torch.zeros(3))
+
+
+def test_prune_keeps_newest(tmp_path):
+    for step in (10, 200, 3000, 40000):
+        write_atomic({"s": step}, periodic_checkpoint_path(tmp_path, step))
+    prune_checkpoints(tmp_path, keep=2)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == [periodic_checkpoint_path(tmp_path, s).name for s in (3000, 40000)]
+
+
+def test_state_dict_holds_only_plain_data(tmp_path):
+    agent = PPO("Pendulum-v1", **TINY, normalize_observations=True, seed=0)
+    path = agent.save(tmp_path / "a.pt")
+    agent.close()
+    # loading with weights_only=True succeeds: no pickled classes inside
+    payload = torch.load(path, weights_only=True)
+    assert payload["format"] == "clippo-checkpoint"
+    assert set(payload) >= {"config", "model", "optimizer", "obs_normalizer", "reward_scaler", "generator"}

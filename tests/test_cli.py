@@ -1,0 +1,266 @@
+"""The command line: train and eval end to end, the run directory, one-line errors, --help."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from clippo import PPO, PPOConfig
+from clippo.cli import main
+from clippo.config import ENV_PRESETS
+
+TRAIN_ARGS = ["--total-steps", "2048", "--num-envs", "4", "--num-steps", "64", "--eval-episodes", "2"]
+
+
+def run_cli(args: list[str]) -> tuple[int, str, str]:
+    """main(args) in-process: exit code (argparse exits included), stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(args)
+        except SystemExit as exc:
+            code = exc.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_one_line_error(code, stderr):
+    assert code not in (0, None)
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    assert "error" in lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("cli") / "tmp"
+    code, out, err = run_cli(["train", "CartPole-v1", "--run-dir", str(run_dir), *TRAIN_ARGS])
+    return run_dir, code, out, err
+
+
+# ------------------------------------------------------------------------------------------------
+# train and eval
+# ------------------------------------------------------------------------------------------------
+def test_train_succeeds_and_reports(trained_run):
+    run_dir, code, out, err = trained_run
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert "CartPole-v1" in out and str(run_dir) in out
+    assert "evaluation over 2 episodes" in out
+
+
+def test_run_dir_contents(trained_run):
+    run_dir, code, _, _ = trained_run
+    assert code == 0
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["env_id"] == "CartPole-v1"
+    assert config["total_steps"] == 2048 and config["num_envs"] == 4 and config["num_steps"] == 64
+    assert config["eval_episodes"] == 2
+    # the CartPole preset still applies to what the flags did not set
+    assert config["update_epochs"] == ENV_PRESETS["CartPole-v1"]["update_epochs"]
+    assert config["learning_rate"] == ENV_PRESETS["CartPole-v1"]["learning_rate"]
+
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert len(metrics) == 2048 // (4 * 64)  # one row per update
+    assert metrics["update"].tolist() == list(range(1, 9))
+    assert metrics["global_step"].tolist() == [256 * i for i in range(1, 9)]
+    for column in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "learning_rate", "sps"):
+        assert column in metrics.columns
+        assert metrics[column].notna().all(), column
+    assert metrics["episodes"].sum() > 0
+
+    tensorboard = run_dir / "tensorboard"
+    assert tensorboard.is_dir()
+    events = list(tensorboard.rglob("events.out.tfevents*"))
+    assert events and all(e.stat().st_size > 0 for e in events)
+
+    assert (run_dir / "agent.pt").is_file()
+    evaluation = json.loads((run_dir / "eval.json").read_text())
+    assert evaluation["episodes"] == 2
+
+
+def test_eval_json_prints_exactly_one_json_object(trained_run):
+    run_dir, code, _, _ = trained_run
+    assert code == 0
+    code, out, err = run_cli(["eval", str(run_dir), "--episodes", "3", "--json"])
+    assert code == 0, err
+    assert len(out.strip().splitlines()) == 1
+    result = json.loads(out)
+    assert isinstance(result, dict)
+    assert result["episodes"] == 3
+    assert isinstance(result["mean_return"], float) and isinstance(result["std_return"], float)
+    assert len(result["returns"]) == 3
+    assert result["mean_return"] == pytest.approx(sum(result["returns"]) / 3)
+
+
+def test_eval_matches_the_python_api(trained_run):
+    run_dir, code, _, _ = trained_run
+    assert code == 0
+    code, out, _ = run_cli(["eval", str(run_dir / "agent.pt"), "--episodes", "4", "--seed", "5", "--json"])
+    assert code == 0
+    expected = PPO.load(run_dir).evaluate(episodes=4, seed=5)
+    result = json.loads(out)
+    assert result["mean_return"] == expected["mean_return"]
+    assert result["returns"] == expected["returns"]
+
+
+def test_eval_human_readable_and_stochastic(trained_run):
+    run_dir, code, _, _ = trained_run
+    assert code == 0
+    code, out, _ = run_cli(["eval", str(run_dir), "--episodes", "2", "--stochastic"])
+    assert code == 0
+    assert "CartPole-v1" in out and "2 episodes" in out and "stochastic" in out
+
+
+def test_train_refuses_an_existing_run_dir(trained_run):
+    run_dir, code, _, _ = trained_run
+    assert code == 0
+    before = (run_dir / "metrics.csv").read_text()
+    code, _, err = run_cli(["train", "CartPole-v1", "--run-dir", str(run_dir), *TRAIN_ARGS])
+    assert_one_line_error(code, err)
+    assert "already holds a run" in err
+    assert (run_dir / "metrics.csv").read_text() == before
+
+
+def test_train_pendulum_with_its_builtin_preset(tmp_path):
+    """Pendulum-v1's preset normalizes observations and rewards; the run must still save agent.pt."""
+    run_dir = tmp_path / "pendulum"
+    code, _, err = run_cli(
+        ["train", "Pendulum-v1", "--run-dir", str(run_dir), "--total-steps", "128", "--num-envs", "2",
+         "--num-steps", "64", "--num-minibatches", "2", "--update-epochs", "1", "--eval-episodes", "1"]
+    )
+    assert code == 0, err
+    assert (run_dir / "agent.pt").is_file()
+    loaded = PPO.load(run_dir)
+    assert loaded.config.normalize_rewards and loaded.config.normalize_observations
+
+
+def test_train_with_config_file_and_flags(tmp_path):
+    config_file = tmp_path / "hp.yaml"
+    config_file.write_text("learning_rate: 0.002\nupdate_epochs: 2\nhidden_sizes: [8]\n")
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(
+        ["train", "CartPole-v1", "--config", str(config_file), "--update-epochs", "3", "--run-dir", str(run_dir),
+         "--total-steps", "64", "--num-envs", "2", "--num-steps", "32", "--eval-episodes", "0",
+         "--no-anneal-lr", "--target-kl", "none", "--hidden-sizes", "8", "8"]
+    )
+    assert code == 0, err
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["learning_rate"] == 0.002
+    assert config["update_epochs"] == 3
+    assert config["anneal_lr"] is False
+    assert config["target_kl"] is None
+    assert config["hidden_sizes"] == [8, 8]
+    assert not (run_dir / "eval.json").exists()  # --eval-episodes 0: no evaluation
+
+
+# ------------------------------------------------------------------------------------------------
+# bad input: exactly one line on stderr, no traceback, non-zero exit
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["train", "NoSuchEnv-v0"], "NoSuchEnv-v0"),
+        (["train", "CartPole-v1", "--learning-rate", "-1"], "learning_rate"),
+        (["train", "CartPole-v1", "--learning-rate", "abc"], "abc"),
+        (["train", "CartPole-v1", "--network", "foo"], "foo"),
+        (["train", "CartPole-v1", "--num-envs", "2", "--num-steps", "2", "--num-minibatches", "5"], "num_minibatches"),
+        (["train", "CartPole-v1", "--gamma", "1.5"], "gamma"),
+        (["train", "CartPole-v1", "--learnin-rate", "0.1"], "--learnin-rate"),
+        (["train", "CartPole-v1", "--num-envs", "2.5"], "2.5"),
+        (["train", "CartPole-v1", "--preset", "nope"], "nope"),
+        (["train", "CartPole-v1", "--config", "missing.yaml"], "missing.yaml"),
+        (["train"], "ENV_ID"),
+        (["eval", "no/such/run"], "no/such/run"),
+        (["eval", "."], "no checkpoint"),
+        (["frobnicate"], "frobnicate"),
+        ([], "command"),
+    ],
+)
+def test_bad_input_gives_one_line_error(args, fragment):
+    code, out, err = run_cli(args)
+    assert_one_line_error(code, err)
+    assert fragment in err
+    assert not Path("runs").exists()  # nothing was written for a run that never started
+
+
+def test_config_file_with_unknown_key(tmp_path):
+    config_file = tmp_path / "hp.yaml"
+    config_file.write_text("learning_rate: 0.001\nbogus_knob: 3\n")
+    code, _, err = run_cli(["train", "CartPole-v1", "--config", str(config_file)])
+    assert_one_line_error(code, err)
+    assert "bogus_knob" in err
+
+
+def test_eval_of_a_garbage_file_gives_one_line_error(tmp_path):
+    path = tmp_path / "garbage.pt"
+    path.write_text("this is not a checkpoint\n")
+    code, _, err = run_cli(["eval", str(path)])
+    assert_one_line_error(code, err)
+
+
+def test_eval_rejects_zero_episodes(trained_run):
+    run_dir, _, _, _ = trained_run
+    code, _, err = run_cli(["eval", str(run_dir), "--episodes", "0"])
+    assert_one_line_error(code, err)
+    assert "episodes" in err
+
+
+def test_train_help_mentions_every_hyperparameter_flag():
+    code, out, _ = run_cli(["train", "--help"])
+    assert code == 0
+    for f in fields(PPOConfig):
+        if f.name == "env_id":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in out, flag
+    for extra in ("--preset", "--config", "--run-dir"):
+        assert extra in out
+
+
+def test_eval_help():
+    code, out, _ = run_cli(["eval", "--help"])
+    assert code == 0
+    for flag in ("--episodes", "--seed", "--json", "--stochastic"):
+        assert flag in out
+
+
+# ------------------------------------------------------------------------------------------------
+# as a real process: python -m clippo
+# ------------------------------------------------------------------------------------------------
+def run_process(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "clippo", *args], capture_output=True, text=True, timeout=120, env=env
+    )
+
+
+def test_subprocess_bad_input_exit_code_and_stderr():
+    result = run_process(["train", "NoSuchEnv-v0", "--total-steps", "64"])
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert lines[0].startswith("clippo: error:") and "NoSuchEnv-v0" in lines[0]
+    assert result.stdout == ""
+
+
+def test_subprocess_eval_json(trained_run):
+    run_dir, code, _, _ = trained_run
+    assert code == 0
+    result = run_process(["eval", str(run_dir), "--episodes", "3", "--json"])
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stdout.strip().splitlines()) == 1
+    data = json.loads(result.stdout)
+    assert data["episodes"] == 3 and {"mean_return", "std_return"} <= set(data)

@@ -1,0 +1,105 @@
+"""FlatAdam against torch.optim.Adam and torch's gradient-norm clipping."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from clippo.optim import FlatAdam
+
+
+def make_model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def loss_of(model, step):
+    g = torch.Generator().manual_seed(100 + step)
+    x = torch.randn(16, 5, generator=g)
+    y = torch.randn(16, 3, generator=g)
+    return ((model(x) - y) ** 2).mean()
+
+
+@pytest.mark.parametrize("max_norm", [None, 0.05])
+def test_flat_adam_matches_torch_adam(max_norm):
+    reference = make_model()
+    flat_model = copy.deepcopy(reference)
+    torch_opt = torch.optim.Adam(reference.parameters(), lr=1e-2, eps=1e-5)
+    flat_opt = FlatAdam(flat_model.parameters(), lr=1e-2, eps=1e-5)
+    for step in range(25):
+        if step == 15:  # a learning-rate change (annealing) takes effect on the next step
+            for group in torch_opt.param_groups:
+                group["lr"] = 3e-3
+            flat_opt.lr = 3e-3
+        torch_opt.zero_grad()
+        loss_of(reference, step).backward()
+        flat_opt.zero_grad()
+        loss_of(flat_model, step).backward()
+        if max_norm is not None:
+            expected_norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), max_norm)
+            norm = flat_opt.clip_grad_norm(max_norm)
+            torch.testing.assert_close(norm, expected_norm)
+        torch_opt.step()
+        flat_opt.step()
+    for a, b in zip(reference.parameters(), flat_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # and the parameters really moved
+    assert not torch.allclose(next(make_model().parameters()), next(flat_model.parameters()))
+
+
+def test_gradients_land_in_the_flat_buffer_and_zero_grad_clears_them():
+    model = make_model()
+    opt = FlatAdam(model.parameters(), lr=1e-3)
+    loss_of(model, 0).backward()
+    assert opt.grad.abs().sum() > 0
+    joined = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    assert torch.equal(joined, opt.grad)
+    opt.zero_grad()
+    assert all(torch.count_nonzero(p.grad) == 0 for p in model.parameters())
+    # accumulation over two backward passes, like torch
+    loss_of(model, 1).backward()
+    once = opt.grad.clone()
+    loss_of(model, 1).backward()
+    torch.testing.assert_close(opt.grad, 2 * once)
+
+
+def test_clip_grad_norm_leaves_small_gradients_alone():
+    model = make_model()
+    opt = FlatAdam(model.parameters(), lr=1e-3)
+    loss_of(model, 0).backward()
+    before = opt.grad.clone()
+    norm = opt.clip_grad_norm(1e6)
+    torch.testing.assert_close(norm, torch.linalg.vector_norm(before))
+    torch.testing.assert_close(opt.grad, before)
+    opt.clip_grad_norm(1e-3)
+    assert torch.linalg.vector_norm(opt.grad).item() == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_state_dict_round_trip_continues_identically():
+    model_a = make_model()
+    opt_a = FlatAdam(model_a.parameters(), lr=1e-2)
+    for step in range(3):
+        opt_a.zero_grad()
+        loss_of(model_a, step).backward()
+        opt_a.step()
+    model_b = copy.deepcopy(model_a)
+    opt_b = FlatAdam(model_b.parameters(), lr=0.5)
+    opt_b.load_state_dict(opt_a.state_dict())
+    assert opt_b.lr == 1e-2 and opt_b.step_count == 3
+    for step in range(3, 6):
+        for model, opt in ((model_a, opt_a), (model_b, opt_b)):
+            opt.zero_grad()
+            loss_of(model, step).backward()
+            opt.step()
+    for a, b in zip(model_a.parameters(), model_b.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_load_state_dict_rejects_other_sizes():
+    opt = FlatAdam(make_model().parameters(), lr=1e-3)
+    other = FlatAdam(nn.Linear(2, 2).parameters(), lr=1e-3)
+    with pytest.raises(ValueError, match="parameters"):
+        opt.load_state_dict(other.state_dict())
