@@ -53,9 +53,14 @@ def ppo_loss(
 
 
 @torch.no_grad()
-def approx_kl(logratio: torch.Tensor) -> torch.Tensor:
-    """Low-variance, always non-negative estimator of KL(old || new): ``E[(r - 1) - log r]``."""
-    return ((logratio.exp() - 1.0) - logratio).mean()
+def approx_kl(logratio: torch.Tensor, ratio: torch.Tensor | None = None) -> torch.Tensor:
+    """Low-variance, always non-negative estimator of KL(old || new): ``E[(r - 1) - log r]``.
+
+    ``ratio`` (``exp(logratio)``) may be passed when already computed.
+    """
+    if ratio is None:
+        ratio = logratio.exp()
+    return ((ratio - 1.0) - logratio).mean()
 
 
 @torch.no_grad()

@@ -129,9 +129,17 @@ class ActorCritic(nn.Module):
         return actions, logprobs, values
 
     def evaluate_actions(
-        self, obs: torch.Tensor, actions: torch.Tensor
+        self, obs: torch.Tensor, actions: torch.Tensor, entropy_grad: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Log-probabilities of stored actions under the current policy, entropies and values."""
+        """Log-probabilities of stored actions under the current policy, entropies and values.
+
+        ``entropy_grad=False`` computes the entropy outside the autograd graph (for logging only).
+        """
         params, values = self(obs)
-        logprobs, entropy = self.distribution.log_prob_and_entropy(params, actions)
+        if entropy_grad:
+            logprobs, entropy = self.distribution.log_prob_and_entropy(params, actions)
+        else:
+            logprobs = self.distribution.log_prob(params, actions)
+            with torch.no_grad():
+                entropy = self.distribution.entropy(params)
         return logprobs, entropy, values

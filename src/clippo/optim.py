@@ -48,12 +48,14 @@ class FlatAdam:
     def zero_grad(self) -> None:
         self.grad.zero_()
 
-    def clip_grad_norm(self, max_norm: float | None) -> torch.Tensor:
+    def clip_grad_norm(self, max_norm: float | None) -> float:
         """Scale the gradient so its global L2 norm is at most ``max_norm`` (None: leave it);
-        return the norm before."""
-        norm = torch.linalg.vector_norm(self.grad)
+        return the norm before (NaN or inf when the gradient is not finite)."""
+        norm = torch.linalg.vector_norm(self.grad).item()
         if max_norm is not None:
-            self.grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+            scale = max_norm / (norm + 1e-6)
+            if scale < 1.0:
+                self.grad.mul_(scale)
         return norm
 
     @torch.no_grad()

@@ -299,16 +299,19 @@ class PPO:
                 order = torch.randperm(len(batch), generator=self.generator).to(self.device)
                 minibatches = [batch[indices] for indices in order.tensor_split(cfg.num_minibatches) if len(indices)]
             for minibatch in minibatches:
-                logprobs, entropy, values = self.model.evaluate_actions(minibatch.obs, minibatch.actions)
+                # With no entropy bonus, the entropy is only logged: keep it out of the graph.
+                logprobs, entropy, values = self.model.evaluate_actions(
+                    minibatch.obs, minibatch.actions, entropy_grad=cfg.ent_coef > 0
+                )
                 logratio = logprobs - minibatch.logprobs
-                kl = approx_kl(logratio)
-                if cfg.target_kl is not None and kl > cfg.target_kl:
-                    early_stopped = True
-                    break
                 advantages = minibatch.advantages
                 if cfg.normalize_advantages and not single_minibatch:
                     advantages = normalize_advantages(advantages)
                 pg_loss, ratio = clipped_surrogate_loss(logratio, advantages, cfg.clip_epsilon)
+                kl = approx_kl(logratio, ratio)
+                if cfg.target_kl is not None and kl > cfg.target_kl:
+                    early_stopped = True
+                    break
                 v_loss = value_loss(
                     values,
                     minibatch.returns,
@@ -321,11 +324,11 @@ class PPO:
                 self.optimizer.zero_grad()
                 loss.backward()
                 grad_norm = self.optimizer.clip_grad_norm(cfg.max_grad_norm)
-                if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-                    what = "loss" if not torch.isfinite(loss) else "gradient"
+                if not math.isfinite(grad_norm) or not torch.isfinite(loss):
+                    what = "gradient" if torch.isfinite(loss) else "loss"
                     message = (
                         f"non-finite {what} at update {self.update}, minibatch step {len(history['policy_loss']) + 1} "
-                        f"(policy loss {pg_loss.item():.4g}, value loss {v_loss.item():.4g}, gradient norm {grad_norm.item():.4g})"
+                        f"(policy loss {pg_loss.item():.4g}, value loss {v_loss.item():.4g}, gradient norm {grad_norm:.4g})"
                     )
                     if cfg.nonfinite == "stop":
                         raise NonFiniteError(f"{message}; {self._resume_hint()} from the last checkpoint")
