@@ -235,9 +235,9 @@ def test_discrete_observations_train_on_their_one_hot_encoding(normalize_observa
     seen: list[torch.Tensor] = []
     original = agent.model.evaluate_actions
 
-    def spy(obs, actions):
+    def spy(obs, actions, **kwargs):
         seen.append(obs.detach().clone())
-        return original(obs, actions)
+        return original(obs, actions, **kwargs)
 
     agent.model.evaluate_actions = spy
     try:
