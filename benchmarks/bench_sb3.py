@@ -181,6 +181,7 @@ def clippo_hyperparameters(recipe: dict[str, Any], seed: int) -> dict[str, Any]:
         "device": "cpu",
         "torch_threads": 1,
         "checkpoint_every": 0,
+        "tensorboard": False,
     }
 
 
@@ -297,7 +298,7 @@ def child_train_clippo(spec: dict[str, Any]) -> dict[str, Any]:
     recipe, seed = spec["recipe"], spec["seed"]
     run_dir = Path(spec["run_dir"])
     if run_dir.exists():
-        shutil.rmtree(run_dir)  # clippo appends to an existing metrics.csv
+        shutil.rmtree(run_dir)  # a fresh run directory for every run
     t = time.perf_counter()
     agent = PPO(spec["env_id"], preset="default", run_dir=run_dir, **clippo_hyperparameters(recipe, seed))
     setup_s = time.perf_counter() - t
@@ -407,33 +408,10 @@ def _rollout_count(spec: dict[str, Any]) -> int:
     return max(spec["min_rollouts"], math.ceil(spec["collect_steps"] / batch))
 
 
-def _clippo_runner(agent, env_runner_cls, seed: int):
-    """The agent's EnvRunner on its own envs, reset as training resets it.
-
-    PPO._ensure_runner is private, but it is exactly what learn() uses; the fallback builds the
-    runner by hand for the two constructor signatures clippo has had (seed in the constructor, or
-    a separate ``start(seed)``).
-    """
-    import inspect
-
-    ensure = getattr(agent, "_ensure_runner", None)
-    if ensure is not None:
-        return ensure()
-    from clippo.envs import make_vector_env
-
-    envs = make_vector_env(agent.env_source, agent.config.num_envs, agent.config.vector_env)
-    if "seed" in inspect.signature(env_runner_cls).parameters:
-        return env_runner_cls(envs, agent.obs_normalizer, agent.reward_scaler, seed=seed)
-    runner = env_runner_cls(envs, agent.obs_normalizer, agent.reward_scaler)
-    runner.start(seed)
-    return runner
-
-
 def child_limits_clippo(spec: dict[str, Any]) -> dict[str, Any]:
     _single_thread()
     from clippo import PPO
     from clippo.envs import make_vector_env
-    from clippo.rollout import EnvRunner, RolloutBuffer
 
     env_id, n, num_steps, seed = spec["env_id"], spec["num_envs"], spec["num_steps"], spec["seed"]
     recipe = {**spec["recipe"], "n_envs": n, "n_steps": num_steps}
@@ -450,9 +428,8 @@ def child_limits_clippo(spec: dict[str, Any]) -> dict[str, Any]:
 
     # 2. clippo's rollout collection with an untrained policy, built as PPO._train builds it.
     agent = PPO(env_id, preset="default", **hp)
-    runner = _clippo_runner(agent, EnvRunner, seed)
-    dist = agent.model.distribution
-    buffer = RolloutBuffer(num_steps, n, agent.model.obs_size, dist.action_shape, dist.action_dtype, agent.device)
+    runner = agent.env_runner()
+    buffer = agent.new_rollout_buffer()
     runner.collect(agent.model, buffer, agent.generator)  # warm-up
     rollouts = _rollout_count(spec)
     times = []
@@ -712,10 +689,10 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "## Notes on what is timed",
         "",
         "- `learn()` wall time only (construction and evaluation excluded); steps/s = env steps trained / that time.",
-        "- clippo runs with a `run_dir` (its curve comes from `metrics.csv`), so its `learn()` also writes a CSV row "
-        "and TensorBoard scalars each update and a final checkpoint; SB3 runs with `verbose=0` and no TensorBoard log. "
+        "- clippo runs with a `run_dir` and `tensorboard=False` (its curve comes from `metrics.csv`), so its `learn()` "
+        "also writes a CSV row each update and a final checkpoint; SB3 runs with `verbose=0` and no TensorBoard log. "
         "The last column of the per-seed table is clippo's own timer of the update loop, without that setup and the "
-        "final save. TensorBoard's `SummaryWriter` is imported before the timer in both (SB3 imports it on import).",
+        "final save.",
         "- SB3 records its curve with a callback that reads `info[\"episode\"][\"r\"]` each step (a small cost).",
         f"- Curves: mean return of the most recent updates' finished episodes (at least {results['curve_window']} "
         "episodes), against seconds since `learn()` started.",

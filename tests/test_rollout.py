@@ -137,7 +137,7 @@ def test_cartpole_autoreset_counts():
     """CartPole-v1's native vector env: every episode end is followed by exactly one invalid step."""
     agent = PPO("CartPole-v1", num_envs=4, num_steps=100, num_minibatches=1, seed=3)
     try:
-        runner = agent._ensure_runner()
+        runner = agent.env_runner()
         model = agent.model
         buffer = RolloutBuffer(100, 4, model.obs_size, (), torch.int64, "cpu")
         runner.collect(model, buffer, agent.generator)

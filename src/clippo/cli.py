@@ -158,11 +158,6 @@ def _train(args: argparse.Namespace) -> int:
     overrides = {name: value for name, value in vars(args).items() if name in known}
     seed = overrides.get("seed", 0)
     run_dir = Path(args.run_dir or f"runs/{args.env_id}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if (run_dir / "metrics.csv").exists():
-        raise ValueError(
-            f"run directory {str(run_dir)!r} already holds a run: choose another --run-dir, "
-            f"or continue it with: clippo resume {run_dir}"
-        )
     agent = PPO(args.env_id, preset=args.preset, config_file=args.config, run_dir=run_dir, **overrides)
     run_dir.mkdir(parents=True, exist_ok=True)
     if args.run_dir is None:
@@ -188,7 +183,7 @@ def _resume(args: argparse.Namespace) -> int:
     truncate_metrics(run_dir, agent.global_step)
     with stop_on_signals(agent):
         try:
-            agent._ensure_runner()
+            agent.env_runner()
             how = "exactly (envs restored)" if agent.envs_restored else "with freshly reset envs"
             print(f"resuming {agent.config.env_id} at step {agent.global_step} {how}", flush=True)
             agent.resume(progress=args.progress)

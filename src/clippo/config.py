@@ -58,6 +58,7 @@ class PPOConfig:
     reward_clip: float = knob('Clip of scaled rewards.', 10.0)
     device: str = knob('cpu, cuda or auto (cuda when available).', "cpu")
     torch_threads: int = knob('torch intra-op threads; small MLPs run fastest on one.', 1)
+    tensorboard: bool = knob("Write TensorBoard event files in the run directory (metrics.csv is always written).", True)
     checkpoint_every: int = knob('Write a checkpoint every this many updates (0: only at the end and on interruption).', 50)
     keep_checkpoints: int = knob('How many periodic checkpoints to keep.', 3)
     nonfinite: str = knob("stop or skip: on a NaN/inf observation, reward, loss or gradient, stop the run (after checkpointing the last good update) or skip the poisoned update.", "stop")

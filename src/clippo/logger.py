@@ -22,6 +22,7 @@ COLUMNS = [
     "wall_time",
     "sps",
     "episode_return",
+    "recent_return",
     "episode_length",
     "episodes",
     "policy_loss",
@@ -40,7 +41,16 @@ COLUMNS = [
 class RunLogger:
     """Writes one row per update. ``run_dir=None`` writes no files (Python API without a run dir)."""
 
-    def __init__(self, run_dir: Path | None, total_steps: int, start_step: int = 0, show_progress: bool | None = None):
+    def __init__(
+        self,
+        run_dir: Path | None,
+        total_steps: int,
+        start_step: int = 0,
+        show_progress: bool | None = None,
+        tensorboard: bool = True,
+    ):
+        """``show_progress``: True a progress bar, False nothing, None a bar on a terminal and
+        plain log lines (with a run directory) otherwise."""
         self.run_dir = run_dir
         self._csv_file = None
         self._csv = None
@@ -53,9 +63,11 @@ class RunLogger:
             self._csv = csv.DictWriter(self._csv_file, fieldnames=COLUMNS, extrasaction="ignore")
             if new_file:
                 self._csv.writeheader()
-            from torch.utils.tensorboard import SummaryWriter  # imported lazily: it is slow to import
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter  # imported lazily: it is slow to import
 
-            self._tb = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR), purge_step=start_step or None)
+                self._tb = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR), purge_step=start_step or None)
+        self._plain = run_dir is not None and show_progress is None and not sys.stderr.isatty()
         if show_progress is None:
             show_progress = sys.stderr.isatty()
         self._bar = (
@@ -63,7 +75,6 @@ class RunLogger:
             if show_progress
             else None
         )
-        self._plain = run_dir is not None and not show_progress
         self._last_line = 0.0
 
     def log(self, metrics: dict[str, Any]) -> None:

@@ -37,7 +37,7 @@ from clippo.config import PPOConfig, config_from_dict, resolve_config
 from clippo.envs import EnvSource, make_vector_env
 from clippo.errors import CheckpointError, EnvStepError, NonFiniteError, TrainingInterrupted
 from clippo.evaluation import run_episodes
-from clippo.logger import RunLogger
+from clippo.logger import METRICS_FILE, RunLogger
 from clippo.losses import (
     approx_kl,
     clip_fraction,
@@ -94,6 +94,11 @@ class PPO:
         else:
             raise TypeError(f"env must be a Gymnasium env id (str) or a callable returning a gymnasium.Env, got {env!r}")
         config = resolve_config(env_id, preset, config_file, hyperparameters)
+        if run_dir is not None and (Path(run_dir) / METRICS_FILE).exists():
+            raise ValueError(
+                f"run directory {str(run_dir)!r} already holds a run: choose another run_dir, "
+                f"or continue it with: clippo resume {run_dir}"
+            )
         self.env_source: EnvSource = env
         envs = make_vector_env(env, config.num_envs, config.vector_env)
         self._setup(config, envs.single_observation_space, envs.single_action_space, run_dir)
@@ -176,17 +181,10 @@ class PPO:
 
     def _train(self, progress: bool | None) -> PPO:
         cfg = self.config
-        runner = self._ensure_runner()
-        buffer = RolloutBuffer(
-            cfg.num_steps,
-            cfg.num_envs,
-            self.model.obs_size,
-            self.model.distribution.action_shape,
-            self.model.distribution.action_dtype,
-            self.device,
-        )
+        runner = self.env_runner()
+        buffer = self.new_rollout_buffer()
         end_step = self.global_step + (self.schedule_end - self.update) * self.batch_size
-        logger = RunLogger(self.run_dir, end_step, self.global_step, progress)
+        logger = RunLogger(self.run_dir, end_step, self.global_step, progress, cfg.tensorboard)
         recent_returns: list[float] = []
         start_time, start_step, time_before = time.perf_counter(), self.global_step, self.train_time
         self.stop_requested = False
@@ -350,7 +348,20 @@ class PPO:
         stats["skipped_steps"] = skipped
         return stats
 
-    def _ensure_runner(self) -> EnvRunner:
+    def new_rollout_buffer(self) -> RolloutBuffer:
+        """Empty storage for one rollout of this agent's shape."""
+        distribution = self.model.distribution
+        return RolloutBuffer(
+            self.config.num_steps,
+            self.config.num_envs,
+            self.model.obs_size,
+            distribution.action_shape,
+            distribution.action_dtype,
+            self.device,
+        )
+
+    def env_runner(self) -> EnvRunner:
+        """The training envs and their carried-over state (created, and started, on first use)."""
         if self._runner is None:
             if self._envs is None:
                 self._envs = make_vector_env(self.env_source, self.config.num_envs, self.config.vector_env)

@@ -88,6 +88,8 @@ class EnvRunner:
         reward_scaler: RewardScaler,
         nonfinite: str = "stop",
     ) -> None:
+        if nonfinite not in ("stop", "skip"):
+            raise ValueError(f"nonfinite={nonfinite!r} is invalid: choose one of stop, skip")
         self.envs = envs
         self.nonfinite = nonfinite
         self.poisoned = False
@@ -113,6 +115,8 @@ class EnvRunner:
     @torch.inference_mode()
     def collect(self, policy: ActorCritic, buffer: RolloutBuffer, generator: torch.Generator) -> None:
         """Run the policy for ``num_steps`` steps in every env, storing each step into ``buffer``."""
+        if self.next_obs.shape[0] != self.num_envs:
+            raise RuntimeError("EnvRunner.collect() before start(): call start(seed) or load_state_dict() first")
         distribution = policy.distribution
         num_steps = buffer.obs.shape[0]
         self.poisoned = False
