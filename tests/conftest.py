@@ -111,11 +111,10 @@ def sample_actions(dist, params: torch.Tensor, deterministic: bool, generator: t
 
 
 def policy_act(model, obs: torch.Tensor, deterministic: bool = False, generator: torch.Generator | None = None):
-    """``ActorCritic.act`` -> (actions, logprobs, values), for either sampling interface."""
-    if "noise" in inspect.signature(model.act).parameters:
-        noise = None if deterministic else model.distribution.noise((obs.shape[0],), generator)
-        return model.act(obs, noise)
-    return model.act(obs, deterministic, generator)
+    """``ActorCritic.act`` plus the critic's values: (actions, logprobs, values)."""
+    noise = None if deterministic else model.distribution.noise((obs.shape[0],), generator)
+    actions, logprobs = model.act(obs, noise)
+    return actions, logprobs, model.value(obs)
 
 
 @pytest.fixture

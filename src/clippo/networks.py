@@ -90,7 +90,7 @@ class ActorCritic(nn.Module):
 
     def preprocess(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Flat float32 network input for a batch of (already normalized) observations."""
-        device = self.critic_head.weight.device
+        device = self.actor_head.bias.device
         obs = torch.from_numpy(obs).to(device) if isinstance(obs, np.ndarray) else torch.as_tensor(obs, device=device)
         if isinstance(self.observation_space, spaces.Discrete):
             return F.one_hot(obs.long() - int(self.observation_space.start), self.obs_size).float()
@@ -101,13 +101,17 @@ class ActorCritic(nn.Module):
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Distribution parameters and values (shape [batch]) for a batch of network inputs."""
         if self.shared:
-            actor_hidden = critic_hidden = run_body(obs, self.trunk, self.activation)
-        else:
-            actor_hidden = run_body(obs, self.actor_body, self.activation)
-            critic_hidden = run_body(obs, self.critic_body, self.activation)
-        return self._actor_out(actor_hidden), self._critic_out(critic_hidden)
+            hidden = run_body(obs, self.trunk, self.activation)
+            return self._actor_out(hidden), self._critic_out(hidden)
+        return self.actor(obs), self.value(obs)
+
+    def actor(self, obs: torch.Tensor) -> torch.Tensor:
+        """The actor's output alone: logits, or the Gaussian mean."""
+        body = self.trunk if self.shared else self.actor_body
+        return self._actor_out(run_body(obs, body, self.activation))
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
+        """The critic's values alone (shape [batch])."""
         body = self.trunk if self.shared else self.critic_body
         return self._critic_out(run_body(obs, body, self.activation))
 
@@ -117,16 +121,13 @@ class ActorCritic(nn.Module):
     def _critic_out(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.linear(hidden, self.critic_head.weight, self.critic_head.bias).squeeze(-1)
 
-    def act(
-        self, obs: torch.Tensor, noise: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Actions of the current policy, their log-probabilities, and the values.
+    def act(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Actions of the current policy and their log-probabilities.
 
         ``noise`` comes from ``self.distribution.noise``; None acts deterministically (the mode).
+        Acting needs only the actor: the rollout evaluates the critic once on the whole batch.
         """
-        params, values = self(obs)
-        actions, logprobs = self.distribution.sample_with_log_prob(params, noise)
-        return actions, logprobs, values
+        return self.distribution.sample_with_log_prob(self.actor(obs), noise)
 
     def evaluate_actions(
         self, obs: torch.Tensor, actions: torch.Tensor, entropy_grad: bool = True

@@ -401,7 +401,7 @@ class PPO:
             )
         obs = self.model.preprocess(self.obs_normalizer(obs[None] if single else obs))
         noise = None if deterministic else self.model.distribution.noise((len(obs),), self.generator, self.device)
-        actions, _, _ = self.model.act(obs, noise)
+        actions, _ = self.model.act(obs, noise)
         env_actions = self.model.distribution.to_env(actions.cpu().numpy())
         return env_actions[0] if single else env_actions
 

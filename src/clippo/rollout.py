@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +51,7 @@ class RolloutBuffer:
         self.logprobs = np.zeros(shape, dtype=np.float32)
         self.values = np.zeros(shape, dtype=np.float32)
         self.rewards = np.zeros(shape, dtype=np.float32)
+        self.raw_rewards = np.zeros(shape, dtype=np.float32)
         self.terminated = np.zeros(shape, dtype=bool)
         self.truncated = np.zeros(shape, dtype=bool)
         self.valid = np.ones(shape, dtype=bool)
@@ -123,12 +125,11 @@ class EnvRunner:
         noise = distribution.noise((num_steps, self.num_envs), generator, buffer.device)
         for t in range(num_steps):
             obs = policy.preprocess(self.next_obs)
-            actions, logprobs, values = policy.act(obs, noise[t])
+            actions, logprobs = policy.act(obs, noise[t])
             actions = actions.cpu().numpy()
             buffer.obs[t] = obs.cpu().numpy()
             buffer.actions[t] = actions
             buffer.logprobs[t] = logprobs.cpu().numpy()
-            buffer.values[t] = values.cpu().numpy()
             valid = ~self.autoreset
             buffer.valid[t] = valid
 
@@ -137,20 +138,29 @@ class EnvRunner:
             except Exception as exc:  # whatever the env raises, training cannot go on from here
                 detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 raise EnvStepError(f"the environment raised {type(exc).__name__} in step(): {detail}") from exc
-            if not (np.isfinite(raw_obs).all() and np.isfinite(rewards).all()):
+            # One sum is finite exactly when all its terms are (or it overflowed: checked in detail).
+            if not math.isfinite(raw_obs.sum() + rewards.sum()):
                 raw_obs, rewards = self._handle_nonfinite(raw_obs, rewards)
             dones = terminated | truncated
             self.next_obs = self.obs_normalizer(raw_obs, update=True)
+            buffer.raw_rewards[t] = rewards
             buffer.rewards[t] = self.reward_scaler(rewards, dones, valid)
             buffer.terminated[t] = terminated
             buffer.truncated[t] = truncated
-            self._track_episodes(rewards, dones, valid)
             self.autoreset = dones
-        buffer.last_value[:] = policy.value(policy.preprocess(self.next_obs)).cpu().numpy()
+        self._track_episodes(buffer)
+        # The critic is not needed to act: evaluate it once on every stored observation, plus the
+        # observation after the last step (the bootstrap value at the rollout cut).
+        stored = buffer.tensor("obs").reshape(-1, buffer.obs.shape[-1])
+        values = policy.value(torch.cat([stored, policy.preprocess(self.next_obs)])).cpu().numpy()
+        buffer.values[:] = values[: -self.num_envs].reshape(buffer.values.shape)
+        buffer.last_value[:] = values[-self.num_envs :]
 
     def _handle_nonfinite(self, raw_obs: np.ndarray, rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         bad_obs = ~np.isfinite(raw_obs).reshape(self.num_envs, -1).all(axis=1)
         bad_rewards = ~np.isfinite(rewards)
+        if not (bad_obs.any() or bad_rewards.any()):  # only the sum overflowed
+            return raw_obs, rewards
         what = "observation" if bad_obs.any() else "reward"
         env_index = int(np.flatnonzero(bad_obs | bad_rewards)[0])
         message = f"non-finite {what} from env {env_index} (of {self.num_envs})"
@@ -161,14 +171,30 @@ class EnvRunner:
         self.poison_message = message
         return np.nan_to_num(raw_obs, nan=0.0, posinf=0.0, neginf=0.0), np.nan_to_num(rewards, nan=0.0, posinf=0.0, neginf=0.0)
 
-    def _track_episodes(self, rewards: np.ndarray, dones: np.ndarray, valid: np.ndarray) -> None:
-        self.episode_returns += rewards * valid
-        self.episode_lengths += valid
-        if dones.any():
-            self.finished_returns.extend(self.episode_returns[dones].tolist())
-            self.finished_lengths.extend(self.episode_lengths[dones].tolist())
-            self.episode_returns[dones] = 0.0
-            self.episode_lengths[dones] = 0
+    def _track_episodes(self, buffer: RolloutBuffer) -> None:
+        """Record the returns and lengths (raw rewards) of the episodes that ended in this rollout.
+
+        Done once per rollout on whole arrays: running totals per env, carried over from the
+        previous rollout, read off where episodes end.
+        """
+        valid = buffer.valid
+        totals = np.cumsum(buffer.raw_rewards * valid, axis=0) + self.episode_returns
+        steps = np.cumsum(valid, axis=0) + self.episode_lengths
+        ends_t, ends_env = np.nonzero((buffer.terminated | buffer.truncated).T)[::-1]  # env-major, time-sorted
+        end_totals, end_steps = totals[ends_t, ends_env], steps[ends_t, ends_env]
+        # An env's episode after the first is the difference to its previous episode's end.
+        same_env = np.concatenate([[False], ends_env[1:] == ends_env[:-1]])
+        previous_totals = np.where(same_env, np.roll(end_totals, 1), 0.0)
+        previous_steps = np.where(same_env, np.roll(end_steps, 1), 0)
+        self.finished_returns.extend((end_totals - previous_totals).tolist())
+        self.finished_lengths.extend((end_steps - previous_steps).tolist())
+        # What the episodes still running have gathered so far.
+        last_total = np.zeros(self.num_envs)
+        last_steps = np.zeros(self.num_envs, dtype=np.int64)
+        last_total[ends_env] = end_totals  # fancy assignment keeps the last (latest) end per env
+        last_steps[ends_env] = end_steps
+        self.episode_returns = totals[-1] - last_total
+        self.episode_lengths = steps[-1] - last_steps
 
     def state_dict(self) -> dict:
         """What carries over to the next rollout, including the envs' own state where it can be
@@ -192,6 +218,7 @@ class EnvRunner:
         self.episode_returns = state["episode_returns"].numpy().copy()
         self.episode_lengths = state["episode_lengths"].numpy().copy()
         return True
+
 
     def pop_finished_episodes(self) -> tuple[list[float], list[int]]:
         """Returns and lengths of the episodes finished since the last call."""
