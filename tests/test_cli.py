@@ -264,3 +264,229 @@ def test_subprocess_eval_json(trained_run):
     assert len(result.stdout.strip().splitlines()) == 1
     data = json.loads(result.stdout)
     assert data["episodes"] == 3 and {"mean_return", "std_return"} <= set(data)
+
+
+# ------------------------------------------------------------------------------------------------
+# bad input, every class: one stderr line from the CLI, the same message from the Python API
+# ------------------------------------------------------------------------------------------------
+# (flags, the PPO keyword arguments they amount to); validation must name the field.
+def one_line_error(code, stderr: str) -> str:
+    assert_one_line_error(code, stderr)
+    return stderr.strip()
+
+
+INVALID_HYPERPARAMETERS = [
+    (["--total-steps", "0"], {"total_steps": 0}),
+    (["--total-steps", "-100"], {"total_steps": -100}),
+    (["--num-envs", "0"], {"num_envs": 0}),
+    (["--num-steps", "-1"], {"num_steps": -1}),
+    (["--num-minibatches", "0"], {"num_minibatches": 0}),
+    (["--update-epochs", "0"], {"update_epochs": 0}),
+    (["--learning-rate", "0"], {"learning_rate": 0.0}),
+    (["--learning-rate", "-0.001"], {"learning_rate": -0.001}),
+    (["--learning-rate", "nan"], {"learning_rate": float("nan")}),
+    (["--learning-rate", "inf"], {"learning_rate": float("inf")}),
+    (["--gamma", "1.01"], {"gamma": 1.01}),
+    (["--gamma", "nan"], {"gamma": float("nan")}),
+    (["--gae-lambda", "-0.5"], {"gae_lambda": -0.5}),
+    (["--clip-epsilon", "0"], {"clip_epsilon": 0.0}),
+    (["--ent-coef", "-0.01"], {"ent_coef": -0.01}),
+    (["--vf-coef", "nan"], {"vf_coef": float("nan")}),
+    (["--max-grad-norm", "0"], {"max_grad_norm": 0.0}),
+    (["--max-grad-norm=-inf"], {"max_grad_norm": float("-inf")}),  # (argparse takes a bare -inf for a flag)
+    (["--target-kl", "-1"], {"target_kl": -1.0}),
+    (["--target-kl", "nan"], {"target_kl": float("nan")}),
+    (["--hidden-sizes", "64", "0"], {"hidden_sizes": [64, 0]}),
+    (["--hidden-sizes", "-8"], {"hidden_sizes": [-8]}),
+    (["--init-log-std", "inf"], {"init_log_std": float("inf")}),
+    (["--obs-clip", "-1"], {"obs_clip": -1.0}),
+    (["--reward-clip", "0"], {"reward_clip": 0.0}),
+    (["--torch-threads", "0"], {"torch_threads": 0}),
+    (["--checkpoint-every", "-1"], {"checkpoint_every": -1}),
+    (["--keep-checkpoints", "0"], {"keep_checkpoints": 0}),
+    (["--eval-episodes", "-1"], {"eval_episodes": -1}),
+    # contradictory settings
+    (["--num-envs", "2", "--num-steps", "4", "--num-minibatches", "9"],
+     {"num_envs": 2, "num_steps": 4, "num_minibatches": 9}),
+]
+
+
+@pytest.mark.parametrize("flags, kwargs", INVALID_HYPERPARAMETERS, ids=[" ".join(f) for f, _ in INVALID_HYPERPARAMETERS])
+def test_invalid_value_same_message_from_cli_and_api(flags, kwargs):
+    code, out, err = run_cli(["train", "CartPole-v1", *flags])
+    assert_one_line_error(code, err)
+    assert code == 2 and out == ""
+    with pytest.raises(ValueError) as info:
+        PPO("CartPole-v1", **kwargs)
+    message = str(info.value)
+    assert len(message.splitlines()) == 1
+    assert err.strip() == f"clippo: error: {message}"
+    field = next(iter(kwargs)) if len(kwargs) == 1 else "num_minibatches"
+    assert message.startswith(f"{field}=")
+    assert not Path("runs").exists()
+
+
+# argparse rejects these before clippo sees them: one "clippo train: error: ..." line naming the flag;
+# the API rejects the same values by type or choice, naming the field.
+WRONG_TYPES_AND_CHOICES = [
+    (["--num-envs", "2.5"], "--num-envs", {"num_envs": 2.5}),
+    (["--num-envs", "abc"], "--num-envs", {"num_envs": "abc"}),
+    (["--num-steps", "1e3"], "--num-steps", {"num_steps": "1e3"}),
+    (["--learning-rate", "fast"], "--learning-rate", {"learning_rate": "fast"}),
+    (["--target-kl", "off-ish"], "--target-kl", {"target_kl": "off-ish"}),
+    (["--hidden-sizes", "64", "x"], "--hidden-sizes", {"hidden_sizes": [64, "x"]}),
+    (["--anneal-lr", "maybe"], "maybe", {"anneal_lr": "maybe"}),
+    (["--network", "cnn"], "--network", {"network": "cnn"}),
+    (["--activation", "gelu"], "--activation", {"activation": "gelu"}),
+    (["--vector-env", "threads"], "--vector-env", {"vector_env": "threads"}),
+    (["--device", "tpu"], "--device", {"device": "tpu"}),
+    (["--nonfinite", "ignore"], "--nonfinite", {"nonfinite": "ignore"}),
+    (["--seed", "zero"], "--seed", {"seed": "zero"}),
+    (["--num-envs"], "--num-envs", None),
+    (["--preset", "fastest"], "--preset", None),
+]
+
+
+@pytest.mark.parametrize("flags, fragment, kwargs", WRONG_TYPES_AND_CHOICES,
+                         ids=[" ".join(f) for f, _, _ in WRONG_TYPES_AND_CHOICES])
+def test_wrong_type_or_choice(flags, fragment, kwargs):
+    code, out, err = run_cli(["train", "CartPole-v1", *flags])
+    line = one_line_error(code, err)
+    assert code == 2 and out == ""
+    assert fragment in line
+    assert line.startswith("clippo")
+    if kwargs is not None:
+        (name,) = kwargs
+        with pytest.raises((ValueError, TypeError)) as info:
+            PPO("CartPole-v1", **kwargs)
+        assert len(str(info.value).splitlines()) == 1
+        assert str(info.value).startswith(f"{name}=")
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**70)])
+def test_out_of_range_seed(tmp_path, seed):
+    """A seed the envs cannot take is either rejected up front by name, or works: never a traceback."""
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli(["train", "CartPole-v1", "--seed", seed, "--run-dir", str(run_dir), *TRAIN_ARGS[:6],
+                              "--total-steps", "256", "--eval-episodes", "0"])
+    assert "Traceback" not in err
+    if code != 0:
+        line = one_line_error(code, err)
+        assert "seed" in line, line
+        assert not (run_dir / "metrics.csv").exists()
+        with pytest.raises(ValueError, match="seed") as info:
+            PPO("CartPole-v1", seed=int(seed), num_envs=2, num_steps=32).learn(total_steps=64)
+        assert err.strip() == f"clippo: error: {info.value}"
+
+
+def test_unknown_env_id_same_message_from_cli_and_api():
+    code, _, err = run_cli(["train", "NoSuchEnv-v0", "--total-steps", "64"])
+    assert_one_line_error(code, err)
+    with pytest.raises(ValueError) as info:
+        PPO("NoSuchEnv-v0")
+    assert err.strip() == f"clippo: error: {info.value}"
+    assert "NoSuchEnv-v0" in str(info.value)
+
+
+def test_native_vector_env_without_native_implementation():
+    code, _, err = run_cli(["train", "Pendulum-v1", "--vector-env", "native", "--total-steps", "64"])
+    assert_one_line_error(code, err)
+    with pytest.raises(ValueError) as info:
+        PPO("Pendulum-v1", vector_env="native")
+    assert err.strip() == f"clippo: error: {info.value}"
+    assert "native" in str(info.value) and "Pendulum-v1" in str(info.value)
+    assert not Path("runs").exists()
+
+
+def _bad_config_file(kind: str, tmp_path: Path) -> tuple[Path, str]:
+    if kind == "directory":
+        path = tmp_path / "conf.yaml"
+        path.mkdir()
+        return path, "cannot read"
+    if kind == "missing":
+        return tmp_path / "nope.yaml", "cannot read"
+    contents = {
+        "invalid-yaml": ("conf.yaml", "learning_rate: [0.1\nnum_envs: 4\n", "cannot parse"),
+        "invalid-json": ("conf.json", "{learning_rate: 0.1", "cannot parse"),
+        "invalid-toml": ("conf.toml", "learning_rate = = 0.1", "cannot parse"),
+        "binary": ("conf.yaml", "\x00\x01\x02\x9f binary", "conf.yaml"),
+        "not-a-mapping": ("conf.yaml", "- 1\n- 2\n", "mapping"),
+        "unknown-key": ("conf.yaml", "learning_rate: 0.001\nlearnin_rate: 0.1\n", "learnin_rate"),
+        "wrong-type": ("conf.yaml", "num_envs: four\n", "num_envs"),
+        "bad-value": ("conf.json", '{"gamma": 2}', "gamma"),
+        "null-value": ("conf.yaml", "learning_rate: null\n", "learning_rate"),
+    }
+    name, text, fragment = contents[kind]
+    path = tmp_path / name
+    path.write_text(text)
+    return path, fragment
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["directory", "missing", "invalid-yaml", "invalid-json", "invalid-toml", "binary", "not-a-mapping",
+     "unknown-key", "wrong-type", "bad-value", "null-value"],
+)
+def test_bad_config_file_same_message_from_cli_and_api(tmp_path, kind):
+    path, fragment = _bad_config_file(kind, tmp_path)
+    code, out, err = run_cli(["train", "CartPole-v1", "--config", str(path)])
+    line = one_line_error(code, err)
+    assert code == 2 and out == ""
+    assert fragment in line
+    with pytest.raises(ValueError) as info:
+        PPO("CartPole-v1", config_file=path)
+    assert err.strip() == f"clippo: error: {info.value}"
+    assert not Path("runs").exists()
+
+
+def test_missing_run_dir_for_eval_and_resume(tmp_path):
+    missing = tmp_path / "no" / "such" / "run"
+    code, out, err = run_cli(["eval", str(missing)])
+    assert_one_line_error(code, err)
+    with pytest.raises(ValueError) as info:
+        PPO.load(missing)
+    assert err.strip() == f"clippo: error: {info.value}"
+
+    code, out, err = run_cli(["resume", str(missing)])
+    assert_one_line_error(code, err)
+    with pytest.raises(ValueError) as info:
+        PPO.from_run(missing)
+    assert err.strip() == f"clippo: error: {info.value}"
+    assert str(missing) in err
+
+
+def test_run_dir_without_checkpoints_for_eval_and_resume(tmp_path):
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    (empty / "metrics.csv").write_text("global_step\n")
+    for args, load in ((["eval", str(empty)], PPO.load), (["resume", str(empty)], PPO.from_run)):
+        code, out, err = run_cli(args)
+        assert_one_line_error(code, err)
+        with pytest.raises(ValueError) as info:
+            load(empty)
+        assert err.strip() == f"clippo: error: {info.value}"
+        assert "no" in err and "checkpoint" in err
+
+
+@pytest.mark.parametrize("args", [["resume"], ["resume", "a", "b"], ["eval"], ["eval", ".", "--episodes", "x"],
+                                  ["eval", ".", "--episodes", "-3"], ["resume", ".", "--total-steps", "10"]])
+def test_bad_eval_and_resume_arguments(args):
+    code, _, err = run_cli(args)
+    assert_one_line_error(code, err)
+
+
+@pytest.mark.parametrize("args", [["--debug", "eval", "no/such/run"], ["eval", "no/such/run", "--debug"],
+                                  ["train", "CartPole-v1", "--gamma", "2", "--debug"]])
+def test_debug_lets_the_exception_through(args):
+    """With --debug the error is raised out of main (Python then prints the whole traceback)."""
+    with pytest.raises(ValueError):
+        main(args)
+
+
+def test_absurd_thread_count_is_rejected_by_validation():
+    """torch.set_num_threads(100_000) kills the interpreter with SIGSEGV at the first matrix product
+    (checked by hand: `clippo train CartPole-v1 --torch-threads 100000` exits -11 with no message), so
+    validation must refuse thread counts far beyond any machine before torch sees them."""
+    # (not through run_cli: if validation lets it through, the in-process run would take pytest down)
+    with pytest.raises(ValueError, match="^torch_threads="):
+        PPOConfig(torch_threads=100_000).validate()

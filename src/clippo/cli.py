@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                        help="live progress bar (default: when stderr is a terminal)")
     train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+    train.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train on N local processes (launches torchrun --nproc-per-node N; steps count over all)",
+    )
     _add_hyperparameter_flags(train)
 
     evaluate = commands.add_parser("eval", help="evaluate a trained agent",
@@ -151,25 +158,47 @@ def _presets(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from clippo.ppo import PPO  # deferred: torch is slow to import and --help should not wait for it
+    if args.nproc > 1:
+        return _launch_torchrun(args.nproc)
     from clippo.config import save_config
+    from clippo.ppo import PPO  # deferred: torch is slow to import and --help should not wait for it
 
     known = {f.name for f in fields(PPOConfig)}
     overrides = {name: value for name, value in vars(args).items() if name in known}
     seed = overrides.get("seed", 0)
     run_dir = Path(args.run_dir or f"runs/{args.env_id}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}")
     agent = PPO(args.env_id, preset=args.preset, config_file=args.config, run_dir=run_dir, **overrides)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if args.run_dir is None:
-        _point_latest_at(run_dir)
-    save_config(agent.config, run_dir / "config.yaml")
-    print(f"training {args.env_id} for {agent.config.total_steps} steps; run directory: {run_dir}", flush=True)
+    main_rank = agent.world.is_main
+    if main_rank:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if args.run_dir is None:
+            _point_latest_at(run_dir)
+        save_config(agent.config, run_dir / "config.yaml")
+        ranks = f" on {agent.world.size} processes" if agent.world.distributed else ""
+        print(f"training {args.env_id} for {agent.config.total_steps} steps{ranks}; run directory: {run_dir}", flush=True)
     with stop_on_signals(agent):
         try:
-            agent.learn(progress=args.progress)
+            agent.learn(progress=args.progress if main_rank else False)
         finally:
             agent.close()
     return _finish(agent, run_dir)
+
+
+def _launch_torchrun(nproc: int) -> int:
+    """``clippo train ... --nproc N``: the same command under ``torchrun --nproc-per-node N``."""
+    argv = sys.argv[1:]
+    for i, arg in enumerate(argv):  # drop --nproc N / --nproc=N
+        if arg == "--nproc":
+            del argv[i : i + 2]
+            break
+        if arg.startswith("--nproc="):
+            del argv[i]
+            break
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "clippo", *argv]
+    import subprocess
+
+    return subprocess.call(command)
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -178,7 +207,7 @@ def _resume(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.run_dir)
     agent = PPO.from_run(run_dir)
-    if agent.update >= agent.schedule_end:
+    if agent.finished:
         raise ValueError(f"run {str(run_dir)!r} is already complete ({agent.global_step} steps): nothing to resume")
     truncate_metrics(run_dir, agent.global_step)
     with stop_on_signals(agent):
@@ -220,6 +249,11 @@ def stop_on_signals(agent) -> Iterator[None]:
 
 
 def _finish(agent, run_dir: Path) -> int:
+    from clippo.distributed import shutdown
+
+    shutdown(agent.world)
+    if not agent.world.is_main:
+        return 0
     if agent.config.eval_episodes:
         result = agent.evaluate(episodes=agent.config.eval_episodes, seed=agent.config.seed + 10_000)
         (run_dir / "eval.json").write_text(json.dumps(_public(result), indent=2) + "\n")

@@ -36,6 +36,15 @@ from clippo.checkpoint import (
 from clippo.config import PPOConfig, config_from_dict, resolve_config
 from clippo.envs import EnvSource, make_vector_env
 from clippo.errors import CheckpointError, EnvStepError, NonFiniteError, TrainingInterrupted
+from clippo.distributed import (
+    all_reduce_mean_,
+    all_reduce_sum_,
+    broadcast_,
+    gather_floats,
+    global_moments,
+    init_world,
+    merge_moments,
+)
 from clippo.evaluation import run_episodes
 from clippo.logger import METRICS_FILE, RunLogger
 from clippo.losses import (
@@ -117,8 +126,12 @@ class PPO:
         self.config = config
         self.observation_space = observation_space
         self.action_space = action_space
-        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.world = init_world(config.device)
+        # Only the main rank writes logs, metrics and checkpoints.
+        self.run_dir = Path(run_dir) if run_dir is not None and self.world.is_main else None
         self.device = resolve_device(config.device)
+        if self.device.type == "cuda" and self.world.distributed:
+            self.device = torch.device("cuda", self.world.local_rank)
         torch.set_num_threads(config.torch_threads)
         # Seed the global RNG only for the weight init; everything after draws from our generator.
         torch.manual_seed(config.seed)
@@ -131,7 +144,9 @@ class PPO:
             config.init_log_std,
         ).to(self.device)
         self.optimizer = FlatAdam(self.model.parameters(), lr=config.learning_rate, eps=1e-5)
-        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        broadcast_(self.optimizer.flat, self.world)  # every rank starts from rank 0's weights
+        # Each rank samples its own actions (and shuffles its own minibatches).
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1_000_003 * self.world.rank)
         # Discrete observations are one-hot encoded: there is nothing to normalize.
         is_box = isinstance(observation_space, spaces.Box)
         self.obs_normalizer = ObservationNormalizer(
@@ -140,7 +155,8 @@ class PPO:
         self.reward_scaler = RewardScaler(config.num_envs, config.gamma, config.reward_clip, config.normalize_rewards)
         self.global_step = 0
         self.update = 0
-        # The LR schedule spans the updates of one learn() call: [start, end).
+        # One learn() call runs from schedule_start to schedule_end (global env steps); the
+        # learning rate anneals over that span.
         self.schedule_start = 0
         self.schedule_end = 0
         self.train_time = 0.0
@@ -152,7 +168,13 @@ class PPO:
 
     @property
     def batch_size(self) -> int:
+        """Env steps per update on this process."""
         return self.config.num_envs * self.config.num_steps
+
+    @property
+    def global_batch_size(self) -> int:
+        """Env steps per update over all ranks."""
+        return self.batch_size * self.world.size
 
     # ------------------------------------------------------------------------------------------
     # training
@@ -163,17 +185,20 @@ class PPO:
         steps = self.config.total_steps if total_steps is None else total_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"total_steps={steps!r} is invalid: it must be an integer >= 1")
-        self.schedule_start = self.update
-        self.schedule_end = self.update + math.ceil(steps / self.batch_size)
+        self.schedule_start = self.global_step
+        self.schedule_end = self.global_step + steps
         return self._train(progress)
 
     def resume(self, progress: bool | None = None) -> PPO:
         """Continue a loaded checkpoint's interrupted ``learn`` call to its original end."""
-        if self.update >= self.schedule_end:
-            raise ValueError(
-                f"the run is already complete ({self.global_step} steps, update {self.update} of {self.schedule_end})"
-            )
+        if self.finished:
+            raise ValueError(f"the run is already complete ({self.global_step} of {self.schedule_end} steps)")
         return self._train(progress)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the current learn() call has reached its end."""
+        return self.global_step >= self.schedule_end
 
     def request_stop(self) -> None:
         """Ask ``learn`` to stop at the next update boundary, checkpoint, and raise TrainingInterrupted."""
@@ -183,14 +208,15 @@ class PPO:
         cfg = self.config
         runner = self.env_runner()
         buffer = self.new_rollout_buffer()
-        end_step = self.global_step + (self.schedule_end - self.update) * self.batch_size
+        updates_left = math.ceil((self.schedule_end - self.global_step) / self.global_batch_size)
+        end_step = self.global_step + updates_left * self.global_batch_size
         logger = RunLogger(self.run_dir, end_step, self.global_step, progress, cfg.tensorboard)
         recent_returns: list[float] = []
         start_time, start_step, time_before = time.perf_counter(), self.global_step, self.train_time
         self.stop_requested = False
         try:
-            while self.update < self.schedule_end:
-                if self.stop_requested:
+            while not self.finished:
+                if self._any_rank(self.stop_requested):
                     self._stop_interrupted()
                 learning_rate = self._annealed_learning_rate()
                 self.optimizer.lr = learning_rate
@@ -200,7 +226,8 @@ class PPO:
                     runner.collect(self.model, buffer, self.generator)
                 except EnvStepError as exc:
                     self._stop_env_error(exc)
-                self.global_step += self.batch_size
+                self._sync_statistics()
+                self.global_step += self.global_batch_size
                 self.update += 1
 
                 # 2. Rewards-to-go and advantages (bootstrapped on truncation and at the cut).
@@ -219,6 +246,9 @@ class PPO:
                     stats = self.update_policy(batch)
 
                 episode_returns, episode_lengths = runner.pop_finished_episodes()
+                if self.world.distributed:
+                    episode_returns = gather_floats(episode_returns, self.world)
+                    episode_lengths = gather_floats(episode_lengths, self.world)
                 recent_returns = (recent_returns + episode_returns)[-100:]
                 self.train_time = time_before + time.perf_counter() - start_time
                 logger.log(
@@ -233,7 +263,7 @@ class PPO:
                         "recent_return": float(np.mean(recent_returns)) if recent_returns else float("nan"),
                         "learning_rate": learning_rate,
                         "explained_variance": explained_variance(batch.values, batch.returns),
-                        "final": self.update == self.schedule_end,
+                        "final": self.finished,
                         **stats,
                     }
                 )
@@ -276,7 +306,22 @@ class PPO:
         if not self.config.anneal_lr:
             return self.config.learning_rate
         span = max(self.schedule_end - self.schedule_start, 1)
-        return self.config.learning_rate * (1.0 - (self.update - self.schedule_start) / span)
+        return self.config.learning_rate * (1.0 - (self.global_step - self.schedule_start) / span)
+
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` is set on any rank (so that all ranks take the same branch)."""
+        if not self.world.distributed:
+            return flag
+        return bool(all_reduce_sum_(torch.tensor([float(flag)]), self.world).item() > 0)
+
+    def _sync_statistics(self) -> None:
+        """Give every rank the same normalization statistics: each rank's running statistics,
+        pooled with equal weight (the count grows as in a single process)."""
+        if not self.world.distributed:
+            return
+        for stats in (self.obs_normalizer.stats, self.reward_scaler.stats):
+            mean, var, count = merge_moments(stats.mean, stats.var, stats.count, self.world)
+            stats.mean, stats.var, stats.count = mean, var, count / self.world.size
 
     def update_policy(self, batch: Batch) -> dict[str, float]:
         """The PPO update: ``update_epochs`` passes of shuffled minibatches, one Adam step each,
@@ -285,7 +330,7 @@ class PPO:
         single_minibatch = cfg.num_minibatches == 1
         if single_minibatch and cfg.normalize_advantages:
             # The one minibatch is the whole batch in every epoch: normalize its advantages once.
-            batch = dataclasses.replace(batch, advantages=normalize_advantages(batch.advantages))
+            batch = dataclasses.replace(batch, advantages=self._normalize_advantages(batch.advantages))
         history: dict[str, list[torch.Tensor]] = {"policy_loss": [], "value_loss": [], "entropy": [], "clip_fraction": []}
         kl = torch.zeros(())
         early_stopped = False
@@ -304,9 +349,9 @@ class PPO:
                 logratio = logprobs - minibatch.logprobs
                 advantages = minibatch.advantages
                 if cfg.normalize_advantages and not single_minibatch:
-                    advantages = normalize_advantages(advantages)
+                    advantages = self._normalize_advantages(advantages)
                 pg_loss, ratio = clipped_surrogate_loss(logratio, advantages, cfg.clip_epsilon)
-                kl = approx_kl(logratio, ratio)
+                kl = all_reduce_mean_(approx_kl(logratio, ratio), self.world)
                 if cfg.target_kl is not None and kl > cfg.target_kl:
                     early_stopped = True
                     break
@@ -321,6 +366,7 @@ class PPO:
 
                 self.optimizer.zero_grad()
                 loss.backward()
+                all_reduce_mean_(self.optimizer.grad, self.world)  # the one exchange per step
                 grad_norm = self.optimizer.clip_grad_norm(cfg.max_grad_norm)
                 if not math.isfinite(grad_norm) or not torch.isfinite(loss):
                     what = "gradient" if torch.isfinite(loss) else "loss"
@@ -341,12 +387,21 @@ class PPO:
             if early_stopped:
                 break
         steps_taken = len(history["policy_loss"])
-        stats = {name: torch.stack(values).mean().item() if values else float("nan") for name, values in history.items()}
+        means = torch.stack([torch.stack(v).mean() if v else torch.tensor(float("nan")) for v in history.values()])
+        means = all_reduce_mean_(means, self.world).tolist()  # every rank took the same number of steps
+        stats = dict(zip(history, means))
         stats["approx_kl"] = float(kl)
         stats["epochs_run"] = steps_taken / cfg.num_minibatches
         stats["early_stopped"] = int(early_stopped)
         stats["skipped_steps"] = skipped
         return stats
+
+    def _normalize_advantages(self, advantages: torch.Tensor) -> torch.Tensor:
+        """Per-minibatch normalization; across ranks, with the statistics of the pooled minibatch."""
+        if not self.world.distributed:
+            return normalize_advantages(advantages)
+        mean, std = global_moments(advantages, self.world)
+        return (advantages - mean) / (std + 1e-8)
 
     def new_rollout_buffer(self) -> RolloutBuffer:
         """Empty storage for one rollout of this agent's shape."""
@@ -367,10 +422,14 @@ class PPO:
                 self._envs = make_vector_env(self.env_source, self.config.num_envs, self.config.vector_env)
                 self._check_spaces(self._envs)
             pending, self._pending_runner_state = self._pending_runner_state, None
-            # A run resumed without its envs' state restarts them from seeds of their own.
-            seed = self.config.seed if self.update == 0 else self.config.seed + 7919 * self.update
+            # Ranks get disjoint env seeds; a run resumed without its envs' state restarts them
+            # from seeds of their own.
+            seed = self.config.seed + self.world.rank * self.config.num_envs
+            if self.update:
+                seed += 7919 * self.update
             self._runner = EnvRunner(self._envs, self.obs_normalizer, self.reward_scaler, self.config.nonfinite)
-            self.envs_restored = pending is not None and self._runner.load_state_dict(pending)
+            # Saved env state is rank 0's: other ranks start their envs afresh.
+            self.envs_restored = pending is not None and self.world.is_main and self._runner.load_state_dict(pending)
             if not self.envs_restored:
                 self._runner.start(seed)
         return self._runner

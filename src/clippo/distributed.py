@@ -1,0 +1,120 @@
+"""Data-parallel training on ``torch.distributed``, decentralized as in DD-PPO (Wijmans et al., 2020).
+
+Every process (rank) runs its own envs and its own copy of the model; after each minibatch
+backward pass the flat gradient is averaged across ranks with one all-reduce, so every rank takes
+the same Adam step and holds the same parameters. Whatever drives a decision (advantage
+normalization, the KL early stop, normalization statistics) is reduced across ranks first.
+
+Launch with torchrun, which sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous:
+
+    torchrun --nproc-per-node 2 -m clippo train CartPole-v1
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the job; ``World()`` is a single process."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main rank writes logs, metrics and checkpoints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def init_world(device: str) -> World:
+    """Join the torchrun job described by the environment (a single process if there is none).
+
+    The backend is NCCL when training on CUDA GPUs, gloo on CPUs.
+    """
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=10)
+        )
+    return World(rank=rank, size=size, local_rank=local_rank)
+
+
+def all_reduce_mean_(tensor: torch.Tensor, world: World) -> torch.Tensor:
+    """Average ``tensor`` over the ranks, in place."""
+    if world.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor.div_(world.size)
+    return tensor
+
+
+def all_reduce_sum_(tensor: torch.Tensor, world: World) -> torch.Tensor:
+    """Sum ``tensor`` over the ranks, in place."""
+    if world.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_(tensor: torch.Tensor, world: World) -> torch.Tensor:
+    """Overwrite ``tensor`` with rank 0's copy, in place."""
+    if world.distributed:
+        dist.broadcast(tensor, src=0)
+    return tensor
+
+
+def global_moments(values: torch.Tensor, world: World) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (unbiased) std of ``values`` pooled over all ranks' samples."""
+    if not world.distributed:
+        return values.mean(), values.std()
+    sums = torch.stack([values.new_tensor(float(values.numel())), values.sum(), (values * values).sum()])
+    all_reduce_sum_(sums, world)
+    count, total, squares = sums[0], sums[1], sums[2]
+    mean = total / count
+    var = (squares - count * mean * mean) / (count - 1).clamp(min=1.0)
+    return mean, var.clamp(min=0.0).sqrt()
+
+
+def merge_moments(mean: np.ndarray, var: np.ndarray, count: float, world: World) -> tuple[np.ndarray, np.ndarray, float]:
+    """Pool per-rank (mean, var, count) statistics into the statistics of all ranks' samples."""
+    if not world.distributed:
+        return mean, var, count
+    flat = torch.from_numpy(np.concatenate([[count], count * mean.ravel(), count * (var.ravel() + mean.ravel() ** 2)]))
+    all_reduce_sum_(flat, world)
+    total = float(flat[0])
+    n = mean.size
+    pooled_mean = flat[1 : 1 + n].numpy() / total
+    pooled_var = flat[1 + n :].numpy() / total - pooled_mean**2
+    return pooled_mean.reshape(mean.shape), np.maximum(pooled_var, 0.0).reshape(var.shape), total
+
+
+def gather_floats(values: list[float], world: World) -> list[float]:
+    """Every rank's list of floats (e.g. finished episode returns), concatenated in rank order."""
+    if not world.distributed:
+        return list(values)
+    gathered: list[list[float]] = [[] for _ in range(world.size)]
+    dist.all_gather_object(gathered, list(values))
+    return [v for part in gathered for v in part]
+
+
+def shutdown(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()

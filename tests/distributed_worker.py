@@ -1,0 +1,68 @@
+"""Run by tests/test_distributed.py under torchrun: one rank of a small distributed job.
+
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/distributed_worker.py MODE OUT_DIR
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from clippo import PPO
+from clippo.distributed import shutdown
+from clippo.rollout import Batch
+
+
+def synthetic_batch(agent: PPO, size: int, seed: int) -> Batch:
+    """A fixed batch of CartPole-shaped transitions, the same for a given seed in any process."""
+    g = torch.Generator().manual_seed(seed)
+    return Batch(
+        obs=torch.randn(size, 4, generator=g),
+        actions=torch.randint(0, 2, (size,), generator=g),
+        logprobs=torch.full((size,), -0.6931),
+        values=torch.randn(size, generator=g),
+        advantages=torch.randn(size, generator=g),
+        returns=torch.randn(size, generator=g),
+    )
+
+
+def main() -> None:
+    mode, out = sys.argv[1], Path(sys.argv[2])
+    if mode == "identical":
+        # A few real updates; every rank records its parameters after each one.
+        agent = PPO("CartPole-v1", seed=5, num_envs=2, num_steps=32, num_minibatches=2, update_epochs=2,
+                    normalize_observations=True, normalize_rewards=True)
+        rank = agent.world.rank
+        snapshots = []
+        original = agent.update_policy
+
+        def recording(batch):
+            stats = original(batch)
+            snapshots.append(agent.optimizer.flat.clone())
+            return stats
+
+        agent.update_policy = recording
+        agent.learn(total_steps=agent.global_batch_size * 4, progress=False)
+        torch.save(
+            {"params": torch.stack(snapshots), "obs_mean": torch.from_numpy(agent.obs_normalizer.stats.mean),
+             "global_step": agent.global_step},
+            out / f"rank{rank}.pt",
+        )
+        agent.close()
+        shutdown(agent.world)
+    elif mode == "equivalence":
+        # Each rank updates on its half of a fixed batch; compared with one process on the whole.
+        agent = PPO("CartPole-v1", seed=7, num_envs=2, num_steps=32, num_minibatches=1, update_epochs=3)
+        rank = agent.world.rank
+        agent.update_policy(synthetic_batch(agent, 64, seed=100 + rank))
+        torch.save({"params": agent.optimizer.flat.clone()}, out / f"rank{rank}.pt")
+        agent.close()
+        shutdown(agent.world)
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    main()
