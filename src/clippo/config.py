@@ -110,8 +110,10 @@ class PPOConfig:
                 f"num_minibatches={self.num_minibatches} is invalid: it must be at most the batch size "
                 f"num_envs * num_steps = {batch}"
             )
-        if self.torch_threads < 1:
-            raise ConfigError(f"torch_threads={self.torch_threads} is invalid: it must be an integer >= 1")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed={self.seed} is invalid: it must be an integer in [0, 2**32)")
+        if not 1 <= self.torch_threads <= 256:  # torch crashes outright on absurd thread counts
+            raise ConfigError(f"torch_threads={self.torch_threads} is invalid: it must be an integer in [1, 256]")
         for name in ["checkpoint_every", "eval_episodes"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} is invalid: it must be an integer >= 0")
