@@ -364,10 +364,11 @@ def test_same_seed_same_sampled_actions():
 # learning
 # ------------------------------------------------------------------------------------------------
 def test_cartpole_learns_with_builtin_preset():
-    """~40k steps with CartPole's tuned preset reach a deterministic return far above random (~20)."""
+    """CartPole's tuned preset, its own 100k steps: the deterministic policy solves the task
+    (random play scores ~20; 475 is Gymnasium's threshold)."""
     agent = PPO("CartPole-v1", seed=0)
-    agent.learn(total_steps=40_000)
+    agent.learn()
     agent.close()
     result = agent.evaluate(episodes=10, seed=1234)
     assert result["episodes"] == 10
-    assert result["mean_return"] >= 150, result
+    assert result["mean_return"] >= 475, result

@@ -165,14 +165,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # Tuned hyperparameters used by ``clippo train ENV_ID`` when no --preset is given.
 ENV_PRESETS: dict[str, dict[str, Any]] = {
-    # RL-Zoo's CartPole recipe shape (8 x 32 steps, one 256 minibatch, 20 epochs).
+    # Tuned for wall-clock time to solve: many cheap (natively vectorized) envs, few large
+    # minibatches. 5 of 5 seeds reach 500 within the 100k steps (benchmarks/results/).
     "CartPole-v1": {
         "total_steps": 100_000,
-        "num_envs": 8,
+        "num_envs": 64,
         "num_steps": 32,
-        "num_minibatches": 1,
-        "update_epochs": 20,
-        "learning_rate": 1e-3,
+        "num_minibatches": 4,
+        "update_epochs": 8,
+        "learning_rate": 2e-3,
         "gamma": 0.98,
         "gae_lambda": 0.8,
         "ent_coef": 0.0,
