@@ -18,7 +18,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from clippo.config import ENV_PRESETS, PRESETS, PPOConfig
+from clippo.config import CHOICES, ENV_PRESETS, PRESETS, PPOConfig
 from clippo.errors import EnvStepError, NonFiniteError, TrainingInterrupted
 
 
@@ -40,13 +40,6 @@ def _optional_float(text: str) -> float | None:
 
 # Flags whose values are positional/command options rather than hyperparameters.
 _NOT_FLAGS = {"env_id"}
-_CHOICES = {
-    "network": ("separate", "shared"),
-    "activation": ("tanh", "relu"),
-    "vector_env": ("auto", "sync", "async", "native"),
-    "device": ("cpu", "cuda", "auto"),
-    "nonfinite": ("stop", "skip"),
-}
 
 
 def _add_hyperparameter_flags(parser: argparse.ArgumentParser) -> None:
@@ -78,8 +71,8 @@ def _add_hyperparameter_flags(parser: argparse.ArgumentParser) -> None:
             kwargs["type"] = int
             kwargs["nargs"] = "+"
             kwargs["metavar"] = "N"
-        if f.name in _CHOICES:
-            kwargs["choices"] = _CHOICES[f.name]
+        if f.name in CHOICES:
+            kwargs["choices"] = CHOICES[f.name]
         group.add_argument(flag, help=help_text, **kwargs)
 
 

@@ -92,14 +92,7 @@ class PPOConfig:
             raise ConfigError(f"gae_lambda={self.gae_lambda} is invalid: it must be in [0, 1]")
         if not math.isfinite(self.init_log_std):
             raise ConfigError(f"init_log_std={self.init_log_std} is invalid: it must be a finite number")
-        choices = {
-            "network": ("separate", "shared"),
-            "activation": ("tanh", "relu"),
-            "vector_env": ("auto", "sync", "async", "native"),
-            "device": ("cpu", "cuda", "auto"),
-            "nonfinite": ("stop", "skip"),
-        }
-        for name, allowed in choices.items():
+        for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: choose one of {', '.join(allowed)}")
         if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
@@ -123,6 +116,15 @@ class PPOConfig:
 
 
 FIELD_NAMES = tuple(f.name for f in fields(PPOConfig))
+
+# The allowed values of the fields that take a name (also the CLI's argparse choices).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "network": ("separate", "shared"),
+    "activation": ("tanh", "relu"),
+    "vector_env": ("auto", "sync", "async", "native"),
+    "device": ("cpu", "cuda", "auto"),
+    "nonfinite": ("stop", "skip"),
+}
 
 # ---------------------------------------------------------------------------------------------
 # Presets. Values not named fall back to the dataclass defaults above (the ``default`` preset).
