@@ -153,6 +153,7 @@ INVALID = {
     "eval_episodes": nonnegative_int,
     "vector_env": choice_of("auto", "sync", "async", "native"),
     "tensorboard": boolean,
+    "seed": st.integers(max_value=-1) | st.integers(min_value=2**64) | st.just(1.5) | NOT_A_NUMBER,
 }
 WRONG_TYPE = {  # for a field added later without its own entry above
     "int": st.sampled_from(["3", 2.5, None, True]),
@@ -162,9 +163,7 @@ WRONG_TYPE = {  # for a field added later without its own entry above
     "str": st.sampled_from([None, 3, ["x"]]),
     "list[int]": st.sampled_from([None, 3, [1.5], "1"]),
 }
-# The seed is checked by test_negative_seed_is_rejected_or_works below: a negative seed is not
-# invalid for torch, only for Gymnasium's env seeding.
-UNCHECKED = {"seed"}
+UNCHECKED: set[str] = set()
 
 
 def invalid_values(name: str):
@@ -215,7 +214,8 @@ NUMERIC_INVALID = {  # values argparse accepts, that validation must reject
     "keep_checkpoints": st.integers(-100, 0),
     "checkpoint_every": st.integers(-100, -1),
     "eval_episodes": st.integers(-100, -1),
-    "torch_threads": st.integers(-100, 0),
+    "torch_threads": st.integers(-100, 0) | st.integers(100_000, 10**6),
+    "seed": st.integers(-10**6, -1) | st.integers(2**64, 2**80),
     "learning_rate": st.floats(max_value=0.0, **finite) | NOT_FINITE,
     "clip_epsilon": st.floats(max_value=0.0, **finite) | NOT_FINITE,
     "ent_coef": st.floats(max_value=0.0, exclude_max=True, **finite) | NOT_FINITE,

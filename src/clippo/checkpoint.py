@@ -24,6 +24,13 @@ FINAL_NAME = "agent.pt"
 CHECKPOINT_DIR = "checkpoints"
 
 
+def describe_space(space: spaces.Space) -> str:
+    """A one-line description of a space (``str(space)`` spans lines for wide Box bounds)."""
+    if isinstance(space, spaces.Box):
+        return f"Box(shape={space.shape}, dtype={space.dtype})"
+    return " ".join(str(space).split())
+
+
 def space_to_dict(space: spaces.Space) -> dict[str, Any]:
     if isinstance(space, spaces.Discrete):
         return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
@@ -122,9 +129,13 @@ def periodic_checkpoint_path(run_dir: Path, global_step: int) -> Path:
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` periodic checkpoints."""
-    for old in sorted((run_dir / CHECKPOINT_DIR).glob("step_*.pt"))[:-keep]:
+    """Delete all but the newest ``keep`` periodic checkpoints, and temporary files that a killed
+    process left behind (only rank 0 writes checkpoints, so no other write is under way)."""
+    folder = run_dir / CHECKPOINT_DIR
+    for old in sorted(folder.glob("step_*.pt"))[:-keep]:
         old.unlink(missing_ok=True)
+    for stale in folder.glob(".step_*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def latest_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:

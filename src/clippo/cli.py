@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -294,6 +295,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
+    if not debug:
+        # Gymnasium's async vector env prints a failing worker's traceback as warnings before
+        # raising; the error line below already names the exception (--debug shows it all).
+        warnings.filterwarnings(
+            "ignore", message=r"(?s).*ERROR: (Received the following error from Worker|Traceback|Raising the last)"
+        )
     handlers = {"train": _train, "eval": _eval, "resume": _resume, "presets": _presets}
     try:
         return handlers[args.command](args)

@@ -80,6 +80,7 @@ class RunLogger:
     def log(self, metrics: dict[str, Any]) -> None:
         if self._csv is not None:
             self._csv.writerow(metrics)
+            self._csv_file.flush()  # a checkpoint may follow: its rows must not sit in a buffer
         if self._tb is not None:
             step = metrics["global_step"]
             for name in COLUMNS[2:]:

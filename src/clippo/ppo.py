@@ -29,6 +29,7 @@ from clippo.checkpoint import (
     periodic_checkpoint_path,
     prune_checkpoints,
     read_checkpoint,
+    describe_space,
     space_from_dict,
     space_to_dict,
     write_atomic,
@@ -218,14 +219,15 @@ class PPO:
             while not self.finished:
                 if self._any_rank(self.stop_requested):
                     self._stop_interrupted()
+                boundary = self._boundary_state()
                 learning_rate = self._annealed_learning_rate()
                 self.optimizer.lr = learning_rate
 
                 # 1. Run the current policy and store the trajectories.
                 try:
                     runner.collect(self.model, buffer, self.generator)
-                except EnvStepError as exc:
-                    self._stop_env_error(exc)
+                except (EnvStepError, NonFiniteError) as exc:
+                    self._stop_with_checkpoint(exc, boundary)
                 self._sync_statistics()
                 self.global_step += self.global_batch_size
                 self.update += 1
@@ -239,11 +241,15 @@ class PPO:
                 batch = buffer.flatten(advantages, returns)
 
                 # 3. Several epochs of minibatch steps on the combined PPO loss.
-                if runner.poisoned:  # nonfinite == "skip": a rollout with NaN/inf data teaches nothing
-                    warnings.warn(f"skipped update {self.update}: {runner.poison_message}", stacklevel=2)
-                    stats = {"epochs_run": 0.0, "early_stopped": 0, "skipped_steps": 0}
+                if self._any_rank(runner.poisoned):  # nonfinite="skip": NaN/inf data teaches nothing
+                    warnings.warn(f"skipped update {self.update}: {runner.poison_message or 'on another rank'}", stacklevel=2)
+                    stats = {name: float("nan") for name in ("policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl")}
+                    stats.update(epochs_run=0.0, early_stopped=0, skipped_steps=0)
                 else:
-                    stats = self.update_policy(batch)
+                    try:
+                        stats = self.update_policy(batch)
+                    except NonFiniteError as exc:
+                        self._stop_with_checkpoint(exc, boundary)
 
                 episode_returns, episode_lengths = runner.pop_finished_episodes()
                 if self.world.distributed:
@@ -293,14 +299,38 @@ class PPO:
         error.signum = getattr(self, "stop_signal", None)
         raise error
 
-    def _stop_env_error(self, exc: EnvStepError) -> None:
-        # The model, optimizer and step count are those of the last good update; the envs are not,
-        # so the checkpoint leaves them out and a resumed run starts them afresh.
-        self._runner = None
-        if self.run_dir is not None:
-            path = self._save_periodic(include_runner=False)
-            raise EnvStepError(f"{exc}; the last good update is checkpointed at {path}; {self._resume_hint()}") from exc
-        raise exc
+    def _boundary_state(self) -> dict[str, Any]:
+        """What an update changes, as of its start: the state a failed update is rolled back to."""
+        return {
+            "counters": (self.global_step, self.update, self.train_time),
+            "params": self.optimizer.flat.clone(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "obs_normalizer": self.obs_normalizer.state_dict(),
+            "reward_scaler": self.reward_scaler.state_dict(),
+        }
+
+    def _stop_with_checkpoint(self, exc: EnvStepError | NonFiniteError, boundary: dict[str, Any]) -> None:
+        """End training on an env error or a non-finite value, checkpointing the last good update.
+
+        Everything is rolled back to the end of the last good update; the envs are not
+        trustworthy, so the checkpoint leaves them out, they are closed, and a resumed run starts
+        them afresh.
+        """
+        self.global_step, self.update, self.train_time = boundary["counters"]
+        self.optimizer.flat.copy_(boundary["params"])
+        self.optimizer.load_state_dict(boundary["optimizer"])
+        self.generator.set_state(boundary["generator"])
+        self.obs_normalizer.load_state_dict(boundary["obs_normalizer"])
+        self.reward_scaler.load_state_dict(boundary["reward_scaler"])
+        try:
+            self.close()
+        except Exception:  # a crashed env may fail to close as well; it is discarded either way
+            self._runner = self._envs = None
+        if self.run_dir is None:
+            raise type(exc)(f"{exc}; {self._resume_hint()}") from exc
+        path = self._save_periodic(include_runner=False)
+        raise type(exc)(f"{exc}; the last good update is checkpointed at {path}; {self._resume_hint()}") from exc
 
     def _annealed_learning_rate(self) -> float:
         if not self.config.anneal_lr:
@@ -375,7 +405,7 @@ class PPO:
                         f"(policy loss {pg_loss.item():.4g}, value loss {v_loss.item():.4g}, gradient norm {grad_norm:.4g})"
                     )
                     if cfg.nonfinite == "stop":
-                        raise NonFiniteError(f"{message}; {self._resume_hint()} from the last checkpoint")
+                        raise NonFiniteError(message)
                     skipped += 1
                     continue
                 self.optimizer.step()
@@ -439,7 +469,9 @@ class PPO:
             mine, theirs = getattr(self, name), getattr(envs, f"single_{name}")
             if mine != theirs:
                 envs.close()
-                raise ValueError(f"the env's {name} {theirs} does not match the agent's {mine}")
+                raise ValueError(
+                    f"the env's {name} {describe_space(theirs)} does not match the agent's {describe_space(mine)}"
+                )
 
     # ------------------------------------------------------------------------------------------
     # acting and evaluation
@@ -574,7 +606,7 @@ class PPO:
             agent.generator.set_state(payload["generator"])
             agent.train_time = float(payload.get("train_time", 0.0))
             agent._pending_runner_state = payload.get("runner")
-        except (KeyError, TypeError, RuntimeError) as exc:
+        except Exception as exc:  # a damaged payload can fail anywhere in reconstruction
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(f"checkpoint {str(path)!r} does not fit this clippo: {first[:200]}") from None
         agent.env_source = env if env is not None else config.env_id
