@@ -232,7 +232,9 @@ class PPO:
                 self.global_step += self.global_batch_size
                 self.update += 1
 
-                # 2. Rewards-to-go and advantages (bootstrapped on truncation and at the cut).
+                # 2. The critic's values, then rewards-to-go and advantages (bootstrapped on
+                #    truncation and at the rollout cut).
+                buffer.estimate_values(self.model.value)
                 advantages, returns = compute_gae(
                     *(buffer.tensor(name) for name in ("rewards", "values", "terminated", "truncated", "last_value")),
                     gamma=cfg.gamma,

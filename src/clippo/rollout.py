@@ -34,7 +34,8 @@ class Batch:
 
 
 class RolloutBuffer:
-    """Preallocated ``[num_steps, num_envs, ...]`` arrays for one rollout.
+    """Preallocated ``[num_steps, num_envs, ...]`` arrays for one rollout (``values`` are filled
+    afterwards by ``estimate_values``).
 
     Stored as numpy arrays (writing a row costs a fraction of a torch indexed copy, and the rollout
     loop writes eight per step), viewed as tensors for the advantage computation and the update.
@@ -55,7 +56,22 @@ class RolloutBuffer:
         self.terminated = np.zeros(shape, dtype=bool)
         self.truncated = np.zeros(shape, dtype=bool)
         self.valid = np.ones(shape, dtype=bool)
+        self.last_obs = np.zeros((num_envs, obs_size), dtype=np.float32)
         self.last_value = np.zeros(num_envs, dtype=np.float32)
+
+    @torch.no_grad()
+    def estimate_values(self, critic) -> None:
+        """Fill ``values`` and ``last_value`` with the critic's estimates.
+
+        Acting needs only the actor, so the critic is evaluated here, once per rollout on every
+        stored observation plus the one after the last step (the bootstrap at the rollout cut):
+        one large batch instead of a small one per step.
+        """
+        obs = torch.cat([self.tensor("obs").reshape(-1, self.obs.shape[-1]), self.tensor("last_obs")])
+        values = critic(obs).cpu().numpy()
+        num_envs = self.last_value.shape[0]
+        self.values[:] = values[:-num_envs].reshape(self.values.shape)
+        self.last_value[:] = values[-num_envs:]
 
     def tensor(self, name: str) -> torch.Tensor:
         """One stored array as a tensor on the training device (no copy on the CPU)."""
@@ -149,12 +165,7 @@ class EnvRunner:
             buffer.truncated[t] = truncated
             self.autoreset = dones
         self._track_episodes(buffer)
-        # The critic is not needed to act: evaluate it once on every stored observation, plus the
-        # observation after the last step (the bootstrap value at the rollout cut).
-        stored = buffer.tensor("obs").reshape(-1, buffer.obs.shape[-1])
-        values = policy.value(torch.cat([stored, policy.preprocess(self.next_obs)])).cpu().numpy()
-        buffer.values[:] = values[: -self.num_envs].reshape(buffer.values.shape)
-        buffer.last_value[:] = values[-self.num_envs :]
+        buffer.last_obs[:] = policy.preprocess(self.next_obs).cpu().numpy()
 
     def _handle_nonfinite(self, raw_obs: np.ndarray, rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         bad_obs = ~np.isfinite(raw_obs).reshape(self.num_envs, -1).all(axis=1)
