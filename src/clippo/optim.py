@@ -24,15 +24,24 @@ class FlatAdam:
     """Adam on the parameters of ``params`` viewed as one vector."""
 
     def __init__(
-        self, params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+        self,
+        params: Iterable[nn.Parameter],
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        extra_slots: int = 0,
     ) -> None:
+        """``extra_slots`` reserves room after the gradient in ``exchange`` (the buffer that
+        distributed training all-reduces) for scalars that travel with it."""
         self.params = list(params)
         self.lr = lr
         self.betas = betas
         self.eps = eps
         first = self.params[0]
         self.flat = torch.cat([p.detach().reshape(-1) for p in self.params])
-        self.grad = torch.zeros_like(self.flat)
+        self.exchange = torch.zeros(self.flat.numel() + extra_slots, dtype=self.flat.dtype, device=self.flat.device)
+        self.grad = self.exchange[: self.flat.numel()]
+        self.extra = self.exchange[self.flat.numel() :]
         offset = 0
         for p in self.params:
             n = p.numel()

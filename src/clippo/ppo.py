@@ -144,7 +144,8 @@ class PPO:
             config.network,
             config.init_log_std,
         ).to(self.device)
-        self.optimizer = FlatAdam(self.model.parameters(), lr=config.learning_rate, eps=1e-5)
+        # One extra slot carries each minibatch's approximate KL along with the gradient.
+        self.optimizer = FlatAdam(self.model.parameters(), lr=config.learning_rate, eps=1e-5, extra_slots=1)
         broadcast_(self.optimizer.flat, self.world)  # every rank starts from rank 0's weights
         # Each rank samples its own actions (and shuffles its own minibatches).
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1_000_003 * self.world.rank)
@@ -373,20 +374,21 @@ class PPO:
             else:
                 order = torch.randperm(len(batch), generator=self.generator).to(self.device)
                 minibatches = [batch[indices] for indices in order.tensor_split(cfg.num_minibatches) if len(indices)]
-            for minibatch in minibatches:
+            normalize_each = cfg.normalize_advantages and not single_minibatch
+            moments = self._pooled_advantage_moments(minibatches) if normalize_each and self.world.distributed else None
+            for index, minibatch in enumerate(minibatches):
                 # With no entropy bonus, the entropy is only logged: keep it out of the graph.
                 logprobs, entropy, values = self.model.evaluate_actions(
                     minibatch.obs, minibatch.actions, entropy_grad=cfg.ent_coef > 0
                 )
                 logratio = logprobs - minibatch.logprobs
                 advantages = minibatch.advantages
-                if cfg.normalize_advantages and not single_minibatch:
-                    advantages = self._normalize_advantages(advantages)
+                if moments is not None:
+                    mean, std = moments[index]
+                    advantages = (advantages - mean) / (std + 1e-8)
+                elif normalize_each:
+                    advantages = normalize_advantages(advantages)
                 pg_loss, ratio = clipped_surrogate_loss(logratio, advantages, cfg.clip_epsilon)
-                kl = all_reduce_mean_(approx_kl(logratio, ratio), self.world)
-                if cfg.target_kl is not None and kl > cfg.target_kl:
-                    early_stopped = True
-                    break
                 v_loss = value_loss(
                     values,
                     minibatch.returns,
@@ -398,7 +400,13 @@ class PPO:
 
                 self.optimizer.zero_grad()
                 loss.backward()
-                all_reduce_mean_(self.optimizer.grad, self.world)  # the one exchange per step
+                # The one exchange per step: gradient and KL averaged over the ranks together.
+                self.optimizer.extra[0] = approx_kl(logratio, ratio)
+                all_reduce_mean_(self.optimizer.exchange, self.world)
+                kl = self.optimizer.extra[0].clone()
+                if cfg.target_kl is not None and kl > cfg.target_kl:
+                    early_stopped = True  # this minibatch's step would move the policy too far
+                    break
                 grad_norm = self.optimizer.clip_grad_norm(cfg.max_grad_norm)
                 if not math.isfinite(grad_norm) or not torch.isfinite(loss):
                     what = "gradient" if torch.isfinite(loss) else "loss"
@@ -429,11 +437,24 @@ class PPO:
         return stats
 
     def _normalize_advantages(self, advantages: torch.Tensor) -> torch.Tensor:
-        """Per-minibatch normalization; across ranks, with the statistics of the pooled minibatch."""
+        """Whole-batch normalization; across ranks, with the statistics of the pooled batch."""
         if not self.world.distributed:
             return normalize_advantages(advantages)
         mean, std = global_moments(advantages, self.world)
         return (advantages - mean) / (std + 1e-8)
+
+    def _pooled_advantage_moments(self, minibatches: list[Batch]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Mean and std of each minibatch's advantages, pooled over every rank's minibatch of the
+        same index: one exchange per epoch instead of one per minibatch."""
+        sums = torch.stack(
+            [torch.stack([m.advantages.new_tensor(float(len(m))), m.advantages.sum(), m.advantages.pow(2).sum()])
+             for m in minibatches]
+        )
+        all_reduce_sum_(sums, self.world)
+        count, total, squares = sums.unbind(dim=1)
+        mean = total / count
+        std = ((squares - count * mean * mean) / (count - 1).clamp(min=1.0)).clamp(min=0.0).sqrt()
+        return list(zip(mean, std))
 
     def new_rollout_buffer(self) -> RolloutBuffer:
         """Empty storage for one rollout of this agent's shape."""
