@@ -93,26 +93,35 @@ def global_moments(values: torch.Tensor, world: World) -> tuple[torch.Tensor, to
     return mean, var.clamp(min=0.0).sqrt()
 
 
-def merge_moments(mean: np.ndarray, var: np.ndarray, count: float, world: World) -> tuple[np.ndarray, np.ndarray, float]:
-    """Pool per-rank (mean, var, count) statistics into the statistics of all ranks' samples."""
-    if not world.distributed:
-        return mean, var, count
-    flat = torch.from_numpy(np.concatenate([[count], count * mean.ravel(), count * (var.ravel() + mean.ravel() ** 2)]))
+def pool_statistics(stats: list, flags: list[bool], world: World) -> list[bool]:
+    """In one exchange: give every rank the pooled running statistics (``RunningMeanStd``s, each
+    rank's weighted equally, the count growing as in a single process), and tell whether each
+    flag is set on any rank."""
+    parts = [np.asarray(flags, dtype=np.float64)]
+    for s in stats:
+        parts.append(np.concatenate([[s.count], s.count * s.mean.ravel(), s.count * (s.var.ravel() + s.mean.ravel() ** 2)]))
+    flat = torch.from_numpy(np.concatenate(parts))
     all_reduce_sum_(flat, world)
-    total = float(flat[0])
-    n = mean.size
-    pooled_mean = flat[1 : 1 + n].numpy() / total
-    pooled_var = flat[1 + n :].numpy() / total - pooled_mean**2
-    return pooled_mean.reshape(mean.shape), np.maximum(pooled_var, 0.0).reshape(var.shape), total
+    values = flat.numpy()
+    offset = len(flags)
+    for s in stats:
+        n = s.mean.size
+        total = values[offset]
+        mean = values[offset + 1 : offset + 1 + n] / total
+        var = values[offset + 1 + n : offset + 1 + 2 * n] / total - mean**2
+        s.mean, s.var, s.count = mean.reshape(s.mean.shape), np.maximum(var, 0.0).reshape(s.var.shape), total / world.size
+        offset += 1 + 2 * n
+    return [bool(v > 0) for v in values[: len(flags)]]
 
 
-def gather_floats(values: list[float], world: World) -> list[float]:
-    """Every rank's list of floats (e.g. finished episode returns), concatenated in rank order."""
+def gather_lists(lists: tuple[list[float], ...], world: World) -> tuple[list[float], ...]:
+    """Every rank's lists (e.g. finished episodes' returns and lengths), each concatenated in
+    rank order, in one exchange."""
     if not world.distributed:
-        return list(values)
-    gathered: list[list[float]] = [[] for _ in range(world.size)]
-    dist.all_gather_object(gathered, list(values))
-    return [v for part in gathered for v in part]
+        return lists
+    gathered: list = [None] * world.size
+    dist.all_gather_object(gathered, lists)
+    return tuple([v for part in gathered for v in part[i]] for i in range(len(lists)))
 
 
 def shutdown(world: World) -> None:

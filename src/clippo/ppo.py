@@ -41,10 +41,10 @@ from clippo.distributed import (
     all_reduce_mean_,
     all_reduce_sum_,
     broadcast_,
-    gather_floats,
+    gather_lists,
     global_moments,
     init_world,
-    merge_moments,
+    pool_statistics,
 )
 from clippo.evaluation import run_episodes
 from clippo.logger import METRICS_FILE, RunLogger
@@ -163,6 +163,7 @@ class PPO:
         self.schedule_end = 0
         self.train_time = 0.0
         self.stop_requested = False
+        self._stop_agreed = False
         self.envs_restored = False
         self._envs = None
         self._runner: EnvRunner | None = None
@@ -215,10 +216,10 @@ class PPO:
         logger = RunLogger(self.run_dir, end_step, self.global_step, progress, cfg.tensorboard)
         recent_returns: list[float] = []
         start_time, start_step, time_before = time.perf_counter(), self.global_step, self.train_time
-        self.stop_requested = False
+        self.stop_requested = self._stop_agreed = False
         try:
             while not self.finished:
-                if self._any_rank(self.stop_requested):
+                if self.stop_requested if not self.world.distributed else self._stop_agreed:
                     self._stop_interrupted()
                 boundary = self._boundary_state()
                 learning_rate = self._annealed_learning_rate()
@@ -229,7 +230,7 @@ class PPO:
                     runner.collect(self.model, buffer, self.generator)
                 except (EnvStepError, NonFiniteError) as exc:
                     self._stop_with_checkpoint(exc, boundary)
-                self._sync_statistics()
+                poisoned = self._exchange_after_rollout(runner.poisoned)
                 self.global_step += self.global_batch_size
                 self.update += 1
 
@@ -244,7 +245,7 @@ class PPO:
                 batch = buffer.flatten(advantages, returns)
 
                 # 3. Several epochs of minibatch steps on the combined PPO loss.
-                if self._any_rank(runner.poisoned):  # nonfinite="skip": NaN/inf data teaches nothing
+                if poisoned:  # nonfinite="skip": a rollout with NaN/inf data teaches nothing
                     warnings.warn(f"skipped update {self.update}: {runner.poison_message or 'on another rank'}", stacklevel=2)
                     stats = {name: float("nan") for name in ("policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl")}
                     stats.update(epochs_run=0.0, early_stopped=0, skipped_steps=0)
@@ -255,9 +256,7 @@ class PPO:
                         self._stop_with_checkpoint(exc, boundary)
 
                 episode_returns, episode_lengths = runner.pop_finished_episodes()
-                if self.world.distributed:
-                    episode_returns = gather_floats(episode_returns, self.world)
-                    episode_lengths = gather_floats(episode_lengths, self.world)
+                episode_returns, episode_lengths = gather_lists((episode_returns, episode_lengths), self.world)
                 recent_returns = (recent_returns + episode_returns)[-100:]
                 self.train_time = time_before + time.perf_counter() - start_time
                 logger.log(
@@ -341,20 +340,15 @@ class PPO:
         span = max(self.schedule_end - self.schedule_start, 1)
         return self.config.learning_rate * (1.0 - (self.global_step - self.schedule_start) / span)
 
-    def _any_rank(self, flag: bool) -> bool:
-        """Whether ``flag`` is set on any rank (so that all ranks take the same branch)."""
+    def _exchange_after_rollout(self, poisoned: bool) -> bool:
+        """Across ranks, in one exchange: pool the normalization statistics so that every rank
+        holds the same, and agree on whether any rank's rollout was poisoned and whether any rank
+        was asked to stop (it stops after this update). Returns the agreed ``poisoned``."""
         if not self.world.distributed:
-            return flag
-        return bool(all_reduce_sum_(torch.tensor([float(flag)]), self.world).item() > 0)
-
-    def _sync_statistics(self) -> None:
-        """Give every rank the same normalization statistics: each rank's running statistics,
-        pooled with equal weight (the count grows as in a single process)."""
-        if not self.world.distributed:
-            return
-        for stats in (self.obs_normalizer.stats, self.reward_scaler.stats):
-            mean, var, count = merge_moments(stats.mean, stats.var, stats.count, self.world)
-            stats.mean, stats.var, stats.count = mean, var, count / self.world.size
+            return poisoned
+        stats = [self.obs_normalizer.stats, self.reward_scaler.stats]
+        poisoned, self._stop_agreed = pool_statistics(stats, [poisoned, self.stop_requested], self.world)
+        return poisoned
 
     def update_policy(self, batch: Batch) -> dict[str, float]:
         """The PPO update: ``update_epochs`` passes of shuffled minibatches, one Adam step each,
