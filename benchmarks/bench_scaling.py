@@ -52,7 +52,7 @@ def main() -> int:
     parser.add_argument("--nprocs", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--total-steps", type=int, default=200_000)
-    parser.add_argument("--out", default="benchmarks/results/scaling.md")
+    parser.add_argument("--out", default="benchmarks/results/scaling_hopper.md")
     parser.add_argument("extra", nargs="*", help="extra `clippo train` flags (after --)")
     args = parser.parse_args()
 
