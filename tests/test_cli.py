@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import subprocess
@@ -18,19 +16,11 @@ import yaml
 from clippo import PPO, PPOConfig
 from clippo.cli import main
 from clippo.config import ENV_PRESETS
+from tests.helpers import run_cli
 
 TRAIN_ARGS = ["--total-steps", "2048", "--num-envs", "4", "--num-steps", "64", "--eval-episodes", "2"]
 
 
-def run_cli(args: list[str]) -> tuple[int, str, str]:
-    """main(args) in-process: exit code (argparse exits included), stdout, stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(args)
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
 
 
 def assert_one_line_error(code, stderr):

@@ -6,8 +6,6 @@ definitions, on random shapes, episode boundaries, discounts and lambdas.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 from dataclasses import fields
 
@@ -19,9 +17,9 @@ from hypothesis import strategies as st
 
 from clippo import PPO, PPOConfig
 from clippo.advantages import compute_gae, discounted_rewards_to_go
-from clippo.cli import main
 from clippo.config import ConfigError, config_from_dict, resolve_config
 from clippo.rollout import RolloutBuffer
+from tests.helpers import run_cli
 
 PROPERTY = settings(
     max_examples=50,
@@ -196,14 +194,6 @@ def test_more_minibatches_than_samples_is_invalid(num_envs, num_steps, extra):
         PPOConfig(num_envs=num_envs, num_steps=num_steps, num_minibatches=num_envs * num_steps + extra).validate()
 
 
-def run_cli(args: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(args)
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
 
 
 NUMERIC_INVALID = {  # values argparse accepts, that validation must reject

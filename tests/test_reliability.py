@@ -8,7 +8,6 @@ codes only mean something for a real process.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import pickle
@@ -29,8 +28,8 @@ from gymnasium import spaces
 import clippo.ppo as ppo_module
 from clippo import PPO
 from clippo.checkpoint import latest_checkpoint, read_checkpoint, write_atomic
-from clippo.cli import main
 from clippo.errors import CheckpointError, EnvStepError, NonFiniteError, TrainingInterrupted
+from tests.helpers import run_cli
 
 SMALL = dict(num_envs=3, num_steps=48, num_minibatches=2, update_epochs=2, hidden_sizes=[16, 16], seed=3)
 TINY = dict(num_envs=2, num_steps=32, num_minibatches=2, update_epochs=2, hidden_sizes=[16, 16], seed=0)
@@ -51,17 +50,6 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
 
 
-def run_cli(args: list[str]) -> tuple[int, str, str]:
-    """main(args) in-process: exit code (argparse exits included), stdout, stderr."""
-    import contextlib
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(args)
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
 
 
 def assert_one_line_error(code, stderr: str, exit_code: int | None = 2) -> str:
