@@ -1118,3 +1118,24 @@ def test_mismatch_error_with_a_wide_observation_space_is_one_line(good_checkpoin
     with pytest.raises(ValueError) as info:
         agent.evaluate(episodes=1, env=wide)
     assert_one_line(str(info.value))
+
+
+def test_resume_restores_the_global_python_numpy_and_torch_rngs(tmp_path):
+    """clippo draws from its own generator, but env or user code may use the global RNGs: a
+    checkpoint carries their states and resuming puts them back."""
+    import random
+
+    import numpy as np
+
+    agent = PPO("CartPole-v1", num_envs=2, num_steps=32, run_dir=tmp_path / "run")
+    random.seed(5)
+    np.random.seed(6)
+    torch.manual_seed(7)
+    agent.learn(total_steps=128, progress=False)
+    agent.close()
+    expected = (random.random(), float(np.random.rand()), torch.rand(1).item())
+    random.seed(1)
+    np.random.seed(1)
+    torch.manual_seed(1)
+    PPO.from_run(tmp_path / "run").close()
+    assert (random.random(), float(np.random.rand()), torch.rand(1).item()) == expected

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import time
 import warnings
 from pathlib import Path
@@ -62,6 +63,23 @@ from clippo.networks import ActorCritic
 from clippo.optim import FlatAdam
 from clippo.normalization import ObservationNormalizer, RewardScaler
 from clippo.rollout import Batch, EnvRunner, RolloutBuffer
+
+
+def global_rng_states() -> dict[str, Any]:
+    """The process-wide Python, numpy and torch RNG states, as checkpoint-safe plain data."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.copy()), position, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_global_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(tuple(v if not isinstance(v, list) else tuple(v) for v in states["python"]))
+    kind, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy(), position, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
 
 
 def resolve_device(name: str) -> torch.device:
@@ -564,6 +582,7 @@ class PPO:
             "update": self.update,
             "schedule": [self.schedule_start, self.schedule_end],
             "generator": self.generator.get_state(),
+            "global_rngs": global_rng_states(),
             "train_time": self.train_time,
             "runner": None,
         }
@@ -595,7 +614,11 @@ class PPO:
     def from_run(cls, run_dir: str | Path, env: EnvSource | None = None) -> PPO:
         """The newest checkpoint of a run directory, set to log and checkpoint there (to resume)."""
         path, payload = latest_checkpoint(run_dir)
-        return cls._from_payload(payload, path, env, run_dir, None)
+        agent = cls._from_payload(payload, path, env, run_dir, None)
+        if payload.get("global_rngs") is not None:
+            # clippo draws from its own generator, but env or user code may use the global ones.
+            set_global_rng_states(payload["global_rngs"])
+        return agent
 
     @classmethod
     def _from_payload(
