@@ -81,16 +81,15 @@ def broadcast_(tensor: torch.Tensor, world: World) -> torch.Tensor:
     return tensor
 
 
-def global_moments(values: torch.Tensor, world: World) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and (unbiased) std of ``values`` pooled over all ranks' samples."""
-    if not world.distributed:
-        return values.mean(), values.std()
-    sums = torch.stack([values.new_tensor(float(values.numel())), values.sum(), (values * values).sum()])
+def pooled_moments(groups: list[torch.Tensor], world: World) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Mean and (unbiased) std of each group of values, pooled with every rank's group of the
+    same index, in one exchange."""
+    sums = torch.stack([torch.stack([g.new_tensor(float(g.numel())), g.sum(), (g * g).sum()]) for g in groups])
     all_reduce_sum_(sums, world)
-    count, total, squares = sums[0], sums[1], sums[2]
+    count, total, squares = sums.unbind(dim=1)
     mean = total / count
-    var = (squares - count * mean * mean) / (count - 1).clamp(min=1.0)
-    return mean, var.clamp(min=0.0).sqrt()
+    std = ((squares - count * mean * mean) / (count - 1).clamp(min=1.0)).clamp(min=0.0).sqrt()
+    return list(zip(mean, std))
 
 
 def pool_statistics(stats: list, flags: list[bool], world: World) -> list[bool]:

@@ -40,12 +40,11 @@ from clippo.envs import EnvSource, make_vector_env
 from clippo.errors import CheckpointError, EnvStepError, NonFiniteError, TrainingInterrupted
 from clippo.distributed import (
     all_reduce_mean_,
-    all_reduce_sum_,
     broadcast_,
     gather_lists,
-    global_moments,
     init_world,
     pool_statistics,
+    pooled_moments,
 )
 from clippo.evaluation import run_episodes
 from clippo.logger import METRICS_FILE, RunLogger
@@ -387,7 +386,13 @@ class PPO:
                 order = torch.randperm(len(batch), generator=self.generator).to(self.device)
                 minibatches = [batch[indices] for indices in order.tensor_split(cfg.num_minibatches) if len(indices)]
             normalize_each = cfg.normalize_advantages and not single_minibatch
-            moments = self._pooled_advantage_moments(minibatches) if normalize_each and self.world.distributed else None
+            # Across ranks, each minibatch is normalized with the statistics pooled over every
+            # rank's minibatch of the same index: one exchange per epoch.
+            moments = (
+                pooled_moments([m.advantages for m in minibatches], self.world)
+                if normalize_each and self.world.distributed
+                else None
+            )
             for index, minibatch in enumerate(minibatches):
                 # With no entropy bonus, the entropy is only logged: keep it out of the graph.
                 logprobs, entropy, values = self.model.evaluate_actions(
@@ -452,21 +457,9 @@ class PPO:
         """Whole-batch normalization; across ranks, with the statistics of the pooled batch."""
         if not self.world.distributed:
             return normalize_advantages(advantages)
-        mean, std = global_moments(advantages, self.world)
+        ((mean, std),) = pooled_moments([advantages], self.world)
         return (advantages - mean) / (std + 1e-8)
 
-    def _pooled_advantage_moments(self, minibatches: list[Batch]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Mean and std of each minibatch's advantages, pooled over every rank's minibatch of the
-        same index: one exchange per epoch instead of one per minibatch."""
-        sums = torch.stack(
-            [torch.stack([m.advantages.new_tensor(float(len(m))), m.advantages.sum(), m.advantages.pow(2).sum()])
-             for m in minibatches]
-        )
-        all_reduce_sum_(sums, self.world)
-        count, total, squares = sums.unbind(dim=1)
-        mean = total / count
-        std = ((squares - count * mean * mean) / (count - 1).clamp(min=1.0)).clamp(min=0.0).sqrt()
-        return list(zip(mean, std))
 
     def new_rollout_buffer(self) -> RolloutBuffer:
         """Empty storage for one rollout of this agent's shape."""
