@@ -408,6 +408,31 @@ def _rollout_count(spec: dict[str, Any]) -> int:
     return max(spec["min_rollouts"], math.ceil(spec["collect_steps"] / batch))
 
 
+def _time_rollouts(collect, spec: dict[str, Any]) -> list[float]:
+    """Seconds per rollout of ``collect()``, after one warm-up rollout."""
+    collect()
+    times = []
+    for _ in range(_rollout_count(spec)):
+        t = time.perf_counter()
+        collect()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def _limits_result(spec: dict[str, Any], env_type: str, vector_steps: int, env_s: float, times: list[float]) -> dict[str, Any]:
+    n, num_steps = spec["num_envs"], spec["num_steps"]
+    return {
+        "env_type": env_type,
+        "env_transitions": vector_steps * n,
+        "env_s": env_s,
+        "env_sps": vector_steps * n / env_s,
+        "rollouts": len(times),
+        "rollout_s": sum(times),
+        "rollout_sps": len(times) * num_steps * n / sum(times),
+        "rollout_best_sps": num_steps * n / min(times),
+    }
+
+
 def child_limits_clippo(spec: dict[str, Any]) -> dict[str, Any]:
     _single_thread()
     from clippo import PPO
@@ -430,24 +455,9 @@ def child_limits_clippo(spec: dict[str, Any]) -> dict[str, Any]:
     agent = PPO(env_id, preset="default", **hp)
     runner = agent.env_runner()
     buffer = agent.new_rollout_buffer()
-    runner.collect(agent.model, buffer, agent.generator)  # warm-up
-    rollouts = _rollout_count(spec)
-    times = []
-    for _ in range(rollouts):
-        t = time.perf_counter()
-        runner.collect(agent.model, buffer, agent.generator)
-        times.append(time.perf_counter() - t)
+    times = _time_rollouts(lambda: runner.collect(agent.model, buffer, agent.generator), spec)
     agent.close()
-    return {
-        "env_type": env_type,
-        "env_transitions": vector_steps * n,
-        "env_s": env_s,
-        "env_sps": vector_steps * n / env_s,
-        "rollouts": rollouts,
-        "rollout_s": sum(times),
-        "rollout_sps": rollouts * num_steps * n / sum(times),
-        "rollout_best_sps": num_steps * n / min(times),
-    }
+    return _limits_result(spec, env_type, vector_steps, env_s, times)
 
 
 def child_limits_sb3(spec: dict[str, Any]) -> dict[str, Any]:
@@ -473,24 +483,9 @@ def child_limits_sb3(spec: dict[str, Any]) -> dict[str, Any]:
     model = PPO("MlpPolicy", make_sb3_env(env_id, n, seed, recipe), **sb3_kwargs(recipe, seed))
     _, callback = model._setup_learn(10**12, None)
     callback.on_training_start(locals(), globals())
-    model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)  # warm-up
-    rollouts = _rollout_count(spec)
-    times = []
-    for _ in range(rollouts):
-        t = time.perf_counter()
-        model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
-        times.append(time.perf_counter() - t)
+    times = _time_rollouts(lambda: model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps), spec)
     model.env.close()
-    return {
-        "env_type": env_type,
-        "env_transitions": vector_steps * n,
-        "env_s": env_s,
-        "env_sps": vector_steps * n / env_s,
-        "rollouts": rollouts,
-        "rollout_s": sum(times),
-        "rollout_sps": rollouts * num_steps * n / sum(times),
-        "rollout_best_sps": num_steps * n / min(times),
-    }
+    return _limits_result(spec, env_type, vector_steps, env_s, times)
 
 
 CHILDREN = {
@@ -638,7 +633,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
             "",
             "env-only: `envs.step(envs.action_space.sample())` on `clippo.envs.make_vector_env(env, n, \"auto\")` "
             "(SB3: `make_vec_env` DummyVecEnv with Monitor, plus VecNormalize when the recipe normalizes). "
-            "Rollout: `EnvRunner.collect` into a `RolloutBuffer` (SB3: `collect_rollouts`, which also computes GAE), "
+            "Rollout: `EnvRunner.collect` into a `RolloutBuffer`, acting with the actor only (clippo evaluates the critic and GAE afterwards, in the trainer, not timed here); SB3: `collect_rollouts`, which also evaluates the critic at every step and computes GAE, "
             "timed over several rollouts after one warm-up rollout.",
         ]
     else:
