@@ -54,10 +54,11 @@ LIB_NAMES = {"clippo": "clippo", "sb3": "SB3"}
 LIB_COLORS = {"clippo": "tab:blue", "sb3": "tab:orange"}
 
 # ---------------------------------------------------------------------------------------------
-# Hyperparameter recipes, in SB3's vocabulary. Shared by both libraries, always:
-# separate 64-64 tanh MLPs for actor and critic, orthogonal init (policy head gain 0.01, value
-# head 1), Adam eps 1e-5, linear LR annealing to 0, per-minibatch advantage normalization,
-# no value clipping, no KL early stop, log-std init 0 (continuous actions), obs/reward clip 10.
+# Hyperparameter recipes, in SB3's vocabulary. Shared by both libraries, always: separate actor
+# and critic MLPs (64-64 tanh unless the recipe says otherwise), orthogonal init (policy head
+# gain 0.01, value head 1), Adam eps 1e-5, per-minibatch advantage normalization, no value
+# clipping, no KL early stop, obs/reward clip 10. The MuJoCo recipes are clippo's own built-in
+# presets for those envs, translated (``recipe_from_clippo_preset``).
 # ---------------------------------------------------------------------------------------------
 COMMON = {
     "clip_range": 0.2,
@@ -66,6 +67,10 @@ COMMON = {
     "max_grad_norm": 0.5,
     "normalize_obs": False,
     "normalize_reward": False,
+    "net_arch": [64, 64],
+    "activation": "tanh",
+    "log_std_init": 0.0,
+    "anneal_lr": True,
     "vector_env": "auto",  # clippo only: its native vectorized env when the env has one, else sync
 }
 
@@ -115,26 +120,50 @@ RECIPES: dict[str, dict[str, Any]] = {
         "total_steps": 200_000,
         "source": "RL-Zoo-like (no gSDE, 4 x 512 steps, 200k steps)",
     },
-    # CleanRL's ppo_continuous_action recipe.
-    "Hopper-v5": {
-        **COMMON,
-        "n_envs": 1,
-        "n_steps": 2048,
-        "batch_size": 64,
-        "n_epochs": 10,
-        "learning_rate": 3e-4,
-        "gamma": 0.99,
-        "gae_lambda": 0.95,
-        "normalize_obs": True,
-        "normalize_reward": True,
-        "total_steps": 1_000_000,
-        "source": "CleanRL-like continuous recipe",
-    },
 }
+
+
+def recipe_from_clippo_preset(env_id: str) -> dict[str, Any]:
+    """clippo's built-in preset for ``env_id`` in the recipe vocabulary, so that SB3 runs exactly
+    the hyperparameters that ``clippo train ENV_ID`` uses."""
+    from clippo.config import resolve_config
+
+    c = resolve_config(env_id)
+    batch = c.num_envs * c.num_steps
+    if c.network != "separate" or c.target_kl is not None or c.clip_value_loss or not c.normalize_advantages:
+        raise ValueError(f"{env_id}: its clippo preset uses a feature this harness does not translate to SB3")
+    return {
+        **COMMON,
+        "n_envs": c.num_envs,
+        "n_steps": c.num_steps,
+        "batch_size": batch // c.num_minibatches,
+        "n_epochs": c.update_epochs,
+        "learning_rate": c.learning_rate,
+        "anneal_lr": c.anneal_lr,
+        "gamma": c.gamma,
+        "gae_lambda": c.gae_lambda,
+        "clip_range": c.clip_epsilon,
+        "ent_coef": c.ent_coef,
+        "vf_coef": c.vf_coef,
+        "max_grad_norm": c.max_grad_norm,
+        "normalize_obs": c.normalize_observations,
+        "normalize_reward": c.normalize_rewards,
+        "net_arch": list(c.hidden_sizes),
+        "activation": c.activation,
+        "log_std_init": c.init_log_std,
+        "vector_env": c.vector_env,
+        "total_steps": c.total_steps,
+        "source": "clippo's built-in preset (RL-Zoo tuned values)",
+    }
+
+
+for _env_id in ("Hopper-v5", "HalfCheetah-v5", "Walker2d-v5"):
+    RECIPES[_env_id] = recipe_from_clippo_preset(_env_id)
 
 RECIPE_KEYS = [
     "n_envs", "n_steps", "batch_size", "n_epochs", "learning_rate", "gamma", "gae_lambda", "clip_range",
     "ent_coef", "vf_coef", "max_grad_norm", "normalize_obs", "normalize_reward", "total_steps", "vector_env",
+    "net_arch", "activation", "log_std_init", "anneal_lr",
 ]
 
 
@@ -160,7 +189,7 @@ def clippo_hyperparameters(recipe: dict[str, Any], seed: int) -> dict[str, Any]:
         "num_minibatches": max(1, batch // recipe["batch_size"]),
         "update_epochs": recipe["n_epochs"],
         "learning_rate": recipe["learning_rate"],
-        "anneal_lr": True,
+        "anneal_lr": recipe["anneal_lr"],
         "gamma": recipe["gamma"],
         "gae_lambda": recipe["gae_lambda"],
         "clip_epsilon": recipe["clip_range"],
@@ -171,9 +200,9 @@ def clippo_hyperparameters(recipe: dict[str, Any], seed: int) -> dict[str, Any]:
         "target_kl": None,
         "normalize_advantages": True,
         "network": "separate",
-        "hidden_sizes": [64, 64],
-        "activation": "tanh",
-        "init_log_std": 0.0,
+        "hidden_sizes": list(recipe["net_arch"]),
+        "activation": recipe["activation"],
+        "init_log_std": recipe["log_std_init"],
         "normalize_observations": recipe["normalize_obs"],
         "normalize_rewards": recipe["normalize_reward"],
         "obs_clip": 10.0,
@@ -195,7 +224,7 @@ def sb3_kwargs(recipe: dict[str, Any], seed: int) -> dict[str, Any]:
         return lr * progress_remaining
 
     return {
-        "learning_rate": linear_schedule,
+        "learning_rate": linear_schedule if recipe["anneal_lr"] else lr,
         "n_steps": recipe["n_steps"],
         "batch_size": min(recipe["batch_size"], recipe["n_envs"] * recipe["n_steps"]),
         "n_epochs": recipe["n_epochs"],
@@ -210,10 +239,10 @@ def sb3_kwargs(recipe: dict[str, Any], seed: int) -> dict[str, Any]:
         "target_kl": None,
         "use_sde": False,
         "policy_kwargs": {
-            "net_arch": {"pi": [64, 64], "vf": [64, 64]},
-            "activation_fn": torch.nn.Tanh,
+            "net_arch": {"pi": list(recipe["net_arch"]), "vf": list(recipe["net_arch"])},
+            "activation_fn": {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[recipe["activation"]],
             "ortho_init": True,
-            "log_std_init": 0.0,
+            "log_std_init": recipe["log_std_init"],
         },
         "seed": seed,
         "device": "cpu",
@@ -675,8 +704,9 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     lines += md_table(["", *results["envs"]], [[k, *(str(results["recipes"][e][k]) for e in results["envs"])] for k in RECIPE_KEYS + ["source"]])
     lines += [
         "",
-        "Both: separate actor and critic MLPs 64-64 tanh, orthogonal init, Adam eps 1e-5, learning rate annealed "
-        "linearly to 0, advantages normalized per minibatch, no value clipping, no KL early stop. clippo: "
+        "Both: separate actor and critic MLPs of the recipe's `net_arch` and `activation`, orthogonal init, Adam eps "
+        "1e-5, learning rate annealed linearly to 0 when `anneal_lr`, advantages normalized per minibatch, no value "
+        "clipping, no KL early stop. clippo: "
         "`num_minibatches = n_envs * n_steps // batch_size`; SB3: `VecNormalize` (clip 10, same gamma) when the "
         "recipe normalizes. Evaluation: clippo `agent.evaluate(episodes, seed)` (frozen normalizer); SB3 "
         "`evaluate_policy` on a fresh env with frozen VecNormalize statistics and raw rewards.",

@@ -186,10 +186,14 @@ def test_env_without_preset_gets_defaults():
 
 
 def test_env_preset_referencing_a_named_preset():
-    values = env_preset_values("Hopper-v5")
+    values = env_preset_values("Ant-v5")
     for name, value in PRESETS["mujoco"].items():
         assert values[name] == value
     assert "preset" not in values
+    # An env's own values override the named preset's, which fills in the rest.
+    hopper = env_preset_values("Hopper-v5")
+    assert hopper["num_steps"] == 512 and PRESETS["mujoco"]["num_steps"] != 512
+    assert hopper["normalize_observations"] is True and hopper["total_steps"] == 1_000_000
 
 
 def test_unknown_preset_name():
