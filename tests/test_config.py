@@ -191,9 +191,9 @@ def test_env_preset_referencing_a_named_preset():
         assert values[name] == value
     assert "preset" not in values
     # An env's own values override the named preset's, which fills in the rest.
-    hopper = env_preset_values("Hopper-v5")
-    assert hopper["num_steps"] == 512 and PRESETS["mujoco"]["num_steps"] != 512
-    assert hopper["normalize_observations"] is True and hopper["total_steps"] == 1_000_000
+    cheetah = env_preset_values("HalfCheetah-v5")
+    assert cheetah["num_steps"] == 512 and PRESETS["mujoco"]["num_steps"] != 512
+    assert cheetah["normalize_observations"] is True and cheetah["total_steps"] == 1_000_000
 
 
 def test_unknown_preset_name():
