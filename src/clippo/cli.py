@@ -1,4 +1,5 @@
-"""The ``clippo`` command line: ``train`` and ``eval``.
+"""The ``clippo`` command line: ``train``, ``eval``, ``resume``, ``presets``, and the commands that
+help understand a run: ``plot``, ``report`` and ``enjoy``.
 
 Every hyperparameter flag is generated from :class:`clippo.config.PPOConfig`, so the flags, their
 help and their defaults cannot drift from the config. Bad input ends with one line on stderr.
@@ -141,7 +142,94 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
 
     commands.add_parser("presets", help="print every preset's values as Markdown (docs/presets.md)")
+    _add_understanding_commands(commands)
     return parser
+
+
+def _add_understanding_commands(commands) -> None:
+    """``plot``, ``report`` and ``enjoy``: they only parse here; the work is in clippo.plotting,
+    clippo.report and clippo.playback."""
+    from clippo.plotting import BANDS, X_CHOICES  # numpy only: cheap to import
+
+    plot = commands.add_parser(
+        "plot",
+        help="learning curves of one or more runs (seeds of one config are averaged)",
+        description="Return against environment steps and/or wall time from each run's metrics.csv. Runs whose "
+        "config.yaml differ only by seed are drawn as their mean with a band; runs of different envs get a row each.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories of `clippo train`")
+    plot.add_argument("-o", "--output", default="curves.png", metavar="FILE", help="image to write (.png, .pdf or .svg)")
+    plot.add_argument("--x", choices=X_CHOICES, default="both", help="x axis: env steps, training wall time, or a panel each")
+    plot.add_argument("--diagnostics", action="store_true",
+                      help="add a panel per diagnostic: approx KL, clip fraction, entropy, explained variance, value loss")
+    plot.add_argument("--band", choices=list(BANDS), default="ci95",
+                      help="band around the mean of several seeds: 95%% confidence interval of the mean, or min-max")
+    plot.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+
+    report = commands.add_parser(
+        "report",
+        help="one-page summary of a run with health warnings and suggested fixes",
+        description="Config, final and best return, throughput, and health checks of a run (thresholds in "
+        "docs/tuning.md). Markdown (with the figure in a PNG beside it) or self-contained HTML, by the suffix of -o.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a run directory of `clippo train`")
+    report.add_argument("-o", "--output", default=None, metavar="FILE",
+                        help="report.md or report.html (default: RUN_DIR/report.md)")
+    report.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+
+    enjoy = commands.add_parser(
+        "enjoy",
+        help="watch a trained agent: per-episode returns, optionally a video",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    enjoy.add_argument("path", metavar="RUN_DIR", help="a run directory or a checkpoint file")
+    enjoy.add_argument("--episodes", type=int, default=3, help="number of whole episodes")
+    enjoy.add_argument("--video", default=None, metavar="FILE.mp4",
+                       help="record the episodes into this MP4 (rgb_array rendering, no display; needs clippo[video])")
+    enjoy.add_argument("--seed", type=int, default=None, help="seed of the first episode (default: random)")
+    enjoy.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
+                       help="act with the policy's mode (--stochastic samples)")
+    enjoy.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions")
+    enjoy.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from clippo.plotting import plot_runs
+
+    path = plot_runs(args.run_dirs, args.output, x=args.x, diagnostics=args.diagnostics, band=args.band)
+    print(f"wrote {path}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from clippo.report import write_report
+
+    output = Path(args.output) if args.output else Path(args.run_dir) / "report.md"
+    report = write_report(args.run_dir, output)
+    print(f"wrote {output}" + (f" and {report.figure_path}" if report.figure_path else ""))
+    if report.warnings:
+        for warning in report.warnings:
+            print(f"warning: {warning.title}")
+    else:
+        print("no health warnings")
+    return 0
+
+
+def _enjoy(args: argparse.Namespace) -> int:
+    from clippo.playback import play
+
+    if args.episodes < 1:
+        raise ValueError(f"--episodes={args.episodes} is invalid: it must be an integer >= 1")
+    result = play(args.path, episodes=args.episodes, seed=args.seed, deterministic=args.deterministic, video=args.video)
+    for index, (ret, length) in enumerate(zip(result.returns, result.lengths), start=1):
+        print(f"episode {index}: return {ret:.2f}, length {length}")
+    mode = "deterministic" if args.deterministic else "stochastic"
+    print(f"{result.env_id}: mean return {result.mean_return:.2f} over {len(result.returns)} episodes ({mode})")
+    if result.video_path is not None:
+        print(f"video: {result.video_path}")
+    return 0
 
 
 def _presets(args: argparse.Namespace) -> int:
@@ -301,7 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.filterwarnings(
             "ignore", message=r"(?s).*ERROR: (Received the following error from Worker|Traceback|Raising the last)"
         )
-    handlers = {"train": _train, "eval": _eval, "resume": _resume, "presets": _presets}
+    handlers = {"train": _train, "eval": _eval, "resume": _resume, "presets": _presets,
+                "plot": _plot, "report": _report, "enjoy": _enjoy}
     try:
         return handlers[args.command](args)
     except TrainingInterrupted as exc:
