@@ -466,6 +466,7 @@ def child_limits_clippo(spec: dict[str, Any]) -> dict[str, Any]:
     _single_thread()
     from clippo import PPO
     from clippo.envs import make_vector_env
+    from clippo.advantages import compute_gae
 
     env_id, n, num_steps, seed = spec["env_id"], spec["num_envs"], spec["num_steps"], spec["seed"]
     recipe = {**spec["recipe"], "n_envs": n, "n_steps": num_steps}
@@ -480,11 +481,22 @@ def child_limits_clippo(spec: dict[str, Any]) -> dict[str, Any]:
     env_type = type(envs).__name__
     envs.close()
 
-    # 2. clippo's rollout collection with an untrained policy, built as PPO._train builds it.
+    # 2. clippo's rollout collection with an untrained policy, built as PPO._train builds it, up to
+    #    the same point as SB3's collect_rollouts: actions, log-probabilities, values and GAE.
     agent = PPO(env_id, preset="default", **hp)
     runner = agent.env_runner()
     buffer = agent.new_rollout_buffer()
-    times = _time_rollouts(lambda: runner.collect(agent.model, buffer, agent.generator), spec)
+
+    def collect() -> None:
+        runner.collect(agent.model, buffer, agent.generator)
+        buffer.estimate_values(agent.model.value)
+        compute_gae(
+            *(buffer.tensor(name) for name in ("rewards", "values", "terminated", "truncated", "last_value")),
+            gamma=hp["gamma"],
+            gae_lambda=hp["gae_lambda"],
+        )
+
+    times = _time_rollouts(collect, spec)
     agent.close()
     return _limits_result(spec, env_type, vector_steps, env_s, times)
 
@@ -662,7 +674,10 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
             "",
             "env-only: `envs.step(envs.action_space.sample())` on `clippo.envs.make_vector_env(env, n, \"auto\")` "
             "(SB3: `make_vec_env` DummyVecEnv with Monitor, plus VecNormalize when the recipe normalizes). "
-            "Rollout: `EnvRunner.collect` into a `RolloutBuffer`, acting with the actor only (clippo evaluates the critic and GAE afterwards, in the trainer, not timed here); SB3: `collect_rollouts`, which also evaluates the critic at every step and computes GAE, "
+            "Rollout, the same work for both: actions, log-probabilities, critic values and GAE advantages for a whole rollout. clippo: "
+            "`EnvRunner.collect` into a `RolloutBuffer` (acting with a numpy copy of the actor, then one batched torch pass for "
+            "the log-probabilities), `RolloutBuffer.estimate_values` and `compute_gae`, as `PPO._train` does them; SB3: "
+            "`collect_rollouts` (critic evaluated at every step, GAE at the end), "
             "timed over several rollouts after one warm-up rollout.",
         ]
     else:

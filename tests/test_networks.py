@@ -164,3 +164,50 @@ def test_box_observations_are_flattened_to_float32():
 def test_unsupported_observation_space():
     with pytest.raises(ValueError, match="Dict"):
         ActorCritic(spaces.Dict({"a": OBS}), spaces.Discrete(2), [8])
+
+
+@pytest.mark.parametrize("network", ["separate", "shared"])
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize(
+    "observation_space, action_space",
+    [
+        (OBS, spaces.Discrete(3)),
+        (OBS, spaces.Box(-2.0, 2.0, shape=(3,), dtype=np.float32)),
+        (OBS, spaces.MultiDiscrete([3, 4])),
+        (spaces.Discrete(5, start=2), spaces.Discrete(2)),
+    ],
+)
+def test_numpy_actor_matches_the_torch_actor(network, activation, observation_space, action_space):
+    """The rollout acts with a numpy copy of the actor: same outputs, same sampled actions."""
+    torch.manual_seed(0)
+    model = ActorCritic(observation_space, action_space, [32, 16], activation, network, init_log_std=-0.5)
+    with torch.no_grad():  # non-trivial heads and log-std, so that a wrong copy would show
+        model.actor_head.weight.normal_()
+        if hasattr(model, "log_std"):
+            model.log_std.uniform_(-1.0, 0.5)
+    raw_obs = np.stack([observation_space.sample() for _ in range(9)])
+    obs = model.numpy_input(raw_obs)
+    assert obs.dtype == np.float32 and obs.shape == (9, model.obs_size)
+    np.testing.assert_array_equal(obs, model.preprocess(raw_obs).numpy())
+
+    actor = model.numpy_actor()
+    with torch.no_grad():
+        expected = model.actor(torch.from_numpy(obs)).numpy()
+        np.testing.assert_allclose(actor(obs), expected, rtol=1e-5, atol=1e-6)
+        noise = model.distribution.noise((9,), torch.Generator().manual_seed(1))
+        torch_actions = model.distribution.sample(model.actor(torch.from_numpy(obs)), noise).numpy()
+    numpy_actions = actor.sample(obs, noise.numpy())
+    np.testing.assert_allclose(numpy_actions, torch_actions, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(actor.sample(obs, None), model.distribution.sample(torch.from_numpy(expected), None).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_numpy_actor_is_a_snapshot():
+    """Later updates of the torch weights do not leak into an existing numpy copy."""
+    model = ActorCritic(OBS, spaces.Discrete(2), [8], "tanh", "separate")
+    actor = model.numpy_actor()
+    obs = np.ones((1, 4), dtype=np.float32)
+    before = actor(obs).copy()
+    with torch.no_grad():
+        model.actor_head.bias.add_(1.0)
+    np.testing.assert_array_equal(actor(obs), before)
+    np.testing.assert_allclose(model.numpy_actor()(obs), before + 1.0, rtol=1e-6)

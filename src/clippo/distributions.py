@@ -57,6 +57,10 @@ class ActionDistribution:
     def log_prob_and_entropy(self, params: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.log_prob(params, actions), self.entropy(params)
 
+    def sample_numpy(self, params: np.ndarray, noise: np.ndarray | None, std: np.ndarray | None = None) -> np.ndarray:
+        """``sample`` on numpy arrays, for the rollout loop's numpy actor (``std``: Gaussian only)."""
+        raise NotImplementedError
+
     def to_env(self, actions: np.ndarray) -> np.ndarray:
         """The action as sent to the environment (offset by the space's start, clipped to bounds)."""
         return actions
@@ -76,6 +80,9 @@ class Categorical(ActionDistribution):
 
     def sample(self, logits, noise):
         return (logits if noise is None else logits + noise).argmax(dim=-1)
+
+    def sample_numpy(self, logits, noise, std=None):
+        return (logits if noise is None else logits + noise).argmax(axis=-1)
 
     def sample_with_log_prob(self, logits, noise):
         actions = self.sample(logits, noise)
@@ -117,6 +124,11 @@ class MultiCategorical(ActionDistribution):
         perturbed = logits if noise is None else logits + noise
         return torch.stack([p.argmax(dim=-1) for p in perturbed.split(self.sizes, dim=-1)], dim=-1)
 
+    def sample_numpy(self, logits, noise, std=None):
+        perturbed = logits if noise is None else logits + noise
+        parts = np.split(perturbed, np.cumsum(self.sizes)[:-1], axis=-1)
+        return np.stack([p.argmax(axis=-1) for p in parts], axis=-1)
+
     def log_prob(self, logits, actions):
         parts = logits.split(self.sizes, dim=-1)
         return sum(
@@ -156,6 +168,9 @@ class DiagGaussian(ActionDistribution):
 
     def sample(self, mean, noise):
         return mean if noise is None else mean + noise * self.log_std.exp()
+
+    def sample_numpy(self, mean, noise, std=None):
+        return mean if noise is None else mean + noise * std
 
     def log_prob(self, mean, actions):
         log_std = self.log_std

@@ -73,6 +73,18 @@ class RolloutBuffer:
         self.values[:] = values[:-num_envs].reshape(self.values.shape)
         self.last_value[:] = values[-num_envs:]
 
+    @torch.no_grad()
+    def estimate_logprobs(self, policy: ActorCritic) -> None:
+        """Fill ``logprobs`` with the torch actor's log-probabilities of the stored actions.
+
+        One batched pass over the rollout with the very function the update evaluates (see
+        ``NumpyActor``), so the first probability ratio is exactly 1.
+        """
+        obs = self.tensor("obs").reshape(-1, self.obs.shape[-1])
+        actions = self.tensor("actions").reshape(-1, *self.actions.shape[2:])
+        logprobs = policy.distribution.log_prob(policy.actor(obs), actions)
+        self.logprobs[:] = logprobs.reshape(self.logprobs.shape).cpu().numpy()
+
     def tensor(self, name: str) -> torch.Tensor:
         """One stored array as a tensor on the training device (no copy on the CPU)."""
         return torch.from_numpy(getattr(self, name)).to(self.device)
@@ -138,14 +150,13 @@ class EnvRunner:
         distribution = policy.distribution
         num_steps = buffer.obs.shape[0]
         self.poisoned = False
-        noise = distribution.noise((num_steps, self.num_envs), generator, buffer.device)
+        noise = distribution.noise((num_steps, self.num_envs), generator, buffer.device).cpu().numpy()
+        actor = policy.numpy_actor()
         for t in range(num_steps):
-            obs = policy.preprocess(self.next_obs)
-            actions, logprobs = policy.act(obs, noise[t])
-            actions = actions.cpu().numpy()
-            buffer.obs[t] = obs.cpu().numpy()
+            obs = policy.numpy_input(self.next_obs)
+            actions = actor.sample(obs, noise[t])
+            buffer.obs[t] = obs
             buffer.actions[t] = actions
-            buffer.logprobs[t] = logprobs.cpu().numpy()
             valid = ~self.autoreset
             buffer.valid[t] = valid
 
@@ -165,7 +176,8 @@ class EnvRunner:
             buffer.truncated[t] = truncated
             self.autoreset = dones
         self._track_episodes(buffer)
-        buffer.last_obs[:] = policy.preprocess(self.next_obs).cpu().numpy()
+        buffer.last_obs[:] = policy.numpy_input(self.next_obs)
+        buffer.estimate_logprobs(policy)
 
     def _handle_nonfinite(self, raw_obs: np.ndarray, rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         bad_obs = ~np.isfinite(raw_obs).reshape(self.num_envs, -1).all(axis=1)
