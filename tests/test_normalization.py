@@ -122,3 +122,14 @@ def test_reward_scaler_state_dict_round_trip():
     fewer.load_state_dict(scaler.state_dict())
     np.testing.assert_array_equal(fewer.returns, [0.0, 0.0])
     np.testing.assert_array_equal(fewer.stats.var, scaler.stats.var)
+
+
+def test_one_sample_batches_match_the_statistics_of_the_whole_stream():
+    """One env updates with one-row batches (a fast path): same moments as numpy over all rows."""
+    rng = np.random.default_rng(3)
+    data = rng.normal(2.0, 3.0, size=(200, 5))
+    stats = RunningMeanStd((5,), epsilon=1e-12)
+    for row in data:
+        stats.update(row[None])
+    np.testing.assert_allclose(stats.mean, data.mean(axis=0), rtol=1e-9)
+    np.testing.assert_allclose(stats.var, data.var(axis=0), rtol=1e-6)

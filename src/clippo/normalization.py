@@ -23,6 +23,9 @@ class RunningMeanStd:
         batch = np.asarray(batch, dtype=np.float64)
         if batch.shape[0] == 0:
             return
+        if batch.shape[0] == 1:  # one env: the moments are the sample and 0 (numpy's mean/var cost ~10 us each)
+            self.update_from_moments(batch[0], 0.0, 1)
+            return
         self.update_from_moments(batch.mean(axis=0), batch.var(axis=0), batch.shape[0])
 
     def update_from_moments(self, batch_mean: np.ndarray, batch_var: np.ndarray, batch_count: float) -> None:
@@ -63,7 +66,7 @@ class ObservationNormalizer:
         if update:
             self.stats.update(obs)
         normalized = (obs - self.stats.mean) / np.sqrt(self.stats.var + self.epsilon)
-        return np.clip(normalized, -self.clip, self.clip).astype(np.float32)
+        return np.clip(normalized, -self.clip, self.clip, out=normalized).astype(np.float32)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.stats.state_dict()
