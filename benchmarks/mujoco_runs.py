@@ -59,6 +59,19 @@ def run_all(envs: list[str], seeds: list[int], root: Path, jobs: int, clippo: st
     return run_dirs
 
 
+# Config keys that do not change what is learned (the seed is a row's own key).
+NOT_RECIPE = {"seed", "env_id", "device", "torch_threads", "tensorboard", "checkpoint_every", "keep_checkpoints",
+              "nonfinite", "eval_episodes", "vector_env"}
+
+
+def matches_preset(config: dict[str, Any]) -> bool:
+    """Whether a run used what ``clippo train ENV`` uses today (older recipes are listed apart)."""
+    from clippo.config import resolve_config
+
+    preset = resolve_config(config["env_id"]).to_dict()
+    return all(config.get(k) == v for k, v in preset.items() if k not in NOT_RECIPE)
+
+
 def read_run(run_dir: Path) -> dict[str, Any] | None:
     """One table row from a finished run directory (None when it has no final evaluation)."""
     import yaml
@@ -83,21 +96,34 @@ def read_run(run_dir: Path) -> dict[str, Any] | None:
         "steps": steps,
         "wall_s": wall,
         "sps": steps / wall if wall > 0 else None,
+        "current_preset": matches_preset(config),
     }
+
+
+def recipe_difference(run_dir: str) -> str:
+    """``key=old`` for every hyperparameter where the run differs from today's preset."""
+    import yaml
+
+    from clippo.config import resolve_config
+
+    config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    preset = resolve_config(config["env_id"]).to_dict()
+    return ", ".join(f"{k}={config.get(k)}" for k, v in preset.items() if k not in NOT_RECIPE and config.get(k) != v)
 
 
 def write_table(run_dirs: list[Path], out: Path) -> Path:
     """results.md + results.json + learning curves (``clippo plot``) for the finished runs."""
-    runs = [r for r in (read_run(Path(d)) for d in run_dirs) if r is not None]
+    found = [r for r in (read_run(Path(d)) for d in run_dirs) if r is not None]
+    runs = [r for r in found if r["current_preset"]]
+    earlier = [r for r in found if not r["current_preset"]]
     if not runs:
-        raise SystemExit("no finished runs (no eval.json) among the given run directories")
+        raise SystemExit("no finished runs (no eval.json) of the current presets among the given run directories")
     runs.sort(key=lambda r: (r["env_id"], r["seed"]))
     envs = sorted({r["env_id"] for r in runs})
     out.mkdir(parents=True, exist_ok=True)
 
     lines = ["# clippo on MuJoCo v5 at 1M steps (built-in presets)", ""]
-    lines += [f"Date: {now()}. Command: `{command_line()}`", ""]
-    lines += machine_markdown(machine_info())
+    lines += machine_markdown({"command": command_line(), "date": now(), "machine": machine_info()})
     lines += ["", "## Per env (mean over seeds of the final deterministic evaluation)", ""]
     summary = []
     for env in envs:
@@ -107,7 +133,7 @@ def write_table(run_dirs: list[Path], out: Path) -> Path:
         verdict = "" if target is None else ("met" if mean >= target else f"not met (gap {target - mean:.0f})")
         summary.append([env, len(mine), fmt(mean, 0), fmt(std, 0), fmt(target, 0) if target else "-", verdict,
                         fmt(sum(r["sps"] for r in mine) / len(mine), 0), PUBLISHED.get(env, "-")])
-    lines += md_table(["env", "seeds", "eval mean", "std over seeds", "target", "target", "mean SPS", "published PPO (1M, v4)"], summary)
+    lines += md_table(["env", "seeds", "eval mean", "std over seeds", "target", "met?", "mean SPS", "published PPO (1M, v4)"], summary)
     lines += ["", "## Per run", ""]
     lines += md_table(
         ["env", "seed", "final eval (10 ep.)", "last training return", "steps", "wall time", "SPS", "reproduce"],
@@ -115,6 +141,13 @@ def write_table(run_dirs: list[Path], out: Path) -> Path:
           f"{r['steps']:_}", f"{r['wall_s'] / 60:.1f} min", fmt(r["sps"], 0),
           f"`clippo train {r['env_id']} --seed {r['seed']}`"] for r in runs],
     )
+    if earlier:
+        lines += ["", "## Runs of earlier recipes (not in the means above)", ""]
+        lines += md_table(
+            ["env", "seed", "final eval (10 ep.)", "run dir", "recipe differences from today's preset"],
+            [[r["env_id"], r["seed"], f"{r['eval_mean']:.0f} ± {r['eval_std']:.0f}", Path(r["run_dir"]).name,
+              recipe_difference(r["run_dir"])] for r in earlier],
+        )
     lines += [
         "",
         "Wall time and SPS are clippo's own training-loop clock (metrics.csv), one torch thread per run, "
