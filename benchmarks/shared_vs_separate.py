@@ -20,6 +20,7 @@ benchmark continues where it stopped. ``--no-train`` only redraws and retabulate
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import shutil
@@ -46,6 +47,12 @@ from _common import (  # noqa: E402
 
 ENVS = ["CartPole-v1", "Acrobot-v1", "Pendulum-v1"]
 NETWORKS = ["separate", "shared"]
+# --followup: on CartPole-v1, whose raw returns reach 50 (gamma 0.98) and whose critic loss is
+# therefore large, the shared trunk again with the critic's pull reduced in two ways.
+FOLLOWUPS = {
+    "shared-normalize-rewards": ["--network", "shared", "--normalize-rewards"],
+    "shared-vf-coef-0.05": ["--network", "shared", "--vf-coef", "0.05"],
+}
 
 
 def clippo_command() -> list[str]:
@@ -59,12 +66,14 @@ def run_dir_of(out: Path, env_id: str, network: str, seed: int) -> Path:
 
 
 def train(env_id: str, network: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One run; ``network`` is a network name or a FOLLOWUPS name."""
     run_dir = run_dir_of(args.out, env_id, network, seed)
     if (run_dir / "eval.json").exists():
         return {"env": env_id, "network": network, "seed": seed, "reused": True}
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted run: start it again (clippo refuses a used run dir)
-    cmd = [*clippo_command(), "train", env_id, "--network", network, "--seed", str(seed), "--run-dir", str(run_dir),
+    flags = FOLLOWUPS[network] if network in FOLLOWUPS else ["--network", network]
+    cmd = [*clippo_command(), "train", env_id, *flags, "--seed", str(seed), "--run-dir", str(run_dir),
            "--eval-episodes", str(args.eval_episodes), "--no-tensorboard", "--checkpoint-every", "0"]
     if args.total_steps is not None:
         cmd += ["--total-steps", str(args.total_steps)]
@@ -93,31 +102,35 @@ def confidence_interval(values: list[float]) -> tuple[float | None, float | None
 def summarize(args: argparse.Namespace) -> dict[str, Any]:
     import pandas as pd
 
+    variants = [(e, n) for e in args.envs for n in NETWORKS] + [("CartPole-v1", f) for f in FOLLOWUPS]
     per_run = []
-    for env_id in args.envs:
-        for network in NETWORKS:
-            for seed in args.seeds:
-                run_dir = run_dir_of(args.out, env_id, network, seed)
-                eval_path, metrics_path = run_dir / "eval.json", run_dir / "metrics.csv"
-                if not eval_path.exists() or not metrics_path.exists():
-                    continue
-                metrics = pd.read_csv(metrics_path)
-                evaluation = json.loads(eval_path.read_text())
-                per_run.append({
-                    "env": env_id, "network": network, "seed": seed,
-                    "final_train_return": float(metrics["recent_return"].iloc[-1]),
-                    "eval_return": float(evaluation["mean_return"]),
-                    "train_wall_s": float(metrics["wall_time"].iloc[-1]),
-                    "steps": int(metrics["global_step"].iloc[-1]),
-                })
+    for (env_id, network), seed in itertools.product(variants, args.seeds):
+        run_dir = run_dir_of(args.out, env_id, network, seed)
+        eval_path, metrics_path = run_dir / "eval.json", run_dir / "metrics.csv"
+        if not eval_path.exists() or not metrics_path.exists():
+            continue
+        metrics = pd.read_csv(metrics_path)
+        evaluation = json.loads(eval_path.read_text())
+        per_run.append({
+            "env": env_id, "network": network, "seed": seed,
+            "final_train_return": float(metrics["recent_return"].iloc[-1]),
+            "eval_return": float(evaluation["mean_return"]),
+            "train_wall_s": float(metrics["wall_time"].iloc[-1]),
+            "steps": int(metrics["global_step"].iloc[-1]),
+            "approx_kl_median": float(metrics["approx_kl"].median()),
+            "clip_fraction_median": float(metrics["clip_fraction"].median()),
+            "explained_variance_median": float(metrics["explained_variance"].median()),
+        })
     summary = []
-    for env_id in args.envs:
-        for network in NETWORKS:
-            runs = [r for r in per_run if r["env"] == env_id and r["network"] == network]
-            row: dict[str, Any] = {"env": env_id, "network": network, "seeds": len(runs)}
-            for key in ("final_train_return", "eval_return", "train_wall_s"):
-                row[key] = confidence_interval([r[key] for r in runs])
-            summary.append(row)
+    for env_id, network in variants:
+        runs = [r for r in per_run if r["env"] == env_id and r["network"] == network]
+        if not runs:
+            continue
+        row: dict[str, Any] = {"env": env_id, "network": network, "seeds": len(runs)}
+        for key in ("final_train_return", "eval_return", "train_wall_s", "approx_kl_median", "clip_fraction_median",
+                    "explained_variance_median"):
+            row[key] = confidence_interval([r[key] for r in runs])
+        summary.append(row)
     return {"runs": per_run, "summary": summary}
 
 
@@ -128,7 +141,16 @@ def draw(args: argparse.Namespace) -> list[Path]:
     run_dirs = [d for d in run_dirs if (d / "eval.json").exists()]
     curves = plot_runs(run_dirs, args.out / "curves.png", x="both")
     diagnostics = plot_runs(run_dirs, args.out / "diagnostics.png", x="steps", diagnostics=True)
-    return [curves, diagnostics]
+    figures = [curves, diagnostics]
+    followups = [run_dir_of(args.out, "CartPole-v1", n, s) for n in ["separate", "shared", *FOLLOWUPS] for s in args.seeds]
+    followups = [d for d in followups if (d / "eval.json").exists()]
+    if any(d.name.startswith(tuple(FOLLOWUPS)) for d in followups):
+        figures.append(plot_runs(followups, args.out / "cartpole_followup.png", x="steps", diagnostics=True))
+    return figures
+
+
+def _variant(name: str) -> str:
+    return f"{name} (`{' '.join(FOLLOWUPS[name])}`)" if name in FOLLOWUPS else name
 
 
 def _pm(cell: tuple[float | None, float | None], digits: int = 1) -> str:
@@ -157,15 +179,20 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     ]
     rows = []
     for row in results["summary"]:
-        rows.append([row["env"], row["network"], row["seeds"], _pm(row["final_train_return"]), _pm(row["eval_return"]),
-                     _pm(row["train_wall_s"]) + " s"])
+        rows.append([row["env"], _variant(row["network"]), row["seeds"], _pm(row["final_train_return"]),
+                     _pm(row["eval_return"]), _pm(row["train_wall_s"]) + " s"])
     lines += md_table(["env", "network", "seeds", "final training return", "evaluation return", "training wall time"], rows)
+    lines += ["", "## Diagnostics", "", "Per run, the median over its updates; then mean ± 95% CI over the seeds.", ""]
+    rows = [[row["env"], _variant(row["network"]), _pm(row["approx_kl_median"], 4), _pm(row["clip_fraction_median"], 3),
+             _pm(row["explained_variance_median"], 2)] for row in results["summary"]]
+    lines += md_table(["env", "network", "approx KL", "clip fraction", "explained variance"], rows)
     lines += ["", "## Per run", ""]
-    rows = [[r["env"], r["network"], r["seed"], fmt(r["final_train_return"], 1), fmt(r["eval_return"], 1),
+    rows = [[r["env"], _variant(r["network"]), r["seed"], fmt(r["final_train_return"], 1), fmt(r["eval_return"], 1),
              fmt(r["train_wall_s"], 1)] for r in results["runs"]]
     lines += md_table(["env", "network", "seed", "final training return", "evaluation return", "wall time (s)"], rows)
     lines += ["", "Curves: `curves.png` (return), `diagnostics.png` (approx KL, clip fraction, entropy, "
-              "explained variance, value loss), drawn by `clippo.plotting.plot_runs` from the runs' metrics.csv."]
+              "explained variance, value loss), `cartpole_followup.png` (CartPole-v1 with the follow-up variants, "
+              "`--followup`), drawn by `clippo.plotting.plot_runs` from the runs' metrics.csv."]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -177,6 +204,8 @@ def main() -> None:
     parser.add_argument("--total-steps", type=int, default=None, help="override every preset (smoke tests)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT / "shared_vs_separate")
     parser.add_argument("--no-train", action="store_true", help="only summarize the runs already made")
+    parser.add_argument("--followup", action="store_true",
+                        help="also train the CartPole-v1 follow-up variants (FOLLOWUPS) for every seed")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"command": command_line(), "date": now(), "machine": machine_info()}
@@ -188,6 +217,10 @@ def main() -> None:
             for env_id in args.envs:
                 for network in NETWORKS:
                     train(env_id, network, seed, args)
+        if args.followup:
+            for seed in args.seeds:
+                for name in FOLLOWUPS:
+                    train("CartPole-v1", name, seed, args)
         meta["finished"] = now()
     results = {"meta": meta, "seeds": args.seeds, "eval_episodes": args.eval_episodes,
                "total_steps": args.total_steps, **summarize(args)}

@@ -339,7 +339,7 @@ def draw_groups(groups: Sequence[RunGroup], x: str = "steps", diagnostics: bool 
     if entries:
         seeded = any(len(g.runs) > 1 for g in groups)
         title = f"line: mean over seeds; band: {BANDS[band]}" if seeded else None
-        figure.legend(list(entries.values()), list(entries), loc="outside lower center", ncols=min(len(entries), 3),
+        figure.legend(list(entries.values()), list(entries), loc="outside lower center", ncols=min(len(entries), max(ncols, 1)),
                       fontsize=9, title=title, title_fontsize=9, frameon=False)
     return figure
 
