@@ -17,7 +17,7 @@ def concept_rows() -> list[tuple[str, str, str]]:
     """(step, function, file) of each row of the concept map's table."""
     rows = []
     for line in CONCEPT_MAP.read_text().splitlines():
-        if not re.match(r"\| \d+ \|", line):
+        if not re.match(r"\| \d+b? \|", line):
             continue
         cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]  # "\|" inside formulas is not a cell border
         rows.append((cells[1], cells[2].strip("`"), cells[3].strip("`")))
