@@ -63,6 +63,10 @@ def play(
         if video_path.suffix.lower() != ".mp4":
             raise ValueError(f"cannot write {str(video_path)!r}: give a file name ending in .mp4")
         require_moviepy()
+        if not os.environ.get("DISPLAY"):
+            # MuJoCo's default OpenGL backend (GLFW) needs a display; EGL renders off-screen. It
+            # is read when MuJoCo's renderer is first imported, so set it before anything loads.
+            os.environ.setdefault("MUJOCO_GL", "egl")
     agent = PPO.load(path)
     env_id = agent.config.env_id
     check_env_id(env_id)
