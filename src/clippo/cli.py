@@ -124,13 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate a trained agent",
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     evaluate.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory or a checkpoint file")
-    evaluate.add_argument("--episodes", type=int, default=20, help="number of whole episodes")
-    evaluate.add_argument("--seed", type=int, default=None, help="seed of the evaluation envs")
-    evaluate.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
-                          help="act with the policy's mode (--no-deterministic or --stochastic samples)")
-    evaluate.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions")
+    _add_episode_flags(evaluate, episodes=20, seed_help="seed of the evaluation envs")
     evaluate.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    evaluate.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
     resume = commands.add_parser(
         "resume",
         help="continue an interrupted run to its original --total-steps",
@@ -185,14 +180,19 @@ def _add_understanding_commands(commands) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     enjoy.add_argument("path", metavar="RUN_DIR", help="a run directory or a checkpoint file")
-    enjoy.add_argument("--episodes", type=int, default=3, help="number of whole episodes")
     enjoy.add_argument("--video", default=None, metavar="FILE.mp4",
                        help="record the episodes into this MP4 (rgb_array rendering, no display; needs clippo[video])")
-    enjoy.add_argument("--seed", type=int, default=None, help="seed of the first episode (default: random)")
-    enjoy.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
-                       help="act with the policy's mode (--stochastic samples)")
-    enjoy.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions")
-    enjoy.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+    _add_episode_flags(enjoy, episodes=3, seed_help="seed of the first episode (default: random)")
+
+
+def _add_episode_flags(parser: argparse.ArgumentParser, episodes: int, seed_help: str) -> None:
+    """The flags of the commands that run a trained agent (``eval`` and ``enjoy``)."""
+    parser.add_argument("--episodes", type=int, default=episodes, help="number of whole episodes")
+    parser.add_argument("--seed", type=int, default=None, help=seed_help)
+    parser.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
+                        help="act with the policy's mode (--no-deterministic or --stochastic samples)")
+    parser.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions")
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
 
 
 def _plot(args: argparse.Namespace) -> int:
