@@ -189,6 +189,9 @@ ENV_PRESETS: dict[str, dict[str, Any]] = {
         "gamma": 0.99,
         "gae_lambda": 0.94,
         "normalize_observations": True,
+        # Without reward scaling 2 of 5 seeds never reached the goal (-500 throughout,
+        # benchmarks/results/shared_vs_separate/); with it seeds 2, 3 and 4 reach -77 to -85.
+        "normalize_rewards": True,
     },
     "Pendulum-v1": {
         "total_steps": 200_000,
