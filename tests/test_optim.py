@@ -23,12 +23,17 @@ def loss_of(model, step):
     return ((model(x) - y) ** 2).mean()
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("max_norm", [None, 0.05])
-def test_flat_adam_matches_torch_adam(max_norm):
+def test_flat_adam_matches_torch_adam(max_norm, fused):
+    """Both step implementations: the fused kernel and the plain tensor-op fallback."""
     reference = make_model()
     flat_model = copy.deepcopy(reference)
     torch_opt = torch.optim.Adam(reference.parameters(), lr=1e-2, eps=1e-5)
     flat_opt = FlatAdam(flat_model.parameters(), lr=1e-2, eps=1e-5)
+    if fused:
+        assert flat_opt.fused, "this PyTorch build should have the fused CPU Adam kernel"
+    flat_opt.fused = fused
     for step in range(25):
         if step == 15:  # a learning-rate change (annealing) takes effect on the next step
             for group in torch_opt.param_groups:
@@ -76,6 +81,20 @@ def test_clip_grad_norm_leaves_small_gradients_alone():
     torch.testing.assert_close(opt.grad, before)
     opt.clip_grad_norm(1e-3)
     assert torch.linalg.vector_norm(opt.grad).item() == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_fused_and_plain_steps_agree_closely():
+    """Switching implementations (e.g. resuming on another build) continues the same optimization."""
+    models = [make_model(), make_model()]
+    opts = [FlatAdam(m.parameters(), lr=3e-3, eps=1e-5) for m in models]
+    opts[1].fused = False
+    for step in range(20):
+        for model, opt in zip(models, opts):
+            opt.zero_grad()
+            loss_of(model, step).backward()
+            opt.step()
+    torch.testing.assert_close(opts[0].flat, opts[1].flat, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(opts[0].exp_avg_sq, opts[1].exp_avg_sq, rtol=1e-5, atol=1e-9)
 
 
 def test_state_dict_round_trip_continues_identically():
