@@ -89,17 +89,14 @@ class ActorCritic(nn.Module):
             self.distribution.log_std = self.log_std
 
     def preprocess(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Flat float32 network input for a batch of (already normalized) observations."""
-        device = self.actor_head.bias.device
-        obs = torch.from_numpy(obs).to(device) if isinstance(obs, np.ndarray) else torch.as_tensor(obs, device=device)
-        if isinstance(self.observation_space, spaces.Discrete):
-            return F.one_hot(obs.long() - int(self.observation_space.start), self.obs_size).float()
-        if obs.dim() != 2 or obs.dtype != torch.float32:
-            obs = obs.reshape(obs.shape[0], self.obs_size).float()
-        return obs
+        """Flat float32 network input for a batch of (already normalized) observations, as a
+        tensor on the model's device (``numpy_input`` does the work)."""
+        if isinstance(obs, torch.Tensor):
+            obs = obs.cpu().numpy()
+        return torch.from_numpy(self.numpy_input(np.asarray(obs))).to(self.actor_head.bias.device)
 
     def numpy_input(self, obs: np.ndarray) -> np.ndarray:
-        """``preprocess`` without torch: the flat float32 input as a numpy array."""
+        """The flat float32 network input as a numpy array: one-hot for Discrete observations."""
         if isinstance(self.observation_space, spaces.Discrete):
             return np.eye(self.obs_size, dtype=np.float32)[obs.astype(np.int64) - int(self.observation_space.start)]
         return np.ascontiguousarray(obs.reshape(obs.shape[0], self.obs_size), dtype=np.float32)
