@@ -17,8 +17,8 @@ with ``table``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
+import math
 import subprocess
 import sys
 import time
@@ -59,63 +59,50 @@ def run_all(envs: list[str], seeds: list[int], root: Path, jobs: int, clippo: st
     return run_dirs
 
 
-# Config keys that do not change what is learned (the seed is a row's own key).
-NOT_RECIPE = {"seed", "env_id", "device", "torch_threads", "tensorboard", "checkpoint_every", "keep_checkpoints",
-              "nonfinite", "eval_episodes", "vector_env"}
-
-
-def matches_preset(config: dict[str, Any]) -> bool:
-    """Whether a run used what ``clippo train ENV`` uses today (older recipes are listed apart)."""
+def preset_differences(config: dict[str, Any]) -> dict[str, Any]:
+    """The run's value of every hyperparameter where it differs from what ``clippo train ENV``
+    uses today (bookkeeping keys that do not change training, as ``clippo plot`` ignores them,
+    left out); empty for a run of the current preset."""
     from clippo.config import resolve_config
+    from clippo.plotting import IGNORED_KEYS
 
     preset = resolve_config(config["env_id"]).to_dict()
-    return all(config.get(k) == v for k, v in preset.items() if k not in NOT_RECIPE)
+    ignored = IGNORED_KEYS | {"env_id", "nonfinite", "vector_env"}
+    return {k: config.get(k) for k, v in preset.items() if k not in ignored and config.get(k) != v}
 
 
 def read_run(run_dir: Path) -> dict[str, Any] | None:
     """One table row from a finished run directory (None when it has no final evaluation)."""
-    import yaml
+    from clippo.plotting import read_run as read_run_dir
 
     eval_path = run_dir / "eval.json"
     if not eval_path.exists():
         return None
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
     evaluation = json.loads(eval_path.read_text())
-    with open(run_dir / "metrics.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    last = rows[-1]
+    run = read_run_dir(run_dir)  # config.yaml and metrics.csv
+    last = run.metrics.iloc[-1]
     steps, wall = int(last["global_step"]), float(last["wall_time"])
+    train_return = float(last["recent_return"])
     return {
-        "env_id": config["env_id"],
-        "seed": config["seed"],
+        "env_id": run.config["env_id"],
+        "seed": run.config["seed"],
         "run_dir": str(run_dir),
         "eval_mean": float(evaluation["mean_return"]),
         "eval_std": float(evaluation["std_return"]),
         "eval_episodes": int(evaluation["episodes"]),
-        "train_return": float(last["recent_return"]) if last["recent_return"] else None,
+        "train_return": train_return if math.isfinite(train_return) else None,
         "steps": steps,
         "wall_s": wall,
         "sps": steps / wall if wall > 0 else None,
-        "current_preset": matches_preset(config),
+        "differences": preset_differences(run.config),
     }
-
-
-def recipe_difference(run_dir: str) -> str:
-    """``key=old`` for every hyperparameter where the run differs from today's preset."""
-    import yaml
-
-    from clippo.config import resolve_config
-
-    config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
-    preset = resolve_config(config["env_id"]).to_dict()
-    return ", ".join(f"{k}={config.get(k)}" for k, v in preset.items() if k not in NOT_RECIPE and config.get(k) != v)
 
 
 def write_table(run_dirs: list[Path], out: Path) -> Path:
     """results.md + results.json + learning curves (``clippo plot``) for the finished runs."""
     found = [r for r in (read_run(Path(d)) for d in run_dirs) if r is not None]
-    runs = [r for r in found if r["current_preset"]]
-    earlier = [r for r in found if not r["current_preset"]]
+    runs = [r for r in found if not r["differences"]]
+    earlier = [r for r in found if r["differences"]]
     if not runs:
         raise SystemExit("no finished runs (no eval.json) of the current presets among the given run directories")
     runs.sort(key=lambda r: (r["env_id"], r["seed"]))
@@ -146,7 +133,7 @@ def write_table(run_dirs: list[Path], out: Path) -> Path:
         lines += md_table(
             ["env", "seed", "final eval (10 ep.)", "run dir", "recipe differences from today's preset"],
             [[r["env_id"], r["seed"], f"{r['eval_mean']:.0f} ± {r['eval_std']:.0f}", Path(r["run_dir"]).name,
-              recipe_difference(r["run_dir"])] for r in earlier],
+              ", ".join(f"{k}={v}" for k, v in r["differences"].items())] for r in earlier],
         )
     lines += [
         "",
