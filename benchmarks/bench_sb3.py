@@ -153,7 +153,7 @@ def recipe_from_clippo_preset(env_id: str) -> dict[str, Any]:
         "log_std_init": c.init_log_std,
         "vector_env": c.vector_env,
         "total_steps": c.total_steps,
-        "source": "clippo's built-in preset (RL-Zoo tuned values)",
+        "source": "clippo's built-in preset",
     }
 
 
