@@ -44,8 +44,8 @@ def main() -> int:
     samples: list[tuple[int, float]] = []
     original = ppo_module.PPO.update_policy
 
-    def sampled_update(self, batch):
-        stats = original(self, batch)
+    def sampled_update(self, batch, plan=None):
+        stats = original(self, batch, plan)
         samples.append((self.global_step, rss_mib()))
         return stats
 

@@ -38,8 +38,8 @@ def main() -> None:
         snapshots = []
         original = agent.update_policy
 
-        def recording(batch):
-            stats = original(batch)
+        def recording(batch, plan=None):
+            stats = original(batch, plan)
             snapshots.append(agent.optimizer.flat.clone())
             return stats
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from clippo import PPO
@@ -67,3 +68,42 @@ def test_two_process_cartpole_run_learns_and_resumes_in_one_process(tmp_path):
     agent = PPO.load(run_dir)
     assert agent.global_step >= 40000
     assert agent.evaluate(episodes=2, seed=0)["episodes"] == 2
+
+
+def test_pooled_advantage_moments_equal_the_moments_of_the_concatenated_groups():
+    import numpy as np
+
+    from clippo.distributed import group_sums, pooled_moments
+
+    rng = np.random.default_rng(0)
+    ranks = [rng.normal(3.0, 2.0, size=40).astype(np.float32) for _ in range(2)]
+    groups = [np.arange(0, 13), np.arange(13, 40), np.array([5, 1, 30])]
+    moments = pooled_moments([group_sums(values, groups) for values in ranks])
+    for (mean, std), group in zip(moments, groups):
+        pooled = np.concatenate([values[group] for values in ranks]).astype(np.float64)
+        assert mean == pytest.approx(pooled.mean(), rel=1e-9)
+        assert std == pytest.approx(pooled.std(ddof=1), rel=1e-9)
+
+
+def test_pooled_running_statistics_weigh_each_rank_equally_and_agree_on_every_rank():
+    import numpy as np
+
+    from clippo.distributed import pool_statistics, statistics_sums
+    from clippo.normalization import RunningMeanStd
+
+    rng = np.random.default_rng(1)
+    data = [rng.normal(r, 1.0 + r, size=(50, 3)) for r in range(2)]
+    per_rank = []
+    for values in data:
+        stats = RunningMeanStd((3,))
+        stats.update(values)
+        per_rank.append(stats)
+    shares = [statistics_sums([s]) for s in per_rank]
+    for s in per_rank:  # what each rank does with the gathered shares
+        pool_statistics([s], shares, world_size=2)
+    combined = np.concatenate(data)
+    for s in per_rank:
+        np.testing.assert_allclose(s.mean, combined.mean(0), rtol=1e-4)
+        np.testing.assert_allclose(s.var, combined.var(0), rtol=1e-3)
+        assert s.count == pytest.approx(50 + 1e-4)  # grows by one rank's batch, as in one process
+    assert np.array_equal(per_rank[0].mean, per_rank[1].mean) and np.array_equal(per_rank[0].var, per_rank[1].var)

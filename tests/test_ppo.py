@@ -21,8 +21,8 @@ def record_update_stats(agent: PPO) -> list[dict]:
     stats: list[dict] = []
     original = agent.update_policy
 
-    def wrapper(batch):
-        result = original(batch)
+    def wrapper(batch, plan=None):
+        result = original(batch, plan)
         stats.append(result)
         return result
 
@@ -43,9 +43,9 @@ def record_first_logratios(agent: PPO, monkeypatch) -> list[torch.Tensor]:
     monkeypatch.setattr(ppo_module, "clipped_surrogate_loss", loss_wrapper)
     original_update = agent.update_policy
 
-    def update_wrapper(batch):
+    def update_wrapper(batch, plan=None):
         start = len(calls)
-        result = original_update(batch)
+        result = original_update(batch, plan)
         assert len(calls) > start, "the update never called clipped_surrogate_loss"
         firsts.append(calls[start])
         return result

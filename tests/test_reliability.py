@@ -92,8 +92,8 @@ def stop_at(agent: PPO, updates: set[int]) -> None:
     """Make ``agent`` request a stop right after the policy update of each update number in ``updates``."""
     original = agent.update_policy
 
-    def wrapper(batch):
-        stats = original(batch)
+    def wrapper(batch, plan=None):
+        stats = original(batch, plan)
         if agent.update in updates:
             agent.request_stop()
         return stats
@@ -669,7 +669,7 @@ def test_nonfinite_loss_skip_skips_the_step(monkeypatch):
     agent = PPO("CartPole-v1", **TINY, nonfinite="skip")
     stats = []
     original = agent.update_policy
-    agent.update_policy = lambda batch: stats.append(original(batch)) or stats[-1]
+    agent.update_policy = lambda batch, plan=None: stats.append(original(batch, plan)) or stats[-1]
     agent.learn(total_steps=agent.batch_size * 2)
     agent.close()
     assert [s["skipped_steps"] for s in stats] == [1, 0]
@@ -791,9 +791,9 @@ def test_exploding_env_checkpoints_the_last_good_update(tmp_path, vector_env):
     reference = None
     original = agent.update_policy
 
-    def remember(batch):
+    def remember(batch, plan=None):
         nonlocal reference
-        stats = original(batch)
+        stats = original(batch, plan)
         reference = flat_params(agent)
         return stats
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,13 +68,6 @@ def all_reduce_mean_(tensor: torch.Tensor, world: World) -> torch.Tensor:
     return tensor
 
 
-def all_reduce_sum_(tensor: torch.Tensor, world: World) -> torch.Tensor:
-    """Sum ``tensor`` over the ranks, in place."""
-    if world.distributed:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
 def broadcast_(tensor: torch.Tensor, world: World) -> torch.Tensor:
     """Overwrite ``tensor`` with rank 0's copy, in place."""
     if world.distributed:
@@ -81,46 +75,48 @@ def broadcast_(tensor: torch.Tensor, world: World) -> torch.Tensor:
     return tensor
 
 
-def pooled_moments(groups: list[torch.Tensor], world: World) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Mean and (unbiased) std of each group of values, pooled with every rank's group of the
-    same index, in one exchange."""
-    sums = torch.stack([torch.stack([g.new_tensor(float(g.numel())), g.sum(), (g * g).sum()]) for g in groups])
-    all_reduce_sum_(sums, world)
-    count, total, squares = sums.unbind(dim=1)
-    mean = total / count
-    std = ((squares - count * mean * mean) / (count - 1).clamp(min=1.0)).clamp(min=0.0).sqrt()
-    return list(zip(mean, std))
-
-
-def pool_statistics(stats: list, flags: list[bool], world: World) -> list[bool]:
-    """In one exchange: give every rank the pooled running statistics (``RunningMeanStd``s, each
-    rank's weighted equally, the count growing as in a single process), and tell whether each
-    flag is set on any rank."""
-    parts = [np.asarray(flags, dtype=np.float64)]
-    for s in stats:
-        parts.append(np.concatenate([[s.count], s.count * s.mean.ravel(), s.count * (s.var.ravel() + s.mean.ravel() ** 2)]))
-    flat = torch.from_numpy(np.concatenate(parts))
-    all_reduce_sum_(flat, world)
-    values = flat.numpy()
-    offset = len(flags)
-    for s in stats:
-        n = s.mean.size
-        total = values[offset]
-        mean = values[offset + 1 : offset + 1 + n] / total
-        var = values[offset + 1 + n : offset + 1 + 2 * n] / total - mean**2
-        s.mean, s.var, s.count = mean.reshape(s.mean.shape), np.maximum(var, 0.0).reshape(s.var.shape), total / world.size
-        offset += 1 + 2 * n
-    return [bool(v > 0) for v in values[: len(flags)]]
-
-
-def gather_lists(lists: tuple[list[float], ...], world: World) -> tuple[list[float], ...]:
-    """Every rank's lists (e.g. finished episodes' returns and lengths), each concatenated in
-    rank order, in one exchange."""
+def all_gather(obj: Any, world: World) -> list[Any]:
+    """Every rank's ``obj`` (any picklable value), in rank order, in one exchange."""
     if not world.distributed:
-        return lists
+        return [obj]
     gathered: list = [None] * world.size
-    dist.all_gather_object(gathered, lists)
-    return tuple([v for part in gathered for v in part[i]] for i in range(len(lists)))
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def statistics_sums(stats: list) -> list[np.ndarray]:
+    """A rank's share of pooled ``RunningMeanStd`` statistics: count, count * mean and
+    count * E[x^2] of each, flat, in float64."""
+    return [
+        np.concatenate([[s.count], s.count * s.mean.ravel(), s.count * (s.var.ravel() + s.mean.ravel() ** 2)])
+        for s in stats
+    ]
+
+
+def pool_statistics(stats: list, shares: list[list[np.ndarray]], world_size: int) -> None:
+    """Set each ``RunningMeanStd`` in ``stats`` to the pool of every rank's ``statistics_sums``
+    (``shares``, in rank order, so every rank adds them up identically). Each rank is weighted
+    equally; the count grows as it would in a single process."""
+    for i, s in enumerate(stats):
+        total = sum(share[i] for share in shares)
+        n = s.mean.size
+        mean = total[1 : 1 + n] / total[0]
+        var = total[1 + n :] / total[0] - mean**2
+        s.mean, s.var, s.count = mean.reshape(s.mean.shape), np.maximum(var, 0.0).reshape(s.var.shape), total[0] / world_size
+
+
+def group_sums(values: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:
+    """Count, sum and sum of squares of ``values[g]`` for each index array ``g``: shape (G, 3), float64."""
+    values = values.astype(np.float64)
+    return np.array([[len(g), values[g].sum(), np.square(values[g]).sum()] for g in groups]).reshape(-1, 3)
+
+
+def pooled_moments(shares: list[np.ndarray]) -> list[tuple[float, float]]:
+    """Mean and (unbiased) std of each group, pooled over every rank's ``group_sums`` (rank order)."""
+    count, total, squares = sum(shares).T
+    mean = total / count
+    std = np.sqrt(np.maximum((squares - count * mean * mean) / np.maximum(count - 1, 1), 0.0))
+    return list(zip(mean.tolist(), std.tolist()))
 
 
 def shutdown(world: World) -> None:

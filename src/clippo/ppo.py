@@ -39,12 +39,14 @@ from clippo.config import PPOConfig, config_from_dict, resolve_config
 from clippo.envs import EnvSource, make_vector_env
 from clippo.errors import CheckpointError, EnvStepError, NonFiniteError, TrainingInterrupted
 from clippo.distributed import (
+    all_gather,
     all_reduce_mean_,
     broadcast_,
-    gather_lists,
+    group_sums,
     init_world,
     pool_statistics,
     pooled_moments,
+    statistics_sums,
 )
 from clippo.evaluation import run_episodes
 from clippo.logger import METRICS_FILE, RunLogger
@@ -87,6 +89,25 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' is invalid here: no CUDA GPU is available (use cpu or auto)")
     return torch.device(name)
+
+
+
+#: What each minibatch step reports (averaged over the update's steps in the logged metrics).
+MINIBATCH_STATS = ("approx_kl", "policy_loss", "value_loss", "entropy", "clip_fraction")
+
+
+@dataclasses.dataclass
+class UpdatePlan:
+    """The minibatches of one update, drawn before it starts.
+
+    ``epochs``: per epoch, the shuffled sample indices split into minibatches, or ``None`` for the
+    whole batch (one minibatch per epoch). ``moments``: across ranks, the pooled advantage
+    (mean, std) of each of those minibatches, per epoch; ``None`` when each minibatch is
+    normalized with its own statistics (a single process).
+    """
+
+    epochs: list[list[torch.Tensor] | None]
+    moments: list[list[tuple[float, float]]] | None = None
 
 
 class PPO:
@@ -161,8 +182,11 @@ class PPO:
             config.network,
             config.init_log_std,
         ).to(self.device)
-        # One extra slot carries each minibatch's approximate KL along with the gradient.
-        self.optimizer = FlatAdam(self.model.parameters(), lr=config.learning_rate, eps=1e-5, extra_slots=1)
+        # Extra slots carry each minibatch's approximate KL and loss statistics along with the
+        # gradient (averaged across ranks in the same exchange).
+        self.optimizer = FlatAdam(
+            self.model.parameters(), lr=config.learning_rate, eps=1e-5, extra_slots=len(MINIBATCH_STATS)
+        )
         broadcast_(self.optimizer.flat, self.world)  # every rank starts from rank 0's weights
         # Each rank samples its own actions (and shuffles its own minibatches).
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1_000_003 * self.world.rank)
@@ -247,7 +271,6 @@ class PPO:
                     runner.collect(self.model, buffer, self.generator)
                 except (EnvStepError, NonFiniteError) as exc:
                     self._stop_with_checkpoint(exc, boundary)
-                poisoned = self._exchange_after_rollout(runner.poisoned)
                 self.global_step += self.global_batch_size
                 self.update += 1
 
@@ -260,6 +283,11 @@ class PPO:
                     gae_lambda=cfg.gae_lambda,
                 )
                 batch = buffer.flatten(advantages, returns)
+                plan = self.plan_update(len(batch))
+                episodes = runner.pop_finished_episodes()
+                poisoned, (episode_returns, episode_lengths) = self._exchange_after_rollout(
+                    runner.poisoned, batch, plan, episodes
+                )
 
                 # 3. Several epochs of minibatch steps on the combined PPO loss.
                 if poisoned:  # nonfinite="skip": a rollout with NaN/inf data teaches nothing
@@ -268,12 +296,10 @@ class PPO:
                     stats.update(epochs_run=0.0, early_stopped=0, skipped_steps=0)
                 else:
                     try:
-                        stats = self.update_policy(batch)
+                        stats = self.update_policy(batch, plan)
                     except NonFiniteError as exc:
                         self._stop_with_checkpoint(exc, boundary)
 
-                episode_returns, episode_lengths = runner.pop_finished_episodes()
-                episode_returns, episode_lengths = gather_lists((episode_returns, episode_lengths), self.world)
                 recent_returns = (recent_returns + episode_returns)[-100:]
                 self.train_time = time_before + time.perf_counter() - start_time
                 logger.log(
@@ -357,42 +383,89 @@ class PPO:
         span = max(self.schedule_end - self.schedule_start, 1)
         return self.config.learning_rate * (1.0 - (self.global_step - self.schedule_start) / span)
 
-    def _exchange_after_rollout(self, poisoned: bool) -> bool:
+    def _exchange_after_rollout(
+        self, poisoned: bool, batch: Batch, plan: UpdatePlan, episodes: tuple[list[float], list[int]]
+    ) -> tuple[bool, tuple[list[float], list[int]]]:
         """Across ranks, in one exchange: pool the normalization statistics so that every rank
-        holds the same, and agree on whether any rank's rollout was poisoned and whether any rank
-        was asked to stop (it stops after this update). Returns the agreed ``poisoned``."""
-        if not self.world.distributed:
-            return poisoned
-        stats = [self.obs_normalizer.stats, self.reward_scaler.stats]
-        poisoned, self._stop_agreed = pool_statistics(stats, [poisoned, self.stop_requested], self.world)
-        return poisoned
+        holds the same, pool the advantage statistics of each planned minibatch (stored in
+        ``plan``), gather the finished episodes (in rank order), and agree on whether any rank's
+        rollout was poisoned and whether any rank was asked to stop (it stops after this update).
 
-    def update_policy(self, batch: Batch) -> dict[str, float]:
-        """The PPO update: ``update_epochs`` passes of shuffled minibatches, one Adam step each,
-        stopped as soon as a minibatch's approximate KL to the rollout policy exceeds target_kl."""
+        One exchange instead of one per purpose: on a small machine each costs about as much as
+        a minibatch step. Returns the agreed ``poisoned`` and every rank's episodes."""
+        if not self.world.distributed:
+            return poisoned, episodes
+        stats = [self.obs_normalizer.stats, self.reward_scaler.stats]
+        sums = self._advantage_sums(batch, plan) if self.config.normalize_advantages else None
+        every = all_gather((poisoned, self.stop_requested, statistics_sums(stats), sums, episodes), self.world)
+        pool_statistics(stats, [rank[2] for rank in every], self.world.size)
+        if sums is not None:
+            self._set_moments(plan, pooled_moments([rank[3] for rank in every]))
+        self._stop_agreed = any(rank[1] for rank in every)
+        episodes = tuple([value for rank in every for value in rank[4][i]] for i in range(2))
+        return any(rank[0] for rank in every), episodes
+
+    def plan_update(self, batch_size: int) -> UpdatePlan:
+        """Draw every epoch's minibatches for an update of ``batch_size`` samples."""
         cfg = self.config
+        if cfg.num_minibatches == 1:
+            return UpdatePlan([None] * cfg.update_epochs)
+        epochs = []
+        for _ in range(cfg.update_epochs):
+            order = torch.randperm(batch_size, generator=self.generator).to(self.device)
+            epochs.append([indices for indices in order.tensor_split(cfg.num_minibatches) if len(indices)])
+        return UpdatePlan(epochs)
+
+    def _advantage_sums(self, batch: Batch, plan: UpdatePlan) -> np.ndarray:
+        """This rank's count, sum and sum of squares of the advantages of each planned minibatch
+        (of the whole batch, normalized once, when there is one minibatch per epoch)."""
+        advantages = batch.advantages.cpu().numpy()
+        if plan.epochs[0] is None:
+            return group_sums(advantages, [np.arange(len(advantages))])
+        return group_sums(advantages, [indices.cpu().numpy() for epoch in plan.epochs for indices in epoch])
+
+    @staticmethod
+    def _set_moments(plan: UpdatePlan, moments: list[tuple[float, float]]) -> None:
+        if plan.epochs[0] is None:
+            plan.moments = [moments]
+            return
+        sizes = [len(epoch) for epoch in plan.epochs]
+        starts = np.cumsum([0, *sizes])
+        plan.moments = [moments[start : start + size] for start, size in zip(starts, sizes)]
+
+    def _normalized_advantages(self, advantages: torch.Tensor, plan: UpdatePlan, epoch: int, index: int) -> torch.Tensor:
+        """Zero mean, unit std: with this minibatch's own statistics in a single process, with
+        the pooled statistics of every rank's minibatch of the same index across ranks."""
+        if plan.moments is None:
+            return normalize_advantages(advantages)
+        mean, std = plan.moments[epoch][index]
+        return (advantages - mean) / (std + 1e-8)
+
+    def update_policy(self, batch: Batch, plan: UpdatePlan | None = None) -> dict[str, float]:
+        """The PPO update: ``update_epochs`` passes of shuffled minibatches, one Adam step each,
+        stopped as soon as a minibatch's approximate KL to the rollout policy exceeds target_kl.
+
+        ``plan`` (from ``plan_update``) fixes the minibatches; drawn here when not given."""
+        cfg = self.config
+        if plan is None:
+            plan = self.plan_update(len(batch))
+            if self.world.distributed and cfg.normalize_advantages:
+                self._set_moments(plan, pooled_moments(all_gather(self._advantage_sums(batch, plan), self.world)))
         single_minibatch = cfg.num_minibatches == 1
         if single_minibatch and cfg.normalize_advantages:
             # The one minibatch is the whole batch in every epoch: normalize its advantages once.
-            batch = dataclasses.replace(batch, advantages=self._normalize_advantages(batch.advantages))
-        history: dict[str, list[torch.Tensor]] = {"policy_loss": [], "value_loss": [], "entropy": [], "clip_fraction": []}
+            batch = dataclasses.replace(batch, advantages=self._normalized_advantages(batch.advantages, plan, 0, 0))
+        normalize_each = cfg.normalize_advantages and not single_minibatch
+        # Each step's statistics travel in the exchange buffer after the gradient, so across
+        # ranks they are averaged by the same all-reduce.
+        exchange = self.optimizer.extra
+        history: list[torch.Tensor] = []
         kl = torch.zeros(())
         early_stopped = False
         skipped = 0
-        for _ in range(cfg.update_epochs):
-            if single_minibatch:
-                minibatches: list[Batch] = [batch]  # the order of samples in a mean does not matter
-            else:
-                order = torch.randperm(len(batch), generator=self.generator).to(self.device)
-                minibatches = [batch[indices] for indices in order.tensor_split(cfg.num_minibatches) if len(indices)]
-            normalize_each = cfg.normalize_advantages and not single_minibatch
-            # Across ranks, each minibatch is normalized with the statistics pooled over every
-            # rank's minibatch of the same index: one exchange per epoch.
-            moments = (
-                pooled_moments([m.advantages for m in minibatches], self.world)
-                if normalize_each and self.world.distributed
-                else None
-            )
+        for epoch, indices in enumerate(plan.epochs):
+            # the order of samples in a mean does not matter: the one minibatch is left unshuffled
+            minibatches = [batch] if indices is None else [batch[i] for i in indices]
             for index, minibatch in enumerate(minibatches):
                 # With no entropy bonus, the entropy is only logged: keep it out of the graph.
                 logprobs, entropy, values = self.model.evaluate_actions(
@@ -400,11 +473,8 @@ class PPO:
                 )
                 logratio = logprobs - minibatch.logprobs
                 advantages = minibatch.advantages
-                if moments is not None:
-                    mean, std = moments[index]
-                    advantages = (advantages - mean) / (std + 1e-8)
-                elif normalize_each:
-                    advantages = normalize_advantages(advantages)
+                if normalize_each:
+                    advantages = self._normalized_advantages(advantages, plan, epoch, index)
                 pg_loss, ratio = clipped_surrogate_loss(logratio, advantages, cfg.clip_epsilon)
                 v_loss = value_loss(
                     values,
@@ -417,10 +487,14 @@ class PPO:
 
                 self.optimizer.zero_grad()
                 loss.backward()
-                # The one exchange per step: gradient and KL averaged over the ranks together.
-                self.optimizer.extra[0] = approx_kl(logratio, ratio)
+                # The one exchange per step: gradient, KL and statistics averaged over the ranks.
+                with torch.no_grad():
+                    torch.stack(
+                        [approx_kl(logratio, ratio), pg_loss, v_loss, entropy_mean, clip_fraction(ratio, cfg.clip_epsilon)],
+                        out=exchange,
+                    )
                 all_reduce_mean_(self.optimizer.exchange, self.world)
-                kl = self.optimizer.extra[0].clone()
+                kl = exchange[0].clone()
                 if cfg.target_kl is not None and kl > cfg.target_kl:
                     early_stopped = True  # this minibatch's step would move the policy too far
                     break
@@ -428,7 +502,7 @@ class PPO:
                 if not math.isfinite(grad_norm) or not torch.isfinite(loss):
                     what = "gradient" if torch.isfinite(loss) else "loss"
                     message = (
-                        f"non-finite {what} at update {self.update}, minibatch step {len(history['policy_loss']) + 1} "
+                        f"non-finite {what} at update {self.update}, minibatch step {len(history) + 1} "
                         f"(policy loss {pg_loss.item():.4g}, value loss {v_loss.item():.4g}, gradient norm {grad_norm:.4g})"
                     )
                     if cfg.nonfinite == "stop":
@@ -436,30 +510,17 @@ class PPO:
                     skipped += 1
                     continue
                 self.optimizer.step()
-
-                history["policy_loss"].append(pg_loss.detach())
-                history["value_loss"].append(v_loss.detach())
-                history["entropy"].append(entropy_mean.detach())
-                history["clip_fraction"].append(clip_fraction(ratio, cfg.clip_epsilon))
+                history.append(exchange[1:].clone())
             if early_stopped:
                 break
-        steps_taken = len(history["policy_loss"])
-        means = torch.stack([torch.stack(v).mean() if v else torch.tensor(float("nan")) for v in history.values()])
-        means = all_reduce_mean_(means, self.world).tolist()  # every rank took the same number of steps
-        stats = dict(zip(history, means))
+        steps_taken = len(history)
+        means = torch.stack(history).mean(0).tolist() if history else [float("nan")] * (len(MINIBATCH_STATS) - 1)
+        stats = dict(zip(MINIBATCH_STATS[1:], means))
         stats["approx_kl"] = float(kl)
         stats["epochs_run"] = steps_taken / cfg.num_minibatches
         stats["early_stopped"] = int(early_stopped)
         stats["skipped_steps"] = skipped
         return stats
-
-    def _normalize_advantages(self, advantages: torch.Tensor) -> torch.Tensor:
-        """Whole-batch normalization; across ranks, with the statistics of the pooled batch."""
-        if not self.world.distributed:
-            return normalize_advantages(advantages)
-        ((mean, std),) = pooled_moments([advantages], self.world)
-        return (advantages - mean) / (std + 1e-8)
-
 
     def new_rollout_buffer(self) -> RolloutBuffer:
         """Empty storage for one rollout of this agent's shape."""
