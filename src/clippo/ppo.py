@@ -487,14 +487,16 @@ class PPO:
 
                 self.optimizer.zero_grad()
                 loss.backward()
-                # The one exchange per step: gradient, KL and statistics averaged over the ranks.
                 with torch.no_grad():
-                    torch.stack(
-                        [approx_kl(logratio, ratio), pg_loss, v_loss, entropy_mean, clip_fraction(ratio, cfg.clip_epsilon)],
-                        out=exchange,
+                    step_stats = torch.stack(
+                        [approx_kl(logratio, ratio), pg_loss, v_loss, entropy_mean, clip_fraction(ratio, cfg.clip_epsilon)]
                     )
-                all_reduce_mean_(self.optimizer.exchange, self.world)
-                kl = exchange[0].clone()
+                if self.world.distributed:
+                    # The one exchange per step: gradient, KL and statistics averaged over the ranks.
+                    exchange.copy_(step_stats)
+                    all_reduce_mean_(self.optimizer.exchange, self.world)
+                    step_stats = exchange.clone()
+                kl = step_stats[0]
                 if cfg.target_kl is not None and kl > cfg.target_kl:
                     early_stopped = True  # this minibatch's step would move the policy too far
                     break
@@ -510,7 +512,7 @@ class PPO:
                     skipped += 1
                     continue
                 self.optimizer.step()
-                history.append(exchange[1:].clone())
+                history.append(step_stats[1:])
             if early_stopped:
                 break
         steps_taken = len(history)
