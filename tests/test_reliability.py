@@ -7,6 +7,8 @@ codes only mean something for a real process.
 
 from __future__ import annotations
 
+import dataclasses
+
 import csv
 import json
 import os
@@ -25,7 +27,6 @@ import pytest
 import torch
 from gymnasium import spaces
 
-import clippo.ppo as ppo_module
 from clippo import PPO
 from clippo.checkpoint import latest_checkpoint, read_checkpoint, write_atomic
 from clippo.errors import CheckpointError, EnvStepError, NonFiniteError, TrainingInterrupted
@@ -640,17 +641,27 @@ def test_nonfinite_skip_completes_with_finite_parameters(tmp_path, mode, with_ru
         assert torch.isfinite(PPO.load(run_dir / "agent.pt").optimizer.flat).all()
 
 
-def nan_value_loss_once(monkeypatch):
-    """Make the first value loss of the run NaN (as an overflowing critic would)."""
+def poison_loss_at(patch, call: int) -> None:
+    """Make the value loss (and so the loss and its gradient) of the ``call``-th minibatch step of
+    the run NaN, as an overflowing critic would; on either gradient path."""
     calls = [0]
-    original = ppo_module.value_loss
+    original = PPO._loss_and_gradient
 
-    def poisoned(*args, **kwargs):
+    def poisoned(self, minibatch, advantages):
         calls[0] += 1
-        loss = original(*args, **kwargs)
-        return loss * float("nan") if calls[0] == 1 else loss
+        terms = original(self, minibatch, advantages)
+        if calls[0] == call:
+            nan = float("nan")
+            terms = dataclasses.replace(terms, loss=terms.loss * nan, value_loss=terms.value_loss * nan)
+            self.optimizer.grad.mul_(nan)
+        return terms
 
-    monkeypatch.setattr(ppo_module, "value_loss", poisoned)
+    patch.setattr(PPO, "_loss_and_gradient", poisoned)
+
+
+def nan_value_loss_once(monkeypatch):
+    """Make the first value loss of the run NaN."""
+    poison_loss_at(monkeypatch, 1)
 
 
 def test_nonfinite_loss_stop_raises(monkeypatch):
@@ -680,16 +691,7 @@ def test_nonfinite_loss_skip_skips_the_step(monkeypatch):
 def test_nonfinite_stop_hint_points_at_an_existing_checkpoint(tmp_path, monkeypatch):
     """A NonFiniteError that tells the user to `clippo resume` must leave something to resume from."""
     run_dir = tmp_path / "run"
-    calls = [0]
-    original = ppo_module.value_loss
-
-    def poisoned_in_update_3(*args, **kwargs):
-        calls[0] += 1
-        loss = original(*args, **kwargs)
-        per_update = TINY["update_epochs"] * TINY["num_minibatches"]
-        return loss * float("nan") if calls[0] == 2 * per_update + 1 else loss
-
-    monkeypatch.setattr(ppo_module, "value_loss", poisoned_in_update_3)
+    poison_loss_at(monkeypatch, 2 * TINY["update_epochs"] * TINY["num_minibatches"] + 1)  # in update 3
     agent = PPO("CartPole-v1", **TINY, nonfinite="stop", run_dir=run_dir)  # checkpoint_every: default 50
     with pytest.raises(NonFiniteError) as info:
         agent.learn(total_steps=agent.batch_size * 5)
@@ -705,16 +707,8 @@ def test_resume_drops_metrics_rows_logged_after_the_checkpoint(tmp_path, monkeyp
     checkpoint of update 2, `clippo resume` must not log update 3 twice."""
     run_dir = tmp_path / "run"
     per_update = TINY["update_epochs"] * TINY["num_minibatches"]
-    calls = [0]
-    original = ppo_module.value_loss
-
-    def poisoned_in_update_4(*args, **kwargs):
-        calls[0] += 1
-        loss = original(*args, **kwargs)
-        return loss * float("nan") if calls[0] == 3 * per_update + 1 else loss
-
     with monkeypatch.context() as patch:
-        patch.setattr(ppo_module, "value_loss", poisoned_in_update_4)
+        poison_loss_at(patch, 3 * per_update + 1)  # in update 4
         agent = PPO("CartPole-v1", **TINY, nonfinite="stop", checkpoint_every=2, eval_episodes=0, run_dir=run_dir)
         with pytest.raises(NonFiniteError, match="update 4"):
             agent.learn(total_steps=agent.batch_size * 6)

@@ -49,6 +49,8 @@ from clippo.distributed import (
     statistics_sums,
 )
 from clippo.evaluation import run_episodes
+from clippo.gradients import AnalyticGradient, LossTerms
+from clippo.gradients import supports as supports_analytic_gradient
 from clippo.logger import METRICS_FILE, RunLogger
 from clippo.losses import (
     approx_kl,
@@ -188,6 +190,12 @@ class PPO:
             self.model.parameters(), lr=config.learning_rate, eps=1e-5, extra_slots=len(MINIBATCH_STATS)
         )
         broadcast_(self.optimizer.flat, self.world)  # every rank starts from rank 0's weights
+        # The loss gradient by hand where it is covered (faster on a CPU), else autograd.
+        self.analytic_gradient = (
+            AnalyticGradient(self.model, config.clip_epsilon, config.vf_coef, config.ent_coef)
+            if supports_analytic_gradient(self.model, self.device)
+            else None
+        )
         # Each rank samples its own actions (and shuffles its own minibatches).
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1_000_003 * self.world.rank)
         # Discrete observations are one-hot encoded: there is nothing to normalize.
@@ -441,6 +449,28 @@ class PPO:
         mean, std = plan.moments[epoch][index]
         return (advantages - mean) / (std + 1e-8)
 
+    def _loss_and_gradient(self, minibatch: Batch, advantages: torch.Tensor) -> LossTerms:
+        """The combined PPO loss on one minibatch, its gradient left in ``self.optimizer.grad``:
+        worked out by hand where ``clippo.gradients`` covers the model, by autograd otherwise."""
+        cfg = self.config
+        old_values = minibatch.values if cfg.clip_value_loss else None
+        if self.analytic_gradient is not None:
+            return self.analytic_gradient(
+                minibatch.obs, minibatch.actions, minibatch.logprobs, advantages, minibatch.returns, old_values
+            )
+        # With no entropy bonus, the entropy is only logged: keep it out of the graph.
+        logprobs, entropy, values = self.model.evaluate_actions(
+            minibatch.obs, minibatch.actions, entropy_grad=cfg.ent_coef > 0
+        )
+        logratio = logprobs - minibatch.logprobs
+        pg_loss, ratio = clipped_surrogate_loss(logratio, advantages, cfg.clip_epsilon)
+        v_loss = value_loss(values, minibatch.returns, old_values, cfg.clip_epsilon)
+        entropy_mean = entropy_bonus(entropy)
+        loss = ppo_loss(pg_loss, v_loss, entropy_mean, cfg.vf_coef, cfg.ent_coef)
+        self.optimizer.zero_grad()
+        loss.backward()
+        return LossTerms(loss.detach(), pg_loss.detach(), v_loss.detach(), entropy_mean.detach(), logratio.detach(), ratio.detach())
+
     def update_policy(self, batch: Batch, plan: UpdatePlan | None = None) -> dict[str, float]:
         """The PPO update: ``update_epochs`` passes of shuffled minibatches, one Adam step each,
         stopped as soon as a minibatch's approximate KL to the rollout policy exceeds target_kl.
@@ -467,30 +497,14 @@ class PPO:
             # the order of samples in a mean does not matter: the one minibatch is left unshuffled
             minibatches = [batch] if indices is None else [batch[i] for i in indices]
             for index, minibatch in enumerate(minibatches):
-                # With no entropy bonus, the entropy is only logged: keep it out of the graph.
-                logprobs, entropy, values = self.model.evaluate_actions(
-                    minibatch.obs, minibatch.actions, entropy_grad=cfg.ent_coef > 0
-                )
-                logratio = logprobs - minibatch.logprobs
                 advantages = minibatch.advantages
                 if normalize_each:
                     advantages = self._normalized_advantages(advantages, plan, epoch, index)
-                pg_loss, ratio = clipped_surrogate_loss(logratio, advantages, cfg.clip_epsilon)
-                v_loss = value_loss(
-                    values,
-                    minibatch.returns,
-                    minibatch.values if cfg.clip_value_loss else None,
-                    cfg.clip_epsilon,
+                terms = self._loss_and_gradient(minibatch, advantages)
+                pg_loss, v_loss, logratio, ratio = terms.policy_loss, terms.value_loss, terms.logratio, terms.ratio
+                step_stats = torch.stack(
+                    [approx_kl(logratio, ratio), pg_loss, v_loss, terms.entropy, clip_fraction(ratio, cfg.clip_epsilon)]
                 )
-                entropy_mean = entropy_bonus(entropy)
-                loss = ppo_loss(pg_loss, v_loss, entropy_mean, cfg.vf_coef, cfg.ent_coef)
-
-                self.optimizer.zero_grad()
-                loss.backward()
-                with torch.no_grad():
-                    step_stats = torch.stack(
-                        [approx_kl(logratio, ratio), pg_loss, v_loss, entropy_mean, clip_fraction(ratio, cfg.clip_epsilon)]
-                    )
                 if self.world.distributed:
                     # The one exchange per step: gradient, KL and statistics averaged over the ranks.
                     exchange.copy_(step_stats)
@@ -501,8 +515,8 @@ class PPO:
                     early_stopped = True  # this minibatch's step would move the policy too far
                     break
                 grad_norm = self.optimizer.clip_grad_norm(cfg.max_grad_norm)
-                if not math.isfinite(grad_norm) or not torch.isfinite(loss):
-                    what = "gradient" if torch.isfinite(loss) else "loss"
+                if not math.isfinite(grad_norm) or not torch.isfinite(terms.loss):
+                    what = "gradient" if torch.isfinite(terms.loss) else "loss"
                     message = (
                         f"non-finite {what} at update {self.update}, minibatch step {len(history) + 1} "
                         f"(policy loss {pg_loss.item():.4g}, value loss {v_loss.item():.4g}, gradient norm {grad_norm:.4g})"
