@@ -74,8 +74,9 @@ def main() -> int:
         f"- command: `python {' '.join(sys.argv)}`",
         f"- date: {datetime.date.today().isoformat()}; machine: {os.cpu_count()} cores ({platform.machine()}), "
         "one torch thread per process, gloo backend",
-        f"- each run: `clippo train {args.env} --total-steps {args.total_steps}` (its built-in preset, per-process "
-        "settings unchanged; N processes step N times the envs), deterministic evaluation over 10 episodes",
+        f"- each run: `clippo train {' '.join([args.env, '--total-steps', str(args.total_steps), *args.extra])}` "
+        "(the env's built-in preset or the default one, with these flags; per-process settings unchanged, so N "
+        "processes step N times the envs), deterministic evaluation over 10 episodes",
         "",
         "| processes | seed | steps | training time (s) | steps/s (all processes) | speed-up | final eval return | "
         "last 100 training episodes |",
