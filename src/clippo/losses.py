@@ -5,8 +5,16 @@ from __future__ import annotations
 import torch
 
 
-def normalize_advantages(advantages: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Zero mean, unit std; a minibatch of one sample is left as it is (its std is undefined)."""
+def normalize_advantages(
+    advantages: torch.Tensor, eps: float = 1e-8, moments: tuple[float, float] | None = None
+) -> torch.Tensor:
+    """Zero mean, unit std; a minibatch of one sample is left as it is (its std is undefined).
+
+    ``moments``: a (mean, std) to use instead of the minibatch's own (across ranks, the pooled ones).
+    """
+    if moments is not None:
+        mean, std = moments
+        return (advantages - mean) / (std + eps)
     if advantages.numel() < 2:
         return advantages
     return (advantages - advantages.mean()) / (advantages.std() + eps)

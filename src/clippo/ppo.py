@@ -444,10 +444,7 @@ class PPO:
     def _normalized_advantages(self, advantages: torch.Tensor, plan: UpdatePlan, epoch: int, index: int) -> torch.Tensor:
         """Zero mean, unit std: with this minibatch's own statistics in a single process, with
         the pooled statistics of every rank's minibatch of the same index across ranks."""
-        if plan.moments is None:
-            return normalize_advantages(advantages)
-        mean, std = plan.moments[epoch][index]
-        return (advantages - mean) / (std + 1e-8)
+        return normalize_advantages(advantages, moments=None if plan.moments is None else plan.moments[epoch][index])
 
     def _loss_and_gradient(self, minibatch: Batch, advantages: torch.Tensor) -> LossTerms:
         """The combined PPO loss on one minibatch, its gradient left in ``self.optimizer.grad``:
