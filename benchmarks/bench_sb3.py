@@ -23,6 +23,7 @@ import json
 import math
 import shutil
 import subprocess
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -423,42 +424,47 @@ def child_train_sb3(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _time_env_steps(step, sample, vector_steps: int) -> float:
-    for _ in range(min(10, vector_steps)):  # warm-up
-        step(sample())
-    t = time.perf_counter()
-    for _ in range(vector_steps):
-        step(sample())
-    return time.perf_counter() - t
-
-
-def _rollout_count(spec: dict[str, Any]) -> int:
+def _round_count(spec: dict[str, Any]) -> int:
     batch = spec["num_envs"] * spec["num_steps"]
-    return max(spec["min_rollouts"], math.ceil(spec["collect_steps"] / batch))
+    return max(spec["min_rollouts"], math.ceil(spec["collect_steps"] / batch), math.ceil(spec["env_steps"] / batch))
 
 
-def _time_rollouts(collect, spec: dict[str, Any]) -> list[float]:
-    """Seconds per rollout of ``collect()``, after one warm-up rollout."""
+def _time_interleaved(step, sample, collect, spec: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """Seconds per env-only block (one rollout's worth of vector steps with random actions) and per
+    rollout of ``collect()``, alternated round by round after one warm-up of each: the machine's
+    speed drifts by tens of percent within minutes, and both sides should see the same drift."""
+
+    def env_block() -> None:
+        for _ in range(spec["num_steps"]):
+            step(sample())
+
+    env_block()
     collect()
-    times = []
-    for _ in range(_rollout_count(spec)):
+    env_times, rollout_times = [], []
+    for _ in range(_round_count(spec)):
+        t = time.perf_counter()
+        env_block()
+        env_times.append(time.perf_counter() - t)
         t = time.perf_counter()
         collect()
-        times.append(time.perf_counter() - t)
-    return times
+        rollout_times.append(time.perf_counter() - t)
+    return env_times, rollout_times
 
 
-def _limits_result(spec: dict[str, Any], env_type: str, vector_steps: int, env_s: float, times: list[float]) -> dict[str, Any]:
-    n, num_steps = spec["num_envs"], spec["num_steps"]
+def _limits_result(spec: dict[str, Any], env_type: str, env_times: list[float], times: list[float]) -> dict[str, Any]:
+    batch = spec["num_envs"] * spec["num_steps"]
     return {
         "env_type": env_type,
-        "env_transitions": vector_steps * n,
-        "env_s": env_s,
-        "env_sps": vector_steps * n / env_s,
+        "rounds": len(times),
+        "env_transitions": len(env_times) * batch,
+        "env_s": sum(env_times),
+        "env_sps": len(env_times) * batch / sum(env_times),
         "rollouts": len(times),
         "rollout_s": sum(times),
-        "rollout_sps": len(times) * num_steps * n / sum(times),
-        "rollout_best_sps": num_steps * n / min(times),
+        "rollout_sps": len(times) * batch / sum(times),
+        "rollout_best_sps": batch / min(times),
+        # the same fraction round by round: how much it moves with the machine's drift
+        "fraction_per_round_median": statistics.median(e / r for e, r in zip(env_times, times)),
     }
 
 
@@ -476,10 +482,7 @@ def child_limits_clippo(spec: dict[str, Any]) -> dict[str, Any]:
     envs = make_vector_env(env_id, n, hp["vector_env"])
     envs.reset(seed=seed)
     envs.action_space.seed(seed)
-    vector_steps = max(1, math.ceil(spec["env_steps"] / n))
-    env_s = _time_env_steps(envs.step, envs.action_space.sample, vector_steps)
     env_type = type(envs).__name__
-    envs.close()
 
     # 2. clippo's rollout collection with an untrained policy, built as PPO._train builds it, up to
     #    the same point as SB3's collect_rollouts: actions, log-probabilities, values and GAE.
@@ -489,16 +492,17 @@ def child_limits_clippo(spec: dict[str, Any]) -> dict[str, Any]:
 
     def collect() -> None:
         runner.collect(agent.model, buffer, agent.generator)
-        buffer.estimate_values(agent.model.value)
+        buffer.estimate_values(agent.model)
         compute_gae(
             *(buffer.tensor(name) for name in ("rewards", "values", "terminated", "truncated", "last_value")),
             gamma=hp["gamma"],
             gae_lambda=hp["gae_lambda"],
         )
 
-    times = _time_rollouts(collect, spec)
+    env_times, times = _time_interleaved(envs.step, envs.action_space.sample, collect, spec)
+    envs.close()
     agent.close()
-    return _limits_result(spec, env_type, vector_steps, env_s, times)
+    return _limits_result(spec, env_type, env_times, times)
 
 
 def child_limits_sb3(spec: dict[str, Any]) -> dict[str, Any]:
@@ -514,19 +518,22 @@ def child_limits_sb3(spec: dict[str, Any]) -> dict[str, Any]:
     venv.reset()
     space = venv.action_space
     space.seed(seed)
-    vector_steps = max(1, math.ceil(spec["env_steps"] / n))
-    env_s = _time_env_steps(venv.step, lambda: np.stack([space.sample() for _ in range(n)]), vector_steps)
     env_type = type(venv).__name__
-    venv.close()
 
     # 2. SB3's rollout collection (collect_rollouts includes its GAE computation) with an
     #    untrained policy, set up as learn() sets it up.
     model = PPO("MlpPolicy", make_sb3_env(env_id, n, seed, recipe), **sb3_kwargs(recipe, seed))
     _, callback = model._setup_learn(10**12, None)
     callback.on_training_start(locals(), globals())
-    times = _time_rollouts(lambda: model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps), spec)
+    env_times, times = _time_interleaved(
+        venv.step,
+        lambda: np.stack([space.sample() for _ in range(n)]),
+        lambda: model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps),
+        spec,
+    )
+    venv.close()
     model.env.close()
-    return _limits_result(spec, env_type, vector_steps, env_s, times)
+    return _limits_result(spec, env_type, env_times, times)
 
 
 CHILDREN = {
@@ -675,10 +682,12 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
             "env-only: `envs.step(envs.action_space.sample())` on `clippo.envs.make_vector_env(env, n, \"auto\")` "
             "(SB3: `make_vec_env` DummyVecEnv with Monitor, plus VecNormalize when the recipe normalizes). "
             "Rollout, the same work for both: actions, log-probabilities, critic values and GAE advantages for a whole rollout. clippo: "
-            "`EnvRunner.collect` into a `RolloutBuffer` (acting with a numpy copy of the actor, then one batched torch pass for "
-            "the log-probabilities), `RolloutBuffer.estimate_values` and `compute_gae`, as `PPO._train` does them; SB3: "
-            "`collect_rollouts` (critic evaluated at every step, GAE at the end), "
-            "timed over several rollouts after one warm-up rollout.",
+            "`EnvRunner.collect` into a `RolloutBuffer` (acting with a numpy copy of the actor; log-probabilities of the "
+            "stored actor outputs in one call after the loop), `RolloutBuffer.estimate_values` (numpy copy of the critic, "
+            "one batch) and `compute_gae`, as `PPO._train` does them; SB3: "
+            "`collect_rollouts` (critic evaluated at every step, GAE at the end). "
+            "Timed in rounds after one warm-up of each: one rollout's worth of env-only vector steps, then one rollout, "
+            "alternated (the machine's speed drifts); rates are totals over the rounds.",
         ]
     else:
         lines += ["(not measured)"]
@@ -848,7 +857,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also measure the limits for CartPole-v1 with N envs x --throughput-steps steps")
     parser.add_argument("--throughput-steps", type=int, default=128, help="num_steps of the --throughput-envs measurement")
     parser.add_argument("--limit-env-steps", type=int, default=100_000,
-                        help="transitions (summed over envs) for the env-only rate")
+                        help="transitions (summed over envs), at least, for the env-only rate (measured in rounds alternating with the rollouts)")
     parser.add_argument("--limit-collect-steps", type=int, default=50_000,
                         help="transitions (at least) for the rollout rate")
     parser.add_argument("--limit-min-rollouts", type=int, default=5, help="rollouts (at least) for the rollout rate")

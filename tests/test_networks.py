@@ -201,13 +201,15 @@ def test_numpy_actor_matches_the_torch_actor(network, activation, observation_sp
     np.testing.assert_allclose(actor.sample(obs, None), model.distribution.sample(torch.from_numpy(expected), None).numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_numpy_actor_is_a_snapshot():
-    """Later updates of the torch weights do not leak into an existing numpy copy."""
-    model = ActorCritic(OBS, spaces.Discrete(2), [8], "tanh", "separate")
-    actor = model.numpy_actor()
-    obs = np.ones((1, 4), dtype=np.float32)
-    before = actor(obs).copy()
+@pytest.mark.parametrize("network", ["separate", "shared"])
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("rows", [7, 700])
+def test_numpy_critic_matches_the_torch_critic(network, activation, rows):
+    torch.manual_seed(0)
+    model = ActorCritic(OBS, spaces.Discrete(2), [32, 16], activation, network)
+    obs = np.random.default_rng(0).normal(size=(rows, 4)).astype(np.float32) * 3
     with torch.no_grad():
-        model.actor_head.bias.add_(1.0)
-    np.testing.assert_array_equal(actor(obs), before)
-    np.testing.assert_allclose(model.numpy_actor()(obs), before + 1.0, rtol=1e-6)
+        expected = model.value(torch.from_numpy(obs)).numpy()
+    values = model.numpy_critic()(obs)
+    assert values.shape == (rows, 1)
+    np.testing.assert_allclose(values[:, 0], expected, rtol=1e-5, atol=1e-5)

@@ -63,10 +63,9 @@ def record_first_logratios(agent: PPO) -> list[torch.Tensor]:
 # ------------------------------------------------------------------------------------------------
 # the update
 # ------------------------------------------------------------------------------------------------
-# The rollout runs the network on batches of num_envs rows and the update on minibatches. Float32
-# matrix products of different shapes may round differently (in the last bit), so the recomputed
-# log-probabilities are bit-identical only when the first minibatch is evaluated with the same shape
-# as the rollout: one step per env and one minibatch. Then the ratio must be exactly 1.
+# The rollout stores the log-probabilities of its numpy actor; the update recomputes them with the
+# torch actor on minibatches. Before the first Adam step both are the same function of the same
+# weights, so the first ratio is 1 up to float32 rounding (a misaligned or stale log-prob is far off).
 SAME_SHAPE = dict(num_envs=8, num_steps=1, num_minibatches=1, update_epochs=4, learning_rate=1e-2, hidden_sizes=[16, 16])
 
 
@@ -76,24 +75,11 @@ def env_source(name, multidiscrete_env):
 
 @pytest.mark.parametrize("env", ["CartPole-v1", "Pendulum-v1", "multidiscrete"])
 @pytest.mark.parametrize("network", ["separate", "shared"])
-def test_ratio_is_exactly_one_on_first_minibatch(multidiscrete_env, env, network):
-    agent = PPO(
-        env_source(env, multidiscrete_env), **SAME_SHAPE, network=network, normalize_observations=True, seed=1
-    )
-    firsts = record_first_logratios(agent)
-    agent.learn(total_steps=agent.batch_size * 3)
-    agent.close()
-    assert len(firsts) == 3
-    for logratio in firsts:
-        assert logratio.shape == (8,)  # no episode ended in these first steps: all 8 transitions
-        assert torch.equal(logratio, torch.zeros_like(logratio)), logratio
-
-
-@pytest.mark.parametrize("env", ["CartPole-v1", "Pendulum-v1", "multidiscrete"])
-def test_ratio_is_one_on_first_shuffled_minibatch_up_to_rounding(multidiscrete_env, env):
+def test_ratio_is_one_on_first_shuffled_minibatch_up_to_rounding(multidiscrete_env, env, network):
     agent = PPO(
         env_source(env, multidiscrete_env),
         **{**TINY, "update_epochs": 3, "learning_rate": 1e-2},
+        network=network,
         normalize_observations=True,
         seed=3,
     )
@@ -103,7 +89,6 @@ def test_ratio_is_one_on_first_shuffled_minibatch_up_to_rounding(multidiscrete_e
     assert len(firsts) == 3
     for logratio in firsts:
         assert logratio.numel() > 0
-        # float32 rounding of differently shaped products only (a misaligned or stale log-prob is >> 1e-5)
         assert logratio.abs().max().item() < 1e-5, logratio
 
 
@@ -113,8 +98,9 @@ def test_later_minibatches_see_a_changed_policy():
     agent.learn(total_steps=agent.batch_size)
     agent.close()
     assert len(calls) == SAME_SHAPE["num_minibatches"] * SAME_SHAPE["update_epochs"]
-    assert torch.equal(calls[0], torch.zeros_like(calls[0]))
-    assert all(c.abs().max() > 0 for c in calls[1:])  # the policy moved after the first Adam step
+    first = calls[0].abs().max()
+    assert first < 1e-5
+    assert all(c.abs().max() > 100 * first + 1e-6 for c in calls[1:])  # the policy moved after the first Adam step
 
 
 def test_early_stopping_triggers_with_tiny_target_kl():

@@ -382,7 +382,7 @@ def test_nothing_flows_back_across_an_episode_end(r, gamma, lam, data):
 def test_flatten_keeps_exactly_the_valid_entries_in_time_major_order(steps, envs, obs_size, action_shape,
                                                                        discrete, data):
     dtype = torch.int64 if discrete else torch.float32
-    buffer = RolloutBuffer(steps, envs, obs_size, action_shape, dtype, torch.device("cpu"))
+    buffer = RolloutBuffer(steps, envs, obs_size, action_shape, dtype, 2, torch.device("cpu"))
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
     valid = np.array(data.draw(st.lists(st.booleans(), min_size=steps * envs, max_size=steps * envs),
                                label="valid"), dtype=bool).reshape(steps, envs)

@@ -39,7 +39,7 @@ def make_runner(env_fn, num_envs, num_steps, reward_scaling=False, gamma=0.9):
     scaler = RewardScaler(num_envs, gamma, 10.0, enabled=reward_scaling)
     runner = new_runner(envs, obs_norm, scaler, seed=0)
     dist = policy.distribution
-    buffer = RolloutBuffer(num_steps, num_envs, policy.obs_size, dist.action_shape, dist.action_dtype, "cpu")
+    buffer = RolloutBuffer(num_steps, num_envs, policy.obs_size, dist.action_shape, dist.action_dtype, dist.num_outputs, "cpu")
     return runner, policy, buffer
 
 
@@ -121,7 +121,7 @@ def test_last_value_is_the_value_of_the_next_observation(fixed_length_env):
     runner, policy, buffer = make_runner(fixed_length_env(length=10), num_envs=2, num_steps=3)
     try:
         runner.collect(policy, buffer, torch.Generator().manual_seed(0))
-        buffer.estimate_values(policy.value)  # the trainer's step between collection and GAE
+        buffer.estimate_values(policy)  # the trainer's step between collection and GAE
         with torch.no_grad():
             expected = policy.value(torch.tensor([[3.0, 1.0], [3.0, 1.0]]))
         torch.testing.assert_close(T(buffer.last_value), expected)
@@ -140,7 +140,7 @@ def test_cartpole_autoreset_counts():
     try:
         runner = agent.env_runner()
         model = agent.model
-        buffer = RolloutBuffer(100, 4, model.obs_size, (), torch.int64, "cpu")
+        buffer = RolloutBuffer(100, 4, model.obs_size, (), torch.int64, model.distribution.num_outputs, "cpu")
         runner.collect(model, buffer, agent.generator)
         dones = T(buffer.terminated) | T(buffer.truncated)
         assert dones.sum() > 4  # a random policy ends many episodes in 100 steps
@@ -159,7 +159,7 @@ def test_cartpole_autoreset_counts():
 
 
 def test_flatten_is_time_major_and_masks_all_fields():
-    buffer = RolloutBuffer(num_steps=3, num_envs=2, obs_size=2, action_shape=(2,), action_dtype=torch.int64, device="cpu")
+    buffer = RolloutBuffer(num_steps=3, num_envs=2, obs_size=2, action_shape=(2,), action_dtype=torch.int64, num_outputs=2, device="cpu")
     ids = torch.arange(6, dtype=torch.float32).reshape(3, 2)  # id = t * 2 + env
     buffer.obs[:] = ids[..., None].expand(3, 2, 2)
     buffer.actions[:] = ids.long()[..., None].expand(3, 2, 2)
@@ -260,7 +260,7 @@ def test_box_actions_are_stored_unclipped_and_sent_clipped(fixed_length_env):
     torch.manual_seed(0)
     policy = ActorCritic(envs.single_observation_space, box, [16], init_log_std=1.5)  # std ~4.5 >> bounds
     runner = new_runner(envs, ObservationNormalizer((2,), 10.0, False), RewardScaler(2, 0.9, 10.0, False), seed=0)
-    buffer = RolloutBuffer(20, 2, policy.obs_size, (2,), torch.float32, "cpu")
+    buffer = RolloutBuffer(20, 2, policy.obs_size, (2,), torch.float32, 2, "cpu")
     try:
         runner.collect(policy, buffer, torch.Generator().manual_seed(0))
         stored = T(buffer.actions)

@@ -284,7 +284,7 @@ class PPO:
 
                 # 2. The critic's values, then rewards-to-go and advantages (bootstrapped on
                 #    truncation and at the rollout cut).
-                buffer.estimate_values(self.model.value)
+                buffer.estimate_values(self.model)
                 advantages, returns = compute_gae(
                     *(buffer.tensor(name) for name in ("rewards", "values", "terminated", "truncated", "last_value")),
                     gamma=cfg.gamma,
@@ -544,6 +544,7 @@ class PPO:
             self.model.obs_size,
             distribution.action_shape,
             distribution.action_dtype,
+            distribution.num_outputs,
             self.device,
         )
 
