@@ -23,6 +23,9 @@ import tempfile
 from pathlib import Path
 
 
+PHASES = ("rollout_time", "exchange_time", "update_time")
+
+
 def run(env_id: str, nproc: int, seed: int, total_steps: int, extra: list[str], scratch: Path) -> dict:
     run_dir = scratch / f"{env_id}-n{nproc}-s{seed}"
     command = [sys.executable, "-m", "clippo", "train", env_id, "--seed", str(seed), "--run-dir", str(run_dir),
@@ -34,7 +37,8 @@ def run(env_id: str, nproc: int, seed: int, total_steps: int, extra: list[str], 
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
     with open(run_dir / "metrics.csv", newline="") as f:
-        last = list(csv.DictReader(f))[-1]
+        metrics = list(csv.DictReader(f))
+    last = metrics[-1]
     evaluation = json.loads((run_dir / "eval.json").read_text())
     return {
         "nproc": nproc,
@@ -46,6 +50,8 @@ def run(env_id: str, nproc: int, seed: int, total_steps: int, extra: list[str], 
         # mean return of the last 100 training episodes (over all processes): less noisy than a
         # 10-episode deterministic evaluation while the policy is still learning
         "train_return": float(last["recent_return"]),
+        # rank 0's seconds per update in each phase (medians over updates)
+        **{name: statistics.median(float(m[name]) for m in metrics) for name in PHASES},
     }
 
 
@@ -79,13 +85,14 @@ def main() -> int:
         "processes step N times the envs), deterministic evaluation over 10 episodes",
         "",
         "| processes | seed | steps | training time (s) | steps/s (all processes) | speed-up | final eval return | "
-        "last 100 training episodes |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "last 100 training episodes | rollout s/update | exchange s/update | update s/update |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
             f"| {r['nproc']} | {r['seed']} | {r['steps']} | {r['train_s']:.1f} | {r['sps']:.0f} | "
-            f"{r['sps'] / base:.2f}x | {r['eval_return']:.1f} | {r['train_return']:.1f} |"
+            f"{r['sps'] / base:.2f}x | {r['eval_return']:.1f} | {r['train_return']:.1f} | "
+            + " | ".join(f"{r[name]:.3f}" for name in PHASES) + " |"
         )
     lines.append("")
     for n in args.nprocs:
@@ -96,6 +103,12 @@ def main() -> int:
             f"- {n} process(es): median {sps:.0f} steps/s ({sps / base:.2f}x), mean final eval return {ret:.1f}, "
             f"mean return of the last 100 training episodes {train:.1f}"
         )
+    lines += [
+        "",
+        "Phase times are rank 0's medians over updates (`metrics.csv`): the rollout (collection, critic values, "
+        "advantages), the after-rollout exchange between ranks (waiting for the slowest rank included), and the "
+        "minibatch epochs (gradient all-reduces included).",
+    ]
     text = "\n".join(lines) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

@@ -68,6 +68,11 @@ def test_run_dir_contents(trained_run):
         assert column in metrics.columns
         assert metrics[column].notna().all(), column
     assert metrics["episodes"].sum() > 0
+    # where the time went: the three phases account for the training time between rows
+    phases = metrics[["rollout_time", "exchange_time", "update_time"]]
+    assert (phases >= 0).all().all() and (metrics["rollout_time"] > 0).all() and (metrics["update_time"] > 0).all()
+    between_rows = metrics["wall_time"].diff().iloc[1:]
+    assert (phases.sum(axis=1).iloc[1:] <= between_rows + 1e-6).all()
 
     tensorboard = run_dir / "tensorboard"
     assert tensorboard.is_dir()

@@ -35,6 +35,12 @@ COLUMNS = [
     "early_stopped",
     "skipped_steps",
     "learning_rate",
+    # seconds this update spent (on rank 0): collecting the rollout with its critic values and
+    # advantages; in the after-rollout exchange between ranks (0 alone; includes waiting for the
+    # slowest rank); in the minibatch epochs (gradient all-reduces included)
+    "rollout_time",
+    "exchange_time",
+    "update_time",
 ]
 
 

@@ -275,6 +275,7 @@ class PPO:
                 self.optimizer.lr = learning_rate
 
                 # 1. Run the current policy and store the trajectories.
+                rollout_start = time.perf_counter()
                 try:
                     runner.collect(self.model, buffer, self.generator)
                 except (EnvStepError, NonFiniteError) as exc:
@@ -293,9 +294,11 @@ class PPO:
                 batch = buffer.flatten(advantages, returns)
                 plan = self.plan_update(len(batch))
                 episodes = runner.pop_finished_episodes()
+                exchange_start = time.perf_counter()
                 poisoned, (episode_returns, episode_lengths) = self._exchange_after_rollout(
                     runner.poisoned, batch, plan, episodes
                 )
+                update_start = time.perf_counter()
 
                 # 3. Several epochs of minibatch steps on the combined PPO loss.
                 if poisoned:  # nonfinite="skip": a rollout with NaN/inf data teaches nothing
@@ -309,7 +312,8 @@ class PPO:
                         self._stop_with_checkpoint(exc, boundary)
 
                 recent_returns = (recent_returns + episode_returns)[-100:]
-                self.train_time = time_before + time.perf_counter() - start_time
+                update_end = time.perf_counter()
+                self.train_time = time_before + update_end - start_time
                 logger.log(
                     {
                         "global_step": self.global_step,
@@ -323,6 +327,9 @@ class PPO:
                         "learning_rate": learning_rate,
                         "explained_variance": explained_variance(batch.values, batch.returns),
                         "final": self.finished,
+                        "rollout_time": exchange_start - rollout_start,
+                        "exchange_time": update_start - exchange_start,
+                        "update_time": update_end - update_start,
                         **stats,
                     }
                 )
