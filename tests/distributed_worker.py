@@ -60,6 +60,17 @@ def main() -> None:
         torch.save({"params": agent.optimizer.flat.clone()}, out / f"rank{rank}.pt")
         agent.close()
         shutdown(agent.world)
+    elif mode == "average":
+        # all_reduce_mean_ both ways: all-gather plus local sum (gloo, few ranks) and all-reduce.
+        import clippo.distributed as distributed
+
+        world = distributed.init_world("cpu")
+        values = torch.randn(1000, generator=torch.Generator().manual_seed(world.rank)) * 10.0
+        gathered = distributed.all_reduce_mean_(values.clone(), world)
+        distributed.GATHER_MAX_RANKS = 0
+        reduced = distributed.all_reduce_mean_(values.clone(), world)
+        torch.save({"values": values, "gathered": gathered, "reduced": reduced}, out / f"rank{world.rank}.pt")
+        shutdown(world)
     else:
         raise SystemExit(f"unknown mode {mode}")
 

@@ -36,6 +36,16 @@ def test_two_ranks_hold_identical_parameters_after_every_update(tmp_path):
     assert not torch.equal(rank0["params"][0], rank0["params"][-1])
 
 
+def test_gradient_average_is_the_mean_of_the_ranks_and_identical_on_each(tmp_path):
+    torchrun(str(WORKER), "average", str(tmp_path), cwd=tmp_path)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    expected = (rank0["values"] + rank1["values"]) / 2
+    assert not torch.equal(rank0["values"], rank1["values"])
+    for way in ("gathered", "reduced"):  # all-gather plus local sum, and gloo's all-reduce
+        assert torch.equal(rank0[way], rank1[way]), way
+        torch.testing.assert_close(rank0[way], expected)
+
+
 def test_two_ranks_make_the_same_update_as_one_process_on_the_whole_batch(tmp_path):
     from tests.distributed_worker import synthetic_batch
 
