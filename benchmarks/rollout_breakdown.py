@@ -78,10 +78,10 @@ def main() -> int:
         runner._track_episodes(buffer)
         buffer.last_obs[:] = policy.numpy_input(runner.next_obs)
         logprobs = distribution.log_prob(
-            torch.from_numpy(buffer.params.reshape(-1, buffer.params.shape[-1])),
-            torch.from_numpy(buffer.actions.reshape(-1, *buffer.actions.shape[2:])),
+            buffer.tensor("params").reshape(-1, buffer.params.shape[-1]),
+            buffer.tensor("actions").reshape(-1, *buffer.actions.shape[2:]),
         )
-        buffer.logprobs[:] = logprobs.reshape(buffer.logprobs.shape).numpy()
+        buffer.logprobs[:] = logprobs.reshape(buffer.logprobs.shape).cpu().numpy()
         t = lap("episodes and log-probabilities", t)
         buffer.estimate_values(policy)
         t = lap("critic values (batched)", t)
