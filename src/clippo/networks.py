@@ -216,14 +216,11 @@ class NumpyMLP:
 
 
 class NumpyActor(NumpyMLP):
-    """The actor as numpy arrays: what the rollout acts with."""
+    """The actor as numpy arrays: what the rollout acts with. Calling it gives logits or Gaussian
+    means; ``distribution.sample_numpy(params, noise, std)`` turns them into actions."""
 
     def __init__(self, model: ActorCritic) -> None:
         super().__init__(model.trunk if model.shared else model.actor_body, model.actor_head, model.activation)
         self.distribution = model.distribution
         log_std = getattr(model, "log_std", None)
         self.std = None if log_std is None else np.exp(log_std.detach().cpu().numpy())
-
-    def sample(self, obs: np.ndarray, noise: np.ndarray | None) -> np.ndarray:
-        """Actions for a batch of inputs given this step's noise (None: the deterministic mode)."""
-        return self.distribution.sample_numpy(self(obs), noise, self.std)
