@@ -165,26 +165,30 @@ class NumpyMLP:
     in numpy cost a fraction of that. Nothing here is differentiated: the update recomputes what
     it needs with the torch model.
 
-    tanh layers run as ``tanh(u) = 2 sigmoid(2u) - 1``, with the factors and the offset folded into
-    the weights on either side (computed in float64): the same function up to float32 rounding
-    (~1e-7), and torch's vectorized in-place sigmoid costs a third to a half of ``np.tanh`` here.
+    On batches of more than a few rows, tanh layers run as ``tanh(u) = 2 sigmoid(2u) - 1``, with the
+    factors and the offset folded into the weights on either side (computed in float64): the same
+    function up to float32 rounding (~1e-7), and torch's vectorized in-place sigmoid costs a third
+    to a half of ``np.tanh`` here.
     """
 
     def __init__(self, body: nn.ModuleList, head: nn.Linear, activation) -> None:
         self.relu = activation is torch.relu
-        self.layers: list[tuple[np.ndarray, np.ndarray]] = []
+        # transposed once here so that each step is ``x @ w + b`` on contiguous arrays
+        plain = [
+            (linear.weight.detach().cpu().double().numpy().T, linear.bias.detach().cpu().double().numpy())
+            for linear in [*body, head]
+        ]
+        self.layers, self.folded = [], []  # hidden layers as they are, and folded for the sigmoid form
         sigmoid_input = False  # whether the layer's input is a = (h + 1) / 2 instead of h = tanh(u)
-        for i, linear in enumerate([*body, head]):
-            # transposed once here so that each step is ``x @ w + b`` on contiguous arrays
-            w = linear.weight.detach().cpu().double().numpy().T
-            b = linear.bias.detach().cpu().double().numpy()
+        for i, (w, b) in enumerate(plain):
+            self.layers.append((np.ascontiguousarray(w, dtype=np.float32), b.astype(np.float32)))
             if sigmoid_input:  # h @ w + b with h = 2a - 1
                 w, b = 2.0 * w, b - w.sum(axis=0)
             sigmoid_input = not self.relu and i < len(body)
             if sigmoid_input:  # sigmoid(2u) gives the next layer's a
                 w, b = 2.0 * w, 2.0 * b
-            self.layers.append((np.ascontiguousarray(w, dtype=np.float32), b.astype(np.float32)))
-        self.head = self.layers.pop()
+            self.folded.append((np.ascontiguousarray(w, dtype=np.float32), b.astype(np.float32)))
+        self.head, self.folded_head = self.layers.pop(), self.folded.pop()
 
     def __call__(self, obs: np.ndarray, workspace: list[np.ndarray] | None = None) -> np.ndarray:
         """The head's output for a batch of flat float32 inputs.
@@ -193,8 +197,12 @@ class NumpyMLP:
         calls of the same batch size. Large fresh arrays come from the OS as untouched pages, and
         faulting them in costs about as much as the products themselves.
         """
+        # The sigmoid form pays a few microseconds of torch call overhead per layer: below a
+        # thousand or so activations per layer np.tanh is the faster one.
+        sigmoid_form = not self.relu and bool(self.layers) and obs.shape[0] * self.layers[0][0].shape[1] >= 1024
+        layers, head = (self.folded, self.folded_head) if sigmoid_form else (self.layers, self.head)
         x = obs
-        for i, (weight, bias) in enumerate(self.layers):
+        for i, (weight, bias) in enumerate(layers):
             if workspace is None:
                 x = x @ weight
             else:
@@ -207,9 +215,11 @@ class NumpyMLP:
             x += bias
             if self.relu:
                 np.maximum(x, 0.0, out=x)
-            else:
+            elif sigmoid_form:
                 torch.from_numpy(x).sigmoid_()  # in place, on the array's memory
-        weight, bias = self.head
+            else:
+                np.tanh(x, out=x)
+        weight, bias = head
         out = x @ weight
         out += bias
         return out
