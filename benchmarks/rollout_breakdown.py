@@ -77,11 +77,7 @@ def main() -> int:
             t = lap("normalizers and store", t)
         runner._track_episodes(buffer)
         buffer.last_obs[:] = policy.numpy_input(runner.next_obs)
-        logprobs = distribution.log_prob(
-            buffer.tensor("params").reshape(-1, buffer.params.shape[-1]),
-            buffer.tensor("actions").reshape(-1, *buffer.actions.shape[2:]),
-        )
-        buffer.logprobs[:] = logprobs.reshape(buffer.logprobs.shape).cpu().numpy()
+        buffer.fill_logprobs(distribution)
         t = lap("episodes and log-probabilities", t)
         buffer.estimate_values(policy)
         t = lap("critic values (batched)", t)

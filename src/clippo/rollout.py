@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from gymnasium.vector import VectorEnv
 
+from clippo.distributions import ActionDistribution
 from clippo.envs import restore_env_state, snapshot_env_state
 from clippo.errors import EnvStepError, NonFiniteError
 from clippo.networks import ActorCritic
@@ -80,6 +81,16 @@ class RolloutBuffer:
         num_envs = self.last_value.shape[0]
         self.values[:] = values[:-num_envs].reshape(self.values.shape)
         self.last_value[:] = values[-num_envs:]
+
+    @torch.no_grad()
+    def fill_logprobs(self, distribution: ActionDistribution) -> None:
+        """Fill ``logprobs`` with the log-probabilities of the stored actions under the stored
+        actor outputs (what the rollout acted on): one batched call instead of one per step."""
+        logprobs = distribution.log_prob(
+            self.tensor("params").reshape(-1, self.params.shape[-1]),
+            self.tensor("actions").reshape(-1, *self.actions.shape[2:]),
+        )
+        self.logprobs[:] = logprobs.reshape(self.logprobs.shape).cpu().numpy()
 
     def tensor(self, name: str) -> torch.Tensor:
         """One stored array as a tensor on the training device (no copy on the CPU)."""
@@ -175,13 +186,7 @@ class EnvRunner:
             self.autoreset = dones
         self._track_episodes(buffer)
         buffer.last_obs[:] = policy.numpy_input(self.next_obs)
-        # The log-probabilities of the actions taken, from the actor outputs the rollout acted on:
-        # one batched call instead of one per step.
-        logprobs = distribution.log_prob(
-            buffer.tensor("params").reshape(-1, buffer.params.shape[-1]),
-            buffer.tensor("actions").reshape(-1, *buffer.actions.shape[2:]),
-        )
-        buffer.logprobs[:] = logprobs.reshape(buffer.logprobs.shape).cpu().numpy()
+        buffer.fill_logprobs(distribution)
 
     def _handle_nonfinite(self, raw_obs: np.ndarray, rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         bad_obs = ~np.isfinite(raw_obs).reshape(self.num_envs, -1).all(axis=1)
