@@ -178,17 +178,20 @@ class NumpyMLP:
             (linear.weight.detach().cpu().double().numpy().T, linear.bias.detach().cpu().double().numpy())
             for linear in [*body, head]
         ]
-        self.layers, self.folded = [], []  # hidden layers as they are, and folded for the sigmoid form
-        sigmoid_input = False  # whether the layer's input is a = (h + 1) / 2 instead of h = tanh(u)
-        for i, (w, b) in enumerate(plain):
-            self.layers.append((np.ascontiguousarray(w, dtype=np.float32), b.astype(np.float32)))
-            if sigmoid_input:  # h @ w + b with h = 2a - 1
-                w, b = 2.0 * w, b - w.sum(axis=0)
-            sigmoid_input = not self.relu and i < len(body)
-            if sigmoid_input:  # sigmoid(2u) gives the next layer's a
-                w, b = 2.0 * w, 2.0 * b
-            self.folded.append((np.ascontiguousarray(w, dtype=np.float32), b.astype(np.float32)))
-        self.head, self.folded_head = self.layers.pop(), self.folded.pop()
+        self.layers = [(np.ascontiguousarray(w, dtype=np.float32), b.astype(np.float32)) for w, b in plain]
+        self.folded = self.layers  # the weights of the sigmoid form (tanh networks only)
+        if not self.relu:
+            self.folded = []
+            sigmoid_input = False  # whether the layer's input is a = (h + 1) / 2 instead of h = tanh(u)
+            for i, (w, b) in enumerate(plain):
+                if sigmoid_input:  # h @ w + b with h = 2a - 1
+                    w, b = 2.0 * w, b - w.sum(axis=0)
+                sigmoid_input = i < len(body)
+                if sigmoid_input:  # sigmoid(2u) gives the next layer's a
+                    w, b = 2.0 * w, 2.0 * b
+                self.folded.append((np.ascontiguousarray(w, dtype=np.float32), b.astype(np.float32)))
+        self.head, self.folded_head = self.layers[-1], self.folded[-1]
+        self.layers, self.folded = self.layers[:-1], self.folded[:-1]
 
     def __call__(self, obs: np.ndarray, workspace: list[np.ndarray] | None = None) -> np.ndarray:
         """The head's output for a batch of flat float32 inputs.
