@@ -26,10 +26,13 @@ from pathlib import Path
 PHASES = ("rollout_time", "exchange_time", "update_time")
 
 
-def run(env_id: str, nproc: int, seed: int, total_steps: int, extra: list[str], scratch: Path) -> dict:
+def run(env_id: str, nproc: int, seed: int, total_steps: int, extra: list[str], scratch: Path,
+        total_envs: int | None = None) -> dict:
     run_dir = scratch / f"{env_id}-n{nproc}-s{seed}"
     command = [sys.executable, "-m", "clippo", "train", env_id, "--seed", str(seed), "--run-dir", str(run_dir),
                "--total-steps", str(total_steps), "--eval-episodes", "10", "--no-tensorboard", *extra]
+    if total_envs is not None:
+        command += ["--num-envs", str(total_envs // nproc)]
     if nproc > 1:
         command += ["--nproc", str(nproc)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -62,18 +65,32 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--total-steps", type=int, default=200_000)
     parser.add_argument("--out", default="benchmarks/results/scaling_hopper.md")
+    parser.add_argument("--total-envs", type=int, default=None,
+                        help="split this many envs over the processes (N processes run TOTAL/N each), so every "
+                             "process count takes the same updates on batches of the same size; by default "
+                             "every process runs the preset's envs")
     parser.add_argument("extra", nargs="*", help="extra `clippo train` flags (after --)")
     args = parser.parse_args()
 
+    if args.total_envs is not None:
+        for n in args.nprocs:
+            if args.total_envs % n:
+                parser.error(f"--total-envs {args.total_envs} is not divisible by the process count {n}")
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for seed in args.seeds:
             for nproc in args.nprocs:
-                row = run(args.env, nproc, seed, args.total_steps, args.extra, Path(scratch))
+                row = run(args.env, nproc, seed, args.total_steps, args.extra, Path(scratch), args.total_envs)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
 
     base = statistics.median(r["sps"] for r in rows if r["nproc"] == args.nprocs[0])
+    if args.total_envs is None:
+        layout = ("per-process settings unchanged, so N processes step N times the envs and make 1/N as many "
+                  "updates of N times the data")
+    else:
+        layout = (f"{args.total_envs} envs split over the processes (`--num-envs {args.total_envs}/N`), so every "
+                  "process count makes the same number of updates on batches of the same size")
     lines = [
         f"# Scaling: {args.env}, steps/second against process count",
         "",
@@ -81,8 +98,8 @@ def main() -> int:
         f"- date: {datetime.date.today().isoformat()}; machine: {os.cpu_count()} cores ({platform.machine()}), "
         "one torch thread per process, gloo backend",
         f"- each run: `clippo train {' '.join([args.env, '--total-steps', str(args.total_steps), *args.extra])}` "
-        "(the env's built-in preset or the default one, with these flags; per-process settings unchanged, so N "
-        "processes step N times the envs), deterministic evaluation over 10 episodes",
+        f"(the env's built-in preset or the default one, with these flags; {layout}), deterministic evaluation "
+        "over 10 episodes",
         "",
         "| processes | seed | steps | training time (s) | steps/s (all processes) | speed-up | final eval return | "
         "last 100 training episodes | rollout s/update | exchange s/update | update s/update |",

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clippo.normalization import ObservationNormalizer, RewardScaler, RunningMeanStd
+from clippo.normalization import (
+    ObservationNormalizer,
+    RewardScaler,
+    RunningMeanStd,
+    clip_,
+)
 
 
 def test_running_mean_std_matches_numpy_over_batches():
@@ -19,6 +24,28 @@ def test_running_mean_std_matches_numpy_over_batches():
     np.testing.assert_allclose(rms.var, everything.var(axis=0), rtol=1e-9)
     assert rms.count == pytest.approx(len(everything))
     assert rms.mean.dtype == np.float64
+
+
+@pytest.mark.parametrize("shape", [(), (3,)])
+def test_running_mean_std_batch_moments_are_numpys_bit_for_bit(shape):
+    """The per-step update skips np.mean/np.var's overhead but must compute the same numbers."""
+    batch = np.random.default_rng(2).normal(5.0, 3.0, size=(37, *shape))
+    seen = []
+    rms = RunningMeanStd(shape=shape)
+    rms.update_from_moments = lambda mean, var, count: seen.append((mean, var, count))
+    rms.update(batch)
+    (mean, var, count), = seen
+    np.testing.assert_array_equal(mean, batch.mean(axis=0))
+    np.testing.assert_array_equal(var, batch.var(axis=0))
+    assert count == 37
+
+
+def test_clip_matches_np_clip_in_place():
+    x = np.array([-7.0, -2.0, 0.5, 2.0, 9.0, np.nan, np.inf, -np.inf])
+    expected = np.clip(x, -2.0, 2.0)
+    out = clip_(x, 2.0)
+    assert out is x
+    np.testing.assert_array_equal(out, expected)
 
 
 def test_running_mean_std_empty_batch_is_ignored():

@@ -157,6 +157,11 @@ class ActorCritic(nn.Module):
         return logprobs, entropy, values
 
 
+#: Batches with at least this many activations in the first hidden layer run tanh layers in the
+#: sigmoid form (below, np.tanh's lower call overhead wins).
+SIGMOID_MIN_ACTIVATIONS = 1024
+
+
 class NumpyMLP:
     """A frozen numpy copy of one MLP of the model (hidden layers and head): what the rollout runs.
 
@@ -164,6 +169,13 @@ class NumpyMLP:
     dispatch overhead, about as long as stepping a fast vectorized env; the same matrix products
     in numpy cost a fraction of that. Nothing here is differentiated: the update recomputes what
     it needs with the torch model.
+
+    Each layer is one matrix, its bias appended as the last row, and every array a layer reads
+    carries a trailing column of ones: a layer is then a single matrix product (no separate bias
+    addition), written into buffers kept between calls. Between env steps fewer, larger calls
+    matter more than their arithmetic: the env's own code evicts each call's code paths from the
+    CPU's caches (the actor for 64 CartPole envs: 41 us per step with these buffers, 58 us with
+    a product and an addition per layer, measured between env steps).
 
     On batches of more than a few rows, tanh layers run as ``tanh(u) = 2 sigmoid(2u) - 1``, with the
     factors and the offset folded into the weights on either side (computed in float64): the same
@@ -173,13 +185,13 @@ class NumpyMLP:
 
     def __init__(self, body: nn.ModuleList, head: nn.Linear, activation) -> None:
         self.relu = activation is torch.relu
-        # transposed once here so that each step is ``x @ w + b`` on contiguous arrays
+        # transposed so that each layer is ``[x, 1] @ [[w], [b]]`` on contiguous arrays
         plain = [
             (linear.weight.detach().cpu().double().numpy().T, linear.bias.detach().cpu().double().numpy())
             for linear in [*body, head]
         ]
-        self.layers = [(np.ascontiguousarray(w, dtype=np.float32), b.astype(np.float32)) for w, b in plain]
-        self.folded = self.layers  # the weights of the sigmoid form (tanh networks only)
+        self.plain = [_with_bias_row(w, b) for w, b in plain]
+        self.folded = self.plain  # the weights of the sigmoid form (tanh networks only)
         if not self.relu:
             self.folded = []
             sigmoid_input = False  # whether the layer's input is a = (h + 1) / 2 instead of h = tanh(u)
@@ -189,43 +201,55 @@ class NumpyMLP:
                 sigmoid_input = i < len(body)
                 if sigmoid_input:  # sigmoid(2u) gives the next layer's a
                     w, b = 2.0 * w, 2.0 * b
-                self.folded.append((np.ascontiguousarray(w, dtype=np.float32), b.astype(np.float32)))
-        self.head, self.folded_head = self.layers[-1], self.folded[-1]
-        self.layers, self.folded = self.layers[:-1], self.folded[:-1]
+                self.folded.append(_with_bias_row(w, b))
+        self.buffers: list[_LayerInput] = []
 
-    def __call__(self, obs: np.ndarray, workspace: list[np.ndarray] | None = None) -> np.ndarray:
+    def __call__(self, obs: np.ndarray, workspace: list | None = None) -> np.ndarray:
         """The head's output for a batch of flat float32 inputs.
 
-        ``workspace``: a list the hidden activations are written into, kept by the caller across
-        calls of the same batch size. Large fresh arrays come from the OS as untouched pages, and
-        faulting them in costs about as much as the products themselves.
+        ``workspace``: a list the layers' inputs are kept in, by the caller across calls of the
+        same batch size (by default this copy's own). Large fresh arrays come from the OS as
+        untouched pages, and faulting them in costs about as much as the products themselves.
         """
+        rows = obs.shape[0]
         # The sigmoid form pays a few microseconds of torch call overhead per layer: below a
         # thousand or so activations per layer np.tanh is the faster one.
-        sigmoid_form = not self.relu and bool(self.layers) and obs.shape[0] * self.layers[0][0].shape[1] >= 1024
-        layers, head = (self.folded, self.folded_head) if sigmoid_form else (self.layers, self.head)
-        x = obs
-        for i, (weight, bias) in enumerate(layers):
-            if workspace is None:
-                x = x @ weight
-            else:
-                shape = (x.shape[0], weight.shape[1])
-                if len(workspace) <= i:
-                    workspace.append(np.empty(shape, dtype=np.float32))
-                elif workspace[i].shape != shape:
-                    workspace[i] = np.empty(shape, dtype=np.float32)
-                x = np.matmul(x, weight, out=workspace[i])
-            x += bias
+        sigmoid_form = not self.relu and len(self.plain) > 1 and rows * self.plain[0].shape[1] >= SIGMOID_MIN_ACTIVATIONS
+        weights = self.folded if sigmoid_form else self.plain
+        layers = self._buffers(rows, self.buffers if workspace is None else workspace)
+        layers[0].x[:] = obs
+        for weight, layer, next_layer in zip(weights, layers, layers[1:]):
+            pre = next_layer.x
+            np.matmul(layer.array, weight, out=pre)
             if self.relu:
-                np.maximum(x, 0.0, out=x)
+                np.maximum(pre, 0.0, out=pre)
             elif sigmoid_form:
-                torch.from_numpy(x).sigmoid_()  # in place, on the array's memory
+                next_layer.x_tensor.sigmoid_()  # in place, on the array's memory
             else:
-                np.tanh(x, out=x)
-        weight, bias = head
-        out = x @ weight
-        out += bias
-        return out
+                np.tanh(pre, out=pre)
+        return layers[-1].array @ weights[-1]
+
+    def _buffers(self, rows: int, workspace: list) -> list[_LayerInput]:
+        """Each layer's input for ``rows`` rows (made once per batch size)."""
+        if len(workspace) != len(self.plain) or workspace[0].array.shape != (rows, self.plain[0].shape[0]):
+            workspace[:] = [_LayerInput(rows, weight.shape[0] - 1) for weight in self.plain]
+        return workspace
+
+
+class _LayerInput:
+    """A layer's input array, ``[x, 1]``, with views of its ``x`` part made once (slicing an
+    array or a tensor costs a microsecond or more each time)."""
+
+    def __init__(self, rows: int, width: int) -> None:
+        self.array = np.empty((rows, width + 1), dtype=np.float32)
+        self.array[:, -1] = 1.0
+        self.x = self.array[:, :-1]
+        self.x_tensor = torch.from_numpy(self.array)[:, :-1]
+
+
+def _with_bias_row(weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """``[[weight], [bias]]`` as a contiguous float32 matrix: the layer for inputs with a ones column."""
+    return np.ascontiguousarray(np.vstack([weight, bias]), dtype=np.float32)
 
 
 class NumpyActor(NumpyMLP):

@@ -21,19 +21,25 @@ class RunningMeanStd:
 
     def update(self, batch: np.ndarray) -> None:
         batch = np.asarray(batch, dtype=np.float64)
-        if batch.shape[0] == 0:
+        n = batch.shape[0]
+        if n == 0:
             return
-        if batch.shape[0] == 1:  # one env: the moments are the sample and 0 (numpy's mean/var cost ~10 us each)
+        if n == 1:  # one env: the moments are the sample and 0
             self.update_from_moments(batch[0], 0.0, 1)
             return
-        self.update_from_moments(batch.mean(axis=0), batch.var(axis=0), batch.shape[0])
+        # What np.mean and np.var compute, in the same order (so the same bits), without their
+        # ~10-25 us of Python-level overhead: this runs once per env step.
+        mean = batch.sum(axis=0, keepdims=True) / n
+        centered = batch - mean
+        var = np.multiply(centered, centered, out=centered).sum(axis=0) / n
+        self.update_from_moments(mean[0], var, n)
 
     def update_from_moments(self, batch_mean: np.ndarray, batch_var: np.ndarray, batch_count: float) -> None:
         delta = batch_mean - self.mean
         total = self.count + batch_count
         # np.asarray keeps 0-d statistics arrays (numpy arithmetic on them returns scalars).
         self.mean = np.asarray(self.mean + delta * batch_count / total)
-        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
+        m2 = self.var * self.count + batch_var * batch_count + delta * delta * self.count * batch_count / total
         self.var = np.asarray(m2 / total)
         self.count = total
 
@@ -48,6 +54,12 @@ class RunningMeanStd:
         self.mean = state["mean"].numpy().astype(np.float64).copy()
         self.var = state["var"].numpy().astype(np.float64).copy()
         self.count = float(state["count"])
+
+
+def clip_(x: np.ndarray, bound: float) -> np.ndarray:
+    """``np.clip(x, -bound, bound)`` in place, at half its call overhead (it runs every env step)."""
+    np.maximum(x, -bound, out=x)
+    return np.minimum(x, bound, out=x)
 
 
 class ObservationNormalizer:
@@ -66,7 +78,7 @@ class ObservationNormalizer:
         if update:
             self.stats.update(obs)
         normalized = (obs - self.stats.mean) / np.sqrt(self.stats.var + self.epsilon)
-        return np.clip(normalized, -self.clip, self.clip, out=normalized).astype(np.float32)
+        return clip_(normalized, self.clip).astype(np.float32)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.stats.state_dict()
@@ -95,11 +107,13 @@ class RewardScaler:
         rewards = np.asarray(rewards, dtype=np.float32)
         if not self.enabled:
             return rewards
-        self.returns = np.where(valid, self.returns * self.gamma + rewards, self.returns)
-        self.stats.update(self.returns[valid])
+        updated = self.returns * self.gamma
+        updated += rewards
+        np.copyto(self.returns, updated, where=valid)
+        self.stats.update(self.returns if valid.all() else self.returns[valid])
         self.returns[dones] = 0.0
         scaled = rewards / np.sqrt(self.stats.var + self.epsilon)
-        return np.clip(scaled, -self.clip, self.clip).astype(np.float32)
+        return clip_(scaled, self.clip).astype(np.float32)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {**self.stats.state_dict(), "returns": torch.from_numpy(self.returns.copy())}

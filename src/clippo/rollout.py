@@ -62,7 +62,7 @@ class RolloutBuffer:
         self.valid = np.ones(shape, dtype=bool)
         self.last_obs = np.zeros((num_envs, obs_size), dtype=np.float32)
         self.last_value = np.zeros(num_envs, dtype=np.float32)
-        self.critic_workspace: list[np.ndarray] = []  # see NumpyMLP.__call__
+        self.critic_workspace: list = []  # see NumpyMLP.__call__
 
     @torch.no_grad()
     def estimate_values(self, policy: ActorCritic) -> None:
