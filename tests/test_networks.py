@@ -215,3 +215,26 @@ def test_numpy_critic_matches_the_torch_critic(network, activation, rows):
     values = model.numpy_critic()(obs)
     assert values.shape == (rows, 1)
     np.testing.assert_allclose(values[:, 0], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_numpy_copies_keep_their_buffers_apart_from_their_outputs(activation):
+    """The numpy copies write each layer into kept buffers (a ones column carries the bias): a
+    batch of another size, a later call or a new copy sharing a workspace must not change or
+    reuse an output already returned."""
+    torch.manual_seed(1)
+    model = ActorCritic(OBS, spaces.Discrete(3), [32, 16], activation, "separate")
+    rng = np.random.default_rng(3)
+    batches = [rng.normal(size=(rows, 4)).astype(np.float32) for rows in (5, 64, 5, 1, 64)]
+    with torch.no_grad():
+        expected = [model.actor(torch.from_numpy(obs)).numpy() for obs in batches]
+    actor = model.numpy_actor()
+    outputs = [actor(obs) for obs in batches]
+    for out, want in zip(outputs, expected):
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    workspace: list = []
+    first = model.numpy_critic()(batches[1], workspace)
+    second = model.numpy_critic()(batches[4], workspace)  # a fresh copy reusing the workspace
+    with torch.no_grad():
+        np.testing.assert_allclose(first[:, 0], model.value(torch.from_numpy(batches[1])).numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(second[:, 0], model.value(torch.from_numpy(batches[4])).numpy(), rtol=1e-5, atol=1e-5)
