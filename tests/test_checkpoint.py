@@ -228,3 +228,25 @@ def test_state_dict_holds_only_plain_data(tmp_path):
     payload = torch.load(path, weights_only=True)
     assert payload["format"] == "clippo-checkpoint"
     assert set(payload) >= {"config", "model", "optimizer", "obs_normalizer", "reward_scaler", "generator"}
+
+
+def test_generator_state_from_another_device_kind_seeds_a_reproducible_stream():
+    """A CUDA generator's state (16 bytes: seed and offset) cannot be set on a CPU generator (and
+    the other way round): loading across devices seeds the new generator from the saved state."""
+    from clippo.ppo import restore_generator
+
+    same = torch.Generator().manual_seed(5)
+    state = same.get_state()
+    expected = torch.rand(3, generator=same)
+    target = torch.Generator()
+    restore_generator(target, state)
+    assert torch.equal(torch.rand(3, generator=target), expected)  # same kind: exactly where it was
+
+    foreign = torch.arange(16, dtype=torch.uint8)  # the size of a CUDA generator's state
+    first, second, other = torch.Generator(), torch.Generator(), torch.Generator()
+    restore_generator(first, foreign)
+    restore_generator(second, foreign)
+    restore_generator(other, foreign + 1)
+    draws = [torch.rand(3, generator=g) for g in (first, second, other)]
+    assert torch.equal(draws[0], draws[1])  # reproducible
+    assert not torch.equal(draws[0], draws[2])  # and a function of the saved state

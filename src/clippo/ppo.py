@@ -9,6 +9,7 @@ rollout policy exceeds ``target_kl``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import random
 import time
@@ -110,6 +111,17 @@ class UpdatePlan:
 
     epochs: list[list[torch.Tensor] | None]
     moments: list[list[tuple[float, float]]] | None = None
+
+
+def restore_generator(generator: torch.Generator, state: torch.Tensor) -> None:
+    """Put a saved generator state back; across CPU and GPU (different generators, different state
+    formats) seed the new one from the saved state instead: the run goes on with its own
+    reproducible stream, not the saved one (the math on another device differs anyway)."""
+    if state.numel() == generator.get_state().numel():
+        generator.set_state(state)
+    else:
+        digest = hashlib.sha256(state.cpu().numpy().tobytes()).digest()
+        generator.manual_seed(int.from_bytes(digest[:8], "little"))
 
 
 class PPO:
@@ -427,7 +439,7 @@ class PPO:
             return UpdatePlan([None] * cfg.update_epochs)
         epochs = []
         for _ in range(cfg.update_epochs):
-            order = torch.randperm(batch_size, generator=self.generator).to(self.device)
+            order = torch.randperm(batch_size, generator=self.generator, device=self.device)
             epochs.append([indices for indices in order.tensor_split(cfg.num_minibatches) if len(indices)])
         return UpdatePlan(epochs)
 
@@ -718,7 +730,7 @@ class PPO:
             agent.global_step = int(payload["global_step"])
             agent.update = int(payload["update"])
             agent.schedule_start, agent.schedule_end = (int(v) for v in payload["schedule"])
-            agent.generator.set_state(payload["generator"])
+            restore_generator(agent.generator, payload["generator"])
             agent.train_time = float(payload.get("train_time", 0.0))
             agent._pending_runner_state = payload.get("runner")
         except Exception as exc:  # a damaged payload can fail anywhere in reconstruction

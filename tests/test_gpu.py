@@ -1,0 +1,54 @@
+"""The CUDA paths: the model on the GPU, the rollout's numpy actor on the CPU, the stored
+log-probabilities and the update on the GPU. CI has no GPU, so these run only where one is
+present (they were run on a lent H100 machine: benchmarks/results/gpu_machine/README.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from clippo import PPO
+from test_ppo import record_first_logratios
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("env", ["CartPole-v1", "Pendulum-v1"])
+@pytest.mark.parametrize("network", ["separate", "shared"])
+def test_cuda_update_starts_from_the_rollouts_log_probs(env, network):
+    """The rollout acts on the CPU with a numpy copy of the actor, the log-probabilities of its
+    outputs are computed on the GPU after the loop, and the update recomputes them with the torch
+    actor on the GPU: before the first Adam step the ratio is 1 up to rounding."""
+    agent = PPO(env, device="cuda", num_envs=4, num_steps=32, num_minibatches=2, update_epochs=2, network=network, seed=0)
+    firsts = record_first_logratios(agent)
+    agent.learn(total_steps=agent.batch_size * 3)
+    agent.close()
+    assert all(p.device.type == "cuda" for p in agent.model.parameters())
+    assert all(torch.isfinite(p).all() for p in agent.model.parameters())
+    assert len(firsts) == 3
+    for logratio in firsts:
+        assert logratio.device.type == "cuda"
+        assert logratio.abs().max().item() < 1e-5, logratio
+
+
+def test_cuda_checkpoint_resumes_on_the_cpu(tmp_path):
+    agent = PPO("Pendulum-v1", device="cuda", num_envs=2, num_steps=32, seed=1)
+    agent.learn(total_steps=128)
+    path = agent.save(tmp_path / "agent.pt")
+    obs = np.linspace(-1.0, 1.0, 9, dtype=np.float32).reshape(3, 3)
+    on_gpu = agent.predict(obs, deterministic=True)[0]
+    agent.close()
+    cpu = PPO.load(path, device="cpu")
+    assert all(p.device.type == "cpu" for p in cpu.model.parameters())
+    np.testing.assert_allclose(cpu.predict(obs, deterministic=True)[0], on_gpu, rtol=1e-5, atol=1e-5)
+    cpu.learn(total_steps=64)  # and trains on from there
+    cpu.close()
+
+
+def test_cuda_training_solves_cartpole():
+    agent = PPO("CartPole-v1", device="cuda", seed=1)
+    agent.learn()
+    result = agent.evaluate(episodes=10, seed=10_000)
+    agent.close()
+    assert result["mean_return"] >= 475, result
