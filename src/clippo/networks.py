@@ -258,6 +258,5 @@ class NumpyActor(NumpyMLP):
 
     def __init__(self, model: ActorCritic) -> None:
         super().__init__(model.trunk if model.shared else model.actor_body, model.actor_head, model.activation)
-        self.distribution = model.distribution
         log_std = getattr(model, "log_std", None)
         self.std = None if log_std is None else np.exp(log_std.detach().cpu().numpy())
