@@ -84,11 +84,12 @@ def check_against_autograd(action, activation, clip_value_loss, ent_coef, miniba
     reference_grad = agent.optimizer.grad.clone()
 
     # the batch exercises both branches of the clipped surrogate
-    outside = (reference.ratio - 1).abs() > agent.config.clip_epsilon
-    assert outside.any() and (~outside).any()
+    assert 0.0 < reference.clip_fraction < 1.0
     torch.testing.assert_close(analytic_grad, reference_grad, rtol=1e-5, atol=atol)
-    for name in ("loss", "policy_loss", "value_loss", "entropy", "logratio", "ratio"):
-        torch.testing.assert_close(getattr(analytic, name), getattr(reference, name), rtol=1e-5, atol=atol)
+    for name in ("loss", "policy_loss", "value_loss", "entropy", "approx_kl"):
+        assert getattr(analytic, name) == pytest.approx(getattr(reference, name), rel=1e-5, abs=atol), name
+    # a ratio within rounding of the clip boundary may land on either side: one sample's worth
+    assert analytic.clip_fraction == pytest.approx(reference.clip_fraction, abs=1.0 / minibatch_size + 1e-9)
     agent.close()
 
 

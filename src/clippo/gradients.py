@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -39,18 +40,26 @@ from clippo.networks import ActorCritic
 #: elements of a tanh layer's output from which ``_forward`` computes it through a sigmoid (measured
 #: on a 2-core x86 CPU: slower below about 64 x 64, ~25 us faster per layer at 256 x 64)
 TANH_AS_SIGMOID_MIN = 8192
+_MINUS_ONE = torch.tensor(-1.0)
 
 
 @dataclass
 class LossTerms:
-    """One minibatch's loss and its parts (no autograd graph), with the probability ratios."""
+    """One minibatch's loss, its parts and the step's diagnostics (approximate KL to the rollout
+    policy, share of clipped ratios), as numbers; and each sample's log probability ratio."""
 
-    loss: torch.Tensor
-    policy_loss: torch.Tensor
-    value_loss: torch.Tensor
-    entropy: torch.Tensor
+    loss: float
+    policy_loss: float
+    value_loss: float
+    entropy: float
+    approx_kl: float
+    clip_fraction: float
     logratio: torch.Tensor
-    ratio: torch.Tensor
+
+
+def _mean(x: np.ndarray) -> float:
+    """``x.mean()`` without ``np.mean``'s Python-level overhead (~10 us, more than the sum here)."""
+    return float(x.sum()) / x.size
 
 
 def supports(model: ActorCritic, device: torch.device) -> bool:
@@ -91,71 +100,82 @@ class AnalyticGradient:
     ) -> LossTerms:
         """The loss on this minibatch; gradients written to the parameters' ``.grad``.
 
-        ``old_values`` given: the value error is clipped around them (PPO2 style)."""
+        ``old_values`` given: the value error is clipped around them (PPO2 style).
+
+        The layers run in torch (matrix products); the loss and its derivatives at the network
+        outputs are per-sample vectors of a few hundred entries, where numpy's call overhead is a
+        fraction of torch's: the same formulas in float32, in numpy, on views of the same memory.
+        """
         n = obs.shape[0]
         eps = self.clip_epsilon
-        actor_inputs, out = self._forward(self.actor, obs)
-        critic_inputs, values = self._forward(self.critic, obs)
-        values = values.squeeze(1)
+        actor_inputs, out_tensor = self._forward(self.actor, obs)
+        critic_inputs, values_tensor = self._forward(self.critic, obs)
+        out, values = out_tensor.numpy(), values_tensor.numpy()[:, 0]
+        old_logprobs, advantages, returns = old_logprobs.numpy(), advantages.numpy(), returns.numpy()
 
         # Policy: log-probabilities, entropy and their derivatives with respect to the head output.
         if self.gaussian:
-            log_std = self.model.log_std
-            inv_std = torch.exp(-log_std)
-            z = (actions - out) * inv_std
-            logprobs = (-0.5 * z * z - log_std - _LOG_SQRT_2PI).sum(1)
-            entropy = (0.5 + _LOG_SQRT_2PI + log_std).sum()
+            log_std = self.model.log_std.detach().numpy()
+            inv_std = np.exp(-log_std)
+            z = (actions.numpy() - out) * inv_std
+            logprobs = (-0.5 * z * z - log_std - _LOG_SQRT_2PI) @ np.ones(z.shape[1], np.float32)
+            entropy = float((0.5 + _LOG_SQRT_2PI + log_std).sum())
         else:
-            log_p = torch.log_softmax(out, 1)
-            logprobs = log_p.gather(1, actions.long().unsqueeze(1)).squeeze(1)
-            p = log_p.exp()
-            per_sample_entropy = -(p * log_p).sum(1)
-            entropy = per_sample_entropy.mean()
+            rows, taken = np.arange(n), actions.numpy().astype(np.intp, copy=False)
+            log_p = torch.log_softmax(out_tensor, 1).numpy()
+            logprobs = log_p[rows, taken]
+            p = np.exp(log_p)
+            per_sample_entropy = -(p * log_p) @ np.ones(p.shape[1], np.float32)
+            entropy = _mean(per_sample_entropy)
 
         logratio = logprobs - old_logprobs
-        ratio = logratio.exp()
+        ratio = np.exp(logratio)
         unclipped = ratio * advantages
-        clipped = ratio.clamp(1.0 - eps, 1.0 + eps) * advantages
-        policy_loss = -torch.min(unclipped, clipped).mean()
+        clipped = np.minimum(np.maximum(ratio, 1.0 - eps), 1.0 + eps) * advantages
+        policy_loss = -_mean(np.minimum(unclipped, clipped))
         # dL/dlog pi per sample: -r A / N where the unclipped term is the smaller one, else 0.
-        d_logprob = torch.where(unclipped <= clipped, unclipped, 0.0).mul_(-1.0 / n)
+        d_logprob = np.where(unclipped <= clipped, unclipped, np.float32(0.0)) * np.float32(-1.0 / n)
 
         if self.gaussian:
-            d_out = (d_logprob.unsqueeze(1) * z).mul_(inv_std)
-            d_log_std = (d_logprob.unsqueeze(1) * (z * z - 1.0)).sum(0)
+            d_out = (d_logprob[:, None] * z) * inv_std
+            d_log_std = (d_logprob[:, None] * (z * z - 1.0)).sum(0)
             if self.ent_coef:
                 d_log_std -= self.ent_coef
-            self.model.log_std.grad.copy_(d_log_std)
+            self.model.log_std.grad.copy_(torch.from_numpy(d_log_std))
         else:
-            onehot = torch.zeros_like(p).scatter_(1, actions.long().unsqueeze(1), 1.0)
-            d_out = (onehot - p).mul_(d_logprob.unsqueeze(1))
+            # (onehot(a) - p) * dL/dlog pi
+            d_out = p * -d_logprob[:, None]
+            d_out[rows, taken] += d_logprob
             if self.ent_coef:
-                d_out += (log_p + per_sample_entropy.unsqueeze(1)).mul_(p).mul_(self.ent_coef / n)
+                d_out += (log_p + per_sample_entropy[:, None]) * p * np.float32(self.ent_coef / n)
 
         # Value error and its derivative with respect to the values.
         error = values - returns
         if old_values is None:
-            value_loss = (error * error).mean()
-            d_values = error * (2.0 * self.vf_coef / n)
+            value_loss = _mean(error * error)
+            d_values = error * np.float32(2.0 * self.vf_coef / n)
         else:
+            old_values = old_values.numpy()
             delta = values - old_values
-            clipped_error = old_values + delta.clamp(-eps, eps) - returns
+            clipped_error = old_values + np.minimum(np.maximum(delta, -eps), eps) - returns
             squared, clipped_squared = error * error, clipped_error * clipped_error
-            value_loss = torch.max(squared, clipped_squared).mean()
+            value_loss = _mean(np.maximum(squared, clipped_squared))
             in_range = (delta >= -eps) & (delta <= eps)
             d_unclipped = 2.0 * error
-            d_clipped = torch.where(in_range, 2.0 * clipped_error, 0.0)
-            # torch.max gives the gradient to the larger term, half to each on a tie
-            d_values = torch.where(
+            d_clipped = np.where(in_range, 2.0 * clipped_error, np.float32(0.0))
+            # the max gives the gradient to the larger term (as torch.max does), half to each on a tie
+            d_values = np.where(
                 squared > clipped_squared,
                 d_unclipped,
-                torch.where(squared < clipped_squared, d_clipped, 0.5 * (d_unclipped + d_clipped)),
-            ).mul_(self.vf_coef / n)
+                np.where(squared < clipped_squared, d_clipped, 0.5 * (d_unclipped + d_clipped)),
+            ) * np.float32(self.vf_coef / n)
 
-        self._backward(self.actor, actor_inputs, d_out)
-        self._backward(self.critic, critic_inputs, d_values.unsqueeze(1))
+        self._backward(self.actor, actor_inputs, torch.from_numpy(d_out))
+        self._backward(self.critic, critic_inputs, torch.from_numpy(d_values[:, None]))
         loss = policy_loss + self.vf_coef * value_loss - self.ent_coef * entropy
-        return LossTerms(loss, policy_loss, value_loss, entropy, logratio, ratio)
+        kl = _mean((ratio - 1.0) - logratio)
+        clip_fraction = float(np.count_nonzero(np.abs(ratio - 1.0) > eps)) / n
+        return LossTerms(loss, policy_loss, value_loss, entropy, kl, clip_fraction, torch.from_numpy(logratio))
 
     def _forward(self, layers: list[nn.Linear], x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Each layer's input (the last hidden layer's output included) and the output."""
@@ -167,7 +187,8 @@ class AnalyticGradient:
             elif x.shape[0] * linear.out_features >= TANH_AS_SIGMOID_MIN:
                 # tanh(u) = 2 sigmoid(2u) - 1 (same values up to ~1e-7): torch's CPU sigmoid is
                 # vectorized, its tanh much less so, and on large layers this is the cheaper form.
-                x = torch.addmm(linear.bias, x, linear.weight.t(), beta=2.0, alpha=2.0).sigmoid_().mul_(2.0).sub_(1.0)
+                x = torch.addmm(linear.bias, x, linear.weight.t(), beta=2.0, alpha=2.0).sigmoid_()
+                x = torch.add(_MINUS_ONE, x, alpha=2.0, out=x)  # 2 s - 1 in one pass
             else:
                 x = torch.addmm(linear.bias, x, linear.weight.t()).tanh_()
         inputs.append(x)

@@ -485,7 +485,11 @@ class PPO:
         loss = ppo_loss(pg_loss, v_loss, entropy_mean, cfg.vf_coef, cfg.ent_coef)
         self.optimizer.zero_grad()
         loss.backward()
-        return LossTerms(loss.detach(), pg_loss.detach(), v_loss.detach(), entropy_mean.detach(), logratio.detach(), ratio.detach())
+        with torch.no_grad():  # one transfer from the device for all six numbers
+            numbers = torch.stack(
+                [loss, pg_loss, v_loss, entropy_mean, approx_kl(logratio, ratio), clip_fraction(ratio, cfg.clip_epsilon)]
+            ).tolist()
+        return LossTerms(*numbers, logratio.detach())
 
     def update_policy(self, batch: Batch, plan: UpdatePlan | None = None) -> dict[str, float]:
         """The PPO update: ``update_epochs`` passes of shuffled minibatches, one Adam step each,
@@ -505,8 +509,8 @@ class PPO:
         # Each step's statistics travel in the exchange buffer after the gradient, so across
         # ranks they are averaged by the same all-reduce.
         exchange = self.optimizer.extra
-        history: list[torch.Tensor] = []
-        kl = torch.zeros(())
+        history: list[list[float]] = []
+        kl = 0.0
         early_stopped = False
         skipped = 0
         for epoch, indices in enumerate(plan.epochs):
@@ -517,25 +521,22 @@ class PPO:
                 if normalize_each:
                     advantages = self._normalized_advantages(advantages, plan, epoch, index)
                 terms = self._loss_and_gradient(minibatch, advantages)
-                pg_loss, v_loss, logratio, ratio = terms.policy_loss, terms.value_loss, terms.logratio, terms.ratio
-                step_stats = torch.stack(
-                    [approx_kl(logratio, ratio), pg_loss, v_loss, terms.entropy, clip_fraction(ratio, cfg.clip_epsilon)]
-                )
+                step_stats = [terms.approx_kl, terms.policy_loss, terms.value_loss, terms.entropy, terms.clip_fraction]
                 if self.world.distributed:
                     # The one exchange per step: gradient, KL and statistics averaged over the ranks.
-                    exchange.copy_(step_stats)
+                    exchange.copy_(torch.tensor(step_stats, dtype=exchange.dtype))
                     all_reduce_mean_(self.optimizer.exchange, self.world)
-                    step_stats = exchange.clone()
+                    step_stats = exchange.tolist()
                 kl = step_stats[0]
                 if cfg.target_kl is not None and kl > cfg.target_kl:
                     early_stopped = True  # this minibatch's step would move the policy too far
                     break
                 grad_norm = self.optimizer.clip_grad_norm(cfg.max_grad_norm)
-                if not math.isfinite(grad_norm) or not torch.isfinite(terms.loss):
-                    what = "gradient" if torch.isfinite(terms.loss) else "loss"
+                if not (math.isfinite(grad_norm) and math.isfinite(terms.loss)):
+                    what = "gradient" if math.isfinite(terms.loss) else "loss"
                     message = (
                         f"non-finite {what} at update {self.update}, minibatch step {len(history) + 1} "
-                        f"(policy loss {pg_loss.item():.4g}, value loss {v_loss.item():.4g}, gradient norm {grad_norm:.4g})"
+                        f"(policy loss {terms.policy_loss:.4g}, value loss {terms.value_loss:.4g}, gradient norm {grad_norm:.4g})"
                     )
                     if cfg.nonfinite == "stop":
                         raise NonFiniteError(message)
@@ -546,9 +547,9 @@ class PPO:
             if early_stopped:
                 break
         steps_taken = len(history)
-        means = torch.stack(history).mean(0).tolist() if history else [float("nan")] * (len(MINIBATCH_STATS) - 1)
+        means = np.mean(history, axis=0).tolist() if history else [float("nan")] * (len(MINIBATCH_STATS) - 1)
         stats = dict(zip(MINIBATCH_STATS[1:], means))
-        stats["approx_kl"] = float(kl)
+        stats["approx_kl"] = kl
         stats["epochs_run"] = steps_taken / cfg.num_minibatches
         stats["early_stopped"] = int(early_stopped)
         stats["skipped_steps"] = skipped
