@@ -9,6 +9,7 @@ from gymnasium import spaces
 
 from clippo import PPO
 from clippo.gradients import TANH_AS_SIGMOID_MIN, AnalyticGradient
+from clippo.optim import FlatAdam
 from clippo.rollout import Batch
 from tests.conftest import make_fixed_length_env
 
@@ -99,3 +100,12 @@ def test_unsupported_models_use_autograd():
     with pytest.raises(ValueError, match="separate"):
         AnalyticGradient(shared.model, 0.2, 0.5, 0.0)
     shared.close()
+
+
+def test_analytic_gradient_needs_the_paired_layout():
+    agent = PPO("CartPole-v1", num_envs=1)
+    model = agent.model
+    FlatAdam(model.parameters(), lr=1e-3)  # actor first, then critic: layers not side by side
+    with pytest.raises(ValueError, match="paired_parameters"):
+        AnalyticGradient(model, 0.2, 0.5, 0.0)
+    agent.close()

@@ -122,3 +122,43 @@ def test_load_state_dict_rejects_other_sizes():
     other = FlatAdam(nn.Linear(2, 2).parameters(), lr=1e-3)
     with pytest.raises(ValueError, match="parameters"):
         opt.load_state_dict(other.state_dict())
+
+
+def test_state_loads_into_another_layout_by_name():
+    """A state saved with the parameters in one order (named, or an older unnamed state with the
+    order given) continues identically in an optimizer that lays them out in another order."""
+    model_a = make_model()
+    opt_a = FlatAdam(list(model_a.named_parameters()), lr=1e-2)
+    for step in range(3):
+        opt_a.zero_grad()
+        loss_of(model_a, step).backward()
+        opt_a.step()
+    saved = opt_a.state_dict()
+    assert saved["names"] == [name for name, _ in model_a.named_parameters()]
+    unnamed = {key: value for key, value in saved.items() if key != "names"}
+    for state, saved_names in ((saved, None), (unnamed, saved["names"])):
+        model_b = copy.deepcopy(model_a)
+        opt_b = FlatAdam(list(reversed(list(model_b.named_parameters()))), lr=0.5)
+        opt_b.load_state_dict(state, saved_names=saved_names)
+        assert not torch.equal(opt_b.exp_avg, opt_a.exp_avg)  # laid out differently...
+        for step in range(3, 6):
+            opt_b.zero_grad()
+            loss_of(model_b, step).backward()
+            opt_b.step()
+        reference = copy.deepcopy(model_a)
+        opt_ref = FlatAdam(list(reference.named_parameters()), lr=1e-2)
+        opt_ref.load_state_dict(saved)
+        for step in range(3, 6):
+            opt_ref.zero_grad()
+            loss_of(reference, step).backward()
+            opt_ref.step()
+        for a, b in zip(reference.parameters(), model_b.parameters()):
+            assert torch.equal(a, b)  # ...and the same steps
+
+
+def test_load_state_dict_rejects_other_names():
+    opt = FlatAdam(list(make_model().named_parameters()), lr=1e-3)
+    state = opt.state_dict()
+    state["names"] = [f"other.{name}" for name in state["names"]]
+    with pytest.raises(ValueError, match="other.0.weight"):
+        opt.load_state_dict(state)

@@ -88,6 +88,21 @@ class ActorCritic(nn.Module):
             self.log_std = nn.Parameter(torch.full((self.distribution.num_outputs,), float(init_log_std)))
             self.distribution.log_std = self.log_std
 
+    def paired_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Named parameters, each hidden layer of the critic right after the same (same-shaped)
+        layer of the actor: the order ``FlatAdam`` lays them out in one vector, so that both
+        networks' layer ``i`` is one ``[2, out, in]`` block that ``clippo.gradients`` runs as a
+        single batched product."""
+        named = dict(self.named_parameters())
+        if self.shared:
+            return list(named.items())
+        order = []
+        for i in range(len(self.actor_body)):
+            for kind in ("weight", "bias"):
+                order += [f"actor_body.{i}.{kind}", f"critic_body.{i}.{kind}"]
+        order += [name for name in named if name not in order]
+        return [(name, named[name]) for name in order]
+
     def preprocess(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Flat float32 network input for a batch of (already normalized) observations, as a
         tensor on the model's device (``numpy_input`` does the work)."""

@@ -27,15 +27,20 @@ class FlatAdam:
 
     def __init__(
         self,
-        params: Iterable[nn.Parameter],
+        params: Iterable[nn.Parameter] | Iterable[tuple[str, nn.Parameter]],
         lr: float,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         extra_slots: int = 0,
     ) -> None:
-        """``extra_slots`` reserves room after the gradient in ``exchange`` (the buffer that
+        """``params`` in the order they are laid out in the vector; given as (name, parameter)
+        pairs, the saved state records the layout and loads into any other order by name.
+        ``extra_slots`` reserves room after the gradient in ``exchange`` (the buffer that
         distributed training all-reduces) for scalars that travel with it."""
-        self.params = list(params)
+        params = list(params)
+        named = bool(params) and isinstance(params[0], tuple)
+        self.names: list[str] | None = [name for name, _ in params] if named else None
+        self.params = [p for _, p in params] if named else params
         self.lr = lr
         self.betas = betas
         self.eps = eps
@@ -91,7 +96,7 @@ class FlatAdam:
         self.flat.addcdiv_(self.exp_avg, denom, value=-self.lr / bias_correction1)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "step": self.step_count,
             "exp_avg": self.exp_avg.clone(),
             "exp_avg_sq": self.exp_avg_sq.clone(),
@@ -99,18 +104,36 @@ class FlatAdam:
             "betas": list(self.betas),
             "eps": self.eps,
         }
+        if self.names is not None:
+            state["names"] = list(self.names)
+        return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], saved_names: list[str] | None = None) -> None:
+        """Restore a ``state_dict``; a state laid out in another order of the same named
+        parameters (``state["names"]``, else ``saved_names``) is rearranged by name."""
         if state["exp_avg"].shape != self.exp_avg.shape:
             raise ValueError(
                 f"optimizer state has {state['exp_avg'].numel()} values, the model has {self.exp_avg.numel()} parameters"
             )
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        saved_names = state.get("names", saved_names)
+        if saved_names is not None and self.names is not None and list(saved_names) != self.names:
+            exp_avg, exp_avg_sq = (self._rearranged(v, list(saved_names)) for v in (exp_avg, exp_avg_sq))
         self.step_count = int(state["step"])
-        self.exp_avg.copy_(state["exp_avg"])
-        self.exp_avg_sq.copy_(state["exp_avg_sq"])
+        self.exp_avg.copy_(exp_avg)
+        self.exp_avg_sq.copy_(exp_avg_sq)
         self.lr = float(state["lr"])
         self.betas = (float(state["betas"][0]), float(state["betas"][1]))
         self.eps = float(state["eps"])
+
+
+    def _rearranged(self, vector: torch.Tensor, saved_names: list[str]) -> torch.Tensor:
+        """``vector``, laid out by ``saved_names``, in this optimizer's layout."""
+        if sorted(saved_names) != sorted(self.names):
+            raise ValueError(f"optimizer state is for parameters {saved_names}, the model has {self.names}")
+        sizes = dict(zip(self.names, (p.numel() for p in self.params)))
+        pieces = dict(zip(saved_names, vector.split([sizes[name] for name in saved_names])))
+        return torch.cat([pieces[name] for name in self.names])
 
 
 def _has_fused_adam(flat: torch.Tensor) -> bool:

@@ -199,7 +199,7 @@ class PPO:
         # Extra slots carry each minibatch's approximate KL and loss statistics along with the
         # gradient (averaged across ranks in the same exchange).
         self.optimizer = FlatAdam(
-            self.model.parameters(), lr=config.learning_rate, eps=1e-5, extra_slots=len(MINIBATCH_STATS)
+            self.model.paired_parameters(), lr=config.learning_rate, eps=1e-5, extra_slots=len(MINIBATCH_STATS)
         )
         broadcast_(self.optimizer.flat, self.world)  # every rank starts from rank 0's weights
         # The loss gradient by hand where it is covered (faster on a CPU), else autograd.
@@ -725,7 +725,10 @@ class PPO:
                 run_dir,
             )
             agent.model.load_state_dict(payload["model"])
-            agent.optimizer.load_state_dict(payload["optimizer"])
+            # (checkpoints written before the optimizer recorded its layout used the model's order)
+            agent.optimizer.load_state_dict(
+                payload["optimizer"], saved_names=[name for name, _ in agent.model.named_parameters()]
+            )
             agent.obs_normalizer.load_state_dict(payload["obs_normalizer"])
             agent.reward_scaler.load_state_dict(payload["reward_scaler"])
             agent.global_step = int(payload["global_step"])
