@@ -91,6 +91,15 @@ class AnalyticGradient:
         self.biases = [_side_by_side(a.bias, c.bias).unsqueeze(1) for a, c in pairs]
         self.weight_grads = [_side_by_side(a.weight.grad, c.weight.grad) for a, c in pairs]
         self.bias_grads = [_side_by_side(a.bias.grad, c.bias.grad) for a, c in pairs]
+        # The heads (a few outputs each) in numpy, where such thin products cost about half of
+        # torch's call: views of the same memory, kept once (module attribute lookups cost too).
+        heads = (model.actor_head, model.critic_head)
+        self.head_weights = [head.weight.detach().numpy() for head in heads]
+        self.head_biases = [head.bias.detach().numpy() for head in heads]
+        self.head_weight_grads = [head.weight.grad.numpy() for head in heads]
+        self.head_bias_grads = [head.bias.grad.numpy() for head in heads]
+        if isinstance(model.distribution, DiagGaussian):
+            self.log_std, self.log_std_grad = model.log_std.detach().numpy(), model.log_std.grad.numpy()
         self.relu = model.activation is torch.relu
         self.gaussian = isinstance(model.distribution, DiagGaussian)
         self.clip_epsilon = clip_epsilon
@@ -117,20 +126,19 @@ class AnalyticGradient:
         """
         n = obs.shape[0]
         eps = self.clip_epsilon
-        inputs, out_tensor, values_tensor = self._forward(obs)
-        out, values = out_tensor.numpy(), values_tensor.numpy()[:, 0]
+        inputs, out, values = self._forward(obs)
         old_logprobs, advantages, returns = old_logprobs.numpy(), advantages.numpy(), returns.numpy()
 
         # Policy: log-probabilities, entropy and their derivatives with respect to the head output.
         if self.gaussian:
-            log_std = self.model.log_std.detach().numpy()
+            log_std = self.log_std
             inv_std = np.exp(-log_std)
             z = (actions.numpy() - out) * inv_std
             logprobs = (-0.5 * z * z - log_std - _LOG_SQRT_2PI) @ np.ones(z.shape[1], np.float32)
             entropy = float((0.5 + _LOG_SQRT_2PI + log_std).sum())
         else:
             rows, taken = np.arange(n), actions.numpy().astype(np.intp, copy=False)
-            log_p = torch.log_softmax(out_tensor, 1).numpy()
+            log_p = torch.log_softmax(torch.from_numpy(out), 1).numpy()
             logprobs = log_p[rows, taken]
             p = np.exp(log_p)
             per_sample_entropy = -(p * log_p) @ np.ones(p.shape[1], np.float32)
@@ -149,7 +157,7 @@ class AnalyticGradient:
             d_log_std = (d_logprob[:, None] * (z * z - 1.0)).sum(0)
             if self.ent_coef:
                 d_log_std -= self.ent_coef
-            self.model.log_std.grad.copy_(torch.from_numpy(d_log_std))
+            self.log_std_grad[:] = d_log_std
         else:
             # (onehot(a) - p) * dL/dlog pi
             d_out = p * -d_logprob[:, None]
@@ -178,15 +186,15 @@ class AnalyticGradient:
                 np.where(squared < clipped_squared, d_clipped, 0.5 * (d_unclipped + d_clipped)),
             ) * np.float32(self.vf_coef / n)
 
-        self._backward(inputs, torch.from_numpy(d_out), torch.from_numpy(d_values[:, None]))
+        self._backward(inputs, d_out, d_values[:, None])
         loss = policy_loss + self.vf_coef * value_loss - self.ent_coef * entropy
         kl = _mean((ratio - 1.0) - logratio)
         clip_fraction = float(np.count_nonzero(np.abs(ratio - 1.0) > eps)) / n
         return LossTerms(loss, policy_loss, value_loss, entropy, kl, clip_fraction, torch.from_numpy(logratio))
 
-    def _forward(self, obs: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    def _forward(self, obs: torch.Tensor) -> tuple[list[torch.Tensor], np.ndarray, np.ndarray]:
         """Each hidden layer's input ([2, batch, in]: actor's, critic's) and the last one's
-        output; the actor's output and the critic's values ([batch, 1])."""
+        output; the actor's output ([batch, outputs]) and the critic's values ([batch])."""
         x = obs.expand(2, *obs.shape)  # both networks read the same observations (no copy)
         inputs = []
         for weight, bias in zip(self.weights, self.biases):
@@ -201,21 +209,20 @@ class AnalyticGradient:
             else:
                 x = torch.baddbmm(bias, x, weight.transpose(1, 2)).tanh_()
         inputs.append(x)
-        actor_head, critic_head = self.model.actor_head, self.model.critic_head
-        out = torch.addmm(actor_head.bias, x[0], actor_head.weight.t())
-        values = torch.addmm(critic_head.bias, x[1], critic_head.weight.t())
-        return inputs, out, values
+        last = x.numpy()
+        (actor_weight, critic_weight), (actor_bias, critic_bias) = self.head_weights, self.head_biases
+        return inputs, last[0] @ actor_weight.T + actor_bias, (last[1] @ critic_weight.T)[:, 0] + critic_bias
 
-    def _backward(self, inputs: list[torch.Tensor], d_out: torch.Tensor, d_values: torch.Tensor) -> None:
+    def _backward(self, inputs: list[torch.Tensor], d_out: np.ndarray, d_values: np.ndarray) -> None:
         """Write every weight and bias gradient, from the loss gradients at the actor's output
-        and at the values."""
-        last = inputs[-1]
-        for head, d_head, hidden in ((self.model.actor_head, d_out, last[0]), (self.model.critic_head, d_values, last[1])):
-            torch.mm(d_head.t(), hidden, out=head.weight.grad)
-            torch.sum(d_head, 0, out=head.bias.grad)
-        d = torch.empty_like(last)
-        torch.mm(d_out, self.model.actor_head.weight, out=d[0])
-        torch.mm(d_values, self.model.critic_head.weight, out=d[1])
+        and at the values ([batch, 1])."""
+        last = inputs[-1].numpy()
+        d = np.empty_like(last)
+        for k, d_head in enumerate((d_out, d_values)):
+            np.matmul(d_head.T, last[k], out=self.head_weight_grads[k])
+            np.add.reduce(d_head, 0, out=self.head_bias_grads[k])
+            np.matmul(d_head, self.head_weights[k], out=d[k])
+        d = torch.from_numpy(d)
         for i in range(len(self.weights) - 1, -1, -1):
             # through the activation: its output is the next layer's input
             if self.relu:
