@@ -120,9 +120,9 @@ class AnalyticGradient:
 
         ``old_values`` given: the value error is clipped around them (PPO2 style).
 
-        The layers run in torch (matrix products); the loss and its derivatives at the network
-        outputs are per-sample vectors of a few hundred entries, where numpy's call overhead is a
-        fraction of torch's: the same formulas in float32, in numpy, on views of the same memory.
+        The hidden layers run in torch (batched matrix products); the heads, the loss and its
+        derivatives at the outputs (per-sample vectors of a few hundred entries, where numpy's
+        call overhead is a fraction of torch's) in float32 numpy, on views of the same memory.
         """
         n = obs.shape[0]
         eps = self.clip_epsilon
