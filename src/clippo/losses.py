@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
 
@@ -12,12 +15,21 @@ def normalize_advantages(
 
     ``moments``: a (mean, std) to use instead of the minibatch's own (across ranks, the pooled ones).
     """
-    if moments is not None:
-        mean, std = moments
-        return (advantages - mean) / (std + eps)
-    if advantages.numel() < 2:
+    if moments is None and advantages.numel() < 2:
         return advantages
-    return (advantages - advantages.mean()) / (advantages.std() + eps)
+    if advantages.device.type == "cpu":
+        # The same in numpy: on minibatches of a few hundred samples, a fifth of torch's call overhead.
+        a = advantages.numpy()
+        if moments is None:
+            mean = float(a.sum()) / a.size
+            centered = a - np.float32(mean)
+            moments = mean, math.sqrt(float(np.dot(centered, centered)) / (a.size - 1))  # unbiased, as torch.std
+        mean, std = moments
+        return torch.from_numpy((a - np.float32(mean)) * np.float32(1.0 / (std + eps)))
+    if moments is None:
+        moments = advantages.mean(), advantages.std()
+    mean, std = moments
+    return (advantages - mean) / (std + eps)
 
 
 def clipped_surrogate_loss(

@@ -465,6 +465,14 @@ class PPO:
         the pooled statistics of every rank's minibatch of the same index across ranks."""
         return normalize_advantages(advantages, moments=None if plan.moments is None else plan.moments[epoch][index])
 
+    @staticmethod
+    def _shuffled_minibatches(batch: Batch, indices: list[torch.Tensor]) -> list[Batch]:
+        """``[batch[i] for i in indices]``, gathered as one shuffled copy of the batch cut into
+        consecutive slices: one indexing per field and epoch instead of one per minibatch."""
+        shuffled = batch[torch.cat(indices)]
+        bounds = np.cumsum([0] + [len(i) for i in indices]).tolist()
+        return [shuffled[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
+
     def _loss_and_gradient(self, minibatch: Batch, advantages: torch.Tensor) -> LossTerms:
         """The combined PPO loss on one minibatch, its gradient left in ``self.optimizer.grad``:
         worked out by hand where ``clippo.gradients`` covers the model, by autograd otherwise."""
@@ -515,7 +523,7 @@ class PPO:
         skipped = 0
         for epoch, indices in enumerate(plan.epochs):
             # the order of samples in a mean does not matter: the one minibatch is left unshuffled
-            minibatches = [batch] if indices is None else [batch[i] for i in indices]
+            minibatches = [batch] if indices is None else self._shuffled_minibatches(batch, indices)
             for index, minibatch in enumerate(minibatches):
                 advantages = minibatch.advantages
                 if normalize_each:

@@ -30,7 +30,7 @@ class Batch:
     def __len__(self) -> int:
         return self.obs.shape[0]
 
-    def __getitem__(self, index: torch.Tensor) -> Batch:
+    def __getitem__(self, index: torch.Tensor | slice) -> Batch:
         return Batch(*(getattr(self, name)[index] for name in self.__dataclass_fields__))
 
 
