@@ -126,7 +126,6 @@ class FlatAdam:
         self.betas = (float(state["betas"][0]), float(state["betas"][1]))
         self.eps = float(state["eps"])
 
-
     def _rearranged(self, vector: torch.Tensor, saved_names: list[str]) -> torch.Tensor:
         """``vector``, laid out by ``saved_names``, in this optimizer's layout."""
         if sorted(saved_names) != sorted(self.names):
