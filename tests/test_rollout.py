@@ -196,6 +196,40 @@ def test_make_vector_env_variants(fixed_length_env):
         envs.close()
 
 
+class InfoEnv(gym.Env):
+    """Reports a per-step info entry, as MuJoCo envs do."""
+
+    metadata: dict = {"render_modes": []}
+    observation_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(1, dtype=np.float32), {"x_position": 0.0}
+
+    def step(self, action):
+        return np.zeros(1, dtype=np.float32), 1.0, False, False, {"x_position": 1.0}
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_vector_envs_made_from_an_id_drop_per_step_infos(mode):
+    gym.register("ClippoInfoTest-v0", entry_point=InfoEnv, max_episode_steps=3)
+    try:
+        envs = make_vector_env("ClippoInfoTest-v0", 2, mode)
+        try:
+            assert envs.reset(seed=0)[1] == {}
+            for _ in range(4):  # past a truncation and its autoreset step
+                assert envs.step(np.zeros(2, dtype=np.int64))[4] == {}
+        finally:
+            envs.close()
+        envs = gym.make_vec("ClippoInfoTest-v0", 2, vectorization_mode="sync")  # what is dropped
+        envs.reset(seed=0)
+        assert "x_position" in envs.step(np.zeros(2, dtype=np.int64))[4]
+        envs.close()
+    finally:
+        del gym.registry["ClippoInfoTest-v0"]
+
+
 def test_make_vector_env_errors(fixed_length_env):
     with pytest.raises(ValueError, match="unknown environment id 'NoSuchEnv-v0'"):
         make_vector_env("NoSuchEnv-v0", 1)

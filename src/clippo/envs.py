@@ -24,6 +24,24 @@ def _has_native_vector(env_id: str) -> bool:
     return gym.spec(env_id).vector_entry_point is not None
 
 
+class DropInfo(gym.Wrapper):
+    """An env whose step and reset return an empty info dict.
+
+    clippo reads nothing from infos, while Gymnasium's sync and async vector envs merge every
+    env's info into per-key arrays at every step: for a MuJoCo env's half-dozen entries, 25-30 us
+    or 6-9% of a one-env vector step (Hopper, Walker2d, HalfCheetah, Ant v5, alternating blocks
+    in one process). Applied to envs made from an id (an env factory's envs are left as the
+    factory makes them)."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, _ = self.env.step(action)
+        return obs, reward, terminated, truncated, {}
+
+    def reset(self, **kwargs):
+        obs, _ = self.env.reset(**kwargs)
+        return obs, {}
+
+
 def make_vector_env(source: EnvSource, num_envs: int, vector_env: str = "auto", **make_kwargs) -> VectorEnv:
     """``num_envs`` copies of an env id or env factory, stepped together.
 
@@ -38,7 +56,7 @@ def make_vector_env(source: EnvSource, num_envs: int, vector_env: str = "auto", 
         if mode == "native" and not _has_native_vector(source):
             raise ValueError(f"vector_env='native' is invalid for {source!r}: it has no vectorized implementation")
         vectorization_mode = {"sync": "sync", "async": "async", "native": "vector_entry_point"}[mode]
-        kwargs = {} if mode == "native" else {"vector_kwargs": {"autoreset_mode": AutoresetMode.NEXT_STEP}}
+        kwargs = {} if mode == "native" else {"vector_kwargs": {"autoreset_mode": AutoresetMode.NEXT_STEP}, "wrappers": [DropInfo]}
         try:
             envs = gym.make_vec(source, num_envs=num_envs, vectorization_mode=vectorization_mode, **kwargs, **make_kwargs)
         except gym.error.DependencyNotInstalled as exc:
