@@ -250,3 +250,29 @@ def test_generator_state_from_another_device_kind_seeds_a_reproducible_stream():
     draws = [torch.rand(3, generator=g) for g in (first, second, other)]
     assert torch.equal(draws[0], draws[1])  # reproducible
     assert not torch.equal(draws[0], draws[2])  # and a function of the saved state
+
+
+def test_checkpoint_from_before_the_paired_layout_loads_its_optimizer_state_by_name(tmp_path):
+    """Checkpoints written before the optimizer recorded its layout hold Adam's moments in the
+    model's parameter order; they load into today's paired layout parameter by parameter."""
+    agent = PPO("CartPole-v1", **TINY, seed=5)
+    agent.learn(total_steps=agent.batch_size)
+    payload = agent.state_dict()
+    optimizer = agent.optimizer
+    agent.close()
+    sizes = dict(zip(optimizer.names, (p.numel() for p in optimizer.params)))
+    model_order = [name for name, _ in agent.model.named_parameters()]
+    assert model_order != optimizer.names  # the layouts differ: the test means something
+
+    def in_model_order(vector):
+        pieces = dict(zip(optimizer.names, vector.split([sizes[name] for name in optimizer.names])))
+        return torch.cat([pieces[name] for name in model_order])
+
+    old = dict(payload["optimizer"])
+    del old["names"]
+    old["exp_avg"], old["exp_avg_sq"] = in_model_order(old["exp_avg"]), in_model_order(old["exp_avg_sq"])
+    payload = {**payload, "optimizer": old}
+    loaded = PPO.load(write_atomic(payload, tmp_path / "old.pt"))
+    assert torch.equal(loaded.optimizer.exp_avg, optimizer.exp_avg)
+    assert torch.equal(loaded.optimizer.exp_avg_sq, optimizer.exp_avg_sq)
+    loaded.close()
