@@ -1,0 +1,73 @@
+"""Time of one PPO update (``PPO.update_policy``) on a fixed batch, per minibatch step.
+
+Trains an agent for two updates to get a realistic batch, then times ``update_policy`` on that
+batch again and again (learning rate set to ~0 so that the policy, and with it the work, stays
+the same). ``--recipe zoo`` is the RL-Zoo CartPole recipe of ``bench_sb3.py`` (one 256-row
+minibatch, 20 epochs); ``--recipe preset`` is the env's own ``clippo train`` preset.
+
+To compare two versions of clippo, run this once per version, alternating a few times (the
+machine's speed drifts by tens of percent within minutes), e.g. with ``PYTHONPATH=<other>/src``;
+the minimum over repetitions is the steadiest figure.
+
+    python benchmarks/update_step.py --env CartPole-v1 --recipe zoo --repeats 30
+    python benchmarks/update_step.py --env Hopper-v5 --recipe preset --repeats 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="CartPole-v1")
+    parser.add_argument("--recipe", choices=["zoo", "preset"], default="zoo")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    from clippo import PPO
+
+    if args.recipe == "zoo":
+        import bench_sb3
+
+        agent = PPO(args.env, preset="default", **bench_sb3.clippo_hyperparameters(bench_sb3.recipe_for(args.env, None), args.seed))
+    else:
+        agent = PPO(args.env, seed=args.seed)
+    batches = []
+    update_policy = agent.update_policy
+
+    def keep_batch(batch, plan=None):
+        batches.append(batch)
+        return update_policy(batch, plan)
+
+    agent.update_policy = keep_batch
+    agent.learn(2 * agent.batch_size, progress=False)
+    batch = batches[-1]
+    agent.optimizer.lr = 1e-12
+    cfg = agent.config
+    steps = cfg.num_minibatches * cfg.update_epochs
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        update_policy(batch)
+        times.append(time.perf_counter() - start)
+    agent.close()
+    print(
+        f"{args.env} ({args.recipe}): {len(batch)} rows, {cfg.num_minibatches} minibatch(es) x {cfg.update_epochs} epochs; "
+        f"per minibatch step: min {min(times) / steps * 1e6:.0f} us, median {statistics.median(times) / steps * 1e6:.0f} us"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
