@@ -4,7 +4,8 @@ At PPO's sizes on a CPU (a few hundred samples, 64-unit layers), autograd's book
 more than the arithmetic: a graph node, a dispatch and temporaries for every operation, plus
 copies of each parameter's gradient into the optimizer's flat buffer. The chain rule through
 this one loss is short, so it is written out here and the gradients are written straight into
-the flat buffer: about a third less time per minibatch step than ``loss.backward()``.
+the flat buffer. With the savings below, loss and gradient take 0.45 of autograd's time on the
+RL-Zoo CartPole minibatch (248 rows, 64-64 tanh; alternating in one process).
 
 The math is the same loss as ``clippo.losses`` (tests compare the gradients with autograd on
 random batches, clipped and unclipped samples, for every supported combination):
