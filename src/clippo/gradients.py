@@ -99,10 +99,10 @@ class AnalyticGradient:
         self.head_biases = [head.bias.detach().numpy() for head in heads]
         self.head_weight_grads = [head.weight.grad.numpy() for head in heads]
         self.head_bias_grads = [head.bias.grad.numpy() for head in heads]
-        if isinstance(model.distribution, DiagGaussian):
+        self.gaussian = isinstance(model.distribution, DiagGaussian)
+        if self.gaussian:
             self.log_std, self.log_std_grad = model.log_std.detach().numpy(), model.log_std.grad.numpy()
         self.relu = model.activation is torch.relu
-        self.gaussian = isinstance(model.distribution, DiagGaussian)
         self.clip_epsilon = clip_epsilon
         self.vf_coef = vf_coef
         self.ent_coef = ent_coef
