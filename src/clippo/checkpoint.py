@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load and check a clippo checkpoint; one-line CheckpointError for anything else."""
     path = resolve_checkpoint_path(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols it did not write: a foreign file, reported below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = str(exc).strip().splitlines()
         detail = next((line for line in reason if "Unsupported" in line or "global" in line.lower()), reason[0] if reason else "")
