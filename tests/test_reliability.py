@@ -617,23 +617,25 @@ def test_nonfinite_stop_checkpoints_the_last_good_update(tmp_path, mode):
 
 @pytest.mark.parametrize("with_run_dir", [False, True], ids=["no-run-dir", "run-dir"])
 @pytest.mark.parametrize("mode", ["nan_obs", "inf_reward"])
-def test_nonfinite_skip_completes_with_finite_parameters(tmp_path, mode, with_run_dir):
+@pytest.mark.parametrize("normalize", [True, False], ids=["normalized", "raw"])  # checked per step / per rollout
+def test_nonfinite_skip_completes_with_finite_parameters(tmp_path, mode, with_run_dir, normalize):
     run_dir = tmp_path / "run" if with_run_dir else None
     agent = PPO(
         ScriptedEnvFactory(mode, POISON_AT, bad_index=1),
         **TINY,
         nonfinite="skip",
-        normalize_observations=True,
-        normalize_rewards=True,
+        normalize_observations=normalize,
+        normalize_rewards=normalize,
         run_dir=run_dir,
     )
-    with pytest.warns(UserWarning, match="skipped update"):
+    with pytest.warns(UserWarning, match=f"skipped update 2: non-finite {mode.split('_')[1].replace('obs', 'observation')} from env 1"):
         agent.learn(total_steps=agent.batch_size * 3)
     agent.close()
     assert agent.global_step == agent.batch_size * 3
     assert torch.isfinite(agent.optimizer.flat).all()
     assert np.isfinite(agent.obs_normalizer.stats.mean).all() and np.isfinite(agent.obs_normalizer.stats.var).all()
     assert np.isfinite(agent.reward_scaler.stats.var).all()
+    assert np.isfinite(agent.env_runner().next_obs).all()
     if run_dir is not None:
         rows = read_metrics(run_dir)
         assert float(rows[0]["epochs_run"]) > 0
@@ -906,8 +908,6 @@ def write_evil(kind: str, path: Path, marker: Path) -> None:
 EVIL_KINDS = ["raw-pickle", "torch-zip", "torch-legacy", "inside-a-real-checkpoint"]
 
 
-# (torch warns that it meets a pickle protocol it did not write: that is the attacker's file)
-@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("kind", EVIL_KINDS)
 def test_malicious_pickle_is_refused_by_load(tmp_path, kind):
     marker = tmp_path / "MARKER"
@@ -924,7 +924,8 @@ def test_malicious_pickle_is_refused_by_load(tmp_path, kind):
     assert not marker.exists(), "loading the checkpoint ran the pickled code"
 
 
-@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+# A user's terminal shows warnings too: the one-line error must be all that escapes.
+@pytest.mark.filterwarnings("error:Detected pickle protocol")
 @pytest.mark.parametrize("kind", EVIL_KINDS)
 def test_malicious_pickle_is_refused_by_the_cli(tmp_path, kind):
     marker = tmp_path / "MARKER"

@@ -32,6 +32,8 @@ class ActionDistribution:
 
     #: number of outputs the actor head must produce
     num_outputs: int
+    #: whether actions are picked by argmax, so that any actor output (even NaN) gives a valid action
+    discrete: bool = False
     #: shape of one action as stored in the rollout buffer
     action_shape: tuple[int, ...]
     action_dtype: torch.dtype
@@ -68,6 +70,8 @@ class ActionDistribution:
 
 class Categorical(ActionDistribution):
     """One logit per action of a ``Discrete(n)`` space."""
+
+    discrete = True
 
     def __init__(self, space: spaces.Discrete) -> None:
         self.num_outputs = int(space.n)
@@ -107,6 +111,8 @@ class Categorical(ActionDistribution):
 
 class MultiCategorical(ActionDistribution):
     """Independent categoricals, one per component of a ``MultiDiscrete`` space."""
+
+    discrete = True
 
     def __init__(self, space: spaces.MultiDiscrete) -> None:
         if space.nvec.ndim != 1:

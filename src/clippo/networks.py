@@ -219,30 +219,37 @@ class NumpyMLP:
                 self.folded.append(_with_bias_row(w, b))
         self.buffers: list[_LayerInput] = []
 
-    def __call__(self, obs: np.ndarray, workspace: list | None = None) -> np.ndarray:
-        """The head's output for a batch of flat float32 inputs.
+    def __call__(self, obs: np.ndarray, workspace: list | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        """The head's output for a batch of flat float32 inputs (written into ``out`` if given).
 
         ``workspace``: a list the layers' inputs are kept in, by the caller across calls of the
         same batch size (by default this copy's own). Large fresh arrays come from the OS as
         untouched pages, and faulting them in costs about as much as the products themselves.
         """
-        rows = obs.shape[0]
+        layers = self._buffers(obs.shape[0], self.buffers if workspace is None else workspace)
+        layers[0].x[:] = obs
+        return self.with_ones_column(layers[0].array, layers, out)
+
+    def with_ones_column(self, inputs: np.ndarray, workspace: list | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        """``self(inputs[:, :-1])`` for inputs that already carry the trailing column of ones
+        (as the rollout buffer stores observations), without copying them."""
+        rows = inputs.shape[0]
         # The sigmoid form pays a few microseconds of torch call overhead per layer: below a
         # thousand or so activations per layer np.tanh is the faster one.
         sigmoid_form = not self.relu and len(self.plain) > 1 and rows * self.plain[0].shape[1] >= SIGMOID_MIN_ACTIVATIONS
         weights = self.folded if sigmoid_form else self.plain
         layers = self._buffers(rows, self.buffers if workspace is None else workspace)
-        layers[0].x[:] = obs
-        for weight, layer, next_layer in zip(weights, layers, layers[1:]):
+        inputs_of = [inputs] + [layer.array for layer in layers[1:]]
+        for weight, layer_input, next_layer in zip(weights, inputs_of, layers[1:]):
             pre = next_layer.x
-            np.matmul(layer.array, weight, out=pre)
+            np.matmul(layer_input, weight, out=pre)
             if self.relu:
                 np.maximum(pre, 0.0, out=pre)
             elif sigmoid_form:
                 next_layer.x_tensor.sigmoid_()  # in place, on the array's memory
             else:
                 np.tanh(pre, out=pre)
-        return layers[-1].array @ weights[-1]
+        return np.matmul(inputs_of[-1], weights[-1], out=out)
 
     def _buffers(self, rows: int, workspace: list) -> list[_LayerInput]:
         """Each layer's input for ``rows`` rows (made once per batch size)."""

@@ -39,9 +39,13 @@ class RolloutBuffer:
     afterwards by ``estimate_values``).
 
     Stored as numpy arrays (writing a row costs a fraction of a torch indexed copy, and the rollout
-    loop writes eight per step), viewed as tensors for the advantage computation and the update.
+    loop writes several per step), viewed as tensors for the advantage computation and the update.
     ``valid[t, i]`` is False where step ``t`` of env ``i`` was an autoreset step: the env ignored
     the action and returned the first observation of a new episode, so it is not a transition.
+
+    Observations are kept as the networks read them, ``[obs, 1]`` (see ``NumpyMLP``), in
+    ``network_inputs``: ``num_steps + 1`` rows, the last one the observation after the last step
+    (``last_obs``). The actor acts on a row and the critic evaluates them all without copying.
     """
 
     def __init__(
@@ -50,7 +54,10 @@ class RolloutBuffer:
         shape = (num_steps, num_envs)
         numpy_dtype = np.int64 if action_dtype == torch.int64 else np.float32
         self.device = torch.device(device)
-        self.obs = np.zeros(shape + (obs_size,), dtype=np.float32)
+        self.network_inputs = np.ones((num_steps + 1, num_envs, obs_size + 1), dtype=np.float32)
+        self.all_obs = self.network_inputs[..., :-1]  # [num_steps + 1, num_envs, obs_size] views
+        self.obs = self.all_obs[:-1]
+        self.last_obs = self.all_obs[-1]
         self.actions = np.zeros(shape + tuple(action_shape), dtype=numpy_dtype)
         self.logprobs = np.zeros(shape, dtype=np.float32)
         self.params = np.zeros(shape + (num_outputs,), dtype=np.float32)  # the actor's logits or means
@@ -60,7 +67,6 @@ class RolloutBuffer:
         self.terminated = np.zeros(shape, dtype=bool)
         self.truncated = np.zeros(shape, dtype=bool)
         self.valid = np.ones(shape, dtype=bool)
-        self.last_obs = np.zeros((num_envs, obs_size), dtype=np.float32)
         self.last_value = np.zeros(num_envs, dtype=np.float32)
         self.critic_workspace: list = []  # see NumpyMLP.__call__
 
@@ -73,10 +79,11 @@ class RolloutBuffer:
         one large batch instead of a small one per step. On the CPU with the numpy copy of the
         critic (about 60% of the torch pass's time at these sizes).
         """
-        obs = np.concatenate([self.obs.reshape(-1, self.obs.shape[-1]), self.last_obs])
         if self.device.type == "cpu":
-            values = policy.numpy_critic()(obs, self.critic_workspace)[:, 0]
+            inputs = self.network_inputs.reshape(-1, self.network_inputs.shape[-1])
+            values = policy.numpy_critic().with_ones_column(inputs, self.critic_workspace)[:, 0]
         else:
+            obs = self.all_obs.reshape(-1, self.all_obs.shape[-1])
             values = policy.value(torch.from_numpy(obs).to(self.device)).cpu().numpy()
         num_envs = self.last_value.shape[0]
         self.values[:] = values[:-num_envs].reshape(self.values.shape)
@@ -159,15 +166,18 @@ class EnvRunner:
         self.poisoned = False
         noise = distribution.noise((num_steps, self.num_envs), generator, buffer.device).cpu().numpy()
         actor = policy.numpy_actor()
+        scale_rewards = self.reward_scaler.enabled
+        # A NaN or inf must never reach the normalizers' running statistics, nor (as an action) the
+        # env: with either normalizer on, or continuous actions, each step is checked as it comes.
+        # Otherwise nothing carries it forward (the argmax of any logits is a valid action) and one
+        # check of the whole rollout after the loop finds the same first bad value.
+        check_each_step = self.obs_normalizer.enabled or scale_rewards or not distribution.discrete
+        buffer.all_obs[0] = policy.numpy_input(self.next_obs)
         for t in range(num_steps):
-            obs = policy.numpy_input(self.next_obs)
-            params = actor(obs)
+            params = actor.with_ones_column(buffer.network_inputs[t], out=buffer.params[t])
             actions = distribution.sample_numpy(params, noise[t], actor.std)
-            buffer.obs[t] = obs
-            buffer.params[t] = params
             buffer.actions[t] = actions
-            valid = ~self.autoreset
-            buffer.valid[t] = valid
+            valid = np.logical_not(self.autoreset, out=buffer.valid[t])
 
             try:
                 raw_obs, rewards, terminated, truncated, _ = self.envs.step(distribution.to_env(actions))
@@ -175,18 +185,38 @@ class EnvRunner:
                 detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 raise EnvStepError(f"the environment raised {type(exc).__name__} in step(): {detail}") from exc
             # One sum is finite exactly when all its terms are (or it overflowed: checked in detail).
-            if not math.isfinite(raw_obs.sum() + rewards.sum()):
+            if check_each_step and not math.isfinite(raw_obs.sum() + rewards.sum()):
                 raw_obs, rewards = self._handle_nonfinite(raw_obs, rewards)
             dones = terminated | truncated
             self.next_obs = self.obs_normalizer(raw_obs, update=True)
+            buffer.all_obs[t + 1] = policy.numpy_input(self.next_obs)
             buffer.raw_rewards[t] = rewards
-            buffer.rewards[t] = self.reward_scaler(rewards, dones, valid)
+            if scale_rewards:
+                buffer.rewards[t] = self.reward_scaler(rewards, dones, valid)
             buffer.terminated[t] = terminated
             buffer.truncated[t] = truncated
             self.autoreset = dones
+        if not scale_rewards:
+            buffer.rewards[:] = buffer.raw_rewards
+        if not check_each_step:
+            self._check_rollout(buffer)
         self._track_episodes(buffer)
-        buffer.last_obs[:] = policy.numpy_input(self.next_obs)
         buffer.fill_logprobs(distribution)
+
+    def _check_rollout(self, buffer: RolloutBuffer) -> None:
+        """The per-step non-finite check for a whole rollout at once: the first bad step (in time
+        order) is reported or, with nonfinite="skip", zeroed as a step's check would have."""
+        returned_obs = buffer.all_obs[1:]
+        if math.isfinite(returned_obs.sum(dtype=np.float64) + buffer.raw_rewards.sum(dtype=np.float64)):
+            return
+        bad = ~np.isfinite(returned_obs).all(axis=2) | ~np.isfinite(buffer.raw_rewards)
+        if not bad.any():  # only the sum overflowed
+            return
+        t = int(np.flatnonzero(bad.any(axis=1))[0])
+        self._handle_nonfinite(returned_obs[t], buffer.raw_rewards[t])  # raises, or poisons the rollout
+        for array in (buffer.all_obs, buffer.raw_rewards, buffer.rewards):
+            np.nan_to_num(array, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        self.next_obs = np.nan_to_num(self.next_obs, nan=0.0, posinf=0.0, neginf=0.0)
 
     def _handle_nonfinite(self, raw_obs: np.ndarray, rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         bad_obs = ~np.isfinite(raw_obs).reshape(self.num_envs, -1).all(axis=1)
