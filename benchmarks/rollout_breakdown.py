@@ -11,12 +11,12 @@ microseconds per vector step for each part, medians over rounds. Keep it in step
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -52,31 +52,29 @@ def main() -> int:
         noise = distribution.noise((args.steps, args.envs), agent.generator).numpy()
         actor = policy.numpy_actor()
         t = lap("noise and actor copy", t)
+        buffer.all_obs[0] = policy.numpy_input(runner.next_obs)
         for step in range(args.steps):
-            obs = policy.numpy_input(runner.next_obs)
-            t = lap("network input", t)
-            params = actor(obs)
+            params = actor.with_ones_column(buffer.network_inputs[step], out=buffer.params[step])
             t = lap("actor (numpy)", t)
             actions = distribution.sample_numpy(params, noise[step], actor.std)
             t = lap("sample", t)
-            buffer.obs[step], buffer.params[step], buffer.actions[step] = obs, params, actions
-            valid = ~runner.autoreset
-            buffer.valid[step] = valid
+            buffer.actions[step] = actions
+            valid = np.logical_not(runner.autoreset, out=buffer.valid[step])
             t = lap("store", t)
             raw_obs, rewards, terminated, truncated, _ = envs.step(distribution.to_env(actions))
             t = lap("env step", t)
-            if not math.isfinite(raw_obs.sum() + rewards.sum()):
-                raise RuntimeError("non-finite data")
-            t = lap("non-finite check", t)
             dones = terminated | truncated
             runner.next_obs = runner.obs_normalizer(raw_obs, update=True)
+            buffer.all_obs[step + 1] = policy.numpy_input(runner.next_obs)
+            t = lap("network input", t)
             buffer.raw_rewards[step] = rewards
-            buffer.rewards[step] = runner.reward_scaler(rewards, dones, valid)
             buffer.terminated[step], buffer.truncated[step] = terminated, truncated
             runner.autoreset = dones
-            t = lap("normalizers and store", t)
+            t = lap("store after step", t)
+        buffer.rewards[:] = buffer.raw_rewards  # no reward scaling in this recipe
+        runner._check_rollout(buffer)  # no normalizer, discrete actions: one check per rollout
+        t = lap("non-finite check", t)
         runner._track_episodes(buffer)
-        buffer.last_obs[:] = policy.numpy_input(runner.next_obs)
         buffer.fill_logprobs(distribution)
         t = lap("episodes and log-probabilities", t)
         buffer.estimate_values(policy)

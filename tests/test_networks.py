@@ -238,3 +238,24 @@ def test_numpy_copies_keep_their_buffers_apart_from_their_outputs(activation):
     with torch.no_grad():
         np.testing.assert_allclose(first[:, 0], model.value(torch.from_numpy(batches[1])).numpy(), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(second[:, 0], model.value(torch.from_numpy(batches[4])).numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("rows", [3, 64])  # np.tanh form and sigmoid form
+def test_numpy_mlp_reads_inputs_with_a_ones_column_in_place(activation, rows):
+    """The rollout buffer keeps observations as ``[obs, 1]`` rows and has the actor write into it:
+    same result as a plain call, written into ``out``, the input left as it was."""
+    torch.manual_seed(2)
+    model = ActorCritic(OBS, spaces.Discrete(3), [32, 16], activation, "separate")
+    obs = np.random.default_rng(4).normal(size=(rows, 4)).astype(np.float32) * 5
+    inputs = np.ones((rows, 5), dtype=np.float32)
+    inputs[:, :-1] = obs
+    before = inputs.copy()
+    out = np.full((rows, 3), np.nan, dtype=np.float32)
+    actor = model.numpy_actor()
+    returned = actor.with_ones_column(inputs, out=out)
+    assert returned is out
+    np.testing.assert_array_equal(out, actor(obs))
+    np.testing.assert_array_equal(inputs, before)
+    with torch.no_grad():
+        np.testing.assert_allclose(out, model.actor(torch.from_numpy(obs)).numpy(), rtol=1e-5, atol=1e-5)

@@ -187,10 +187,14 @@ class NumpyMLP:
 
     Each layer is one matrix, its bias appended as the last row, and every array a layer reads
     carries a trailing column of ones: a layer is then a single matrix product (no separate bias
-    addition), written into buffers kept between calls. Between env steps the number of calls
-    matters more than their arithmetic: the env's own code evicts each call's code paths from the
-    CPU's caches (the actor for 64 CartPole envs, timed between env steps: 45-47 us per call this
-    way, 54-61 us with a product and an addition per layer; back to back 29-32 us against 37-40 us).
+    addition). The hidden layers make the ones column of their own output: each has one more unit,
+    with zero weights and a bias its activation turns into exactly 1.0 (relu(1); tanh(40) and
+    sigmoid(40) round to 1 in float32), so every product writes a whole contiguous array, in
+    buffers kept between calls, through ``np.dot`` (less call overhead than ``np.matmul``). Between
+    env steps the number and kind of calls matter more than their arithmetic: the env's own code
+    evicts each call's code paths from the CPU's caches (the actor for 64 CartPole envs, timed
+    between env steps, alternating: 37-39 us per call this way, 47-50 us writing into the ``x``
+    part of ``[x, 1]`` arrays with ``np.matmul``).
 
     On batches of more than a few rows, tanh layers run as ``tanh(u) = 2 sigmoid(2u) - 1``, with the
     factors and the offset folded into the weights on either side (computed in float64): the same
@@ -201,77 +205,83 @@ class NumpyMLP:
     def __init__(self, body: nn.ModuleList, head: nn.Linear, activation) -> None:
         self.relu = activation is torch.relu
         # transposed so that each layer is ``[x, 1] @ [[w], [b]]`` on contiguous arrays
-        plain = [
-            (linear.weight.detach().cpu().double().numpy().T, linear.bias.detach().cpu().double().numpy())
+        self.layers = [
+            (linear.weight.detach().cpu().numpy().T.astype(np.float64), linear.bias.detach().cpu().numpy().astype(np.float64))
             for linear in [*body, head]
         ]
-        self.plain = [_with_bias_row(w, b) for w, b in plain]
-        self.folded = self.plain  # the weights of the sigmoid form (tanh networks only)
-        if not self.relu:
-            self.folded = []
-            sigmoid_input = False  # whether the layer's input is a = (h + 1) / 2 instead of h = tanh(u)
-            for i, (w, b) in enumerate(plain):
-                if sigmoid_input:  # h @ w + b with h = 2a - 1
-                    w, b = 2.0 * w, b - w.sum(axis=0)
-                sigmoid_input = i < len(body)
-                if sigmoid_input:  # sigmoid(2u) gives the next layer's a
-                    w, b = 2.0 * w, 2.0 * b
-                self.folded.append(_with_bias_row(w, b))
-        self.buffers: list[_LayerInput] = []
+        self.forms: dict[bool, list[np.ndarray]] = {}  # weights per form (sigmoid or not), made on first use
+        self.widths = [w.shape[1] + 1 for w, _ in self.layers[:-1]]  # hidden outputs with their ones column
+        self.inputs = np.ones((0, 0), dtype=np.float32)
+        self.hidden: list[tuple[np.ndarray, torch.Tensor]] = []
 
     def __call__(self, obs: np.ndarray, workspace: list | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """The head's output for a batch of flat float32 inputs (written into ``out`` if given).
 
-        ``workspace``: a list the layers' inputs are kept in, by the caller across calls of the
+        ``workspace``: a list the layers' outputs are kept in, by the caller across calls of the
         same batch size (by default this copy's own). Large fresh arrays come from the OS as
         untouched pages, and faulting them in costs about as much as the products themselves.
         """
-        layers = self._buffers(obs.shape[0], self.buffers if workspace is None else workspace)
-        layers[0].x[:] = obs
-        return self.with_ones_column(layers[0].array, layers, out)
+        if self.inputs.shape != (obs.shape[0], obs.shape[1] + 1):
+            self.inputs = np.ones((obs.shape[0], obs.shape[1] + 1), dtype=np.float32)
+        self.inputs[:, :-1] = obs
+        return self.with_ones_column(self.inputs, workspace, out)
 
     def with_ones_column(self, inputs: np.ndarray, workspace: list | None = None, out: np.ndarray | None = None) -> np.ndarray:
-        """``self(inputs[:, :-1])`` for inputs that already carry the trailing column of ones
-        (as the rollout buffer stores observations), without copying them."""
+        """``self(inputs[:, :-1])`` for contiguous inputs that already carry the trailing column of
+        ones (as the rollout buffer stores observations), without copying them."""
         rows = inputs.shape[0]
         # The sigmoid form pays a few microseconds of torch call overhead per layer: below a
         # thousand or so activations per layer np.tanh is the faster one.
-        sigmoid_form = not self.relu and len(self.plain) > 1 and rows * self.plain[0].shape[1] >= SIGMOID_MIN_ACTIVATIONS
-        weights = self.folded if sigmoid_form else self.plain
-        layers = self._buffers(rows, self.buffers if workspace is None else workspace)
-        inputs_of = [inputs] + [layer.array for layer in layers[1:]]
-        for weight, layer_input, next_layer in zip(weights, inputs_of, layers[1:]):
-            pre = next_layer.x
-            np.matmul(layer_input, weight, out=pre)
+        sigmoid_form = not self.relu and len(self.layers) > 1 and rows * self.layers[0][0].shape[1] >= SIGMOID_MIN_ACTIVATIONS
+        weights = self._weights(sigmoid_form)
+        x = inputs
+        for weight, (h, h_tensor) in zip(weights, self._hidden(rows, self.hidden if workspace is None else workspace)):
+            np.dot(x, weight, out=h)
             if self.relu:
-                np.maximum(pre, 0.0, out=pre)
+                np.maximum(h, 0.0, out=h)
             elif sigmoid_form:
-                next_layer.x_tensor.sigmoid_()  # in place, on the array's memory
+                h_tensor.sigmoid_()  # in place, on the array's memory
             else:
-                np.tanh(pre, out=pre)
-        return np.matmul(inputs_of[-1], weights[-1], out=out)
+                np.tanh(h, out=h)
+            x = h
+        return np.dot(x, weights[-1], out=out)
 
-    def _buffers(self, rows: int, workspace: list) -> list[_LayerInput]:
-        """Each layer's input for ``rows`` rows (made once per batch size)."""
-        if len(workspace) != len(self.plain) or workspace[0].array.shape != (rows, self.plain[0].shape[0]):
-            workspace[:] = [_LayerInput(rows, weight.shape[0] - 1) for weight in self.plain]
+    def _weights(self, sigmoid_form: bool) -> list[np.ndarray]:
+        """The layers' float32 matrices ``[[w, 0], [b, c]]`` of one form, made once per copy."""
+        if sigmoid_form not in self.forms:
+            layers = self.layers
+            if sigmoid_form:
+                layers = []
+                sigmoid_input = False  # whether the layer's input is a = (h + 1) / 2 instead of h = tanh(u)
+                for i, (w, b) in enumerate(self.layers):
+                    if sigmoid_input:  # h @ w + b with h = 2a - 1
+                        w, b = 2.0 * w, b - w.sum(axis=0)
+                    sigmoid_input = i < len(self.layers) - 1
+                    if sigmoid_input:  # sigmoid(2u) gives the next layer's a
+                        w, b = 2.0 * w, 2.0 * b
+                    layers.append((w, b))
+            one = 1.0 if self.relu else 40.0  # activation(one) == 1.0 exactly in float32
+            matrices = [_with_bias_row(w, b, ones_unit=one) for w, b in layers[:-1]]
+            self.forms[sigmoid_form] = matrices + [_with_bias_row(*layers[-1])]
+        return self.forms[sigmoid_form]
+
+    def _hidden(self, rows: int, workspace: list) -> list[tuple[np.ndarray, torch.Tensor]]:
+        """Each hidden layer's output (with its ones column) for ``rows`` rows, made once per batch size."""
+        if len(workspace) != len(self.widths) or (workspace and workspace[0][0].shape != (rows, self.widths[0])):
+            arrays = [np.empty((rows, width), dtype=np.float32) for width in self.widths]
+            workspace[:] = [(array, torch.from_numpy(array)) for array in arrays]
         return workspace
 
 
-class _LayerInput:
-    """A layer's input array, ``[x, 1]``, with views of its ``x`` part made once (slicing an
-    array or a tensor costs a microsecond or more each time)."""
-
-    def __init__(self, rows: int, width: int) -> None:
-        self.array = np.empty((rows, width + 1), dtype=np.float32)
-        self.array[:, -1] = 1.0
-        self.x = self.array[:, :-1]
-        self.x_tensor = torch.from_numpy(self.array)[:, :-1]
-
-
-def _with_bias_row(weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """``[[weight], [bias]]`` as a contiguous float32 matrix: the layer for inputs with a ones column."""
-    return np.ascontiguousarray(np.vstack([weight, bias]), dtype=np.float32)
+def _with_bias_row(weight: np.ndarray, bias: np.ndarray, ones_unit: float | None = None) -> np.ndarray:
+    """``[[weight], [bias]]`` as a contiguous float32 matrix: the layer for inputs with a ones column;
+    with ``ones_unit``, one more output column ``[0, ..., 0, ones_unit]``."""
+    matrix = np.vstack([weight, bias])
+    if ones_unit is not None:
+        extra = np.zeros((matrix.shape[0], 1))
+        extra[-1, 0] = ones_unit
+        matrix = np.hstack([matrix, extra])
+    return np.ascontiguousarray(matrix, dtype=np.float32)
 
 
 class NumpyActor(NumpyMLP):
