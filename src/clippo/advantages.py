@@ -30,15 +30,17 @@ def discounted_sums(terms: torch.Tensor, discounts: torch.Tensor) -> torch.Tenso
     """``y_t = terms_t + discounts_t * y_{t+1}`` backwards over the time axis (zero after the end).
 
     A loop over the steps of tiny per-step operations: run in numpy, where each costs about a
-    microsecond against several in torch (the inputs carry no gradient).
+    microsecond against several in torch (the inputs carry no gradient), on rows walked by one
+    ``zip`` (indexing each row costs as much as the arithmetic: 0.26 against 0.44 ms for 128x64).
     """
     x = terms.detach().cpu().numpy()
     d = discounts.detach().cpu().numpy().astype(x.dtype, copy=False)
     out = np.empty_like(x)
-    out[-1] = x[-1]
-    for t in range(x.shape[0] - 2, -1, -1):
-        np.multiply(d[t], out[t + 1], out=out[t])
-        out[t] += x[t]
+    out[-1] = later = x[-1]
+    for out_t, x_t, d_t in zip(out[-2::-1], x[-2::-1], d[-2::-1]):
+        np.multiply(d_t, later, out=out_t)
+        np.add(out_t, x_t, out=out_t)
+        later = out_t
     return torch.from_numpy(out).to(terms.device)
 
 

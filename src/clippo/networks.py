@@ -110,11 +110,20 @@ class ActorCritic(nn.Module):
             obs = obs.cpu().numpy()
         return torch.from_numpy(self.numpy_input(np.asarray(obs))).to(self.actor_head.bias.device)
 
-    def numpy_input(self, obs: np.ndarray) -> np.ndarray:
-        """The flat float32 network input as a numpy array: one-hot for Discrete observations."""
+    def numpy_input(self, obs: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The flat float32 network input as a numpy array: one-hot for Discrete observations.
+        Written into ``out`` (``[batch, obs_size]``, any strides) if given, and returned."""
         if isinstance(self.observation_space, spaces.Discrete):
-            return np.eye(self.obs_size, dtype=np.float32)[obs.astype(np.int64) - int(self.observation_space.start)]
-        return np.ascontiguousarray(obs.reshape(obs.shape[0], self.obs_size), dtype=np.float32)
+            inputs = np.eye(self.obs_size, dtype=np.float32)[obs.astype(np.int64) - int(self.observation_space.start)]
+        elif out is not None:  # the assignment casts to float32
+            out[...] = obs.reshape(obs.shape[0], self.obs_size)
+            return out
+        else:
+            inputs = np.ascontiguousarray(obs.reshape(obs.shape[0], self.obs_size), dtype=np.float32)
+        if out is not None:
+            out[...] = inputs
+            return out
+        return inputs
 
     def numpy_actor(self) -> NumpyActor:
         """A frozen numpy copy of the actor's current weights, for picking actions in the rollout."""

@@ -171,8 +171,9 @@ class EnvRunner:
         # env: with either normalizer on, or continuous actions, each step is checked as it comes.
         # Otherwise nothing carries it forward (the argmax of any logits is a valid action) and one
         # check of the whole rollout after the loop finds the same first bad value.
-        check_each_step = self.obs_normalizer.enabled or scale_rewards or not distribution.discrete
-        buffer.all_obs[0] = policy.numpy_input(self.next_obs)
+        normalize_obs = self.obs_normalizer.enabled
+        check_each_step = normalize_obs or scale_rewards or not distribution.discrete
+        policy.numpy_input(self.next_obs, out=buffer.all_obs[0])
         for t in range(num_steps):
             params = actor.with_ones_column(buffer.network_inputs[t], out=buffer.params[t])
             actions = distribution.sample_numpy(params, noise[t], actor.std)
@@ -188,14 +189,15 @@ class EnvRunner:
             if check_each_step and not math.isfinite(raw_obs.sum() + rewards.sum()):
                 raw_obs, rewards = self._handle_nonfinite(raw_obs, rewards)
             dones = terminated | truncated
-            self.next_obs = self.obs_normalizer(raw_obs, update=True)
-            buffer.all_obs[t + 1] = policy.numpy_input(self.next_obs)
+            obs = self.obs_normalizer(raw_obs, update=True) if normalize_obs else raw_obs
+            policy.numpy_input(obs, out=buffer.all_obs[t + 1])
             buffer.raw_rewards[t] = rewards
             if scale_rewards:
                 buffer.rewards[t] = self.reward_scaler(rewards, dones, valid)
             buffer.terminated[t] = terminated
             buffer.truncated[t] = truncated
             self.autoreset = dones
+        self.next_obs = obs if normalize_obs else self.obs_normalizer(obs)  # (float32 either way)
         if not scale_rewards:
             buffer.rewards[:] = buffer.raw_rewards
         if not check_each_step:
