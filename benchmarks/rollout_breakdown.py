@@ -52,7 +52,7 @@ def main() -> int:
         noise = distribution.noise((args.steps, args.envs), agent.generator).numpy()
         actor = policy.numpy_actor()
         t = lap("noise and actor copy", t)
-        buffer.all_obs[0] = policy.numpy_input(runner.next_obs)
+        policy.numpy_input(runner.next_obs, out=buffer.all_obs[0])
         for step in range(args.steps):
             params = actor.with_ones_column(buffer.network_inputs[step], out=buffer.params[step])
             t = lap("actor (numpy)", t)
@@ -64,13 +64,13 @@ def main() -> int:
             raw_obs, rewards, terminated, truncated, _ = envs.step(distribution.to_env(actions))
             t = lap("env step", t)
             dones = terminated | truncated
-            runner.next_obs = runner.obs_normalizer(raw_obs, update=True)
-            buffer.all_obs[step + 1] = policy.numpy_input(runner.next_obs)
+            policy.numpy_input(raw_obs, out=buffer.all_obs[step + 1])  # no observation normalization here
             t = lap("network input", t)
             buffer.raw_rewards[step] = rewards
             buffer.terminated[step], buffer.truncated[step] = terminated, truncated
             runner.autoreset = dones
             t = lap("store after step", t)
+        runner.next_obs = runner.obs_normalizer(raw_obs)
         buffer.rewards[:] = buffer.raw_rewards  # no reward scaling in this recipe
         runner._check_rollout(buffer)  # no normalizer, discrete actions: one check per rollout
         t = lap("non-finite check", t)

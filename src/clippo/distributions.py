@@ -19,7 +19,7 @@ _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator | None, device=None) -> torch.Tensor:
     """Standard Gumbel samples: ``argmax(logits + g)`` is then an exact draw from softmax(logits)."""
     u = torch.rand(shape, generator=generator, device=device)
-    return -torch.log(-torch.log(u))
+    return u.log_().neg_().log_().neg_()  # -log(-log(u)), in place
 
 
 class ActionDistribution:

@@ -178,7 +178,6 @@ class EnvRunner:
             params = actor.with_ones_column(buffer.network_inputs[t], out=buffer.params[t])
             actions = distribution.sample_numpy(params, noise[t], actor.std)
             buffer.actions[t] = actions
-            valid = np.logical_not(self.autoreset, out=buffer.valid[t])
 
             try:
                 raw_obs, rewards, terminated, truncated, _ = self.envs.step(distribution.to_env(actions))
@@ -188,16 +187,21 @@ class EnvRunner:
             # One sum is finite exactly when all its terms are (or it overflowed: checked in detail).
             if check_each_step and not math.isfinite(raw_obs.sum() + rewards.sum()):
                 raw_obs, rewards = self._handle_nonfinite(raw_obs, rewards)
-            dones = terminated | truncated
             obs = self.obs_normalizer(raw_obs, update=True) if normalize_obs else raw_obs
             policy.numpy_input(obs, out=buffer.all_obs[t + 1])
             buffer.raw_rewards[t] = rewards
-            if scale_rewards:
-                buffer.rewards[t] = self.reward_scaler(rewards, dones, valid)
             buffer.terminated[t] = terminated
             buffer.truncated[t] = truncated
-            self.autoreset = dones
+            if scale_rewards:  # the running return needs to know, step by step, which envs are mid-episode
+                dones = terminated | truncated
+                buffer.rewards[t] = self.reward_scaler(rewards, dones, ~self.autoreset)
+                self.autoreset = dones
         self.next_obs = obs if normalize_obs else self.obs_normalizer(obs)  # (float32 either way)
+        # An env's step is an autoreset step (not a transition) after its episode ended.
+        dones = buffer.terminated | buffer.truncated
+        buffer.valid[0] = ~self.autoreset
+        np.logical_not(dones[:-1], out=buffer.valid[1:])
+        self.autoreset = dones[-1].copy()
         if not scale_rewards:
             buffer.rewards[:] = buffer.raw_rewards
         if not check_each_step:
@@ -248,8 +252,8 @@ class EnvRunner:
         end_totals, end_steps = totals[ends_t, ends_env], steps[ends_t, ends_env]
         # An env's episode after the first is the difference to its previous episode's end.
         same_env = np.concatenate([[False], ends_env[1:] == ends_env[:-1]])
-        previous_totals = np.where(same_env, np.roll(end_totals, 1), 0.0)
-        previous_steps = np.where(same_env, np.roll(end_steps, 1), 0)
+        previous_totals = np.where(same_env, np.concatenate([[0.0], end_totals[:-1]]), 0.0)
+        previous_steps = np.where(same_env, np.concatenate([[0], end_steps[:-1]]), 0)
         self.finished_returns.extend((end_totals - previous_totals).tolist())
         self.finished_lengths.extend((end_steps - previous_steps).tolist())
         # What the episodes still running have gathered so far.
