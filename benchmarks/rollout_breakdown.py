@@ -59,18 +59,19 @@ def main() -> int:
             actions = distribution.sample_numpy(params, noise[step], actor.std)
             t = lap("sample", t)
             buffer.actions[step] = actions
-            valid = np.logical_not(runner.autoreset, out=buffer.valid[step])
             t = lap("store", t)
             raw_obs, rewards, terminated, truncated, _ = envs.step(distribution.to_env(actions))
             t = lap("env step", t)
-            dones = terminated | truncated
             policy.numpy_input(raw_obs, out=buffer.all_obs[step + 1])  # no observation normalization here
             t = lap("network input", t)
             buffer.raw_rewards[step] = rewards
             buffer.terminated[step], buffer.truncated[step] = terminated, truncated
-            runner.autoreset = dones
             t = lap("store after step", t)
         runner.next_obs = runner.obs_normalizer(raw_obs)
+        dones = buffer.terminated | buffer.truncated
+        buffer.valid[0] = ~runner.autoreset
+        np.logical_not(dones[:-1], out=buffer.valid[1:])
+        runner.autoreset = dones[-1].copy()
         buffer.rewards[:] = buffer.raw_rewards  # no reward scaling in this recipe
         runner._check_rollout(buffer)  # no normalizer, discrete actions: one check per rollout
         t = lap("non-finite check", t)
