@@ -222,6 +222,7 @@ class NumpyMLP:
         self.widths = [w.shape[1] + 1 for w, _ in self.layers[:-1]]  # hidden outputs with their ones column
         self.inputs = np.ones((0, 0), dtype=np.float32)
         self.hidden: list[tuple[np.ndarray, torch.Tensor]] = []
+        self.plan: tuple | None = None  # (rows, workspace, layers, head, sigmoid form) of the last call
 
     def __call__(self, obs: np.ndarray, workspace: list | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """The head's output for a batch of flat float32 inputs (written into ``out`` if given).
@@ -239,12 +240,18 @@ class NumpyMLP:
         """``self(inputs[:, :-1])`` for contiguous inputs that already carry the trailing column of
         ones (as the rollout buffer stores observations), without copying them."""
         rows = inputs.shape[0]
-        # The sigmoid form pays a few microseconds of torch call overhead per layer: below a
-        # thousand or so activations per layer np.tanh is the faster one.
-        sigmoid_form = not self.relu and len(self.layers) > 1 and rows * self.layers[0][0].shape[1] >= SIGMOID_MIN_ACTIVATIONS
-        weights = self._weights(sigmoid_form)
+        plan = self.plan
+        if plan is None or plan[0] != rows or plan[1] is not workspace:  # once per batch size
+            # The sigmoid form pays a few microseconds of torch call overhead per layer: below a
+            # thousand or so activations per layer np.tanh is the faster one.
+            sigmoid_form = not self.relu and len(self.layers) > 1 and rows * self.layers[0][0].shape[1] >= SIGMOID_MIN_ACTIVATIONS
+            weights = self._weights(sigmoid_form)
+            hidden = self._hidden(rows, self.hidden if workspace is None else workspace)
+            layers = [(weight, h, h_tensor) for weight, (h, h_tensor) in zip(weights, hidden)]
+            plan = self.plan = (rows, workspace, layers, weights[-1], sigmoid_form)
+        _, _, layers, head, sigmoid_form = plan
         x = inputs
-        for weight, (h, h_tensor) in zip(weights, self._hidden(rows, self.hidden if workspace is None else workspace)):
+        for weight, h, h_tensor in layers:
             np.dot(x, weight, out=h)
             if self.relu:
                 np.maximum(h, 0.0, out=h)
@@ -253,7 +260,7 @@ class NumpyMLP:
             else:
                 np.tanh(h, out=h)
             x = h
-        return np.dot(x, weights[-1], out=out)
+        return np.dot(x, head, out=out)
 
     def _weights(self, sigmoid_form: bool) -> list[np.ndarray]:
         """The layers' float32 matrices ``[[w, 0], [b, c]]`` of one form, made once per copy."""
