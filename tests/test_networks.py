@@ -11,7 +11,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from clippo.networks import ActorCritic, layer, mlp_body, observation_size
+from clippo.networks import BLOCK_ROWS, ActorCritic, layer, mlp_body, observation_size
 
 OBS = spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
 
@@ -205,7 +205,7 @@ def test_numpy_actor_matches_the_torch_actor(network, activation, observation_sp
 
 @pytest.mark.parametrize("network", ["separate", "shared"])
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
-@pytest.mark.parametrize("rows", [7, 700])
+@pytest.mark.parametrize("rows", [7, 700, 2 * BLOCK_ROWS + 5])  # the last one runs in blocks
 def test_numpy_critic_matches_the_torch_critic(network, activation, rows):
     torch.manual_seed(0)
     model = ActorCritic(OBS, spaces.Discrete(2), [32, 16], activation, network)
