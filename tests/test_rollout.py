@@ -91,6 +91,29 @@ def test_episode_tracking_carries_over_between_rollouts(fixed_length_env):
         runner.close()
 
 
+@pytest.mark.parametrize("reward_scaling", [False, True])
+def test_an_episode_ending_on_a_rollouts_last_step_makes_the_next_rollout_start_with_its_autoreset(
+    fixed_length_env, reward_scaling
+):
+    # Episodes of 4 steps, rollouts of 4 steps: step 3 ends the first episode, step 4 (the next
+    # rollout's first) is its autoreset step, steps 5-8 the next episode.
+    runner, policy, buffer = make_runner(
+        fixed_length_env(length=4, reward=1.0), num_envs=1, num_steps=4, reward_scaling=reward_scaling
+    )
+    try:
+        gen = torch.Generator().manual_seed(0)
+        runner.collect(policy, buffer, gen)
+        assert T(buffer.valid)[:, 0].tolist() == [True, True, True, True]
+        assert T(buffer.terminated)[:, 0].tolist() == [False, False, False, True]
+        runner.collect(policy, buffer, gen)
+        assert T(buffer.valid)[:, 0].tolist() == [False, True, True, True]
+        assert T(buffer.rewards)[0, 0] == 0.0  # the autoreset step's reward, scaled or not
+        runner.collect(policy, buffer, gen)
+        assert T(buffer.valid)[:, 0].tolist() == [True, False, True, True]
+    finally:
+        runner.close()
+
+
 def test_recorded_returns_are_raw_rewards_even_with_reward_scaling(fixed_length_env):
     runner, policy, buffer = make_runner(
         fixed_length_env(length=4, reward=3.0), num_envs=2, num_steps=10, reward_scaling=True

@@ -174,6 +174,7 @@ class EnvRunner:
         normalize_obs = self.obs_normalizer.enabled
         check_each_step = normalize_obs or scale_rewards or not distribution.discrete
         policy.numpy_input(self.next_obs, out=buffer.all_obs[0])
+        buffer.valid[0] = ~self.autoreset  # the envs whose first step here is an autoreset step
         for t in range(num_steps):
             params = actor.with_ones_column(buffer.network_inputs[t], out=buffer.params[t])
             actions = distribution.sample_numpy(params, noise[t], actor.std)
@@ -199,7 +200,6 @@ class EnvRunner:
         self.next_obs = obs if normalize_obs else self.obs_normalizer(obs)  # (float32 either way)
         # An env's step is an autoreset step (not a transition) after its episode ended.
         dones = buffer.terminated | buffer.truncated
-        buffer.valid[0] = ~self.autoreset
         np.logical_not(dones[:-1], out=buffer.valid[1:])
         self.autoreset = dones[-1].copy()
         if not scale_rewards:
