@@ -115,15 +115,12 @@ class ActorCritic(nn.Module):
         Written into ``out`` (``[batch, obs_size]``, any strides) if given, and returned."""
         if isinstance(self.observation_space, spaces.Discrete):
             inputs = np.eye(self.obs_size, dtype=np.float32)[obs.astype(np.int64) - int(self.observation_space.start)]
-        elif out is not None:  # the assignment casts to float32
-            out[...] = obs.reshape(obs.shape[0], self.obs_size)
-            return out
         else:
-            inputs = np.ascontiguousarray(obs.reshape(obs.shape[0], self.obs_size), dtype=np.float32)
+            inputs = obs.reshape(obs.shape[0], self.obs_size)
         if out is not None:
-            out[...] = inputs
+            out[...] = inputs  # (the assignment casts to float32)
             return out
-        return inputs
+        return np.ascontiguousarray(inputs, dtype=np.float32)
 
     def numpy_actor(self) -> NumpyActor:
         """A frozen numpy copy of the actor's current weights, for picking actions in the rollout."""
