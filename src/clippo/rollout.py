@@ -45,7 +45,8 @@ class RolloutBuffer:
 
     Observations are kept as the networks read them, ``[obs, 1]`` (see ``NumpyMLP``), in
     ``network_inputs``: ``num_steps + 1`` rows, the last one the observation after the last step
-    (``last_obs``). The actor acts on a row and the critic evaluates them all without copying.
+    (the bootstrap at the rollout cut). The actor acts on a row and the critic evaluates them all
+    without copying.
     """
 
     def __init__(
@@ -57,7 +58,6 @@ class RolloutBuffer:
         self.network_inputs = np.ones((num_steps + 1, num_envs, obs_size + 1), dtype=np.float32)
         self.all_obs = self.network_inputs[..., :-1]  # [num_steps + 1, num_envs, obs_size] views
         self.obs = self.all_obs[:-1]
-        self.last_obs = self.all_obs[-1]
         self.actions = np.zeros(shape + tuple(action_shape), dtype=numpy_dtype)
         self.logprobs = np.zeros(shape, dtype=np.float32)
         self.params = np.zeros(shape + (num_outputs,), dtype=np.float32)  # the actor's logits or means
