@@ -53,19 +53,24 @@ def main() -> int:
         actor = policy.numpy_actor()
         t = lap("noise and actor copy", t)
         policy.numpy_input(runner.next_obs, out=buffer.all_obs[0])
-        for step in range(args.steps):
-            params = actor.with_ones_column(buffer.network_inputs[step], out=buffer.params[step])
+        act = actor.for_rows(args.envs)
+        rows = zip(
+            buffer.network_inputs, buffer.params, noise, buffer.actions,
+            buffer.all_obs[1:], buffer.raw_rewards, buffer.terminated, buffer.truncated,
+        )  # fmt: skip
+        for inputs, params, step_noise, actions_t, next_obs_t, rewards_t, terminated_t, truncated_t in rows:
+            act(inputs, params)
             t = lap("actor (numpy)", t)
-            actions = distribution.sample_numpy(params, noise[step], actor.std)
+            actions = distribution.sample_numpy(params, step_noise, actor.std)
             t = lap("sample", t)
-            buffer.actions[step] = actions
+            actions_t[...] = actions
             t = lap("store", t)
             raw_obs, rewards, terminated, truncated, _ = envs.step(distribution.to_env(actions))
             t = lap("env step", t)
-            policy.numpy_input(raw_obs, out=buffer.all_obs[step + 1])  # no observation normalization here
+            policy.numpy_input(raw_obs, out=next_obs_t)  # no observation normalization here
             t = lap("network input", t)
-            buffer.raw_rewards[step] = rewards
-            buffer.terminated[step], buffer.truncated[step] = terminated, truncated
+            rewards_t[...] = rewards
+            terminated_t[...], truncated_t[...] = terminated, truncated
             t = lap("store after step", t)
         runner.next_obs = runner.obs_normalizer(raw_obs)
         dones = buffer.terminated | buffer.truncated

@@ -10,7 +10,7 @@ import torch
 from gymnasium import spaces
 from torch import distributions as D
 
-from clippo.distributions import Categorical, DiagGaussian, MultiCategorical, make_distribution
+from clippo.distributions import Categorical, DiagGaussian, MultiCategorical, log_softmax, make_distribution
 
 
 def gen(seed=0):
@@ -20,6 +20,22 @@ def gen(seed=0):
 # ------------------------------------------------------------------------------------------------
 # Categorical
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [1, 2, 3, 6, 7, 8, 18])
+@pytest.mark.parametrize("rows", [5, 8, 255, 256, 8192])
+def test_log_softmax_is_torchs_bit_for_bit(size, rows):
+    g = gen(size * rows)
+    logits = torch.randn(rows, size, generator=g) * 5
+    logits[torch.rand(rows, size, generator=g) < 0.05] = -1e30  # near-impossible actions
+    assert torch.equal(log_softmax(logits), torch.log_softmax(logits, dim=-1))
+    assert torch.equal(log_softmax(logits[:, ::2]), torch.log_softmax(logits[:, ::2], dim=-1))  # strided
+    # with a gradient: the same values and the same backward as torch's own
+    leaf = logits.clone().requires_grad_(True)
+    weights = torch.randn(rows, size, generator=g)
+    ours = torch.autograd.grad((log_softmax(leaf) * weights).sum(), leaf)[0]
+    theirs = torch.autograd.grad((torch.log_softmax(leaf, dim=-1) * weights).sum(), leaf)[0]
+    assert torch.equal(ours, theirs)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_categorical_matches_torch(seed):
     g = gen(seed)

@@ -22,6 +22,21 @@ def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator | None, devi
     return u.log_().neg_().log_().neg_()  # -log(-log(u)), in place
 
 
+def log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """``torch.log_softmax(logits, dim=-1)``, bit for bit.
+
+    Over fewer than 8 actions torch's kernel along the last dimension is slow (it vectorizes along
+    that dimension): along dim 0 of the transposed view it is 1.5-2.5x faster on a rollout's 8192
+    rows, with the same values where that kernel runs 8 rows at a time (contiguous logits, whole
+    groups of 8 rows; its scalar tail rounds differently). Only where no gradient is tracked: the
+    backward's rounding differs.
+    """
+    rows, size = logits.shape if logits.dim() == 2 else (0, 0)
+    if 0 < size < 8 and rows % 8 == 0 and logits.is_contiguous() and not logits.requires_grad:
+        return torch.log_softmax(logits.T, dim=0).T
+    return torch.log_softmax(logits, dim=-1)
+
+
 class ActionDistribution:
     """Maps the actor's output to sampled actions, log-probabilities and entropies.
 
@@ -99,7 +114,7 @@ class Categorical(ActionDistribution):
         return log_p.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1), entropy
 
     def log_prob(self, logits, actions):
-        return torch.log_softmax(logits, dim=-1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+        return log_softmax(logits).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
 
     def entropy(self, logits):
         log_p = torch.log_softmax(logits, dim=-1)

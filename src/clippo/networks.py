@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -113,12 +115,15 @@ class ActorCritic(nn.Module):
     def numpy_input(self, obs: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The flat float32 network input as a numpy array: one-hot for Discrete observations.
         Written into ``out`` (``[batch, obs_size]``, any strides) if given, and returned."""
+        if out is not None and obs.shape == out.shape:  # flat observations: the rollout's per-step case
+            out[...] = obs  # (the assignment casts to float32)
+            return out
         if isinstance(self.observation_space, spaces.Discrete):
             inputs = np.eye(self.obs_size, dtype=np.float32)[obs.astype(np.int64) - int(self.observation_space.start)]
         else:
             inputs = obs.reshape(obs.shape[0], self.obs_size)
         if out is not None:
-            out[...] = inputs  # (the assignment casts to float32)
+            out[...] = inputs
             return out
         return np.ascontiguousarray(inputs, dtype=np.float32)
 
@@ -241,8 +246,14 @@ class NumpyMLP:
         rows = inputs.shape[0]
         if rows >= 2 * BLOCK_ROWS:
             return self._in_blocks(inputs, workspace, out)
-        layers, head, sigmoid_form = self._plan(rows, workspace)
-        return self._forward(inputs, layers, head, sigmoid_form, out)
+        return self._forward(*self._plan(rows, workspace), inputs, out)
+
+    def for_rows(self, rows: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """``with_ones_column(inputs, out=out)`` for batches of ``rows`` rows, with the plan looked up
+        once: what the rollout calls once per step (~1 us less per call)."""
+        if rows >= 2 * BLOCK_ROWS:
+            return lambda inputs, out: self._in_blocks(inputs, None, out)
+        return functools.partial(self._forward, *self._plan(rows, None))
 
     def _plan(self, rows: int, workspace: list | None) -> tuple[list, np.ndarray, bool]:
         """The hidden layers (weights, output buffer), the head and the form for ``rows`` rows,
@@ -258,7 +269,7 @@ class NumpyMLP:
             plan = self.plan = (rows, workspace, layers, weights[-1], sigmoid_form)
         return plan[2:]
 
-    def _forward(self, x: np.ndarray, layers: list, head: np.ndarray, sigmoid_form: bool, out: np.ndarray | None) -> np.ndarray:
+    def _forward(self, layers: list, head: np.ndarray, sigmoid_form: bool, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
         for weight, h, h_tensor in layers:
             np.dot(x, weight, out=h)
             if self.relu:
@@ -282,7 +293,7 @@ class NumpyMLP:
         for start in range(0, rows, size):
             n = min(size, rows - start)
             block_layers = layers if n == size else [(weight, h[:n], h_tensor[:n]) for weight, h, h_tensor in layers]
-            self._forward(inputs[start : start + n], block_layers, head, sigmoid_form, out[start : start + n])
+            self._forward(block_layers, head, sigmoid_form, inputs[start : start + n], out[start : start + n])
         return out
 
     def _weights(self, sigmoid_form: bool) -> list[np.ndarray]:
