@@ -74,6 +74,8 @@ def machine_info() -> dict[str, Any]:
         "numpy": package_version("numpy"),
         "mujoco": package_version("mujoco"),
         "thread_env": THREAD_ENV,
+        # the machine's own OpenBLAS settings (a forced core type decides numpy's matrix kernels)
+        "openblas_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("OPENBLAS_")},
     }
 
 
@@ -172,7 +174,8 @@ def machine_markdown(meta: dict[str, Any]) -> list[str]:
         f"stable-baselines3 {m['stable_baselines3']}, gymnasium {m['gymnasium']}, numpy {m['numpy']}, "
         f"mujoco {m['mujoco']}",
         "- every child process runs with " + ", ".join(f"{k}={v}" for k, v in m["thread_env"].items())
-        + " and torch.set_num_threads(1)",
+        + " and torch.set_num_threads(1)"
+        + ("; the machine's environment sets " + ", ".join(f"{k}={v}" for k, v in m["openblas_env"].items()) if m.get("openblas_env") else ""),
     ]
 
 

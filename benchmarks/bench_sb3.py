@@ -854,7 +854,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-seed", type=int, default=10_000, help="seed of the evaluation env (the same for every run)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
     parser.add_argument("--throughput-envs", type=int, default=None, metavar="N",
-                        help="also measure the limits for CartPole-v1 with N envs x --throughput-steps steps")
+                        help="also measure the limits for each env of --envs with N envs x --throughput-steps steps")
     parser.add_argument("--throughput-steps", type=int, default=128, help="num_steps of the --throughput-envs measurement")
     parser.add_argument("--limit-env-steps", type=int, default=100_000,
                         help="transitions (summed over envs), at least, for the env-only rate (measured in rounds alternating with the rollouts)")
@@ -911,7 +911,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_limits:
         jobs = [(env, results["recipes"][env], results["recipes"][env]["n_envs"], results["recipes"][env]["n_steps"], "recipe") for env in envs]
         if args.throughput_envs:
-            jobs.append(("CartPole-v1", recipe_for("CartPole-v1", args.total_steps), args.throughput_envs, args.throughput_steps, "throughput"))
+            jobs += [(env, results["recipes"][env], args.throughput_envs, args.throughput_steps, "throughput") for env in envs]
         for env_id, recipe, n, num_steps, tag in jobs:
             for lib in libs:
                 spec = {
