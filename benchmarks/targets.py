@@ -16,7 +16,8 @@
 
 Everything runs one process at a time, one thread each; run it on an otherwise idle machine.
 Writes ``targets.md`` and ``targets.json`` into ``--out`` beside the two scripts' own reports
-(``results.md``, ``time_to_solve.md``, ``limits_repeat_K/``).
+(``results.md``, ``time_to_solve.md``, ``limits_repeat_K/``). Exits 1 when a run failed or a
+target is not met.
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     for t in report["targets"]:
         print(f"{'met' if t['met'] else 'NOT MET':7} {t['target']}: {t['measured']}", file=sys.stderr)
     print(f"wrote {out / 'targets.md'}, {out / 'targets.json'}", file=sys.stderr)
-    return status
+    return status or int(not all(t["met"] for t in report["targets"]))  # 1 when a target is missed
 
 
 if __name__ == "__main__":
