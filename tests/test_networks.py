@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import os
+import subprocess
+import sys
 import math
 
 import numpy as np
@@ -267,3 +270,16 @@ def test_numpy_mlp_reads_inputs_with_a_ones_column_in_place(activation, rows, ta
     np.testing.assert_array_equal(inputs, before)
     with torch.no_grad():
         np.testing.assert_allclose(out, model.actor(torch.from_numpy(obs)).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_tanh_form_follows_numpys_dispatch():
+    """With numpy's AVX-512 loops switched off, the numpy copies and the analytic update go back to
+    torch's sigmoid form of tanh (numpy's AVX2 tanh is the slower one)."""
+    code = (
+        "from clippo import gradients, networks; "
+        "print(networks.numpy_tanh_is_avx512(), networks.SIGMOID_MIN_ACTIVATIONS, gradients.TANH_IN_NUMPY)"
+    )
+    # names of numpy's AVX-512 dispatch targets across numpy versions (unknown ones only warn)
+    env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": "AVX512F AVX512_SKX X86_V4 AVX512_ICL AVX512_SPR"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "1024", "False"]
