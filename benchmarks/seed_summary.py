@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import command_line, md_table  # noqa: E402
+from _common import command_line, fmt, md_table, mean_std  # noqa: E402
 from bench_sb3 import LIB_NAMES  # noqa: E402
 
 
@@ -43,7 +43,7 @@ def final_training_return(run: dict[str, Any]) -> float | None:
 
 
 def eval_mean(run: dict[str, Any]) -> float:
-    return sum(run["eval_returns"]) / len(run["eval_returns"])
+    return mean_std(run["eval_returns"])[0]
 
 
 def summary_markdown(paths: list[Path], env_id: str, stuck_below: float) -> str:
@@ -68,7 +68,7 @@ def summary_markdown(paths: list[Path], env_id: str, stuck_below: float) -> str:
         row: list[Any] = [seed]
         for lib in libs:
             run = runs[lib].get(seed)
-            row.append("n/a" if run is None else f"{final_training_return(run):.1f} / {eval_mean(run):.1f}")
+            row.append("n/a" if run is None else f"{fmt(final_training_return(run), 1)} / {eval_mean(run):.1f}")
         per_seed.append(row)
     lines += md_table(["seed", *(LIB_NAMES[lib] for lib in libs)], per_seed)
     return "\n".join(lines) + "\n"

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_sb3  # noqa: E402
 import time_to_solve  # noqa: E402
-from _common import DEFAULT_OUT, command_line, fmt, machine_info, machine_markdown, md_table, median, now, write_json  # noqa: E402
+from _common import DEFAULT_OUT, command_line, fmt, machine_info, machine_markdown, md_table, mean_std, median, now, write_json  # noqa: E402
 
 ENV_ID = "CartPole-v1"
 SPEEDUP = 3.0  # target 1: SB3 time / clippo time, at least
@@ -54,7 +54,7 @@ def judge(bench: dict[str, Any], solve: dict[str, Any], fractions: list[float | 
     summary = bench["summary"].get(ENV_ID, {})
     speedup = summary.get("speedup_sb3_over_clippo")
     runs = [r for r in bench["runs"] if r["env_id"] == ENV_ID]
-    evals = {lib: [sum(r["eval_returns"]) / len(r["eval_returns"]) for r in runs if r["lib"] == lib and r["ok"]] for lib in ("clippo", "sb3")}
+    evals = {lib: [mean_std(r["eval_returns"])[0] for r in runs if r["lib"] == lib and r["ok"]] for lib in ("clippo", "sb3")}
     seeds = len(bench["seeds"])
     solved = {lib: sum(e >= SOLVED for e in evals[lib]) for lib in evals}
     t1_met = speedup is not None and speedup >= SPEEDUP and all(solved[lib] == seeds for lib in solved)

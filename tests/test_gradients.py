@@ -7,8 +7,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from clippo import PPO
-from clippo import gradients
+from clippo import PPO, gradients
 from clippo.gradients import TANH_AS_SIGMOID_MIN, AnalyticGradient
 from clippo.optim import FlatAdam
 from clippo.rollout import Batch

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import subprocess
 import sys
-import math
 
 import numpy as np
 import pytest

@@ -41,13 +41,13 @@ import torch
 
 from clippo.distributions import _LOG_SQRT_2PI, Categorical, DiagGaussian
 from clippo.losses import float_mean
-from clippo.networks import ActorCritic, numpy_tanh_is_avx512
+from clippo.networks import NUMPY_TANH_AVX512, ActorCritic
 
 #: elements of a tanh layer's output from which ``_forward`` computes it through a sigmoid (measured
 #: on a 2-core x86 CPU: slower below about 64 x 64, ~25 us faster per layer at 256 x 64)
 TANH_AS_SIGMOID_MIN = 8192
 #: hidden tanh layers computed by numpy in place (where its tanh is the AVX-512 loop)
-TANH_IN_NUMPY = numpy_tanh_is_avx512()
+TANH_IN_NUMPY = NUMPY_TANH_AVX512
 _MINUS_ONE = torch.tensor(-1.0)
 
 
@@ -202,7 +202,8 @@ class AnalyticGradient:
                 x = torch.baddbmm(bias, x, weight.transpose(1, 2)).relu_()
             elif TANH_IN_NUMPY:  # numpy's AVX-512 tanh beats both torch forms (see numpy_tanh_is_avx512)
                 x = torch.baddbmm(bias, x, weight.transpose(1, 2))
-                np.tanh(x.numpy(), out=x.numpy())
+                h = x.numpy()  # the same memory
+                np.tanh(h, out=h)
             elif x.shape[1] * weight.shape[1] >= TANH_AS_SIGMOID_MIN:
                 # tanh(u) = 2 sigmoid(2u) - 1 (same values up to ~1e-7): torch's CPU sigmoid is
                 # vectorized, its tanh much less so, and on large layers this is the cheaper form.

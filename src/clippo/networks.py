@@ -197,9 +197,11 @@ def numpy_tanh_is_avx512() -> bool:
     return False
 
 
+#: Whether this process's numpy runs float32 tanh in its AVX-512 loop (read once, at import).
+NUMPY_TANH_AVX512 = numpy_tanh_is_avx512()
 #: Batches with at least this many activations in the first hidden layer run tanh layers in the
 #: sigmoid form (below, np.tanh's lower call overhead wins); never where np.tanh is the AVX-512 loop.
-SIGMOID_MIN_ACTIVATIONS = math.inf if numpy_tanh_is_avx512() else 1024
+SIGMOID_MIN_ACTIVATIONS = math.inf if NUMPY_TANH_AVX512 else 1024
 #: Batches of at least twice this many rows run in blocks (see ``NumpyMLP._in_blocks``).
 BLOCK_ROWS = 2048
 
