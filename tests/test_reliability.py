@@ -295,7 +295,10 @@ def test_resume_of_a_complete_run_is_refused(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # 2. kill -9 at random moments, including in the middle of a checkpoint write
 # ------------------------------------------------------------------------------------------------
-KILL_TOTAL_UPDATES = 200
+# Long enough that no round finishes the run before its SIGKILL (rounds are killed 0.2-0.6 s in): at
+# 200 updates a fast machine (~4 ms per update with its checkpoint) sometimes completed the run inside
+# a round, leaving the final `clippo resume` nothing to do.
+KILL_TOTAL_UPDATES = 1000
 KILL_TRAIN_ARGS = [
     "train", "CartPole-v1", "--num-envs", "2", "--num-steps", "16", "--num-minibatches", "1",
     "--update-epochs", "1", "--hidden-sizes", "8", "--checkpoint-every", "1", "--keep-checkpoints", "3",
