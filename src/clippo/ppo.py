@@ -36,6 +36,7 @@ from clippo.checkpoint import (
     space_to_dict,
     write_atomic,
 )
+from clippo.callbacks import as_callback
 from clippo.config import PPOConfig, config_from_dict, resolve_config
 from clippo.envs import EnvSource, make_vector_env
 from clippo.errors import CheckpointError, EnvStepError, NonFiniteError, TrainingInterrupted
@@ -243,21 +244,24 @@ class PPO:
     # ------------------------------------------------------------------------------------------
     # training
     # ------------------------------------------------------------------------------------------
-    def learn(self, total_steps: int | None = None, progress: bool | None = None) -> PPO:
+    def learn(self, total_steps: int | None = None, progress: bool | None = None, callback=None) -> PPO:
         """Train for ``total_steps`` more environment steps (default: the config's), rounded up to
-        whole rollouts. The learning rate anneals to zero over this call."""
+        whole rollouts. The learning rate anneals to zero over this call.
+
+        ``callback``: a :class:`clippo.callbacks.Callback`, a function ``f(agent, metrics)`` run
+        after each update, or a list of them; one returning False stops training cleanly."""
         steps = self.config.total_steps if total_steps is None else total_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"total_steps={steps!r} is invalid: it must be an integer >= 1")
         self.schedule_start = self.global_step
         self.schedule_end = self.global_step + steps
-        return self._train(progress)
+        return self._train(progress, callback)
 
-    def resume(self, progress: bool | None = None) -> PPO:
+    def resume(self, progress: bool | None = None, callback=None) -> PPO:
         """Continue a loaded checkpoint's interrupted ``learn`` call to its original end."""
         if self.finished:
             raise ValueError(f"the run is already complete ({self.global_step} of {self.schedule_end} steps)")
-        return self._train(progress)
+        return self._train(progress, callback)
 
     @property
     def finished(self) -> bool:
@@ -268,8 +272,10 @@ class PPO:
         """Ask ``learn`` to stop at the next update boundary, checkpoint, and raise TrainingInterrupted."""
         self.stop_requested = True
 
-    def _train(self, progress: bool | None) -> PPO:
+    def _train(self, progress: bool | None, callback=None) -> PPO:
         cfg = self.config
+        callback = as_callback(callback)
+        self.stopped_by_callback = False
         runner = self.env_runner()
         buffer = self.new_rollout_buffer()
         updates_left = math.ceil((self.schedule_end - self.global_step) / self.global_batch_size)
@@ -279,7 +285,7 @@ class PPO:
         start_time, start_step, time_before = time.perf_counter(), self.global_step, self.train_time
         self.stop_requested = self._stop_agreed = False
         try:
-            while not self.finished:
+            while not (self.finished or self.stopped_by_callback):
                 if self.stop_requested if not self.world.distributed else self._stop_agreed:
                     self._stop_interrupted()
                 boundary = self._boundary_state()
@@ -304,6 +310,8 @@ class PPO:
                     gae_lambda=cfg.gae_lambda,
                 )
                 batch = buffer.flatten(advantages, returns)
+                if callback.on_rollout(self) is False:
+                    self.stopped_by_callback = True
                 plan = self.plan_update(len(batch))
                 episodes = runner.pop_finished_episodes()
                 exchange_start = time.perf_counter()
@@ -326,8 +334,7 @@ class PPO:
                 recent_returns = (recent_returns + episode_returns)[-100:]
                 update_end = time.perf_counter()
                 self.train_time = time_before + update_end - start_time
-                logger.log(
-                    {
+                metrics = {
                         "global_step": self.global_step,
                         "update": self.update,
                         "wall_time": self.train_time,
@@ -343,8 +350,10 @@ class PPO:
                         "exchange_time": update_start - exchange_start,
                         "update_time": update_end - update_start,
                         **stats,
-                    }
-                )
+                }
+                if callback.on_update(self, metrics) is False:
+                    self.stopped_by_callback = True
+                logger.log(metrics)
                 if self.run_dir is not None and cfg.checkpoint_every and self.update % cfg.checkpoint_every == 0:
                     self._save_periodic()
         finally:
