@@ -38,7 +38,7 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    import clippo.ppo as ppo_module
+    import clippo.agent as ppo_module
     from clippo import PPO
 
     samples: list[tuple[int, float]] = []

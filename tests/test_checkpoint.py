@@ -233,7 +233,7 @@ def test_state_dict_holds_only_plain_data(tmp_path):
 def test_generator_state_from_another_device_kind_seeds_a_reproducible_stream():
     """A CUDA generator's state (16 bytes: seed and offset) cannot be set on a CPU generator (and
     the other way round): loading across devices seeds the new generator from the saved state."""
-    from clippo.ppo import restore_generator
+    from clippo.agent import restore_generator
 
     same = torch.Generator().manual_seed(5)
     state = same.get_state()

@@ -82,11 +82,11 @@ def check_against_autograd(action, activation, clip_value_loss, ent_coef, miniba
     minibatch, advantages = random_minibatch(agent, minibatch_size, seed=2)
 
     agent.optimizer.grad.fill_(123.0)  # every entry must be overwritten
-    analytic = agent._loss_and_gradient(minibatch, advantages)
+    analytic = agent.loss_and_gradient(minibatch, advantages)
     analytic_grad = agent.optimizer.grad.clone()
 
     agent.analytic_gradient = None
-    reference = agent._loss_and_gradient(minibatch, advantages)
+    reference = agent.loss_and_gradient(minibatch, advantages)
     reference_grad = agent.optimizer.grad.clone()
 
     # the batch exercises both branches of the clipped surrogate

@@ -32,14 +32,14 @@ def record_update_stats(agent: PPO) -> list[dict]:
 def record_logratios(agent: PPO) -> list[torch.Tensor]:
     """The log probability ratio of every minibatch step, in order (either gradient path)."""
     calls: list[torch.Tensor] = []
-    original = agent._loss_and_gradient
+    original = agent.loss_and_gradient
 
     def recording(minibatch, advantages):
         terms = original(minibatch, advantages)
         calls.append(terms.logratio.clone())
         return terms
 
-    agent._loss_and_gradient = recording
+    agent.loss_and_gradient = recording
     return calls
 
 

@@ -313,7 +313,7 @@ KILL_SCRIPT = textwrap.dedent(
     import io, json, os, random, signal, sys, time, traceback
     import torch
     import torch.utils.tensorboard  # imported once here, not in every round
-    import clippo.ppo
+    import clippo.agent
     from clippo.cli import main
 
     run_dir, seed, train_args = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
@@ -650,7 +650,7 @@ def poison_loss_at(patch, call: int) -> None:
     """Make the value loss (and so the loss and its gradient) of the ``call``-th minibatch step of
     the run NaN, as an overflowing critic would; on either gradient path."""
     calls = [0]
-    original = PPO._loss_and_gradient
+    original = PPO.loss_and_gradient
 
     def poisoned(self, minibatch, advantages):
         calls[0] += 1
@@ -661,7 +661,7 @@ def poison_loss_at(patch, call: int) -> None:
             self.optimizer.grad.mul_(nan)
         return terms
 
-    patch.setattr(PPO, "_loss_and_gradient", poisoned)
+    patch.setattr(PPO, "loss_and_gradient", poisoned)
 
 
 def nan_value_loss_once(monkeypatch):

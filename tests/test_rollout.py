@@ -291,13 +291,13 @@ def test_discrete_observations_train_on_their_one_hot_encoding(normalize_observa
     agent = PPO(CounterEnv, num_envs=2, num_steps=16, num_minibatches=1, update_epochs=1,
                 normalize_observations=normalize_observations, seed=0)
     seen: list[torch.Tensor] = []
-    original = agent._loss_and_gradient
+    original = agent.loss_and_gradient
 
     def spy(minibatch, advantages):
         seen.append(minibatch.obs.detach().clone())
         return original(minibatch, advantages)
 
-    agent._loss_and_gradient = spy
+    agent.loss_and_gradient = spy
     try:
         agent.learn(total_steps=agent.batch_size * 2)
     finally:

@@ -3,6 +3,6 @@
 __version__ = "0.1.0"
 
 from clippo.config import PPOConfig  # noqa: E402
-from clippo.ppo import PPO  # noqa: E402
+from clippo.agent import PPO  # noqa: E402
 
 __all__ = ["PPO", "PPOConfig", "__version__"]

@@ -20,7 +20,9 @@ from gymnasium import spaces
 from clippo.errors import CheckpointError
 
 FORMAT = "clippo-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this clippo reads: 1 is the MLP-only layout, whose parameter names it renames on load.
+READABLE_VERSIONS = (1, 2)
 FINAL_NAME = "agent.pt"
 CHECKPOINT_DIR = "checkpoints"
 
@@ -120,10 +122,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{str(path)!r} is not a readable checkpoint (truncated or corrupted?): {first[:160]}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a clippo checkpoint")
-    if payload.get("format_version") != FORMAT_VERSION:
+    if payload.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(
             f"{str(path)!r} has checkpoint format version {payload.get('format_version')!r}; "
-            f"this clippo reads version {FORMAT_VERSION}"
+            f"this clippo reads versions {', '.join(map(str, READABLE_VERSIONS))}"
         )
     return payload
 

@@ -44,6 +44,19 @@ def _optional_float(text: str) -> float | None:
 _NOT_FLAGS = {"env_id"}
 
 
+def _mapping(text: str) -> dict[str, Any]:
+    """A flag's YAML/JSON mapping, e.g. ``--encoder-kwargs '{features: 256}'``."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a mapping: write it as YAML or JSON, e.g. '{{features: 256}}'")
+    return value
+
+
 def _add_hyperparameter_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "hyperparameters",
@@ -73,6 +86,9 @@ def _add_hyperparameter_flags(parser: argparse.ArgumentParser) -> None:
             kwargs["type"] = int
             kwargs["nargs"] = "+"
             kwargs["metavar"] = "N"
+        elif f.type == "dict":
+            kwargs["type"] = _mapping
+            kwargs["metavar"] = "YAML"
         if f.name in CHOICES:
             kwargs["choices"] = CHOICES[f.name]
         group.add_argument(flag, help=help_text, **kwargs)
@@ -243,7 +259,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.nproc > 1:
         return _launch_torchrun(args.nproc)
     from clippo.config import save_config
-    from clippo.ppo import PPO  # deferred: torch is slow to import and --help should not wait for it
+    from clippo.agent import PPO  # deferred: torch is slow to import and --help should not wait for it
 
     known = {f.name for f in fields(PPOConfig)}
     overrides = {name: value for name, value in vars(args).items() if name in known}
@@ -258,12 +274,26 @@ def _train(args: argparse.Namespace) -> int:
         save_config(agent.config, run_dir / "config.yaml")
         ranks = f" on {agent.world.size} processes" if agent.world.distributed else ""
         print(f"training {args.env_id} for {agent.config.total_steps} steps{ranks}; run directory: {run_dir}", flush=True)
+    callback = _eval_callback(agent)
     with stop_on_signals(agent):
         try:
-            agent.learn(progress=args.progress if main_rank else False)
+            agent.learn(progress=args.progress if main_rank else False, callback=callback)
         finally:
             agent.close()
-    return _finish(agent, run_dir)
+    return _finish(agent, run_dir, callback)
+
+
+def _eval_callback(agent):
+    """The periodic evaluation the run's config asks for (``--eval-every``), or None."""
+    from clippo.callbacks import EvalCallback
+
+    if agent.world.distributed and agent.config.stop_at_return is not None:
+        # only rank 0 evaluates, so only it would stop: the others would wait for it forever
+        raise ValueError(
+            f"stop_at_return={agent.config.stop_at_return:g} is not supported with several processes yet: "
+            "train on one process, or evaluate without stopping (--eval-every alone)"
+        )
+    return EvalCallback.from_config(agent.config)
 
 
 def _launch_torchrun(nproc: int) -> int:
@@ -285,22 +315,31 @@ def _launch_torchrun(nproc: int) -> int:
 
 def _resume(args: argparse.Namespace) -> int:
     from clippo.logger import truncate_metrics
-    from clippo.ppo import PPO
+    from clippo.agent import PPO
 
     run_dir = Path(args.run_dir)
     agent = PPO.from_run(run_dir)
     if agent.finished:
         raise ValueError(f"run {str(run_dir)!r} is already complete ({agent.global_step} steps): nothing to resume")
+    from clippo.callbacks import stop_reached
+
+    reached = stop_reached(run_dir, agent.config, agent.global_step)
+    if reached is not None:
+        raise ValueError(
+            f"run {str(run_dir)!r} already stopped at step {reached['global_step']}: its evaluation reached "
+            f"{reached['mean_return']:.2f} >= stop_at_return={agent.config.stop_at_return:g}; nothing to resume"
+        )
     truncate_metrics(run_dir, agent.global_step)
+    callback = _eval_callback(agent)
     with stop_on_signals(agent):
         try:
             agent.env_runner()
             how = "exactly (envs restored)" if agent.envs_restored else "with freshly reset envs"
             print(f"resuming {agent.config.env_id} at step {agent.global_step} {how}", flush=True)
-            agent.resume(progress=args.progress)
+            agent.resume(progress=args.progress, callback=callback)
         finally:
             agent.close()
-    return _finish(agent, run_dir)
+    return _finish(agent, run_dir, callback)
 
 
 @contextlib.contextmanager
@@ -330,12 +369,24 @@ def stop_on_signals(agent) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _finish(agent, run_dir: Path) -> int:
+def _finish(agent, run_dir: Path, callback=None) -> int:
     from clippo.distributed import shutdown
 
     shutdown(agent.world)
     if not agent.world.is_main:
         return 0
+    if callback is not None and callback.reached is not None:
+        print(
+            f"stopped at step {callback.reached['global_step']}: evaluation {callback.reached['mean_return']:.2f} "
+            f">= stop_at_return {agent.config.stop_at_return:g}",
+            flush=True,
+        )
+    if callback is not None and callback.best is not None:
+        print(
+            f"best periodic evaluation: mean return {callback.best['mean_return']:.2f} at step "
+            f"{callback.best['global_step']}, saved as {run_dir / 'best.pt'}",
+            flush=True,
+        )
     if agent.config.eval_episodes:
         result = agent.evaluate(episodes=agent.config.eval_episodes, seed=agent.config.seed + 10_000)
         (run_dir / "eval.json").write_text(json.dumps(_public(result), indent=2) + "\n")
@@ -362,7 +413,7 @@ def _public(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from clippo.ppo import PPO
+    from clippo.agent import PPO
 
     if args.episodes < 1:
         raise ValueError(f"--episodes={args.episodes} is invalid: it must be an integer >= 1")

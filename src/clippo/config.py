@@ -51,6 +51,11 @@ class PPOConfig:
     network: str = knob('separate or shared: two MLPs, or one trunk with an actor head and a critic head.', "separate")
     hidden_sizes: list[int] = knob('Hidden layer widths of the MLP(s).', default_factory=lambda: [64, 64])
     activation: str = knob('tanh or relu.', "tanh")
+    encoder: str = knob("Observation encoder: auto (from the observation space: MLP for vectors, Nature CNN for images, a small CNN for small grids, one encoder per field for Dict/Tuple), mlp, cnn, or an importable module:Class built as Class(observation_space, **encoder_kwargs).", "auto")
+    encoder_kwargs: dict = knob("Keyword arguments of a module:Class encoder (a mapping; in a config file).", default_factory=dict)
+    fast_path: str = knob("auto or off: the numpy rollout and hand-written gradient where they apply (flat observations, MLP, CPU), or always the general torch path.", "auto")
+    reward_sign: bool = knob("Train on the sign of each reward (Atari's reward clipping); episode returns are still logged in raw rewards.", False)
+    episodic_life: bool = knob("Treat a lost life (from the env's info['lives']) as the end of an episode for learning; the game goes on and its whole score is logged (Atari).", False)
     init_log_std: float = knob('Initial log standard deviation of the Gaussian policy (continuous actions).', 0.0)
     normalize_observations: bool = knob('Running mean/std observation normalization (clipped to +-obs_clip).', False)
     normalize_rewards: bool = knob('Scale rewards by the running std of the discounted return (no mean shift).', False)
@@ -62,7 +67,9 @@ class PPOConfig:
     checkpoint_every: int = knob('Write a checkpoint every this many updates (0: only at the end and on interruption).', 50)
     keep_checkpoints: int = knob('How many periodic checkpoints to keep.', 3)
     nonfinite: str = knob("stop or skip: on a NaN/inf observation, reward, loss or gradient, stop the run (after checkpointing the last good update) or skip the poisoned update.", "stop")
-    eval_episodes: int = knob('Episodes of the deterministic evaluation run at the end of `clippo train` (0: none).', 10)
+    eval_episodes: int = knob('Episodes of each deterministic evaluation: the periodic ones (eval_every) and the one at the end of `clippo train` (0: none at the end).', 10)
+    eval_every: int = knob('Evaluate the deterministic policy on separate envs every this many environment steps (counted like total_steps; at the first update at or after each multiple, and after the last update), logging eval/mean_return and keeping the best policy in best.pt (0: off).', 0)
+    stop_at_return: float | None = knob("End training once a periodic evaluation's mean return reaches this (needs eval_every); none: train for total_steps.", None)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -95,6 +102,8 @@ class PPOConfig:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: choose one of {', '.join(allowed)}")
+        if self.encoder not in ("auto", "mlp", "cnn") and ":" not in self.encoder:
+            raise ConfigError(f"encoder={self.encoder!r} is invalid: choose auto, mlp, cnn, or an importable 'module:Class'")
         if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
             raise ConfigError(f"hidden_sizes={self.hidden_sizes} is invalid: give one or more widths >= 1")
         batch = self.num_envs * self.num_steps
@@ -107,9 +116,21 @@ class PPOConfig:
             raise ConfigError(f"seed={self.seed} is invalid: it must be an integer in [0, 2**32)")
         if not 1 <= self.torch_threads <= 256:  # torch crashes outright on absurd thread counts
             raise ConfigError(f"torch_threads={self.torch_threads} is invalid: it must be an integer in [1, 256]")
-        for name in ["checkpoint_every", "eval_episodes"]:
+        for name in ["checkpoint_every", "eval_episodes", "eval_every"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} is invalid: it must be an integer >= 0")
+        if self.eval_every and not self.eval_episodes:
+            raise ConfigError(
+                f"eval_every={self.eval_every} is invalid with eval_episodes=0: each evaluation needs eval_episodes >= 1"
+            )
+        if self.stop_at_return is not None:
+            if not math.isfinite(self.stop_at_return):
+                raise ConfigError(f"stop_at_return={self.stop_at_return} is invalid: it must be a finite number, or none to disable it")
+            if not self.eval_every:
+                raise ConfigError(
+                    f"stop_at_return={self.stop_at_return} is invalid without periodic evaluations: "
+                    "set eval_every to a number of environment steps >= 1"
+                )
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints={self.keep_checkpoints} is invalid: it must be an integer >= 1")
         return self
@@ -124,6 +145,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "vector_env": ("auto", "sync", "async", "native"),
     "device": ("cpu", "cuda", "auto"),
     "nonfinite": ("stop", "skip"),
+    "fast_path": ("auto", "off"),
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -318,6 +340,8 @@ def _check_types(config: PPOConfig) -> None:
             ok = isinstance(value, bool)
         elif kind == "str":
             ok = isinstance(value, str)
+        elif kind == "dict":
+            ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
         elif kind == "list[int]":
             ok = isinstance(value, (list, tuple)) and all(
                 isinstance(v, int) and not isinstance(v, bool) for v in value

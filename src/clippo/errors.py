@@ -25,3 +25,12 @@ class TrainingInterrupted(RuntimeError):
     def __init__(self, message: str, checkpoint: str | None = None) -> None:
         super().__init__(message)
         self.checkpoint = checkpoint
+
+
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """An exception's message cut to its first line, for one-line errors (``default``, else the
+    exception's type name, when the message is empty)."""
+    text = str(exc).strip()
+    if text:
+        return text.splitlines()[0]
+    return type(exc).__name__ if default is None else default

@@ -15,7 +15,8 @@ from tqdm import tqdm
 METRICS_FILE = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
 
-# Column order of metrics.csv; TensorBoard gets the same names under "train/".
+# Column order of metrics.csv; TensorBoard gets the same names under "train/", except the
+# evaluation's (already "eval/...").
 COLUMNS = [
     "global_step",
     "update",
@@ -25,6 +26,10 @@ COLUMNS = [
     "recent_return",
     "episode_length",
     "episodes",
+    # the periodic deterministic evaluation (clippo.callbacks.EvalCallback): blank in the rows of
+    # updates without one
+    "eval/mean_return",
+    "eval/std_return",
     "policy_loss",
     "value_loss",
     "entropy",
@@ -65,6 +70,8 @@ class RunLogger:
             run_dir.mkdir(parents=True, exist_ok=True)
             path = run_dir / METRICS_FILE
             new_file = not path.exists() or path.stat().st_size == 0
+            if not new_file and _header(path) != COLUMNS:  # a run begun by an older clippo
+                _rewrite(path, _rows(path))
             self._csv_file = open(path, "a", newline="")
             self._csv = csv.DictWriter(self._csv_file, fieldnames=COLUMNS, extrasaction="ignore")
             if new_file:
@@ -82,6 +89,7 @@ class RunLogger:
             else None
         )
         self._last_line = 0.0
+        self._last_eval: float | None = None
 
     def log(self, metrics: dict[str, Any]) -> None:
         if self._csv is not None:
@@ -92,16 +100,23 @@ class RunLogger:
             for name in COLUMNS[2:]:
                 value = metrics.get(name)
                 if value is not None and not (isinstance(value, float) and math.isnan(value)):
-                    self._tb.add_scalar(f"train/{name}", value, step)
+                    self._tb.add_scalar(name if name.startswith("eval/") else f"train/{name}", value, step)
+        evaluated = metrics.get("eval/mean_return")
+        if evaluated is not None:
+            self._last_eval = evaluated
         if self._bar is not None:
             self._bar.n = metrics["global_step"]
-            self._bar.set_postfix(sps=f"{metrics['sps']:.0f}", ret=_fmt(metrics.get("recent_return")), refresh=False)
+            postfix = {"sps": f"{metrics['sps']:.0f}", "ret": _fmt(metrics.get("recent_return"))}
+            if self._last_eval is not None:
+                postfix["eval"] = _fmt(self._last_eval)
+            self._bar.set_postfix(postfix, refresh=False)
             self._bar.refresh()
-        elif self._plain and (time.monotonic() - self._last_line > 5.0 or metrics.get("final")):
+        elif self._plain and (time.monotonic() - self._last_line > 5.0 or metrics.get("final") or evaluated is not None):
             self._last_line = time.monotonic()
+            evaluation = f"  eval {_fmt(evaluated)}" if evaluated is not None else ""
             print(
                 f"step {metrics['global_step']}  update {metrics['update']}  sps {metrics['sps']:.0f}  "
-                f"return {_fmt(metrics.get('recent_return'))}  kl {metrics['approx_kl']:.4f}  "
+                f"return {_fmt(metrics.get('recent_return'))}{evaluation}  kl {metrics['approx_kl']:.4f}  "
                 f"clipfrac {metrics['clip_fraction']:.3f}",
                 flush=True,
             )
@@ -116,20 +131,36 @@ class RunLogger:
 
 
 def truncate_metrics(run_dir: Path, global_step: int) -> None:
-    """Drop metric rows logged after ``global_step`` (a resumed run logs them again)."""
+    """Drop metric rows logged after ``global_step`` (a resumed run logs them again). Every
+    column of ``COLUMNS`` is kept (the evaluation's too); a file with an older header is
+    rewritten with the current one, so that the rows appended next line up."""
     path = run_dir / METRICS_FILE
     if not path.exists():
         return
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = _rows(path)
     kept = [row for row in rows if row.get("global_step") and float(row["global_step"]) <= global_step]
-    if len(kept) == len(rows):
+    if len(kept) == len(rows) and _header(path) == COLUMNS:
         return
+    _rewrite(path, kept)
+
+
+def _header(path: Path) -> list[str]:
+    with open(path, newline="") as f:
+        return next(csv.reader(f), [])
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _rewrite(path: Path, rows: list[dict[str, str]]) -> None:
+    """Write ``rows`` under the current header (absent columns blank), atomically."""
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(kept)
+        writer.writerows(rows)
     tmp.replace(path)
 
 

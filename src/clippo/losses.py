@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -101,3 +103,46 @@ def explained_variance(predictions: torch.Tensor, targets: torch.Tensor) -> floa
     if var_targets == 0 or targets.numel() < 2:
         return float("nan")
     return float(1.0 - (targets - predictions).var() / var_targets)
+
+
+@dataclass
+class LossTerms:
+    """One minibatch's loss, its parts and the step's diagnostics (approximate KL to the rollout
+    policy, share of clipped ratios), as numbers; and each sample's log probability ratio."""
+
+    loss: float
+    policy_loss: float
+    value_loss: float
+    entropy: float
+    approx_kl: float
+    clip_fraction: float
+    logratio: torch.Tensor
+
+
+class AutogradLoss:
+    """The combined PPO loss of a minibatch, its gradient left in the parameters' ``.grad`` by
+    autograd: the general path, for every encoder, action space and device."""
+
+    def __init__(self, model, clip_epsilon: float, vf_coef: float, ent_coef: float, zero_grad: Callable[[], None]) -> None:
+        self.model = model
+        self.clip_epsilon = clip_epsilon
+        self.vf_coef = vf_coef
+        self.ent_coef = ent_coef
+        self.zero_grad = zero_grad
+
+    def __call__(self, obs, actions, old_logprobs, advantages, returns, old_values=None) -> LossTerms:
+        """``old_values`` given: the value error is clipped around them (PPO2 style)."""
+        # With no entropy bonus, the entropy is only logged: keep it out of the graph.
+        logprobs, entropy, values = self.model.evaluate_actions(obs, actions, entropy_grad=self.ent_coef > 0)
+        logratio = logprobs - old_logprobs
+        pg_loss, ratio = clipped_surrogate_loss(logratio, advantages, self.clip_epsilon)
+        v_loss = value_loss(values, returns, old_values, self.clip_epsilon)
+        entropy_mean = entropy_bonus(entropy)
+        loss = ppo_loss(pg_loss, v_loss, entropy_mean, self.vf_coef, self.ent_coef)
+        self.zero_grad()
+        loss.backward()
+        with torch.no_grad():  # one transfer from the device for all six numbers
+            numbers = torch.stack(
+                [loss, pg_loss, v_loss, entropy_mean, approx_kl(logratio, ratio), clip_fraction(ratio, self.clip_epsilon)]
+            ).tolist()
+        return LossTerms(*numbers, logratio.detach())

@@ -54,7 +54,7 @@ def play(
 
     from clippo.envs import check_env_id, make_vector_env
     from clippo.evaluation import run_episodes
-    from clippo.ppo import PPO
+    from clippo.agent import PPO
 
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
         raise ValueError(f"episodes={episodes!r} is invalid: it must be an integer >= 1")

@@ -6,7 +6,8 @@ except for the seed (and a few settings that do not change what is learned: ``IG
 are one *group*: their curves are interpolated onto a common grid over the x range that every run
 of the group covers, and drawn as the mean with a band, either the 95% confidence interval of that
 mean (Student t, the default) or the min-max range over the seeds. Runs of different environments
-get a row of panels each.
+get a row of panels each. Runs with periodic evaluations (``--eval-every``) get a panel of their
+deterministic evaluation return beside the training return.
 
 matplotlib is used through its object API on the Agg canvas (no pyplot state, no display).
 """
@@ -27,11 +28,16 @@ CONFIG_FILE = "config.yaml"
 # Config keys that may differ between runs of one group: the seed, and bookkeeping that does not
 # change the training computation.
 IGNORED_KEYS = frozenset(
-    {"seed", "device", "torch_threads", "tensorboard", "checkpoint_every", "keep_checkpoints", "eval_episodes"}
+    {"seed", "device", "torch_threads", "tensorboard", "checkpoint_every", "keep_checkpoints", "eval_episodes",
+     "eval_every"}
 )
 
 RETURN_COLUMN = "recent_return"
 RETURN_LABEL = "return (mean of last 100 episodes)"
+# The periodic evaluation (clippo.callbacks.EvalCallback): a value only in the rows of the
+# updates that evaluated.
+EVAL_COLUMN = "eval/mean_return"
+EVAL_LABEL = "evaluation return (deterministic)"
 X_COLUMNS = {"steps": ("global_step", "environment steps"), "time": ("wall_time", "training wall time (s)")}
 X_CHOICES = ("steps", "time", "both")
 BANDS = {"ci95": "95% CI of the mean", "minmax": "min-max over seeds"}
@@ -167,6 +173,8 @@ def _settings(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _hashable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
     return tuple(value) if isinstance(value, list) else value
 
 
@@ -279,10 +287,13 @@ def plot_runs(
     return output
 
 
-def panels_for(x: str, diagnostics: bool) -> list[tuple[str, str, str, str]]:
-    """(x column, x label, y column, y label) of each panel of one environment's row."""
+def panels_for(x: str, diagnostics: bool, evaluation: bool = False) -> list[tuple[str, str, str, str]]:
+    """(x column, x label, y column, y label) of each panel of one environment's row; with
+    ``evaluation``, the evaluation return against the same x axes."""
     modes = ["steps", "time"] if x == "both" else [x]
     panels = [(*X_COLUMNS[m], RETURN_COLUMN, RETURN_LABEL) for m in modes]
+    if evaluation:
+        panels += [(*X_COLUMNS[m], EVAL_COLUMN, EVAL_LABEL) for m in modes]
     if diagnostics:
         panels += [(*X_COLUMNS["steps"], column, label) for column, label in DIAGNOSTICS.items()]
     return panels
@@ -293,7 +304,7 @@ def draw_groups(groups: Sequence[RunGroup], x: str = "steps", diagnostics: bool 
     from matplotlib.figure import Figure
     from matplotlib.ticker import EngFormatter
 
-    panels = panels_for(x, diagnostics)
+    panels = panels_for(x, diagnostics, evaluation=any(has_values(run, EVAL_COLUMN) for g in groups for run in g.runs))
     envs = list(dict.fromkeys(g.env_id for g in groups))
     if len(envs) == 1:
         ncols = min(len(panels), 3)
@@ -316,8 +327,9 @@ def draw_groups(groups: Sequence[RunGroup], x: str = "steps", diagnostics: bool 
                     continue
                 color = colors[group.label]
                 name = group.label if curve.count == 1 else f"{group.label} ({curve.count} seeds)"
-                marker = "o" if len(curve.x) == 1 else None
-                ax.plot(curve.x, curve.mean, color=color, lw=1.6, label=name, marker=marker)
+                # evaluations are sparse: mark each one
+                marker = "o" if len(curve.x) == 1 or (y_column == EVAL_COLUMN and curve.count == 1) else None
+                ax.plot(curve.x, curve.mean, color=color, lw=1.6, label=name, marker=marker, markersize=4)
                 if curve.low is not None:
                     ax.fill_between(curve.x, curve.low, curve.high, color=color, alpha=0.2, lw=0)
             ax.set_xlabel(x_label)
@@ -342,6 +354,13 @@ def draw_groups(groups: Sequence[RunGroup], x: str = "steps", diagnostics: bool 
         figure.legend(list(entries.values()), list(entries), loc="outside lower center", ncols=min(len(entries), max(ncols, 1)),
                       fontsize=9, title=title, title_fontsize=9, frameon=False)
     return figure
+
+
+def has_values(run: Run, column: str) -> bool:
+    """Whether the run's metrics hold at least one finite value of ``column``."""
+    if column not in run.metrics.columns:
+        return False
+    return bool(np.isfinite(_to_float(run.metrics[column]).to_numpy(float)).any())
 
 
 def _all_positive(groups: Sequence[RunGroup], column: str) -> bool:

@@ -20,7 +20,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from clippo.plotting import RunGroup, draw_groups, read_run, require_plotting_packages
+from clippo.callbacks import BEST_NAME
+from clippo.plotting import EVAL_COLUMN, RunGroup, draw_groups, read_run, require_plotting_packages
 
 # --- thresholds -------------------------------------------------------------------------------
 # KL early stop: ended the epochs of more than this share of the updates.
@@ -349,7 +350,8 @@ def build_report(run_dir: str | Path) -> RunReport:
 
 
 def render_figure(report: RunReport) -> bytes:
-    """The return and the five diagnostics against env steps, as PNG bytes."""
+    """The return (and the periodic evaluations, when there are some) and the five diagnostics
+    against env steps, as PNG bytes."""
     run = read_run(report.run_dir)
     figure = draw_groups([RunGroup([run], label=run.env_id)], x="steps", diagnostics=True)
     buffer = io.BytesIO()
@@ -403,11 +405,35 @@ def _summary_rows(report: RunReport) -> list[list[str]]:
         rows.append(["best return", f"{m['recent_return'].iloc[best]:.2f} at step {int(m['global_step'].iloc[best]):,}"])
     else:
         rows.append(["final return", "n/a: no episode finished"])
+    rows += _periodic_evaluation_rows(report)
     if report.evaluation:
         e = report.evaluation
         rows.append(["evaluation", f"{e['mean_return']:.2f} ± {e.get('std_return', float('nan')):.2f} over "
                                    f"{e.get('episodes', '?')} deterministic episodes (eval.json)"])
     return rows
+
+
+def _periodic_evaluation_rows(report: RunReport) -> list[list[str]]:
+    """The last and the best of the periodic evaluations (``--eval-every``), when the run has them."""
+    import pandas as pd
+
+    m = report.metrics
+    if EVAL_COLUMN not in m.columns:
+        return []
+    values = pd.to_numeric(m[EVAL_COLUMN], errors="coerce").to_numpy(float)
+    evaluated = np.flatnonzero(np.isfinite(values))
+    if not len(evaluated):
+        return []
+    stds = pd.to_numeric(m.get("eval/std_return", pd.Series(np.nan, index=m.index)), errors="coerce").to_numpy(float)
+    last, best = evaluated[-1], evaluated[int(np.argmax(values[evaluated]))]
+    steps = m["global_step"].to_numpy()
+    kept = f", kept as `{BEST_NAME}`" if (report.run_dir / BEST_NAME).is_file() else ""
+    episodes = report.config.get("eval_episodes", "?")
+    return [
+        ["last periodic evaluation", f"{values[last]:.2f} ± {stds[last]:.2f} at step {int(steps[last]):,} "
+                                     f"({len(evaluated)} evaluations of {episodes} deterministic episodes)"],
+        ["best periodic evaluation", f"{values[best]:.2f} at step {int(steps[best]):,}{kept}"],
+    ]
 
 
 def _diagnostic_rows(metrics) -> list[list[str]]:

@@ -1,26 +1,40 @@
-"""Rollout storage and collection: run the current policy in the vector env and store transitions."""
+"""Rollout storage and collection: run the current policy in the vector env and store transitions.
+
+This is the general path, for every encoder, observation space and device: observations are
+stored as the env returns them (each field in its own dtype), and the torch policy acts on
+them. ``clippo.fastpath`` replaces both pieces for flat observations and MLPs on a CPU.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from gymnasium import spaces
 from gymnasium.vector import VectorEnv
 
+from clippo import observations
 from clippo.distributions import ActionDistribution
 from clippo.envs import restore_env_state, snapshot_env_state
-from clippo.errors import EnvStepError, NonFiniteError
-from clippo.networks import ActorCritic
+from clippo.errors import EnvStepError, NonFiniteError, first_line
 from clippo.normalization import ObservationNormalizer, RewardScaler
+from clippo.observations import Obs, map_obs
+from clippo.policy import ActorCritic
+
+#: The critic runs over a rollout's observations in chunks of this many rows (bounded memory for
+#: image encoders, whose activations are large).
+CRITIC_CHUNK_ROWS = 1024
 
 
 @dataclass
 class Batch:
-    """A rollout flattened to ``[batch]`` with autoreset steps dropped: what the update trains on."""
+    """A rollout flattened to ``[batch]`` with autoreset steps dropped: what the update trains on.
+    ``obs`` is a tensor, or a dict of tensors for Dict/Tuple observation spaces."""
 
-    obs: torch.Tensor
+    obs: Obs
     actions: torch.Tensor
     logprobs: torch.Tensor
     values: torch.Tensor
@@ -28,65 +42,73 @@ class Batch:
     returns: torch.Tensor
 
     def __len__(self) -> int:
-        return self.obs.shape[0]
+        return self.actions.shape[0]
 
     def __getitem__(self, index: torch.Tensor | slice) -> Batch:
-        return Batch(*(getattr(self, name)[index] for name in self.__dataclass_fields__))
+        return Batch(*(map_obs(lambda v: v[index], getattr(self, name)) for name in self.__dataclass_fields__))
+
+
+def step_rows(storage: Obs, t: int) -> Obs:
+    """Row ``t`` (one step, every env) of ``[steps, envs, ...]`` storage, as views."""
+    return map_obs(lambda array: array[t], storage)
 
 
 class RolloutBuffer:
     """Preallocated ``[num_steps, num_envs, ...]`` arrays for one rollout (``values`` are filled
-    afterwards by ``estimate_values``).
+    afterwards by ``estimate_values`` unless the runner stored them while acting).
 
-    Stored as numpy arrays (writing a row costs a fraction of a torch indexed copy, and the rollout
-    loop writes several per step), viewed as tensors for the advantage computation and the update.
-    ``valid[t, i]`` is False where step ``t`` of env ``i`` was an autoreset step: the env ignored
-    the action and returned the first observation of a new episode, so it is not a transition.
+    Stored as numpy arrays (writing a row costs a fraction of a torch indexed copy), viewed as
+    tensors for the advantage computation and the update. ``valid[t, i]`` is False where step
+    ``t`` of env ``i`` was an autoreset step: the env ignored the action and returned the first
+    observation of a new episode, so it is not a transition. ``terminated`` is what the
+    advantages treat as terminal: the env's terminations, and lost lives with ``episodic_life``.
 
-    Observations are kept as the networks read them, ``[obs, 1]`` (see ``NumpyMLP``), in
-    ``network_inputs``: ``num_steps + 1`` rows, the last one the observation after the last step
-    (the bootstrap at the rollout cut). The actor acts on a row and the critic evaluates them all
-    without copying.
+    ``all_obs`` holds ``num_steps + 1`` rows of observations in their own dtypes (uint8 frames
+    stay uint8), the last one the observation after the last step (the bootstrap at the cut).
     """
 
-    def __init__(
-        self, num_steps: int, num_envs: int, obs_size: int, action_shape, action_dtype, num_outputs: int, device
-    ) -> None:
+    def __init__(self, num_steps: int, num_envs: int, observation_space: spaces.Space, distribution: ActionDistribution, device) -> None:
         shape = (num_steps, num_envs)
-        numpy_dtype = np.int64 if action_dtype == torch.int64 else np.float32
         self.device = torch.device(device)
-        self.network_inputs = np.ones((num_steps + 1, num_envs, obs_size + 1), dtype=np.float32)
-        self.all_obs = self.network_inputs[..., :-1]  # [num_steps + 1, num_envs, obs_size] views
-        self.obs = self.all_obs[:-1]
-        self.actions = np.zeros(shape + tuple(action_shape), dtype=numpy_dtype)
+        self.all_obs = observations.allocate(observation_space, (num_steps + 1, num_envs))
+        self.obs = map_obs(lambda array: array[:-1], self.all_obs)
+        numpy_dtype = np.int64 if distribution.action_dtype == torch.int64 else np.float32
+        self.actions = np.zeros(shape + tuple(distribution.action_shape), dtype=numpy_dtype)
         self.logprobs = np.zeros(shape, dtype=np.float32)
-        self.params = np.zeros(shape + (num_outputs,), dtype=np.float32)  # the actor's logits or means
+        self.params = np.zeros(shape + (distribution.num_outputs,), dtype=np.float32)  # the actor's logits or means
         self.values = np.zeros(shape, dtype=np.float32)
         self.rewards = np.zeros(shape, dtype=np.float32)
         self.raw_rewards = np.zeros(shape, dtype=np.float32)
         self.terminated = np.zeros(shape, dtype=bool)
         self.truncated = np.zeros(shape, dtype=bool)
+        self.life_lost = np.zeros(shape, dtype=bool)
         self.valid = np.ones(shape, dtype=bool)
         self.last_value = np.zeros(num_envs, dtype=np.float32)
-        self.critic_workspace: list = []  # see NumpyMLP.__call__
+        #: set by a runner that stored ``values`` while acting (a shared encoder computes both at once)
+        self.values_stored = False
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by this buffer's arrays."""
+        arrays = [*(self.all_obs.values() if isinstance(self.all_obs, dict) else [self.all_obs])]
+        arrays += [v for v in vars(self).values() if isinstance(v, np.ndarray) and v.base is None]
+        return sum(a.nbytes for a in arrays)
 
     @torch.no_grad()
     def estimate_values(self, policy: ActorCritic) -> None:
-        """Fill ``values`` and ``last_value`` with the critic's estimates.
-
-        Acting needs only the actor, so the critic is evaluated here, once per rollout on every
-        stored observation plus the one after the last step (the bootstrap at the rollout cut):
-        one large batch instead of a small one per step. On the CPU with the numpy copy of the
-        critic (about 60% of the torch pass's time at these sizes).
-        """
-        if self.device.type == "cpu":
-            inputs = self.network_inputs.reshape(-1, self.network_inputs.shape[-1])
-            values = policy.numpy_critic().with_ones_column(inputs, self.critic_workspace)[:, 0]
-        else:
-            obs = self.all_obs.reshape(-1, self.all_obs.shape[-1])
-            values = policy.value(torch.from_numpy(obs).to(self.device)).cpu().numpy()
-        num_envs = self.last_value.shape[0]
-        self.values[:] = values[:-num_envs].reshape(self.values.shape)
+        """Fill ``values`` (unless stored while acting) and ``last_value`` with the critic's
+        estimates: acting needs only the actor, so the critic runs here once per rollout on
+        every stored observation plus the bootstrap one, in large batches."""
+        num_steps, num_envs = self.values.shape
+        rows = self.all_obs if not self.values_stored else map_obs(lambda a: a[-1:], self.all_obs)
+        flat = map_obs(lambda a: a.reshape(-1, *a.shape[2:]), rows)
+        total = observations.batch_size(flat)
+        values = np.empty(total, dtype=np.float32)
+        for start in range(0, total, CRITIC_CHUNK_ROWS):
+            chunk = map_obs(lambda a: a[start : start + CRITIC_CHUNK_ROWS], flat)
+            values[start : start + CRITIC_CHUNK_ROWS] = policy.value(observations.to_tensor(chunk, self.device)).cpu().numpy()
+        if not self.values_stored:
+            self.values[:] = values[:-num_envs].reshape(self.values.shape)
         self.last_value[:] = values[-num_envs:]
 
     @torch.no_grad()
@@ -106,11 +128,10 @@ class RolloutBuffer:
     def flatten(self, advantages: torch.Tensor, returns: torch.Tensor) -> Batch:
         """The valid transitions as one flat batch (time-major order)."""
         mask = self.tensor("valid").reshape(-1)
-        obs_size = self.obs.shape[-1]
-        action_shape = self.actions.shape[2:]
+        obs = map_obs(lambda a: torch.from_numpy(a).to(self.device).reshape(-1, *a.shape[2:])[mask], self.obs)
         return Batch(
-            obs=self.tensor("obs").reshape(-1, obs_size)[mask],
-            actions=self.tensor("actions").reshape(-1, *action_shape)[mask],
+            obs=obs,
+            actions=self.tensor("actions").reshape(-1, *self.actions.shape[2:])[mask],
             logprobs=self.tensor("logprobs").reshape(-1)[mask],
             values=self.tensor("values").reshape(-1)[mask],
             advantages=advantages.reshape(-1)[mask],
@@ -118,11 +139,31 @@ class RolloutBuffer:
         )
 
 
+def float_sum(obs: Obs) -> float:
+    """The sum of an observation batch's floating-point fields: finite exactly when they all
+    are (or it overflowed); integer fields cannot hold NaN."""
+    total = 0.0
+    for array in obs.values() if isinstance(obs, dict) else [obs]:
+        if array.dtype.kind == "f":
+            total += float(array.sum(dtype=np.float64))
+    return total
+
+
+def nonfinite_rows(obs: Obs) -> np.ndarray:
+    """Per env: whether any floating-point value of its observation is NaN or infinite."""
+    arrays = [a for a in (obs.values() if isinstance(obs, dict) else [obs]) if a.dtype.kind == "f"]
+    bad = np.zeros(observations.batch_size(obs), dtype=bool)
+    for array in arrays:
+        bad |= ~np.isfinite(array).reshape(len(array), -1).all(axis=1)
+    return bad
+
+
 class EnvRunner:
     """The vector env plus what carries over between rollouts.
 
-    That is the latest observation, which envs are due an autoreset step, and the running return
-    and length of each env's current episode (in raw, unscaled rewards).
+    That is the latest observation, which envs are due an autoreset step, each env's lives (with
+    ``episodic_life``), and the running return and length of each env's current episode (in raw,
+    unscaled rewards: the game score, whatever the learner is trained on).
     """
 
     def __init__(
@@ -131,107 +172,115 @@ class EnvRunner:
         obs_normalizer: ObservationNormalizer,
         reward_scaler: RewardScaler,
         nonfinite: str = "stop",
+        reward_sign: bool = False,
+        episodic_life: bool = False,
     ) -> None:
         if nonfinite not in ("stop", "skip"):
             raise ValueError(f"nonfinite={nonfinite!r} is invalid: choose one of stop, skip")
         self.envs = envs
+        self.observation_space = envs.single_observation_space
         self.nonfinite = nonfinite
+        self.reward_sign = reward_sign
+        self.episodic_life = episodic_life
         self.poisoned = False
         self.poison_message = ""
         self.num_envs = envs.num_envs
         self.obs_normalizer = obs_normalizer
         self.reward_scaler = reward_scaler
         self.autoreset = np.zeros(self.num_envs, dtype=bool)
+        self.lives = np.zeros(self.num_envs, dtype=np.int64)
         self.episode_returns = np.zeros(self.num_envs, dtype=np.float64)
         self.episode_lengths = np.zeros(self.num_envs, dtype=np.int64)
-        self.next_obs = np.zeros(0, dtype=np.float32)
+        self.next_obs: Obs | None = None
         self.finished_returns: list[float] = []
         self.finished_lengths: list[int] = []
 
     def start(self, seed: int | None) -> None:
         """Reset every env (env i gets seed + i) and begin fresh episodes."""
-        raw_obs, _ = self.envs.reset(seed=seed)
-        self.next_obs = self.obs_normalizer(raw_obs, update=True)
+        raw_obs, info = self.envs.reset(seed=seed)
+        self.next_obs = self._normalized(observations.flatten_structure(raw_obs, self.observation_space))
+        if self.episodic_life:
+            self.lives = self._lives(info)
         self.autoreset[:] = False
         self.episode_returns[:] = 0.0
         self.episode_lengths[:] = 0
 
+    def _normalized(self, obs: Obs, update: bool = True) -> Obs:
+        return self.obs_normalizer(obs, update=update) if self.obs_normalizer.enabled else obs
+
+    def _lives(self, info: dict[str, Any]) -> np.ndarray:
+        if "lives" not in info:
+            raise ValueError("episodic_life=True is invalid for this env: its step() info has no 'lives' entry (Atari envs have one)")
+        return np.asarray(info["lives"], dtype=np.int64).copy()
+
+    def _step(self, env_actions: np.ndarray) -> tuple:
+        try:
+            return self.envs.step(env_actions)
+        except Exception as exc:  # whatever the env raises, training cannot go on from here
+            raise EnvStepError(f"the environment raised {type(exc).__name__} in step(): {first_line(exc, '')}") from exc
+
     @torch.inference_mode()
     def collect(self, policy: ActorCritic, buffer: RolloutBuffer, generator: torch.Generator) -> None:
         """Run the policy for ``num_steps`` steps in every env, storing each step into ``buffer``."""
-        if self.next_obs.shape[0] != self.num_envs:
+        if self.next_obs is None:
             raise RuntimeError("EnvRunner.collect() before start(): call start(seed) or load_state_dict() first")
         distribution = policy.distribution
-        num_steps = buffer.obs.shape[0]
+        num_steps = buffer.actions.shape[0]
+        device = buffer.device
         self.poisoned = False
-        noise = distribution.noise((num_steps, self.num_envs), generator, buffer.device).cpu().numpy()
-        actor = policy.numpy_actor()
-        scale_rewards = self.reward_scaler.enabled
-        # A NaN or inf must never reach the normalizers' running statistics, nor (as an action) the
-        # env: with either normalizer on, or continuous actions, each step is checked as it comes.
-        # Otherwise nothing carries it forward (the argmax of any logits is a valid action) and one
-        # check of the whole rollout after the loop finds the same first bad value.
-        normalize_obs = self.obs_normalizer.enabled
-        check_each_step = normalize_obs or scale_rewards or not distribution.discrete
-        policy.numpy_input(self.next_obs, out=buffer.all_obs[0])
+        noise = distribution.noise((num_steps, self.num_envs), generator, device)
+        # A shared encoder gives the values with the actions at no extra cost.
+        buffer.values_stored = policy.shared
+        observations.write(step_rows(buffer.all_obs, 0), self.next_obs)
         buffer.valid[0] = ~self.autoreset  # the envs whose first step here is an autoreset step
-        act, sample, std, step = actor.for_rows(self.num_envs), distribution.sample_numpy, actor.std, self.envs.step
-        # Step t's rows of the buffer (views), walked together: cheaper than indexing each per step.
-        rows = zip(
-            buffer.network_inputs, buffer.params, noise, buffer.actions,
-            buffer.all_obs[1:], buffer.raw_rewards, buffer.terminated, buffer.truncated, buffer.rewards,
-        )  # fmt: skip
-        for inputs, params, step_noise, actions_t, next_obs_t, rewards_t, terminated_t, truncated_t, scaled_t in rows:
-            act(inputs, params)
-            actions = sample(params, step_noise, std)
-            actions_t[...] = actions
+        for t in range(num_steps):
+            obs = observations.to_tensor(step_rows(buffer.all_obs, t), device)
+            if policy.shared:
+                params, values = policy(obs)
+                buffer.values[t] = values.cpu().numpy()
+            else:
+                params = policy.actor(obs)
+            actions = distribution.sample(params, noise[t]).cpu().numpy()
+            buffer.params[t] = params.cpu().numpy()
+            buffer.actions[t] = actions
 
-            try:
-                raw_obs, rewards, terminated, truncated, _ = step(distribution.to_env(actions))
-            except Exception as exc:  # whatever the env raises, training cannot go on from here
-                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                raise EnvStepError(f"the environment raised {type(exc).__name__} in step(): {detail}") from exc
-            # One sum is finite exactly when all its terms are (or it overflowed: checked in detail).
-            if check_each_step and not math.isfinite(raw_obs.sum() + rewards.sum()):
+            raw_obs, rewards, terminated, truncated, info = self._step(distribution.to_env(actions))
+            raw_obs = observations.flatten_structure(raw_obs, self.observation_space)
+            if not math.isfinite(float_sum(raw_obs) + float(np.sum(rewards, dtype=np.float64))):
                 raw_obs, rewards = self._handle_nonfinite(raw_obs, rewards)
-            obs = self.obs_normalizer(raw_obs, update=True) if normalize_obs else raw_obs
-            policy.numpy_input(obs, out=next_obs_t)
-            rewards_t[...] = rewards
-            terminated_t[...] = terminated
-            truncated_t[...] = truncated
-            if scale_rewards:  # the running return needs to know, step by step, which envs are mid-episode
+            observations.write(step_rows(buffer.all_obs, t + 1), self._normalized(raw_obs))
+            buffer.raw_rewards[t] = rewards
+            buffer.terminated[t] = terminated
+            buffer.truncated[t] = truncated
+            if self.episodic_life:
+                lives = self._lives(info)
+                buffer.life_lost[t] = lives < self.lives
+                self.lives = lives
+            learned = np.sign(rewards) if self.reward_sign else rewards
+            if self.reward_scaler.enabled:  # the running return needs to know, step by step, which envs are mid-episode
                 dones = terminated | truncated
-                scaled_t[...] = self.reward_scaler(rewards, dones, ~self.autoreset)
+                buffer.rewards[t] = self.reward_scaler(learned, dones, ~self.autoreset)
                 self.autoreset = dones
-        self.next_obs = obs if normalize_obs else self.obs_normalizer(obs)  # (float32 either way)
+            else:
+                buffer.rewards[t] = learned
+        self.next_obs = map_obs(np.copy, step_rows(buffer.all_obs, num_steps))
+        self.finish_rollout(buffer, distribution)
+
+    def finish_rollout(self, buffer: RolloutBuffer, distribution: ActionDistribution) -> None:
+        """After the steps: valid flags, the autoreset state carried over, finished episodes,
+        lost lives made terminal for learning, and the stored actions' log-probabilities."""
         # An env's step is an autoreset step (not a transition) after its episode ended.
         dones = buffer.terminated | buffer.truncated
         np.logical_not(dones[:-1], out=buffer.valid[1:])
         self.autoreset = dones[-1].copy()
-        if not scale_rewards:
-            buffer.rewards[:] = buffer.raw_rewards
-        if not check_each_step:
-            self._check_rollout(buffer)
         self._track_episodes(buffer)
+        if self.episodic_life:
+            # A lost life ends the learner's episode (no bootstrap across it); the game goes on.
+            buffer.terminated |= buffer.life_lost
         buffer.fill_logprobs(distribution)
 
-    def _check_rollout(self, buffer: RolloutBuffer) -> None:
-        """The per-step non-finite check for a whole rollout at once: the first bad step (in time
-        order) is reported or, with nonfinite="skip", zeroed as a step's check would have."""
-        returned_obs = buffer.all_obs[1:]
-        if math.isfinite(returned_obs.sum(dtype=np.float64) + buffer.raw_rewards.sum(dtype=np.float64)):
-            return
-        bad = ~np.isfinite(returned_obs).all(axis=2) | ~np.isfinite(buffer.raw_rewards)
-        if not bad.any():  # only the sum overflowed
-            return
-        t = int(np.flatnonzero(bad.any(axis=1))[0])
-        self._handle_nonfinite(returned_obs[t], buffer.raw_rewards[t])  # raises, or poisons the rollout
-        for array in (buffer.all_obs, buffer.raw_rewards, buffer.rewards):
-            np.nan_to_num(array, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-        self.next_obs = np.nan_to_num(self.next_obs, nan=0.0, posinf=0.0, neginf=0.0)
-
-    def _handle_nonfinite(self, raw_obs: np.ndarray, rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        bad_obs = ~np.isfinite(raw_obs).reshape(self.num_envs, -1).all(axis=1)
+    def _handle_nonfinite(self, raw_obs: Obs, rewards: np.ndarray) -> tuple[Obs, np.ndarray]:
+        bad_obs = nonfinite_rows(raw_obs)
         bad_rewards = ~np.isfinite(rewards)
         if not (bad_obs.any() or bad_rewards.any()):  # only the sum overflowed
             return raw_obs, rewards
@@ -243,7 +292,8 @@ class EnvRunner:
         # skip: zero the bad values so the statistics stay finite; the trainer drops this rollout.
         self.poisoned = True
         self.poison_message = message
-        return np.nan_to_num(raw_obs, nan=0.0, posinf=0.0, neginf=0.0), np.nan_to_num(rewards, nan=0.0, posinf=0.0, neginf=0.0)
+        clean = map_obs(lambda a: np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0) if a.dtype.kind == "f" else a, raw_obs)
+        return clean, np.nan_to_num(rewards, nan=0.0, posinf=0.0, neginf=0.0)
 
     def _track_episodes(self, buffer: RolloutBuffer) -> None:
         """Record the returns and lengths (raw rewards) of the episodes that ended in this rollout.
@@ -274,8 +324,9 @@ class EnvRunner:
         """What carries over to the next rollout, including the envs' own state where it can be
         captured exactly (see clippo.envs.snapshot_env_state)."""
         return {
-            "next_obs": torch.from_numpy(self.next_obs.copy()),
+            "next_obs": map_obs(lambda a: torch.from_numpy(np.array(a)), self.next_obs),
             "autoreset": torch.from_numpy(self.autoreset.copy()),
+            "lives": torch.from_numpy(self.lives.copy()),
             "episode_returns": torch.from_numpy(self.episode_returns.copy()),
             "episode_lengths": torch.from_numpy(self.episode_lengths.copy()),
             "envs": snapshot_env_state(self.envs),
@@ -283,16 +334,18 @@ class EnvRunner:
 
     def load_state_dict(self, state: dict) -> bool:
         """Continue from a saved state; False (envs left freshly reset) where the envs cannot be restored."""
-        if state.get("envs") is None or state["next_obs"].shape[0] != self.num_envs:
+        next_obs = state.get("next_obs")
+        if state.get("envs") is None or next_obs is None or observations.batch_size(next_obs) != self.num_envs:
             return False
         if not restore_env_state(self.envs, state["envs"]):
             return False
-        self.next_obs = state["next_obs"].numpy().copy()
+        self.next_obs = map_obs(lambda t: t.numpy().copy(), next_obs)
         self.autoreset = state["autoreset"].numpy().copy()
+        if "lives" in state:
+            self.lives = state["lives"].numpy().copy()
         self.episode_returns = state["episode_returns"].numpy().copy()
         self.episode_lengths = state["episode_lengths"].numpy().copy()
         return True
-
 
     def pop_finished_episodes(self) -> tuple[list[float], list[int]]:
         """Returns and lengths of the episodes finished since the last call."""

@@ -34,14 +34,13 @@ hidden) takes the autograd path in ``PPO``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from clippo.distributions import _LOG_SQRT_2PI, Categorical, DiagGaussian
-from clippo.losses import float_mean
-from clippo.networks import NUMPY_TANH_AVX512, ActorCritic
+from clippo.fastpath.numpy_mlp import NUMPY_TANH_AVX512
+from clippo.losses import LossTerms, float_mean
+from clippo.policy import ActorCritic
 
 #: elements of a tanh layer's output from which ``_forward`` computes it through a sigmoid (measured
 #: on a 2-core x86 CPU: slower below about 64 x 64, ~25 us faster per layer at 256 x 64)
@@ -51,26 +50,12 @@ TANH_IN_NUMPY = NUMPY_TANH_AVX512
 _MINUS_ONE = torch.tensor(-1.0)
 
 
-@dataclass
-class LossTerms:
-    """One minibatch's loss, its parts and the step's diagnostics (approximate KL to the rollout
-    policy, share of clipped ratios), as numbers; and each sample's log probability ratio."""
-
-    loss: float
-    policy_loss: float
-    value_loss: float
-    entropy: float
-    approx_kl: float
-    clip_fraction: float
-    logratio: torch.Tensor
-
-
 def supports(model: ActorCritic, device: torch.device) -> bool:
     """Whether ``AnalyticGradient`` covers this model (else PPO uses autograd)."""
     return (
         device.type == "cpu"
         and not model.shared
-        and model.activation in (torch.tanh, torch.relu)
+        and model.is_mlp
         and type(model.distribution) in (Categorical, DiagGaussian)
     )
 
@@ -85,7 +70,7 @@ class AnalyticGradient:
         self.model = model
         # Layer i of the actor and of the critic as one [2, out, in] block (and [2, out] bias),
         # with their gradients: one batched product runs both networks' layer.
-        pairs = list(zip(model.actor_body, model.critic_body))
+        pairs = list(zip(model.actor_encoder.layers, model.critic_encoder.layers))
         self.weights = [_side_by_side(a.weight, c.weight) for a, c in pairs]
         self.biases = [_side_by_side(a.bias, c.bias).unsqueeze(1) for a, c in pairs]
         self.weight_grads = [_side_by_side(a.weight.grad, c.weight.grad) for a, c in pairs]
@@ -100,7 +85,7 @@ class AnalyticGradient:
         self.gaussian = isinstance(model.distribution, DiagGaussian)
         if self.gaussian:
             self.log_std, self.log_std_grad = model.log_std.detach().numpy(), model.log_std.grad.numpy()
-        self.relu = model.activation is torch.relu
+        self.relu = model.actor_encoder.activation is torch.relu
         self.clip_epsilon = clip_epsilon
         self.vf_coef = vf_coef
         self.ent_coef = ent_coef

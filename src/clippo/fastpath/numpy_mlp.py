@@ -1,4 +1,9 @@
-"""The actor-critic: an MLP actor (logits or Gaussian mean) and an MLP critic (one value)."""
+"""Frozen numpy copies of the MLP actor and critic: what the fast path's rollout runs.
+
+At PPO's MLP sizes (a few envs, 64-unit layers) a torch forward pass is mostly per-operation
+dispatch overhead, about as long as stepping a fast vectorized env; the same products in numpy
+cost a fraction of that. Measurements behind the choices here: docs/fast-path.md.
+"""
 
 from __future__ import annotations
 
@@ -9,179 +14,9 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from gymnasium import spaces
 from torch import nn
-from torch.nn import functional as F
 
-from clippo.distributions import ActionDistribution, DiagGaussian, make_distribution
-
-ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
-
-
-def observation_size(space: spaces.Space) -> int:
-    """Width of the flat network input for an observation space; a clear error if unsupported."""
-    if isinstance(space, spaces.Box):
-        return int(np.prod(space.shape))
-    if isinstance(space, spaces.Discrete):
-        return int(space.n)  # one-hot encoded
-    raise ValueError(
-        f"observation space {space} ({type(space).__name__}) is not supported: clippo handles Box and "
-        "Discrete observations (wrap others with gymnasium.wrappers.FlattenObservation)"
-    )
-
-
-def layer(in_features: int, out_features: int, gain: float) -> nn.Linear:
-    """A linear layer with orthogonal weights of the given gain and zero bias (PPO's usual init)."""
-    linear = nn.Linear(in_features, out_features)
-    nn.init.orthogonal_(linear.weight, gain)
-    nn.init.zeros_(linear.bias)
-    return linear
-
-
-def mlp_body(in_features: int, hidden_sizes: list[int]) -> nn.ModuleList:
-    """The hidden layers of an MLP, orthogonal init with gain sqrt(2); see ``run_body``."""
-    layers = nn.ModuleList()
-    for width in hidden_sizes:
-        layers.append(layer(in_features, width, math.sqrt(2)))
-        in_features = width
-    return layers
-
-
-def run_body(x: torch.Tensor, layers: nn.ModuleList, activation) -> torch.Tensor:
-    """``activation(linear(x))`` through each hidden layer.
-
-    The layers are applied as functions rather than called as modules: a module call costs a few
-    microseconds of Python, as much as the matrix product itself at PPO's sizes.
-    """
-    for linear in layers:
-        x = activation(F.linear(x, linear.weight, linear.bias))
-    return x
-
-
-class ActorCritic(nn.Module):
-    """Actor and critic, either with a shared trunk or as two separate MLPs.
-
-    Heads: policy with gain 0.01 (near-uniform initial policy), value with gain 1.
-    """
-
-    def __init__(
-        self,
-        observation_space: spaces.Space,
-        action_space: spaces.Space,
-        hidden_sizes: list[int],
-        activation: str = "tanh",
-        network: str = "separate",
-        init_log_std: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.observation_space = observation_space
-        self.obs_size = observation_size(observation_space)
-        self.distribution: ActionDistribution = make_distribution(action_space)
-        self.shared = network == "shared"
-        self.activation = ACTIVATIONS[activation]
-        width = hidden_sizes[-1]
-        if self.shared:
-            self.trunk = mlp_body(self.obs_size, hidden_sizes)
-        else:
-            self.actor_body = mlp_body(self.obs_size, hidden_sizes)
-            self.critic_body = mlp_body(self.obs_size, hidden_sizes)
-        self.actor_head = layer(width, self.distribution.num_outputs, 0.01)
-        self.critic_head = layer(width, 1, 1.0)
-        if isinstance(self.distribution, DiagGaussian):
-            self.log_std = nn.Parameter(torch.full((self.distribution.num_outputs,), float(init_log_std)))
-            self.distribution.log_std = self.log_std
-
-    def paired_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        """Named parameters, each hidden layer of the critic right after the same (same-shaped)
-        layer of the actor: the order ``FlatAdam`` lays them out in one vector, so that both
-        networks' layer ``i`` is one ``[2, out, in]`` block that ``clippo.gradients`` runs as a
-        single batched product."""
-        named = dict(self.named_parameters())
-        if self.shared:
-            return list(named.items())
-        order = []
-        for i in range(len(self.actor_body)):
-            for kind in ("weight", "bias"):
-                order += [f"actor_body.{i}.{kind}", f"critic_body.{i}.{kind}"]
-        order += [name for name in named if name not in order]
-        return [(name, named[name]) for name in order]
-
-    def preprocess(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Flat float32 network input for a batch of (already normalized) observations, as a
-        tensor on the model's device (``numpy_input`` does the work)."""
-        if isinstance(obs, torch.Tensor):
-            obs = obs.cpu().numpy()
-        return torch.from_numpy(self.numpy_input(np.asarray(obs))).to(self.actor_head.bias.device)
-
-    def numpy_input(self, obs: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """The flat float32 network input as a numpy array: one-hot for Discrete observations.
-        Written into ``out`` (``[batch, obs_size]``, any strides) if given, and returned."""
-        if out is not None and obs.shape == out.shape:  # flat observations: the rollout's per-step case
-            out[...] = obs  # (the assignment casts to float32)
-            return out
-        if isinstance(self.observation_space, spaces.Discrete):
-            inputs = np.eye(self.obs_size, dtype=np.float32)[obs.astype(np.int64) - int(self.observation_space.start)]
-        else:
-            inputs = obs.reshape(obs.shape[0], self.obs_size)
-        if out is not None:
-            out[...] = inputs
-            return out
-        return np.ascontiguousarray(inputs, dtype=np.float32)
-
-    def numpy_actor(self) -> NumpyActor:
-        """A frozen numpy copy of the actor's current weights, for picking actions in the rollout."""
-        return NumpyActor(self)
-
-    def numpy_critic(self) -> NumpyMLP:
-        """A frozen numpy copy of the critic's current weights (output shape [batch, 1])."""
-        return NumpyMLP(self.trunk if self.shared else self.critic_body, self.critic_head, self.activation)
-
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Distribution parameters and values (shape [batch]) for a batch of network inputs."""
-        if self.shared:
-            hidden = run_body(obs, self.trunk, self.activation)
-            return self._actor_out(hidden), self._critic_out(hidden)
-        return self.actor(obs), self.value(obs)
-
-    def actor(self, obs: torch.Tensor) -> torch.Tensor:
-        """The actor's output alone: logits, or the Gaussian mean."""
-        body = self.trunk if self.shared else self.actor_body
-        return self._actor_out(run_body(obs, body, self.activation))
-
-    def value(self, obs: torch.Tensor) -> torch.Tensor:
-        """The critic's values alone (shape [batch])."""
-        body = self.trunk if self.shared else self.critic_body
-        return self._critic_out(run_body(obs, body, self.activation))
-
-    def _actor_out(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.actor_head.weight, self.actor_head.bias)
-
-    def _critic_out(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.critic_head.weight, self.critic_head.bias).squeeze(-1)
-
-    def act(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Actions of the current policy and their log-probabilities.
-
-        ``noise`` comes from ``self.distribution.noise``; None acts deterministically (the mode).
-        Acting needs only the actor: the rollout evaluates the critic once on the whole batch.
-        """
-        return self.distribution.sample_with_log_prob(self.actor(obs), noise)
-
-    def evaluate_actions(
-        self, obs: torch.Tensor, actions: torch.Tensor, entropy_grad: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Log-probabilities of stored actions under the current policy, entropies and values.
-
-        ``entropy_grad=False`` computes the entropy outside the autograd graph (for logging only).
-        """
-        params, values = self(obs)
-        if entropy_grad:
-            logprobs, entropy = self.distribution.log_prob_and_entropy(params, actions)
-        else:
-            logprobs = self.distribution.log_prob(params, actions)
-            with torch.no_grad():
-                entropy = self.distribution.entropy(params)
-        return logprobs, entropy, values
+from clippo.policy import ActorCritic
 
 
 def numpy_tanh_is_avx512() -> bool:
@@ -355,6 +190,13 @@ class NumpyActor(NumpyMLP):
     means; ``distribution.sample_numpy(params, noise, std)`` turns them into actions."""
 
     def __init__(self, model: ActorCritic) -> None:
-        super().__init__(model.trunk if model.shared else model.actor_body, model.actor_head, model.activation)
+        encoder = model.actor_features
+        super().__init__(encoder.layers, model.actor_head, encoder.activation)
         log_std = getattr(model, "log_std", None)
         self.std = None if log_std is None else np.exp(log_std.detach().cpu().numpy())
+
+
+def numpy_critic(model: ActorCritic) -> NumpyMLP:
+    """A frozen numpy copy of the critic's current weights (output shape [batch, 1])."""
+    encoder = model.critic_features
+    return NumpyMLP(encoder.layers, model.critic_head, encoder.activation)

@@ -1,0 +1,489 @@
+"""The ``PPO`` agent's public API: construct, learn, act, predict, evaluate, save and load.
+
+The training loop itself is ``clippo.trainer``; the agent holds what it trains and checkpoints
+(model, optimizer, normalizers, generator, counters) and the pieces it runs, picked once in
+``_setup`` (``clippo.fastpath`` decides between the numpy fast path and the torch path).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import random
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from clippo import __version__, fastpath, observations
+from clippo.checkpoint import (
+    FORMAT,
+    FORMAT_VERSION,
+    latest_checkpoint,
+    periodic_checkpoint_path,
+    prune_checkpoints,
+    read_checkpoint,
+    describe_space,
+    space_from_dict,
+    space_to_dict,
+    write_atomic,
+)
+from clippo.config import PPOConfig, config_from_dict, resolve_config
+from clippo.distributed import broadcast_, init_world
+from clippo.encoders import encoder_name, is_image
+from clippo.envs import EnvSource, make_vector_env
+from clippo.errors import CheckpointError, NonFiniteError, first_line
+from clippo.evaluation import run_episodes
+from clippo.logger import METRICS_FILE
+from clippo.losses import LossTerms
+from clippo.normalization import ObservationNormalizer, RewardScaler
+from clippo.optim import FlatAdam
+from clippo.policy import ActorCritic, upgrade_v1_names
+from clippo.rollout import Batch, EnvRunner, RolloutBuffer
+from clippo.trainer import MINIBATCH_STATS, UpdatePlan, plan_update, train, update_policy
+
+
+def global_rng_states() -> dict[str, Any]:
+    """The process-wide Python, numpy and torch RNG states, as checkpoint-safe plain data."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.copy()), position, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_global_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(tuple(v if not isinstance(v, list) else tuple(v) for v in states["python"]))
+    kind, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy(), position, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' is invalid here: no CUDA GPU is available (use cpu or auto)")
+    return torch.device(name)
+
+
+
+def restore_generator(generator: torch.Generator, state: torch.Tensor) -> None:
+    """Put a saved generator state back; across CPU and GPU (different generators, different state
+    formats) seed the new one from the saved state instead: the run goes on with its own
+    reproducible stream, not the saved one (the math on another device differs anyway)."""
+    if state.numel() == generator.get_state().numel():
+        generator.set_state(state)
+    else:
+        digest = hashlib.sha256(state.cpu().numpy().tobytes()).digest()
+        generator.manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+def _upgrade_v1(payload: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 checkpoint (MLP-only clippo) with today's parameter names."""
+    payload = dict(payload)
+    model = payload["model"]
+    payload["model"] = dict(zip(upgrade_v1_names(list(model)), model.values()))
+    if "names" in payload.get("optimizer", {}):
+        payload["optimizer"] = {**payload["optimizer"], "names": upgrade_v1_names(payload["optimizer"]["names"])}
+    return payload
+
+
+class PPO:
+    """Proximal Policy Optimization agent.
+
+    >>> agent = PPO("CartPole-v1", seed=0, num_envs=8)
+    >>> agent.learn(total_steps=100_000)
+    >>> agent.evaluate(episodes=20)["mean_return"]
+
+    Args:
+        env: a Gymnasium env id, or a callable returning a ``gymnasium.Env``.
+        preset: a named hyperparameter preset (see ``clippo.config.PRESETS``); by default the env's
+            built-in tuned preset if it has one, else ``default``.
+        config_file: a YAML/TOML/JSON file of hyperparameters.
+        run_dir: where metrics, TensorBoard logs and checkpoints go; None writes nothing.
+        encoder: the observation encoder: ``"auto"`` (from the observation space), ``"mlp"``,
+            ``"cnn"``, an importable ``"module:Class"``, or a class, factory or ``torch.nn.Module``
+            (called as ``f(observation_space, **encoder_kwargs)``; an instance is deep-copied for
+            a separate critic). Checkpoints record its ``module:Class`` name, never the object.
+        **hyperparameters: any field of :class:`clippo.config.PPOConfig`.
+    """
+
+    def __init__(
+        self,
+        env: EnvSource = "CartPole-v1",
+        *,
+        preset: str | None = None,
+        config_file: str | Path | None = None,
+        run_dir: str | Path | None = None,
+        **hyperparameters: Any,
+    ) -> None:
+        if isinstance(env, str):
+            env_id = env
+        elif callable(env):
+            env_id = hyperparameters.pop("env_id", getattr(env, "__name__", "custom-env"))
+        else:
+            raise TypeError(f"env must be a Gymnasium env id (str) or a callable returning a gymnasium.Env, got {env!r}")
+        encoder = hyperparameters.get("encoder")
+        if encoder is not None and not isinstance(encoder, str):  # a user's class, factory or module
+            hyperparameters["encoder"] = encoder_name(encoder) or f"{type(encoder).__module__}:<unnamed>"
+        else:
+            encoder = None
+        config = resolve_config(env_id, preset, config_file, hyperparameters)
+        if run_dir is not None and (Path(run_dir) / METRICS_FILE).exists():
+            raise ValueError(
+                f"run directory {str(run_dir)!r} already holds a run: choose another run_dir, "
+                f"or continue it with: clippo resume {run_dir}"
+            )
+        self.env_source: EnvSource = env
+        envs = make_vector_env(env, config.num_envs, config.vector_env)
+        try:
+            self._setup(config, envs.single_observation_space, envs.single_action_space, run_dir, encoder)
+        except BaseException:
+            envs.close()
+            raise
+        self._envs = envs
+
+    # ------------------------------------------------------------------------------------------
+    # construction shared by __init__ and load
+    # ------------------------------------------------------------------------------------------
+    def _setup(
+        self,
+        config: PPOConfig,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        run_dir: str | Path | None,
+        encoder: Any = None,
+    ) -> None:
+        self.config = config
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.world = init_world(config.device)
+        # Only the main rank writes logs, metrics and checkpoints.
+        self.run_dir = Path(run_dir) if run_dir is not None and self.world.is_main else None
+        self.device = resolve_device(config.device)
+        if self.device.type == "cuda" and self.world.distributed:
+            self.device = torch.device("cuda", self.world.local_rank)
+        torch.set_num_threads(config.torch_threads)
+        # Seed the global RNG only for the weight init; everything after draws from our generator.
+        torch.manual_seed(config.seed)
+        self.model = ActorCritic(
+            observation_space,
+            action_space,
+            config.hidden_sizes,
+            config.activation,
+            config.network,
+            config.init_log_std,
+            encoder if encoder is not None else config.encoder,
+            config.encoder_kwargs,
+        ).to(self.device)
+        # Extra slots carry each minibatch's approximate KL and loss statistics along with the
+        # gradient (averaged across ranks in the same exchange).
+        self.optimizer = FlatAdam(
+            self.model.paired_parameters(), lr=config.learning_rate, eps=1e-5, extra_slots=len(MINIBATCH_STATS)
+        )
+        broadcast_(self.optimizer.flat, self.world)  # every rank starts from rank 0's weights
+        # The numpy fast path where it applies (flat observations, MLPs, CPU), else torch.
+        self.runner_class, self.buffer_class = fastpath.make_rollout(config, self.model, self.device)
+        self._loss = fastpath.make_loss(config, self.model, self.device, self.optimizer.zero_grad)
+        # Each rank samples its own actions (and shuffles its own minibatches).
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1_000_003 * self.world.rank)
+        # Discrete observations are one-hot encoded: there is nothing to normalize.
+        is_box = isinstance(observation_space, spaces.Box)
+        if config.normalize_observations and not isinstance(observation_space, spaces.Discrete):
+            if not is_box or is_image(observation_space):
+                raise ValueError(
+                    f"normalize_observations=True is invalid for observation space {describe_space(observation_space)}: "
+                    "it normalizes flat Box observations (image encoders scale uint8 pixels by 1/255 themselves)"
+                )
+        self.obs_normalizer = ObservationNormalizer(
+            observation_space.shape if is_box else (), config.obs_clip, config.normalize_observations and is_box
+        )
+        self.reward_scaler = RewardScaler(config.num_envs, config.gamma, config.reward_clip, config.normalize_rewards)
+        self.global_step = 0
+        self.update = 0
+        # One learn() call runs from schedule_start to schedule_end (global env steps); the
+        # learning rate anneals over that span.
+        self.schedule_start = 0
+        self.schedule_end = 0
+        self.train_time = 0.0
+        self.stop_requested = False
+        self._stop_agreed = False
+        self.envs_restored = False
+        self._envs = None
+        self._runner: EnvRunner | None = None
+        self._pending_runner_state: dict | None = None
+
+    @property
+    def batch_size(self) -> int:
+        """Env steps per update on this process."""
+        return self.config.num_envs * self.config.num_steps
+
+    @property
+    def global_batch_size(self) -> int:
+        """Env steps per update over all ranks."""
+        return self.batch_size * self.world.size
+
+    # ------------------------------------------------------------------------------------------
+    # training
+    # ------------------------------------------------------------------------------------------
+    def learn(self, total_steps: int | None = None, progress: bool | None = None, callback=None) -> PPO:
+        """Train for ``total_steps`` more environment steps (default: the config's), rounded up to
+        whole rollouts. The learning rate anneals to zero over this call.
+
+        ``callback``: a :class:`clippo.callbacks.Callback`, a function ``f(agent, metrics)`` run
+        after each update, or a list of them; one returning False stops training cleanly."""
+        steps = self.config.total_steps if total_steps is None else total_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"total_steps={steps!r} is invalid: it must be an integer >= 1")
+        self.schedule_start = self.global_step
+        self.schedule_end = self.global_step + steps
+        train(self, progress, callback)
+        return self
+
+    def resume(self, progress: bool | None = None, callback=None) -> PPO:
+        """Continue a loaded checkpoint's interrupted ``learn`` call to its original end."""
+        if self.finished:
+            raise ValueError(f"the run is already complete ({self.global_step} of {self.schedule_end} steps)")
+        train(self, progress, callback)
+        return self
+
+    @property
+    def finished(self) -> bool:
+        """Whether the current learn() call has reached its end."""
+        return self.global_step >= self.schedule_end
+
+    def request_stop(self) -> None:
+        """Ask ``learn`` to stop at the next update boundary, checkpoint, and raise TrainingInterrupted."""
+        self.stop_requested = True
+
+    def _save_periodic(self, include_runner: bool = True) -> Path:
+        path = self.save(periodic_checkpoint_path(self.run_dir, self.global_step), include_runner=include_runner)
+        prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
+        return path
+
+    def _resume_hint(self) -> str:
+        return f"resume with: clippo resume {self.run_dir}" if self.run_dir is not None else "nothing was saved (no run_dir)"
+
+    def update_policy(self, batch: Batch, plan: UpdatePlan | None = None) -> dict[str, float]:
+        """The PPO update on one rollout's batch (see ``clippo.trainer.update_policy``)."""
+        return update_policy(self, batch, plan)
+
+    def plan_update(self, batch_size: int) -> UpdatePlan:
+        """Draw every epoch's minibatches for an update of ``batch_size`` samples."""
+        return plan_update(self, batch_size)
+
+    def loss_and_gradient(self, minibatch: Batch, advantages: torch.Tensor) -> LossTerms:
+        """The combined PPO loss on one minibatch, its gradient left in ``self.optimizer.grad``."""
+        old_values = minibatch.values if self.config.clip_value_loss else None
+        return self._loss(minibatch.obs, minibatch.actions, minibatch.logprobs, advantages, minibatch.returns, old_values)
+
+    def new_rollout_buffer(self) -> RolloutBuffer:
+        """Empty storage for one rollout of this agent's shape."""
+        return self.buffer_class(
+            self.config.num_steps, self.config.num_envs, self.observation_space, self.model.distribution, self.device
+        )
+
+    def env_runner(self) -> EnvRunner:
+        """The training envs and their carried-over state (created, and started, on first use)."""
+        if self._runner is None:
+            if self._envs is None:
+                self._envs = make_vector_env(self.env_source, self.config.num_envs, self.config.vector_env)
+                self._check_spaces(self._envs)
+            pending, self._pending_runner_state = self._pending_runner_state, None
+            # Ranks get disjoint env seeds; a run resumed without its envs' state restarts them
+            # from seeds of their own.
+            seed = self.config.seed + self.world.rank * self.config.num_envs
+            if self.update:
+                seed += 7919 * self.update
+            cfg = self.config
+            self._runner = self.runner_class(
+                self._envs, self.obs_normalizer, self.reward_scaler, cfg.nonfinite, cfg.reward_sign, cfg.episodic_life
+            )
+            # Saved env state is rank 0's: other ranks start their envs afresh.
+            self.envs_restored = pending is not None and self.world.is_main and self._runner.load_state_dict(pending)
+            if not self.envs_restored:
+                self._runner.start(seed)
+        return self._runner
+
+    def _check_spaces(self, envs) -> None:
+        for name in ("observation_space", "action_space"):
+            mine, theirs = getattr(self, name), getattr(envs, f"single_{name}")
+            if mine != theirs:
+                envs.close()
+                raise ValueError(
+                    f"the env's {name} {describe_space(theirs)} does not match the agent's {describe_space(mine)}"
+                )
+
+    # ------------------------------------------------------------------------------------------
+    # acting and evaluation
+    # ------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def act(self, obs: Any, deterministic: bool = False) -> np.ndarray:
+        """Action(s) for one observation or a batch of them, valid for the env's action space.
+
+        Observations are raw env observations: the agent applies its own (frozen) normalization.
+        """
+        obs, single = observations.as_batch(obs, self.observation_space)
+        if self.obs_normalizer.enabled:
+            obs = self.obs_normalizer(obs)
+        count = observations.batch_size(obs)
+        obs = observations.to_tensor(obs, self.device)
+        noise = None if deterministic else self.model.distribution.noise((count,), self.generator, self.device)
+        actions, _ = self.model.act(obs, noise)
+        env_actions = self.model.distribution.to_env(actions.cpu().numpy())
+        return env_actions[0] if single else env_actions
+
+    def predict(self, obs: Any, deterministic: bool = False) -> tuple[np.ndarray, None]:
+        """Stable-Baselines3-style alias of :meth:`act` returning ``(action, None)``."""
+        return self.act(obs, deterministic), None
+
+    def evaluate(
+        self,
+        episodes: int = 10,
+        seed: int | None = None,
+        deterministic: bool = True,
+        env: EnvSource | None = None,
+        num_envs: int | None = None,
+    ) -> dict[str, Any]:
+        """Run whole episodes with the (by default deterministic) policy; raw env returns."""
+        if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+            raise ValueError(f"episodes={episodes!r} is invalid: it must be an integer >= 1")
+        source = env if env is not None else self.env_source
+        count = num_envs or min(episodes, self.config.num_envs)
+        envs = make_vector_env(source, count, self.config.vector_env)
+        try:
+            self._check_spaces(envs)
+            returns, lengths = run_episodes(envs, lambda obs: self.act(obs, deterministic), episodes, seed)
+        finally:
+            envs.close()
+        return {
+            "mean_return": float(np.mean(returns)),
+            "std_return": float(np.std(returns)),
+            "episodes": len(returns),
+            "mean_length": float(np.mean(lengths)),
+            "returns": returns,
+        }
+
+    # ------------------------------------------------------------------------------------------
+    # checkpoints
+    # ------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to act as trained and to continue training (tensors and plain data)."""
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "clippo_version": __version__,
+            "config": self.config.to_dict(),
+            "observation_space": space_to_dict(self.observation_space),
+            "action_space": space_to_dict(self.action_space),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "obs_normalizer": self.obs_normalizer.state_dict(),
+            "reward_scaler": self.reward_scaler.state_dict(),
+            "global_step": self.global_step,
+            "update": self.update,
+            "schedule": [self.schedule_start, self.schedule_end],
+            "generator": self.generator.get_state(),
+            "global_rngs": global_rng_states(),
+            "train_time": self.train_time,
+            "runner": None,
+        }
+
+    def save(self, path: str | Path, include_runner: bool = True) -> Path:
+        """Write a checkpoint atomically (temporary file, fsync, rename).
+
+        With a training env running, its state goes in too so that training can resume exactly.
+        A model with non-finite parameters is never written.
+        """
+        if not torch.isfinite(self.optimizer.flat).all():
+            raise NonFiniteError(f"refusing to write {path}: the model has non-finite parameters")
+        state = self.state_dict()
+        if include_runner and self._runner is not None:
+            state["runner"] = self._runner.state_dict()
+        return write_atomic(state, path)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        env: EnvSource | None = None,
+        run_dir: str | Path | None = None,
+        device: str | None = None,
+        encoder: Any = None,
+    ) -> PPO:
+        """Load a checkpoint file or a run directory's final checkpoint.
+
+        ``env`` is needed only when the agent was trained on an env factory rather than an id;
+        ``encoder`` only for a user encoder that its recorded ``module:Class`` name cannot rebuild.
+        """
+        return cls._from_payload(read_checkpoint(path), path, env, run_dir, device, encoder)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, env: EnvSource | None = None) -> PPO:
+        """The newest checkpoint of a run directory, set to log and checkpoint there (to resume)."""
+        path, payload = latest_checkpoint(run_dir)
+        agent = cls._from_payload(payload, path, env, run_dir, None)
+        if payload.get("global_rngs") is not None:
+            # clippo draws from its own generator, but env or user code may use the global ones.
+            set_global_rng_states(payload["global_rngs"])
+        return agent
+
+    @classmethod
+    def _from_payload(
+        cls,
+        payload: dict[str, Any],
+        path,
+        env: EnvSource | None,
+        run_dir: str | Path | None,
+        device: str | None,
+        encoder: Any = None,
+    ) -> PPO:
+        if payload.get("format_version") == 1:
+            payload = _upgrade_v1(payload)
+        try:
+            values = dict(payload["config"])
+            if device is not None:
+                values["device"] = device
+            config = config_from_dict(values)
+            agent = cls.__new__(cls)
+            agent._setup(
+                config,
+                space_from_dict(payload["observation_space"]),
+                space_from_dict(payload["action_space"]),
+                run_dir,
+                encoder,
+            )
+            agent.model.load_state_dict(payload["model"])
+            # (checkpoints written before the optimizer recorded its layout used the model's order)
+            agent.optimizer.load_state_dict(
+                payload["optimizer"], saved_names=[name for name, _ in agent.model.named_parameters()]
+            )
+            agent.obs_normalizer.load_state_dict(payload["obs_normalizer"])
+            agent.reward_scaler.load_state_dict(payload["reward_scaler"])
+            agent.global_step = int(payload["global_step"])
+            agent.update = int(payload["update"])
+            agent.schedule_start, agent.schedule_end = (int(v) for v in payload["schedule"])
+            restore_generator(agent.generator, payload["generator"])
+            agent.train_time = float(payload.get("train_time", 0.0))
+            agent._pending_runner_state = payload.get("runner")
+        except Exception as exc:  # a damaged payload can fail anywhere in reconstruction
+            hint = "; pass encoder= to PPO.load" if "encoder=" in str(exc) else ""
+            raise CheckpointError(f"checkpoint {str(path)!r} does not fit this clippo: {first_line(exc)[:200]}{hint}") from None
+        agent.env_source = env if env is not None else config.env_id
+        return agent
+
+    def close(self) -> None:
+        """Close the training environments."""
+        if self._runner is not None:
+            self._runner.close()
+        elif self._envs is not None:
+            self._envs.close()
+        self._runner = None
+        self._envs = None

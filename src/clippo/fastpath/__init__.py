@@ -1,0 +1,61 @@
+"""The fast path: flat observations, MLP encoders, on a CPU.
+
+At PPO's MLP sizes a torch call costs more in dispatch than in arithmetic, so for this common
+case the rollout acts through a numpy copy of the actor on observations stored as ``[obs, 1]``
+rows (``rollout``, ``numpy_mlp``), and the loss gradient of separate MLPs is worked out by hand
+(``gradient``). Everything else takes the general torch path (``clippo.rollout``,
+``clippo.losses.AutogradLoss``). The choice is made here, in one place; the training loop calls
+the pieces it gets without knowing which ones they are. ``fast_path="off"`` forces the general
+path (``tests/test_fastpath.py`` pins both to the same updates). Measurements: docs/fast-path.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from clippo.config import PPOConfig
+from clippo.distributions import Categorical, DiagGaussian, MultiCategorical
+from clippo.losses import AutogradLoss
+from clippo.policy import ActorCritic
+from clippo.rollout import EnvRunner, RolloutBuffer
+
+
+def rollout_applies(config: PPOConfig, model: ActorCritic, device: torch.device) -> bool:
+    """Whether the numpy rollout covers this agent: flat float Box observations, MLP encoders,
+    a CPU, an action distribution with a numpy sampler, and no Atari-style reward handling."""
+    space = model.observation_space
+    return (
+        config.fast_path == "auto"
+        and device.type == "cpu"
+        and isinstance(space, spaces.Box)
+        and np.issubdtype(space.dtype, np.floating)
+        and model.is_mlp
+        and type(model.distribution) in (Categorical, MultiCategorical, DiagGaussian)
+        and not config.reward_sign
+        and not config.episodic_life
+    )
+
+
+def make_rollout(
+    config: PPOConfig, model: ActorCritic, device: torch.device
+) -> tuple[type[EnvRunner], type[RolloutBuffer]]:
+    """The runner and buffer classes for this agent."""
+    if rollout_applies(config, model, device):
+        from clippo.fastpath.rollout import FastEnvRunner, FlatRolloutBuffer
+
+        return FastEnvRunner, FlatRolloutBuffer
+    return EnvRunner, RolloutBuffer
+
+
+def make_loss(config: PPOConfig, model: ActorCritic, device: torch.device, zero_grad):
+    """``loss_and_gradient(obs, actions, old_logprobs, advantages, returns, old_values)``: the
+    hand-written gradient where it covers the model (the fast rollout's flat float32 batches,
+    separate MLPs, Discrete or Box actions), autograd otherwise."""
+    from clippo.fastpath.gradient import AnalyticGradient, supports
+
+    if rollout_applies(config, model, device) and supports(model, device):
+        return AnalyticGradient(model, config.clip_epsilon, config.vf_coef, config.ent_coef)
+    return AutogradLoss(model, config.clip_epsilon, config.vf_coef, config.ent_coef, zero_grad)
+
