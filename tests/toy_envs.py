@@ -1,0 +1,81 @@
+"""Tiny environments and a user encoder for the tests of images, Dict observations and encoders."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+
+class SpotImageEnv(gym.Env):
+    """A ``size x size`` one-channel uint8 picture with one bright pixel in its left or right
+    half; action 0 (left) or 1 (right) earns 1 when it names the side. Episodes last ``length``
+    steps, so the best return is ``length`` and a random policy's is half of it."""
+
+    metadata: dict = {}
+
+    def __init__(self, size: int = 10, length: int = 8, channels_last: bool = True) -> None:
+        self.size, self.length, self.channels_last = size, length, channels_last
+        shape = (size, size, 1) if channels_last else (1, size, size)
+        self.observation_space = spaces.Box(0, 255, shape, dtype=np.uint8)
+        self.action_space = spaces.Discrete(2)
+
+    def _observe(self) -> np.ndarray:
+        self.side = int(self.np_random.integers(2))
+        image = np.zeros((self.size, self.size), dtype=np.uint8)
+        half = self.size // 2
+        image[self.np_random.integers(self.size), self.side * half + self.np_random.integers(half)] = 255
+        return image[..., None] if self.channels_last else image[None]
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._observe(), {}
+
+    def step(self, action):
+        reward = float(int(action) == self.side)
+        self.t += 1
+        return self._observe(), reward, self.t >= self.length, False, {}
+
+
+class DictGoalEnv(gym.Env):
+    """Dict observations ``{"position": Box(2), "goal": Discrete(3)}``: the rewarded action is
+    ``(goal + (position[0] > 0)) % 3``, so a policy needs both fields (each alone earns about a
+    third to a half of the best return, ``length``)."""
+
+    metadata: dict = {}
+
+    def __init__(self, length: int = 8) -> None:
+        self.length = length
+        self.observation_space = spaces.Dict(
+            {"position": spaces.Box(-1.0, 1.0, (2,), dtype=np.float32), "goal": spaces.Discrete(3)}
+        )
+        self.action_space = spaces.Discrete(3)
+
+    def _observe(self) -> dict:
+        self.obs = {"position": self.np_random.uniform(-1, 1, 2).astype(np.float32), "goal": int(self.np_random.integers(3))}
+        return self.obs
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._observe(), {}
+
+    def step(self, action):
+        target = (self.obs["goal"] + int(self.obs["position"][0] > 0)) % 3
+        reward = float(int(action) == target)
+        self.t += 1
+        return self._observe(), reward, self.t >= self.length, False, {}
+
+
+class TinyEncoder(nn.Module):
+    """A user encoder as a user would write one: built as ``TinyEncoder(observation_space, width=...)``."""
+
+    def __init__(self, observation_space: spaces.Space, width: int = 16) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(observation_space.shape)), width), nn.ReLU())
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs.float())
