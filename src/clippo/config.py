@@ -171,6 +171,48 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_grad_norm": None,
         "vector_env": "sync",
     },
+    # The PPO paper's Atari recipe (Schulman et al. 2017, Table 5): 8 envs x 128 steps, 4 epochs of
+    # 4 minibatches, lr 2.5e-4 annealed, clip 0.1, entropy 0.01, 10M steps; the Nature CNN shared by
+    # both heads (as SB3's CnnPolicy), rewards clipped to their sign, a lost life terminal for
+    # learning (the whole game's score is logged and evaluated).
+    "atari": {
+        "total_steps": 10_000_000,
+        "num_envs": 8,
+        "num_steps": 128,
+        "num_minibatches": 4,
+        "update_epochs": 4,
+        "learning_rate": 2.5e-4,
+        "anneal_lr": True,
+        "gamma": 0.99,
+        "gae_lambda": 0.95,
+        "clip_epsilon": 0.1,
+        "ent_coef": 0.01,
+        "vf_coef": 0.5,
+        "max_grad_norm": 0.5,
+        "network": "shared",
+        "reward_sign": True,
+        "episodic_life": True,
+        "checkpoint_every": 100,
+    },
+    # MinAtar (Young & Tian 2019): 10x10xC boolean grids through the small MinAtar CNN shared by
+    # both heads, 64 envs x 128 steps, 4 epochs of 8 minibatches, 10M steps.
+    "minatar": {
+        "total_steps": 10_000_000,
+        "num_envs": 64,
+        "num_steps": 128,
+        "num_minibatches": 8,
+        "update_epochs": 4,
+        "learning_rate": 5e-4,
+        "anneal_lr": True,
+        "gamma": 0.99,
+        "gae_lambda": 0.95,
+        "clip_epsilon": 0.2,
+        "ent_coef": 0.01,
+        "vf_coef": 0.5,
+        "max_grad_norm": 0.5,
+        "network": "shared",
+        "checkpoint_every": 100,
+    },
     # Continuous-control locomotion (MuJoCo) at 1M steps.
     "mujoco": {
         "total_steps": 1_000_000,
@@ -370,9 +412,20 @@ def preset_values(name: str) -> dict[str, Any]:
     return dict(PRESETS[name])
 
 
+def family_preset(env_id: str) -> str | None:
+    """The named preset of a family of envs without a preset of their own (Atari, MinAtar)."""
+    if env_id.startswith("ALE/") or env_id.endswith("NoFrameskip-v4"):
+        return "atari"
+    if env_id.startswith("MinAtar/"):
+        return "minatar"
+    return None
+
+
 def env_preset_values(env_id: str) -> dict[str, Any]:
-    """The built-in tuned overrides for an env id (empty when it has none)."""
-    values = dict(ENV_PRESETS.get(env_id, {}))
+    """The built-in tuned overrides for an env id (empty when it has none); an Atari or MinAtar
+    id without values of its own gets its family's preset."""
+    family = family_preset(env_id)
+    values = dict(ENV_PRESETS.get(env_id, {"preset": family} if family else {}))
     base = values.pop("preset", None)
     return {**(preset_values(base) if base else {}), **values}
 
@@ -454,6 +507,11 @@ def presets_markdown() -> str:
     for env_id, values in ENV_PRESETS.items():
         shown = ", ".join(f"`{k}={v}`" for k, v in values.items())
         lines.append(f"- **{env_id}**: {shown}")
+    lines += [
+        "",
+        "Atari ids (`ALE/<Game>-v5`, `<Game>NoFrameskip-v4`) without values of their own use the `atari`",
+        "preset, MinAtar ids (`MinAtar/<Game>-v1`) the `minatar` preset.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -135,7 +135,9 @@ class _ImageEncoder(nn.Module):
             return int(features(torch.zeros(1, *self.chw)).shape[1])
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        x = obs.permute(0, 3, 1, 2) if self.hwc else obs
+        # Channels-last memory (NHWC strides) is what oneDNN's CPU convolutions run fastest on:
+        # an HWC batch viewed as NCHW already has it, a CHW one is converted (docs/fast-path.md).
+        x = obs.permute(0, 3, 1, 2) if self.hwc else obs.contiguous(memory_format=torch.channels_last)
         x = x.float()
         if self.scale != 1.0:
             x = x.mul_(self.scale)  # (a fresh tensor: the float cast copied it)
