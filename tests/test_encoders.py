@@ -48,7 +48,7 @@ def test_image_layout_is_detected_from_the_shape():
     assert hwc.hwc and not chw.hwc and hwc.chw == chw.chw == (4, 84, 84)
     chw.load_state_dict(hwc.state_dict())
     frames = torch.randint(0, 256, (2, 4, 84, 84), dtype=torch.uint8)
-    assert torch.allclose(hwc(frames.permute(0, 2, 3, 1)), chw(frames))
+    assert torch.allclose(hwc(frames.permute(0, 2, 3, 1)), chw(frames), atol=1e-5)
 
 
 def test_nature_cnn_has_the_papers_layers():
@@ -176,3 +176,21 @@ def test_dict_env_learns_from_both_fields():
     agent.learn(progress=False)
     assert agent.evaluate(episodes=40)["mean_return"] >= 6.0  # one field alone: at most 4 of 8
     agent.close()
+
+
+def test_dict_agent_checkpoints_resume_and_act_identically(tmp_path):
+    agent = PPO(DictGoalEnv, run_dir=tmp_path / "run", **TINY)
+    agent.learn(128, progress=False)
+    agent.close()
+    loaded = PPO.load(tmp_path / "run")
+    assert loaded.observation_space == agent.observation_space
+    obs = {"position": np.array([[0.5, -0.2], [-0.3, 0.1]], np.float32), "goal": np.array([0, 2])}
+    assert np.array_equal(loaded.act(obs, deterministic=True), agent.act(obs, deterministic=True))
+    loaded.close()
+
+
+def test_a_tuple_and_multibinary_observation_space_round_trips_through_a_checkpoint():
+    from clippo.checkpoint import space_from_dict, space_to_dict
+
+    space = spaces.Tuple((spaces.MultiBinary(5), spaces.Dict({"x": spaces.Box(0, 255, (10, 10, 3), np.uint8)})))
+    assert space_from_dict(space_to_dict(space)) == space

@@ -46,6 +46,12 @@ def space_to_dict(space: spaces.Space) -> dict[str, Any]:
             "high": torch.from_numpy(np.array(space.high)),
             "dtype": str(space.dtype),
         }
+    if isinstance(space, spaces.MultiBinary):
+        return {"type": "MultiBinary", "n": torch.as_tensor(np.array(space.n)).reshape(-1).tolist()}
+    if isinstance(space, spaces.Dict):
+        return {"type": "Dict", "keys": list(space.spaces), "spaces": [space_to_dict(s) for s in space.spaces.values()]}
+    if isinstance(space, spaces.Tuple):
+        return {"type": "Tuple", "spaces": [space_to_dict(s) for s in space.spaces]}
     raise CheckpointError(f"space {space} cannot be stored in a checkpoint")
 
 
@@ -57,6 +63,13 @@ def space_from_dict(data: dict[str, Any]) -> spaces.Space:
         return spaces.MultiDiscrete(data["nvec"].numpy(), start=data["start"].numpy())
     if kind == "Box":
         return spaces.Box(data["low"].numpy(), data["high"].numpy(), dtype=np.dtype(data["dtype"]))
+    if kind == "MultiBinary":
+        n = data["n"]
+        return spaces.MultiBinary(n[0] if len(n) == 1 else n)
+    if kind == "Dict":
+        return spaces.Dict({key: space_from_dict(sub) for key, sub in zip(data["keys"], data["spaces"])})
+    if kind == "Tuple":
+        return spaces.Tuple([space_from_dict(sub) for sub in data["spaces"]])
     raise CheckpointError(f"unknown space type {kind!r} in checkpoint")
 
 
