@@ -26,8 +26,8 @@ def log_softmax(logits: torch.Tensor) -> torch.Tensor:
     """``torch.log_softmax(logits, dim=-1)``, bit for bit.
 
     Over fewer than 8 actions torch's kernel along the last dimension is slow (it vectorizes along
-    that dimension): along dim 0 of the transposed view it is 1.5-2.5x faster on a rollout's 8192
-    rows, with the same values where that kernel runs 8 rows at a time (contiguous logits, whole
+    that dimension): along dim 0 of the transposed view it is faster on a rollout's 8192 rows
+    (docs/fast-path.md), with the same values where that kernel runs 8 rows at a time (contiguous logits, whole
     groups of 8 rows; its scalar tail rounds differently). Only where no gradient is tracked: the
     backward's rounding differs.
     """

@@ -35,7 +35,7 @@ class RunningMeanStd:
             self.count += 1.0
             return
         # What np.mean and np.var compute, in the same order (so the same bits), without their
-        # ~10-25 us of Python-level overhead: this runs once per env step.
+        # Python-level overhead: this runs once per env step (docs/fast-path.md).
         mean = batch.sum(axis=0, keepdims=True) / n
         centered = batch - mean
         var = np.multiply(centered, centered, out=centered).sum(axis=0) / n

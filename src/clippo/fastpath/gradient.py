@@ -4,8 +4,7 @@ At PPO's sizes on a CPU (a few hundred samples, 64-unit layers), autograd's book
 more than the arithmetic: a graph node, a dispatch and temporaries for every operation, plus
 copies of each parameter's gradient into the optimizer's flat buffer. The chain rule through
 this one loss is short, so it is written out here and the gradients are written straight into
-the flat buffer. With the savings below, loss and gradient take 0.45 of autograd's time on the
-RL-Zoo CartPole minibatch (248 rows, 64-64 tanh; alternating in one process).
+the flat buffer (measurements: docs/fast-path.md).
 
 The math is the same loss as ``clippo.losses`` (tests compare the gradients with autograd on
 random batches, clipped and unclipped samples, for every supported combination):
@@ -29,7 +28,7 @@ torch's.
 
 Supported: separate actor and critic MLPs (tanh or ReLU) with Discrete or Box actions on the
 CPU. Anything else (a shared trunk, MultiDiscrete actions, GPUs, where autograd's overhead is
-hidden) takes the autograd path in ``PPO``.
+hidden) takes ``clippo.losses.AutogradLoss`` (chosen by ``clippo.fastpath.make_loss``).
 """
 
 from __future__ import annotations
@@ -42,8 +41,8 @@ from clippo.fastpath.numpy_mlp import NUMPY_TANH_AVX512
 from clippo.losses import LossTerms, float_mean
 from clippo.policy import ActorCritic
 
-#: elements of a tanh layer's output from which ``_forward`` computes it through a sigmoid (measured
-#: on a 2-core x86 CPU: slower below about 64 x 64, ~25 us faster per layer at 256 x 64)
+#: elements of a tanh layer's output from which ``_forward`` computes it through a sigmoid
+#: (slower below, faster above: docs/fast-path.md)
 TANH_AS_SIGMOID_MIN = 8192
 #: hidden tanh layers computed by numpy in place (where its tanh is the AVX-512 loop)
 TANH_IN_NUMPY = NUMPY_TANH_AVX512

@@ -21,8 +21,8 @@ from clippo.policy import ActorCritic
 
 def numpy_tanh_is_avx512() -> bool:
     """Whether numpy runs float32 tanh in its AVX-512 loop (the CPU has AVX512_SKX and numpy dispatches
-    to it). That loop beats torch's in-place sigmoid at every batch size (2064 x 65: 20 vs 27 us;
-    64 x 65: 0.9 vs 1.4 us); numpy's AVX2 loop is 5-6x slower (115 us) and loses to it."""
+    to it). That loop beats torch's in-place sigmoid at every batch size; numpy's AVX2 loop is
+    several times slower and loses to it (docs/fast-path.md)."""
     for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):
         try:
             features = importlib.import_module(module).__cpu_features__
@@ -56,9 +56,7 @@ class NumpyMLP:
     sigmoid(40) round to 1 in float32), so every product writes a whole contiguous array, in
     buffers kept between calls, through ``np.dot`` (less call overhead than ``np.matmul``). Between
     env steps the number and kind of calls matter more than their arithmetic: the env's own code
-    evicts each call's code paths from the CPU's caches (the actor for 64 CartPole envs, timed
-    between env steps, alternating: 37-39 us per call this way, 47-50 us writing into the ``x``
-    part of ``[x, 1]`` arrays with ``np.matmul``).
+    evicts each call's code paths from the CPU's caches (measurements: docs/fast-path.md).
 
     Where numpy's tanh is its slower AVX2 loop (see ``numpy_tanh_is_avx512``), tanh layers of more
     than a few rows run as ``tanh(u) = 2 sigmoid(2u) - 1``, with the factors and the offset folded
@@ -101,7 +99,7 @@ class NumpyMLP:
 
     def for_rows(self, rows: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
         """``with_ones_column(inputs, out=out)`` for batches of ``rows`` rows, with the plan looked up
-        once: what the rollout calls once per step (~1 us less per call)."""
+        once: what the rollout calls once per step."""
         if rows >= 2 * BLOCK_ROWS:
             return lambda inputs, out: self._in_blocks(inputs, None, out)
         return functools.partial(self._forward, *self._plan(rows, None))
@@ -135,7 +133,7 @@ class NumpyMLP:
     def _in_blocks(self, inputs: np.ndarray, workspace: list | None, out: np.ndarray | None) -> np.ndarray:
         """A large batch (the critic on a whole rollout) in blocks of about ``BLOCK_ROWS`` rows, all
         of one size but the last: each layer's output then stays in the CPU's L2 cache for the next
-        layer (8256 rows of the 64-64 critic: 3.35 against 3.62 ms in one pass)."""
+        layer (docs/fast-path.md)."""
         rows = inputs.shape[0]
         size = -(-rows // (rows // BLOCK_ROWS))
         layers, head, sigmoid_form = self._plan(size, workspace)
