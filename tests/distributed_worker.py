@@ -60,6 +60,15 @@ def main() -> None:
         torch.save({"params": agent.optimizer.flat.clone()}, out / f"rank{rank}.pt")
         agent.close()
         shutdown(agent.world)
+    elif mode == "callback_stop":
+        # Only rank 0's callback asks to stop (at its second update): both ranks must end together.
+        agent = PPO("CartPole-v1", seed=5, num_envs=2, num_steps=32, num_minibatches=2, update_epochs=2)
+        rank = agent.world.rank
+        agent.learn(total_steps=agent.global_batch_size * 20, progress=False,
+                    callback=lambda a, metrics: not (rank == 0 and metrics["update"] == 2))
+        torch.save({"update": agent.update, "stopped": agent.stopped_by_callback}, out / f"rank{rank}.pt")
+        agent.close()
+        shutdown(agent.world)
     elif mode == "average":
         # all_reduce_mean_ both ways: all-gather plus local sum (gloo, few ranks) and all-reduce.
         import clippo.distributed as distributed

@@ -36,6 +36,13 @@ def test_two_ranks_hold_identical_parameters_after_every_update(tmp_path):
     assert not torch.equal(rank0["params"][0], rank0["params"][-1])
 
 
+def test_one_ranks_callback_stop_ends_training_on_every_rank_after_the_same_update(tmp_path):
+    torchrun(str(WORKER), "callback_stop", str(tmp_path), cwd=tmp_path)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    # asked at update 2, agreed in update 3's after-rollout exchange, so both end after update 3
+    assert rank0 == rank1 == {"update": 3, "stopped": True}
+
+
 def test_gradient_average_is_the_mean_of_the_ranks_and_identical_on_each(tmp_path):
     torchrun(str(WORKER), "average", str(tmp_path), cwd=tmp_path)
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))

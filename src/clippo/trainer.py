@@ -56,7 +56,7 @@ def train(agent: PPO, progress: bool | None = None, callback=None) -> None:
     signal, an env error or a non-finite value stops it), then write the final checkpoint."""
     cfg = agent.config
     callback = as_callback(callback)
-    agent.stopped_by_callback = False
+    agent.stopped_by_callback = agent._callback_asked = False
     runner = agent.env_runner()
     buffer = agent.new_rollout_buffer()
     updates_left = math.ceil((agent.schedule_end - agent.global_step) / agent.global_batch_size)
@@ -92,7 +92,7 @@ def train(agent: PPO, progress: bool | None = None, callback=None) -> None:
             )
             batch = buffer.flatten(advantages, returns)
             if callback.on_rollout(agent) is False:
-                agent.stopped_by_callback = True
+                request_callback_stop(agent)
             plan = plan_update(agent, len(batch))
             episodes = runner.pop_finished_episodes()
             exchange_start = time.perf_counter()
@@ -131,7 +131,7 @@ def train(agent: PPO, progress: bool | None = None, callback=None) -> None:
                 **stats,
             }
             if callback.on_update(agent, metrics) is False:
-                agent.stopped_by_callback = True
+                request_callback_stop(agent)
             logger.log(metrics)
             if agent.run_dir is not None and cfg.checkpoint_every and agent.update % cfg.checkpoint_every == 0:
                 agent._save_periodic()
@@ -194,13 +194,23 @@ def annealed_learning_rate(agent) -> float:
     return agent.config.learning_rate * (1.0 - (agent.global_step - agent.schedule_start) / span)
 
 
+def request_callback_stop(agent) -> None:
+    """A callback returned False: stop after this update in one process; across ranks, after the
+    update in which every rank learns of it (the next after-rollout exchange)."""
+    if agent.world.distributed:
+        agent._callback_asked = True
+    else:
+        agent.stopped_by_callback = True
+
+
 def exchange_after_rollout(
     agent, poisoned: bool, batch: Batch, plan: UpdatePlan, episodes: tuple[list[float], list[int]]
 ) -> tuple[bool, tuple[list[float], list[int]]]:
     """Across ranks, in one exchange: pool the normalization statistics so that every rank
     holds the same, pool the advantage statistics of each planned minibatch (stored in
     ``plan``), gather the finished episodes (in rank order), and agree on whether any rank's
-    rollout was poisoned and whether any rank was asked to stop (it stops after this update).
+    rollout was poisoned and whether any rank was asked to stop, by a signal or a callback (it
+    stops after this update).
 
     One exchange instead of one per purpose: on a small machine each costs about as much as
     a minibatch step. Returns the agreed ``poisoned`` and every rank's episodes."""
@@ -208,11 +218,15 @@ def exchange_after_rollout(
         return poisoned, episodes
     stats = [agent.obs_normalizer.stats, agent.reward_scaler.stats]
     sums = advantage_sums(agent, batch, plan) if agent.config.normalize_advantages else None
-    every = all_gather((poisoned, agent.stop_requested, statistics_sums(stats), sums, episodes), agent.world)
+    every = all_gather(
+        (poisoned, agent.stop_requested, statistics_sums(stats), sums, episodes, agent._callback_asked), agent.world
+    )
     pool_statistics(stats, [rank[2] for rank in every], agent.world.size)
     if sums is not None:
         set_moments(plan, pooled_moments([rank[3] for rank in every]))
     agent._stop_agreed = any(rank[1] for rank in every)
+    # a callback's stop on any rank ends training after this update, on every rank
+    agent.stopped_by_callback = any(rank[5] for rank in every)
     episodes = tuple([value for rank in every for value in rank[4][i]] for i in range(2))
     return any(rank[0] for rank in every), episodes
 
