@@ -52,6 +52,7 @@ def play(
     """
     import gymnasium as gym
 
+    from clippo import atari
     from clippo.envs import check_env_id, make_vector_env
     from clippo.evaluation import run_episodes
     from clippo.agent import PPO
@@ -74,13 +75,17 @@ def play(
     # A folder RecordVideo creates itself (it warns about one that exists).
     folder = scratch / "episodes" if scratch is not None else None
 
+    def make(**kwargs) -> gym.Env:
+        # Atari games get the agent's preprocessing; the video still shows the game's own screen.
+        return atari.make_preprocessed_atari_env(env_id, **kwargs) if atari.is_atari(env_id) else gym.make(env_id, **kwargs)
+
     def make_env() -> gym.Env:
         if folder is None:
-            return gym.make(env_id)
+            return make()
         # rgb_array rendering opens no window, but SDL (under pygame's renderers) still looks for
         # a display and prints an error on a machine without one.
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-        env = gym.make(env_id, render_mode="rgb_array")
+        env = make(render_mode="rgb_array")
         # One file per episode (recording everything as one clip would hold every frame in memory).
         return gym.wrappers.RecordVideo(env, str(folder), episode_trigger=lambda _: True, name_prefix=VIDEO_PREFIX)
 

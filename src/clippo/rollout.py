@@ -90,7 +90,7 @@ class RolloutBuffer:
     @property
     def nbytes(self) -> int:
         """Memory held by this buffer's arrays."""
-        arrays = [*(self.all_obs.values() if isinstance(self.all_obs, dict) else [self.all_obs])]
+        arrays = list(self.all_obs.values()) if isinstance(self.all_obs, dict) else []
         arrays += [v for v in vars(self).values() if isinstance(v, np.ndarray) and v.base is None]
         return sum(a.nbytes for a in arrays)
 
