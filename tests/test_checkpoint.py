@@ -132,8 +132,9 @@ def test_space_round_trip(space):
 
 
 def test_unstorable_space():
+    # (MultiBinary, Dict and Tuple spaces are stored now: tests/test_encoders.py)
     with pytest.raises(CheckpointError):
-        space_to_dict(spaces.MultiBinary(2))
+        space_to_dict(spaces.Text(5))
     with pytest.raises(CheckpointError, match="unknown space type"):
         space_from_dict({"type": "Graph"})
 
@@ -275,4 +276,51 @@ def test_checkpoint_from_before_the_paired_layout_loads_its_optimizer_state_by_n
     loaded = PPO.load(write_atomic(payload, tmp_path / "old.pt"))
     assert torch.equal(loaded.optimizer.exp_avg, optimizer.exp_avg)
     assert torch.equal(loaded.optimizer.exp_avg_sq, optimizer.exp_avg_sq)
+    loaded.close()
+
+
+#: How version-1 checkpoints (MLP-only clippo) named the encoder parameters: today's prefix, then v1's.
+V1_PREFIXES = {"actor_encoder.layers.": "actor_body.", "critic_encoder.layers.": "critic_body.", "encoder.layers.": "trunk."}
+#: Config fields that came with format version 2 (a version-1 checkpoint has none of them).
+V2_CONFIG_FIELDS = ("encoder", "encoder_kwargs", "fast_path", "reward_sign", "episodic_life", "eval_every", "stop_at_return")
+
+
+def v1_name(name: str) -> str:
+    for new, old in V1_PREFIXES.items():
+        if name.startswith(new):
+            return old + name[len(new) :]
+    return name
+
+
+@pytest.mark.parametrize("network", ["separate", "shared"])
+def test_version_1_checkpoint_loads_and_acts_identically(tmp_path, network):
+    """A checkpoint written by the MLP-only clippo (format version 1: parameters named
+    ``actor_body.*``, ``critic_body.*``, ``trunk.*``) loads with its parameters and Adam's moments
+    in place: the loaded agent acts as the one that was saved."""
+    agent = PPO("CartPole-v1", **TINY, network=network, seed=6)
+    agent.learn(total_steps=agent.batch_size)
+    agent.close()
+    payload = torch.load(agent.save(tmp_path / "v2.pt"), weights_only=True)
+    payload["format_version"] = 1
+    payload["model"] = {v1_name(name): value for name, value in payload["model"].items()}
+    payload["optimizer"]["names"] = [v1_name(name) for name in payload["optimizer"]["names"]]
+    for name in V2_CONFIG_FIELDS:
+        payload["config"].pop(name, None)
+    old_names = list(payload["model"])
+    expected = ["trunk.0.weight"] if network == "shared" else ["actor_body.0.weight", "critic_body.0.weight"]
+    assert set(expected) <= set(old_names) and not any("encoder" in name for name in old_names)
+    path = tmp_path / "v1.pt"
+    torch.save(payload, path)
+
+    loaded = PPO.load(path)
+    obs = np.random.default_rng(7).uniform(-0.5, 0.5, size=(32, 4)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.act(obs, deterministic=True), agent.act(obs, deterministic=True))
+    # stochastic actions too: the same weights and the same generator state
+    np.testing.assert_array_equal(loaded.act(obs), agent.act(obs))
+    assert all(torch.equal(a, b) for a, b in zip(params(loaded), params(agent)))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.value(torch.from_numpy(obs)), agent.model.value(torch.from_numpy(obs)), rtol=0, atol=0)
+    assert torch.equal(loaded.optimizer.exp_avg, agent.optimizer.exp_avg)
+    assert torch.equal(loaded.optimizer.exp_avg_sq, agent.optimizer.exp_avg_sq)
+    assert loaded.global_step == agent.global_step and loaded.update == agent.update
     loaded.close()

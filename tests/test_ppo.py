@@ -295,8 +295,8 @@ def test_act_applies_the_agents_observation_normalization():
         obs = np.random.default_rng(3).uniform(-1, 1, size=(5, 3)).astype(np.float32)
         with torch.no_grad():
             normalized = agent.obs_normalizer(obs)
-            expected_mean, _ = agent.model(agent.model.preprocess(normalized))
-            raw_mean, _ = agent.model(agent.model.preprocess(obs))
+            expected_mean, _ = agent.model(torch.from_numpy(normalized))
+            raw_mean, _ = agent.model(torch.from_numpy(obs))
         det = agent.act(obs, deterministic=True)
         np.testing.assert_allclose(det, np.clip(expected_mean.numpy(), -2, 2), rtol=1e-6, atol=1e-6)
         assert not np.allclose(det, np.clip(raw_mean.numpy(), -2, 2))

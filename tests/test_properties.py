@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import fields
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from gymnasium import spaces
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from clippo import PPO, PPOConfig
 from clippo.advantages import compute_gae, discounted_rewards_to_go
 from clippo.config import ConfigError, config_from_dict, resolve_config
+from clippo.fastpath.rollout import FlatRolloutBuffer
 from clippo.rollout import RolloutBuffer
 from tests.helpers import run_cli
 
@@ -159,6 +162,7 @@ WRONG_TYPE = {  # for a field added later without its own entry above
     "float | None": st.sampled_from(["0.1", True, [0.1]]),
     "bool": boolean,
     "str": st.sampled_from([None, 3, ["x"]]),
+    "dict": st.sampled_from([None, 3, "a=1", [("a", 1)], {1: "a"}]),
     "list[int]": st.sampled_from([None, 3, [1.5], "1"]),
 }
 UNCHECKED: set[str] = set()
@@ -377,12 +381,16 @@ def test_nothing_flows_back_across_an_episode_end(r, gamma, lam, data):
     obs_size=st.integers(1, 4),
     action_shape=st.sampled_from([(), (1,), (3,)]),
     discrete=st.booleans(),
+    buffer_class=st.sampled_from([RolloutBuffer, FlatRolloutBuffer]),  # the general and the fast path's
     data=st.data(),
 )
 def test_flatten_keeps_exactly_the_valid_entries_in_time_major_order(steps, envs, obs_size, action_shape,
-                                                                       discrete, data):
+                                                                       discrete, buffer_class, data):
     dtype = torch.int64 if discrete else torch.float32
-    buffer = RolloutBuffer(steps, envs, obs_size, action_shape, dtype, 2, torch.device("cpu"))
+    obs_space = spaces.Box(-np.inf, np.inf, shape=(obs_size,), dtype=np.float32)
+    # what a buffer reads of the action distribution: how actions and actor outputs are stored
+    storage = SimpleNamespace(action_shape=action_shape, action_dtype=dtype, num_outputs=2)
+    buffer = buffer_class(steps, envs, obs_space, storage, torch.device("cpu"))
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
     valid = np.array(data.draw(st.lists(st.booleans(), min_size=steps * envs, max_size=steps * envs),
                                label="valid"), dtype=bool).reshape(steps, envs)

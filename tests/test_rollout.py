@@ -1,8 +1,12 @@
-"""Rollout collection: autoreset steps, episode bookkeeping, flattening, and the vector env builder."""
+"""Rollout collection: autoreset steps, episode bookkeeping, flattening, and the vector env builder.
+
+Rollout behaviour is checked on both paths: the general one (``clippo.rollout``: ``EnvRunner``,
+``RolloutBuffer``) and the fast path (``clippo.fastpath.rollout``: ``FastEnvRunner``,
+``FlatRolloutBuffer``)."""
 
 from __future__ import annotations
 
-import inspect
+from types import SimpleNamespace
 
 import gymnasium as gym
 import numpy as np
@@ -10,20 +14,33 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from clippo import PPO
+from clippo import PPO, encoders
 from clippo.envs import make_vector_env
-from clippo.networks import ActorCritic
+from clippo.fastpath.rollout import FastEnvRunner, FlatRolloutBuffer
 from clippo.normalization import ObservationNormalizer, RewardScaler
+from clippo.policy import ActorCritic
 from clippo.rollout import Batch, EnvRunner, RolloutBuffer
 
+#: (runner, buffer) classes of each rollout path
+PATHS = {"general": (EnvRunner, RolloutBuffer), "fast": (FastEnvRunner, FlatRolloutBuffer)}
 
-def new_runner(envs, obs_normalizer, reward_scaler, seed=0) -> EnvRunner:
-    """An EnvRunner whose envs are reset with ``seed`` (older versions took the seed in __init__)."""
-    if "seed" in inspect.signature(EnvRunner.__init__).parameters:
-        return EnvRunner(envs, obs_normalizer, reward_scaler, seed=seed)
-    runner = EnvRunner(envs, obs_normalizer, reward_scaler)
+
+@pytest.fixture(params=sorted(PATHS))
+def path(request):
+    """The runner and buffer classes of the general and of the fast rollout path."""
+    return PATHS[request.param]
+
+
+def new_runner(envs, obs_normalizer, reward_scaler, seed=0, runner_class=EnvRunner) -> EnvRunner:
+    """A runner whose envs are reset with ``seed``."""
+    runner = runner_class(envs, obs_normalizer, reward_scaler)
     runner.start(seed)
     return runner
+
+
+def action_storage(action_shape, action_dtype, num_outputs) -> SimpleNamespace:
+    """What a rollout buffer reads of the action distribution: how actions and actor outputs are stored."""
+    return SimpleNamespace(action_shape=tuple(action_shape), action_dtype=action_dtype, num_outputs=num_outputs)
 
 
 def T(x) -> torch.Tensor:
@@ -31,21 +48,21 @@ def T(x) -> torch.Tensor:
     return torch.as_tensor(x)
 
 
-def make_runner(env_fn, num_envs, num_steps, reward_scaling=False, gamma=0.9):
+def make_runner(env_fn, num_envs, num_steps, path, reward_scaling=False, gamma=0.9):
+    runner_class, buffer_class = path
     envs = make_vector_env(env_fn, num_envs, "sync")
     torch.manual_seed(0)
     policy = ActorCritic(envs.single_observation_space, envs.single_action_space, [16])
     obs_norm = ObservationNormalizer(envs.single_observation_space.shape, 10.0, enabled=False)
     scaler = RewardScaler(num_envs, gamma, 10.0, enabled=reward_scaling)
-    runner = new_runner(envs, obs_norm, scaler, seed=0)
-    dist = policy.distribution
-    buffer = RolloutBuffer(num_steps, num_envs, policy.obs_size, dist.action_shape, dist.action_dtype, dist.num_outputs, "cpu")
+    runner = new_runner(envs, obs_norm, scaler, seed=0, runner_class=runner_class)
+    buffer = buffer_class(num_steps, num_envs, envs.single_observation_space, policy.distribution, "cpu")
     return runner, policy, buffer
 
 
-def test_autoreset_steps_are_invalid_and_dropped(fixed_length_env):
+def test_autoreset_steps_are_invalid_and_dropped(fixed_length_env, path):
     # Episodes of 3 steps: transitions at t = 0,1,2 then an autoreset step at t = 3, and so on.
-    runner, policy, buffer = make_runner(fixed_length_env(length=3, reward=2.0), num_envs=2, num_steps=12)
+    runner, policy, buffer = make_runner(fixed_length_env(length=3, reward=2.0), num_envs=2, num_steps=12, path=path)
     try:
         runner.collect(policy, buffer, torch.Generator().manual_seed(0))
         expected_valid = torch.tensor([t % 4 != 3 for t in range(12)])
@@ -73,8 +90,8 @@ def test_autoreset_steps_are_invalid_and_dropped(fixed_length_env):
         runner.close()
 
 
-def test_episode_tracking_carries_over_between_rollouts(fixed_length_env):
-    runner, policy, buffer = make_runner(fixed_length_env(length=5, reward=1.0), num_envs=1, num_steps=4)
+def test_episode_tracking_carries_over_between_rollouts(fixed_length_env, path):
+    runner, policy, buffer = make_runner(fixed_length_env(length=5, reward=1.0), num_envs=1, num_steps=4, path=path)
     try:
         gen = torch.Generator().manual_seed(0)
         runner.collect(policy, buffer, gen)
@@ -93,12 +110,12 @@ def test_episode_tracking_carries_over_between_rollouts(fixed_length_env):
 
 @pytest.mark.parametrize("reward_scaling", [False, True])
 def test_an_episode_ending_on_a_rollouts_last_step_makes_the_next_rollout_start_with_its_autoreset(
-    fixed_length_env, reward_scaling
+    fixed_length_env, reward_scaling, path
 ):
     # Episodes of 4 steps, rollouts of 4 steps: step 3 ends the first episode, step 4 (the next
     # rollout's first) is its autoreset step, steps 5-8 the next episode.
     runner, policy, buffer = make_runner(
-        fixed_length_env(length=4, reward=1.0), num_envs=1, num_steps=4, reward_scaling=reward_scaling
+        fixed_length_env(length=4, reward=1.0), num_envs=1, num_steps=4, path=path, reward_scaling=reward_scaling
     )
     try:
         gen = torch.Generator().manual_seed(0)
@@ -114,9 +131,9 @@ def test_an_episode_ending_on_a_rollouts_last_step_makes_the_next_rollout_start_
         runner.close()
 
 
-def test_recorded_returns_are_raw_rewards_even_with_reward_scaling(fixed_length_env):
+def test_recorded_returns_are_raw_rewards_even_with_reward_scaling(fixed_length_env, path):
     runner, policy, buffer = make_runner(
-        fixed_length_env(length=4, reward=3.0), num_envs=2, num_steps=10, reward_scaling=True
+        fixed_length_env(length=4, reward=3.0), num_envs=2, num_steps=10, path=path, reward_scaling=True
     )
     try:
         runner.collect(policy, buffer, torch.Generator().manual_seed(0))
@@ -129,8 +146,8 @@ def test_recorded_returns_are_raw_rewards_even_with_reward_scaling(fixed_length_
         runner.close()
 
 
-def test_truncation_is_recorded_separately(fixed_length_env):
-    runner, policy, buffer = make_runner(fixed_length_env(length=2, truncate=True), num_envs=1, num_steps=6)
+def test_truncation_is_recorded_separately(fixed_length_env, path):
+    runner, policy, buffer = make_runner(fixed_length_env(length=2, truncate=True), num_envs=1, num_steps=6, path=path)
     try:
         runner.collect(policy, buffer, torch.Generator().manual_seed(0))
         assert T(buffer.truncated)[:, 0].tolist() == [False, True, False, False, True, False]
@@ -140,8 +157,8 @@ def test_truncation_is_recorded_separately(fixed_length_env):
         runner.close()
 
 
-def test_last_value_is_the_value_of_the_next_observation(fixed_length_env):
-    runner, policy, buffer = make_runner(fixed_length_env(length=10), num_envs=2, num_steps=3)
+def test_last_value_is_the_value_of_the_next_observation(fixed_length_env, path):
+    runner, policy, buffer = make_runner(fixed_length_env(length=10), num_envs=2, num_steps=3, path=path)
     try:
         runner.collect(policy, buffer, torch.Generator().manual_seed(0))
         buffer.estimate_values(policy)  # the trainer's step between collection and GAE
@@ -157,13 +174,16 @@ def test_last_value_is_the_value_of_the_next_observation(fixed_length_env):
         runner.close()
 
 
-def test_cartpole_autoreset_counts():
+@pytest.mark.parametrize("fast_path", ["auto", "off"])
+def test_cartpole_autoreset_counts(fast_path):
     """CartPole-v1's native vector env: every episode end is followed by exactly one invalid step."""
-    agent = PPO("CartPole-v1", num_envs=4, num_steps=100, num_minibatches=1, seed=3)
+    agent = PPO("CartPole-v1", num_envs=4, num_steps=100, num_minibatches=1, seed=3, fast_path=fast_path)
     try:
+        assert agent.buffer_class is (FlatRolloutBuffer if fast_path == "auto" else RolloutBuffer)
         runner = agent.env_runner()
         model = agent.model
-        buffer = RolloutBuffer(100, 4, model.obs_size, (), torch.int64, model.distribution.num_outputs, "cpu")
+        buffer = agent.new_rollout_buffer()
+        assert buffer.actions.shape == (100, 4) and buffer.actions.dtype == np.int64
         runner.collect(model, buffer, agent.generator)
         dones = T(buffer.terminated) | T(buffer.truncated)
         assert dones.sum() > 4  # a random policy ends many episodes in 100 steps
@@ -181,8 +201,10 @@ def test_cartpole_autoreset_counts():
         agent.close()
 
 
-def test_flatten_is_time_major_and_masks_all_fields():
-    buffer = RolloutBuffer(num_steps=3, num_envs=2, obs_size=2, action_shape=(2,), action_dtype=torch.int64, num_outputs=2, device="cpu")
+@pytest.mark.parametrize("buffer_class", [RolloutBuffer, FlatRolloutBuffer])
+def test_flatten_is_time_major_and_masks_all_fields(buffer_class):
+    obs_space = spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
+    buffer = buffer_class(3, 2, obs_space, action_storage((2,), torch.int64, 2), device="cpu")
     ids = torch.arange(6, dtype=torch.float32).reshape(3, 2)  # id = t * 2 + env
     buffer.obs[:] = ids[..., None].expand(3, 2, 2)
     buffer.actions[:] = ids.long()[..., None].expand(3, 2, 2)
@@ -287,37 +309,60 @@ class CounterEnv(gym.Env):
 @pytest.mark.parametrize("normalize_observations", [False, True])
 def test_discrete_observations_train_on_their_one_hot_encoding(normalize_observations):
     """Observation normalization applies to Box observations only (as in PPO.act): a Discrete
-    observation is a category, and the network must always see the one-hot of the raw state."""
+    observation is a category, and the network must always see the one-hot of the raw state.
+
+    The batch holds the raw states and the encoder one-hot encodes them
+    (``encoders.flatten_input``): what the encoders read in each minibatch step is recorded."""
     agent = PPO(CounterEnv, num_envs=2, num_steps=16, num_minibatches=1, update_epochs=1,
                 normalize_observations=normalize_observations, seed=0)
-    seen: list[torch.Tensor] = []
+    seen: list[list[torch.Tensor]] = []  # per minibatch step, what each encoder read
+    recording: list[list[torch.Tensor]] = []  # the step under way
     original = agent.loss_and_gradient
+    original_flatten = encoders.flatten_input
 
     def spy(minibatch, advantages):
-        seen.append(minibatch.obs.detach().clone())
-        return original(minibatch, advantages)
+        assert minibatch.obs.dtype == torch.int64  # the raw states
+        recording.append([])
+        try:
+            terms = original(minibatch, advantages)
+        finally:
+            seen.append(recording.pop())
+        return terms
+
+    def recording_flatten(x, space):
+        flat = original_flatten(x, space)
+        if recording:
+            recording[-1].append(flat.detach().clone())
+        return flat
 
     agent.loss_and_gradient = spy
-    try:
-        agent.learn(total_steps=agent.batch_size * 2)
-    finally:
-        agent.close()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(encoders, "flatten_input", recording_flatten)
+        try:
+            agent.learn(total_steps=agent.batch_size * 2)
+        finally:
+            agent.close()
     assert len(seen) == 2
-    for obs in seen:
-        assert obs.shape[1] == 6
-        assert torch.equal(obs.sum(dim=1), torch.ones(len(obs)))
-        assert set(obs.unique().tolist()) == {0.0, 1.0}
-        # the transitions start from states 0..4 (state 5 is only ever a final observation)
-        assert set(obs.argmax(dim=1).tolist()) == {0, 1, 2, 3, 4}
+    for inputs in seen:
+        assert inputs  # the actor's and the critic's encoders
+        for obs in inputs:
+            assert obs.shape[1] == 6
+            assert torch.equal(obs.sum(dim=1), torch.ones(len(obs)))
+            assert set(obs.unique().tolist()) == {0.0, 1.0}
+            # the transitions start from states 0..4 (state 5 is only ever a final observation)
+            assert set(obs.argmax(dim=1).tolist()) == {0, 1, 2, 3, 4}
 
 
-def test_box_actions_are_stored_unclipped_and_sent_clipped(fixed_length_env):
+def test_box_actions_are_stored_unclipped_and_sent_clipped(fixed_length_env, path):
     box = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
     envs = make_vector_env(fixed_length_env(length=50, action_space=box), 2, "sync")
     torch.manual_seed(0)
     policy = ActorCritic(envs.single_observation_space, box, [16], init_log_std=1.5)  # std ~4.5 >> bounds
-    runner = new_runner(envs, ObservationNormalizer((2,), 10.0, False), RewardScaler(2, 0.9, 10.0, False), seed=0)
-    buffer = RolloutBuffer(20, 2, policy.obs_size, (2,), torch.float32, 2, "cpu")
+    runner_class, buffer_class = path
+    runner = new_runner(
+        envs, ObservationNormalizer((2,), 10.0, False), RewardScaler(2, 0.9, 10.0, False), seed=0, runner_class=runner_class
+    )
+    buffer = buffer_class(20, 2, envs.single_observation_space, policy.distribution, "cpu")
     try:
         runner.collect(policy, buffer, torch.Generator().manual_seed(0))
         stored = T(buffer.actions)

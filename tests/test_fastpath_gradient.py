@@ -1,4 +1,4 @@
-"""The hand-derived PPO loss gradient (clippo.gradients) against autograd on the same minibatch."""
+"""The hand-derived PPO loss gradient (clippo.fastpath.gradient) against autograd on the same minibatch."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from clippo import PPO, gradients
-from clippo.gradients import TANH_AS_SIGMOID_MIN, AnalyticGradient
+from clippo import PPO
+from clippo.encoders import flat_size
+from clippo.fastpath import gradient as fast_gradient
+from clippo.fastpath.gradient import TANH_AS_SIGMOID_MIN, AnalyticGradient
+from clippo.losses import AutogradLoss
 from clippo.optim import FlatAdam
 from clippo.rollout import Batch
 from tests.conftest import make_fixed_length_env
@@ -23,7 +26,7 @@ def random_minibatch(agent: PPO, size: int, seed: int) -> tuple[Batch, torch.Ten
     """Observations, stored actions and targets; old log-probabilities and values perturbed so that
     some ratios and value predictions fall outside the clip range and some inside."""
     g = torch.Generator().manual_seed(seed)
-    obs = torch.randn(size, agent.model.obs_size, generator=g)
+    obs = torch.randn(size, flat_size(agent.observation_space), generator=g)
     with torch.no_grad():
         params, values = agent.model(obs)
         if isinstance(agent.action_space, spaces.Discrete):
@@ -50,7 +53,7 @@ def random_minibatch(agent: PPO, size: int, seed: int) -> tuple[Batch, torch.Ten
 @pytest.mark.parametrize("ent_coef", [0.0, 0.05])
 @pytest.mark.parametrize("tanh_in_numpy", [False, True])
 def test_analytic_gradient_equals_autograd(action, activation, clip_value_loss, ent_coef, tanh_in_numpy, monkeypatch):
-    monkeypatch.setattr(gradients, "TANH_IN_NUMPY", tanh_in_numpy)
+    monkeypatch.setattr(fast_gradient, "TANH_IN_NUMPY", tanh_in_numpy)
     check_against_autograd(action, activation, clip_value_loss, ent_coef, minibatch_size=64)
 
 
@@ -58,7 +61,7 @@ def test_analytic_gradient_equals_autograd(action, activation, clip_value_loss, 
 @pytest.mark.parametrize("tanh_in_numpy", [False, True])
 def test_analytic_gradient_equals_autograd_on_large_tanh_layers(action, tanh_in_numpy, monkeypatch):
     # whichever form this machine's numpy makes clippo pick: np.tanh in place, or torch's
-    monkeypatch.setattr(gradients, "TANH_IN_NUMPY", tanh_in_numpy)
+    monkeypatch.setattr(fast_gradient, "TANH_IN_NUMPY", tanh_in_numpy)
     # 600 x 16 hidden units: with torch's, the first layer takes the sigmoid form of tanh
     assert 600 * 16 >= TANH_AS_SIGMOID_MIN > 600 * 8
     # (a different formula of the same tanh: rounding differences up to a few 1e-6 in log-probabilities)
@@ -76,7 +79,7 @@ def check_against_autograd(action, activation, clip_value_loss, ent_coef, miniba
         ent_coef=ent_coef,
         init_log_std=-0.3,
     )
-    assert agent.analytic_gradient is not None
+    assert isinstance(agent._loss, AnalyticGradient)
     with torch.no_grad():  # move the weights off their init so that every layer carries a gradient
         agent.optimizer.flat.add_(0.1 * torch.randn(agent.optimizer.flat.shape, generator=torch.Generator().manual_seed(1)))
     minibatch, advantages = random_minibatch(agent, minibatch_size, seed=2)
@@ -85,7 +88,8 @@ def check_against_autograd(action, activation, clip_value_loss, ent_coef, miniba
     analytic = agent.loss_and_gradient(minibatch, advantages)
     analytic_grad = agent.optimizer.grad.clone()
 
-    agent.analytic_gradient = None
+    cfg = agent.config
+    agent._loss = AutogradLoss(agent.model, cfg.clip_epsilon, cfg.vf_coef, cfg.ent_coef, agent.optimizer.zero_grad)
     reference = agent.loss_and_gradient(minibatch, advantages)
     reference_grad = agent.optimizer.grad.clone()
 
@@ -101,7 +105,7 @@ def check_against_autograd(action, activation, clip_value_loss, ent_coef, miniba
 
 def test_unsupported_models_use_autograd():
     shared = PPO("CartPole-v1", network="shared")
-    assert shared.analytic_gradient is None
+    assert type(shared._loss) is AutogradLoss
     with pytest.raises(ValueError, match="separate"):
         AnalyticGradient(shared.model, 0.2, 0.5, 0.0)
     shared.close()
