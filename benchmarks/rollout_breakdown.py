@@ -1,9 +1,9 @@
 """Where a rollout's time goes: clippo's collection loop with a timer around each part.
 
-The loop below mirrors ``EnvRunner.collect`` (plus the critic pass and GAE that ``PPO._train``
+The loop below mirrors ``FastEnvRunner.collect`` (clippo/fastpath/rollout.py; plus the critic pass and GAE that ``clippo.trainer.train``
 runs after it) step by step, on the Zoo CartPole recipe's network with N envs, and reports
 microseconds per vector step for each part, medians over rounds. Keep it in step with
-``clippo/rollout.py`` when that changes.
+``clippo/fastpath/rollout.py`` when that changes.
 
     python benchmarks/rollout_breakdown.py --envs 64 --steps 128 --rounds 10
 """
@@ -32,6 +32,7 @@ def main() -> int:
 
     import bench_sb3
     from clippo import PPO
+    from clippo.fastpath.numpy_mlp import NumpyActor
     from clippo.advantages import compute_gae
 
     recipe = {**bench_sb3.recipe_for("CartPole-v1", None), "n_envs": args.envs, "n_steps": args.steps}
@@ -50,9 +51,9 @@ def main() -> int:
     def rollout() -> None:
         t = clock()
         noise = distribution.noise((args.steps, args.envs), agent.generator).numpy()
-        actor = policy.numpy_actor()
+        actor = NumpyActor(policy)
         t = lap("noise and actor copy", t)
-        policy.numpy_input(runner.next_obs, out=buffer.all_obs[0])
+        buffer.all_obs[0] = runner.next_obs
         act = actor.for_rows(args.envs)
         rows = zip(
             buffer.network_inputs, buffer.params, noise, buffer.actions,
@@ -67,7 +68,7 @@ def main() -> int:
             t = lap("store", t)
             raw_obs, rewards, terminated, truncated, _ = envs.step(distribution.to_env(actions))
             t = lap("env step", t)
-            policy.numpy_input(raw_obs, out=next_obs_t)  # no observation normalization here
+            next_obs_t[...] = raw_obs  # no observation normalization here
             t = lap("network input", t)
             rewards_t[...] = rewards
             terminated_t[...], truncated_t[...] = terminated, truncated
