@@ -34,7 +34,7 @@ class PPOConfig:
     seed: int = knob('Seed of the network init, the action sampling, the minibatch shuffling and the envs.', 0)
     num_envs: int = knob('Environments stepped together.', 8)
     num_steps: int = knob('Steps per environment per rollout; the batch is num_envs * num_steps.', 128)
-    vector_env: str = knob("sync, async, native or auto: Gymnasium's synchronous or multi-process vector env, the env's own vectorized implementation (CartPole has one), or native when it exists else sync.", "auto")
+    vector_env: str = knob("sync, async, native, ale, envpool or auto: Gymnasium's synchronous or multi-process vector env, the env's own vectorized implementation (CartPole has one), ale-py's C++ vector env or EnvPool (Atari ids only), or auto: native when it exists else sync, ale for Atari ids.", "auto")
     num_minibatches: int = knob('Minibatches per epoch; 1 means full-batch updates.', 4)
     update_epochs: int = knob('Passes over the batch per update (fewer if the KL early stop triggers).', 4)
     learning_rate: float = knob('Adam step size (start value when annealed).', 3e-4)
@@ -142,7 +142,7 @@ FIELD_NAMES = tuple(f.name for f in fields(PPOConfig))
 CHOICES: dict[str, tuple[str, ...]] = {
     "network": ("separate", "shared"),
     "activation": ("tanh", "relu"),
-    "vector_env": ("auto", "sync", "async", "native"),
+    "vector_env": ("auto", "sync", "async", "native", "ale", "envpool"),
     "device": ("cpu", "cuda", "auto"),
     "nonfinite": ("stop", "skip"),
     "fast_path": ("auto", "off"),

@@ -9,11 +9,17 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 
+from clippo import atari
+
 EnvSource = Union[str, Callable[[], gym.Env]]
 
 
 def check_env_id(env_id: str) -> None:
-    """Raise ValueError with one line if Gymnasium does not know ``env_id``."""
+    """Raise ValueError with one line if Gymnasium does not know ``env_id``.
+
+    Atari and MinAtar ids are registered first (from ale-py or minatar, whose absence is a
+    one-line error naming the extra)."""
+    atari.ensure_registered(env_id)
     try:
         gym.spec(env_id)
     except gym.error.Error as exc:
@@ -42,13 +48,26 @@ class DropInfo(gym.Wrapper):
         return obs, {}
 
 
+_GENERIC_MODES = ("auto", "sync", "async", "native")
+
+
 def make_vector_env(source: EnvSource, num_envs: int, vector_env: str = "auto", **make_kwargs) -> VectorEnv:
     """``num_envs`` copies of an env id or env factory, stepped together.
 
     All clippo vector envs use Gymnasium's next-step autoreset: the step after an episode ends
     returns the first observation of the next one (with reward 0) and is not a transition.
+    Atari ids get the standard preprocessing and MinAtar ids their own vector env
+    (:mod:`clippo.atari`); ``vector_env`` "ale" and "envpool" apply only to Atari ids.
     """
     mode = vector_env
+    if isinstance(source, str) and atari.is_atari(source):
+        return atari.make_atari_vector_env(source, num_envs, vector_env, **make_kwargs)
+    if isinstance(source, str) and atari.is_minatar(source):
+        return atari.make_minatar_vector_env(source, num_envs, vector_env, **make_kwargs)
+    if mode not in _GENERIC_MODES:
+        what = f"{source!r}" if isinstance(source, str) else "an env factory"
+        only_atari = " (ale and envpool apply to Atari ids only)" if mode in ("ale", "envpool") else ""
+        raise ValueError(f"vector_env={mode!r} is invalid for {what}: use one of {', '.join(_GENERIC_MODES)}{only_atari}")
     if isinstance(source, str):
         check_env_id(source)
         if mode == "auto":
