@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from clippo import PPO, PPOConfig
 from clippo.advantages import compute_gae, discounted_rewards_to_go
-from clippo.config import ConfigError, config_from_dict, resolve_config
+from clippo.config import CHOICES, ConfigError, config_from_dict, resolve_config
 from clippo.fastpath.rollout import FlatRolloutBuffer
 from clippo.rollout import RolloutBuffer
 from tests.helpers import run_cli
@@ -152,7 +152,8 @@ INVALID = {
     "keep_checkpoints": positive_int,
     "nonfinite": choice_of("stop", "skip"),
     "eval_episodes": nonnegative_int,
-    "vector_env": choice_of("auto", "sync", "async", "native"),
+    "vector_env": choice_of(*CHOICES["vector_env"]),
+    "fast_path": choice_of(*CHOICES["fast_path"]),
     "tensorboard": boolean,
     "seed": st.integers(max_value=-1) | st.integers(min_value=2**64) | st.just(1.5) | NOT_A_NUMBER,
 }
