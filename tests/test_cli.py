@@ -300,6 +300,8 @@ INVALID_HYPERPARAMETERS = [
     (["--checkpoint-every", "-1"], {"checkpoint_every": -1}),
     (["--keep-checkpoints", "0"], {"keep_checkpoints": 0}),
     (["--eval-episodes", "-1"], {"eval_episodes": -1}),
+    (["--eval-every", "-1"], {"eval_every": -1}),
+    (["--stop-at-return", "400"], {"stop_at_return": 400.0}),  # without --eval-every
     # contradictory settings
     (["--num-envs", "2", "--num-steps", "4", "--num-minibatches", "9"],
      {"num_envs": 2, "num_steps": 4, "num_minibatches": 9}),

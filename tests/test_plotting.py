@@ -11,6 +11,9 @@ import pytest
 
 from clippo.plotting import (
     DIAGNOSTICS,
+    EVAL_COLUMN,
+    EVAL_LABEL,
+    RETURN_LABEL,
     Run,
     RunGroup,
     draw_groups,
@@ -125,6 +128,22 @@ def test_figure_has_a_panel_per_x_axis_and_diagnostic(runs):
     labels = [t.get_text() for t in legend.get_texts()]
     assert any("(2 seeds)" in label for label in labels)
     assert "95% CI of the mean" in legend.get_title().get_text()
+
+
+def test_runs_with_periodic_evaluations_get_an_evaluation_panel():
+    a = fake_run("a", [0, 10, 20, 30], [1.0, 2.0, 3.0, 4.0])
+    a.metrics[EVAL_COLUMN] = [float("nan"), 50.0, float("nan"), 80.0]  # only the updates that evaluated
+    b = fake_run("b", [0, 10, 20, 30], [2.0, 3.0, 4.0, 5.0], seed=1)
+    b.metrics[EVAL_COLUMN] = [float("nan"), 70.0, float("nan"), 100.0]
+    figure = draw_groups(group_runs([a, b]), x="both")
+    visible = [ax for ax in figure.axes if ax.get_visible()]
+    assert [ax.get_ylabel() for ax in visible] == [RETURN_LABEL, RETURN_LABEL, EVAL_LABEL, EVAL_LABEL]
+    curve = mean_curve([a, b], "global_step", EVAL_COLUMN, points=3)
+    np.testing.assert_allclose(curve.x, [10, 20, 30])
+    np.testing.assert_allclose(curve.mean, [60, 75, 90])
+    # without evaluations: no evaluation panel
+    plain = draw_groups(group_runs([fake_run("c", [0, 1], [0, 1])]), x="steps")
+    assert [ax.get_ylabel() for ax in plain.axes if ax.get_visible()] == [RETURN_LABEL]
 
 
 def test_one_row_per_environment():

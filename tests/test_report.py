@@ -151,6 +151,21 @@ def test_markdown_report_from_the_command(run_dirs, tmp_path):
     assert (out.parent / "report.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_report_shows_the_periodic_evaluations(tmp_path):
+    run_dir = tmp_path / "evaluated"
+    code, _, err = run_cli(["train", "CartPole-v1", "--run-dir", str(run_dir), "--total-steps", "256", "--num-envs", "2",
+                            "--num-steps", "32", "--eval-every", "128", "--eval-episodes", "2", "--no-tensorboard"])
+    assert code == 0, err
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    best = metrics["eval/mean_return"].max()
+    out = tmp_path / "report.md"
+    code, _, err = run_cli(["report", str(run_dir), "-o", str(out)])
+    assert code == 0, err
+    text = out.read_text()
+    assert "| last periodic evaluation |" in text and "(2 evaluations of 2 deterministic episodes)" in text
+    assert f"| best periodic evaluation | {best:.2f} at step" in text and "kept as `best.pt`" in text
+
+
 def test_default_output_is_in_the_run_dir(run_dirs):
     code, stdout, err = run_cli(["report", str(run_dirs["healthy"])])
     assert code == 0, err

@@ -1,5 +1,5 @@
-"""The ``clippo`` command line: ``train``, ``eval``, ``resume``, ``presets``, and the commands that
-help understand a run: ``plot``, ``report`` and ``enjoy``.
+"""The ``clippo`` command line: ``train``, ``eval``, ``resume``, ``presets``, the commands that
+help understand a run: ``plot``, ``report`` and ``enjoy``, and ``tune`` (hyperparameter search).
 
 Every hyperparameter flag is generated from :class:`clippo.config.PPOConfig`, so the flags, their
 help and their defaults cannot drift from the config. Bad input ends with one line on stderr.
@@ -154,7 +154,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("presets", help="print every preset's values as Markdown (docs/presets.md)")
     _add_understanding_commands(commands)
+    _add_tune_command(commands)
     return parser
+
+
+def _add_tune_command(commands) -> None:
+    """``tune``: it only parses here; the work is in clippo.tuning (Optuna imported there)."""
+    tune = commands.add_parser(
+        "tune",
+        help="search hyperparameters with Optuna (needs clippo[tune])",
+        description="Run an Optuna study on ENV_ID: TPE sampler, median pruner on the periodic evaluations; each "
+        "trial trains for --steps-per-trial steps from the env's preset (and --config) with sampled hyperparameters. "
+        "The objective is the mean of a trial's deterministic evaluation returns. Re-running the same command "
+        "continues the study in its storage. Writes OUT/best_config.yaml (for clippo train --config), OUT/summary.md "
+        "and Optuna's plots. Search space: docs/tuning.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    tune.add_argument("env_id", metavar="ENV_ID", help="Gymnasium environment id, e.g. CartPole-v1")
+    tune.add_argument("--trials", type=int, required=True, metavar="N",
+                      help="finished (complete or pruned) trials the study should hold; a re-run continues to N")
+    tune.add_argument("--jobs", type=int, default=1, metavar="J", help="worker processes on the same storage")
+    tune.add_argument("--steps-per-trial", type=int, default=None, metavar="S",
+                      help="environment steps each trial trains for; None: the base config's total_steps")
+    tune.add_argument("--eval-every", type=int, default=None, metavar="N",
+                      help="environment steps between a trial's evaluations; None: a tenth of --steps-per-trial")
+    tune.add_argument("--eval-episodes", type=int, default=5, metavar="K", help="episodes of each evaluation")
+    tune.add_argument("--storage", default=None, metavar="URL",
+                      help="Optuna storage shared by the jobs; None: sqlite:///OUT/study.db")
+    tune.add_argument("--study-name", default=None, metavar="NAME", help="study name; None: clippo-ENV_ID")
+    tune.add_argument("--out", default=None, metavar="DIR", help="output directory; None: tune/ENV_ID")
+    tune.add_argument("--config", default=None, metavar="FILE",
+                      help="YAML, TOML or JSON file of hyperparameters on top of the env's preset; those it sets are not searched")
+    tune.add_argument("--seed", type=int, default=0, help="training seed of every trial")
+    tune.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
+                      help="draw Optuna's plots into OUT (needs matplotlib)")
+    tune.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
 
 
 def _add_understanding_commands(commands) -> None:
@@ -248,6 +282,16 @@ def _enjoy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from clippo.tuning import TuneSettings, tune
+
+    return tune(TuneSettings(
+        env_id=args.env_id, trials=args.trials, jobs=args.jobs, steps_per_trial=args.steps_per_trial,
+        eval_every=args.eval_every, eval_episodes=args.eval_episodes, storage=args.storage,
+        study_name=args.study_name, out=args.out, config_file=args.config, seed=args.seed, plots=args.plots,
+    ))
+
+
 def _presets(args: argparse.Namespace) -> int:
     from clippo.config import presets_markdown
 
@@ -284,15 +328,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval_callback(agent):
-    """The periodic evaluation the run's config asks for (``--eval-every``), or None."""
+    """The periodic evaluation the run's config asks for (``--eval-every``), or None. Only rank 0
+    evaluates; a stop it asks for reaches the other ranks in the next after-rollout exchange."""
     from clippo.callbacks import EvalCallback
 
-    if agent.world.distributed and agent.config.stop_at_return is not None:
-        # only rank 0 evaluates, so only it would stop: the others would wait for it forever
-        raise ValueError(
-            f"stop_at_return={agent.config.stop_at_return:g} is not supported with several processes yet: "
-            "train on one process, or evaluate without stopping (--eval-every alone)"
-        )
     return EvalCallback.from_config(agent.config)
 
 
@@ -441,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ignore", message=r"(?s).*ERROR: (Received the following error from Worker|Traceback|Raising the last)"
         )
     handlers = {"train": _train, "eval": _eval, "resume": _resume, "presets": _presets,
-                "plot": _plot, "report": _report, "enjoy": _enjoy}
+                "plot": _plot, "report": _report, "enjoy": _enjoy, "tune": _tune}
     try:
         return handlers[args.command](args)
     except TrainingInterrupted as exc:
