@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from clippo.errors import CheckpointError
+from clippo.errors import CheckpointError, first_line
 
 FORMAT = "clippo-checkpoint"
 FORMAT_VERSION = 2
@@ -131,7 +131,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as exc:  # torch.load fails in many ways on a damaged or foreign file
         if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
             raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {exc.strerror}") from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise CheckpointError(f"{str(path)!r} is not a readable checkpoint (truncated or corrupted?): {first[:160]}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a clippo checkpoint")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from clippo.config import CHOICES, ENV_PRESETS, PRESETS, PPOConfig
-from clippo.errors import EnvStepError, NonFiniteError, TrainingInterrupted
+from clippo.errors import EnvStepError, NonFiniteError, TrainingInterrupted, first_line
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -492,6 +492,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, OSError, EnvStepError, NonFiniteError) as exc:
         if debug:
             raise
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = first_line(exc)
         print(f"clippo: error: {message}", file=sys.stderr)
         return 2

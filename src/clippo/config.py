@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from clippo.errors import ConfigError
+from clippo.errors import ConfigError, first_line
 
 
 def knob(help: str, default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
@@ -453,8 +453,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         else:
             data = yaml.safe_load(text)
     except Exception as exc:  # every parser has its own error class; all mean "not parseable"
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot parse config file {str(path)!r}: {first_line}") from None
+        first = first_line(exc)
+        raise ConfigError(f"cannot parse config file {str(path)!r}: {first}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from clippo.errors import first_line
 from clippo.logger import METRICS_FILE
 
 CONFIG_FILE = "config.yaml"
@@ -124,7 +125,7 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
         try:
             data = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise ValueError(f"cannot read {str(path)!r}: {first}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{str(path)!r} does not hold a mapping of hyperparameters")
@@ -158,7 +159,7 @@ def read_run(run_dir: str | Path) -> Run:
     except pd.errors.EmptyDataError:
         raise ValueError(f"{str(path)!r} is empty") from None
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ValueError(f"cannot read {str(path)!r}: {first}") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in metrics.columns]
     if missing:
