@@ -127,7 +127,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                        help="live progress bar (default: when stderr is a terminal)")
-    train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
     train.add_argument(
         "--nproc",
         type=int,
@@ -150,11 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("run_dir", metavar="RUN_DIR", help="the run directory of `clippo train`")
     resume.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="live progress bar (default: when stderr is a terminal)")
-    resume.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
 
     commands.add_parser("presets", help="print every preset's values as Markdown (docs/presets.md)")
     _add_understanding_commands(commands)
     _add_tune_command(commands)
+    for command in commands.choices.values():  # --debug after the command name too, on every command
+        if not any("--debug" in action.option_strings for action in command._actions):
+            command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
     return parser
 
 
@@ -188,7 +189,6 @@ def _add_tune_command(commands) -> None:
     tune.add_argument("--seed", type=int, default=0, help="training seed of every trial")
     tune.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
                       help="draw Optuna's plots into OUT (needs matplotlib)")
-    tune.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
 
 
 def _add_understanding_commands(commands) -> None:
@@ -210,7 +210,6 @@ def _add_understanding_commands(commands) -> None:
                       help="add a panel per diagnostic: approx KL, clip fraction, entropy, explained variance, value loss")
     plot.add_argument("--band", choices=list(BANDS), default="ci95",
                       help="band around the mean of several seeds: 95%% confidence interval of the mean, or min-max")
-    plot.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
 
     report = commands.add_parser(
         "report",
@@ -222,7 +221,6 @@ def _add_understanding_commands(commands) -> None:
     report.add_argument("run_dir", metavar="RUN_DIR", help="a run directory of `clippo train`")
     report.add_argument("-o", "--output", default=None, metavar="FILE",
                         help="report.md or report.html (default: RUN_DIR/report.md)")
-    report.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
 
     enjoy = commands.add_parser(
         "enjoy",
@@ -242,7 +240,6 @@ def _add_episode_flags(parser: argparse.ArgumentParser, episodes: int, seed_help
     parser.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
                         help="act with the policy's mode (--no-deterministic or --stochastic samples)")
     parser.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions")
-    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
 
 
 def _plot(args: argparse.Namespace) -> int:
