@@ -160,7 +160,7 @@ def write_table(run_dirs: list[Path], out: Path) -> Path:
     lines += md_table(["env", "seeds", "eval mean", "std over seeds", "target", "met?", "mean SPS", "published PPO"], summary)
     lines += ["", "## Per run", ""]
     lines += md_table(
-        ["env", "seed", "final eval (10 ep.)", "last training return", "steps", "wall time", "SPS", "reproduce"],
+        ["env", "seed", "final eval (eval.json)", "last training return", "steps", "wall time", "SPS", "reproduce"],
         [[r["env_id"], r["seed"], f"{r['eval_mean']:.0f} ± {r['eval_std']:.0f}", fmt(r["train_return"], 0),
           f"{r['steps']:_}", f"{r['wall_s'] / 60:.1f} min", fmt(r["sps"], 0),
           f"`clippo train {r['env_id']} --seed {r['seed']}`"] for r in runs],
@@ -175,7 +175,7 @@ def write_table(run_dirs: list[Path], out: Path) -> Path:
     if earlier:
         lines += ["", "## Runs of earlier recipes (not in the means above)", ""]
         lines += md_table(
-            ["env", "seed", "final eval (10 ep.)", "run dir", "recipe differences from today's preset"],
+            ["env", "seed", "final eval (eval.json)", "run dir", "recipe differences from today's preset"],
             [[r["env_id"], r["seed"], f"{r['eval_mean']:.0f} ± {r['eval_std']:.0f}", Path(r["run_dir"]).name,
               ", ".join(f"{k}={v}" for k, v in r["differences"].items())] for r in earlier],
         )
@@ -183,8 +183,8 @@ def write_table(run_dirs: list[Path], out: Path) -> Path:
         "",
         "Wall time and SPS are clippo's own training-loop clock (metrics.csv), one torch thread per run, "
         "with two runs sharing the machine's two cores (and other work running beside them), so they are lower "
-        "than a run alone would show. The steps/second comparison with SB3 on the same hyperparameters is in "
-        "`benchmarks/results/mujoco_speed/`.",
+        "than a run alone would show. Steps/second comparisons with SB3 on the same hyperparameters are in "
+        "`benchmarks/results/mujoco_speed/` and `benchmarks/results/atari_speed/`.",
     ]
 
     figures = []
