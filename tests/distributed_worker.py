@@ -80,6 +80,14 @@ def main() -> None:
         reduced = distributed.all_reduce_mean_(values.clone(), world)
         torch.save({"values": values, "gathered": gathered, "reduced": reduced}, out / f"rank{world.rank}.pt")
         shutdown(world)
+    elif mode == "action_spaces":
+        # A masked env and a hybrid-action env, each trained to 2048 steps with periodic checkpoints.
+        for env_id in ("clippo/Slots-v0", "clippo/ToolAmount-v0"):
+            agent = PPO(env_id, seed=1, num_envs=2, num_steps=64, checkpoint_every=3, tensorboard=False,
+                        run_dir=out / env_id.replace("/", "_"))
+            agent.learn(total_steps=2048, progress=False)
+            agent.close()
+        shutdown(agent.world)
     else:
         raise SystemExit(f"unknown mode {mode}")
 

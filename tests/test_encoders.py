@@ -194,3 +194,20 @@ def test_a_tuple_and_multibinary_observation_space_round_trips_through_a_checkpo
 
     space = spaces.Tuple((spaces.MultiBinary(5), spaces.Dict({"x": spaces.Box(0, 255, (10, 10, 3), np.uint8)})))
     assert space_from_dict(space_to_dict(space)) == space
+
+
+def test_an_image_agent_through_the_cli_train_eval_enjoy_plot_report(tmp_path):
+    from tests.helpers import run_cli
+
+    run = tmp_path / "run"
+    code, out, err = run_cli(["train", "MinAtar/Breakout-v1", "--encoder", "cnn", "--network", "shared",
+                              "--total-steps", "512", "--num-envs", "4", "--num-steps", "64", "--eval-episodes", "2",
+                              "--run-dir", str(run), "--no-tensorboard", "--no-progress"])
+    assert code == 0, err
+    loaded = PPO.load(run)
+    assert isinstance(loaded.model.encoder, MinAtarCNN) and loaded.observation_space.dtype == np.bool_
+    for args in (["eval", str(run), "--episodes", "2"], ["enjoy", str(run), "--episodes", "1"],
+                 ["plot", str(run), "-o", str(tmp_path / "curves.png")], ["report", str(run)]):
+        code, out, err = run_cli(args)
+        assert code == 0, (args, err)
+    assert (tmp_path / "curves.png").exists() and (run / "report.md").exists()

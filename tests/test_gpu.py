@@ -52,3 +52,17 @@ def test_cuda_training_solves_cartpole():
     result = agent.evaluate(episodes=10, seed=10_000)
     agent.close()
     assert result["mean_return"] >= 475, result
+
+
+@pytest.mark.parametrize("env", ["clippo/Slots-v0", "clippo/ToolAmount-v0"])
+def test_cuda_masked_and_hybrid_agents_train_from_the_rollouts_log_probs(env):
+    """The general path on the GPU: action masks (Slots: its step raises on a masked action)
+    and a Dict action (one head per part, the log-std a slice of the policy's parameter)."""
+    agent = PPO(env, device="cuda", num_envs=4, num_steps=32, num_minibatches=2, update_epochs=2, seed=0, tensorboard=False)
+    firsts = record_first_logratios(agent)
+    agent.learn(total_steps=agent.batch_size * 3)
+    assert len(firsts) == 3
+    for logratio in firsts:
+        assert logratio.device.type == "cuda" and logratio.abs().max().item() < 1e-5, logratio
+    assert agent.evaluate(episodes=2, seed=0)["episodes"] == 2
+    agent.close()

@@ -267,8 +267,8 @@ def test_discrete_start_offset_end_to_end(fixed_length_env):
 @pytest.mark.parametrize(
     "action_space, name",
     [
-        (spaces.MultiBinary(3), "MultiBinary"),
-        (spaces.Dict({"a": spaces.Discrete(2)}), "Dict"),
+        (spaces.Sequence(spaces.Discrete(2)), "Sequence"),
+        (spaces.Dict({"a": spaces.Discrete(2), "b": spaces.Text(4)}), "Text"),
         (spaces.Text(4), "Text"),
     ],
 )

@@ -79,3 +79,41 @@ class TinyEncoder(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(obs.float())
+
+
+class MaskedGridEnv(gym.Env):
+    """``MultiDiscrete([3, 4])`` actions with a random mask each step (at least one valid choice
+    per component) in ``info["action_mask"]`` (7 booleans, the components concatenated); the
+    observation is the mask as floats. ``step`` raises on a masked choice; each valid step earns 1.
+    ``dead_end_at``: from that step of an episode on, the mask is all false (an env bug, which
+    clippo must report rather than act on)."""
+
+    metadata: dict = {"render_modes": []}
+
+    def __init__(self, length: int = 5, dead_end_at: int | None = None) -> None:
+        self.length, self.dead_end_at = length, dead_end_at
+        self.action_space = spaces.MultiDiscrete([3, 4])
+        self.observation_space = spaces.Box(0.0, 1.0, (7,), dtype=np.float32)
+        self.t = 0
+
+    def _observe(self) -> tuple[np.ndarray, dict]:
+        mask = self.np_random.random(7) < 0.5
+        mask[int(self.np_random.integers(3))] = True
+        mask[3 + int(self.np_random.integers(4))] = True
+        if self.dead_end_at is not None and self.t >= self.dead_end_at:
+            mask[:] = False
+        self.mask = mask
+        return mask.astype(np.float32), {"action_mask": mask}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._observe()
+
+    def step(self, action):
+        a, b = (int(x) for x in action)
+        if not (self.mask[a] and self.mask[3 + b]):
+            raise ValueError(f"invalid action {[a, b]} under mask {self.mask.astype(int).tolist()}")
+        self.t += 1
+        obs, info = self._observe()
+        return obs, 1.0, self.t >= self.length, False, info

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from clippo import __version__, fastpath, observations
+from clippo import __version__, fastpath, masking, observations
 from clippo.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
@@ -162,8 +162,11 @@ class PPO:
         encoder: Any = None,
     ) -> None:
         self.config = config
+        # The env's spaces (what act() takes and gives); the model observes observation_space
+        # without an "action_mask" key (clippo.masking.policy_observation_space).
         self.observation_space = observation_space
         self.action_space = action_space
+        policy_space = masking.policy_observation_space(observation_space)
         self.world = init_world(config.device)
         # Only the main rank writes logs, metrics and checkpoints.
         self.run_dir = Path(run_dir) if run_dir is not None and self.world.is_main else None
@@ -174,7 +177,7 @@ class PPO:
         # Seed the global RNG only for the weight init; everything after draws from our generator.
         torch.manual_seed(config.seed)
         self.model = ActorCritic(
-            observation_space,
+            policy_space,
             action_space,
             config.hidden_sizes,
             config.activation,
@@ -189,21 +192,21 @@ class PPO:
             self.model.paired_parameters(), lr=config.learning_rate, eps=1e-5, extra_slots=len(MINIBATCH_STATS)
         )
         broadcast_(self.optimizer.flat, self.world)  # every rank starts from rank 0's weights
-        # The numpy fast path where it applies (flat observations, MLPs, CPU), else torch.
-        self.runner_class, self.buffer_class = fastpath.make_rollout(config, self.model, self.device)
-        self._loss = fastpath.make_loss(config, self.model, self.device, self.optimizer.zero_grad)
+        #: where the training envs' action masks come from (clippo.masking), set with the runner
+        self.action_masks: masking.MaskSource | None = None
+        self._choose_paths()
         # Each rank samples its own actions (and shuffles its own minibatches).
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1_000_003 * self.world.rank)
         # Discrete observations are one-hot encoded: there is nothing to normalize.
-        is_box = isinstance(observation_space, spaces.Box)
-        if config.normalize_observations and not isinstance(observation_space, spaces.Discrete):
-            if not is_box or is_image(observation_space):
+        is_box = isinstance(policy_space, spaces.Box)
+        if config.normalize_observations and not isinstance(policy_space, spaces.Discrete):
+            if not is_box or is_image(policy_space):
                 raise ValueError(
-                    f"normalize_observations=True is invalid for observation space {describe_space(observation_space)}: "
+                    f"normalize_observations=True is invalid for observation space {describe_space(policy_space)}: "
                     "it normalizes flat Box observations (image encoders scale uint8 pixels by 1/255 themselves)"
                 )
         self.obs_normalizer = ObservationNormalizer(
-            observation_space.shape if is_box else (), config.obs_clip, config.normalize_observations and is_box
+            policy_space.shape if is_box else (), config.obs_clip, config.normalize_observations and is_box
         )
         self.reward_scaler = RewardScaler(config.num_envs, config.gamma, config.reward_clip, config.normalize_rewards)
         self.global_step = 0
@@ -219,6 +222,14 @@ class PPO:
         self._envs = None
         self._runner: EnvRunner | None = None
         self._pending_runner_state: dict | None = None
+
+    def _choose_paths(self) -> None:
+        """The rollout and loss implementations (``clippo.fastpath`` decides, the numpy fast path
+        where it applies: flat observations, MLPs, a CPU, no masks; else torch): chosen at
+        construction, and again if the training envs turn out to give action masks."""
+        masked = self.action_masks is not None or masking.observation_has_mask(self.observation_space)
+        self.runner_class, self.buffer_class = fastpath.make_rollout(self.config, self.model, self.device, masked)
+        self._loss = fastpath.make_loss(self.config, self.model, self.device, self.optimizer.zero_grad, masked)
 
     @property
     def batch_size(self) -> int:
@@ -282,13 +293,19 @@ class PPO:
     def loss_and_gradient(self, minibatch: Batch, advantages: torch.Tensor) -> LossTerms:
         """The combined PPO loss on one minibatch, its gradient left in ``self.optimizer.grad``."""
         old_values = minibatch.values if self.config.clip_value_loss else None
-        return self._loss(minibatch.obs, minibatch.actions, minibatch.logprobs, advantages, minibatch.returns, old_values)
+        args = (minibatch.obs, minibatch.actions, minibatch.logprobs, advantages, minibatch.returns, old_values)
+        if minibatch.masks is not None:  # (masked agents always take the autograd loss)
+            return self._loss(*args, masks=minibatch.masks)
+        return self._loss(*args)
 
     def new_rollout_buffer(self) -> RolloutBuffer:
-        """Empty storage for one rollout of this agent's shape."""
+        """Empty storage for one rollout of this agent's shape (with room for action masks when
+        the training envs give them)."""
+        cfg = self.config
         return self.buffer_class(
-            self.config.num_steps, self.config.num_envs, self.observation_space, self.model.distribution, self.device
-        )
+            cfg.num_steps, cfg.num_envs, self.model.observation_space, self.model.distribution, self.device,
+            masked=self.action_masks is not None,
+        )  # fmt: skip
 
     def env_runner(self) -> EnvRunner:
         """The training envs and their carried-over state (created, and started, on first use)."""
@@ -303,13 +320,19 @@ class PPO:
             if self.update:
                 seed += 7919 * self.update
             cfg = self.config
+            reset = self._envs.reset(seed=seed)  # (restoring saved env state below overwrites it)
+            # Whether, and how, the envs give action masks: decided once per run, from the envs.
+            self.action_masks = masking.detect_mask_source(self._envs, self.model.distribution, reset[1])
+            if self.action_masks is not None:
+                self._choose_paths()
             self._runner = self.runner_class(
-                self._envs, self.obs_normalizer, self.reward_scaler, cfg.nonfinite, cfg.reward_sign, cfg.episodic_life
-            )
+                self._envs, self.obs_normalizer, self.reward_scaler, cfg.nonfinite, cfg.reward_sign, cfg.episodic_life,
+                self.action_masks,
+            )  # fmt: skip
             # Saved env state is rank 0's: other ranks start their envs afresh.
             self.envs_restored = pending is not None and self.world.is_main and self._runner.load_state_dict(pending)
             if not self.envs_restored:
-                self._runner.start(seed)
+                self._runner.start(seed, reset)
         return self._runner
 
     def _check_spaces(self, envs) -> None:
@@ -325,24 +348,51 @@ class PPO:
     # acting and evaluation
     # ------------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def act(self, obs: Any, deterministic: bool = False) -> np.ndarray:
-        """Action(s) for one observation or a batch of them, valid for the env's action space.
+    def act(self, obs: Any, deterministic: bool = False, action_masks: Any = None) -> Any:
+        """Action(s) for one observation or a batch of them, valid for the env's action space
+        (for Tuple/Dict spaces a tuple/dict of arrays).
 
         Observations are raw env observations: the agent applies its own (frozen) normalization.
+        ``action_masks``: booleans, False for invalid actions (``[num_outputs]`` for one
+        observation, ``[batch, num_outputs]`` for a batch; see ``clippo.masking``), as in
+        MaskablePPO's ``predict``; by default the observation's own ``"action_mask"`` key, if
+        it has one. Invalid actions are never returned; a mask with none valid is an error.
         """
-        obs, single = observations.as_batch(obs, self.observation_space)
+        if isinstance(obs, dict) and masking.MASK_KEY in obs and masking.observation_has_mask(self.observation_space):
+            obs, own_masks = masking.split_observation(obs, self.observation_space)
+            action_masks = own_masks if action_masks is None else action_masks
+        obs, single = observations.as_batch(obs, self.model.observation_space)
         if self.obs_normalizer.enabled:
             obs = self.obs_normalizer(obs)
         count = observations.batch_size(obs)
         obs = observations.to_tensor(obs, self.device)
-        noise = None if deterministic else self.model.distribution.noise((count,), self.generator, self.device)
-        actions, _ = self.model.act(obs, noise)
-        env_actions = self.model.distribution.to_env(actions.cpu().numpy())
-        return env_actions[0] if single else env_actions
+        distribution = self.model.distribution
+        masks = None if action_masks is None else self._checked_masks(action_masks, count)
+        noise = None if deterministic else distribution.noise((count,), self.generator, self.device)
+        actions, _ = self.model.act(obs, noise, masks)
+        actions = actions.cpu().numpy()
+        return distribution.to_env(actions[0] if single else actions)
 
-    def predict(self, obs: Any, deterministic: bool = False) -> tuple[np.ndarray, None]:
-        """Stable-Baselines3-style alias of :meth:`act` returning ``(action, None)``."""
-        return self.act(obs, deterministic), None
+    def _checked_masks(self, action_masks: Any, count: int) -> torch.Tensor:
+        """``act``'s ``action_masks`` as a bool tensor, or a one-line ValueError."""
+        distribution = self.model.distribution
+        if not distribution.maskable:
+            raise ValueError(
+                f"action_masks are invalid for action space {describe_space(self.action_space)}: "
+                "clippo masks Discrete and MultiDiscrete action spaces"
+            )
+        masks = masking.as_masks(action_masks, count, distribution, "action_masks")
+        bad = masking.first_invalid_row(masks, masking.component_starts(distribution))
+        if bad is not None:
+            raise ValueError(f"action_masks row {bad} (of {count}) has no valid action: it is all false")
+        return torch.from_numpy(masks).to(self.device)
+
+    def predict(
+        self, obs: Any, deterministic: bool = False, action_masks: Any = None
+    ) -> tuple[Any, None]:
+        """Stable-Baselines3-style alias of :meth:`act` returning ``(action, None)`` (``action_masks``
+        as in sb3-contrib's ``MaskablePPO.predict``)."""
+        return self.act(obs, deterministic, action_masks), None
 
     def evaluate(
         self,
@@ -352,7 +402,8 @@ class PPO:
         env: EnvSource | None = None,
         num_envs: int | None = None,
     ) -> dict[str, Any]:
-        """Run whole episodes with the (by default deterministic) policy; raw env returns."""
+        """Run whole episodes with the (by default deterministic) policy; raw env returns. Envs
+        that give action masks are played with them."""
         if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
             raise ValueError(f"episodes={episodes!r} is invalid: it must be an integer >= 1")
         source = env if env is not None else self.env_source
@@ -360,7 +411,8 @@ class PPO:
         envs = make_vector_env(source, count, self.config.vector_env)
         try:
             self._check_spaces(envs)
-            returns, lengths = run_episodes(envs, lambda obs: self.act(obs, deterministic), episodes, seed)
+            policy = lambda obs, masks=None: self.act(obs, deterministic, masks)  # noqa: E731
+            returns, lengths = run_episodes(envs, policy, episodes, seed)
         finally:
             envs.close()
         return {

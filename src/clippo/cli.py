@@ -1,5 +1,6 @@
 """The ``clippo`` command line: ``train``, ``eval``, ``resume``, ``presets``, the commands that
-help understand a run: ``plot``, ``report`` and ``enjoy``, and ``tune`` (hyperparameter search).
+help understand a run: ``plot``, ``report`` and ``enjoy``, ``tune`` (hyperparameter search) and
+``export`` (the policy as an ONNX graph).
 
 Every hyperparameter flag is generated from :class:`clippo.config.PPOConfig`, so the flags, their
 help and their defaults cannot drift from the config. Bad input ends with one line on stderr.
@@ -153,10 +154,31 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("presets", help="print every preset's values as Markdown (docs/presets.md)")
     _add_understanding_commands(commands)
     _add_tune_command(commands)
+    _add_export_command(commands)
     for command in commands.choices.values():  # --debug after the command name too, on every command
         if not any("--debug" in action.option_strings for action in command._actions):
             command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
     return parser
+
+
+def _add_export_command(commands) -> None:
+    """``export``: it only parses here; the work is in clippo.export (onnx imported there)."""
+    export = commands.add_parser(
+        "export",
+        help="write the deterministic policy as an ONNX graph (needs clippo[export])",
+        description="Write the run's deterministic policy, observation normalization included, as an ONNX graph: "
+        "raw observations in (one input per field of a Dict observation), env actions out, dynamic batch axis. "
+        "Before writing, onnxruntime runs it on observations of the run's env and its actions are compared with "
+        "agent.act(obs, deterministic=True): identical discrete actions, continuous ones within 1e-5.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    export.add_argument("path", metavar="RUN_DIR", help="a run directory or a checkpoint file")
+    export.add_argument("-o", "--output", default=None, metavar="FILE",
+                        help="the ONNX file to write (default: policy.onnx in the run directory)")
+    export.add_argument("--check-steps", type=int, default=256, metavar="N", help="env steps of the check")
+    export.add_argument("--check-envs", type=int, default=4, metavar="N", help="envs stepped side by side in the check")
+    export.add_argument("--seed", type=int, default=0, help="seed of the check's envs")
+    export.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
 
 
 def _add_tune_command(commands) -> None:
@@ -287,6 +309,22 @@ def _tune(args: argparse.Namespace) -> int:
         eval_every=args.eval_every, eval_episodes=args.eval_episodes, storage=args.storage,
         study_name=args.study_name, out=args.out, config_file=args.config, seed=args.seed, plots=args.plots,
     ))
+
+
+def _export(args: argparse.Namespace) -> int:
+    from clippo.agent import PPO
+    from clippo.export import describe, export_onnx, require_onnx
+
+    require_onnx()  # before loading the agent: a missing extra is the first thing to say
+    for flag, value in (("--check-steps", args.check_steps), ("--check-envs", args.check_envs)):
+        if value < 1:
+            raise ValueError(f"{flag}={value} is invalid: it must be an integer >= 1")
+    path = Path(args.path)
+    output = Path(args.output) if args.output else (path if path.is_dir() else path.parent) / "policy.onnx"
+    agent = PPO.load(path)
+    result = export_onnx(agent, output, check_steps=args.check_steps, check_envs=args.check_envs, seed=args.seed)
+    print(json.dumps(result.to_dict()) if args.json else describe(result))
+    return 0
 
 
 def _presets(args: argparse.Namespace) -> int:
@@ -477,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ignore", message=r"(?s).*ERROR: (Received the following error from Worker|Traceback|Raising the last)"
         )
     handlers = {"train": _train, "eval": _eval, "resume": _resume, "presets": _presets,
-                "plot": _plot, "report": _report, "enjoy": _enjoy, "tune": _tune}
+                "plot": _plot, "report": _report, "enjoy": _enjoy, "tune": _tune, "export": _export}
     try:
         return handlers[args.command](args)
     except TrainingInterrupted as exc:

@@ -1,19 +1,44 @@
 """Action distributions for each Gymnasium action space, as small pure functions of the head output.
 
 ``torch.distributions`` objects validate and allocate on every construction; in the rollout loop
-that costs more than the network itself for small MLPs, so the three distributions PPO needs are
-written out here (each a couple of lines of textbook math, tested against torch.distributions).
+that costs more than the network itself for small MLPs, so the distributions PPO needs are
+written out here (each a couple of lines of textbook math, tested against torch.distributions):
+one class per action space, and ``Composite`` for Tuple and Dict spaces made of them.
+
+Invalid-action masks (``Discrete`` and ``MultiDiscrete``) act on the logits: ``mask`` replaces the
+logits of invalid actions by ``MASKED_LOGIT``, and every other method then works unchanged on the
+masked logits.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
 from gymnasium import spaces
+from torch.nn import functional as F
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+#: The logit of a masked (invalid) action. Its probability, exp(-1e8 - logsumexp), is exactly 0 in
+#: float32, so it is never sampled and adds nothing to log-probabilities, the entropy or the KL;
+#: unlike -inf it is finite, so the entropy's ``p * log p`` is ``0 * -1e8 = 0`` rather than NaN,
+#: and an all-masked row stays finite (a uniform distribution, never NaN).
+MASKED_LOGIT = -1e8
+_MASKED_LOGIT_TENSOR = torch.tensor(MASKED_LOGIT)
+
+#: Discrete parts of Tuple/Dict actions are stored as float32: indices up to 2**24 are exact.
+_FLOAT32_EXACT_INTEGERS = 2**24
+
+
+def masked_logits(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``logits`` with the entries where ``masks`` is False set to ``MASKED_LOGIT`` (no gradient
+    flows to them)."""
+    if logits.device.type == "cpu":  # (a 0-dim tensor made once: 2-3 us a call less than a Python float)
+        return torch.where(masks, logits, _MASKED_LOGIT_TENSOR)
+    return torch.where(masks, logits, MASKED_LOGIT)
 
 
 def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator | None, device=None) -> torch.Tensor:
@@ -52,6 +77,26 @@ class ActionDistribution:
     #: shape of one action as stored in the rollout buffer
     action_shape: tuple[int, ...]
     action_dtype: torch.dtype
+    #: whether ``mask`` applies (a mask of ``num_outputs`` booleans: one per action, or per choice
+    #: of each MultiDiscrete component, concatenated)
+    maskable: bool = False
+    #: how many log-std entries (a learned vector the policy owns) the distribution's Gaussian parts use
+    gaussian_size: int = 0
+
+    @property
+    def action_width(self) -> int:
+        """Numbers in one stored action (a Discrete index is one)."""
+        return int(np.prod(self.action_shape))
+
+    def mask(self, params: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """The actor's output with invalid actions (False in ``masks``) given probability 0."""
+        raise ValueError(
+            f"action masks are not supported for {type(self).__name__} actions: clippo masks Discrete "
+            "and MultiDiscrete action spaces"
+        )
+
+    def bind_log_std(self, log_std: torch.Tensor, offset: int = 0) -> None:
+        """Use ``log_std[offset : offset + gaussian_size]`` (the policy's parameter) as the log-std."""
 
     def noise(self, shape: tuple[int, ...], generator: torch.Generator | None, device=None) -> torch.Tensor:
         raise NotImplementedError
@@ -78,8 +123,9 @@ class ActionDistribution:
         """``sample`` on numpy arrays, for the rollout loop's numpy actor (``std``: Gaussian only)."""
         raise NotImplementedError
 
-    def to_env(self, actions: np.ndarray) -> np.ndarray:
-        """The action as sent to the environment (offset by the space's start, clipped to bounds)."""
+    def to_env(self, actions: np.ndarray) -> Any:
+        """The action as sent to the environment (offset by the space's start, clipped to bounds,
+        in the space's shape and dtype; for Tuple/Dict spaces a tuple/dict of arrays)."""
         return actions
 
 
@@ -87,12 +133,16 @@ class Categorical(ActionDistribution):
     """One logit per action of a ``Discrete(n)`` space."""
 
     discrete = True
+    maskable = True
 
     def __init__(self, space: spaces.Discrete) -> None:
         self.num_outputs = int(space.n)
         self.start = int(space.start)
         self.action_shape = ()
         self.action_dtype = torch.int64
+
+    def mask(self, logits, masks):
+        return masked_logits(logits, masks)
 
     def noise(self, shape, generator, device=None):
         return gumbel_noise((*shape, self.num_outputs), generator, device)
@@ -128,6 +178,7 @@ class MultiCategorical(ActionDistribution):
     """Independent categoricals, one per component of a ``MultiDiscrete`` space."""
 
     discrete = True
+    maskable = True
 
     def __init__(self, space: spaces.MultiDiscrete) -> None:
         if space.nvec.ndim != 1:
@@ -137,6 +188,9 @@ class MultiCategorical(ActionDistribution):
         self.num_outputs = sum(self.sizes)
         self.action_shape = (len(self.sizes),)
         self.action_dtype = torch.int64
+
+    def mask(self, logits, masks):
+        return masked_logits(logits, masks)
 
     def noise(self, shape, generator, device=None):
         return gumbel_noise((*shape, self.num_outputs), generator, device)
@@ -182,7 +236,24 @@ class DiagGaussian(ActionDistribution):
         self.low = space.low.reshape(-1).astype(np.float32)
         self.high = space.high.reshape(-1).astype(np.float32)
         self.bounded = bool(np.all(np.isfinite(self.low)) and np.all(np.isfinite(self.high)))
-        self.log_std: torch.Tensor | None = None  # set by the network that owns the parameter
+        self.gaussian_size = self.num_outputs
+        self.log_std = None  # set by the network that owns the parameter (bind_log_std)
+
+    @property
+    def log_std(self) -> torch.Tensor | None:
+        """The learned log-std vector: the policy's parameter, or this part's slice of it."""
+        if self._log_std_slice is None:
+            return self._log_std
+        return self._log_std[self._log_std_slice]  # sliced at each use: the parameter may be re-pointed
+
+    @log_std.setter
+    def log_std(self, value: torch.Tensor | None) -> None:
+        self._log_std, self._log_std_slice = value, None
+
+    def bind_log_std(self, log_std, offset=0):
+        self.log_std = log_std
+        if offset or log_std.numel() != self.num_outputs:
+            self._log_std_slice = slice(offset, offset + self.num_outputs)
 
     def noise(self, shape, generator, device=None):
         return torch.randn((*shape, self.num_outputs), generator=generator, device=device)
@@ -208,6 +279,118 @@ class DiagGaussian(ActionDistribution):
         return actions.reshape(*actions.shape[:-1], *self.shape)
 
 
+class Bernoulli(ActionDistribution):
+    """Independent bits, one logit each, for a ``MultiBinary`` space: bit i is 1 with probability
+    ``sigmoid(logit_i)``."""
+
+    discrete = True
+
+    def __init__(self, space: spaces.MultiBinary) -> None:
+        self.shape = tuple(space.shape)
+        self.dtype = space.dtype
+        self.num_outputs = int(np.prod(self.shape))
+        self.action_shape = (self.num_outputs,)
+        self.action_dtype = torch.int64
+
+    def noise(self, shape, generator, device=None):
+        # Logistic noise: logit + L > 0 with probability sigmoid(logit), as Gumbel noise for argmax.
+        u = torch.rand((*shape, self.num_outputs), generator=generator, device=device)
+        return u.log() - torch.log1p(-u)
+
+    def sample(self, logits, noise):
+        return ((logits if noise is None else logits + noise) > 0).long()
+
+    def sample_numpy(self, logits, noise, std=None):
+        return ((logits if noise is None else logits + noise) > 0).astype(np.int64)
+
+    def log_prob(self, logits, actions):
+        return -F.binary_cross_entropy_with_logits(logits, actions.to(logits.dtype), reduction="none").sum(dim=-1)
+
+    def entropy(self, logits):
+        # -p log p - (1 - p) log(1 - p), with log p = logit - softplus(logit), log(1 - p) = -softplus(logit)
+        return (F.softplus(logits) - logits * torch.sigmoid(logits)).sum(dim=-1)
+
+    def to_env(self, actions):
+        return actions.astype(self.dtype).reshape(*actions.shape[:-1], *self.shape)
+
+
+class Composite(ActionDistribution):
+    """One distribution per part of a ``Tuple`` or ``Dict`` space (nested ones too), e.g. a
+    Discrete "which tool" with a Box "how hard": the actor's output is split into one head per
+    part, and the parts are independent given the observation, so the log-probability and the
+    entropy are the sums over the parts.
+
+    An action is stored flat, as float32: each part's numbers side by side in the space's order
+    (a Discrete index as one number, exact up to 2**24). ``to_env`` gives the space's own
+    structure, a dict or tuple of arrays in each part's dtype.
+    """
+
+    def __init__(self, space: spaces.Dict | spaces.Tuple) -> None:
+        items = list(space.spaces.items()) if isinstance(space, spaces.Dict) else list(enumerate(space.spaces))
+        if not items:
+            raise ValueError(f"action space {space} is not supported: it has no parts")
+        self.is_dict = isinstance(space, spaces.Dict)
+        self.keys = [key for key, _ in items]
+        self.parts = [make_distribution(sub) for _, sub in items]
+        for (key, sub), part in zip(items, self.parts):
+            if isinstance(sub, spaces.Discrete) and sub.n > _FLOAT32_EXACT_INTEGERS:
+                raise ValueError(f"action space part {key!r} ({sub}) is not supported: Discrete parts may have at most 2**24 actions")
+        self.output_sizes = [part.num_outputs for part in self.parts]
+        self.action_widths = [part.action_width for part in self.parts]
+        self.num_outputs = sum(self.output_sizes)
+        self.action_shape = (sum(self.action_widths),)
+        self.action_dtype = torch.float32
+        self.discrete = all(part.discrete for part in self.parts)
+        self.gaussian_size = sum(part.gaussian_size for part in self.parts)
+        self._action_bounds = np.cumsum(self.action_widths)[:-1].tolist()
+
+    def bind_log_std(self, log_std, offset=0):
+        for part in self.parts:
+            if part.gaussian_size:
+                part.bind_log_std(log_std, offset)
+                offset += part.gaussian_size
+
+    def _split_actions(self, actions: torch.Tensor) -> list[torch.Tensor]:
+        chunks = actions.split(self.action_widths, dim=-1)
+        return [c.squeeze(-1) if part.action_shape == () else c for c, part in zip(chunks, self.parts)]
+
+    def noise(self, shape, generator, device=None):
+        return torch.cat([part.noise(shape, generator, device) for part in self.parts], dim=-1)
+
+    def sample(self, params, noise):
+        params_parts = params.split(self.output_sizes, dim=-1)
+        noise_parts = noise.split(self.output_sizes, dim=-1) if noise is not None else [None] * len(self.parts)
+        actions = []
+        for part, p, n in zip(self.parts, params_parts, noise_parts):
+            a = part.sample(p, n).to(torch.float32)
+            actions.append(a.unsqueeze(-1) if part.action_shape == () else a)
+        return torch.cat(actions, dim=-1)
+
+    def log_prob(self, params, actions):
+        pairs = zip(self.parts, params.split(self.output_sizes, dim=-1), self._split_actions(actions))
+        return sum(part.log_prob(p, a) for part, p, a in pairs)
+
+    def entropy(self, params):
+        return sum(part.entropy(p) for part, p in zip(self.parts, params.split(self.output_sizes, dim=-1)))
+
+    def log_prob_and_entropy(self, params, actions):
+        logprob, entropy = 0, 0
+        for part, p, a in zip(self.parts, params.split(self.output_sizes, dim=-1), self._split_actions(actions)):
+            part_logprob, part_entropy = part.log_prob_and_entropy(p, a)
+            logprob, entropy = logprob + part_logprob, entropy + part_entropy
+        return logprob, entropy
+
+    def to_env(self, actions):
+        out = []
+        for part, chunk in zip(self.parts, np.split(actions, self._action_bounds, axis=-1)):
+            if part.action_shape == ():
+                chunk = chunk[..., 0]
+            if part.action_dtype == torch.int64:
+                chunk = chunk.astype(np.int64)  # float32 indices are exact: rint not needed
+            out.append(part.to_env(chunk))
+        return dict(zip(self.keys, out)) if self.is_dict else tuple(out)
+
+
 def make_distribution(space: spaces.Space) -> ActionDistribution:
     """The distribution for a Gymnasium action space; a clear error for one clippo does not support."""
     if isinstance(space, spaces.Discrete):
@@ -218,7 +401,11 @@ def make_distribution(space: spaces.Space) -> ActionDistribution:
         if not np.issubdtype(space.dtype, np.floating):
             raise ValueError(f"action space {space} is not supported: Box actions must have a floating dtype")
         return DiagGaussian(space)
+    if isinstance(space, spaces.MultiBinary):
+        return Bernoulli(space)
+    if isinstance(space, (spaces.Dict, spaces.Tuple)):
+        return Composite(space)
     raise ValueError(
-        f"action space {space} ({type(space).__name__}) is not supported: clippo handles Discrete, "
-        "MultiDiscrete and Box action spaces"
+        f"action space {' '.join(str(space).split())} ({type(space).__name__}) is not supported: clippo handles "
+        "Discrete, MultiDiscrete, Box, MultiBinary, and Tuple/Dict spaces made of them"
     )

@@ -10,6 +10,7 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from clippo import atari
+from clippo.masking import MASK_KEY
 
 EnvSource = Union[str, Callable[[], gym.Env]]
 
@@ -18,8 +19,10 @@ def check_env_id(env_id: str) -> None:
     """Raise ValueError with one line if Gymnasium does not know ``env_id``.
 
     Atari and MinAtar ids are registered first (from ale-py or minatar, whose absence is a
-    one-line error naming the extra)."""
+    one-line error naming the extra), and clippo's own ``clippo/...`` ids (``clippo.toy_envs``)."""
     atari.ensure_registered(env_id)
+    if env_id.startswith("clippo/"):
+        import clippo.toy_envs  # noqa: F401  (registers them)
     try:
         gym.spec(env_id)
     except gym.error.Error as exc:
@@ -30,22 +33,26 @@ def _has_native_vector(env_id: str) -> bool:
     return gym.spec(env_id).vector_entry_point is not None
 
 
-class DropInfo(gym.Wrapper):
-    """An env whose step and reset return an empty info dict.
+def _kept_info(info: dict) -> dict:
+    return {MASK_KEY: info[MASK_KEY]} if MASK_KEY in info else {}
 
-    clippo reads nothing from infos, while Gymnasium's sync and async vector envs merge every
-    env's info into per-key arrays at every step: for a MuJoCo env's half-dozen entries, 25-30 us
-    or 6-9% of a one-env vector step (Hopper, Walker2d, HalfCheetah, Ant v5, alternating blocks
-    in one process). Applied to envs made from an id (an env factory's envs are left as the
-    factory makes them)."""
+
+class DropInfo(gym.Wrapper):
+    """An env whose step and reset return an empty info dict, but for an ``action_mask`` entry.
+
+    clippo reads nothing else from infos (action masks may come from there: ``clippo.masking``),
+    while Gymnasium's sync and async vector envs merge every env's info into per-key arrays at
+    every step: for a MuJoCo env's half-dozen entries, 25-30 us or 6-9% of a one-env vector step
+    (Hopper, Walker2d, HalfCheetah, Ant v5, alternating blocks in one process). Applied to envs
+    made from an id (an env factory's envs are left as the factory makes them)."""
 
     def step(self, action):
-        obs, reward, terminated, truncated, _ = self.env.step(action)
-        return obs, reward, terminated, truncated, {}
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated, truncated, _kept_info(info)
 
     def reset(self, **kwargs):
-        obs, _ = self.env.reset(**kwargs)
-        return obs, {}
+        obs, info = self.env.reset(**kwargs)
+        return obs, _kept_info(info)
 
 
 _GENERIC_MODES = ("auto", "sync", "async", "native")

@@ -15,6 +15,14 @@ class EnvStepError(RuntimeError):
     """The environment raised inside ``step``; training stopped after checkpointing the last good update."""
 
 
+class ActionMaskError(EnvStepError):
+    """An env's action mask with no valid action, or of the wrong shape; training stopped as for ``EnvStepError``."""
+
+
+class ExportCheckError(ValueError):
+    """An exported ONNX policy whose actions differ from ``agent.act``'s; nothing was written."""
+
+
 class NonFiniteError(RuntimeError):
     """A NaN or infinity in an observation, reward, loss or gradient (with nonfinite='stop')."""
 

@@ -2,31 +2,43 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from gymnasium.vector import VectorEnv
 
+from clippo.distributions import make_distribution
+from clippo.masking import detect_mask_source
+
 
 def run_episodes(
-    envs: VectorEnv, policy: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int | None
+    envs: VectorEnv, policy: Callable[..., Any], episodes: int, seed: int | None
 ) -> tuple[list[float], list[int]]:
     """Returns and lengths of ``episodes`` episodes, split evenly across the vector env's copies.
 
     Each copy has a fixed quota decided up front: counting whichever episodes finish first would
-    favour short episodes and bias the mean.
+    favour short episodes and bias the mean. ``policy(obs)`` gives the actions; for envs that
+    give action masks (``clippo.masking``) it is called as ``policy(obs, masks)``, ``obs``
+    without an ``"action_mask"`` key.
     """
     n = envs.num_envs
     quota = np.array([episodes // n + (i < episodes % n) for i in range(n)])
-    obs, _ = envs.reset(seed=seed)
+    obs, info = envs.reset(seed=seed)
+    masks = detect_mask_source(envs, make_distribution(envs.single_action_space), info)
     running_return = np.zeros(n)
     running_length = np.zeros(n, dtype=np.int64)
     autoreset = np.zeros(n, dtype=bool)
     returns: list[list[float]] = [[] for _ in range(n)]
     lengths: list[list[int]] = [[] for _ in range(n)]
     done_count = np.zeros(n, dtype=np.int64)
+    step = 0
     while np.any(done_count < quota):
-        obs, rewards, terminated, truncated, _ = envs.step(policy(obs))
+        if masks is None:
+            actions = policy(obs)
+        else:
+            actions = policy(*masks.read(obs, info, autoreset, f"evaluation step {step}"))
+        obs, rewards, terminated, truncated, info = envs.step(actions)
+        step += 1
         counting = ~autoreset
         running_return += rewards * counting
         running_length += counting

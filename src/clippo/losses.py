@@ -130,10 +130,12 @@ class AutogradLoss:
         self.ent_coef = ent_coef
         self.zero_grad = zero_grad
 
-    def __call__(self, obs, actions, old_logprobs, advantages, returns, old_values=None) -> LossTerms:
-        """``old_values`` given: the value error is clipped around them (PPO2 style)."""
+    def __call__(self, obs, actions, old_logprobs, advantages, returns, old_values=None, masks=None) -> LossTerms:
+        """``old_values`` given: the value error is clipped around them (PPO2 style). ``masks``:
+        the action masks the rollout acted with, so that the new log-probabilities, the entropy
+        and hence the ratio and the KL estimate are those of the masked policy."""
         # With no entropy bonus, the entropy is only logged: keep it out of the graph.
-        logprobs, entropy, values = self.model.evaluate_actions(obs, actions, entropy_grad=self.ent_coef > 0)
+        logprobs, entropy, values = self.model.evaluate_actions(obs, actions, entropy_grad=self.ent_coef > 0, masks=masks)
         logratio = logprobs - old_logprobs
         pg_loss, ratio = clipped_surrogate_loss(logratio, advantages, self.clip_epsilon)
         v_loss = value_loss(values, returns, old_values, self.clip_epsilon)
@@ -141,8 +143,19 @@ class AutogradLoss:
         loss = ppo_loss(pg_loss, v_loss, entropy_mean, self.vf_coef, self.ent_coef)
         self.zero_grad()
         loss.backward()
-        with torch.no_grad():  # one transfer from the device for all six numbers
-            numbers = torch.stack(
-                [loss, pg_loss, v_loss, entropy_mean, approx_kl(logratio, ratio), clip_fraction(ratio, self.clip_epsilon)]
-            ).tolist()
+        with torch.no_grad():
+            if logratio.device.type == "cpu":
+                # The two diagnostics in numpy: on a minibatch, a third of the time of seven torch ops.
+                numbers = torch.stack([loss, pg_loss, v_loss, entropy_mean]).tolist()
+                numbers += numpy_diagnostics(logratio.detach().numpy(), ratio.detach().numpy(), self.clip_epsilon)
+            else:  # one transfer from the device for all six numbers
+                numbers = torch.stack(
+                    [loss, pg_loss, v_loss, entropy_mean, approx_kl(logratio, ratio), clip_fraction(ratio, self.clip_epsilon)]
+                ).tolist()
         return LossTerms(*numbers, logratio.detach())
+
+
+def numpy_diagnostics(logratio: np.ndarray, ratio: np.ndarray, clip_epsilon: float) -> list[float]:
+    """``approx_kl`` and ``clip_fraction`` of numpy arrays, as floats."""
+    kl = float(((ratio - 1.0) - logratio).sum()) / logratio.size
+    return [kl, np.count_nonzero(np.abs(ratio - 1.0) > clip_epsilon) / logratio.size]

@@ -93,7 +93,8 @@ def play(
         envs = make_vector_env(make_env, 1, "sync")
         try:
             agent._check_spaces(envs)
-            returns, lengths = run_episodes(envs, lambda obs: agent.act(obs, deterministic), episodes, seed)
+            policy = lambda obs, masks=None: agent.act(obs, deterministic, masks)  # noqa: E731
+            returns, lengths = run_episodes(envs, policy, episodes, seed)
         finally:
             envs.close()  # RecordVideo writes the last episode's file on close
         if video_path is not None:

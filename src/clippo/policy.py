@@ -1,7 +1,9 @@
 """The actor-critic: observation encoder(s), shared or separate, then an action head and a value head.
 
 The actor outputs the action distribution's parameters (one logit per action, or the Gaussian
-mean); the critic one value. Heads are orthogonally initialized: the policy head with gain 0.01
+mean; for Tuple/Dict actions, each part's side by side); the critic one value. Given masks of
+valid actions, the actor's logits of invalid ones are replaced by ``MASKED_LOGIT``
+(``ActionDistribution.mask``) before anything reads them. Heads are orthogonally initialized: the policy head with gain 0.01
 (a near-uniform initial policy), the value head with gain 1.
 """
 
@@ -14,7 +16,7 @@ from gymnasium import spaces
 from torch import nn
 from torch.nn import functional as F
 
-from clippo.distributions import ActionDistribution, DiagGaussian, make_distribution
+from clippo.distributions import ActionDistribution, make_distribution
 from clippo.encoders import MLPEncoder, layer, make_encoder
 from clippo.observations import Obs
 
@@ -52,9 +54,9 @@ class ActorCritic(nn.Module):
             width = self.actor_encoder.output_size
         self.actor_head = layer(width, self.distribution.num_outputs, 0.01)
         self.critic_head = layer(self.critic_features.output_size, 1, 1.0)
-        if isinstance(self.distribution, DiagGaussian):
-            self.log_std = nn.Parameter(torch.full((self.distribution.num_outputs,), float(init_log_std)))
-            self.distribution.log_std = self.log_std
+        if self.distribution.gaussian_size:  # one vector for every Gaussian part (Box actions)
+            self.log_std = nn.Parameter(torch.full((self.distribution.gaussian_size,), float(init_log_std)))
+            self.distribution.bind_log_std(self.log_std)
 
     @property
     def actor_features(self) -> nn.Module:
@@ -85,16 +87,21 @@ class ActorCritic(nn.Module):
         order += [name for name in named if name not in order]
         return [(name, named[name]) for name in order]
 
-    def forward(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Distribution parameters and values (shape [batch]) for an observation batch."""
+    def forward(self, obs: Obs, masks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distribution parameters (masked by ``masks``, if given) and values (shape [batch]) for
+        an observation batch."""
         if self.shared:
             features = self.encoder(obs)
-            return self._actor_out(features), self._critic_out(features)
-        return self.actor(obs), self.value(obs)
+            return self._masked(self._actor_out(features), masks), self._critic_out(features)
+        return self.actor(obs, masks), self.value(obs)
 
-    def actor(self, obs: Obs) -> torch.Tensor:
-        """The actor's output alone: logits, or the Gaussian mean."""
-        return self._actor_out(self.actor_features(obs))
+    def actor(self, obs: Obs, masks: torch.Tensor | None = None) -> torch.Tensor:
+        """The actor's output alone: logits (invalid actions' masked where ``masks`` is given),
+        or the Gaussian mean."""
+        return self._masked(self._actor_out(self.actor_features(obs)), masks)
+
+    def _masked(self, params: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
+        return params if masks is None else self.distribution.mask(params, masks)
 
     def value(self, obs: Obs) -> torch.Tensor:
         """The critic's values alone (shape [batch])."""
@@ -106,21 +113,25 @@ class ActorCritic(nn.Module):
     def _critic_out(self, features: torch.Tensor) -> torch.Tensor:
         return F.linear(features, self.critic_head.weight, self.critic_head.bias).squeeze(-1)
 
-    def act(self, obs: Obs, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def act(
+        self, obs: Obs, noise: torch.Tensor | None = None, masks: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Actions of the current policy and their log-probabilities.
 
         ``noise`` comes from ``self.distribution.noise``; None acts deterministically (the mode).
+        ``masks``: booleans ``[batch, num_outputs]``, False for invalid actions (never chosen).
         """
-        return self.distribution.sample_with_log_prob(self.actor(obs), noise)
+        return self.distribution.sample_with_log_prob(self.actor(obs, masks), noise)
 
     def evaluate_actions(
-        self, obs: Obs, actions: torch.Tensor, entropy_grad: bool = True
+        self, obs: Obs, actions: torch.Tensor, entropy_grad: bool = True, masks: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Log-probabilities of stored actions under the current policy, entropies and values.
+        """Log-probabilities of stored actions under the current policy, entropies and values;
+        with ``masks`` (those the actions were chosen under), of the masked policy.
 
         ``entropy_grad=False`` computes the entropy outside the autograd graph (for logging only).
         """
-        params, values = self(obs)
+        params, values = self(obs, masks)
         if entropy_grad:
             logprobs, entropy = self.distribution.log_prob_and_entropy(params, actions)
         else:

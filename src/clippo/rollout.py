@@ -20,6 +20,7 @@ from clippo import observations
 from clippo.distributions import ActionDistribution
 from clippo.envs import restore_env_state, snapshot_env_state
 from clippo.errors import EnvStepError, NonFiniteError, first_line
+from clippo.masking import MaskSource, policy_observation_space
 from clippo.normalization import ObservationNormalizer, RewardScaler
 from clippo.observations import Obs, map_obs
 from clippo.policy import ActorCritic
@@ -32,7 +33,8 @@ CRITIC_CHUNK_ROWS = 1024
 @dataclass
 class Batch:
     """A rollout flattened to ``[batch]`` with autoreset steps dropped: what the update trains on.
-    ``obs`` is a tensor, or a dict of tensors for Dict/Tuple observation spaces."""
+    ``obs`` is a tensor, or a dict of tensors for Dict/Tuple observation spaces; ``masks`` the
+    action masks each action was chosen under (None for envs without masks)."""
 
     obs: Obs
     actions: torch.Tensor
@@ -40,12 +42,14 @@ class Batch:
     values: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
+    masks: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.actions.shape[0]
 
     def __getitem__(self, index: torch.Tensor | slice) -> Batch:
-        return Batch(*(map_obs(lambda v: v[index], getattr(self, name)) for name in self.__dataclass_fields__))
+        fields = (getattr(self, name) for name in self.__dataclass_fields__)
+        return Batch(*(None if value is None else map_obs(lambda v: v[index], value) for value in fields))
 
 
 def step_rows(storage: Obs, t: int) -> Obs:
@@ -65,9 +69,20 @@ class RolloutBuffer:
 
     ``all_obs`` holds ``num_steps + 1`` rows of observations in their own dtypes (uint8 frames
     stay uint8), the last one the observation after the last step (the bootstrap at the cut).
+    With ``masked``, ``all_masks`` holds the action mask of each of those observations in the
+    same layout (``masks``: the first ``num_steps``, those the actions were chosen under).
+    ``actions`` are stored flat in ``distribution.action_dtype`` (``action_shape`` each).
     """
 
-    def __init__(self, num_steps: int, num_envs: int, observation_space: spaces.Space, distribution: ActionDistribution, device) -> None:
+    def __init__(
+        self,
+        num_steps: int,
+        num_envs: int,
+        observation_space: spaces.Space,
+        distribution: ActionDistribution,
+        device,
+        masked: bool = False,
+    ) -> None:
         shape = (num_steps, num_envs)
         self.device = torch.device(device)
         self.all_obs = observations.allocate(observation_space, (num_steps + 1, num_envs))
@@ -83,6 +98,8 @@ class RolloutBuffer:
         self.truncated = np.zeros(shape, dtype=bool)
         self.life_lost = np.zeros(shape, dtype=bool)
         self.valid = np.ones(shape, dtype=bool)
+        self.all_masks = np.ones((num_steps + 1, num_envs, distribution.num_outputs), dtype=bool) if masked else None
+        self.masks = self.all_masks[:-1] if masked else None
         self.last_value = np.zeros(num_envs, dtype=np.float32)
         #: set by a runner that stored ``values`` while acting (a shared encoder computes both at once)
         self.values_stored = False
@@ -136,6 +153,7 @@ class RolloutBuffer:
             values=self.tensor("values").reshape(-1)[mask],
             advantages=advantages.reshape(-1)[mask],
             returns=returns.reshape(-1)[mask],
+            masks=None if self.masks is None else self.tensor("masks").reshape(-1, self.masks.shape[-1])[mask],
         )
 
 
@@ -161,9 +179,10 @@ def nonfinite_rows(obs: Obs) -> np.ndarray:
 class EnvRunner:
     """The vector env plus what carries over between rollouts.
 
-    That is the latest observation, which envs are due an autoreset step, each env's lives (with
-    ``episodic_life``), and the running return and length of each env's current episode (in raw,
-    unscaled rewards: the game score, whatever the learner is trained on).
+    That is the latest observation (and its action mask, with ``action_masks``: where the env's
+    masks come from, see ``clippo.masking``), which envs are due an autoreset step, each env's
+    lives (with ``episodic_life``), and the running return and length of each env's current
+    episode (in raw, unscaled rewards: the game score, whatever the learner is trained on).
     """
 
     def __init__(
@@ -174,11 +193,14 @@ class EnvRunner:
         nonfinite: str = "stop",
         reward_sign: bool = False,
         episodic_life: bool = False,
+        action_masks: MaskSource | None = None,
     ) -> None:
         if nonfinite not in ("stop", "skip"):
             raise ValueError(f"nonfinite={nonfinite!r} is invalid: choose one of stop, skip")
         self.envs = envs
-        self.observation_space = envs.single_observation_space
+        self.action_masks = action_masks
+        # what the policy observes: an observation's "action_mask" key is split off as the mask
+        self.observation_space = policy_observation_space(envs.single_observation_space)
         self.nonfinite = nonfinite
         self.reward_sign = reward_sign
         self.episodic_life = episodic_life
@@ -192,12 +214,16 @@ class EnvRunner:
         self.episode_returns = np.zeros(self.num_envs, dtype=np.float64)
         self.episode_lengths = np.zeros(self.num_envs, dtype=np.int64)
         self.next_obs: Obs | None = None
+        self.next_masks: np.ndarray | None = None
         self.finished_returns: list[float] = []
         self.finished_lengths: list[int] = []
 
-    def start(self, seed: int | None) -> None:
-        """Reset every env (env i gets seed + i) and begin fresh episodes."""
-        raw_obs, info = self.envs.reset(seed=seed)
+    def start(self, seed: int | None, reset: tuple[Any, dict[str, Any]] | None = None) -> None:
+        """Reset every env (env i gets seed + i) and begin fresh episodes. ``reset``: what a
+        ``reset(seed=seed)`` of the envs just returned (then they are not reset again)."""
+        raw_obs, info = reset if reset is not None else self.envs.reset(seed=seed)
+        if self.action_masks is not None:
+            raw_obs, self.next_masks = self.action_masks.read(raw_obs, info, np.zeros(self.num_envs, bool), "the first step")
         self.next_obs = self._normalized(observations.flatten_structure(raw_obs, self.observation_space))
         if self.episodic_life:
             self.lives = self._lives(info)
@@ -233,18 +259,26 @@ class EnvRunner:
         buffer.values_stored = policy.shared
         observations.write(step_rows(buffer.all_obs, 0), self.next_obs)
         buffer.valid[0] = ~self.autoreset  # the envs whose first step here is an autoreset step
+        masks = self.action_masks
+        step_masks = None
+        if masks is not None:
+            buffer.all_masks[0] = self.next_masks
         for t in range(num_steps):
             obs = observations.to_tensor(step_rows(buffer.all_obs, t), device)
+            if masks is not None:
+                step_masks = torch.from_numpy(buffer.all_masks[t]).to(device)
             if policy.shared:
-                params, values = policy(obs)
+                params, values = policy(obs, step_masks)
                 buffer.values[t] = values.cpu().numpy()
             else:
-                params = policy.actor(obs)
+                params = policy.actor(obs, step_masks)
             actions = distribution.sample(params, noise[t]).cpu().numpy()
-            buffer.params[t] = params.cpu().numpy()
+            buffer.params[t] = params.cpu().numpy()  # (masked: the log-probabilities follow from them)
             buffer.actions[t] = actions
 
             raw_obs, rewards, terminated, truncated, info = self._step(distribution.to_env(actions))
+            if masks is not None:  # the mask of the returned observation, used at the next step
+                raw_obs, _ = masks.read(raw_obs, info, terminated | truncated, f"rollout step {t + 1}", buffer.all_masks[t + 1])
             raw_obs = observations.flatten_structure(raw_obs, self.observation_space)
             if not math.isfinite(float_sum(raw_obs) + float(np.sum(rewards, dtype=np.float64))):
                 raw_obs, rewards = self._handle_nonfinite(raw_obs, rewards)
@@ -264,6 +298,8 @@ class EnvRunner:
             else:
                 buffer.rewards[t] = learned
         self.next_obs = map_obs(np.copy, step_rows(buffer.all_obs, num_steps))
+        if masks is not None:
+            self.next_masks = buffer.all_masks[num_steps].copy()
         self.finish_rollout(buffer, distribution)
 
     def finish_rollout(self, buffer: RolloutBuffer, distribution: ActionDistribution) -> None:
@@ -330,12 +366,15 @@ class EnvRunner:
             "episode_returns": torch.from_numpy(self.episode_returns.copy()),
             "episode_lengths": torch.from_numpy(self.episode_lengths.copy()),
             "envs": snapshot_env_state(self.envs),
+            "next_masks": None if self.next_masks is None else torch.from_numpy(self.next_masks.copy()),
         }
 
     def load_state_dict(self, state: dict) -> bool:
         """Continue from a saved state; False (envs left freshly reset) where the envs cannot be restored."""
         next_obs = state.get("next_obs")
         if state.get("envs") is None or next_obs is None or observations.batch_size(next_obs) != self.num_envs:
+            return False
+        if self.action_masks is not None and state.get("next_masks") is None:
             return False
         if not restore_env_state(self.envs, state["envs"]):
             return False
@@ -345,6 +384,8 @@ class EnvRunner:
             self.lives = state["lives"].numpy().copy()
         self.episode_returns = state["episode_returns"].numpy().copy()
         self.episode_lengths = state["episode_lengths"].numpy().copy()
+        if self.action_masks is not None:
+            self.next_masks = state["next_masks"].numpy().copy()
         return True
 
     def pop_finished_episodes(self) -> tuple[list[float], list[int]]:

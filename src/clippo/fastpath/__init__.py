@@ -22,12 +22,14 @@ from clippo.policy import ActorCritic
 from clippo.rollout import EnvRunner, RolloutBuffer
 
 
-def rollout_applies(config: PPOConfig, model: ActorCritic, device: torch.device) -> bool:
+def rollout_applies(config: PPOConfig, model: ActorCritic, device: torch.device, masked: bool = False) -> bool:
     """Whether the numpy rollout covers this agent: flat float Box observations, MLP encoders,
-    a CPU, an action distribution with a numpy sampler, and no Atari-style reward handling."""
+    a CPU, a Discrete, MultiDiscrete or Box action space (MultiBinary, Tuple and Dict actions take
+    the general path), no action masks, and no Atari-style reward handling."""
     space = model.observation_space
     return (
         config.fast_path == "auto"
+        and not masked
         and device.type == "cpu"
         and isinstance(space, spaces.Box)
         and np.issubdtype(space.dtype, np.floating)
@@ -39,23 +41,23 @@ def rollout_applies(config: PPOConfig, model: ActorCritic, device: torch.device)
 
 
 def make_rollout(
-    config: PPOConfig, model: ActorCritic, device: torch.device
+    config: PPOConfig, model: ActorCritic, device: torch.device, masked: bool = False
 ) -> tuple[type[EnvRunner], type[RolloutBuffer]]:
-    """The runner and buffer classes for this agent."""
-    if rollout_applies(config, model, device):
+    """The runner and buffer classes for this agent (``masked``: its envs give action masks)."""
+    if rollout_applies(config, model, device, masked):
         from clippo.fastpath.rollout import FastEnvRunner, FlatRolloutBuffer
 
         return FastEnvRunner, FlatRolloutBuffer
     return EnvRunner, RolloutBuffer
 
 
-def make_loss(config: PPOConfig, model: ActorCritic, device: torch.device, zero_grad):
-    """``loss_and_gradient(obs, actions, old_logprobs, advantages, returns, old_values)``: the
-    hand-written gradient where it covers the model (the fast rollout's flat float32 batches,
-    separate MLPs, Discrete or Box actions), autograd otherwise."""
+def make_loss(config: PPOConfig, model: ActorCritic, device: torch.device, zero_grad, masked: bool = False):
+    """``loss_and_gradient(obs, actions, old_logprobs, advantages, returns, old_values[, masks])``:
+    the hand-written gradient where it covers the model (the fast rollout's flat float32 batches,
+    separate MLPs, Discrete or Box actions, no masks), autograd otherwise."""
     from clippo.fastpath.gradient import AnalyticGradient, supports
 
-    if rollout_applies(config, model, device) and supports(model, device):
+    if rollout_applies(config, model, device, masked) and supports(model, device):
         return AnalyticGradient(model, config.clip_epsilon, config.vf_coef, config.ent_coef)
     return AutogradLoss(model, config.clip_epsilon, config.vf_coef, config.ent_coef, zero_grad)
 

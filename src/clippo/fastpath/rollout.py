@@ -24,7 +24,11 @@ class FlatRolloutBuffer(RolloutBuffer):
     observation. The actor acts on a row and the critic evaluates them all without copying;
     ``all_obs`` and ``obs`` are views of it."""
 
-    def __init__(self, num_steps: int, num_envs: int, observation_space, distribution: ActionDistribution, device) -> None:
+    def __init__(
+        self, num_steps: int, num_envs: int, observation_space, distribution: ActionDistribution, device, masked: bool = False
+    ) -> None:
+        if masked:  # (clippo.fastpath.rollout_applies rules masks out)
+            raise ValueError("the fast path does not take action masks")
         super().__init__(num_steps, num_envs, observation_space, distribution, device)
         obs_size = int(np.prod(observation_space.shape))
         self.network_inputs = np.ones((num_steps + 1, num_envs, obs_size + 1), dtype=np.float32)
