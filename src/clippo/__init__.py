@@ -4,5 +4,6 @@ __version__ = "0.1.0"
 
 from clippo.config import PPOConfig  # noqa: E402
 from clippo.agent import PPO  # noqa: E402
+import clippo.toy_envs  # noqa: E402, F401  (registers the clippo/... env ids with Gymnasium)
 
 __all__ = ["PPO", "PPOConfig", "__version__"]

@@ -44,7 +44,7 @@ from clippo.losses import LossTerms
 from clippo.normalization import ObservationNormalizer, RewardScaler
 from clippo.optim import FlatAdam
 from clippo.policy import ActorCritic, upgrade_v1_names
-from clippo.rollout import Batch, EnvRunner, RolloutBuffer
+from clippo.rollout import Batch, EnvRunner, RolloutBuffer, SequenceBatch
 from clippo.trainer import MINIBATCH_STATS, UpdatePlan, plan_update, train, update_policy
 
 
@@ -185,6 +185,8 @@ class PPO:
             config.init_log_std,
             encoder if encoder is not None else config.encoder,
             config.encoder_kwargs,
+            None if config.recurrent == "none" else config.recurrent,
+            config.recurrent_hidden_size,
         ).to(self.device)
         # Extra slots carry each minibatch's approximate KL and loss statistics along with the
         # gradient (averaged across ranks in the same exchange).
@@ -292,6 +294,10 @@ class PPO:
 
     def loss_and_gradient(self, minibatch: Batch, advantages: torch.Tensor) -> LossTerms:
         """The combined PPO loss on one minibatch, its gradient left in ``self.optimizer.grad``."""
+        if isinstance(minibatch, SequenceBatch):  # (recurrent agents always take the autograd loss)
+            old_values = minibatch.samples("values") if self.config.clip_value_loss else None
+            args = (minibatch.obs, minibatch.actions, minibatch.samples("logprobs"), advantages, minibatch.samples("returns"))
+            return self._loss(*args, old_values, masks=minibatch.masks, sequences=minibatch.sequences)
         old_values = minibatch.values if self.config.clip_value_loss else None
         args = (minibatch.obs, minibatch.actions, minibatch.logprobs, advantages, minibatch.returns, old_values)
         if minibatch.masks is not None:  # (masked agents always take the autograd loss)
@@ -304,7 +310,7 @@ class PPO:
         cfg = self.config
         return self.buffer_class(
             cfg.num_steps, cfg.num_envs, self.model.observation_space, self.model.distribution, self.device,
-            masked=self.action_masks is not None,
+            masked=self.action_masks is not None, state_size=self.model.state_size, sequence_length=cfg.bptt_length,
         )  # fmt: skip
 
     def env_runner(self) -> EnvRunner:
@@ -357,7 +363,21 @@ class PPO:
         observation, ``[batch, num_outputs]`` for a batch; see ``clippo.masking``), as in
         MaskablePPO's ``predict``; by default the observation's own ``"action_mask"`` key, if
         it has one. Invalid actions are never returned; a mask with none valid is an error.
+        A recurrent agent acts with its memory: use :meth:`predict` with a state.
         """
+        if self.model.recurrent:
+            raise ValueError(
+                f"act() is invalid for this recurrent ({self.model.recurrent}) agent: it acts with a carried state; use "
+                "action, state = agent.predict(obs, state=state, episode_start=episode_start)"
+            )
+        obs, masks, single, noise = self._acting_inputs(obs, deterministic, action_masks)
+        actions, _ = self.model.act(obs, noise, masks)
+        actions = actions.cpu().numpy()
+        return self.model.distribution.to_env(actions[0] if single else actions)
+
+    def _acting_inputs(self, obs: Any, deterministic: bool, action_masks: Any):
+        """Raw observations as a normalized tensor batch, their masks, whether it was one
+        observation, and the sampling noise (None: deterministic)."""
         if isinstance(obs, dict) and masking.MASK_KEY in obs and masking.observation_has_mask(self.observation_space):
             obs, own_masks = masking.split_observation(obs, self.observation_space)
             action_masks = own_masks if action_masks is None else action_masks
@@ -366,12 +386,9 @@ class PPO:
             obs = self.obs_normalizer(obs)
         count = observations.batch_size(obs)
         obs = observations.to_tensor(obs, self.device)
-        distribution = self.model.distribution
         masks = None if action_masks is None else self._checked_masks(action_masks, count)
-        noise = None if deterministic else distribution.noise((count,), self.generator, self.device)
-        actions, _ = self.model.act(obs, noise, masks)
-        actions = actions.cpu().numpy()
-        return distribution.to_env(actions[0] if single else actions)
+        noise = None if deterministic else self.model.distribution.noise((count,), self.generator, self.device)
+        return obs, masks, single, noise
 
     def _checked_masks(self, action_masks: Any, count: int) -> torch.Tensor:
         """``act``'s ``action_masks`` as a bool tensor, or a one-line ValueError."""
@@ -388,11 +405,59 @@ class PPO:
         return torch.from_numpy(masks).to(self.device)
 
     def predict(
-        self, obs: Any, deterministic: bool = False, action_masks: Any = None
-    ) -> tuple[Any, None]:
-        """Stable-Baselines3-style alias of :meth:`act` returning ``(action, None)`` (``action_masks``
-        as in sb3-contrib's ``MaskablePPO.predict``)."""
-        return self.act(obs, deterministic, action_masks), None
+        self,
+        obs: Any,
+        state: Any = None,
+        episode_start: Any = None,
+        deterministic: bool = False,
+        action_masks: Any = None,
+    ) -> tuple[Any, np.ndarray | None]:
+        """Stable-Baselines3's prediction contract: ``action, state = predict(obs, state,
+        episode_start, deterministic)``, as RecurrentPPO's (``action_masks`` as MaskablePPO's).
+
+        For a recurrent agent, ``state`` is what the previous call returned (None at the start:
+        zeros) and ``episode_start`` a bool per observation, True where it is an episode's first
+        (the state is reset there; None: no resets); the new state comes back, ``[batch,
+        state_size]`` (``[state_size]`` for one observation). A feed-forward agent returns
+        ``(action, None)``, as :meth:`act`."""
+        if not self.model.recurrent:
+            return self.act(obs, deterministic, action_masks), None
+        return self._predict_recurrent(obs, state, episode_start, deterministic, action_masks)
+
+    @torch.inference_mode()
+    def _predict_recurrent(self, obs, state, episode_start, deterministic, action_masks) -> tuple[Any, np.ndarray]:
+        obs, masks, single, noise = self._acting_inputs(obs, deterministic, action_masks)
+        count, size = observations.batch_size(obs), self.model.state_size
+        if state is None:
+            state = self.model.initial_state(count, self.device)
+        else:
+            array = np.asarray(state.cpu() if isinstance(state, torch.Tensor) else state, dtype=np.float32)
+            if array.shape != ((size,) if single else (count, size)):
+                expected = f"[{size}]" if single else f"[{count}, {size}]"
+                raise ValueError(f"state of shape {list(array.shape)} is invalid: this agent's state for this input is {expected}")
+            state = torch.from_numpy(array.reshape(count, size)).to(self.device)
+        starts = np.zeros(count, dtype=bool) if episode_start is None else np.asarray(episode_start, dtype=bool).reshape(-1)
+        if starts.shape != (count,):
+            raise ValueError(f"episode_start of shape {list(np.shape(episode_start))} is invalid: give one bool per observation ({count})")
+        params, _, state = self.model.step(obs, state, torch.from_numpy(starts).to(self.device), masks)
+        actions, _ = self.model.distribution.sample_with_log_prob(params, noise)
+        actions, state = actions.cpu().numpy(), state.cpu().numpy()
+        return self.model.distribution.to_env(actions[0] if single else actions), (state[0] if single else state)
+
+    def acting_policy(self, deterministic: bool = True):
+        """``policy(obs, masks=None, episode_start=None) -> actions`` for a batch of observations
+        of a vector env, as :func:`clippo.evaluation.run_episodes` calls it; a recurrent agent's
+        carries its state from call to call (reset where ``episode_start``)."""
+        if not self.model.recurrent:
+            return lambda obs, masks=None, episode_start=None: self.act(obs, deterministic, masks)
+        carried = {"state": None}
+
+        def policy(obs, masks=None, episode_start=None):
+            actions, carried["state"] = self.predict(obs, carried["state"], episode_start, deterministic, masks)
+            return actions
+
+        policy.recurrent = True
+        return policy
 
     def evaluate(
         self,
@@ -411,8 +476,7 @@ class PPO:
         envs = make_vector_env(source, count, self.config.vector_env)
         try:
             self._check_spaces(envs)
-            policy = lambda obs, masks=None: self.act(obs, deterministic, masks)  # noqa: E731
-            returns, lengths = run_episodes(envs, policy, episodes, seed)
+            returns, lengths = run_episodes(envs, self.acting_policy(deterministic), episodes, seed)
         finally:
             envs.close()
         return {

@@ -53,6 +53,9 @@ class PPOConfig:
     activation: str = knob('tanh or relu.', "tanh")
     encoder: str = knob("Observation encoder: auto (from the observation space: MLP for vectors, Nature CNN for images, a small CNN for small grids, one encoder per field for Dict/Tuple), mlp, cnn, or an importable module:Class built as Class(observation_space, **encoder_kwargs).", "auto")
     encoder_kwargs: dict = knob("Keyword arguments of a module:Class encoder (a mapping; in a config file).", default_factory=dict)
+    recurrent: str = knob("none, lstm or gru: a recurrent core after each encoder, for partially observed tasks (the policy carries a state, reset at episode starts; minibatches are whole env sequences).", "none")
+    recurrent_hidden_size: int = knob('Units of the recurrent core (LSTM or GRU).', 128)
+    bptt_length: int = knob('Recurrent policies: the update replays sequences of this many steps from their stored states (truncated backpropagation through time); 0: whole rollouts (num_steps). Must divide num_steps.', 0)
     fast_path: str = knob("auto or off: the numpy rollout and hand-written gradient where they apply (flat observations, MLP, CPU), or always the general torch path.", "auto")
     reward_sign: bool = knob("Train on the sign of each reward (Atari's reward clipping); episode returns are still logged in raw rewards.", False)
     episodic_life: bool = knob("Treat a lost life (from the env's info['lives']) as the end of an episode for learning; the game goes on and its whole score is logged (Atari).", False)
@@ -112,6 +115,19 @@ class PPOConfig:
                 f"num_minibatches={self.num_minibatches} is invalid: it must be at most the batch size "
                 f"num_envs * num_steps = {batch}"
             )
+        if self.recurrent_hidden_size < 1:
+            raise ConfigError(f"recurrent_hidden_size={self.recurrent_hidden_size} is invalid: it must be an integer >= 1")
+        if self.bptt_length < 0 or (self.bptt_length and self.num_steps % self.bptt_length):
+            raise ConfigError(
+                f"bptt_length={self.bptt_length} is invalid: it must divide num_steps={self.num_steps} (0: whole rollouts)"
+            )
+        if self.recurrent != "none":
+            sequences = self.num_envs * (self.num_steps // (self.bptt_length or self.num_steps))
+            if self.num_minibatches > sequences:
+                raise ConfigError(
+                    f"num_minibatches={self.num_minibatches} is invalid for a recurrent policy: minibatches are whole "
+                    f"sequences, and there are num_envs * num_steps / bptt_length = {sequences} of them"
+                )
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"seed={self.seed} is invalid: it must be an integer in [0, 2**32)")
         if not 1 <= self.torch_threads <= 256:  # torch crashes outright on absurd thread counts
@@ -146,6 +162,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("cpu", "cuda", "auto"),
     "nonfinite": ("stop", "skip"),
     "fast_path": ("auto", "off"),
+    "recurrent": ("none", "lstm", "gru"),
 }
 
 # ---------------------------------------------------------------------------------------------

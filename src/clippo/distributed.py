@@ -123,10 +123,10 @@ def pool_statistics(stats: list, shares: list[list[np.ndarray]], world_size: int
         s.mean, s.var, s.count = mean.reshape(s.mean.shape), np.maximum(var, 0.0).reshape(s.var.shape), total[0] / world_size
 
 
-def group_sums(values: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:
-    """Count, sum and sum of squares of ``values[g]`` for each index array ``g``: shape (G, 3), float64."""
-    values = values.astype(np.float64)
-    return np.array([[len(g), values[g].sum(), np.square(values[g]).sum()] for g in groups]).reshape(-1, 3)
+def moment_sums(groups: list[np.ndarray]) -> np.ndarray:
+    """Count, sum and sum of squares of each array: shape (G, 3), float64."""
+    groups = [g.astype(np.float64) for g in groups]
+    return np.array([[len(g), g.sum(), np.square(g).sum()] for g in groups]).reshape(-1, 3)
 
 
 def pooled_moments(shares: list[np.ndarray]) -> list[tuple[float, float]]:

@@ -19,8 +19,11 @@ def run_episodes(
     Each copy has a fixed quota decided up front: counting whichever episodes finish first would
     favour short episodes and bias the mean. ``policy(obs)`` gives the actions; for envs that
     give action masks (``clippo.masking``) it is called as ``policy(obs, masks)``, ``obs``
-    without an ``"action_mask"`` key.
+    without an ``"action_mask"`` key. A policy with a true ``recurrent`` attribute (see
+    ``PPO.acting_policy``) also gets ``episode_start``: per env, whether ``obs`` is the first
+    observation of an episode (after the reset, and after each autoreset step).
     """
+    recurrent = getattr(policy, "recurrent", False)
     n = envs.num_envs
     quota = np.array([episodes // n + (i < episodes % n) for i in range(n)])
     obs, info = envs.reset(seed=seed)
@@ -32,11 +35,11 @@ def run_episodes(
     lengths: list[list[int]] = [[] for _ in range(n)]
     done_count = np.zeros(n, dtype=np.int64)
     step = 0
+    starts = np.ones(n, dtype=bool)
     while np.any(done_count < quota):
-        if masks is None:
-            actions = policy(obs)
-        else:
-            actions = policy(*masks.read(obs, info, autoreset, f"evaluation step {step}"))
+        args = (obs,) if masks is None else masks.read(obs, info, autoreset, f"evaluation step {step}")
+        actions = policy(*args, episode_start=starts) if recurrent else policy(*args)
+        starts = autoreset  # the step after an autoreset step returns a first observation
         obs, rewards, terminated, truncated, info = envs.step(actions)
         step += 1
         counting = ~autoreset

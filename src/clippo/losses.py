@@ -130,12 +130,19 @@ class AutogradLoss:
         self.ent_coef = ent_coef
         self.zero_grad = zero_grad
 
-    def __call__(self, obs, actions, old_logprobs, advantages, returns, old_values=None, masks=None) -> LossTerms:
+    def __call__(
+        self, obs, actions, old_logprobs, advantages, returns, old_values=None, masks=None, sequences=None
+    ) -> LossTerms:
         """``old_values`` given: the value error is clipped around them (PPO2 style). ``masks``:
         the action masks the rollout acted with, so that the new log-probabilities, the entropy
-        and hence the ratio and the KL estimate are those of the masked policy."""
+        and hence the ratio and the KL estimate are those of the masked policy. ``sequences``
+        (``clippo.policy.Sequences``; recurrent policies): ``obs``, ``actions`` and ``masks``
+        are stored sequences, replayed from their initial states; the other arguments are flat,
+        one entry per valid step."""
         # With no entropy bonus, the entropy is only logged: keep it out of the graph.
-        logprobs, entropy, values = self.model.evaluate_actions(obs, actions, entropy_grad=self.ent_coef > 0, masks=masks)
+        logprobs, entropy, values = self.model.evaluate_actions(
+            obs, actions, entropy_grad=self.ent_coef > 0, masks=masks, sequences=sequences
+        )
         logratio = logprobs - old_logprobs
         pg_loss, ratio = clipped_surrogate_loss(logratio, advantages, self.clip_epsilon)
         v_loss = value_loss(values, returns, old_values, self.clip_epsilon)

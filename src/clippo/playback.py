@@ -93,8 +93,7 @@ def play(
         envs = make_vector_env(make_env, 1, "sync")
         try:
             agent._check_spaces(envs)
-            policy = lambda obs, masks=None: agent.act(obs, deterministic, masks)  # noqa: E731
-            returns, lengths = run_episodes(envs, policy, episodes, seed)
+            returns, lengths = run_episodes(envs, agent.acting_policy(deterministic), episodes, seed)
         finally:
             envs.close()  # RecordVideo writes the last episode's file on close
         if video_path is not None:

@@ -1,4 +1,5 @@
-"""The actor-critic: observation encoder(s), shared or separate, then an action head and a value head.
+"""The actor-critic: observation encoder(s), shared or separate, an optional recurrent core after
+each encoder (``clippo.recurrent``), then an action head and a value head.
 
 The actor outputs the action distribution's parameters (one logit per action, or the Gaussian
 mean; for Tuple/Dict actions, each part's side by side); the critic one value. Given masks of
@@ -9,6 +10,7 @@ valid actions, the actor's logits of invalid ones are replaced by ``MASKED_LOGIT
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,13 +20,27 @@ from torch.nn import functional as F
 
 from clippo.distributions import ActionDistribution, make_distribution
 from clippo.encoders import MLPEncoder, layer, make_encoder
-from clippo.observations import Obs
+from clippo.observations import Obs, map_obs
+from clippo.recurrent import RecurrentCore, episode_pieces
+
+
+@dataclass
+class Sequences:
+    """What replays stored ``[length, num_seq]`` sequences through a recurrent policy: where
+    episodes start (bool), each sequence's state before its step 0 (``[num_seq, state_size]``),
+    and which steps are transitions (bool; the loss reads only those)."""
+
+    starts: torch.Tensor
+    initial_state: torch.Tensor
+    valid: torch.Tensor
 
 
 class ActorCritic(nn.Module):
     """Encoder(s) plus heads. ``network="shared"``: one encoder feeds both heads (``encoder``);
     ``"separate"``: the actor and the critic each have their own (``actor_encoder``,
-    ``critic_encoder``)."""
+    ``critic_encoder``). With ``recurrent`` (``"lstm"`` or ``"gru"``), a recurrent core of
+    ``recurrent_hidden_size`` units follows each encoder (``core``, or ``actor_core`` and
+    ``critic_core``); the policy then acts with ``step`` and a carried state."""
 
     def __init__(
         self,
@@ -36,24 +52,36 @@ class ActorCritic(nn.Module):
         init_log_std: float = 0.0,
         encoder: Any = "auto",
         encoder_kwargs: dict[str, Any] | None = None,
+        recurrent: str | None = None,
+        recurrent_hidden_size: int = 128,
     ) -> None:
         super().__init__()
         self.observation_space = observation_space
         self.distribution: ActionDistribution = make_distribution(action_space)
         self.shared = network == "shared"
+        self.recurrent = recurrent
 
         def build(copy_of=None) -> nn.Module:
             return make_encoder(observation_space, encoder, hidden_sizes, activation, encoder_kwargs, copy_of)
 
+        def core(width: int) -> RecurrentCore:
+            return RecurrentCore(width, recurrent_hidden_size, recurrent)
+
         if self.shared:
             self.encoder = build()
-            width = self.encoder.output_size
+            width = critic_width = self.encoder.output_size
+            if recurrent:
+                self.core = core(width)
+                width = critic_width = recurrent_hidden_size
         else:
             self.actor_encoder = build()
             self.critic_encoder = build(copy_of=self.actor_encoder)
-            width = self.actor_encoder.output_size
+            width, critic_width = self.actor_encoder.output_size, self.critic_encoder.output_size
+            if recurrent:
+                self.actor_core, self.critic_core = core(width), core(critic_width)
+                width = critic_width = recurrent_hidden_size
         self.actor_head = layer(width, self.distribution.num_outputs, 0.01)
-        self.critic_head = layer(self.critic_features.output_size, 1, 1.0)
+        self.critic_head = layer(critic_width, 1, 1.0)
         if self.distribution.gaussian_size:  # one vector for every Gaussian part (Box actions)
             self.log_std = nn.Parameter(torch.full((self.distribution.gaussian_size,), float(init_log_std)))
             self.distribution.bind_log_std(self.log_std)
@@ -70,8 +98,58 @@ class ActorCritic(nn.Module):
 
     @property
     def is_mlp(self) -> bool:
-        """Whether the encoders are the built-in MLP (what ``clippo.fastpath`` can copy)."""
-        return isinstance(self.actor_features, MLPEncoder) and isinstance(self.critic_features, MLPEncoder)
+        """Whether the encoders are the built-in MLP with nothing after them (what
+        ``clippo.fastpath`` can copy)."""
+        return not self.recurrent and isinstance(self.actor_features, MLPEncoder) and isinstance(self.critic_features, MLPEncoder)
+
+    @property
+    def state_size(self) -> int:
+        """Width of the recurrent state (the actor's core, then the critic's); 0 without memory."""
+        if not self.recurrent:
+            return 0
+        return self.core.state_size if self.shared else self.actor_core.state_size + self.critic_core.state_size
+
+    def initial_state(self, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The state at an episode start: zeros ``[batch, state_size]``."""
+        return torch.zeros(batch, self.state_size, device=device)
+
+    def step(
+        self, obs: Obs, state: torch.Tensor, starts: torch.Tensor, masks: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One step of a recurrent policy: distribution parameters (masked by ``masks``), values
+        and the new state, for observations ``[batch, ...]`` and the state before them (zeroed
+        first where ``starts``, bool ``[batch]``, marks an episode's first observation)."""
+        if self.shared:
+            features, state = self.core.step(self.encoder(obs), state, starts)
+            return self._masked(self._actor_out(features), masks), self._critic_out(features), state
+        actor_state, critic_state = state.split([self.actor_core.state_size, self.critic_core.state_size], dim=-1)
+        actor_features, actor_state = self.actor_core.step(self.actor_encoder(obs), actor_state, starts)
+        critic_features, critic_state = self.critic_core.step(self.critic_encoder(obs), critic_state, starts)
+        params = self._masked(self._actor_out(actor_features), masks)
+        return params, self._critic_out(critic_features), torch.cat([actor_state, critic_state], dim=-1)
+
+    def _replay(self, obs: Obs, sequences: Sequences, masks: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distribution parameters and values of the valid steps (flat, time-major) of stored
+        ``[length, num_seq, ...]`` observation sequences, replayed through the recurrent core(s)."""
+        length, num_seq = sequences.starts.shape
+        flat = map_obs(lambda a: a.reshape(length * num_seq, *a.shape[2:]), obs)
+        pieces = episode_pieces(sequences.starts.cpu().numpy(), sequences.starts.device)
+        valid = sequences.valid.reshape(-1)
+
+        def through(encoder: nn.Module, core: RecurrentCore, state: torch.Tensor) -> torch.Tensor:
+            features = encoder(flat)
+            return core.sequence(features.reshape(length, num_seq, -1), state, pieces)[valid]
+
+        if masks is not None:
+            masks = masks.reshape(length * num_seq, -1)[valid]
+        state = sequences.initial_state
+        if self.shared:
+            features = through(self.encoder, self.core, state)
+            return self._masked(self._actor_out(features), masks), self._critic_out(features)
+        actor_state, critic_state = state.split([self.actor_core.state_size, self.critic_core.state_size], dim=-1)
+        params = self._actor_out(through(self.actor_encoder, self.actor_core, actor_state))
+        values = self._critic_out(through(self.critic_encoder, self.critic_core, critic_state))
+        return self._masked(params, masks), values
 
     def paired_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Named parameters in the order ``FlatAdam`` lays them out in one vector. With two MLP
@@ -90,6 +168,8 @@ class ActorCritic(nn.Module):
     def forward(self, obs: Obs, masks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Distribution parameters (masked by ``masks``, if given) and values (shape [batch]) for
         an observation batch."""
+        if self.recurrent:
+            raise_needs_state()
         if self.shared:
             features = self.encoder(obs)
             return self._masked(self._actor_out(features), masks), self._critic_out(features)
@@ -98,6 +178,8 @@ class ActorCritic(nn.Module):
     def actor(self, obs: Obs, masks: torch.Tensor | None = None) -> torch.Tensor:
         """The actor's output alone: logits (invalid actions' masked where ``masks`` is given),
         or the Gaussian mean."""
+        if self.recurrent:
+            raise_needs_state()
         return self._masked(self._actor_out(self.actor_features(obs)), masks)
 
     def _masked(self, params: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
@@ -105,6 +187,8 @@ class ActorCritic(nn.Module):
 
     def value(self, obs: Obs) -> torch.Tensor:
         """The critic's values alone (shape [batch])."""
+        if self.recurrent:
+            raise_needs_state()
         return self._critic_out(self.critic_features(obs))
 
     def _actor_out(self, features: torch.Tensor) -> torch.Tensor:
@@ -124,14 +208,25 @@ class ActorCritic(nn.Module):
         return self.distribution.sample_with_log_prob(self.actor(obs, masks), noise)
 
     def evaluate_actions(
-        self, obs: Obs, actions: torch.Tensor, entropy_grad: bool = True, masks: torch.Tensor | None = None
+        self,
+        obs: Obs,
+        actions: torch.Tensor,
+        entropy_grad: bool = True,
+        masks: torch.Tensor | None = None,
+        sequences: Sequences | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Log-probabilities of stored actions under the current policy, entropies and values;
         with ``masks`` (those the actions were chosen under), of the masked policy.
 
+        ``sequences`` (recurrent policies): the inputs are ``[length, num_seq, ...]`` sequences,
+        replayed from their stored states; the results are those of their valid steps (flat).
         ``entropy_grad=False`` computes the entropy outside the autograd graph (for logging only).
         """
-        params, values = self(obs, masks)
+        if sequences is not None:
+            params, values = self._replay(obs, sequences, masks)
+            actions = actions.reshape(-1, *actions.shape[2:])[sequences.valid.reshape(-1)]
+        else:
+            params, values = self(obs, masks)
         if entropy_grad:
             logprobs, entropy = self.distribution.log_prob_and_entropy(params, actions)
         else:
@@ -139,6 +234,10 @@ class ActorCritic(nn.Module):
             with torch.no_grad():
                 entropy = self.distribution.entropy(params)
         return logprobs, entropy, values
+
+
+def raise_needs_state() -> None:
+    raise RuntimeError("a recurrent policy acts with step(obs, state, starts): its output depends on the carried state")
 
 
 #: How version-1 checkpoints (MLP-only clippo) named the encoder parameters, and the names now.

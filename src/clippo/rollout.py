@@ -23,7 +23,7 @@ from clippo.errors import EnvStepError, NonFiniteError, first_line
 from clippo.masking import MaskSource, policy_observation_space
 from clippo.normalization import ObservationNormalizer, RewardScaler
 from clippo.observations import Obs, map_obs
-from clippo.policy import ActorCritic
+from clippo.policy import ActorCritic, Sequences
 
 #: The critic runs over a rollout's observations in chunks of this many rows (bounded memory for
 #: image encoders, whose activations are large).
@@ -51,6 +51,46 @@ class Batch:
         fields = (getattr(self, name) for name in self.__dataclass_fields__)
         return Batch(*(None if value is None else map_obs(lambda v: v[index], value) for value in fields))
 
+    def samples(self, name: str, index: torch.Tensor | None = None) -> torch.Tensor:
+        """One per-sample field (``logprobs``, ``values``, ``advantages``, ``returns``) as a flat
+        vector of the transitions, of ``self[index]`` where given."""
+        value = getattr(self, name)
+        return value if index is None else value[index]
+
+
+@dataclass
+class SequenceBatch(Batch):
+    """A rollout cut into ``[length, num_seq]`` time-major sequences for a recurrent policy
+    (``length``: the rollout's or the BPTT chunk's; sequence ``k * num_envs + i`` is chunk ``k``
+    of env ``i``), autoreset steps kept in place (``valid`` False) so that time stays aligned.
+    Indexing picks sequences; ``initial_state`` is each sequence's stored state before its step 0."""
+
+    starts: torch.Tensor | None = None
+    valid: torch.Tensor | None = None
+    initial_state: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.starts.shape[1]
+
+    def __getitem__(self, index: torch.Tensor | slice) -> SequenceBatch:
+        values = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if value is not None:
+                value = value[index] if name == "initial_state" else map_obs(lambda v: v[:, index], value)
+            values[name] = value
+        return SequenceBatch(**values)
+
+    def samples(self, name: str, index: torch.Tensor | None = None) -> torch.Tensor:
+        value, valid = getattr(self, name), self.valid
+        if index is not None:
+            value, valid = value[:, index], valid[:, index]
+        return value[valid]
+
+    @property
+    def sequences(self) -> Sequences:
+        return Sequences(self.starts, self.initial_state, self.valid)
+
 
 def step_rows(storage: Obs, t: int) -> Obs:
     """Row ``t`` (one step, every env) of ``[steps, envs, ...]`` storage, as views."""
@@ -72,6 +112,11 @@ class RolloutBuffer:
     With ``masked``, ``all_masks`` holds the action mask of each of those observations in the
     same layout (``masks``: the first ``num_steps``, those the actions were chosen under).
     ``actions`` are stored flat in ``distribution.action_dtype`` (``action_shape`` each).
+
+    For a recurrent policy (``state_size`` > 0), ``states[t]`` is the state the policy held
+    before step ``t`` and ``starts[t]`` whether observation ``t`` began an episode (the state was
+    zeroed there); ``flatten`` then cuts the rollout into sequences of ``sequence_length`` steps
+    (the whole rollout by default), each replayed from its stored state.
     """
 
     def __init__(
@@ -82,6 +127,8 @@ class RolloutBuffer:
         distribution: ActionDistribution,
         device,
         masked: bool = False,
+        state_size: int = 0,
+        sequence_length: int | None = None,
     ) -> None:
         shape = (num_steps, num_envs)
         self.device = torch.device(device)
@@ -103,6 +150,13 @@ class RolloutBuffer:
         self.last_value = np.zeros(num_envs, dtype=np.float32)
         #: set by a runner that stored ``values`` while acting (a shared encoder computes both at once)
         self.values_stored = False
+        #: set by a runner that stored ``last_value`` too (a recurrent critic needs the carried state)
+        self.bootstrap_stored = False
+        self.states = np.zeros(shape + (state_size,), dtype=np.float32) if state_size else None
+        self.starts = np.zeros(shape, dtype=bool) if state_size else None
+        self.sequence_length = sequence_length or num_steps
+        if num_steps % self.sequence_length:
+            raise ValueError(f"sequence_length={sequence_length} is invalid: it must divide num_steps={num_steps}")
 
     @property
     def nbytes(self) -> int:
@@ -116,6 +170,8 @@ class RolloutBuffer:
         """Fill ``values`` (unless stored while acting) and ``last_value`` with the critic's
         estimates: acting needs only the actor, so the critic runs here once per rollout on
         every stored observation plus the bootstrap one, in large batches."""
+        if self.bootstrap_stored:
+            return
         num_steps, num_envs = self.values.shape
         rows = self.all_obs if not self.values_stored else map_obs(lambda a: a[-1:], self.all_obs)
         flat = map_obs(lambda a: a.reshape(-1, *a.shape[2:]), rows)
@@ -143,7 +199,10 @@ class RolloutBuffer:
         return torch.from_numpy(getattr(self, name)).to(self.device)
 
     def flatten(self, advantages: torch.Tensor, returns: torch.Tensor) -> Batch:
-        """The valid transitions as one flat batch (time-major order)."""
+        """The valid transitions as one flat batch (time-major order); for a recurrent policy,
+        the rollout as sequences (``SequenceBatch``)."""
+        if self.states is not None:
+            return self.sequence_batch(advantages, returns)
         mask = self.tensor("valid").reshape(-1)
         obs = map_obs(lambda a: torch.from_numpy(a).to(self.device).reshape(-1, *a.shape[2:])[mask], self.obs)
         return Batch(
@@ -154,6 +213,31 @@ class RolloutBuffer:
             advantages=advantages.reshape(-1)[mask],
             returns=returns.reshape(-1)[mask],
             masks=None if self.masks is None else self.tensor("masks").reshape(-1, self.masks.shape[-1])[mask],
+        )
+
+
+    def sequence_batch(self, advantages: torch.Tensor, returns: torch.Tensor) -> SequenceBatch:
+        """The rollout as ``[sequence_length, (num_steps / sequence_length) * num_envs]`` sequences."""
+        num_steps, num_envs = self.values.shape
+        length = self.sequence_length
+        chunks = num_steps // length
+
+        def cut(value: torch.Tensor) -> torch.Tensor:  # [steps, envs, ...] -> [length, chunks * envs, ...]
+            rest = value.shape[2:]
+            return value.reshape(chunks, length, num_envs, *rest).transpose(0, 1).reshape(length, chunks * num_envs, *rest)
+
+        tensors = {name: self.tensor(name) for name in ("actions", "logprobs", "values", "starts", "valid")}
+        return SequenceBatch(
+            obs=map_obs(lambda a: cut(torch.from_numpy(a).to(self.device)), self.obs),
+            actions=cut(tensors["actions"]),
+            logprobs=cut(tensors["logprobs"]),
+            values=cut(tensors["values"]),
+            advantages=cut(advantages),
+            returns=cut(returns),
+            masks=None if self.masks is None else cut(self.tensor("masks")),
+            starts=cut(tensors["starts"]),
+            valid=cut(tensors["valid"]),
+            initial_state=self.tensor("states")[::length].reshape(chunks * num_envs, -1),
         )
 
 
@@ -181,8 +265,9 @@ class EnvRunner:
 
     That is the latest observation (and its action mask, with ``action_masks``: where the env's
     masks come from, see ``clippo.masking``), which envs are due an autoreset step, each env's
-    lives (with ``episodic_life``), and the running return and length of each env's current
-    episode (in raw, unscaled rewards: the game score, whatever the learner is trained on).
+    lives (with ``episodic_life``), the running return and length of each env's current
+    episode (in raw, unscaled rewards: the game score, whatever the learner is trained on), and
+    for a recurrent policy its state and which envs' latest observation begins an episode.
     """
 
     def __init__(
@@ -215,6 +300,8 @@ class EnvRunner:
         self.episode_lengths = np.zeros(self.num_envs, dtype=np.int64)
         self.next_obs: Obs | None = None
         self.next_masks: np.ndarray | None = None
+        self.state: torch.Tensor | None = None  # a recurrent policy's (None: zeros at the first step)
+        self.episode_start = np.ones(self.num_envs, dtype=bool)
         self.finished_returns: list[float] = []
         self.finished_lengths: list[int] = []
 
@@ -228,6 +315,8 @@ class EnvRunner:
         if self.episodic_life:
             self.lives = self._lives(info)
         self.autoreset[:] = False
+        self.episode_start[:] = True
+        self.state = None
         self.episode_returns[:] = 0.0
         self.episode_lengths[:] = 0
 
@@ -263,11 +352,22 @@ class EnvRunner:
         step_masks = None
         if masks is not None:
             buffer.all_masks[0] = self.next_masks
+        recurrent = policy.recurrent is not None
+        if recurrent:
+            # A recurrent critic needs the carried state: values are taken while acting.
+            buffer.values_stored = buffer.bootstrap_stored = True
+            state = self.state.to(device) if self.state is not None else policy.initial_state(self.num_envs, device)
+            starts, autoreset = self.episode_start.copy(), self.autoreset.copy()
         for t in range(num_steps):
             obs = observations.to_tensor(step_rows(buffer.all_obs, t), device)
             if masks is not None:
                 step_masks = torch.from_numpy(buffer.all_masks[t]).to(device)
-            if policy.shared:
+            if recurrent:
+                buffer.states[t] = state.cpu().numpy()
+                buffer.starts[t] = starts
+                params, values, state = policy.step(obs, state, torch.from_numpy(starts).to(device), step_masks)
+                buffer.values[t] = values.cpu().numpy()
+            elif policy.shared:
                 params, values = policy(obs, step_masks)
                 buffer.values[t] = values.cpu().numpy()
             else:
@@ -297,7 +397,16 @@ class EnvRunner:
                 self.autoreset = dones
             else:
                 buffer.rewards[t] = learned
+            if recurrent:  # after an autoreset step, the observation begins an episode
+                starts, autoreset = autoreset, terminated | truncated
         self.next_obs = map_obs(np.copy, step_rows(buffer.all_obs, num_steps))
+        if recurrent:
+            # The bootstrap value at the cut, from the state carried into the next rollout.
+            obs = observations.to_tensor(self.next_obs, device)
+            next_masks = None if masks is None else torch.from_numpy(buffer.all_masks[num_steps]).to(device)
+            _, last_value, _ = policy.step(obs, state, torch.from_numpy(starts).to(device), next_masks)
+            buffer.last_value[:] = last_value.cpu().numpy()
+            self.state, self.episode_start = state, starts
         if masks is not None:
             self.next_masks = buffer.all_masks[num_steps].copy()
         self.finish_rollout(buffer, distribution)
@@ -367,6 +476,8 @@ class EnvRunner:
             "episode_lengths": torch.from_numpy(self.episode_lengths.copy()),
             "envs": snapshot_env_state(self.envs),
             "next_masks": None if self.next_masks is None else torch.from_numpy(self.next_masks.copy()),
+            "recurrent_state": None if self.state is None else self.state.cpu().clone(),
+            "episode_start": torch.from_numpy(self.episode_start.copy()),
         }
 
     def load_state_dict(self, state: dict) -> bool:
@@ -386,6 +497,9 @@ class EnvRunner:
         self.episode_lengths = state["episode_lengths"].numpy().copy()
         if self.action_masks is not None:
             self.next_masks = state["next_masks"].numpy().copy()
+        self.state = state.get("recurrent_state")
+        if "episode_start" in state:
+            self.episode_start = state["episode_start"].numpy().copy()
         return True
 
     def pop_finished_episodes(self) -> tuple[list[float], list[int]]:

@@ -10,6 +10,10 @@ examples of each convention:
   an invalid action.
 - ``clippo/ToolAmount-v0``: a hybrid ``Dict(tool=Discrete(3), amount=Box(-1, 1, (1,)))`` action.
 - ``clippo/Bits-v0``: ``MultiBinary(4)`` actions.
+
+And the standard partially observed tasks of recurrent PPO, which need memory:
+``clippo/CartPoleNoVel-v1`` (CartPole-v1 observing only the cart position and the pole angle)
+and ``clippo/PendulumNoVel-v1`` (Pendulum-v1 observing only cos and sin of the angle).
 """
 
 from __future__ import annotations
@@ -154,6 +158,30 @@ class BitsEnv(gym.Env):
         return self._observe(), reward, False, self.t >= self.length, {}
 
 
+class NoVelocity(gym.ObservationWrapper):
+    """An env observing only the components ``keep`` of its Box observation (the positions of
+    a task whose velocities are dropped): the agent has to infer the velocities from memory."""
+
+    def __init__(self, env: gym.Env, keep: list[int]) -> None:
+        super().__init__(env)
+        self.keep = np.asarray(keep)
+        space = env.observation_space
+        self.observation_space = spaces.Box(space.low[self.keep], space.high[self.keep], dtype=space.dtype)
+
+    def observation(self, observation):
+        return observation[self.keep]
+
+
+def cartpole_no_velocity(**kwargs) -> gym.Env:
+    """CartPole-v1 observing cart position and pole angle only (its 500-step limit included)."""
+    return NoVelocity(gym.make("CartPole-v1", **kwargs), keep=[0, 2])
+
+
+def pendulum_no_velocity(**kwargs) -> gym.Env:
+    """Pendulum-v1 observing cos and sin of the angle only (its 200-step limit included)."""
+    return NoVelocity(gym.make("Pendulum-v1", **kwargs), keep=[0, 1])
+
+
 #: id -> (entry point, keyword arguments)
 TOY_ENVS = {
     "clippo/Slots-v0": ("clippo.toy_envs:SlotsMethodEnv", {}),
@@ -161,6 +189,8 @@ TOY_ENVS = {
     "clippo/SlotsInfo-v0": ("clippo.toy_envs:SlotsEnv", {"mask_in": "info"}),
     "clippo/ToolAmount-v0": ("clippo.toy_envs:ToolAmountEnv", {}),
     "clippo/Bits-v0": ("clippo.toy_envs:BitsEnv", {}),
+    "clippo/CartPoleNoVel-v1": ("clippo.toy_envs:cartpole_no_velocity", {}),
+    "clippo/PendulumNoVel-v1": ("clippo.toy_envs:pendulum_no_velocity", {}),
 }
 
 

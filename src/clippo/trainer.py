@@ -24,7 +24,7 @@ import torch
 from clippo.advantages import compute_gae
 from clippo.callbacks import as_callback
 from clippo.checkpoint import FINAL_NAME
-from clippo.distributed import all_gather, all_reduce_mean_, group_sums, pool_statistics, pooled_moments, statistics_sums
+from clippo.distributed import all_gather, all_reduce_mean_, moment_sums, pool_statistics, pooled_moments, statistics_sums
 from clippo.errors import EnvStepError, NonFiniteError, TrainingInterrupted
 from clippo.logger import RunLogger
 from clippo.losses import explained_variance, normalize_advantages
@@ -123,7 +123,7 @@ def train(agent: PPO, progress: bool | None = None, callback=None) -> None:
                 "episodes": len(episode_returns),
                 "recent_return": float(np.mean(recent_returns)) if recent_returns else float("nan"),
                 "learning_rate": learning_rate,
-                "explained_variance": explained_variance(batch.values, batch.returns),
+                "explained_variance": explained_variance(batch.samples("values"), batch.samples("returns")),
                 "final": agent.finished,
                 "rollout_time": exchange_start - rollout_start,
                 "exchange_time": update_start - exchange_start,
@@ -246,10 +246,9 @@ def plan_update(agent, batch_size: int) -> UpdatePlan:
 def advantage_sums(agent, batch: Batch, plan: UpdatePlan) -> np.ndarray:
     """This rank's count, sum and sum of squares of the advantages of each planned minibatch
     (of the whole batch, normalized once, when there is one minibatch per epoch)."""
-    advantages = batch.advantages.cpu().numpy()
     if plan.epochs[0] is None:
-        return group_sums(advantages, [np.arange(len(advantages))])
-    return group_sums(advantages, [indices.cpu().numpy() for epoch in plan.epochs for indices in epoch])
+        return moment_sums([batch.samples("advantages").cpu().numpy()])
+    return moment_sums([batch.samples("advantages", indices).cpu().numpy() for epoch in plan.epochs for indices in epoch])
 
 
 def set_moments(plan: UpdatePlan, moments: list[tuple[float, float]]) -> None:
@@ -286,9 +285,10 @@ def update_policy(agent, batch: Batch, plan: UpdatePlan | None = None) -> dict[s
         if agent.world.distributed and cfg.normalize_advantages:
             set_moments(plan, pooled_moments(all_gather(advantage_sums(agent, batch, plan), agent.world)))
     single_minibatch = cfg.num_minibatches == 1
+    whole_batch_advantages = None
     if single_minibatch and cfg.normalize_advantages:
         # The one minibatch is the whole batch in every epoch: normalize its advantages once.
-        batch = dataclasses.replace(batch, advantages=normalized_advantages(agent, batch.advantages, plan, 0, 0))
+        whole_batch_advantages = normalized_advantages(agent, batch.samples("advantages"), plan, 0, 0)
     normalize_each = cfg.normalize_advantages and not single_minibatch
     # Each step's statistics travel in the exchange buffer after the gradient, so across
     # ranks they are averaged by the same all-reduce.
@@ -301,7 +301,7 @@ def update_policy(agent, batch: Batch, plan: UpdatePlan | None = None) -> dict[s
         # the order of samples in a mean does not matter: the one minibatch is left unshuffled
         minibatches = [batch] if indices is None else shuffled_minibatches(batch, indices)
         for index, minibatch in enumerate(minibatches):
-            advantages = minibatch.advantages
+            advantages = minibatch.samples("advantages") if whole_batch_advantages is None else whole_batch_advantages
             if normalize_each:
                 advantages = normalized_advantages(agent, advantages, plan, epoch, index)
             terms = agent.loss_and_gradient(minibatch, advantages)

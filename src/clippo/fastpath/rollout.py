@@ -25,10 +25,18 @@ class FlatRolloutBuffer(RolloutBuffer):
     ``all_obs`` and ``obs`` are views of it."""
 
     def __init__(
-        self, num_steps: int, num_envs: int, observation_space, distribution: ActionDistribution, device, masked: bool = False
+        self,
+        num_steps: int,
+        num_envs: int,
+        observation_space,
+        distribution: ActionDistribution,
+        device,
+        masked: bool = False,
+        state_size: int = 0,
+        sequence_length: int | None = None,
     ) -> None:
-        if masked:  # (clippo.fastpath.rollout_applies rules masks out)
-            raise ValueError("the fast path does not take action masks")
+        if masked or state_size:  # (clippo.fastpath.rollout_applies rules masks and recurrent cores out)
+            raise ValueError("the fast path takes neither action masks nor recurrent states")
         super().__init__(num_steps, num_envs, observation_space, distribution, device)
         obs_size = int(np.prod(observation_space.shape))
         self.network_inputs = np.ones((num_steps + 1, num_envs, obs_size + 1), dtype=np.float32)
