@@ -179,6 +179,12 @@ EXACT_CASES = {
         "Pendulum-v1",
         dict(vector_env="sync", normalize_observations=True, normalize_rewards=True),
     ),
+    # A recurrent policy's carried state and episode starts come back with the envs.
+    "cartpole-novel-lstm": ("clippo/CartPoleNoVel-v1", dict(vector_env="sync", recurrent="lstm", recurrent_hidden_size=8)),
+    "pendulum-novel-gru-bptt": (
+        "clippo/PendulumNoVel-v1",
+        dict(vector_env="sync", recurrent="gru", recurrent_hidden_size=8, bptt_length=16, normalize_observations=True),
+    ),
 }
 TOTAL_UPDATES = 5
 
@@ -198,6 +204,8 @@ def uninterrupted(env_id: str, options: dict, run_dir: Path) -> PPO:
         ("cartpole-sync", (2,), "from_run"),
         ("pendulum-sync-normalized", (2,), "load"),
         ("pendulum-sync-normalized", (1, 4), "from_run"),
+        ("cartpole-novel-lstm", (2,), "load"),
+        ("pendulum-novel-gru-bptt", (1, 3), "from_run"),
     ],
 )
 def test_interrupted_run_resumes_bit_identically(tmp_path, case, stops, how):

@@ -117,3 +117,33 @@ class MaskedGridEnv(gym.Env):
         self.t += 1
         obs, info = self._observe()
         return obs, 1.0, self.t >= self.length, False, info
+
+
+class CueEnv(gym.Env):
+    """A memory task: the first observation shows a cue (``[+-1, 0]``), the next ones show
+    nothing (``[0, 0]``) until the last, a query (``[0, 1]``), where action 1 earns 1 if the cue
+    was +1 and action 0 if it was -1; no other step earns anything. A feed-forward policy earns
+    0.5 per episode at best, one with memory 1. The observation also carries the step index
+    (``t`` as a third entry) so that tests can tell where episodes begin."""
+
+    metadata: dict = {}
+
+    def __init__(self, length: int = 3) -> None:
+        self.length = length
+        self.observation_space = spaces.Box(-1.0, float(length), (3,), dtype=np.float32)
+        self.action_space = spaces.Discrete(2)
+
+    def _observe(self) -> np.ndarray:
+        cue = float(self.cue) if self.t == 0 else 0.0
+        return np.array([cue, float(self.t == self.length - 1), self.t], dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.cue = 0, 1 if self.np_random.random() < 0.5 else -1
+        return self._observe(), {}
+
+    def step(self, action):
+        reward = float(int(action) == (self.cue > 0)) if self.t == self.length - 1 else 0.0
+        self.t += 1
+        done = self.t >= self.length
+        return (self._observe() if not done else np.array([0.0, 0.0, self.t], dtype=np.float32)), reward, done, False, {}
