@@ -52,6 +52,25 @@ def main() -> None:
         )
         agent.close()
         shutdown(agent.world)
+    elif mode == "recurrent":
+        # A recurrent agent (LSTM, BPTT chunks of 16 steps) on two ranks, with periodic checkpoints.
+        agent = PPO("clippo/CartPoleNoVel-v1", seed=5, num_envs=2, num_steps=32, num_minibatches=2, update_epochs=2,
+                    recurrent="lstm", recurrent_hidden_size=16, bptt_length=16, normalize_observations=True,
+                    checkpoint_every=3, tensorboard=False, run_dir=out / "run")
+        rank = agent.world.rank
+        snapshots = []
+        original = agent.update_policy
+
+        def recording(batch, plan=None):
+            stats = original(batch, plan)
+            snapshots.append(agent.optimizer.flat.clone())
+            return stats
+
+        agent.update_policy = recording
+        agent.learn(total_steps=agent.global_batch_size * 4, progress=False)
+        torch.save({"params": torch.stack(snapshots)}, out / f"rank{rank}.pt")
+        agent.close()
+        shutdown(agent.world)
     elif mode == "equivalence":
         # Each rank updates on its half of a fixed batch; compared with one process on the whole.
         agent = PPO("CartPole-v1", seed=7, num_envs=2, num_steps=32, num_minibatches=1, update_epochs=3)

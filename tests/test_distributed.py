@@ -36,6 +36,21 @@ def test_two_ranks_hold_identical_parameters_after_every_update(tmp_path):
     assert not torch.equal(rank0["params"][0], rank0["params"][-1])
 
 
+def test_a_recurrent_agent_trains_on_two_ranks_and_resumes_in_one_process(tmp_path):
+    torchrun(str(WORKER), "recurrent", str(tmp_path), cwd=tmp_path)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True)["params"] for r in (0, 1))
+    assert rank0.shape[0] == 4 and torch.equal(rank0, rank1)
+    assert not torch.equal(rank0[0], rank0[-1])
+    run_dir = tmp_path / "run"
+    (run_dir / "agent.pt").unlink()  # as if interrupted after the checkpoint of update 3
+    agent = PPO.from_run(run_dir)
+    assert agent.update == 3 and agent.config.recurrent == "lstm" and agent.global_step == 3 * 128
+    agent.resume(progress=False)  # the last 128 steps, in one process: two updates of 64
+    assert agent.global_step == 4 * 128 and (run_dir / "agent.pt").is_file()
+    assert agent.evaluate(episodes=2, seed=0)["episodes"] == 2
+    agent.close()
+
+
 def test_one_ranks_callback_stop_ends_training_on_every_rank_after_the_same_update(tmp_path):
     torchrun(str(WORKER), "callback_stop", str(tmp_path), cwd=tmp_path)
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))

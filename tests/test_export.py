@@ -111,6 +111,33 @@ def test_masks_and_other_action_spaces(make_agent, tmp_path, env_id, inputs, out
     assert [p.name for p in result.outputs] == outputs
 
 
+@pytest.mark.parametrize("kind, network, env_id", [("lstm", "separate", "clippo/CartPoleNoVel-v1"),
+                                                   ("gru", "shared", "clippo/PendulumNoVel-v1")])
+def test_recurrent_policy_exports_its_state_as_an_input_and_an_output(make_agent, tmp_path, kind, network, env_id):
+    agent = make_agent(env_id, recurrent=kind, network=network, recurrent_hidden_size=8, num_minibatches=2,
+                       normalize_observations=True)
+    agent.learn(total_steps=64, progress=False)
+    size = agent.model.state_size
+    result = export_onnx(agent, tmp_path / "policy.onnx", **CHECK)
+    assert result.check.passed and result.check.max_difference <= 1e-5
+    assert [p.name for p in result.inputs] == ["obs", "state_in"] and result.inputs[1].shape == (size,)
+    assert [p.name for p in result.outputs] == ["action", "state_out"] and result.outputs[1].shape == (size,)
+    # an episode played through the graph, its state fed back, acts as predict does
+    env = __import__("gymnasium").make(env_id)
+    obs, _ = env.reset(seed=4)
+    graph_state, state = np.zeros((1, size), dtype=np.float32), None
+    session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    for t in range(20):
+        action, graph_state = session.run(None, {"obs": obs[None], "state_in": graph_state})
+        expected, state = agent.predict(obs, state, episode_start=np.array(t == 0), deterministic=True)
+        np.testing.assert_allclose(action[0], expected, atol=1e-5)
+        np.testing.assert_allclose(graph_state[0], state, atol=1e-5)
+        obs, _, terminated, truncated, _ = env.step(expected)
+        if terminated or truncated:
+            break
+    env.close()
+
+
 def test_given_check_observations(make_agent, tmp_path):
     agent = make_agent("CartPole-v1")
     obs = np.random.default_rng(3).uniform(-1, 1, (10, 4)).astype(np.float32)

@@ -22,13 +22,11 @@ Before the file is written, onnxruntime runs it on observations from the run's o
 its actions are compared with ``agent.act(obs, deterministic=True)``: discrete actions must be
 identical and continuous ones within ``TOLERANCE``; otherwise nothing is written.
 
-Recurrent policies do not exist in clippo yet. The graph's interface is laid out in one place
-(``graph_inputs`` and ``graph_outputs``, which ``DeterministicPolicy.forward`` follows in order)
-so that a recurrent state can be added there as explicit inputs after the observation's
-(``state_in``, zeros at an episode's start) and outputs after the action's (``state_out``, fed
-back at the next step), each with the batch axis first; the check observations are collected
-in time order, ``[steps, envs]`` flattened step-major, so that a check can thread the state
-through each env's consecutive steps.
+A recurrent policy's state is explicit: a float32 input ``state_in`` ``[batch, state_size]``
+after the observation's (zeros at an episode's first observation) and an output ``state_out``
+after the action's, to feed back at the next step (what ``agent.predict`` returns as its state).
+The check threads the state through each env's consecutive steps, as ``predict`` does, and
+compares ``state_out`` too (within ``TOLERANCE``).
 """
 
 from __future__ import annotations
@@ -61,6 +59,8 @@ CHECK_ENVS = 4
 RANDOM_STEP_FRACTION = 0.25
 
 _INSTALL_HINT = "pip install 'clippo[export]'"
+#: A recurrent policy's state: fed in (zeros at an episode start) and returned for the next step.
+STATE_IN, STATE_OUT = "state_in", "state_out"
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class ParityCheck:
         if self.max_difference is not None:
             parts.append(f"continuous actions differ by at most {self.max_difference:.2e} (tolerance {self.tolerance:g})")
         return (
-            f"onnxruntime vs agent.act(deterministic=True) on {self.observations} observations ({self.source}): "
+            f"onnxruntime vs the agent's deterministic policy on {self.observations} observations ({self.source}): "
             + "; ".join(parts)
         )
 
@@ -153,6 +153,16 @@ def graph_inputs(agent, mask_input: bool) -> list[Port]:
         ports = [_port(key, sub) for key, sub in parts.items()]
     if mask_input:
         ports.append(Port(masking.MASK_KEY, "bool", (agent.model.distribution.num_outputs,)))
+    if agent.model.recurrent:
+        ports.append(Port(STATE_IN, "float32", (agent.model.state_size,)))
+    return ports
+
+
+def policy_outputs(agent) -> list[Port]:
+    """The graph's outputs: the env action's, then a recurrent policy's new state."""
+    ports = graph_outputs(agent.model.distribution)
+    if agent.model.recurrent:
+        ports.append(Port(STATE_OUT, "float32", (agent.model.state_size,)))
     return ports
 
 
@@ -226,7 +236,11 @@ class DeterministicPolicy(nn.Module):
                 obs = ((obs.float().double() - self.obs_mean) / self.obs_std).clamp(-self.obs_clip, self.obs_clip).float()
         else:
             obs = {key: named[name] for key, name in self.policy_inputs.items()}
-        return tuple(env_actions(self.distribution, self.model.actor(obs, masks)))
+        if not self.model.recurrent:
+            return tuple(env_actions(self.distribution, self.model.actor(obs, masks)))
+        state = named[STATE_IN]
+        params, _, state = self.model.step(obs, state, torch.zeros_like(state[:, 0], dtype=torch.bool), masks)
+        return (*env_actions(self.distribution, params), state)
 
 
 def env_actions(distribution: ActionDistribution, params: torch.Tensor) -> list[torch.Tensor]:
@@ -302,19 +316,25 @@ def collect_check_data(agent, steps: int = CHECK_STEPS, num_envs: int = CHECK_EN
         rng = np.random.default_rng(seed)
         autoreset = np.zeros(num_envs, dtype=bool)
         feeds, masks_seen, expected = [], [], []
+        state, starts = None, np.ones(num_envs, dtype=bool)  # (a recurrent policy's)
         for step in range(steps):
             masks = None
             if mask_source is not None:
                 _, masks = mask_source.read(obs, info, autoreset, f"export check step {step}")
-            action = agent.act(obs, deterministic=True, action_masks=masks)
             feed = _as_feed(agent, obs)
+            if agent.model.recurrent:
+                feed[STATE_IN] = _state_before(agent, state, starts)
+                action, state = agent.predict(obs, state, starts, deterministic=True, action_masks=masks)
+                starts = autoreset  # the observation after an autoreset step begins an episode
+            else:
+                action = agent.act(obs, deterministic=True, action_masks=masks)
             if mask_source is not None and mask_source.kind == "observation":
                 # the envs about to autoreset act on an all-true mask, not on their final state's
                 feed[masking.MASK_KEY] = masks.astype(feed[masking.MASK_KEY].dtype).reshape(feed[masking.MASK_KEY].shape)
             elif masks is not None:
                 masks_seen.append(masks.copy())
             feeds.append(feed)
-            expected.append([a.copy() for a in flat_actions(distribution, action)])
+            expected.append([a.copy() for a in flat_actions(distribution, action)] + ([state.copy()] if agent.model.recurrent else []))
             if mask_source is None and rng.random() < RANDOM_STEP_FRACTION:
                 action = envs.action_space.sample()
             obs, _, terminated, truncated, info = envs.step(action)
@@ -335,12 +355,27 @@ def collect_check_data(agent, steps: int = CHECK_STEPS, num_envs: int = CHECK_EN
 def check_data_from(agent, check_observations: Any, check_masks: Any = None) -> CheckData:
     """``CheckData`` for observations given by the caller (a batch, in the env's structure), with
     masks for an env that gives them outside its observation."""
-    expected = agent.act(check_observations, deterministic=True, action_masks=check_masks)
     feed = _as_feed(agent, check_observations)
+    count = len(next(iter(feed.values())))
+    states = []
+    if agent.model.recurrent:  # each observation as an episode's first
+        starts = np.ones(count, dtype=bool)
+        feed[STATE_IN] = _state_before(agent, None, starts)
+        expected, state = agent.predict(check_observations, None, starts, deterministic=True, action_masks=check_masks)
+        states = [state.reshape(count, -1)]
+    else:
+        expected = agent.act(check_observations, deterministic=True, action_masks=check_masks)
     if check_masks is not None:
-        count = len(next(iter(feed.values())))
         feed[masking.MASK_KEY] = masking.as_masks(check_masks, count, agent.model.distribution, "check_masks")
-    return CheckData(feed, flat_actions(agent.model.distribution, expected), "given observations", check_masks is not None)
+    return CheckData(feed, flat_actions(agent.model.distribution, expected) + states, "given observations", check_masks is not None)
+
+
+def _state_before(agent, state: np.ndarray | None, starts: np.ndarray) -> np.ndarray:
+    """The state ``predict`` starts from, as the graph's ``state_in``: zeros where an episode starts."""
+    count = len(starts)
+    state = np.zeros((count, agent.model.state_size), dtype=np.float32) if state is None else state.copy()
+    state[starts] = 0.0
+    return state
 
 
 def _as_feed(agent, obs: Any) -> dict[str, np.ndarray]:
@@ -397,7 +432,7 @@ def export_onnx(
     else:
         data = check_data_from(agent, check_observations, check_masks)
     inputs = graph_inputs(agent, data.mask_input)
-    outputs = graph_outputs(agent.model.distribution)
+    outputs = policy_outputs(agent)
     policy = DeterministicPolicy(agent, data.mask_input)
     example = tuple(torch.from_numpy(np.ascontiguousarray(data.feed[port.name][:2])) for port in inputs)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
