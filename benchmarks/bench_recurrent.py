@@ -2,8 +2,8 @@
 """Recurrent PPO: clippo against sb3-contrib's RecurrentPPO, and clippo's built-in recurrent presets.
 
     python benchmarks/bench_recurrent.py speed --seeds 1 2 3     # clippo vs RecurrentPPO, alternating
-    python benchmarks/bench_recurrent.py presets --seeds 1 2 3   # the presets, with and without memory
-    python benchmarks/bench_recurrent.py bptt --seeds 1 2 3      # whole rollouts vs truncated BPTT chunks
+    python benchmarks/bench_recurrent.py presets --seeds 1 2 3 --jobs 2   # the presets, with and without memory
+    python benchmarks/bench_recurrent.py bptt --seeds 1 2 3 --jobs 2      # whole rollouts vs truncated BPTT chunks
 
 Each writes ``<part>.json`` into --out (benchmarks/results/recurrent/), and ``results.md`` is
 rewritten from every part's JSON there.
@@ -29,6 +29,7 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -139,15 +140,18 @@ def child_preset_clippo(spec: dict[str, Any]) -> dict[str, Any]:
     extra = {"recurrent": "none"} if spec["variant"] == "feed-forward" else {}
     extra.update(spec.get("overrides", {}))
     agent = PPO(spec["env"], seed=spec["seed"], checkpoint_every=0, tensorboard=False, **extra)
-    curve = []
+    curve, eval_s = [], [0.0]
 
     def on_update(agent_, metrics):
-        if metrics["update"] % spec["eval_every_updates"] == 0 or agent_.finished:
-            curve.append((agent_.global_step, agent_.evaluate(episodes=10, seed=spec["eval_seed"])["mean_return"]))
+        step, every = agent_.global_step, spec["curve_every_steps"]
+        if step // every > (step - agent_.global_batch_size) // every or agent_.finished:
+            t = time.perf_counter()
+            curve.append((step, agent_.evaluate(episodes=5, seed=spec["eval_seed"] + 1)["mean_return"]))
+            eval_s[0] += time.perf_counter() - t
 
     t0 = time.perf_counter()
-    agent.learn(progress=False, callback=on_update)  # (the evaluations' time counts in learn_s)
-    learn_s = time.perf_counter() - t0
+    agent.learn(progress=False, callback=on_update)
+    learn_s = time.perf_counter() - t0 - eval_s[0]  # training alone: the curve's evaluations taken out
     result = agent.evaluate(episodes=spec["eval_episodes"], seed=spec["eval_seed"])
     agent.close()
     return {"learn_s": learn_s, "steps": agent.global_step, "eval_returns": result["returns"], "curve": curve,
@@ -180,18 +184,23 @@ def meta() -> dict[str, Any]:
     return {"command": command_line(), "date": now(), "machine": machine_info()}
 
 
-def run_specs(name: str, specs: list[dict[str, Any]], out: Path, extra: dict[str, Any]) -> dict[str, Any]:
-    results = {"meta": meta(), **extra, "runs": []}
-    for i, spec in enumerate(specs, 1):
+def run_specs(name: str, specs: list[dict[str, Any]], out: Path, extra: dict[str, Any], jobs: int = 1) -> dict[str, Any]:
+    """Run the children (``jobs`` at a time: learning comparisons only; speed runs take one)."""
+    results = {"meta": {**meta(), "jobs": jobs}, **extra, "runs": []}
+
+    def one(spec: dict[str, Any]) -> dict[str, Any]:
         label = "-".join(str(spec[k]) for k in ("lib", "env", "variant", "seed") if k in spec).replace("/", "_")
         r = run_child(spec, out / "runs" / "logs" / f"{name}-{label}.log")
-        results["runs"].append(r)
         if r["ok"]:
-            log(f"[{i}/{len(specs)}] {label}: {r['steps'] / r['learn_s']:,.0f} steps/s, {r['learn_s']:.0f} s, "
-                f"eval {mean_std(r['eval_returns'])[0]:.1f}")
+            log(f"{label}: {r['steps'] / r['learn_s']:,.0f} steps/s, {r['learn_s']:.0f} s, eval {mean_std(r['eval_returns'])[0]:.1f}")
         else:
-            log(f"[{i}/{len(specs)}] {label}: FAILED {r['error']}")
-        write_json(out / f"{name}.json", results)
+            log(f"{label}: FAILED {r['error']}")
+        return r
+
+    with ThreadPoolExecutor(jobs) as pool:
+        for r in pool.map(one, specs):
+            results["runs"].append(r)
+            write_json(out / f"{name}.json", results)
     results["meta"]["finished"] = now()
     write_json(out / f"{name}.json", results)
     return results
@@ -206,17 +215,27 @@ def run_speed(args, out: Path) -> dict[str, Any]:
 
 def run_presets(args, out: Path) -> dict[str, Any]:
     specs = [{"part": "presets", "lib": "clippo", "env": env, "variant": variant, "seed": seed,
-              "eval_episodes": args.eval_episodes, "eval_seed": EVAL_SEED, "eval_every_updates": args.curve_every}
+              "eval_episodes": args.eval_episodes, "eval_seed": EVAL_SEED, "curve_every_steps": args.curve_every}
              for seed in args.seeds for env in args.envs for variant in ("recurrent", "feed-forward")]  # fmt: skip
-    return run_specs("presets", specs, out, {"eval_episodes": args.eval_episodes})
+    return run_specs("presets", specs, out, {"eval_episodes": args.eval_episodes}, args.jobs)
+
+
+#: The BPTT comparison: per env, sequence lengths at one minibatch size (the preset's otherwise).
+#: CartPoleNoVel's rollouts are 32 steps (one minibatch of all 256 steps); PendulumNoVel's are 512
+#: steps in 4 envs, so 4 minibatches of 512 steps each: one env's whole rollout, or 4 or 16 chunks.
+BPTT_RUNS = {
+    "clippo/CartPoleNoVel-v1": [("whole32", {"bptt_length": 0}), ("bptt16", {"bptt_length": 16}), ("bptt8", {"bptt_length": 8})],
+    "clippo/PendulumNoVel-v1": [("whole512", {"bptt_length": 0, "num_minibatches": 4}),
+                                ("bptt128", {"bptt_length": 128, "num_minibatches": 4}),
+                                ("bptt32", {"bptt_length": 32, "num_minibatches": 4})],
+}  # fmt: skip
 
 
 def run_bptt(args, out: Path) -> dict[str, Any]:
-    specs = [{"part": "bptt", "lib": "clippo", "env": env, "variant": f"bptt{length}", "seed": seed,
-              "overrides": {"bptt_length": length}, "eval_episodes": args.eval_episodes, "eval_seed": EVAL_SEED,
-              "eval_every_updates": args.curve_every}
-             for seed in args.seeds for env in args.envs for length in args.lengths]  # fmt: skip
-    return run_specs("bptt", specs, out, {"eval_episodes": args.eval_episodes, "lengths": args.lengths})
+    specs = [{"part": "bptt", "lib": "clippo", "env": env, "variant": variant, "seed": seed, "overrides": overrides,
+              "eval_episodes": args.eval_episodes, "eval_seed": EVAL_SEED, "curve_every_steps": args.curve_every}
+             for seed in args.seeds for env in args.envs for variant, overrides in BPTT_RUNS[env]]  # fmt: skip
+    return run_specs("bptt", specs, out, {"eval_episodes": args.eval_episodes, "runs_per_env": BPTT_RUNS}, args.jobs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,10 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("spec", nargs="?", help=argparse.SUPPRESS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--envs", nargs="+", default=list(PRESET_TARGETS), help="presets/bptt envs")
-    parser.add_argument("--lengths", nargs="+", type=int, default=[0, 8, 16], help="bptt lengths (0: whole rollouts)")
+    parser.add_argument("--jobs", type=int, default=1, help="presets/bptt: runs at a time")
     parser.add_argument("--total-steps", type=int, default=100_000, help="steps per speed run")
     parser.add_argument("--eval-episodes", type=int, default=20)
-    parser.add_argument("--curve-every", type=int, default=10, help="presets/bptt: evaluate every this many updates")
+    parser.add_argument("--curve-every", type=int, default=10_000, help="presets/bptt: a 5-episode evaluation every this many steps")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     if args.part == "_child":

@@ -332,8 +332,18 @@ def test_cli_trains_evaluates_and_plays_a_recurrent_agent(tmp_path):
                             "--bptt-length", "8", "--eval-episodes", "2", "--no-tensorboard"])
     assert code == 0, err
     code, out, err = run_cli(["eval", str(run_dir), "--episodes", "2"])
-    assert code == 0, err and "mean" in out
+    assert code == 0 and "mean" in out, err
     assert PPO.load(run_dir).config.bptt_length == 8
+    # enjoy plays with the carried state: its episodes are PPO.evaluate's on one env
+    code, out, err = run_cli(["enjoy", str(run_dir), "--episodes", "2", "--seed", "4"])
+    assert code == 0, err
+    expected = PPO.load(run_dir).evaluate(episodes=2, seed=4, num_envs=1, env=lambda: gym.make("clippo/CartPoleNoVel-v1"))
+    assert [line.split("return ")[1].split(",")[0] for line in out.splitlines()[:2]] == [
+        f"{r:.2f}" for r in expected["returns"]]
+    code, _, err = run_cli(["plot", str(run_dir), "-o", str(tmp_path / "curve.png")])
+    assert code == 0 and (tmp_path / "curve.png").is_file(), err
+    code, out, err = run_cli(["report", str(run_dir)])
+    assert code == 0 and out, err
 
 
 # ------------------------------------------------------------------------------------------------

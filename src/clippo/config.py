@@ -297,6 +297,28 @@ ENV_PRESETS: dict[str, dict[str, Any]] = {
     # changes no optimum and only cuts the advantages' variance (with gamma 0.99, 200k steps left
     # the amount's mean 0.08 from its target against 0.014 with 0.5; the default log-std 0, a std
     # as wide as the Box, left it at 0.34).
+    # Partially observed tasks (clippo.toy_envs, velocities hidden): an LSTM after a 64-unit ReLU
+    # layer, on RL-Zoo's RecurrentPPO values for CartPoleNoVel-v1 (8 envs x 32 steps, one minibatch
+    # of whole sequences, 20 epochs, lr 1e-3 annealed, gamma 0.98, lambda 0.8, normalized
+    # observations and rewards) plus a KL stop at 0.02: without it 1 of 3 seeds kept its 500, the
+    # other two fell from ~400 to 160 and 250 by 100k steps (benchmarks/results/recurrent/).
+    "clippo/CartPoleNoVel-v1": {
+        "total_steps": 100_000,
+        "num_envs": 8,
+        "num_steps": 32,
+        "num_minibatches": 1,
+        "update_epochs": 20,
+        "learning_rate": 1e-3,
+        "gamma": 0.98,
+        "gae_lambda": 0.8,
+        "target_kl": 0.02,
+        "normalize_observations": True,
+        "normalize_rewards": True,
+        "hidden_sizes": [64],
+        "activation": "relu",
+        "recurrent": "lstm",
+        "recurrent_hidden_size": 64,
+    },
     "clippo/ToolAmount-v0": {"total_steps": 200_000, "gamma": 0.5, "gae_lambda": 0.5, "init_log_std": -1.0},
     "clippo/Bits-v0": {"total_steps": 100_000, "gamma": 0.5, "gae_lambda": 0.5},
     # MuJoCo v5 locomotion: the RL-Zoo tuned values for the v3 envs (Raffin et al.; one env,
