@@ -221,11 +221,11 @@ def run_presets(args, out: Path) -> dict[str, Any]:
 
 
 #: The BPTT comparison: per env, sequence lengths at one minibatch size (the preset's otherwise).
-#: CartPoleNoVel's rollouts are 32 steps (one minibatch of all 256 steps); PendulumNoVel's are 512
-#: steps in 4 envs, so 4 minibatches of 512 steps each: one env's whole rollout, or 4 or 16 chunks.
+#: CartPoleNoVel's rollouts are 32 steps (one minibatch of all 256 steps); PendulumNoVel's are 1024
+#: steps in 4 envs, so 4 minibatches of 1024 steps each: one env's whole rollout, or 8 or 32 chunks.
 BPTT_RUNS = {
     "clippo/CartPoleNoVel-v1": [("whole32", {"bptt_length": 0}), ("bptt16", {"bptt_length": 16}), ("bptt8", {"bptt_length": 8})],
-    "clippo/PendulumNoVel-v1": [("whole512", {"bptt_length": 0, "num_minibatches": 4}),
+    "clippo/PendulumNoVel-v1": [("whole1024", {"bptt_length": 0, "num_minibatches": 4}),
                                 ("bptt128", {"bptt_length": 128, "num_minibatches": 4}),
                                 ("bptt32", {"bptt_length": 32, "num_minibatches": 4})],
 }  # fmt: skip

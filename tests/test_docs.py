@@ -57,3 +57,13 @@ def test_linked_docs_exist():
     for name in ("concept-map.md", "shared-vs-separate.md", "convergence.md", "reward-normalization.md", "tuning.md"):
         assert (ROOT / "docs" / name).is_file(), name
         assert f"docs/{name}" in readme, f"README does not link docs/{name}"
+
+
+def test_presets_doc_is_what_clippo_presets_prints():
+    """docs/presets.md is generated (``clippo presets > docs/presets.md``): regenerate it after a
+    change to the presets or the config fields."""
+    from helpers import run_cli
+
+    code, out, _ = run_cli(["presets"])
+    assert code == 0
+    assert (ROOT / "docs" / "presets.md").read_text() == out
