@@ -10,7 +10,7 @@ rewritten from every part's JSON there.
 
 speed: on ``clippo/CartPoleNoVel-v1`` (CartPole without its two velocities), both libraries train
 with RL-Zoo's RecurrentPPO hyperparameters for that task (``ZOO`` below: 8 envs x 32 steps, one
-minibatch of 256, 20 epochs, lr 1e-3 annealed linearly, gamma 0.98, lambda 0.8, observation and
+minibatch of 256, 20 epochs, lr 1e-3 and clip range 0.2 annealed linearly, gamma 0.98, lambda 0.8, observation and
 reward normalization, an LSTM of 64 units for the actor and another for the critic, a 64-unit
 ReLU layer each). Each run is a child process of its own with one torch thread, alternating
 clippo / RecurrentPPO in seed-major order. Reported: ``learn()`` wall time and steps/s, and the
@@ -18,8 +18,8 @@ deterministic evaluation of the final policy (20 episodes, each library's own ev
 
 One difference in the networks: RecurrentPPO puts its 64-unit layer after the LSTM, clippo's
 encoder comes before its core (observation -> 64 -> LSTM 64 -> heads); the LSTM's work, which
-dominates, is the same. RecurrentPPO anneals its clip range too (RL-Zoo's ``lin_0.2``); clippo keeps
-it at 0.2.
+dominates, is the same. Both anneal the learning rate and the clip range linearly to 0 (RL-Zoo's
+``lin_1e-3`` and ``lin_0.2``; clippo's ``anneal_lr`` and ``anneal_clip``).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def zoo_hyperparameters_for_clippo(seed: int) -> dict[str, Any]:
     return {
         "seed": seed, "num_envs": z["n_envs"], "num_steps": z["n_steps"],
         "num_minibatches": z["n_envs"] * z["n_steps"] // z["batch_size"], "update_epochs": z["n_epochs"],
-        "learning_rate": z["learning_rate"], "anneal_lr": True, "gamma": z["gamma"], "gae_lambda": z["gae_lambda"],
+        "learning_rate": z["learning_rate"], "anneal_lr": True, "anneal_clip": True, "gamma": z["gamma"], "gae_lambda": z["gae_lambda"],
         "clip_epsilon": z["clip_range"], "ent_coef": z["ent_coef"], "vf_coef": z["vf_coef"],
         "max_grad_norm": z["max_grad_norm"], "target_kl": None, "normalize_advantages": True, "network": "separate",
         "hidden_sizes": [z["net_arch"]], "activation": "relu", "recurrent": "lstm",

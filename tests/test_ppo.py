@@ -181,6 +181,25 @@ def test_learning_rate_anneals_linearly_within_a_learn_call(tmp_path):
     np.testing.assert_allclose(pd.read_csv(tmp_path / "run2" / "metrics.csv")["learning_rate"], [1e-3, 1e-3])
 
 
+@pytest.mark.parametrize("fast_path", ["auto", "off"])
+def test_clip_range_anneals_like_the_learning_rate_on_either_gradient_path(fast_path):
+    agent = PPO("CartPole-v1", **TINY, clip_epsilon=0.2, anneal_clip=True, fast_path=fast_path)
+    used = []
+    original = agent.loss_and_gradient
+
+    def recording(minibatch, advantages):
+        used.append(agent._loss.clip_epsilon)  # what the loss object clips with in this step
+        return original(minibatch, advantages)
+
+    agent.loss_and_gradient = recording
+    agent.learn(total_steps=agent.batch_size * 4)
+    assert agent.config.clip_epsilon == 0.2  # the configured start value is kept for the checkpoint
+    agent.close()
+    per_update = len(used) // 4
+    np.testing.assert_allclose(sorted(set(used), reverse=True), [0.2, 0.15, 0.1, 0.05], rtol=1e-9)
+    assert used == sorted(used, reverse=True) and len(used) == 4 * per_update
+
+
 def test_value_clipping_and_entropy_options_train():
     agent = PPO("Pendulum-v1", **TINY, clip_value_loss=True, ent_coef=0.01, max_grad_norm=None, seed=0)
     stats = record_update_stats(agent)

@@ -234,6 +234,15 @@ class PPO:
         self._loss = fastpath.make_loss(self.config, self.model, self.device, self.optimizer.zero_grad, masked)
 
     @property
+    def clip_epsilon(self) -> float:
+        """The clip range the update uses now (``config.clip_epsilon``, or annealed by the loop)."""
+        return self._loss.clip_epsilon
+
+    @clip_epsilon.setter
+    def clip_epsilon(self, value: float) -> None:
+        self._loss.clip_epsilon = value
+
+    @property
     def batch_size(self) -> int:
         """Env steps per update on this process."""
         return self.config.num_envs * self.config.num_steps

@@ -42,6 +42,7 @@ class PPOConfig:
     gamma: float = knob('Discount factor.', 0.99)
     gae_lambda: float = knob('GAE lambda; 1.0 gives rewards-to-go minus critic values.', 0.95)
     clip_epsilon: float = knob('Clip range of the probability ratio in the surrogate objective.', 0.2)
+    anneal_clip: bool = knob('Decay the clip range linearly to 0 over the run, as anneal_lr does the learning rate (the PPO paper anneals both on Atari).', False)
     clip_value_loss: bool = knob('Clip the value prediction around the old value by clip_epsilon (PPO2 style).', False)
     ent_coef: float = knob('Weight of the entropy bonus.', 0.0)
     vf_coef: float = knob('Weight of the value loss.', 0.5)

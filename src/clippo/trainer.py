@@ -72,6 +72,7 @@ def train(agent: PPO, progress: bool | None = None, callback=None) -> None:
             boundary = boundary_state(agent)
             learning_rate = annealed_learning_rate(agent)
             agent.optimizer.lr = learning_rate
+            agent.clip_epsilon = annealed_clip_epsilon(agent)
 
             # 1. Run the current policy and store the trajectories.
             rollout_start = time.perf_counter()
@@ -187,11 +188,22 @@ def stop_with_checkpoint(agent, exc: EnvStepError | NonFiniteError, boundary: di
     raise type(exc)(f"{exc}; the last good update is checkpointed at {path}; {agent._resume_hint()}") from exc
 
 
-def annealed_learning_rate(agent) -> float:
-    if not agent.config.anneal_lr:
-        return agent.config.learning_rate
+def schedule_left(agent) -> float:
+    """The fraction of this ``learn`` call's steps still ahead: 1 at its start, near 0 at its last update."""
     span = max(agent.schedule_end - agent.schedule_start, 1)
-    return agent.config.learning_rate * (1.0 - (agent.global_step - agent.schedule_start) / span)
+    return 1.0 - (agent.global_step - agent.schedule_start) / span
+
+
+def annealed_learning_rate(agent) -> float:
+    cfg = agent.config
+    return cfg.learning_rate * schedule_left(agent) if cfg.anneal_lr else cfg.learning_rate
+
+
+def annealed_clip_epsilon(agent) -> float:
+    """The clip range of this update: ``clip_epsilon``, decayed like the learning rate with
+    ``anneal_clip`` (the PPO paper's Atari recipe anneals both)."""
+    cfg = agent.config
+    return cfg.clip_epsilon * schedule_left(agent) if cfg.anneal_clip else cfg.clip_epsilon
 
 
 def request_callback_stop(agent) -> None:
