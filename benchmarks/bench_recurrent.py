@@ -255,6 +255,33 @@ def summary_rows(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[tupl
     return summary
 
 
+def plot_curves(results: dict[str, Any], path: Path) -> bool:
+    """One panel per env: each variant's evaluation curve per seed (False without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    envs = sorted({r["env"] for r in results["runs"] if r["ok"]})
+    variants = sorted({r["variant"] for r in results["runs"] if r["ok"]})
+    fig, axes = plt.subplots(1, len(envs), figsize=(6 * len(envs), 4), squeeze=False)
+    for ax, env in zip(axes[0], envs):
+        for color, variant in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], variants):
+            runs = [r for r in results["runs"] if r["ok"] and r["env"] == env and r["variant"] == variant]
+            for i, r in enumerate(runs):
+                steps, returns = zip(*r["curve"]) if r["curve"] else ((), ())
+                ax.plot(steps, returns, color=color, alpha=0.8, label=variant if i == 0 else None)
+        ax.set(title=env, xlabel="environment steps", ylabel="evaluation return (5 episodes, deterministic)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def write_markdown(out: Path) -> None:
     lines = ["# Recurrent PPO: clippo vs sb3-contrib's RecurrentPPO, the recurrent presets, BPTT length", ""]
     path = out / "speed.json"
@@ -290,6 +317,8 @@ def write_markdown(out: Path) -> None:
                          fmt(g["median_learn_s"], 1), fmt(g["median_sps"], 0)])  # fmt: skip
         lines += md_table(["env", "variant", "eval per seed", "median", "target", "seeds at target", "median learn s",
                            "median steps/s"], rows)  # fmt: skip
+        if plot_curves(results, out / f"{name}_curves.png"):
+            lines += ["", f"Curves (one line per seed; `learn s` leaves out these evaluations): ![{name}]({name}_curves.png)"]
         lines.append("")
     (out / "results.md").write_text("\n".join(lines))
 

@@ -115,7 +115,7 @@ def test_masks_and_other_action_spaces(make_agent, tmp_path, env_id, inputs, out
                                                    ("gru", "shared", "clippo/PendulumNoVel-v1")])
 def test_recurrent_policy_exports_its_state_as_an_input_and_an_output(make_agent, tmp_path, kind, network, env_id):
     agent = make_agent(env_id, recurrent=kind, network=network, recurrent_hidden_size=8, num_minibatches=2,
-                       normalize_observations=True)
+                       bptt_length=8, normalize_observations=True)
     agent.learn(total_steps=64, progress=False)
     size = agent.model.state_size
     result = export_onnx(agent, tmp_path / "policy.onnx", **CHECK)

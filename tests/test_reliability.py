@@ -40,7 +40,7 @@ TINY = dict(num_envs=2, num_steps=32, num_minibatches=2, update_epochs=2, hidden
 DETERMINISTIC_COLUMNS = [
     "global_step", "update", "episode_return", "episode_length", "episodes", "policy_loss", "value_loss",
     "entropy", "approx_kl", "clip_fraction", "explained_variance", "epochs_run", "early_stopped",
-    "skipped_steps", "learning_rate",
+    "skipped_steps", "learning_rate", "recent_return",
 ]
 
 

@@ -218,6 +218,8 @@ class PPO:
         self.schedule_start = 0
         self.schedule_end = 0
         self.train_time = 0.0
+        #: the returns of the last 100 finished episodes (the logged recent_return), kept across resumes
+        self.recent_returns: list[float] = []
         self.stop_requested = False
         self._stop_agreed = False
         self.envs_restored = False
@@ -518,6 +520,7 @@ class PPO:
             "generator": self.generator.get_state(),
             "global_rngs": global_rng_states(),
             "train_time": self.train_time,
+            "recent_returns": [float(r) for r in self.recent_returns],
             "runner": None,
         }
 
@@ -597,6 +600,7 @@ class PPO:
             agent.schedule_start, agent.schedule_end = (int(v) for v in payload["schedule"])
             restore_generator(agent.generator, payload["generator"])
             agent.train_time = float(payload.get("train_time", 0.0))
+            agent.recent_returns = [float(r) for r in payload.get("recent_returns", [])]
             agent._pending_runner_state = payload.get("runner")
         except Exception as exc:  # a damaged payload can fail anywhere in reconstruction
             hint = "; pass encoder= to PPO.load" if "encoder=" in str(exc) else ""

@@ -62,7 +62,6 @@ def train(agent: PPO, progress: bool | None = None, callback=None) -> None:
     updates_left = math.ceil((agent.schedule_end - agent.global_step) / agent.global_batch_size)
     end_step = agent.global_step + updates_left * agent.global_batch_size
     logger = RunLogger(agent.run_dir, end_step, agent.global_step, progress, cfg.tensorboard)
-    recent_returns: list[float] = []
     start_time, start_step, time_before = time.perf_counter(), agent.global_step, agent.train_time
     agent.stop_requested = agent._stop_agreed = False
     try:
@@ -111,7 +110,7 @@ def train(agent: PPO, progress: bool | None = None, callback=None) -> None:
                 except NonFiniteError as exc:
                     stop_with_checkpoint(agent, exc, boundary)
 
-            recent_returns = (recent_returns + episode_returns)[-100:]
+            agent.recent_returns = (agent.recent_returns + episode_returns)[-100:]
             update_end = time.perf_counter()
             agent.train_time = time_before + update_end - start_time
             metrics = {
@@ -122,7 +121,7 @@ def train(agent: PPO, progress: bool | None = None, callback=None) -> None:
                 "episode_return": float(np.mean(episode_returns)) if episode_returns else float("nan"),
                 "episode_length": float(np.mean(episode_lengths)) if episode_lengths else float("nan"),
                 "episodes": len(episode_returns),
-                "recent_return": float(np.mean(recent_returns)) if recent_returns else float("nan"),
+                "recent_return": float(np.mean(agent.recent_returns)) if agent.recent_returns else float("nan"),
                 "learning_rate": learning_rate,
                 "explained_variance": explained_variance(batch.samples("values"), batch.samples("returns")),
                 "final": agent.finished,
