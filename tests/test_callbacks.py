@@ -146,6 +146,22 @@ def test_evaluates_at_each_multiple_of_every_env_steps_and_at_the_end():
     assert all(c["deterministic"] and c["episodes"] == 2 for c in calls)
 
 
+def test_eval_every_in_the_python_api_evaluates_as_the_command_line_does(tmp_path):
+    """PPO(env, eval_every=N).learn() runs the periodic evaluation itself (with a user callback
+    beside it); given an EvalCallback of its own, the config's is not added a second time."""
+    agent = tiny_agent(tmp_path / "run", updates=4, eval_every=2 * BATCH, eval_episodes=2, stop_at_return=1e9)
+    calls = fake_evaluations(agent, [1.0, 3.0, 2.0])
+    seen = []
+    agent.learn(progress=False, callback=lambda a, metrics: seen.append(metrics.get(EVAL_MEAN)))
+    assert [c["step"] for c in calls] == [2 * BATCH, 4 * BATCH]
+    assert seen[1] == 1.0 and seen[3] == 3.0  # the user's callback sees the evaluation's metrics
+    assert (tmp_path / "run" / BEST_NAME).is_file()
+    own = tiny_agent(updates=4, eval_every=2 * BATCH, eval_episodes=2)
+    own_calls = fake_evaluations(own, [1.0] * 5)
+    own.learn(progress=False, callback=[EvalCallback(every=4 * BATCH, episodes=1)])
+    assert [c["step"] for c in own_calls] == [4 * BATCH]
+
+
 def test_best_pt_is_written_only_when_an_evaluation_improves(tmp_path):
     run_dir = tmp_path / "run"
     agent = tiny_agent(run_dir, updates=5)

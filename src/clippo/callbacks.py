@@ -70,6 +70,18 @@ def as_callback(callback: Callback | Callable | Iterable | None) -> Callback:
     raise TypeError(f"callback={callback!r} is invalid: give a clippo.callbacks.Callback, a function f(agent, metrics), or a list of them")
 
 
+def with_config_evaluation(callback: Callback, config: Any) -> Callback:
+    """``callback`` plus the periodic evaluation the config asks for (``eval_every``), first, so
+    that ``PPO(env, eval_every=N).learn()`` evaluates as ``clippo train --eval-every N`` does;
+    unchanged when ``eval_every`` is 0 or ``callback`` already holds an :class:`EvalCallback`."""
+
+    def holds(cb: Callback) -> bool:
+        return isinstance(cb, EvalCallback) or (isinstance(cb, CallbackList) and any(map(holds, cb.callbacks)))
+
+    evaluation = None if holds(callback) else EvalCallback.from_config(config)
+    return callback if evaluation is None else CallbackList([evaluation, callback])
+
+
 # ---------------------------------------------------------------------------------------------
 # Evaluation during training
 # ---------------------------------------------------------------------------------------------

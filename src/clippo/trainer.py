@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from clippo.advantages import compute_gae
-from clippo.callbacks import as_callback
+from clippo.callbacks import as_callback, with_config_evaluation
 from clippo.checkpoint import FINAL_NAME
 from clippo.distributed import all_gather, all_reduce_mean_, moment_sums, pool_statistics, pooled_moments, statistics_sums
 from clippo.errors import EnvStepError, NonFiniteError, TrainingInterrupted
@@ -55,7 +55,7 @@ def train(agent: PPO, progress: bool | None = None, callback=None) -> None:
     """Run updates until the agent's current ``learn`` call reaches its end (or a callback, a
     signal, an env error or a non-finite value stops it), then write the final checkpoint."""
     cfg = agent.config
-    callback = as_callback(callback)
+    callback = with_config_evaluation(as_callback(callback), cfg)
     agent.stopped_by_callback = agent._callback_asked = False
     runner = agent.env_runner()
     buffer = agent.new_rollout_buffer()
