@@ -42,6 +42,9 @@ TARGETS = {
     # actions; minatar's default, used here, repeats the last action with probability 0.1)
     "MinAtar/Asterix-v1": 15.0, "MinAtar/Breakout-v1": 28.0, "MinAtar/Freeway-v1": 58.0,
     "MinAtar/SpaceInvaders-v1": 131.0,
+    # Classic control and Box2D at RL-Zoo's budgets: RL-Zoo's PPO benchmark table
+    # (rl-baselines3-zoo benchmark.md, v2 envs; the v3 landers have the same dynamics)
+    "LunarLander-v3": 242.119, "LunarLanderContinuous-v3": 270.863, "MountainCar-v0": -110.423,
 }
 PUBLISHED = {
     "Hopper-v5": "CleanRL 2383, SB3 RL-Zoo 2410 (1M, v4)",
@@ -52,6 +55,9 @@ PUBLISHED = {
     "MinAtar/Freeway-v1": "gymnax PPO 58 (10M, no sticky actions)",
     "MinAtar/SpaceInvaders-v1": "gymnax PPO 131 (10M, no sticky actions)",
     "MinAtar/Seaquest-v1": "-",
+    "LunarLander-v3": "RL-Zoo PPO 242.1 +- 31.8 (1M, LunarLander-v2)",
+    "LunarLanderContinuous-v3": "RL-Zoo PPO 270.9 +- 32.1 (1M, LunarLanderContinuous-v2)",
+    "MountainCar-v0": "RL-Zoo PPO -110.4 +- 19.5 (1M)",
 }
 
 
