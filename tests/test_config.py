@@ -180,8 +180,8 @@ def test_named_preset_then_keyword():
 
 
 def test_env_without_preset_gets_defaults():
-    config = resolve_config("MountainCar-v0")
-    expected = PPOConfig(env_id="MountainCar-v0")
+    config = resolve_config("MountainCarContinuous-v0")
+    expected = PPOConfig(env_id="MountainCarContinuous-v0")
     assert config == expected
 
 
