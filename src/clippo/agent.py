@@ -305,12 +305,10 @@ class PPO:
 
     def loss_and_gradient(self, minibatch: Batch, advantages: torch.Tensor) -> LossTerms:
         """The combined PPO loss on one minibatch, its gradient left in ``self.optimizer.grad``."""
+        old_values = minibatch.samples("values") if self.config.clip_value_loss else None
+        args = (minibatch.obs, minibatch.actions, minibatch.samples("logprobs"), advantages, minibatch.samples("returns"), old_values)
         if isinstance(minibatch, SequenceBatch):  # (recurrent agents always take the autograd loss)
-            old_values = minibatch.samples("values") if self.config.clip_value_loss else None
-            args = (minibatch.obs, minibatch.actions, minibatch.samples("logprobs"), advantages, minibatch.samples("returns"))
-            return self._loss(*args, old_values, masks=minibatch.masks, sequences=minibatch.sequences)
-        old_values = minibatch.values if self.config.clip_value_loss else None
-        args = (minibatch.obs, minibatch.actions, minibatch.logprobs, advantages, minibatch.returns, old_values)
+            return self._loss(*args, masks=minibatch.masks, sequences=minibatch.sequences)
         if minibatch.masks is not None:  # (masked agents always take the autograd loss)
             return self._loss(*args, masks=minibatch.masks)
         return self._loss(*args)

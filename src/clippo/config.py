@@ -293,11 +293,6 @@ ENV_PRESETS: dict[str, dict[str, Any]] = {
         "normalize_observations": True,
         "normalize_rewards": True,
     },
-    # clippo's toy envs (clippo.toy_envs): each step's reward depends on that step's action alone
-    # and observations are independent of the actions (contextual bandits), so a short horizon
-    # changes no optimum and only cuts the advantages' variance (with gamma 0.99, 200k steps left
-    # the amount's mean 0.08 from its target against 0.014 with 0.5; the default log-std 0, a std
-    # as wide as the Box, left it at 0.34).
     # Box2D: RL-Zoo's tuned PPO for LunarLander-v2 (rl-baselines3-zoo ppo.yml: 16 envs x 1024 steps,
     # minibatches of 64, 4 epochs, constant lr 3e-4, gamma 0.999, lambda 0.98, entropy 0.01; its
     # benchmark table gives 242 +- 32 at 1M steps). v3 has the same dynamics.
@@ -332,8 +327,9 @@ ENV_PRESETS: dict[str, dict[str, Any]] = {
     # Partially observed tasks (clippo.toy_envs, velocities hidden): an LSTM after a 64-unit ReLU
     # layer, on RL-Zoo's RecurrentPPO values for CartPoleNoVel-v1 (8 envs x 32 steps, one minibatch
     # of whole sequences, 20 epochs, lr 1e-3 annealed, gamma 0.98, lambda 0.8, normalized
-    # observations and rewards) plus a KL stop at 0.02: without it 1 of 3 seeds kept its 500, the
-    # other two fell from ~400 to 160 and 250 by 100k steps (benchmarks/results/recurrent/).
+    # observations and rewards) plus a KL stop at 0.02: without it, in tuning runs (10 evaluation
+    # episodes), 1 of 3 seeds kept its 500 and the other two fell from ~400 to 163 and 253 by 100k
+    # steps (the preset's own table: benchmarks/results/recurrent/).
     "clippo/CartPoleNoVel-v1": {
         "total_steps": 100_000,
         "num_envs": 8,
@@ -353,9 +349,10 @@ ENV_PRESETS: dict[str, dict[str, Any]] = {
     },
     # RL-Zoo's RecurrentPPO values for PendulumNoVel-v1 (4 envs x 1024 steps, 10 epochs, lr 1e-3,
     # gamma 0.9, lambda 0.95, normalization; it adds gSDE, clippo has none), the update replaying
-    # 32-step chunks from their stored states, 32 minibatches of 4 chunks (128 steps). The same with
-    # 512-step rollouts and 16 minibatches ended at -195, -222 and -217 on seeds 1-3; these values
-    # at -149, -194 and -185 (benchmarks/results/recurrent/).
+    # 32-step chunks from their stored states, 32 minibatches of 4 chunks (128 steps). In tuning runs
+    # (10 evaluation episodes) the same with 512-step rollouts and 16 minibatches ended at -195,
+    # -222 and -217 on seeds 1-3, these values at -149, -194 and -185 (the preset's own table:
+    # benchmarks/results/recurrent/).
     "clippo/PendulumNoVel-v1": {
         "total_steps": 100_000,
         "num_envs": 4,
@@ -372,6 +369,11 @@ ENV_PRESETS: dict[str, dict[str, Any]] = {
         "recurrent": "lstm",
         "recurrent_hidden_size": 64,
     },
+    # clippo's toy envs (clippo.toy_envs): each step's reward depends on that step's action alone
+    # and observations are independent of the actions (contextual bandits), so a short horizon
+    # changes no optimum and only cuts the advantages' variance (with gamma 0.99, 200k steps left
+    # the amount's mean 0.08 from its target against 0.014 with 0.5; the default log-std 0, a std
+    # as wide as the Box, left it at 0.34).
     "clippo/ToolAmount-v0": {"total_steps": 200_000, "gamma": 0.5, "gae_lambda": 0.5, "init_log_std": -1.0},
     "clippo/Bits-v0": {"total_steps": 100_000, "gamma": 0.5, "gae_lambda": 0.5},
     # MuJoCo v5 locomotion: the RL-Zoo tuned values for the v3 envs (Raffin et al.; one env,

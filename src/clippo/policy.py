@@ -122,11 +122,15 @@ class ActorCritic(nn.Module):
         if self.shared:
             features, state = self.core.step(self.encoder(obs), state, starts)
             return self._masked(self._actor_out(features), masks), self._critic_out(features), state
-        actor_state, critic_state = state.split([self.actor_core.state_size, self.critic_core.state_size], dim=-1)
+        actor_state, critic_state = self._split_state(state)
         actor_features, actor_state = self.actor_core.step(self.actor_encoder(obs), actor_state, starts)
         critic_features, critic_state = self.critic_core.step(self.critic_encoder(obs), critic_state, starts)
         params = self._masked(self._actor_out(actor_features), masks)
         return params, self._critic_out(critic_features), torch.cat([actor_state, critic_state], dim=-1)
+
+    def _split_state(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A separate network's state as the actor core's and the critic core's."""
+        return state.split([self.actor_core.state_size, self.critic_core.state_size], dim=-1)
 
     def _replay(self, obs: Obs, sequences: Sequences, masks: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Distribution parameters and values of the valid steps (flat, time-major) of stored
@@ -146,7 +150,7 @@ class ActorCritic(nn.Module):
         if self.shared:
             features = through(self.encoder, self.core, state)
             return self._masked(self._actor_out(features), masks), self._critic_out(features)
-        actor_state, critic_state = state.split([self.actor_core.state_size, self.critic_core.state_size], dim=-1)
+        actor_state, critic_state = self._split_state(state)
         params = self._actor_out(through(self.actor_encoder, self.actor_core, actor_state))
         values = self._critic_out(through(self.critic_encoder, self.critic_core, critic_state))
         return self._masked(params, masks), values

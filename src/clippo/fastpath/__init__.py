@@ -24,9 +24,8 @@ from clippo.rollout import EnvRunner, RolloutBuffer
 
 def rollout_applies(config: PPOConfig, model: ActorCritic, device: torch.device, masked: bool = False) -> bool:
     """Whether the numpy rollout covers this agent: flat float Box observations, MLP encoders
-    (no recurrent core),
-    a CPU, a Discrete, MultiDiscrete or Box action space (MultiBinary, Tuple and Dict actions take
-    the general path), no action masks, and no Atari-style reward handling."""
+    (no recurrent core), a CPU, a Discrete, MultiDiscrete or Box action space (MultiBinary, Tuple
+    and Dict actions take the general path), no action masks, and no Atari-style reward handling."""
     space = model.observation_space
     return (
         config.fast_path == "auto"
