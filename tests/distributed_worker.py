@@ -28,6 +28,21 @@ def synthetic_batch(agent: PPO, size: int, seed: int) -> Batch:
     )
 
 
+def train_recording_parameters(agent: PPO, updates: int) -> list[torch.Tensor]:
+    """Train ``updates`` updates, keeping a copy of the parameters after each one."""
+    snapshots = []
+    original = agent.update_policy
+
+    def recording(batch, plan=None):
+        stats = original(batch, plan)
+        snapshots.append(agent.optimizer.flat.clone())
+        return stats
+
+    agent.update_policy = recording
+    agent.learn(total_steps=agent.global_batch_size * updates, progress=False)
+    return snapshots
+
+
 def main() -> None:
     mode, out = sys.argv[1], Path(sys.argv[2])
     if mode == "identical":
@@ -35,16 +50,7 @@ def main() -> None:
         agent = PPO("CartPole-v1", seed=5, num_envs=2, num_steps=32, num_minibatches=2, update_epochs=2,
                     normalize_observations=True, normalize_rewards=True)
         rank = agent.world.rank
-        snapshots = []
-        original = agent.update_policy
-
-        def recording(batch, plan=None):
-            stats = original(batch, plan)
-            snapshots.append(agent.optimizer.flat.clone())
-            return stats
-
-        agent.update_policy = recording
-        agent.learn(total_steps=agent.global_batch_size * 4, progress=False)
+        snapshots = train_recording_parameters(agent, updates=4)
         torch.save(
             {"params": torch.stack(snapshots), "obs_mean": torch.from_numpy(agent.obs_normalizer.stats.mean),
              "global_step": agent.global_step},
@@ -58,16 +64,7 @@ def main() -> None:
                     recurrent="lstm", recurrent_hidden_size=16, bptt_length=16, normalize_observations=True,
                     checkpoint_every=3, tensorboard=False, run_dir=out / "run")
         rank = agent.world.rank
-        snapshots = []
-        original = agent.update_policy
-
-        def recording(batch, plan=None):
-            stats = original(batch, plan)
-            snapshots.append(agent.optimizer.flat.clone())
-            return stats
-
-        agent.update_policy = recording
-        agent.learn(total_steps=agent.global_batch_size * 4, progress=False)
+        snapshots = train_recording_parameters(agent, updates=4)
         torch.save({"params": torch.stack(snapshots)}, out / f"rank{rank}.pt")
         agent.close()
         shutdown(agent.world)
