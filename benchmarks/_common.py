@@ -14,6 +14,7 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -32,6 +33,22 @@ def child_env() -> dict[str, str]:
     env.update(THREAD_ENV)
     env.setdefault("PYTHONHASHSEED", "0")
     return env
+
+
+def run_child_script(script: str, spec: dict[str, Any], log_path: Path, keys: Sequence[str]) -> dict[str, Any]:
+    """Run ``script _child SPEC`` (one measurement) in a fresh single-threaded interpreter; its
+    output goes to ``log_path``. Returns ``spec``'s ``keys`` plus ``ok`` and the child's result,
+    or its error (exit status and last lines)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(Path(script).resolve()), "_child", json.dumps(spec)]
+    proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True)
+    log_path.write_text(f"spec: {json.dumps(spec)}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+    parsed = parse_child_output(proc.stdout) if proc.returncode == 0 else None
+    base = {k: spec[k] for k in keys if k in spec}
+    if parsed is None:
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-2:])
+        return {**base, "ok": False, "error": f"exit status {proc.returncode}: {tail}"}
+    return {**base, "ok": True, **parsed}
 
 
 def package_version(name: str) -> str:

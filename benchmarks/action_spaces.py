@@ -44,8 +44,8 @@ from _common import (  # noqa: E402
     mean_std,
     median,
     now,
-    parse_child_output,
     ratio,
+    run_child_script,
     write_json,
 )
 
@@ -177,16 +177,7 @@ CHILDREN = {"masking-clippo": child_masking_clippo, "masking-maskable": child_ma
 
 def run_child(spec: dict[str, Any], log_path: Path) -> dict[str, Any]:
     """One measurement in a fresh interpreter; its output goes to log_path."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "_child", json.dumps(spec)]
-    proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True)
-    log_path.write_text(f"spec: {json.dumps(spec)}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
-    parsed = parse_child_output(proc.stdout) if proc.returncode == 0 else None
-    base = {k: spec[k] for k in ("part", "lib", "env", "seed") if k in spec}
-    if parsed is None:
-        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-2:])
-        return {**base, "ok": False, "error": f"exit status {proc.returncode}: {tail}"}
-    return {**base, "ok": True, **parsed}
+    return run_child_script(__file__, spec, log_path, ("part", "lib", "env", "seed"))
 
 
 def log(message: str) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
     DEFAULT_OUT,
-    child_env,
     command_line,
     emit_result,
     fmt,
@@ -47,8 +45,8 @@ from _common import (  # noqa: E402
     mean_std,
     median,
     now,
-    parse_child_output,
     ratio,
+    run_child_script,
     write_json,
 )
 
@@ -164,16 +162,7 @@ CHILDREN = {"speed-clippo": child_speed_clippo, "speed-recurrentppo": child_spee
 
 def run_child(spec: dict[str, Any], log_path: Path) -> dict[str, Any]:
     """One measurement in a fresh interpreter; its output goes to log_path."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "_child", json.dumps(spec)]
-    proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True)
-    log_path.write_text(f"spec: {json.dumps(spec)}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
-    parsed = parse_child_output(proc.stdout) if proc.returncode == 0 else None
-    base = {k: spec[k] for k in ("part", "lib", "env", "seed", "variant") if k in spec}
-    if parsed is None:
-        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-2:])
-        return {**base, "ok": False, "error": f"exit status {proc.returncode}: {tail}"}
-    return {**base, "ok": True, **parsed}
+    return run_child_script(__file__, spec, log_path, ("part", "lib", "env", "seed", "variant"))
 
 
 def log(message: str) -> None:
