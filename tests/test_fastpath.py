@@ -11,7 +11,7 @@ from clippo.fastpath.gradient import AnalyticGradient
 from clippo.fastpath.rollout import FastEnvRunner, FlatRolloutBuffer
 from clippo.losses import AutogradLoss
 from clippo.rollout import EnvRunner, RolloutBuffer
-from toy_envs import DictGoalEnv, SpotImageEnv
+from toy_envs import DictGoalEnv, MaskedGridEnv, SpotImageEnv
 
 
 @pytest.mark.parametrize(
@@ -21,6 +21,8 @@ from toy_envs import DictGoalEnv, SpotImageEnv
         ("Pendulum-v1", dict(num_envs=2, num_steps=128, normalize_observations=True, normalize_rewards=True)),
         ("CartPole-v1", dict(num_envs=4, num_steps=64, network="shared", clip_value_loss=True, ent_coef=0.01)),
         ("MountainCarContinuous-v0", dict(num_envs=2, num_steps=64, activation="relu", hidden_sizes=[32])),
+        ("FrozenLake-v1", dict(num_envs=4, num_steps=64, ent_coef=0.01)),  # Discrete observations, one-hot
+        ("CliffWalking-v1", dict(num_envs=2, num_steps=64, network="shared")),  # the same through autograd
     ],
 )
 def test_fast_path_and_general_path_train_to_the_same_parameters(env, hyperparameters):
@@ -36,13 +38,38 @@ def test_fast_path_and_general_path_train_to_the_same_parameters(env, hyperparam
     assert torch.allclose(fast, general, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("source", ["method", "observation", "info", "multidiscrete"])
+def test_masked_fast_path_and_general_path_train_to_the_same_parameters(source):
+    """Action masks on the fast path (numpy acting, the hand-written gradient for Discrete
+    actions, autograd for MultiDiscrete ones) give the general path's updates."""
+    from clippo.toy_envs import SlotsEnv, SlotsMethodEnv
+
+    env = {"method": SlotsMethodEnv, "observation": lambda: SlotsEnv(mask_in="observation"),
+           "info": lambda: SlotsEnv(mask_in="info"), "multidiscrete": MaskedGridEnv}[source]  # fmt: skip
+    params = []
+    for fast_path in ("auto", "off"):
+        agent = PPO(env, seed=3, fast_path=fast_path, num_envs=3, num_steps=32, num_minibatches=4, update_epochs=4,
+                    learning_rate=3e-3, ent_coef=0.01, hidden_sizes=[16, 16], tensorboard=False)  # fmt: skip
+        agent.learn(agent.batch_size * 5, progress=False)  # the envs raise on an invalid action
+        assert agent.action_masks.kind == ("info" if source == "multidiscrete" else source)
+        assert (type(agent._runner) is FastEnvRunner) == (fast_path == "auto")
+        gradient = AnalyticGradient if fast_path == "auto" and source != "multidiscrete" else AutogradLoss
+        assert type(agent._loss) is gradient
+        params.append(agent.optimizer.flat.clone())
+        agent.close()
+    fast, general = params
+    assert torch.allclose(fast, general, rtol=0, atol=1e-5)
+
+
 def test_the_fast_path_is_chosen_only_where_it_applies():
     cases = [
         (PPO("CartPole-v1"), FastEnvRunner, FlatRolloutBuffer, AnalyticGradient),
         (PPO("CartPole-v1", network="shared"), FastEnvRunner, FlatRolloutBuffer, AutogradLoss),
         (PPO("CartPole-v1", fast_path="off"), EnvRunner, RolloutBuffer, AutogradLoss),
         (PPO("CartPole-v1", reward_sign=True), EnvRunner, RolloutBuffer, AutogradLoss),
-        (PPO("FrozenLake-v1"), EnvRunner, RolloutBuffer, AutogradLoss),  # Discrete observations
+        (PPO("FrozenLake-v1"), FastEnvRunner, FlatRolloutBuffer, AnalyticGradient),  # Discrete observations
+        (PPO("FrozenLake-v1", network="shared"), FastEnvRunner, FlatRolloutBuffer, AutogradLoss),
+        (PPO("Blackjack-v1"), EnvRunner, RolloutBuffer, AutogradLoss),  # Tuple observations
         (PPO(SpotImageEnv), EnvRunner, RolloutBuffer, AutogradLoss),
         (PPO(DictGoalEnv), EnvRunner, RolloutBuffer, AutogradLoss),
     ]

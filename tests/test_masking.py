@@ -83,14 +83,19 @@ def test_multidiscrete_masks_from_info_are_obeyed():
     agent.close()
 
 
-def test_fast_path_is_off_with_masks_and_new_action_spaces_and_on_without():
+def test_fast_path_takes_masks_but_not_the_new_action_spaces():
+    from clippo.fastpath.gradient import AnalyticGradient
+    from clippo.fastpath.rollout import FastEnvRunner, FlatRolloutBuffer
     from clippo.toy_envs import BitsEnv, ToolAmountEnv
 
-    plain = PPO("CartPole-v1", seed=0, **TINY)
-    plain.env_runner()
-    assert plain.action_masks is None and plain.runner_class is not EnvRunner and not isinstance(plain._loss, AutogradLoss)
-    plain.close()
-    for source in (SlotsMethodEnv, ToolAmountEnv, BitsEnv):  # flat Box observations, separate MLPs, a CPU
+    for source in ("CartPole-v1", SlotsMethodEnv):  # flat Box observations, separate MLPs, a CPU
+        agent = PPO(source, seed=0, **TINY)
+        agent.env_runner()
+        assert (agent.action_masks is None) == (source == "CartPole-v1")
+        assert type(agent._runner) is FastEnvRunner and agent.buffer_class is FlatRolloutBuffer, source
+        assert type(agent._loss) is AnalyticGradient, source
+        agent.close()
+    for source in (ToolAmountEnv, BitsEnv):  # Dict (hybrid) and MultiBinary actions
         agent = PPO(source, seed=0, **TINY)
         agent.env_runner()
         assert type(agent._runner) is EnvRunner and agent.buffer_class is RolloutBuffer, source

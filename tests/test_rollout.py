@@ -306,22 +306,29 @@ class CounterEnv(gym.Env):
         return self.t, 1.0, self.t >= 5, False, {}
 
 
+@pytest.mark.parametrize("fast_path", ["off", "auto"])
 @pytest.mark.parametrize("normalize_observations", [False, True])
-def test_discrete_observations_train_on_their_one_hot_encoding(normalize_observations):
+def test_discrete_observations_train_on_their_one_hot_encoding(normalize_observations, fast_path):
     """Observation normalization applies to Box observations only (as in PPO.act): a Discrete
     observation is a category, and the network must always see the one-hot of the raw state.
 
-    The batch holds the raw states and the encoder one-hot encodes them
-    (``encoders.flatten_input``): what the encoders read in each minibatch step is recorded."""
+    On the general path the batch holds the raw states and the encoder one-hot encodes them
+    (``encoders.flatten_input``): what the encoders read in each minibatch step is recorded. The
+    fast path stores the one-hot rows themselves, and the hand-written gradient reads them."""
     agent = PPO(CounterEnv, num_envs=2, num_steps=16, num_minibatches=1, update_epochs=1,
-                normalize_observations=normalize_observations, seed=0)
+                normalize_observations=normalize_observations, seed=0, fast_path=fast_path)
     seen: list[list[torch.Tensor]] = []  # per minibatch step, what each encoder read
     recording: list[list[torch.Tensor]] = []  # the step under way
     original = agent.loss_and_gradient
     original_flatten = encoders.flatten_input
 
     def spy(minibatch, advantages):
-        assert minibatch.obs.dtype == torch.int64  # the raw states
+        if fast_path == "off":
+            assert minibatch.obs.dtype == torch.int64  # the raw states
+        else:
+            assert minibatch.obs.dtype == torch.float32 and minibatch.obs.shape[1] == 6  # one-hot rows
+            seen.append([minibatch.obs.clone()])
+            return original(minibatch, advantages)
         recording.append([])
         try:
             terms = original(minibatch, advantages)

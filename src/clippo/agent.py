@@ -229,7 +229,7 @@ class PPO:
 
     def _choose_paths(self) -> None:
         """The rollout and loss implementations (``clippo.fastpath`` decides, the numpy fast path
-        where it applies: flat observations, MLPs, a CPU, no masks; else torch): chosen at
+        where it applies: flat observations, MLPs, a CPU; else torch): chosen at
         construction, and again if the training envs turn out to give action masks."""
         masked = self.action_masks is not None or masking.observation_has_mask(self.observation_space)
         self.runner_class, self.buffer_class = fastpath.make_rollout(self.config, self.model, self.device, masked)
@@ -309,7 +309,7 @@ class PPO:
         args = (minibatch.obs, minibatch.actions, minibatch.samples("logprobs"), advantages, minibatch.samples("returns"), old_values)
         if isinstance(minibatch, SequenceBatch):  # (recurrent agents always take the autograd loss)
             return self._loss(*args, masks=minibatch.masks, sequences=minibatch.sequences)
-        if minibatch.masks is not None:  # (masked agents always take the autograd loss)
+        if minibatch.masks is not None:
             return self._loss(*args, masks=minibatch.masks)
         return self._loss(*args)
 

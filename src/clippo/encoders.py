@@ -77,8 +77,11 @@ def flat_size(space: spaces.Space) -> int:
 
 def flatten_input(x: torch.Tensor, space: spaces.Space) -> torch.Tensor:
     """A plain space's batch as float32 rows: Box and MultiBinary flattened, Discrete and
-    MultiDiscrete one-hot (a Discrete space's ``start`` subtracted)."""
+    MultiDiscrete one-hot (a Discrete space's ``start`` subtracted). A Discrete batch given as
+    float rows (2-D: its indices are 1-D) is one-hot already, as the fast path stores it."""
     if isinstance(space, spaces.Discrete):
+        if x.dim() == 2 and x.is_floating_point():
+            return x
         index = x.long() - int(space.start) if space.start else x.long()
         # The rows of F.one_hot(index).float(), scattered into zeros: one kernel instead of
         # one_hot's range-check reductions and the cast (3-5 us less per call at rollout sizes).

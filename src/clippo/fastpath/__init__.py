@@ -1,4 +1,4 @@
-"""The fast path: flat observations, MLP encoders, on a CPU.
+"""The fast path: flat (float Box or Discrete) observations, MLP encoders, on a CPU.
 
 At PPO's MLP sizes a torch call costs more in dispatch than in arithmetic, so for this common
 case the rollout acts through a numpy copy of the actor on observations stored as ``[obs, 1]``
@@ -23,16 +23,16 @@ from clippo.rollout import EnvRunner, RolloutBuffer
 
 
 def rollout_applies(config: PPOConfig, model: ActorCritic, device: torch.device, masked: bool = False) -> bool:
-    """Whether the numpy rollout covers this agent: flat float Box observations, MLP encoders
+    """Whether the numpy rollout covers this agent: float Box or Discrete (one-hot) observations, MLP encoders
     (no recurrent core), a CPU, a Discrete, MultiDiscrete or Box action space (MultiBinary, Tuple
-    and Dict actions take the general path), no action masks, and no Atari-style reward handling."""
+    and Dict actions take the general path; ``masked``: the envs give action masks, which only
+    the discrete ones take), and no Atari-style reward handling."""
     space = model.observation_space
     return (
         config.fast_path == "auto"
-        and not masked
+        and not (masked and not model.distribution.maskable)
         and device.type == "cpu"
-        and isinstance(space, spaces.Box)
-        and np.issubdtype(space.dtype, np.floating)
+        and (isinstance(space, spaces.Discrete) or (isinstance(space, spaces.Box) and np.issubdtype(space.dtype, np.floating)))
         and model.is_mlp
         and type(model.distribution) in (Categorical, MultiCategorical, DiagGaussian)
         and not config.reward_sign
@@ -54,7 +54,7 @@ def make_rollout(
 def make_loss(config: PPOConfig, model: ActorCritic, device: torch.device, zero_grad, masked: bool = False):
     """``loss_and_gradient(obs, actions, old_logprobs, advantages, returns, old_values[, masks])``:
     the hand-written gradient where it covers the model (the fast rollout's flat float32 batches,
-    separate MLPs, Discrete or Box actions, no masks), autograd otherwise."""
+    separate MLPs, Discrete (masked or not) or Box actions), autograd otherwise."""
     from clippo.fastpath.gradient import AnalyticGradient, supports
 
     if rollout_applies(config, model, device, masked) and supports(model, device):

@@ -26,8 +26,8 @@ them side by side), halving the number of calls; and the loss and its derivative
 vectors of a few hundred samples, are computed in numpy, whose per-call cost is a fraction of
 torch's.
 
-Supported: separate actor and critic MLPs (tanh or ReLU) with Discrete or Box actions on the
-CPU. Anything else (a shared trunk, MultiDiscrete actions, GPUs, where autograd's overhead is
+Supported: separate actor and critic MLPs (tanh or ReLU) with Discrete (masked or not) or Box
+actions on the CPU. Anything else (a shared trunk, MultiDiscrete actions, GPUs, where autograd's overhead is
 hidden) takes ``clippo.losses.AutogradLoss`` (chosen by ``clippo.fastpath.make_loss``).
 """
 
@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from clippo.distributions import _LOG_SQRT_2PI, Categorical, DiagGaussian
+from clippo.distributions import _LOG_SQRT_2PI, MASKED_LOGIT, Categorical, DiagGaussian
 from clippo.fastpath.numpy_mlp import NUMPY_TANH_AVX512
 from clippo.losses import LossTerms, float_mean
 from clippo.policy import ActorCritic
@@ -98,10 +98,14 @@ class AnalyticGradient:
         advantages: torch.Tensor,
         returns: torch.Tensor,
         old_values: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
     ) -> LossTerms:
         """The loss on this minibatch; gradients written to the parameters' ``.grad``.
 
-        ``old_values`` given: the value error is clipped around them (PPO2 style).
+        ``old_values`` given: the value error is clipped around them (PPO2 style). ``masks``
+        given (Discrete actions): the logits of invalid actions are replaced by ``MASKED_LOGIT``,
+        as ``Categorical.mask`` does; their probability is exactly 0, so every term below gives
+        them a zero derivative, as autograd does through the mask.
 
         The hidden layers run in torch (batched matrix products); the heads, the loss and its
         derivatives at the outputs (per-sample vectors of a few hundred entries, where numpy's
@@ -110,6 +114,8 @@ class AnalyticGradient:
         n = obs.shape[0]
         eps = self.clip_epsilon
         inputs, out, values = self._forward(obs)
+        if masks is not None:
+            np.copyto(out, np.float32(MASKED_LOGIT), where=~masks.numpy())
         old_logprobs, advantages, returns = old_logprobs.numpy(), advantages.numpy(), returns.numpy()
 
         # Policy: log-probabilities, entropy and their derivatives with respect to the head output.
