@@ -158,7 +158,10 @@ def recipe_from_clippo_preset(env_id: str) -> dict[str, Any]:
     }
 
 
-for _env_id in ("Hopper-v5", "HalfCheetah-v5", "Walker2d-v5"):
+# The MuJoCo presets are clippo's own; the Box2D and MountainCar presets are RL-Zoo's tuned PPO
+# values, so these recipes are "SB3 with RL-Zoo's hyperparameters" for those tasks.
+for _env_id in ("Hopper-v5", "HalfCheetah-v5", "Walker2d-v5", "LunarLander-v3", "LunarLanderContinuous-v3",
+                "MountainCar-v0", "BipedalWalker-v3"):
     RECIPES[_env_id] = recipe_from_clippo_preset(_env_id)
 
 RECIPE_KEYS = [

@@ -45,6 +45,7 @@ TARGETS = {
     # Classic control and Box2D at RL-Zoo's budgets: RL-Zoo's PPO benchmark table
     # (rl-baselines3-zoo benchmark.md, v2 envs; the v3 landers have the same dynamics)
     "LunarLander-v3": 242.119, "LunarLanderContinuous-v3": 270.863, "MountainCar-v0": -110.423,
+    "BipedalWalker-v3": 213.299,
 }
 PUBLISHED = {
     "Hopper-v5": "CleanRL 2383, SB3 RL-Zoo 2410 (1M, v4)",
@@ -58,6 +59,7 @@ PUBLISHED = {
     "LunarLander-v3": "RL-Zoo PPO 242.1 +- 31.8 (1M, LunarLander-v2)",
     "LunarLanderContinuous-v3": "RL-Zoo PPO 270.9 +- 32.1 (1M, LunarLanderContinuous-v2)",
     "MountainCar-v0": "RL-Zoo PPO -110.4 +- 19.5 (1M)",
+    "BipedalWalker-v3": "RL-Zoo PPO 213.3 +- 129.5 (5M)",
 }
 
 
