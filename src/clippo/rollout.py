@@ -334,24 +334,29 @@ class EnvRunner:
         except Exception as exc:  # whatever the env raises, training cannot go on from here
             raise EnvStepError(f"the environment raised {type(exc).__name__} in step(): {first_line(exc, '')}") from exc
 
+    def begin_rollout(self, buffer: RolloutBuffer) -> None:
+        """What every collection starts from, in row 0 of ``buffer`` (the observation aside):
+        which envs' first step is an autoreset step, and the carried-over action mask."""
+        if self.next_obs is None:
+            raise RuntimeError("EnvRunner.collect() before start(): call start(seed) or load_state_dict() first")
+        self.poisoned = False
+        buffer.valid[0] = ~self.autoreset
+        if self.action_masks is not None:
+            buffer.all_masks[0] = self.next_masks
+
     @torch.inference_mode()
     def collect(self, policy: ActorCritic, buffer: RolloutBuffer, generator: torch.Generator) -> None:
         """Run the policy for ``num_steps`` steps in every env, storing each step into ``buffer``."""
-        if self.next_obs is None:
-            raise RuntimeError("EnvRunner.collect() before start(): call start(seed) or load_state_dict() first")
+        self.begin_rollout(buffer)
         distribution = policy.distribution
         num_steps = buffer.actions.shape[0]
         device = buffer.device
-        self.poisoned = False
         noise = distribution.noise((num_steps, self.num_envs), generator, device)
         # A shared encoder gives the values with the actions at no extra cost.
         buffer.values_stored = policy.shared
         observations.write(step_rows(buffer.all_obs, 0), self.next_obs)
-        buffer.valid[0] = ~self.autoreset  # the envs whose first step here is an autoreset step
         masks = self.action_masks
         step_masks = None
-        if masks is not None:
-            buffer.all_masks[0] = self.next_masks
         recurrent = policy.recurrent is not None
         if recurrent:
             # A recurrent critic needs the carried state: values are taken while acting.

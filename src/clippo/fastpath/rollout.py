@@ -76,11 +76,9 @@ class FastEnvRunner(EnvRunner):
     @torch.inference_mode()
     def collect(self, policy: ActorCritic, buffer: FlatRolloutBuffer, generator: torch.Generator) -> None:
         """Run the policy for ``num_steps`` steps in every env, storing each step into ``buffer``."""
-        if self.next_obs is None:
-            raise RuntimeError("EnvRunner.collect() before start(): call start(seed) or load_state_dict() first")
+        self.begin_rollout(buffer)
         distribution = policy.distribution
         num_steps = buffer.obs.shape[0]
-        self.poisoned = False
         noise = distribution.noise((num_steps, self.num_envs), generator, buffer.device).cpu().numpy()
         actor = NumpyActor(policy)
         scale_rewards = self.reward_scaler.enabled
@@ -93,11 +91,9 @@ class FastEnvRunner(EnvRunner):
         flat = (self.num_envs, buffer.all_obs.shape[-1])
         one_hot = buffer.one_hot_start is not None
         buffer.write_obs(buffer.all_obs[0], self.next_obs)
-        buffer.valid[0] = ~self.autoreset  # the envs whose first step here is an autoreset step
         act, sample, std, step = actor.for_rows(self.num_envs), distribution.sample_numpy, actor.std, self._step
         masks = self.action_masks
         if masks is not None:
-            buffer.all_masks[0] = self.next_masks
             invalid = np.empty_like(self.next_masks)  # the step's ~mask, written in place
         # Step t's rows of the buffer (views), walked together: cheaper than indexing each per step.
         rows = zip(
