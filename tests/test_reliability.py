@@ -185,6 +185,9 @@ EXACT_CASES = {
         "clippo/PendulumNoVel-v1",
         dict(vector_env="sync", recurrent="gru", recurrent_hidden_size=8, bptt_length=16, normalize_observations=True),
     ),
+    # Action masks (read from the envs each step, carried over between rollouts) and hybrid actions.
+    "slots-masked": ("clippo/Slots-v0", dict(vector_env="sync")),
+    "toolamount-hybrid": ("clippo/ToolAmount-v0", dict(vector_env="sync")),
 }
 TOTAL_UPDATES = 5
 
@@ -206,6 +209,8 @@ def uninterrupted(env_id: str, options: dict, run_dir: Path) -> PPO:
         ("pendulum-sync-normalized", (1, 4), "from_run"),
         ("cartpole-novel-lstm", (2,), "load"),
         ("pendulum-novel-gru-bptt", (1, 3), "from_run"),
+        ("slots-masked", (1, 3), "from_run"),
+        ("toolamount-hybrid", (2,), "load"),
     ],
 )
 def test_interrupted_run_resumes_bit_identically(tmp_path, case, stops, how):

@@ -109,10 +109,10 @@ def make_vector_env(source: EnvSource, num_envs: int, vector_env: str = "auto", 
 # ---------------------------------------------------------------------------------------------
 # An env's state can be saved safely (as tensors and plain data, no pickled objects) only when
 # all of it lives in plain attributes: numbers, numpy arrays and numpy RNGs. That holds for
-# Gymnasium's classic-control and toy-text envs (and CartPole's native vector env) in a
-# synchronous vector env; physics engines (MuJoCo, Box2D) and worker processes keep state out
-# of reach, so those runs resume with freshly reset envs instead.
-_SNAPSHOT_MODULES = ("gymnasium.envs.classic_control", "gymnasium.envs.toy_text")
+# Gymnasium's classic-control and toy-text envs (and CartPole's native vector env) and clippo's
+# own toy tasks in a synchronous vector env; physics engines (MuJoCo, Box2D) and worker
+# processes keep state out of reach, so those runs resume with freshly reset envs instead.
+_SNAPSHOT_MODULES = ("gymnasium.envs.classic_control", "gymnasium.envs.toy_text", "clippo.toy_envs")
 
 
 def _snapshot_objects(envs: VectorEnv) -> list[object] | None:
