@@ -29,7 +29,7 @@ from gymnasium import spaces
 
 from clippo import PPO
 from clippo.checkpoint import latest_checkpoint, read_checkpoint, write_atomic
-from clippo.errors import CheckpointError, EnvStepError, NonFiniteError, TrainingInterrupted
+from clippo.errors import CheckpointError, EnvStepError, NonFiniteError, RunDirInUseError, TrainingInterrupted
 from tests.helpers import run_cli
 
 SMALL = dict(num_envs=3, num_steps=48, num_minibatches=2, update_epochs=2, hidden_sizes=[16, 16], seed=3)
@@ -1150,3 +1150,40 @@ def test_resume_restores_the_global_python_numpy_and_torch_rngs(tmp_path):
     torch.manual_seed(1)
     PPO.from_run(tmp_path / "run").close()
     assert (random.random(), float(np.random.rand()), torch.rand(1).item()) == expected
+
+
+# ------------------------------------------------------------------------------------------------
+# one process per run directory
+# ------------------------------------------------------------------------------------------------
+def test_a_run_directory_in_use_is_refused_by_a_second_process(tmp_path):
+    """While one process trains in a run directory, ``clippo resume`` of it from another process
+    is refused with a one-line error, and nothing of the running one's files is touched."""
+    run_dir = tmp_path / "run"
+    first = PPO("CartPole-v1", **SMALL, run_dir=run_dir, checkpoint_every=1)
+    first.learn(total_steps=first.batch_size)  # a checkpoint to resume from, and metrics
+    first.close()
+    metrics_before = (run_dir / "metrics.csv").read_text()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from clippo.checkpoint import run_dir_lock\n"
+         "with run_dir_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)", str(run_dir)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = subprocess.run([sys.executable, "-m", "clippo", "resume", str(run_dir)], capture_output=True, text=True, timeout=120)
+        assert result.returncode != 0
+        message = result.stderr.strip()
+        assert f"in use by another clippo process (pid {holder.pid})" in message and "\n" not in message
+        assert (run_dir / "metrics.csv").read_text() == metrics_before
+        agent = PPO.from_run(run_dir)
+        with pytest.raises(RunDirInUseError, match="in use by another clippo process"):
+            agent.learn(total_steps=agent.batch_size)
+        agent.close()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the lock goes with the process that held it (killed here): the run resumes
+    resumed = PPO.from_run(run_dir)
+    resumed.learn(total_steps=resumed.batch_size)
+    resumed.close()
+    assert resumed.update == 2

@@ -388,10 +388,17 @@ def _launch_torchrun(nproc: int) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
+    from clippo.checkpoint import run_dir_lock
+
+    run_dir = Path(args.run_dir)
+    with run_dir_lock(run_dir):  # before anything is truncated: the run may still be training elsewhere
+        return _resume_locked(args, run_dir)
+
+
+def _resume_locked(args: argparse.Namespace, run_dir: Path) -> int:
     from clippo.logger import truncate_metrics
     from clippo.agent import PPO
 
-    run_dir = Path(args.run_dir)
     agent = PPO.from_run(run_dir)
     if agent.finished:
         raise ValueError(f"run {str(run_dir)!r} is already complete ({agent.global_step} steps): nothing to resume")

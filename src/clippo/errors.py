@@ -11,6 +11,10 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or used."""
 
 
+class RunDirInUseError(ValueError):
+    """Another live process is training or resuming in the same run directory."""
+
+
 class EnvStepError(RuntimeError):
     """The environment raised inside ``step``; training stopped after checkpointing the last good update."""
 

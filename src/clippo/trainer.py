@@ -12,6 +12,7 @@ The agent (``clippo.agent.PPO``) owns the state; this module only drives it. Acr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -23,7 +24,7 @@ import torch
 
 from clippo.advantages import compute_gae
 from clippo.callbacks import as_callback, with_config_evaluation
-from clippo.checkpoint import FINAL_NAME
+from clippo.checkpoint import FINAL_NAME, run_dir_lock
 from clippo.distributed import all_gather, all_reduce_mean_, moment_sums, pool_statistics, pooled_moments, statistics_sums
 from clippo.errors import EnvStepError, NonFiniteError, TrainingInterrupted
 from clippo.logger import RunLogger
@@ -53,7 +54,13 @@ class UpdatePlan:
 
 def train(agent: PPO, progress: bool | None = None, callback=None) -> None:
     """Run updates until the agent's current ``learn`` call reaches its end (or a callback, a
-    signal, an env error or a non-finite value stops it), then write the final checkpoint."""
+    signal, an env error or a non-finite value stops it), then write the final checkpoint. The
+    run directory is held for this process meanwhile (``checkpoint.run_dir_lock``)."""
+    with run_dir_lock(agent.run_dir, create=True) if agent.run_dir is not None else contextlib.nullcontext():
+        _train(agent, progress, callback)
+
+
+def _train(agent: PPO, progress: bool | None, callback) -> None:
     cfg = agent.config
     callback = with_config_evaluation(as_callback(callback), cfg)
     agent.stopped_by_callback = agent._callback_asked = False
