@@ -72,6 +72,9 @@ COMMON = {
     "activation": "tanh",
     "log_std_init": 0.0,
     "anneal_lr": True,
+    "ortho_init": True,  # orthogonal init; False: PyTorch's default (both libraries)
+    "use_sde": False,  # gSDE exploration (both libraries' Box actions)
+    "sde_sample_freq": -1,
     "vector_env": "auto",  # clippo only: its native vectorized env when the env has one, else sync
 }
 
@@ -152,6 +155,9 @@ def recipe_from_clippo_preset(env_id: str) -> dict[str, Any]:
         "net_arch": list(c.hidden_sizes),
         "activation": c.activation,
         "log_std_init": c.init_log_std,
+        "ortho_init": c.orthogonal_init,
+        "use_sde": c.use_sde,
+        "sde_sample_freq": c.sde_sample_freq,
         "vector_env": c.vector_env,
         "total_steps": c.total_steps,
         "source": "clippo's built-in preset",
@@ -161,13 +167,13 @@ def recipe_from_clippo_preset(env_id: str) -> dict[str, Any]:
 # The MuJoCo presets are clippo's own; the Box2D and MountainCar presets are RL-Zoo's tuned PPO
 # values, so these recipes are "SB3 with RL-Zoo's hyperparameters" for those tasks.
 for _env_id in ("Hopper-v5", "HalfCheetah-v5", "Walker2d-v5", "LunarLander-v3", "LunarLanderContinuous-v3",
-                "MountainCar-v0", "BipedalWalker-v3"):
+                "MountainCar-v0", "MountainCarContinuous-v0", "BipedalWalker-v3"):
     RECIPES[_env_id] = recipe_from_clippo_preset(_env_id)
 
 RECIPE_KEYS = [
     "n_envs", "n_steps", "batch_size", "n_epochs", "learning_rate", "gamma", "gae_lambda", "clip_range",
     "ent_coef", "vf_coef", "max_grad_norm", "normalize_obs", "normalize_reward", "total_steps", "vector_env",
-    "net_arch", "activation", "log_std_init", "anneal_lr",
+    "net_arch", "activation", "log_std_init", "anneal_lr", "ortho_init", "use_sde", "sde_sample_freq",
 ]
 
 
@@ -207,6 +213,9 @@ def clippo_hyperparameters(recipe: dict[str, Any], seed: int) -> dict[str, Any]:
         "hidden_sizes": list(recipe["net_arch"]),
         "activation": recipe["activation"],
         "init_log_std": recipe["log_std_init"],
+        "orthogonal_init": recipe.get("ortho_init", True),
+        "use_sde": recipe["use_sde"],
+        "sde_sample_freq": recipe["sde_sample_freq"],
         "normalize_observations": recipe["normalize_obs"],
         "normalize_rewards": recipe["normalize_reward"],
         "obs_clip": 10.0,
@@ -241,11 +250,12 @@ def sb3_kwargs(recipe: dict[str, Any], seed: int) -> dict[str, Any]:
         "vf_coef": recipe["vf_coef"],
         "max_grad_norm": recipe["max_grad_norm"],
         "target_kl": None,
-        "use_sde": False,
+        "use_sde": recipe["use_sde"],
+        "sde_sample_freq": recipe["sde_sample_freq"],
         "policy_kwargs": {
             "net_arch": {"pi": list(recipe["net_arch"]), "vf": list(recipe["net_arch"])},
             "activation_fn": {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[recipe["activation"]],
-            "ortho_init": True,
+            "ortho_init": recipe.get("ortho_init", True),
             "log_std_init": recipe["log_std_init"],
         },
         "seed": seed,

@@ -9,9 +9,12 @@ anyone can reproduce a row with that one command. The table reads each run direc
     # train (two runs at a time on a 2-core machine), then write the table and the curves
     python benchmarks/preset_runs.py run --envs Hopper-v5 Walker2d-v5 HalfCheetah-v5 --seeds 1 2 3 --jobs 2
     python benchmarks/preset_runs.py table RUNS_ROOT/*-v5_s* --out benchmarks/results/mujoco
-    # MinAtar at 10M steps, Atari at 1M: long runs, continued by the same command after a stop
+    # MinAtar at 10M steps: long runs, continued by the same command after a stop
     python benchmarks/preset_runs.py run --envs MinAtar/Breakout-v1 --seeds 1 2 3 --root runs/minatar \
         --out benchmarks/results/minatar --extra=--eval-every=500000
+    # Atari's 10M-step preset measured at 1M steps (each run stopped there; resumable later)
+    python benchmarks/preset_runs.py run --envs ALE/Breakout-v5 ALE/Pong-v5 --seeds 1 --root runs/atari \
+        --out benchmarks/results/atari --stop-at-steps 1000000 --extra=--eval-every=250000 --extra=--eval-episodes=8
 
 ``run`` puts run directories at ``RUNS_ROOT/<env>_s<seed>`` (``/`` in ids as ``-``; default
 ``runs/presets``), resumes those that hold an unfinished run (``clippo resume``), skips finished
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import subprocess
 import sys
 import time
@@ -45,6 +49,7 @@ TARGETS = {
     # Classic control and Box2D at RL-Zoo's budgets: RL-Zoo's PPO benchmark table
     # (rl-baselines3-zoo benchmark.md, v2 envs; the v3 landers have the same dynamics)
     "LunarLander-v3": 242.119, "LunarLanderContinuous-v3": 270.863, "MountainCar-v0": -110.423,
+    "MountainCarContinuous-v0": 88.343,
     "BipedalWalker-v3": 213.299,
 }
 PUBLISHED = {
@@ -59,6 +64,7 @@ PUBLISHED = {
     "LunarLander-v3": "RL-Zoo PPO 242.1 +- 31.8 (1M, LunarLander-v2)",
     "LunarLanderContinuous-v3": "RL-Zoo PPO 270.9 +- 32.1 (1M, LunarLanderContinuous-v2)",
     "MountainCar-v0": "RL-Zoo PPO -110.4 +- 19.5 (1M)",
+    "MountainCarContinuous-v0": "RL-Zoo PPO 88.3 +- 2.6 (20k, gSDE)",
     "BipedalWalker-v3": "RL-Zoo PPO 213.3 +- 129.5 (5M)",
 }
 
@@ -67,24 +73,51 @@ def run_name(env: str, seed: int) -> str:
     return f"{env.replace('/', '-')}_s{seed}"
 
 
-def finished(run_dir: Path) -> bool:
-    return (run_dir / "eval.json").exists()
+def last_step(run_dir: Path) -> int:
+    """The ``global_step`` of the last row of the run's metrics.csv (0 before the first update)."""
+    path = run_dir / "metrics.csv"
+    if not path.exists():
+        return 0
+    lines = path.read_text().splitlines()
+    if len(lines) < 2:
+        return 0
+    column = lines[0].split(",").index("global_step")
+    return int(float(lines[-1].split(",")[column]))
 
 
-def run_all(envs: list[str], seeds: list[int], root: Path, jobs: int, clippo: str, extra: list[str]) -> list[Path]:
+def finished(run_dir: Path, stop_at_steps: int | None = None) -> bool:
+    """Done: the final evaluation is written and, with ``stop_at_steps``, the run reached it (a
+    run stopped by a signal also writes eval.json, so the step decides whether to continue)."""
+    if not (run_dir / "eval.json").exists():
+        return False
+    return stop_at_steps is None or last_step(run_dir) >= stop_at_steps
+
+
+def run_all(envs: list[str], seeds: list[int], root: Path, jobs: int, clippo: str, extra: list[str],
+            stop_at_steps: int | None = None) -> list[Path]:
     """Train every (env, seed) as its own ``clippo train`` process, ``jobs`` at a time; a run
-    directory holding an unfinished run is continued with ``clippo resume``, a finished one kept."""
+    directory holding an unfinished run is continued with ``clippo resume``, a finished one kept.
+
+    ``stop_at_steps`` stops each run with SIGINT (``clippo train`` then checkpoints after the
+    current update and evaluates) once its metrics.csv reaches that many steps: a long preset,
+    e.g. Atari's 10M, measured part way and continued later with ``clippo resume``."""
     queue = [(env, seed) for seed in seeds for env in envs]
-    running: list[subprocess.Popen] = []
+    running: dict[subprocess.Popen, Path] = {}
+    signalled: set[subprocess.Popen] = set()
     run_dirs = []
     root.mkdir(parents=True, exist_ok=True)
     while queue or running:
-        running = [p for p in running if p.poll() is None]
+        running = {p: d for p, d in running.items() if p.poll() is None}
+        for proc, run_dir in running.items():
+            if stop_at_steps is not None and proc not in signalled and last_step(run_dir) >= stop_at_steps:
+                print(f"{now()} {run_dir.name} reached {last_step(run_dir):_} >= {stop_at_steps:_} steps: SIGINT", flush=True)
+                proc.send_signal(signal.SIGINT)
+                signalled.add(proc)
         while queue and len(running) < jobs:
             env, seed = queue.pop(0)
             run_dir = root / run_name(env, seed)
             run_dirs.append(run_dir)
-            if finished(run_dir):
+            if finished(run_dir, stop_at_steps):
                 continue
             log = open(root / f"{run_name(env, seed)}.log", "a")
             if (run_dir / "metrics.csv").exists():
@@ -92,7 +125,7 @@ def run_all(envs: list[str], seeds: list[int], root: Path, jobs: int, clippo: st
             else:
                 cmd = [clippo, "train", env, "--seed", str(seed), "--run-dir", str(run_dir), *extra]
             print(f"{now()} start: {' '.join(cmd)}", flush=True)
-            running.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env()))
+            running[subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env())] = run_dir
         time.sleep(5)
     return run_dirs
 
@@ -104,7 +137,11 @@ def preset_differences(config: dict[str, Any]) -> dict[str, Any]:
     from clippo.config import resolve_config
     from clippo.plotting import IGNORED_KEYS
 
+    from clippo.config import PPOConfig
+
     preset = resolve_config(config["env_id"]).to_dict()
+    defaults = PPOConfig().to_dict()  # what a run made before a knob existed used
+    config = {**defaults, **config}
     ignored = IGNORED_KEYS | {"env_id", "nonfinite", "vector_env", "eval_every", "eval_episodes"}
     return {k: config.get(k) for k, v in preset.items() if k not in ignored and config.get(k) != v}
 
@@ -225,13 +262,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--root", type=Path, default=Path("runs/presets"), help="where the run directories go")
     run.add_argument("--extra", action="append", default=[], help="a flag passed to every new clippo train (repeat it)")
     run.add_argument("--clippo", default="clippo", help="the clippo executable")
+    run.add_argument("--stop-at-steps", type=int, default=None,
+                     help="stop each run (SIGINT: checkpoint, then the final evaluation) once it reaches this many steps")
     run.add_argument("--out", type=Path, default=DEFAULT_OUT / "mujoco")
     table = commands.add_parser("table", help="tabulate finished run directories")
     table.add_argument("run_dirs", nargs="+", type=Path)
     table.add_argument("--out", type=Path, default=DEFAULT_OUT / "mujoco")
     args = parser.parse_args(argv)
     if args.command == "run":
-        run_dirs = run_all(args.envs, args.seeds, args.root, args.jobs, args.clippo, args.extra)
+        run_dirs = run_all(args.envs, args.seeds, args.root, args.jobs, args.clippo, args.extra, args.stop_at_steps)
     else:
         run_dirs = args.run_dirs
     print(f"wrote {write_table(run_dirs, args.out)}")

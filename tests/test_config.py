@@ -180,8 +180,8 @@ def test_named_preset_then_keyword():
 
 
 def test_env_without_preset_gets_defaults():
-    config = resolve_config("MountainCarContinuous-v0")
-    expected = PPOConfig(env_id="MountainCarContinuous-v0")
+    config = resolve_config("Pusher-v5")
+    expected = PPOConfig(env_id="Pusher-v5")
     assert config == expected
 
 

@@ -73,6 +73,13 @@ def test_continuous_actions_with_normalization_folded_in(make_agent, tmp_path):
     assert np.max(np.abs(actions - agent.act(obs, deterministic=True))) > 1e-4
 
 
+def test_gsde_agent_exports_its_mean_action(make_agent, tmp_path):
+    agent = make_agent("Pendulum-v1", use_sde=True, init_log_std=-1.0)
+    result = export_onnx(agent, tmp_path / "policy.onnx", **CHECK)
+    assert result.check.passed and result.check.max_difference <= 1e-5
+    assert [(p.name, p.dtype, p.shape) for p in result.outputs] == [("action", "float32", (1,))]
+
+
 def test_image_agent_takes_uint8_frames(make_agent, tmp_path):
     agent = make_agent(SpotImageEnv)
     result = export_onnx(agent, tmp_path / "policy.onnx", **CHECK)

@@ -20,7 +20,7 @@ from toy_envs import DictGoalEnv, MaskedGridEnv, SpotImageEnv
         ("CartPole-v1", dict(num_envs=4, num_steps=64)),
         ("Pendulum-v1", dict(num_envs=2, num_steps=128, normalize_observations=True, normalize_rewards=True)),
         ("CartPole-v1", dict(num_envs=4, num_steps=64, network="shared", clip_value_loss=True, ent_coef=0.01)),
-        ("MountainCarContinuous-v0", dict(num_envs=2, num_steps=64, activation="relu", hidden_sizes=[32])),
+        ("MountainCarContinuous-v0", dict(preset="default", num_envs=2, num_steps=64, activation="relu", hidden_sizes=[32])),
         ("FrozenLake-v1", dict(num_envs=4, num_steps=64, ent_coef=0.01)),  # Discrete observations, one-hot
         ("CliffWalking-v1", dict(num_envs=2, num_steps=64, network="shared")),  # the same through autograd
     ],
@@ -72,6 +72,8 @@ def test_the_fast_path_is_chosen_only_where_it_applies():
         (PPO("Blackjack-v1"), EnvRunner, RolloutBuffer, AutogradLoss),  # Tuple observations
         (PPO(SpotImageEnv), EnvRunner, RolloutBuffer, AutogradLoss),
         (PPO(DictGoalEnv), EnvRunner, RolloutBuffer, AutogradLoss),
+        (PPO("Pendulum-v1", use_sde=True), EnvRunner, RolloutBuffer, AutogradLoss),  # gSDE: torch only
+        (PPO("Pendulum-v1", orthogonal_init=False), FastEnvRunner, FlatRolloutBuffer, AnalyticGradient),
     ]
     for agent, runner, buffer, loss in cases:
         assert agent.runner_class is runner and agent.buffer_class is buffer and type(agent._loss) is loss

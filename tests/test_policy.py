@@ -50,6 +50,34 @@ def test_orthogonal_init_gains_and_zero_biases(network, action_space):
         assert torch.count_nonzero(lin.bias) == 0
 
 
+@pytest.mark.parametrize("network", ["separate", "shared"])
+def test_orthogonal_init_off_gives_pytorchs_default_init(network):
+    torch.manual_seed(0)
+    model = ActorCritic(OBS, spaces.Discrete(3), [64, 32], "tanh", network, orthogonal_init=False)
+    for lin in linear_layers(model):
+        bound = 1.0 / math.sqrt(lin.in_features)  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), bias too
+        assert lin.weight.abs().max() <= bound and lin.bias.abs().max() <= bound
+        assert torch.count_nonzero(lin.bias) == lin.bias.numel()
+        assert not gram_is_scaled_identity(lin.weight, math.sqrt(2)) and not gram_is_scaled_identity(lin.weight, 0.01)
+    assert model.actor_head.weight.abs().max() > 0.02  # not the near-uniform 0.01-gain head
+
+
+def test_orthogonal_init_off_leaves_a_user_encoder_alone():
+    class Mine(nn.Module):
+        def __init__(self, observation_space):
+            super().__init__()
+            self.output_size = 8
+            self.linear = nn.Linear(4, 8)
+            nn.init.constant_(self.linear.weight, 0.5)
+
+        def forward(self, obs):
+            return self.linear(obs)
+
+    model = ActorCritic(OBS, spaces.Discrete(2), network="shared", encoder=Mine(OBS), orthogonal_init=False)
+    assert torch.all(model.encoder.linear.weight == 0.5)
+    assert torch.count_nonzero(model.actor_head.bias) == 2  # the heads are reset
+
+
 def test_gram_helper_detects_wrong_gains():
     lin = layer(10, 3, 0.5)
     assert gram_is_scaled_identity(lin.weight, 0.5)

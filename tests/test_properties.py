@@ -390,7 +390,7 @@ def test_flatten_keeps_exactly_the_valid_entries_in_time_major_order(steps, envs
     dtype = torch.int64 if discrete else torch.float32
     obs_space = spaces.Box(-np.inf, np.inf, shape=(obs_size,), dtype=np.float32)
     # what a buffer reads of the action distribution: how actions and actor outputs are stored
-    storage = SimpleNamespace(action_shape=action_shape, action_dtype=dtype, num_outputs=2)
+    storage = SimpleNamespace(action_shape=action_shape, action_dtype=dtype, num_outputs=2, param_size=2)
     buffer = buffer_class(steps, envs, obs_space, storage, torch.device("cpu"))
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
     valid = np.array(data.draw(st.lists(st.booleans(), min_size=steps * envs, max_size=steps * envs),

@@ -188,6 +188,8 @@ EXACT_CASES = {
     # Action masks (read from the envs each step, carried over between rollouts) and hybrid actions.
     "slots-masked": ("clippo/Slots-v0", dict(vector_env="sync")),
     "toolamount-hybrid": ("clippo/ToolAmount-v0", dict(vector_env="sync")),
+    # gSDE: the noise drawn for each rollout comes from the restored generator.
+    "pendulum-sde": ("Pendulum-v1", dict(vector_env="sync", use_sde=True, sde_sample_freq=8, init_log_std=-1.0)),
 }
 TOTAL_UPDATES = 5
 
@@ -211,6 +213,7 @@ def uninterrupted(env_id: str, options: dict, run_dir: Path) -> PPO:
         ("pendulum-novel-gru-bptt", (1, 3), "from_run"),
         ("slots-masked", (1, 3), "from_run"),
         ("toolamount-hybrid", (2,), "load"),
+        ("pendulum-sde", (1, 3), "from_run"),
     ],
 )
 def test_interrupted_run_resumes_bit_identically(tmp_path, case, stops, how):

@@ -40,7 +40,8 @@ def new_runner(envs, obs_normalizer, reward_scaler, seed=0, runner_class=EnvRunn
 
 def action_storage(action_shape, action_dtype, num_outputs) -> SimpleNamespace:
     """What a rollout buffer reads of the action distribution: how actions and actor outputs are stored."""
-    return SimpleNamespace(action_shape=tuple(action_shape), action_dtype=action_dtype, num_outputs=num_outputs)
+    return SimpleNamespace(action_shape=tuple(action_shape), action_dtype=action_dtype, num_outputs=num_outputs,
+                           param_size=num_outputs)
 
 
 def T(x) -> torch.Tensor:

@@ -187,6 +187,8 @@ class PPO:
             config.encoder_kwargs,
             None if config.recurrent == "none" else config.recurrent,
             config.recurrent_hidden_size,
+            config.sde_sample_freq if config.use_sde else None,
+            config.orthogonal_init,
         ).to(self.device)
         # Extra slots carry each minibatch's approximate KL and loss statistics along with the
         # gradient (averaged across ranks in the same exchange).

@@ -82,6 +82,18 @@ class ActionDistribution:
     maskable: bool = False
     #: how many log-std entries (a learned vector the policy owns) the distribution's Gaussian parts use
     gaussian_size: int = 0
+    #: width of the actor's features appended to its output (``params`` is then the head's
+    #: ``num_outputs`` numbers, then these features): state-dependent exploration reads them
+    feature_size: int = 0
+
+    @property
+    def param_size(self) -> int:
+        """Numbers in one row of ``params`` (the actor's output as stored in the rollout buffer)."""
+        return self.num_outputs + self.feature_size
+
+    def bind_features(self, width: int) -> None:
+        """Told the width of the actor's features, before ``bind_log_std`` (only
+        :class:`StateDependentGaussian` reads them)."""
 
     @property
     def action_width(self) -> int:
@@ -279,6 +291,77 @@ class DiagGaussian(ActionDistribution):
         return actions.reshape(*actions.shape[:-1], *self.shape)
 
 
+class StateDependentGaussian(DiagGaussian):
+    """Generalized state-dependent exploration (gSDE; Raffin, Kober and Stulp, CoRL 2021) for a
+    ``Box`` space: the exploration noise is a linear function of the actor's features ``z(s)``,
+    ``a = mean(s) + z(s) @ E`` with ``E[f, k] ~ N(0, sigma[f, k]^2)`` drawn once per
+    ``sample_freq`` steps (-1: once per rollout) and held in between, so that exploration is
+    smooth in time instead of white noise at every step (what tasks like MountainCarContinuous
+    need). Given ``s``, the action is Gaussian with the per-state variance
+    ``sum_f z_f(s)^2 sigma[f, k]^2`` (plus ``EPSILON``), which is what the log-probability and the
+    entropy use. ``log_std`` is the learned ``[features, actions]`` matrix of ``log(sigma)``, flat;
+    the features in ``params`` come detached from the encoder (the noise does not train it).
+    """
+
+    EPSILON = 1e-6  # keeps the variance positive where every feature is 0
+
+    def __init__(self, space: spaces.Box, sample_freq: int = -1) -> None:
+        super().__init__(space)
+        if sample_freq == 0 or sample_freq < -1:
+            raise ValueError(f"sde_sample_freq={sample_freq} is invalid: use -1 (once per rollout) or a number of steps >= 1")
+        self.sample_freq = sample_freq
+        self.gaussian_size = 0  # known once the features' width is (bind_features)
+
+    def bind_features(self, width):
+        self.feature_size = int(width)
+        self.gaussian_size = self.feature_size * self.num_outputs
+
+    def bind_log_std(self, log_std, offset=0):
+        self.log_std = log_std
+        if offset or log_std.numel() != self.gaussian_size:
+            self._log_std_slice = slice(offset, offset + self.gaussian_size)
+
+    def _sigma(self) -> torch.Tensor:
+        return self.log_std.exp().view(self.feature_size, self.num_outputs)
+
+    def _split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return params[..., : self.num_outputs], params[..., self.num_outputs :]
+
+    def _std(self, features: torch.Tensor) -> torch.Tensor:
+        return (features.pow(2) @ self._sigma().pow(2) + self.EPSILON).sqrt()
+
+    def noise(self, shape, generator, device=None):
+        """Standard-normal exploration matrices ``[*shape, features, actions]``. For a rollout's
+        ``(steps, envs)`` each env's matrix holds for ``sample_freq`` steps (-1: all of them);
+        any other shape gets one matrix per entry."""
+        if len(shape) != 2:
+            return torch.randn((*shape, self.feature_size, self.num_outputs), generator=generator, device=device)
+        steps, envs = shape
+        freq = steps if self.sample_freq == -1 else min(self.sample_freq, steps)
+        draws = -(-steps // freq)
+        matrices = torch.randn((draws, envs, self.feature_size, self.num_outputs), generator=generator, device=device)
+        return matrices.repeat_interleave(freq, dim=0)[:steps]
+
+    def sample(self, params, noise):
+        mean, features = self._split(params)
+        if noise is None:
+            return mean
+        return mean + (features.unsqueeze(-2) @ (noise * self._sigma())).squeeze(-2)
+
+    def sample_numpy(self, params, noise, std=None):
+        raise NotImplementedError("gSDE acts through the torch rollout (clippo.rollout), not the numpy fast path")
+
+    def log_prob(self, params, actions):
+        mean, features = self._split(params)
+        std = self._std(features)
+        z = (actions - mean) / std
+        return (-0.5 * z.pow(2) - std.log() - _LOG_SQRT_2PI).sum(dim=-1)
+
+    def entropy(self, params):
+        _, features = self._split(params)
+        return (0.5 + _LOG_SQRT_2PI + self._std(features).log()).sum(dim=-1)
+
+
 class Bernoulli(ActionDistribution):
     """Independent bits, one logit each, for a ``MultiBinary`` space: bit i is 1 with probability
     ``sigmoid(logit_i)``."""
@@ -391,8 +474,16 @@ class Composite(ActionDistribution):
         return dict(zip(self.keys, out)) if self.is_dict else tuple(out)
 
 
-def make_distribution(space: spaces.Space) -> ActionDistribution:
-    """The distribution for a Gymnasium action space; a clear error for one clippo does not support."""
+def make_distribution(space: spaces.Space, sde_sample_freq: int | None = None) -> ActionDistribution:
+    """The distribution for a Gymnasium action space; a clear error for one clippo does not support.
+    ``sde_sample_freq`` (not None): state-dependent exploration (:class:`StateDependentGaussian`),
+    which needs a floating ``Box`` action space."""
+    if sde_sample_freq is not None:
+        if not (isinstance(space, spaces.Box) and np.issubdtype(space.dtype, np.floating)):
+            raise ValueError(
+                f"use_sde needs a floating Box action space, not {' '.join(str(space).split())} ({type(space).__name__})"
+            )
+        return StateDependentGaussian(space, sde_sample_freq)
     if isinstance(space, spaces.Discrete):
         return Categorical(space)
     if isinstance(space, spaces.MultiDiscrete):

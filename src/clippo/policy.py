@@ -54,10 +54,12 @@ class ActorCritic(nn.Module):
         encoder_kwargs: dict[str, Any] | None = None,
         recurrent: str | None = None,
         recurrent_hidden_size: int = 128,
+        sde_sample_freq: int | None = None,
+        orthogonal_init: bool = True,
     ) -> None:
         super().__init__()
         self.observation_space = observation_space
-        self.distribution: ActionDistribution = make_distribution(action_space)
+        self.distribution: ActionDistribution = make_distribution(action_space, sde_sample_freq)
         self.shared = network == "shared"
         self.recurrent = recurrent
 
@@ -81,10 +83,24 @@ class ActorCritic(nn.Module):
                 self.actor_core, self.critic_core = core(width), core(critic_width)
                 width = critic_width = recurrent_hidden_size
         self.actor_head = layer(width, self.distribution.num_outputs, 0.01)
+        self.distribution.bind_features(width)
         self.critic_head = layer(critic_width, 1, 1.0)
         if self.distribution.gaussian_size:  # one vector for every Gaussian part (Box actions)
             self.log_std = nn.Parameter(torch.full((self.distribution.gaussian_size,), float(init_log_std)))
             self.distribution.bind_log_std(self.log_std)
+        if not orthogonal_init:
+            self._default_init()
+
+    def _default_init(self) -> None:
+        """PyTorch's default init (``reset_parameters``) instead of the orthogonal one, for the heads
+        and clippo's own encoders (a user encoder keeps the init it chose): RL-Zoo's
+        ``ortho_init=False``."""
+        own = [self.actor_head, self.critic_head]
+        own += [m for m in (self.actor_features, self.critic_features) if type(m).__module__ == "clippo.encoders"]
+        for part in own:
+            for module in part.modules():
+                if isinstance(module, (nn.Linear, nn.Conv2d)):
+                    module.reset_parameters()
 
     @property
     def actor_features(self) -> nn.Module:
@@ -196,7 +212,10 @@ class ActorCritic(nn.Module):
         return self._critic_out(self.critic_features(obs))
 
     def _actor_out(self, features: torch.Tensor) -> torch.Tensor:
-        return F.linear(features, self.actor_head.weight, self.actor_head.bias)
+        out = F.linear(features, self.actor_head.weight, self.actor_head.bias)
+        if self.distribution.feature_size:  # state-dependent exploration reads the features too
+            out = torch.cat([out, features.detach()], dim=-1)
+        return out
 
     def _critic_out(self, features: torch.Tensor) -> torch.Tensor:
         return F.linear(features, self.critic_head.weight, self.critic_head.bias).squeeze(-1)

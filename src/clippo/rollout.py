@@ -137,7 +137,7 @@ class RolloutBuffer:
         numpy_dtype = np.int64 if distribution.action_dtype == torch.int64 else np.float32
         self.actions = np.zeros(shape + tuple(distribution.action_shape), dtype=numpy_dtype)
         self.logprobs = np.zeros(shape, dtype=np.float32)
-        self.params = np.zeros(shape + (distribution.num_outputs,), dtype=np.float32)  # the actor's logits or means
+        self.params = np.zeros(shape + (distribution.param_size,), dtype=np.float32)  # the actor's logits or means
         self.values = np.zeros(shape, dtype=np.float32)
         self.rewards = np.zeros(shape, dtype=np.float32)
         self.raw_rewards = np.zeros(shape, dtype=np.float32)
