@@ -134,7 +134,8 @@ def recipe_from_clippo_preset(env_id: str) -> dict[str, Any]:
 
     c = resolve_config(env_id)
     batch = c.num_envs * c.num_steps
-    if c.network != "separate" or c.target_kl is not None or c.clip_value_loss or not c.normalize_advantages:
+    untranslated = c.head_sizes or c.frame_skip != 1 or c.resize or c.grayscale or c.frame_stack != 1  # (env wrappers, CNN heads)
+    if c.network != "separate" or c.target_kl is not None or c.clip_value_loss or not c.normalize_advantages or untranslated:
         raise ValueError(f"{env_id}: its clippo preset uses a feature this harness does not translate to SB3")
     return {
         **COMMON,

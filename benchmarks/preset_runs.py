@@ -50,7 +50,7 @@ TARGETS = {
     # (rl-baselines3-zoo benchmark.md, v2 envs; the v3 landers have the same dynamics)
     "LunarLander-v3": 242.119, "LunarLanderContinuous-v3": 270.863, "MountainCar-v0": -110.423,
     "MountainCarContinuous-v0": 88.343,
-    "BipedalWalker-v3": 213.299,
+    "BipedalWalker-v3": 213.299, "CarRacing-v3": 153.938,
 }
 PUBLISHED = {
     "Hopper-v5": "CleanRL 2383, SB3 RL-Zoo 2410 (1M, v4)",
@@ -66,6 +66,7 @@ PUBLISHED = {
     "MountainCar-v0": "RL-Zoo PPO -110.4 +- 19.5 (1M)",
     "MountainCarContinuous-v0": "RL-Zoo PPO 88.3 +- 2.6 (20k, gSDE)",
     "BipedalWalker-v3": "RL-Zoo PPO 213.3 +- 129.5 (5M)",
+    "CarRacing-v3": "RL-Zoo PPO 153.9 +- 74.5 (4M, CarRacing-v0)",
 }
 
 

@@ -334,7 +334,7 @@ WRONG_TYPES_AND_CHOICES = [
     (["--hidden-sizes", "64", "x"], "--hidden-sizes", {"hidden_sizes": [64, "x"]}),
     (["--anneal-lr", "maybe"], "maybe", {"anneal_lr": "maybe"}),
     (["--network", "cnn"], "--network", {"network": "cnn"}),
-    (["--activation", "gelu"], "--activation", {"activation": "gelu"}),
+    (["--activation", "silu"], "--activation", {"activation": "silu"}),
     (["--vector-env", "threads"], "--vector-env", {"vector_env": "threads"}),
     (["--device", "tpu"], "--device", {"device": "tpu"}),
     (["--nonfinite", "ignore"], "--nonfinite", {"nonfinite": "ignore"}),

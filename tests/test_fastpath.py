@@ -74,6 +74,11 @@ def test_the_fast_path_is_chosen_only_where_it_applies():
         (PPO(DictGoalEnv), EnvRunner, RolloutBuffer, AutogradLoss),
         (PPO("Pendulum-v1", use_sde=True), EnvRunner, RolloutBuffer, AutogradLoss),  # gSDE: torch only
         (PPO("Pendulum-v1", orthogonal_init=False), FastEnvRunner, FlatRolloutBuffer, AnalyticGradient),
+        (PPO("CartPole-v1", activation="gelu"), EnvRunner, RolloutBuffer, AutogradLoss),  # numpy has tanh and relu only
+        (PPO("Pendulum-v1", activation="gelu", network="shared"), EnvRunner, RolloutBuffer, AutogradLoss),
+        (PPO("CartPole-v1", head_sizes=[16]), EnvRunner, RolloutBuffer, AutogradLoss),  # layers after the encoders
+        (PPO("Pendulum-v1", head_sizes=[8, 8], network="shared"), EnvRunner, RolloutBuffer, AutogradLoss),
+        (PPO("CartPole-v1", frame_stack=2), FastEnvRunner, FlatRolloutBuffer, AnalyticGradient),  # [2, 4] Box, flattened
     ]
     for agent, runner, buffer, loss in cases:
         assert agent.runner_class is runner and agent.buffer_class is buffer and type(agent._loss) is loss

@@ -36,7 +36,7 @@ from clippo.checkpoint import (
 from clippo.config import PPOConfig, config_from_dict, resolve_config
 from clippo.distributed import broadcast_, init_world
 from clippo.encoders import encoder_name, is_image
-from clippo.envs import EnvSource, make_vector_env
+from clippo.envs import EnvSource, make_run_envs
 from clippo.errors import CheckpointError, NonFiniteError, first_line
 from clippo.evaluation import run_episodes
 from clippo.logger import METRICS_FILE
@@ -142,7 +142,7 @@ class PPO:
                 f"or continue it with: clippo resume {run_dir}"
             )
         self.env_source: EnvSource = env
-        envs = make_vector_env(env, config.num_envs, config.vector_env)
+        envs = make_run_envs(env, config.num_envs, config)
         try:
             self._setup(config, envs.single_observation_space, envs.single_action_space, run_dir, encoder)
         except BaseException:
@@ -189,6 +189,7 @@ class PPO:
             config.recurrent_hidden_size,
             config.sde_sample_freq if config.use_sde else None,
             config.orthogonal_init,
+            config.head_sizes,
         ).to(self.device)
         # Extra slots carry each minibatch's approximate KL and loss statistics along with the
         # gradient (averaged across ranks in the same exchange).
@@ -328,7 +329,7 @@ class PPO:
         """The training envs and their carried-over state (created, and started, on first use)."""
         if self._runner is None:
             if self._envs is None:
-                self._envs = make_vector_env(self.env_source, self.config.num_envs, self.config.vector_env)
+                self._envs = make_run_envs(self.env_source, self.config.num_envs, self.config)
                 self._check_spaces(self._envs)
             pending, self._pending_runner_state = self._pending_runner_state, None
             # Ranks get disjoint env seeds; a run resumed without its envs' state restarts them
@@ -484,7 +485,7 @@ class PPO:
             raise ValueError(f"episodes={episodes!r} is invalid: it must be an integer >= 1")
         source = env if env is not None else self.env_source
         count = num_envs or min(episodes, self.config.num_envs)
-        envs = make_vector_env(source, count, self.config.vector_env)
+        envs = make_run_envs(source, count, self.config)
         try:
             self._check_spaces(envs)
             returns, lengths = run_episodes(envs, self.acting_policy(deterministic), episodes, seed)

@@ -85,7 +85,7 @@ def _add_hyperparameter_flags(parser: argparse.ArgumentParser) -> None:
             kwargs["metavar"] = "X|none"
         elif f.type == "list[int]":
             kwargs["type"] = int
-            kwargs["nargs"] = "+"
+            kwargs["nargs"] = "*"  # (none: an empty list, e.g. --head-sizes with no widths)
             kwargs["metavar"] = "N"
         elif f.type == "dict":
             kwargs["type"] = _mapping

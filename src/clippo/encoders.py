@@ -3,7 +3,7 @@
 Chosen from the observation space (``make_encoder``):
 
 - ``MLPEncoder``: vectors (``Box``, one-hot ``Discrete``/``MultiDiscrete``, ``MultiBinary``),
-  flattened, through tanh or ReLU hidden layers;
+  flattened, through tanh, ReLU or GELU hidden layers;
 - ``NatureCNN`` (Mnih et al. 2015): images of 36 pixels a side or more (Atari's 84x84 frames);
 - ``MinAtarCNN`` (Young & Tian 2019): small grids such as MinAtar's 10x10xC or MiniGrid's 7x7x3;
 - ``CombinedEncoder``: ``Dict``/``Tuple`` observations, one encoder per field (a CNN for image
@@ -33,7 +33,8 @@ from torch.nn import functional as F
 
 from clippo import observations
 
-ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
+#: the MLP hidden layers' activations by name (GELU, exact erf form as torch.nn.GELU: RL-Zoo's CarRacing heads)
+ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "gelu": F.gelu}
 #: names ``make_encoder`` takes besides ``"module:Class"``
 ENCODER_KINDS = ("auto", "mlp", "cnn")
 #: an image this small on its short side goes to ``MinAtarCNN`` (Nature CNN needs at least 36)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Union
 
 import gymnasium as gym
@@ -10,7 +11,9 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from clippo import atari
+from clippo.config import PPOConfig
 from clippo.masking import MASK_KEY
+from clippo.preprocessing import Preprocessing
 
 EnvSource = Union[str, Callable[[], gym.Env]]
 
@@ -58,15 +61,37 @@ class DropInfo(gym.Wrapper):
 _GENERIC_MODES = ("auto", "sync", "async", "native")
 
 
-def make_vector_env(source: EnvSource, num_envs: int, vector_env: str = "auto", **make_kwargs) -> VectorEnv:
+def make_run_envs(source: EnvSource, num_envs: int, config: PPOConfig, vector_env: str | None = None) -> VectorEnv:
+    """``num_envs`` envs of ``source`` as a run with ``config`` sees them: its ``vector_env`` mode
+    (unless given) and its observation preprocessing (``clippo.preprocessing``). Training,
+    evaluation, the export check and playback all make their envs here, so that the policy is
+    always given the observations it was trained on."""
+    mode = config.vector_env if vector_env is None else vector_env
+    return make_vector_env(source, num_envs, mode, preprocessing=Preprocessing.from_config(config))
+
+
+def _preprocessed(make_env: Callable[[], gym.Env], preprocessing: Preprocessing) -> gym.Env:
+    return preprocessing(make_env())
+
+
+def make_vector_env(
+    source: EnvSource, num_envs: int, vector_env: str = "auto", preprocessing: Preprocessing | None = None, **make_kwargs
+) -> VectorEnv:
     """``num_envs`` copies of an env id or env factory, stepped together.
 
     All clippo vector envs use Gymnasium's next-step autoreset: the step after an episode ends
     returns the first observation of the next one (with reward 0) and is not a transition.
     Atari ids get the standard preprocessing and MinAtar ids their own vector env
-    (:mod:`clippo.atari`); ``vector_env`` "ale" and "envpool" apply only to Atari ids.
+    (:mod:`clippo.atari`); ``vector_env`` "ale" and "envpool" apply only to Atari ids. Other
+    envs, from an id or a factory, get ``preprocessing`` (frame skip, resize, grayscale, frame
+    stack) if it is given and active.
     """
     mode = vector_env
+    preprocess = preprocessing is not None and preprocessing.active
+    if isinstance(source, str) and (atari.is_atari(source) or atari.is_minatar(source)) and preprocess:
+        raise ValueError(
+            f"{preprocessing} is invalid for {source!r}: Atari and MinAtar ids have their own preprocessing (clippo.atari)"
+        )
     if isinstance(source, str) and atari.is_atari(source):
         return atari.make_atari_vector_env(source, num_envs, vector_env, **make_kwargs)
     if isinstance(source, str) and atari.is_minatar(source):
@@ -78,11 +103,16 @@ def make_vector_env(source: EnvSource, num_envs: int, vector_env: str = "auto", 
     if isinstance(source, str):
         check_env_id(source)
         if mode == "auto":
-            mode = "native" if _has_native_vector(source) and not make_kwargs else "sync"
+            mode = "native" if _has_native_vector(source) and not make_kwargs and not preprocess else "sync"
         if mode == "native" and not _has_native_vector(source):
             raise ValueError(f"vector_env='native' is invalid for {source!r}: it has no vectorized implementation")
+        if mode == "native" and preprocess:
+            raise ValueError(
+                f"vector_env='native' is invalid with {preprocessing}: its vectorized implementation takes no wrappers; use sync or async"
+            )
         vectorization_mode = {"sync": "sync", "async": "async", "native": "vector_entry_point"}[mode]
-        kwargs = {} if mode == "native" else {"vector_kwargs": {"autoreset_mode": AutoresetMode.NEXT_STEP}, "wrappers": [DropInfo]}
+        wrappers = [DropInfo, preprocessing] if preprocess else [DropInfo]
+        kwargs = {} if mode == "native" else {"vector_kwargs": {"autoreset_mode": AutoresetMode.NEXT_STEP}, "wrappers": wrappers}
         try:
             envs = gym.make_vec(source, num_envs=num_envs, vectorization_mode=vectorization_mode, **kwargs, **make_kwargs)
         except gym.error.DependencyNotInstalled as exc:
@@ -94,7 +124,8 @@ def make_vector_env(source: EnvSource, num_envs: int, vector_env: str = "auto", 
         if mode == "native":
             raise ValueError("vector_env='native' is invalid for an env factory: use sync or async")
         vector_cls = gym.vector.AsyncVectorEnv if mode == "async" else gym.vector.SyncVectorEnv
-        envs = vector_cls([source] * num_envs, autoreset_mode=AutoresetMode.NEXT_STEP)
+        make_env = functools.partial(_preprocessed, source, preprocessing) if preprocess else source
+        envs = vector_cls([make_env] * num_envs, autoreset_mode=AutoresetMode.NEXT_STEP)
     else:
         raise TypeError(f"env must be a Gymnasium env id (str) or a callable returning a gymnasium.Env, got {source!r}")
     autoreset = envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)

@@ -295,12 +295,12 @@ def collect_check_data(agent, steps: int = CHECK_STEPS, num_envs: int = CHECK_EN
     """Step ``num_envs`` copies of the agent's env for ``steps`` steps with its deterministic
     policy (a random action at a ``RANDOM_STEP_FRACTION`` of the steps, unless the env masks
     actions), keeping each observation, in time order, and the action ``agent.act`` chose for it."""
-    from clippo.envs import make_vector_env
+    from clippo.envs import make_run_envs
 
     source = agent.env_source
     name = source if isinstance(source, str) else getattr(source, "__name__", "the env factory")
     try:
-        envs = make_vector_env(source, num_envs, agent.config.vector_env)
+        envs = make_run_envs(source, num_envs, agent.config)
     except ValueError as exc:
         raise ValueError(
             f"cannot make the run's env {name!r} for the export check ({first_line(exc)}); "

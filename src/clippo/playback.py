@@ -53,7 +53,7 @@ def play(
     import gymnasium as gym
 
     from clippo import atari
-    from clippo.envs import check_env_id, make_vector_env
+    from clippo.envs import check_env_id, make_run_envs
     from clippo.evaluation import run_episodes
     from clippo.agent import PPO
 
@@ -90,7 +90,7 @@ def play(
         return gym.wrappers.RecordVideo(env, str(folder), episode_trigger=lambda _: True, name_prefix=VIDEO_PREFIX)
 
     try:
-        envs = make_vector_env(make_env, 1, "sync")
+        envs = make_run_envs(make_env, 1, agent.config, "sync")  # (the run's preprocessing outside the recorder)
         try:
             agent._check_spaces(envs)
             returns, lengths = run_episodes(envs, agent.acting_policy(deterministic), episodes, seed)

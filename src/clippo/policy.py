@@ -1,5 +1,7 @@
 """The actor-critic: observation encoder(s), shared or separate, an optional recurrent core after
-each encoder (``clippo.recurrent``), then an action head and a value head.
+each encoder (``clippo.recurrent``), then an action head and a value head, each with optional
+hidden layers of its own (``head_sizes``: SB3's ``net_arch=dict(pi=..., vf=...)`` after a shared
+CNN).
 
 The actor outputs the action distribution's parameters (one logit per action, or the Gaussian
 mean; for Tuple/Dict actions, each part's side by side); the critic one value. Given masks of
@@ -19,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from clippo.distributions import ActionDistribution, make_distribution
-from clippo.encoders import MLPEncoder, layer, make_encoder
+from clippo.encoders import ACTIVATIONS, MLPEncoder, layer, make_encoder, mlp_layers, run_layers
 from clippo.observations import Obs, map_obs
 from clippo.recurrent import RecurrentCore, episode_pieces
 
@@ -35,12 +37,18 @@ class Sequences:
     valid: torch.Tensor
 
 
+#: the activations the fast path's numpy MLP and hand-written gradient compute (``clippo.fastpath``)
+FAST_PATH_ACTIVATIONS = ("tanh", "relu")
+
+
 class ActorCritic(nn.Module):
     """Encoder(s) plus heads. ``network="shared"``: one encoder feeds both heads (``encoder``);
     ``"separate"``: the actor and the critic each have their own (``actor_encoder``,
     ``critic_encoder``). With ``recurrent`` (``"lstm"`` or ``"gru"``), a recurrent core of
     ``recurrent_hidden_size`` units follows each encoder (``core``, or ``actor_core`` and
-    ``critic_core``); the policy then acts with ``step`` and a carried state."""
+    ``critic_core``); the policy then acts with ``step`` and a carried state. ``head_sizes``:
+    hidden layers (``activation``) in each head, ``actor_hidden`` and ``critic_hidden``, between
+    the features and the output layers; the actor's last one is what gSDE's noise reads."""
 
     def __init__(
         self,
@@ -56,6 +64,7 @@ class ActorCritic(nn.Module):
         recurrent_hidden_size: int = 128,
         sde_sample_freq: int | None = None,
         orthogonal_init: bool = True,
+        head_sizes: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.observation_space = observation_space
@@ -82,6 +91,12 @@ class ActorCritic(nn.Module):
             if recurrent:
                 self.actor_core, self.critic_core = core(width), core(critic_width)
                 width = critic_width = recurrent_hidden_size
+        self.head_sizes = list(head_sizes or [])
+        self.head_activation = ACTIVATIONS[activation]
+        self.actor_hidden = mlp_layers(width, self.head_sizes)
+        self.critic_hidden = mlp_layers(critic_width, self.head_sizes)
+        if self.head_sizes:
+            width = critic_width = self.head_sizes[-1]
         self.actor_head = layer(width, self.distribution.num_outputs, 0.01)
         self.distribution.bind_features(width)
         self.critic_head = layer(critic_width, 1, 1.0)
@@ -95,7 +110,7 @@ class ActorCritic(nn.Module):
         """PyTorch's default init (``reset_parameters``) instead of the orthogonal one, for the heads
         and clippo's own encoders (a user encoder keeps the init it chose): RL-Zoo's
         ``ortho_init=False``."""
-        own = [self.actor_head, self.critic_head]
+        own = [self.actor_head, self.critic_head, self.actor_hidden, self.critic_hidden]
         own += [m for m in (self.actor_features, self.critic_features) if type(m).__module__ == "clippo.encoders"]
         for part in own:
             for module in part.modules():
@@ -114,9 +129,16 @@ class ActorCritic(nn.Module):
 
     @property
     def is_mlp(self) -> bool:
-        """Whether the encoders are the built-in MLP with nothing after them (what
-        ``clippo.fastpath`` can copy)."""
-        return not self.recurrent and isinstance(self.actor_features, MLPEncoder) and isinstance(self.critic_features, MLPEncoder)
+        """Whether the encoders are the built-in MLP with nothing after them (no recurrent core, no
+        head layers) and an activation of ``FAST_PATH_ACTIVATIONS``: what ``clippo.fastpath`` can copy."""
+        return (
+            not self.recurrent
+            and not self.head_sizes
+            and all(
+                isinstance(encoder, MLPEncoder) and encoder.activation_name in FAST_PATH_ACTIVATIONS
+                for encoder in (self.actor_features, self.critic_features)
+            )
+        )
 
     @property
     def state_size(self) -> int:
@@ -212,12 +234,16 @@ class ActorCritic(nn.Module):
         return self._critic_out(self.critic_features(obs))
 
     def _actor_out(self, features: torch.Tensor) -> torch.Tensor:
+        if self.head_sizes:
+            features = run_layers(features, self.actor_hidden, self.head_activation)
         out = F.linear(features, self.actor_head.weight, self.actor_head.bias)
         if self.distribution.feature_size:  # state-dependent exploration reads the features too
             out = torch.cat([out, features.detach()], dim=-1)
         return out
 
     def _critic_out(self, features: torch.Tensor) -> torch.Tensor:
+        if self.head_sizes:
+            features = run_layers(features, self.critic_hidden, self.head_activation)
         return F.linear(features, self.critic_head.weight, self.critic_head.bias).squeeze(-1)
 
     def act(
