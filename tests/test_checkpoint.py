@@ -231,6 +231,18 @@ def test_state_dict_holds_only_plain_data(tmp_path):
     assert set(payload) >= {"config", "model", "optimizer", "obs_normalizer", "reward_scaler", "generator"}
 
 
+@pytest.mark.parametrize("env_id", ["MountainCar-v0", "Acrobot-v1", "CartPole-v1"])
+def test_a_trained_runs_checkpoint_with_env_state_loads_with_weights_only(tmp_path, env_id):
+    """The envs' state is in the checkpoint (exact resume); MountainCar keeps its state as a tuple
+    of numpy float64 scalars (a float subclass), which must not be pickled as numpy objects."""
+    agent = PPO(env_id, **TINY, vector_env="sync", total_steps=128, seed=0, run_dir=tmp_path, tensorboard=False)
+    agent.learn()
+    agent.close()
+    payload = torch.load(tmp_path / "agent.pt", weights_only=True)
+    assert payload["runner"]["envs"] is not None
+    PPO.load(tmp_path).close()
+
+
 def test_generator_state_from_another_device_kind_seeds_a_reproducible_stream():
     """A CUDA generator's state (16 bytes: seed and offset) cannot be set on a CPU generator (and
     the other way round): loading across devices seeds the new generator from the saved state."""

@@ -165,12 +165,15 @@ def _snapshot_objects(envs: VectorEnv) -> list[object] | None:
 
 def _encode(value):
     """Plain data for a checkpoint, or _SKIP for attributes that are configuration or objects."""
+    # numpy scalars first: np.float64 is a subclass of float, but pickled as numpy's own type a
+    # checkpoint no longer loads with weights_only=True (MountainCar keeps its state as a tuple
+    # of them)
+    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        return {"scalar": torch.from_numpy(np.asarray(value).copy())}
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
         return {"ndarray": torch.from_numpy(value.copy())}
-    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
-        return {"scalar": torch.from_numpy(np.asarray(value).copy())}
     if isinstance(value, np.random.Generator):
         return {"rng": value.bit_generator.state}
     if isinstance(value, (tuple, list)):
