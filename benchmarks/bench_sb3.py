@@ -178,6 +178,19 @@ RECIPE_KEYS = [
 ]
 
 
+def sb3_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``--sb3-set`` values (``KEY=VALUE``, VALUE read as YAML: 4, 0.99, true) for recipe keys."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in RECIPE_KEYS:
+            raise SystemExit(f"--sb3-set {pair!r} is invalid: use KEY=VALUE with KEY one of {', '.join(RECIPE_KEYS)}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def recipe_for(env_id: str, total_steps: int | None) -> dict[str, Any]:
     recipe = dict(RECIPES[env_id])
     if total_steps is not None:
@@ -738,8 +751,13 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         lines += ["", "## Failures", ""]
         lines += [f"- {r['mode']} {r['lib']} {r['env_id']} seed {r.get('seed')}: {r['error']} (log: {r['log']})" for r in failures]
 
-    lines += ["", "## Hyperparameters (the same for both libraries)", ""]
+    differs = results.get("sb3_set") or {}
+    title = "## Hyperparameters (the same for both libraries)" if not differs else "## Hyperparameters (clippo's; SB3's differ as below)"
+    lines += ["", title, ""]
     lines += md_table(["", *results["envs"]], [[k, *(str(results["recipes"][e][k]) for e in results["envs"])] for k in RECIPE_KEYS + ["source"]])
+    if differs:
+        lines += ["", "SB3 ran with these values instead (`--sb3-set`): "
+                  + ", ".join(f"`{k}={v}`" for k, v in differs.items()) + ". The speed-up then compares two recipes."]
     lines += [
         "",
         "Both: separate actor and critic MLPs of the recipe's `net_arch` and `activation`, orthogonal init, Adam eps "
@@ -875,6 +893,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit-collect-steps", type=int, default=50_000,
                         help="transitions (at least) for the rollout rate")
     parser.add_argument("--limit-min-rollouts", type=int, default=5, help="rollouts (at least) for the rollout rate")
+    parser.add_argument("--sb3-set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="recipe values for SB3's runs only (e.g. n_epochs=4 gamma=0.99: RL-Zoo's values where "
+                             "clippo's preset differs from them); the results then compare different recipes")
     parser.add_argument("--no-limits", action="store_true", help="skip the env-only/rollout throughput measurements")
     parser.add_argument("--no-train", action="store_true", help="skip the training runs")
     parser.add_argument("--curve-window", type=int, default=100, help="episodes averaged per curve point (at least)")
@@ -907,6 +928,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval_seed": args.eval_seed,
         "curve_window": args.curve_window,
         "recipes": {env: recipe_for(env, args.total_steps) for env in envs},
+        "sb3_set": sb3_overrides(args.sb3_set),
         "limits": [],
         "runs": [],
         "summary": {},
@@ -945,8 +967,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_train:
         order = [(seed, env, lib) for seed in args.seeds for env in envs for lib in libs]
         for i, (seed, env_id, lib) in enumerate(order, 1):
+            recipe = results["recipes"][env_id]
+            if lib == "sb3" and results["sb3_set"]:
+                recipe = {**recipe, **results["sb3_set"]}
             spec = {
-                "mode": "train", "lib": lib, "env_id": env_id, "seed": seed, "recipe": results["recipes"][env_id],
+                "mode": "train", "lib": lib, "env_id": env_id, "seed": seed, "recipe": recipe,
                 "eval_episodes": args.eval_episodes, "eval_seed": args.eval_seed, "curve_window": args.curve_window,
                 "run_dir": str(scratch / env_id / f"clippo-seed{seed}"),
             }
