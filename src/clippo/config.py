@@ -124,11 +124,12 @@ class PPOConfig:
             raise ConfigError(f"head_sizes={self.head_sizes} is invalid: give widths >= 1, or none for heads without hidden layers")
         if self.resize and (len(self.resize) != 2 or min(self.resize) < 1):
             raise ConfigError(f"resize={self.resize} is invalid: give two sizes >= 1, HEIGHT WIDTH, or none to keep the size")
-        preprocessing = {"frame_skip": 1, "resize": [], "grayscale": False, "frame_stack": 1}
-        changed = [f"{name}={getattr(self, name)}" for name, default in preprocessing.items() if getattr(self, name) != default]
-        if changed and family_preset(self.env_id):
+        from clippo.preprocessing import Preprocessing  # (it imports this module)
+
+        preprocessing = Preprocessing.from_config(self)
+        if preprocessing.active and family_preset(self.env_id):
             raise ConfigError(
-                f"{changed[0]} is invalid for {self.env_id!r}: Atari and MinAtar ids have their own preprocessing (clippo.atari)"
+                f"{preprocessing} is invalid for {self.env_id!r}: Atari and MinAtar ids have their own preprocessing (clippo.atari)"
             )
         batch = self.num_envs * self.num_steps
         if self.num_minibatches > batch:

@@ -264,8 +264,8 @@ class DiagGaussian(ActionDistribution):
 
     def bind_log_std(self, log_std, offset=0):
         self.log_std = log_std
-        if offset or log_std.numel() != self.num_outputs:
-            self._log_std_slice = slice(offset, offset + self.num_outputs)
+        if offset or log_std.numel() != self.gaussian_size:
+            self._log_std_slice = slice(offset, offset + self.gaussian_size)
 
     def noise(self, shape, generator, device=None):
         return torch.randn((*shape, self.num_outputs), generator=generator, device=device)
@@ -315,11 +315,6 @@ class StateDependentGaussian(DiagGaussian):
     def bind_features(self, width):
         self.feature_size = int(width)
         self.gaussian_size = self.feature_size * self.num_outputs
-
-    def bind_log_std(self, log_std, offset=0):
-        self.log_std = log_std
-        if offset or log_std.numel() != self.gaussian_size:
-            self._log_std_slice = slice(offset, offset + self.gaussian_size)
 
     def _sigma(self) -> torch.Tensor:
         return self.log_std.exp().view(self.feature_size, self.num_outputs)
