@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from clippo import PPO
-from clippo.distributed import shutdown
-from clippo.rollout import Batch
+from clippo.training.distributed import shutdown
+from clippo.rollout.runner import Batch
 
 
 def synthetic_batch(agent: PPO, size: int, seed: int) -> Batch:
@@ -87,7 +87,7 @@ def main() -> None:
         shutdown(agent.world)
     elif mode == "average":
         # all_reduce_mean_ both ways: all-gather plus local sum (gloo, few ranks) and all-reduce.
-        import clippo.distributed as distributed
+        import clippo.training.distributed as distributed
 
         world = distributed.init_world("cpu")
         values = torch.randn(1000, generator=torch.Generator().manual_seed(world.rank)) * 10.0

@@ -10,7 +10,7 @@ import torch
 from gymnasium import spaces
 
 from clippo import PPO
-from clippo.toy_envs import BitsEnv, ToolAmountEnv
+from clippo.envs.toy import BitsEnv, ToolAmountEnv
 
 TINY = dict(num_envs=2, num_steps=32, num_minibatches=2, update_epochs=2, hidden_sizes=[16, 16], tensorboard=False)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clippo.advantages import compute_gae, discounted_rewards_to_go, next_values_of
+from clippo.core.advantages import compute_gae, discounted_rewards_to_go, next_values_of
 
 F64 = torch.float64
 

@@ -1,4 +1,4 @@
-"""Atari and MinAtar vector envs (clippo.atari): the contract every mode keeps, and the errors."""
+"""Atari and MinAtar vector envs (clippo.envs.atari): the contract every mode keeps, and the errors."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 
-from clippo import atari
-from clippo.config import CHOICES
-from clippo.envs import make_vector_env
+from clippo.envs import atari
+from clippo.config.ppo_config import CHOICES
+from clippo.envs.make import make_vector_env
 
 ATARI_MODES = ["ale", "envpool", "sync", "async"]
 FRAMES = spaces.Box(0, 255, (4, 84, 84), np.uint8)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from clippo import PPO
-from clippo.callbacks import (
+from clippo.training.callbacks import (
     BEST_NAME,
     BEST_RECORD,
     EVAL_MEAN,
@@ -20,9 +20,9 @@ from clippo.callbacks import (
     EvalCallback,
     as_callback,
 )
-from clippo.config import save_config
-from clippo.errors import TrainingInterrupted
-from clippo.logger import COLUMNS, truncate_metrics
+from clippo.config.ppo_config import save_config
+from clippo.core.errors import TrainingInterrupted
+from clippo.training.logger import COLUMNS, truncate_metrics
 from tests.helpers import run_cli
 
 # 2 envs x 16 steps: 32 env steps per update.
@@ -251,7 +251,7 @@ def test_evaluation_envs_are_separate_from_the_training_envs():
 
 
 def test_only_the_main_rank_evaluates():
-    from clippo.distributed import World
+    from clippo.training.distributed import World
 
     agent = tiny_agent(updates=2)
     calls = fake_evaluations(agent, [1.0])

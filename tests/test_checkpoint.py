@@ -8,7 +8,7 @@ import torch
 from gymnasium import spaces
 
 from clippo import PPO
-from clippo.checkpoint import (
+from clippo.training.checkpoint import (
     CheckpointError,
     periodic_checkpoint_path,
     prune_checkpoints,

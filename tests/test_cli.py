@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from clippo import PPO, PPOConfig
-from clippo.cli import main
-from clippo.config import ENV_PRESETS
+from clippo.tools.cli import main
+from clippo.config.ppo_config import ENV_PRESETS
 from tests.helpers import run_cli
 
 TRAIN_ARGS = ["--total-steps", "2048", "--num-envs", "4", "--num-steps", "64", "--eval-episodes", "2"]

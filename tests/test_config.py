@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from clippo import PPO, PPOConfig
-from clippo.config import (
+from clippo.config.ppo_config import (
     ENV_PRESETS,
     FIELD_NAMES,
     PRESETS,

@@ -106,7 +106,7 @@ def test_two_process_cartpole_run_learns_and_resumes_in_one_process(tmp_path):
 def test_pooled_advantage_moments_equal_the_moments_of_the_concatenated_groups():
     import numpy as np
 
-    from clippo.distributed import moment_sums, pooled_moments
+    from clippo.training.distributed import moment_sums, pooled_moments
 
     rng = np.random.default_rng(0)
     ranks = [rng.normal(3.0, 2.0, size=40).astype(np.float32) for _ in range(2)]
@@ -121,8 +121,8 @@ def test_pooled_advantage_moments_equal_the_moments_of_the_concatenated_groups()
 def test_pooled_running_statistics_weigh_each_rank_equally_and_agree_on_every_rank():
     import numpy as np
 
-    from clippo.distributed import pool_statistics, statistics_sums
-    from clippo.normalization import RunningMeanStd
+    from clippo.training.distributed import pool_statistics, statistics_sums
+    from clippo.rollout.normalization import RunningMeanStd
 
     rng = np.random.default_rng(1)
     data = [rng.normal(r, 1.0 + r, size=(50, 3)) for r in range(2)]

@@ -10,7 +10,7 @@ import torch
 from gymnasium import spaces
 from torch import distributions as D
 
-from clippo.distributions import (
+from clippo.networks.distributions import (
     MASKED_LOGIT,
     Bernoulli,
     Categorical,

@@ -10,8 +10,8 @@ import torch
 from gymnasium import spaces
 
 from clippo import PPO
-from clippo.encoders import CombinedEncoder, MinAtarCNN, MLPEncoder, NatureCNN, make_encoder
-from clippo.errors import ConfigError
+from clippo.networks.encoders import CombinedEncoder, MinAtarCNN, MLPEncoder, NatureCNN, make_encoder
+from clippo.core.errors import ConfigError
 from toy_envs import DictGoalEnv, SpotImageEnv, TinyEncoder
 
 TINY = dict(num_envs=4, num_steps=16, num_minibatches=2, update_epochs=2, seed=0)
@@ -190,7 +190,7 @@ def test_dict_agent_checkpoints_resume_and_act_identically(tmp_path):
 
 
 def test_a_tuple_and_multibinary_observation_space_round_trips_through_a_checkpoint():
-    from clippo.checkpoint import space_from_dict, space_to_dict
+    from clippo.training.checkpoint import space_from_dict, space_to_dict
 
     space = spaces.Tuple((spaces.MultiBinary(5), spaces.Dict({"x": spaces.Box(0, 255, (10, 10, 3), np.uint8)})))
     assert space_from_dict(space_to_dict(space)) == space

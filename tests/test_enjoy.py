@@ -1,4 +1,4 @@
-"""clippo enjoy (clippo.playback): per-episode returns of a trained agent, a video, errors."""
+"""clippo enjoy (clippo.tools.playback): per-episode returns of a trained agent, a video, errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import gymnasium as gym
 import pytest
 
 from clippo import PPO
-from clippo.playback import play
+from clippo.tools.playback import play
 from tests.helpers import run_cli
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from clippo import PPO
-from clippo.envs import make_vector_env
-from clippo.evaluation import run_episodes
+from clippo.envs.make import make_vector_env
+from clippo.rollout.evaluation import run_episodes
 
 
 @pytest.mark.parametrize("episodes", [1, 3, 7])

@@ -15,8 +15,8 @@ onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 from clippo import PPO  # noqa: E402
-from clippo.errors import ExportCheckError  # noqa: E402
-from clippo.export import export_onnx  # noqa: E402
+from clippo.core.errors import ExportCheckError  # noqa: E402
+from clippo.tools.export import export_onnx  # noqa: E402
 from tests.helpers import run_cli  # noqa: E402
 from toy_envs import DictGoalEnv, SpotImageEnv  # noqa: E402
 

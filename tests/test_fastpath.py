@@ -9,8 +9,8 @@ import torch
 from clippo import PPO
 from clippo.fastpath.gradient import AnalyticGradient
 from clippo.fastpath.rollout import FastEnvRunner, FlatRolloutBuffer
-from clippo.losses import AutogradLoss
-from clippo.rollout import EnvRunner, RolloutBuffer
+from clippo.core.losses import AutogradLoss
+from clippo.rollout.runner import EnvRunner, RolloutBuffer
 from toy_envs import DictGoalEnv, MaskedGridEnv, SpotImageEnv
 
 
@@ -42,7 +42,7 @@ def test_fast_path_and_general_path_train_to_the_same_parameters(env, hyperparam
 def test_masked_fast_path_and_general_path_train_to_the_same_parameters(source):
     """Action masks on the fast path (numpy acting, the hand-written gradient for Discrete
     actions, autograd for MultiDiscrete ones) give the general path's updates."""
-    from clippo.toy_envs import SlotsEnv, SlotsMethodEnv
+    from clippo.envs.toy import SlotsEnv, SlotsMethodEnv
 
     env = {"method": SlotsMethodEnv, "observation": lambda: SlotsEnv(mask_in="observation"),
            "info": lambda: SlotsEnv(mask_in="info"), "multidiscrete": MaskedGridEnv}[source]  # fmt: skip

@@ -8,12 +8,12 @@ import torch
 from gymnasium import spaces
 
 from clippo import PPO
-from clippo.encoders import flat_size
+from clippo.networks.encoders import flat_size
 from clippo.fastpath import gradient as fast_gradient
 from clippo.fastpath.gradient import TANH_AS_SIGMOID_MIN, AnalyticGradient
-from clippo.losses import AutogradLoss
-from clippo.optim import FlatAdam
-from clippo.rollout import Batch
+from clippo.core.losses import AutogradLoss
+from clippo.training.optim import FlatAdam
+from clippo.rollout.runner import Batch
 from tests.conftest import make_fixed_length_env
 
 ACTION_SPACES = {

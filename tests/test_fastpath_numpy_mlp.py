@@ -13,10 +13,10 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from clippo.encoders import flat_size, flatten_input
+from clippo.networks.encoders import flat_size, flatten_input
 from clippo.fastpath import numpy_mlp
 from clippo.fastpath.numpy_mlp import BLOCK_ROWS, NumpyActor, numpy_critic
-from clippo.policy import ActorCritic
+from clippo.networks.policy import ActorCritic
 
 OBS = spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
 

@@ -1,5 +1,5 @@
 """Image preprocessing for envs other than Atari/MinAtar (frame_skip, resize, grayscale,
-frame_stack: clippo.preprocessing), head hidden layers (head_sizes), the gelu activation, and
+frame_stack: clippo.envs.preprocessing), head hidden layers (head_sizes), the gelu activation, and
 the CarRacing-v3 preset (RL-Zoo's recipe) built from them."""
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from clippo import PPO
-from clippo.config import ENV_PRESETS, PPOConfig, config_from_dict, resolve_config, save_config
-from clippo.distributions import StateDependentGaussian
-from clippo.encoders import ACTIVATIONS, MLPEncoder, NatureCNN
-from clippo.envs import make_run_envs
-from clippo.errors import ConfigError
-from clippo.policy import ActorCritic
-from clippo.preprocessing import Preprocessing
-from clippo.rollout import EnvRunner
+from clippo.config.ppo_config import ENV_PRESETS, PPOConfig, config_from_dict, resolve_config, save_config
+from clippo.networks.distributions import StateDependentGaussian
+from clippo.networks.encoders import ACTIVATIONS, MLPEncoder, NatureCNN
+from clippo.envs.make import make_run_envs
+from clippo.core.errors import ConfigError
+from clippo.networks.policy import ActorCritic
+from clippo.envs.preprocessing import Preprocessing
+from clippo.rollout.runner import EnvRunner
 from toy_envs import SpotImageEnv
 
 

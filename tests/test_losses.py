@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from clippo.losses import (
+from clippo.core.losses import (
     approx_kl,
     clip_fraction,
     clipped_surrogate_loss,

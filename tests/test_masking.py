@@ -11,11 +11,11 @@ import torch
 from gymnasium import spaces
 
 from clippo import PPO
-from clippo.errors import ActionMaskError, EnvStepError
-from clippo.losses import AutogradLoss
-from clippo.masking import policy_observation_space
-from clippo.rollout import EnvRunner, RolloutBuffer
-from clippo.toy_envs import SlotsEnv, SlotsMethodEnv
+from clippo.core.errors import ActionMaskError, EnvStepError
+from clippo.core.losses import AutogradLoss
+from clippo.rollout.masking import policy_observation_space
+from clippo.rollout.runner import EnvRunner, RolloutBuffer
+from clippo.envs.toy import SlotsEnv, SlotsMethodEnv
 from test_ppo import record_first_logratios, record_logratios
 from toy_envs import MaskedGridEnv
 
@@ -86,7 +86,7 @@ def test_multidiscrete_masks_from_info_are_obeyed():
 def test_fast_path_takes_masks_but_not_the_new_action_spaces():
     from clippo.fastpath.gradient import AnalyticGradient
     from clippo.fastpath.rollout import FastEnvRunner, FlatRolloutBuffer
-    from clippo.toy_envs import BitsEnv, ToolAmountEnv
+    from clippo.envs.toy import BitsEnv, ToolAmountEnv
 
     for source in ("CartPole-v1", SlotsMethodEnv):  # flat Box observations, separate MLPs, a CPU
         agent = PPO(source, seed=0, **TINY)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clippo.normalization import (
+from clippo.rollout.normalization import (
     ObservationNormalizer,
     RewardScaler,
     RunningMeanStd,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from clippo.optim import FlatAdam
+from clippo.training.optim import FlatAdam
 
 
 def make_model(seed=0):

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clippo.plotting import (
+from clippo.tools.plotting import (
     DIAGNOSTICS,
     EVAL_COLUMN,
     EVAL_LABEL,

@@ -1,4 +1,4 @@
-"""The actor-critic (clippo.policy) and its MLP encoder: orthogonal init gains, shared vs separate
+"""The actor-critic (clippo.networks.policy) and its MLP encoder: orthogonal init gains, shared vs separate
 structure, output shapes, observation encoding."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from clippo.encoders import MLPEncoder, flat_size, flatten_input, layer, mlp_layers, run_layers
-from clippo.policy import ActorCritic
+from clippo.networks.encoders import MLPEncoder, flat_size, flatten_input, layer, mlp_layers, run_layers
+from clippo.networks.policy import ActorCritic
 
 OBS = spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
 

@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from clippo import PPO, PPOConfig
-from clippo.advantages import compute_gae, discounted_rewards_to_go
-from clippo.config import CHOICES, ConfigError, config_from_dict, resolve_config
+from clippo.core.advantages import compute_gae, discounted_rewards_to_go
+from clippo.config.ppo_config import CHOICES, ConfigError, config_from_dict, resolve_config
 from clippo.fastpath.rollout import FlatRolloutBuffer
-from clippo.rollout import RolloutBuffer
+from clippo.rollout.runner import RolloutBuffer
 from tests.helpers import run_cli
 
 PROPERTY = settings(

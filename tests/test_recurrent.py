@@ -13,8 +13,8 @@ from test_ppo import record_first_logratios, record_logratios
 from toy_envs import CueEnv, DictGoalEnv, MaskedGridEnv, SpotImageEnv
 
 from clippo import PPO
-from clippo.errors import ConfigError
-from clippo.recurrent import RecurrentCore, episode_pieces
+from clippo.core.errors import ConfigError
+from clippo.networks.recurrent import RecurrentCore, episode_pieces
 
 TINY = dict(num_envs=4, num_steps=16, num_minibatches=2, update_epochs=2, hidden_sizes=[16], recurrent_hidden_size=8)
 

@@ -28,8 +28,8 @@ import torch
 from gymnasium import spaces
 
 from clippo import PPO
-from clippo.checkpoint import latest_checkpoint, read_checkpoint, write_atomic
-from clippo.errors import CheckpointError, EnvStepError, NonFiniteError, RunDirInUseError, TrainingInterrupted
+from clippo.training.checkpoint import latest_checkpoint, read_checkpoint, write_atomic
+from clippo.core.errors import CheckpointError, EnvStepError, NonFiniteError, RunDirInUseError, TrainingInterrupted
 from tests.helpers import run_cli
 
 SMALL = dict(num_envs=3, num_steps=48, num_minibatches=2, update_epochs=2, hidden_sizes=[16, 16], seed=3)
@@ -330,7 +330,7 @@ KILL_SCRIPT = textwrap.dedent(
     import torch
     import torch.utils.tensorboard  # imported once here, not in every round
     import clippo.agent
-    from clippo.cli import main
+    from clippo.tools.cli import main
 
     run_dir, seed, train_args = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
     total_steps = int(train_args[train_args.index("--total-steps") + 1])
@@ -869,7 +869,7 @@ EXPLODING_CLI = textwrap.dedent(
     import sys
     import gymnasium
     gymnasium.register(id="ClippoTest/Exploding-v0", entry_point="explodingenv:ExplodingEnv")
-    from clippo.cli import main
+    from clippo.tools.cli import main
     raise SystemExit(main(sys.argv[1:]))
     """
 )
@@ -1167,7 +1167,7 @@ def test_a_run_directory_in_use_is_refused_by_a_second_process(tmp_path):
     first.close()
     metrics_before = (run_dir / "metrics.csv").read_text()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from clippo.checkpoint import run_dir_lock\n"
+        [sys.executable, "-c", "import sys, time; from clippo.training.checkpoint import run_dir_lock\n"
          "with run_dir_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)", str(run_dir)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip

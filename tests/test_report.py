@@ -22,8 +22,8 @@ import pandas as pd
 import pytest
 
 from clippo import PPO
-from clippo.config import save_config
-from clippo.report import (
+from clippo.config.ppo_config import save_config
+from clippo.tools.report import (
     CHECKS,
     build_report,
     check_clip_fraction,

@@ -1,6 +1,6 @@
 """Rollout collection: autoreset steps, episode bookkeeping, flattening, and the vector env builder.
 
-Rollout behaviour is checked on both paths: the general one (``clippo.rollout``: ``EnvRunner``,
+Rollout behaviour is checked on both paths: the general one (``clippo.rollout.runner``: ``EnvRunner``,
 ``RolloutBuffer``) and the fast path (``clippo.fastpath.rollout``: ``FastEnvRunner``,
 ``FlatRolloutBuffer``)."""
 
@@ -14,12 +14,14 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from clippo import PPO, encoders
-from clippo.envs import make_vector_env
+from clippo import PPO
+
+from clippo.networks import encoders
+from clippo.envs.make import make_vector_env
 from clippo.fastpath.rollout import FastEnvRunner, FlatRolloutBuffer
-from clippo.normalization import ObservationNormalizer, RewardScaler
-from clippo.policy import ActorCritic
-from clippo.rollout import Batch, EnvRunner, RolloutBuffer
+from clippo.rollout.normalization import ObservationNormalizer, RewardScaler
+from clippo.networks.policy import ActorCritic
+from clippo.rollout.runner import Batch, EnvRunner, RolloutBuffer
 
 #: (runner, buffer) classes of each rollout path
 PATHS = {"general": (EnvRunner, RolloutBuffer), "fast": (FastEnvRunner, FlatRolloutBuffer)}

@@ -10,11 +10,11 @@ from gymnasium import spaces
 from torch import distributions as D
 
 from clippo import PPO
-from clippo.config import PPOConfig
-from clippo.errors import ConfigError
-from clippo.distributions import StateDependentGaussian, make_distribution
-from clippo.policy import ActorCritic
-from clippo.rollout import EnvRunner
+from clippo.config.ppo_config import PPOConfig
+from clippo.core.errors import ConfigError
+from clippo.networks.distributions import StateDependentGaussian, make_distribution
+from clippo.networks.policy import ActorCritic
+from clippo.rollout.runner import EnvRunner
 
 BOX = spaces.Box(-1.0, 1.0, (2,), np.float32)
 TINY = dict(num_envs=2, num_steps=16, num_minibatches=2, update_epochs=2, hidden_sizes=[16, 16])

@@ -12,8 +12,8 @@ import yaml
 
 optuna = pytest.importorskip("optuna")
 
-from clippo.config import FIELD_NAMES, resolve_config  # noqa: E402
-from clippo.tuning import SEARCH_SPACE, TuneSettings, decode, num_steps_choices, suggest  # noqa: E402
+from clippo.config.ppo_config import FIELD_NAMES, resolve_config  # noqa: E402
+from clippo.tools.tuning import SEARCH_SPACE, TuneSettings, decode, num_steps_choices, suggest  # noqa: E402
 from tests.helpers import run_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

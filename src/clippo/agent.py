@@ -1,6 +1,6 @@
 """The ``PPO`` agent's public API: construct, learn, act, predict, evaluate, save and load.
 
-The training loop itself is ``clippo.trainer``; the agent holds what it trains and checkpoints
+The training loop itself is ``clippo.training.loop``; the agent holds what it trains and checkpoints
 (model, optimizer, normalizers, generator, counters) and the pieces it runs, picked once in
 ``_setup`` (``clippo.fastpath`` decides between the numpy fast path and the torch path).
 """
@@ -20,8 +20,12 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from clippo import __version__, fastpath, masking, observations
-from clippo.checkpoint import (
+from clippo import __version__, fastpath
+
+from clippo.rollout import masking
+
+from clippo.core import observations
+from clippo.training.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
     latest_checkpoint,
@@ -33,19 +37,19 @@ from clippo.checkpoint import (
     space_to_dict,
     write_atomic,
 )
-from clippo.config import PPOConfig, config_from_dict, resolve_config
-from clippo.distributed import broadcast_, init_world
-from clippo.encoders import encoder_name, is_image
-from clippo.envs import EnvSource, make_run_envs
-from clippo.errors import CheckpointError, NonFiniteError, first_line
-from clippo.evaluation import run_episodes
-from clippo.logger import METRICS_FILE
-from clippo.losses import LossTerms
-from clippo.normalization import ObservationNormalizer, RewardScaler
-from clippo.optim import FlatAdam
-from clippo.policy import ActorCritic, upgrade_v1_names
-from clippo.rollout import Batch, EnvRunner, RolloutBuffer, SequenceBatch
-from clippo.trainer import MINIBATCH_STATS, UpdatePlan, plan_update, train, update_policy
+from clippo.config.ppo_config import PPOConfig, config_from_dict, resolve_config
+from clippo.training.distributed import broadcast_, init_world
+from clippo.networks.encoders import encoder_name, is_image
+from clippo.envs.make import EnvSource, make_run_envs
+from clippo.core.errors import CheckpointError, NonFiniteError, first_line
+from clippo.rollout.evaluation import run_episodes
+from clippo.training.logger import METRICS_FILE
+from clippo.core.losses import LossTerms
+from clippo.rollout.normalization import ObservationNormalizer, RewardScaler
+from clippo.training.optim import FlatAdam
+from clippo.networks.policy import ActorCritic, upgrade_v1_names
+from clippo.rollout.runner import Batch, EnvRunner, RolloutBuffer, SequenceBatch
+from clippo.training.loop import MINIBATCH_STATS, UpdatePlan, plan_update, train, update_policy
 
 
 def global_rng_states() -> dict[str, Any]:
@@ -104,7 +108,7 @@ class PPO:
 
     Args:
         env: a Gymnasium env id, or a callable returning a ``gymnasium.Env``.
-        preset: a named hyperparameter preset (see ``clippo.config.PRESETS``); by default the env's
+        preset: a named hyperparameter preset (see ``clippo.config.ppo_config.PRESETS``); by default the env's
             built-in tuned preset if it has one, else ``default``.
         config_file: a YAML/TOML/JSON file of hyperparameters.
         run_dir: where metrics, TensorBoard logs and checkpoints go; None writes nothing.
@@ -112,7 +116,7 @@ class PPO:
             ``"cnn"``, an importable ``"module:Class"``, or a class, factory or ``torch.nn.Module``
             (called as ``f(observation_space, **encoder_kwargs)``; an instance is deep-copied for
             a separate critic). Checkpoints record its ``module:Class`` name, never the object.
-        **hyperparameters: any field of :class:`clippo.config.PPOConfig`.
+        **hyperparameters: any field of :class:`clippo.config.ppo_config.PPOConfig`.
     """
 
     def __init__(
@@ -163,7 +167,7 @@ class PPO:
     ) -> None:
         self.config = config
         # The env's spaces (what act() takes and gives); the model observes observation_space
-        # without an "action_mask" key (clippo.masking.policy_observation_space).
+        # without an "action_mask" key (clippo.rollout.masking.policy_observation_space).
         self.observation_space = observation_space
         self.action_space = action_space
         policy_space = masking.policy_observation_space(observation_space)
@@ -197,7 +201,7 @@ class PPO:
             self.model.paired_parameters(), lr=config.learning_rate, eps=1e-5, extra_slots=len(MINIBATCH_STATS)
         )
         broadcast_(self.optimizer.flat, self.world)  # every rank starts from rank 0's weights
-        #: where the training envs' action masks come from (clippo.masking), set with the runner
+        #: where the training envs' action masks come from (clippo.rollout.masking), set with the runner
         self.action_masks: masking.MaskSource | None = None
         self._choose_paths()
         # Each rank samples its own actions (and shuffles its own minibatches).
@@ -264,7 +268,7 @@ class PPO:
         """Train for ``total_steps`` more environment steps (default: the config's), rounded up to
         whole rollouts. The learning rate anneals to zero over this call.
 
-        ``callback``: a :class:`clippo.callbacks.Callback`, a function ``f(agent, metrics)`` run
+        ``callback``: a :class:`clippo.training.callbacks.Callback`, a function ``f(agent, metrics)`` run
         after each update, or a list of them; one returning False stops training cleanly."""
         steps = self.config.total_steps if total_steps is None else total_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -299,7 +303,7 @@ class PPO:
         return f"resume with: clippo resume {self.run_dir}" if self.run_dir is not None else "nothing was saved (no run_dir)"
 
     def update_policy(self, batch: Batch, plan: UpdatePlan | None = None) -> dict[str, float]:
-        """The PPO update on one rollout's batch (see ``clippo.trainer.update_policy``)."""
+        """The PPO update on one rollout's batch (see ``clippo.training.loop.update_policy``)."""
         return update_policy(self, batch, plan)
 
     def plan_update(self, batch_size: int) -> UpdatePlan:
@@ -372,7 +376,7 @@ class PPO:
 
         Observations are raw env observations: the agent applies its own (frozen) normalization.
         ``action_masks``: booleans, False for invalid actions (``[num_outputs]`` for one
-        observation, ``[batch, num_outputs]`` for a batch; see ``clippo.masking``), as in
+        observation, ``[batch, num_outputs]`` for a batch; see ``clippo.rollout.masking``), as in
         MaskablePPO's ``predict``; by default the observation's own ``"action_mask"`` key, if
         it has one. Invalid actions are never returned; a mask with none valid is an error.
         A recurrent agent acts with its memory: use :meth:`predict` with a state.
@@ -458,7 +462,7 @@ class PPO:
 
     def acting_policy(self, deterministic: bool = True):
         """``policy(obs, masks=None, episode_start=None) -> actions`` for a batch of observations
-        of a vector env, as :func:`clippo.evaluation.run_episodes` calls it; a recurrent agent's
+        of a vector env, as :func:`clippo.rollout.evaluation.run_episodes` calls it; a recurrent agent's
         carries its state from call to call (reset where ``episode_start``)."""
         if not self.model.recurrent:
             return lambda obs, masks=None, episode_start=None: self.act(obs, deterministic, masks)

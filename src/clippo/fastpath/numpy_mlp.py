@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from clippo.policy import ActorCritic
+from clippo.networks.policy import ActorCritic
 
 
 def numpy_tanh_is_avx512() -> bool:

@@ -1,7 +1,7 @@
 """The fast path's rollout: flat observations stored as the numpy MLPs read them, and a
 collection loop that acts through the numpy copy of the actor.
 
-Same transitions, noise and bookkeeping as ``clippo.rollout`` (whose classes these extend); only
+Same transitions, noise and bookkeeping as ``clippo.rollout.runner`` (whose classes these extend); only
 the storage layout and the actor's arithmetic differ.
 """
 
@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from clippo.distributions import MASKED_LOGIT, ActionDistribution
-from clippo.encoders import flat_size
+from clippo.networks.distributions import MASKED_LOGIT, ActionDistribution
+from clippo.networks.encoders import flat_size
 from clippo.fastpath.numpy_mlp import NumpyActor, numpy_critic
-from clippo.policy import ActorCritic
-from clippo.rollout import EnvRunner, RolloutBuffer
+from clippo.networks.policy import ActorCritic
+from clippo.rollout.runner import EnvRunner, RolloutBuffer
 
 
 class FlatRolloutBuffer(RolloutBuffer):

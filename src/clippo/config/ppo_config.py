@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from clippo.errors import ConfigError, first_line
+from clippo.core.errors import ConfigError, first_line
 
 
 def knob(help: str, default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
@@ -124,12 +124,12 @@ class PPOConfig:
             raise ConfigError(f"head_sizes={self.head_sizes} is invalid: give widths >= 1, or none for heads without hidden layers")
         if self.resize and (len(self.resize) != 2 or min(self.resize) < 1):
             raise ConfigError(f"resize={self.resize} is invalid: give two sizes >= 1, HEIGHT WIDTH, or none to keep the size")
-        from clippo.preprocessing import Preprocessing  # (it imports this module)
+        from clippo.envs.preprocessing import Preprocessing  # (it imports this module)
 
         preprocessing = Preprocessing.from_config(self)
         if preprocessing.active and family_preset(self.env_id):
             raise ConfigError(
-                f"{preprocessing} is invalid for {self.env_id!r}: Atari and MinAtar ids have their own preprocessing (clippo.atari)"
+                f"{preprocessing} is invalid for {self.env_id!r}: Atari and MinAtar ids have their own preprocessing (clippo.envs.atari)"
             )
         batch = self.num_envs * self.num_steps
         if self.num_minibatches > batch:
@@ -430,7 +430,7 @@ ENV_PRESETS: dict[str, dict[str, Any]] = {
         "orthogonal_init": False,
         "normalize_rewards": True,
     },
-    # Partially observed tasks (clippo.toy_envs, velocities hidden): an LSTM after a 64-unit ReLU
+    # Partially observed tasks (clippo.envs.toy, velocities hidden): an LSTM after a 64-unit ReLU
     # layer, on RL-Zoo's RecurrentPPO values for CartPoleNoVel-v1 (8 envs x 32 steps, one minibatch
     # of whole sequences, 20 epochs, lr 1e-3 annealed, gamma 0.98, lambda 0.8, normalized
     # observations and rewards) plus a KL stop at 0.02: without it, in tuning runs (10 evaluation
@@ -475,7 +475,7 @@ ENV_PRESETS: dict[str, dict[str, Any]] = {
         "recurrent": "lstm",
         "recurrent_hidden_size": 64,
     },
-    # clippo's toy envs (clippo.toy_envs): each step's reward depends on that step's action alone
+    # clippo's toy envs (clippo.envs.toy): each step's reward depends on that step's action alone
     # and observations are independent of the actions (contextual bandits), so a short horizon
     # changes no optimum and only cuts the advantages' variance (with gamma 0.99, 200k steps left
     # the amount's mean 0.08 from its target against 0.014 with 0.5; the default log-std 0, a std
@@ -701,7 +701,7 @@ def presets_markdown() -> str:
     lines = [
         "# Presets",
         "",
-        "Generated from `src/clippo/config.py` by `clippo presets > docs/presets.md`.",
+        "Generated from `src/clippo/config/ppo_config.py` by `clippo presets > docs/presets.md`.",
         "",
         "`clippo train ENV_ID` uses the env's built-in values below when it has them and no `--preset`",
         "is given; `--preset NAME` picks a named set instead. Values not listed are the defaults.",

@@ -20,8 +20,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from clippo.callbacks import BEST_NAME
-from clippo.plotting import EVAL_COLUMN, RunGroup, draw_groups, read_run, require_plotting_packages
+from clippo.training.callbacks import BEST_NAME
+from clippo.tools.plotting import EVAL_COLUMN, RunGroup, draw_groups, read_run, require_plotting_packages
 
 # --- thresholds -------------------------------------------------------------------------------
 # KL early stop: ended the epochs of more than this share of the updates.
@@ -285,7 +285,7 @@ def _read_evaluation(run_dir: Path) -> dict[str, Any] | None:
 def _action_space(run_dir: Path, env_id: str | None) -> dict[str, Any] | None:
     """The action space as the checkpoint stores it, else from the registered env."""
     try:
-        from clippo.checkpoint import read_checkpoint
+        from clippo.training.checkpoint import read_checkpoint
 
         return read_checkpoint(run_dir)["action_space"]
     except Exception:  # no or unreadable checkpoint: ask Gymnasium
@@ -295,7 +295,7 @@ def _action_space(run_dir: Path, env_id: str | None) -> dict[str, Any] | None:
     try:
         import gymnasium as gym
 
-        from clippo.checkpoint import space_to_dict
+        from clippo.training.checkpoint import space_to_dict
 
         env = gym.make(env_id)
         try:
@@ -472,7 +472,7 @@ def report_blocks(report: RunReport) -> list[Block]:
         blocks.append(("warning", warning))
     if report.passed:
         blocks.append(("list", [f"OK: {text}" for text in report.passed]))
-    blocks.append(("p", "Thresholds: docs/tuning.md (constants at the top of `src/clippo/report.py`)."))
+    blocks.append(("p", "Thresholds: docs/tuning.md (constants at the top of `src/clippo/tools/report.py`)."))
     blocks += [
         ("h2", "Curves"),
         ("figure", "return and diagnostics against environment steps"),

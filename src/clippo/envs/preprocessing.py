@@ -1,7 +1,7 @@
 """Generic observation preprocessing for pixel tasks (CarRacing and the like), from Gymnasium's
 own wrappers: action repeat, resizing, grayscale, frame stacking.
 
-Atari and MinAtar ids have the standard preprocessing of their own (``clippo.atari``); these
+Atari and MinAtar ids have the standard preprocessing of their own (``clippo.envs.atari``); these
 knobs are for every other env made from an id or a factory, as RL-Zoo wraps CarRacing. Each env
 is wrapped in this order (RL-Zoo's):
 
@@ -28,7 +28,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from clippo.config import PPOConfig
+from clippo.config.ppo_config import PPOConfig
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,8 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import VectorEnv
 
-from clippo.distributions import ActionDistribution
-from clippo.errors import ActionMaskError
+from clippo.networks.distributions import ActionDistribution
+from clippo.core.errors import ActionMaskError
 
 #: The Dict observation key (PettingZoo) and the info key holding a mask.
 MASK_KEY = "action_mask"

@@ -2,7 +2,7 @@
 help understand a run: ``plot``, ``report`` and ``enjoy``, ``tune`` (hyperparameter search) and
 ``export`` (the policy as an ONNX graph).
 
-Every hyperparameter flag is generated from :class:`clippo.config.PPOConfig`, so the flags, their
+Every hyperparameter flag is generated from :class:`clippo.config.ppo_config.PPOConfig`, so the flags, their
 help and their defaults cannot drift from the config. Bad input ends with one line on stderr.
 """
 
@@ -21,8 +21,8 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from clippo.config import CHOICES, ENV_PRESETS, PRESETS, PPOConfig
-from clippo.errors import EnvStepError, NonFiniteError, TrainingInterrupted, first_line
+from clippo.config.ppo_config import CHOICES, ENV_PRESETS, PRESETS, PPOConfig
+from clippo.core.errors import EnvStepError, NonFiniteError, TrainingInterrupted, first_line
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_export_command(commands) -> None:
-    """``export``: it only parses here; the work is in clippo.export (onnx imported there)."""
+    """``export``: it only parses here; the work is in clippo.tools.export (onnx imported there)."""
     export = commands.add_parser(
         "export",
         help="write the deterministic policy as an ONNX graph (needs clippo[export])",
@@ -182,7 +182,7 @@ def _add_export_command(commands) -> None:
 
 
 def _add_tune_command(commands) -> None:
-    """``tune``: it only parses here; the work is in clippo.tuning (Optuna imported there)."""
+    """``tune``: it only parses here; the work is in clippo.tools.tuning (Optuna imported there)."""
     tune = commands.add_parser(
         "tune",
         help="search hyperparameters with Optuna (needs clippo[tune])",
@@ -214,9 +214,9 @@ def _add_tune_command(commands) -> None:
 
 
 def _add_understanding_commands(commands) -> None:
-    """``plot``, ``report`` and ``enjoy``: they only parse here; the work is in clippo.plotting,
-    clippo.report and clippo.playback."""
-    from clippo.plotting import BANDS, X_CHOICES  # numpy only: cheap to import
+    """``plot``, ``report`` and ``enjoy``: they only parse here; the work is in clippo.tools.plotting,
+    clippo.tools.report and clippo.tools.playback."""
+    from clippo.tools.plotting import BANDS, X_CHOICES  # numpy only: cheap to import
 
     plot = commands.add_parser(
         "plot",
@@ -265,7 +265,7 @@ def _add_episode_flags(parser: argparse.ArgumentParser, episodes: int, seed_help
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from clippo.plotting import plot_runs
+    from clippo.tools.plotting import plot_runs
 
     path = plot_runs(args.run_dirs, args.output, x=args.x, diagnostics=args.diagnostics, band=args.band)
     print(f"wrote {path}")
@@ -273,7 +273,7 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from clippo.report import write_report
+    from clippo.tools.report import write_report
 
     output = Path(args.output) if args.output else Path(args.run_dir) / "report.md"
     report = write_report(args.run_dir, output)
@@ -287,7 +287,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _enjoy(args: argparse.Namespace) -> int:
-    from clippo.playback import play
+    from clippo.tools.playback import play
 
     if args.episodes < 1:
         raise ValueError(f"--episodes={args.episodes} is invalid: it must be an integer >= 1")
@@ -302,7 +302,7 @@ def _enjoy(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from clippo.tuning import TuneSettings, tune
+    from clippo.tools.tuning import TuneSettings, tune
 
     return tune(TuneSettings(
         env_id=args.env_id, trials=args.trials, jobs=args.jobs, steps_per_trial=args.steps_per_trial,
@@ -313,7 +313,7 @@ def _tune(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from clippo.agent import PPO
-    from clippo.export import describe, export_onnx, require_onnx
+    from clippo.tools.export import describe, export_onnx, require_onnx
 
     require_onnx()  # before loading the agent: a missing extra is the first thing to say
     for flag, value in (("--check-steps", args.check_steps), ("--check-envs", args.check_envs)):
@@ -328,7 +328,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _presets(args: argparse.Namespace) -> int:
-    from clippo.config import presets_markdown
+    from clippo.config.ppo_config import presets_markdown
 
     print(presets_markdown(), end="")
     return 0
@@ -337,7 +337,7 @@ def _presets(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     if args.nproc > 1:
         return _launch_torchrun(args.nproc)
-    from clippo.config import save_config
+    from clippo.config.ppo_config import save_config
     from clippo.agent import PPO  # deferred: torch is slow to import and --help should not wait for it
 
     known = {f.name for f in fields(PPOConfig)}
@@ -365,7 +365,7 @@ def _train(args: argparse.Namespace) -> int:
 def _eval_callback(agent):
     """The periodic evaluation the run's config asks for (``--eval-every``), or None. Only rank 0
     evaluates; a stop it asks for reaches the other ranks in the next after-rollout exchange."""
-    from clippo.callbacks import EvalCallback
+    from clippo.training.callbacks import EvalCallback
 
     return EvalCallback.from_config(agent.config)
 
@@ -388,7 +388,7 @@ def _launch_torchrun(nproc: int) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from clippo.checkpoint import run_dir_lock
+    from clippo.training.checkpoint import run_dir_lock
 
     run_dir = Path(args.run_dir)
     with run_dir_lock(run_dir):  # before anything is truncated: the run may still be training elsewhere
@@ -396,13 +396,13 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _resume_locked(args: argparse.Namespace, run_dir: Path) -> int:
-    from clippo.logger import truncate_metrics
+    from clippo.training.logger import truncate_metrics
     from clippo.agent import PPO
 
     agent = PPO.from_run(run_dir)
     if agent.finished:
         raise ValueError(f"run {str(run_dir)!r} is already complete ({agent.global_step} steps): nothing to resume")
-    from clippo.callbacks import stop_reached
+    from clippo.training.callbacks import stop_reached
 
     reached = stop_reached(run_dir, agent.config, agent.global_step)
     if reached is not None:
@@ -451,7 +451,7 @@ def stop_on_signals(agent) -> Iterator[None]:
 
 
 def _finish(agent, run_dir: Path, callback=None) -> int:
-    from clippo.distributed import shutdown
+    from clippo.training.distributed import shutdown
 
     shutdown(agent.world)
     if not agent.world.is_main:

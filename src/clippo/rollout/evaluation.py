@@ -7,8 +7,8 @@ from typing import Any, Callable
 import numpy as np
 from gymnasium.vector import VectorEnv
 
-from clippo.distributions import make_distribution
-from clippo.masking import detect_mask_source
+from clippo.networks.distributions import make_distribution
+from clippo.rollout.masking import detect_mask_source
 
 
 def run_episodes(
@@ -18,7 +18,7 @@ def run_episodes(
 
     Each copy has a fixed quota decided up front: counting whichever episodes finish first would
     favour short episodes and bias the mean. ``policy(obs)`` gives the actions; for envs that
-    give action masks (``clippo.masking``) it is called as ``policy(obs, masks)``, ``obs``
+    give action masks (``clippo.rollout.masking``) it is called as ``policy(obs, masks)``, ``obs``
     without an ``"action_mask"`` key. A policy with a true ``recurrent`` attribute (see
     ``PPO.acting_policy``) also gets ``episode_start``: per env, whether ``obs`` is the first
     observation of an episode (after the reset, and after each autoreset step).

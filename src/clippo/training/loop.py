@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from clippo.advantages import compute_gae
-from clippo.callbacks import as_callback, with_config_evaluation
-from clippo.checkpoint import FINAL_NAME, run_dir_lock
-from clippo.distributed import all_gather, all_reduce_mean_, moment_sums, pool_statistics, pooled_moments, statistics_sums
-from clippo.errors import EnvStepError, NonFiniteError, TrainingInterrupted
-from clippo.logger import RunLogger
-from clippo.losses import explained_variance, normalize_advantages
-from clippo.rollout import Batch
+from clippo.core.advantages import compute_gae
+from clippo.training.callbacks import as_callback, with_config_evaluation
+from clippo.training.checkpoint import FINAL_NAME, run_dir_lock
+from clippo.training.distributed import all_gather, all_reduce_mean_, moment_sums, pool_statistics, pooled_moments, statistics_sums
+from clippo.core.errors import EnvStepError, NonFiniteError, TrainingInterrupted
+from clippo.training.logger import RunLogger
+from clippo.core.losses import explained_variance, normalize_advantages
+from clippo.rollout.runner import Batch
 
 if TYPE_CHECKING:
     from clippo.agent import PPO

@@ -4,7 +4,7 @@ The graph is the deterministic policy, from what the env returns to what the env
 
 - inputs: the raw observation batch, in the dtype the observation space stores (float32 vectors,
   uint8 images, int64 ``Discrete`` indices), named ``obs`` for a plain space and by field for
-  ``Dict``/``Tuple`` observations (flat keys, as in ``clippo.observations``: ``"goal"``,
+  ``Dict``/``Tuple`` observations (flat keys, as in ``clippo.core.observations``: ``"goal"``,
   ``"sensors.lidar"``, ``"0"``); an env that gives action masks outside its observation (an
   ``action_masks()`` method or ``info["action_mask"]``) adds a bool ``action_mask`` input;
 - inside: the frozen observation normalization (``clip((obs - mean) / sqrt(var + eps))``, in
@@ -43,9 +43,11 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from clippo import masking, observations
-from clippo.distributions import ActionDistribution, Bernoulli, Categorical, Composite, DiagGaussian, MultiCategorical
-from clippo.errors import ExportCheckError, first_line
+from clippo.rollout import masking
+
+from clippo.core import observations
+from clippo.networks.distributions import ActionDistribution, Bernoulli, Categorical, Composite, DiagGaussian, MultiCategorical
+from clippo.core.errors import ExportCheckError, first_line
 
 #: Largest difference allowed between the graph's continuous actions and ``agent.act``'s.
 TOLERANCE = 1e-5
@@ -190,7 +192,7 @@ def _port(name: str, space: spaces.Space) -> Port:
 def _policy_input_names(agent) -> str | dict[str, str]:
     """Which graph input feeds the policy's observation: one name for a plain policy space, else
     the input name of each of its flat keys. (Only the ``action_mask`` key of a raw observation
-    is not the policy's: ``clippo.masking.policy_observation_space``.)"""
+    is not the policy's: ``clippo.rollout.masking.policy_observation_space``.)"""
     raw = agent.observation_space
     raw_fields = observations.fields(raw)
     policy_fields = observations.fields(agent.model.observation_space)
@@ -295,7 +297,7 @@ def collect_check_data(agent, steps: int = CHECK_STEPS, num_envs: int = CHECK_EN
     """Step ``num_envs`` copies of the agent's env for ``steps`` steps with its deterministic
     policy (a random action at a ``RANDOM_STEP_FRACTION`` of the steps, unless the env masks
     actions), keeping each observation, in time order, and the action ``agent.act`` chose for it."""
-    from clippo.envs import make_run_envs
+    from clippo.envs.make import make_run_envs
 
     source = agent.env_source
     name = source if isinstance(source, str) else getattr(source, "__name__", "the env factory")

@@ -86,7 +86,7 @@ def _import_ale(env_id: str):
 
 
 def _check_id(env_id: str) -> None:
-    from clippo.envs import check_env_id  # clippo.envs imports this module
+    from clippo.envs.make import check_env_id  # clippo.envs.make imports this module
 
     check_env_id(env_id)  # registers first, then the one-line error for unknown ids
 
@@ -344,7 +344,7 @@ def make_minatar_vector_env(env_id: str, num_envs: int, vector_env: str = "auto"
     if vector_env not in MINATAR_MODES:
         raise _mode_error(vector_env, env_id, MINATAR_MODES)
     _check_id(env_id)
-    from clippo.envs import DropInfo
+    from clippo.envs.make import DropInfo
 
     return gym.make_vec(
         env_id,

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from clippo import atari
-from clippo.config import PPOConfig
-from clippo.masking import MASK_KEY
-from clippo.preprocessing import Preprocessing
+from clippo.envs import atari
+from clippo.config.ppo_config import PPOConfig
+from clippo.rollout.masking import MASK_KEY
+from clippo.envs.preprocessing import Preprocessing
 
 EnvSource = Union[str, Callable[[], gym.Env]]
 
@@ -22,10 +22,10 @@ def check_env_id(env_id: str) -> None:
     """Raise ValueError with one line if Gymnasium does not know ``env_id``.
 
     Atari and MinAtar ids are registered first (from ale-py or minatar, whose absence is a
-    one-line error naming the extra), and clippo's own ``clippo/...`` ids (``clippo.toy_envs``)."""
+    one-line error naming the extra), and clippo's own ``clippo/...`` ids (``clippo.envs.toy``)."""
     atari.ensure_registered(env_id)
     if env_id.startswith("clippo/"):
-        import clippo.toy_envs  # noqa: F401  (registers them)
+        import clippo.envs.toy  # noqa: F401  (registers them)
     try:
         gym.spec(env_id)
     except gym.error.Error as exc:
@@ -43,7 +43,7 @@ def _kept_info(info: dict) -> dict:
 class DropInfo(gym.Wrapper):
     """An env whose step and reset return an empty info dict, but for an ``action_mask`` entry.
 
-    clippo reads nothing else from infos (action masks may come from there: ``clippo.masking``),
+    clippo reads nothing else from infos (action masks may come from there: ``clippo.rollout.masking``),
     while Gymnasium's sync and async vector envs merge every env's info into per-key arrays at
     every step: for a MuJoCo env's half-dozen entries, 25-30 us or 6-9% of a one-env vector step
     (Hopper, Walker2d, HalfCheetah, Ant v5, alternating blocks in one process). Applied to envs
@@ -63,7 +63,7 @@ _GENERIC_MODES = ("auto", "sync", "async", "native")
 
 def make_run_envs(source: EnvSource, num_envs: int, config: PPOConfig, vector_env: str | None = None) -> VectorEnv:
     """``num_envs`` envs of ``source`` as a run with ``config`` sees them: its ``vector_env`` mode
-    (unless given) and its observation preprocessing (``clippo.preprocessing``). Training,
+    (unless given) and its observation preprocessing (``clippo.envs.preprocessing``). Training,
     evaluation, the export check and playback all make their envs here, so that the policy is
     always given the observations it was trained on."""
     mode = config.vector_env if vector_env is None else vector_env
@@ -82,7 +82,7 @@ def make_vector_env(
     All clippo vector envs use Gymnasium's next-step autoreset: the step after an episode ends
     returns the first observation of the next one (with reward 0) and is not a transition.
     Atari ids get the standard preprocessing and MinAtar ids their own vector env
-    (:mod:`clippo.atari`); ``vector_env`` "ale" and "envpool" apply only to Atari ids. Other
+    (:mod:`clippo.envs.atari`); ``vector_env`` "ale" and "envpool" apply only to Atari ids. Other
     envs, from an id or a factory, get ``preprocessing`` (frame skip, resize, grayscale, frame
     stack) if it is given and active.
     """
@@ -90,7 +90,7 @@ def make_vector_env(
     preprocess = preprocessing is not None and preprocessing.active
     if isinstance(source, str) and (atari.is_atari(source) or atari.is_minatar(source)) and preprocess:
         raise ValueError(
-            f"{preprocessing} is invalid for {source!r}: Atari and MinAtar ids have their own preprocessing (clippo.atari)"
+            f"{preprocessing} is invalid for {source!r}: Atari and MinAtar ids have their own preprocessing (clippo.envs.atari)"
         )
     if isinstance(source, str) and atari.is_atari(source):
         return atari.make_atari_vector_env(source, num_envs, vector_env, **make_kwargs)
@@ -143,7 +143,7 @@ def make_vector_env(
 # Gymnasium's classic-control and toy-text envs (and CartPole's native vector env) and clippo's
 # own toy tasks in a synchronous vector env; physics engines (MuJoCo, Box2D) and worker
 # processes keep state out of reach, so those runs resume with freshly reset envs instead.
-_SNAPSHOT_MODULES = ("gymnasium.envs.classic_control", "gymnasium.envs.toy_text", "clippo.toy_envs")
+_SNAPSHOT_MODULES = ("gymnasium.envs.classic_control", "gymnasium.envs.toy_text", "clippo.envs.toy")
 
 
 def _snapshot_objects(envs: VectorEnv) -> list[object] | None:

@@ -16,14 +16,14 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import VectorEnv
 
-from clippo import observations
-from clippo.distributions import ActionDistribution
-from clippo.envs import restore_env_state, snapshot_env_state
-from clippo.errors import EnvStepError, NonFiniteError, first_line
-from clippo.masking import MaskSource, policy_observation_space
-from clippo.normalization import ObservationNormalizer, RewardScaler
-from clippo.observations import Obs, map_obs
-from clippo.policy import ActorCritic, Sequences
+from clippo.core import observations
+from clippo.networks.distributions import ActionDistribution
+from clippo.envs.make import restore_env_state, snapshot_env_state
+from clippo.core.errors import EnvStepError, NonFiniteError, first_line
+from clippo.rollout.masking import MaskSource, policy_observation_space
+from clippo.rollout.normalization import ObservationNormalizer, RewardScaler
+from clippo.core.observations import Obs, map_obs
+from clippo.networks.policy import ActorCritic, Sequences
 
 #: The critic runs over a rollout's observations in chunks of this many rows (bounded memory for
 #: image encoders, whose activations are large).
@@ -264,7 +264,7 @@ class EnvRunner:
     """The vector env plus what carries over between rollouts.
 
     That is the latest observation (and its action mask, with ``action_masks``: where the env's
-    masks come from, see ``clippo.masking``), which envs are due an autoreset step, each env's
+    masks come from, see ``clippo.rollout.masking``), which envs are due an autoreset step, each env's
     lives (with ``episodic_life``), the running return and length of each env's current
     episode (in raw, unscaled rewards: the game score, whatever the learner is trained on), and
     for a recurrent policy its state and which envs' latest observation begins an episode.
@@ -472,7 +472,7 @@ class EnvRunner:
 
     def state_dict(self) -> dict:
         """What carries over to the next rollout, including the envs' own state where it can be
-        captured exactly (see clippo.envs.snapshot_env_state)."""
+        captured exactly (see clippo.envs.make.snapshot_env_state)."""
         return {
             "next_obs": map_obs(lambda a: torch.from_numpy(np.array(a)), self.next_obs),
             "autoreset": torch.from_numpy(self.autoreset.copy()),

@@ -136,7 +136,7 @@ class AutogradLoss:
         """``old_values`` given: the value error is clipped around them (PPO2 style). ``masks``:
         the action masks the rollout acted with, so that the new log-probabilities, the entropy
         and hence the ratio and the KL estimate are those of the masked policy. ``sequences``
-        (``clippo.policy.Sequences``; recurrent policies): ``obs``, ``actions`` and ``masks``
+        (``clippo.networks.policy.Sequences``; recurrent policies): ``obs``, ``actions`` and ``masks``
         are stored sequences, replayed from their initial states; the other arguments are flat,
         one entry per valid step."""
         # With no entropy bonus, the entropy is only logged: keep it out of the graph.

@@ -1,5 +1,5 @@
 """The actor-critic: observation encoder(s), shared or separate, an optional recurrent core after
-each encoder (``clippo.recurrent``), then an action head and a value head, each with optional
+each encoder (``clippo.networks.recurrent``), then an action head and a value head, each with optional
 hidden layers of its own (``head_sizes``: SB3's ``net_arch=dict(pi=..., vf=...)`` after a shared
 CNN).
 
@@ -20,10 +20,10 @@ from gymnasium import spaces
 from torch import nn
 from torch.nn import functional as F
 
-from clippo.distributions import ActionDistribution, make_distribution
-from clippo.encoders import ACTIVATIONS, MLPEncoder, layer, make_encoder, mlp_layers, run_layers
-from clippo.observations import Obs, map_obs
-from clippo.recurrent import RecurrentCore, episode_pieces
+from clippo.networks.distributions import ActionDistribution, make_distribution
+from clippo.networks.encoders import ACTIVATIONS, MLPEncoder, layer, make_encoder, mlp_layers, run_layers
+from clippo.core.observations import Obs, map_obs
+from clippo.networks.recurrent import RecurrentCore, episode_pieces
 
 
 @dataclass
@@ -111,7 +111,7 @@ class ActorCritic(nn.Module):
         and clippo's own encoders (a user encoder keeps the init it chose): RL-Zoo's
         ``ortho_init=False``."""
         own = [self.actor_head, self.critic_head, self.actor_hidden, self.critic_hidden]
-        own += [m for m in (self.actor_features, self.critic_features) if type(m).__module__ == "clippo.encoders"]
+        own += [m for m in (self.actor_features, self.critic_features) if type(m).__module__ == "clippo.networks.encoders"]
         for part in own:
             for module in part.modules():
                 if isinstance(module, (nn.Linear, nn.Conv2d)):

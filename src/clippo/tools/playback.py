@@ -2,7 +2,7 @@
 
 The agent is loaded with :meth:`clippo.PPO.load` and acts through :meth:`clippo.PPO.act`, which
 applies the observation normalization frozen at the end of training: the policy sees exactly the
-inputs it was trained on. Episodes are run by :func:`clippo.evaluation.run_episodes`, the code
+inputs it was trained on. Episodes are run by :func:`clippo.rollout.evaluation.run_episodes`, the code
 behind ``clippo eval``, on a single env (a video shows one episode after another). Recording
 uses Gymnasium's ``RecordVideo`` with ``render_mode="rgb_array"``, so no display is needed; it
 writes through moviepy (``pip install 'clippo[video]'``).
@@ -52,9 +52,9 @@ def play(
     """
     import gymnasium as gym
 
-    from clippo import atari
-    from clippo.envs import check_env_id, make_run_envs
-    from clippo.evaluation import run_episodes
+    from clippo.envs import atari
+    from clippo.envs.make import check_env_id, make_run_envs
+    from clippo.rollout.evaluation import run_episodes
     from clippo.agent import PPO
 
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:

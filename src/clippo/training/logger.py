@@ -26,7 +26,7 @@ COLUMNS = [
     "recent_return",
     "episode_length",
     "episodes",
-    # the periodic deterministic evaluation (clippo.callbacks.EvalCallback): blank in the rows of
+    # the periodic deterministic evaluation (clippo.training.callbacks.EvalCallback): blank in the rows of
     # updates without one
     "eval/mean_return",
     "eval/std_return",

@@ -21,8 +21,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from clippo.errors import first_line
-from clippo.logger import METRICS_FILE
+from clippo.core.errors import first_line
+from clippo.training.logger import METRICS_FILE
 
 CONFIG_FILE = "config.yaml"
 
@@ -35,7 +35,7 @@ IGNORED_KEYS = frozenset(
 
 RETURN_COLUMN = "recent_return"
 RETURN_LABEL = "return (mean of last 100 episodes)"
-# The periodic evaluation (clippo.callbacks.EvalCallback): a value only in the rows of the
+# The periodic evaluation (clippo.training.callbacks.EvalCallback): a value only in the rows of the
 # updates that evaluated.
 EVAL_COLUMN = "eval/mean_return"
 EVAL_LABEL = "evaluation return (deterministic)"
@@ -131,11 +131,11 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
             raise ValueError(f"{str(path)!r} does not hold a mapping of hyperparameters")
         return data
     # Runs made with the Python API have no config.yaml; their checkpoint carries the config.
-    from clippo.checkpoint import FINAL_NAME, CHECKPOINT_DIR
+    from clippo.training.checkpoint import FINAL_NAME, CHECKPOINT_DIR
 
     if (run_dir / FINAL_NAME).is_file() or any((run_dir / CHECKPOINT_DIR).glob("step_*.pt")):
-        from clippo.checkpoint import read_checkpoint
-        from clippo.errors import CheckpointError
+        from clippo.training.checkpoint import read_checkpoint
+        from clippo.core.errors import CheckpointError
 
         try:
             return dict(read_checkpoint(run_dir)["config"])

@@ -344,7 +344,7 @@ class StateDependentGaussian(DiagGaussian):
         return mean + (features.unsqueeze(-2) @ (noise * self._sigma())).squeeze(-2)
 
     def sample_numpy(self, params, noise, std=None):
-        raise NotImplementedError("gSDE acts through the torch rollout (clippo.rollout), not the numpy fast path")
+        raise NotImplementedError("gSDE acts through the torch rollout (clippo.rollout.runner), not the numpy fast path")
 
     def log_prob(self, params, actions):
         mean, features = self._split(params)

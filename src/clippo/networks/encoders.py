@@ -31,7 +31,7 @@ from gymnasium import spaces
 from torch import nn
 from torch.nn import functional as F
 
-from clippo import observations
+from clippo.core import observations
 
 #: the MLP hidden layers' activations by name (GELU, exact erf form as torch.nn.GELU: RL-Zoo's CarRacing heads)
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "gelu": F.gelu}

@@ -3,7 +3,7 @@
 A *trial* trains one agent for ``steps_per_trial`` environment steps with hyperparameters drawn
 from :data:`SEARCH_SPACE` on top of the base config (the env's preset, ``--config``, clippo's
 defaults; a hyperparameter the ``--config`` file sets is fixed, not searched), seed ``--seed``, and evaluates its deterministic policy every ``eval_every`` steps
-(:class:`clippo.callbacks.EvalCallback`: ``eval_episodes`` episodes on separate envs, the same
+(:class:`clippo.training.callbacks.EvalCallback`: ``eval_episodes`` episodes on separate envs, the same
 evaluation seeds in every trial).
 
 *Objective* (maximized): the mean of a trial's evaluation returns, one per multiple of
@@ -50,8 +50,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from clippo.callbacks import EVAL_MEAN, Callback, EvalCallback
-from clippo.errors import EnvStepError, NonFiniteError, first_line
+from clippo.training.callbacks import EVAL_MEAN, Callback, EvalCallback
+from clippo.core.errors import EnvStepError, NonFiniteError, first_line
 
 # ---------------------------------------------------------------------------------------------
 # The search space: (kind, values). Kinds: "log" a float log-uniform in [low, high]; "int" an
@@ -119,8 +119,8 @@ class TuneSettings:
 
     def resolved(self) -> TuneSettings:
         """The settings with defaults filled in, checked: one-line ValueError naming a bad value."""
-        from clippo.config import resolve_config
-        from clippo.envs import check_env_id
+        from clippo.config.ppo_config import resolve_config
+        from clippo.envs.make import check_env_id
 
         for name in ("trials", "jobs", "eval_episodes"):
             _check_positive(name, getattr(self, name))
@@ -149,14 +149,14 @@ def _check_positive(name: str, value: int) -> None:
 
 def base_values(settings: TuneSettings) -> dict[str, Any]:
     """The config every trial starts from (env preset, --config file, defaults), as a dict."""
-    from clippo.config import resolve_config
+    from clippo.config.ppo_config import resolve_config
 
     return resolve_config(settings.env_id, config_file=settings.config_file).to_dict()
 
 
 def search_space(settings: TuneSettings) -> dict[str, tuple[str, tuple]]:
     """SEARCH_SPACE without the hyperparameters the ``--config`` file fixes."""
-    from clippo.config import load_config_file
+    from clippo.config.ppo_config import load_config_file
 
     fixed = load_config_file(settings.config_file) if settings.config_file else {}
     return {name: entry for name, entry in SEARCH_SPACE.items() if name not in fixed}
@@ -248,7 +248,7 @@ def run_trial(trial, settings: TuneSettings, worker: int = 0) -> float:
     """Train and evaluate one trial's agent (its run directory: OUT/trials/trial-NNNN)."""
     optuna = require_optuna()
     from clippo import PPO
-    from clippo.config import save_config
+    from clippo.config.ppo_config import save_config
 
     base = base_values(settings)
     params = suggest(trial, search_space(settings), base, settings.eval_every)
@@ -419,7 +419,7 @@ def _run_workers(settings: TuneSettings) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     payload = json.dumps(dataclasses.asdict(settings))
     workers = [
-        subprocess.Popen([sys.executable, "-m", "clippo.tuning", payload, str(index), str(os.getpid())], env=env)
+        subprocess.Popen([sys.executable, "-m", "clippo.tools.tuning", payload, str(index), str(os.getpid())], env=env)
         for index in range(1, jobs + 1)
     ]
 
@@ -582,7 +582,7 @@ def write_plots(study, out: Path) -> tuple[list[Path], list[str]]:
 
 
 def _worker_main(argv: list[str]) -> int:
-    """Entry point of the worker processes: ``python -m clippo.tuning SETTINGS_JSON INDEX PARENT_PID``."""
+    """Entry point of the worker processes: ``python -m clippo.tools.tuning SETTINGS_JSON INDEX PARENT_PID``."""
     settings = TuneSettings(**json.loads(argv[0]))
 
     def interrupt(signum, frame) -> None:

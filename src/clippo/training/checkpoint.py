@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from clippo.errors import CheckpointError, RunDirInUseError, first_line
+from clippo.core.errors import CheckpointError, RunDirInUseError, first_line
 
 FORMAT = "clippo-checkpoint"
 FORMAT_VERSION = 2

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from clippo.errors import first_line
+from clippo.core.errors import first_line
 
 
 class Callback:
@@ -67,7 +67,7 @@ def as_callback(callback: Callback | Callable | Iterable | None) -> Callback:
         return FunctionCallback(callback)
     if isinstance(callback, (list, tuple)):
         return CallbackList(as_callback(cb) for cb in callback)
-    raise TypeError(f"callback={callback!r} is invalid: give a clippo.callbacks.Callback, a function f(agent, metrics), or a list of them")
+    raise TypeError(f"callback={callback!r} is invalid: give a clippo.training.callbacks.Callback, a function f(agent, metrics), or a list of them")
 
 
 def with_config_evaluation(callback: Callback, config: Any) -> Callback:

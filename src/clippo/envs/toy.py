@@ -184,13 +184,13 @@ def pendulum_no_velocity(**kwargs) -> gym.Env:
 
 #: id -> (entry point, keyword arguments)
 TOY_ENVS = {
-    "clippo/Slots-v0": ("clippo.toy_envs:SlotsMethodEnv", {}),
-    "clippo/SlotsDict-v0": ("clippo.toy_envs:SlotsEnv", {"mask_in": "observation"}),
-    "clippo/SlotsInfo-v0": ("clippo.toy_envs:SlotsEnv", {"mask_in": "info"}),
-    "clippo/ToolAmount-v0": ("clippo.toy_envs:ToolAmountEnv", {}),
-    "clippo/Bits-v0": ("clippo.toy_envs:BitsEnv", {}),
-    "clippo/CartPoleNoVel-v1": ("clippo.toy_envs:cartpole_no_velocity", {}),
-    "clippo/PendulumNoVel-v1": ("clippo.toy_envs:pendulum_no_velocity", {}),
+    "clippo/Slots-v0": ("clippo.envs.toy:SlotsMethodEnv", {}),
+    "clippo/SlotsDict-v0": ("clippo.envs.toy:SlotsEnv", {"mask_in": "observation"}),
+    "clippo/SlotsInfo-v0": ("clippo.envs.toy:SlotsEnv", {"mask_in": "info"}),
+    "clippo/ToolAmount-v0": ("clippo.envs.toy:ToolAmountEnv", {}),
+    "clippo/Bits-v0": ("clippo.envs.toy:BitsEnv", {}),
+    "clippo/CartPoleNoVel-v1": ("clippo.envs.toy:cartpole_no_velocity", {}),
+    "clippo/PendulumNoVel-v1": ("clippo.envs.toy:pendulum_no_velocity", {}),
 }
 
 
@@ -201,4 +201,4 @@ def register_toy_envs() -> None:
             gym.register(env_id, entry_point=entry_point, kwargs=kwargs, disable_env_checker=True)
 
 
-register_toy_envs()  # importing the module registers them (as gym.make("clippo.toy_envs:clippo/Slots-v0") does)
+register_toy_envs()  # importing the module registers them (as gym.make("clippo.envs.toy:clippo/Slots-v0") does)
