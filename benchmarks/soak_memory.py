@@ -38,18 +38,18 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    import clippo.agent as ppo_module
     from clippo import PPO
+    from clippo.training.update import Learner
 
     samples: list[tuple[int, float]] = []
-    original = ppo_module.PPO.update_policy
+    original = Learner.update_policy
 
     def sampled_update(self, batch, plan=None):
         stats = original(self, batch, plan)
-        samples.append((self.global_step, rss_mib()))
+        samples.append((agent.global_step, rss_mib()))  # (agent: the one trained below)
         return stats
 
-    ppo_module.PPO.update_policy = sampled_update
+    Learner.update_policy = sampled_update
     with tempfile.TemporaryDirectory() as run_dir:
         agent = PPO("CartPole-v1", seed=0, run_dir=run_dir, checkpoint_every=50)
         start = time.perf_counter()

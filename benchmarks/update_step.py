@@ -44,13 +44,13 @@ def main() -> int:
     else:
         agent = PPO(args.env, seed=args.seed)
     batches = []
-    update_policy = agent.update_policy
+    update_policy = agent.learner.update_policy
 
     def keep_batch(batch, plan=None):
         batches.append(batch)
         return update_policy(batch, plan)
 
-    agent.update_policy = keep_batch
+    agent.learner.update_policy = keep_batch
     agent.learn(2 * agent.batch_size, progress=False)
     batch = batches[-1]
     agent.optimizer.lr = 1e-12

@@ -31,14 +31,14 @@ def synthetic_batch(agent: PPO, size: int, seed: int) -> Batch:
 def train_recording_parameters(agent: PPO, updates: int) -> list[torch.Tensor]:
     """Train ``updates`` updates, keeping a copy of the parameters after each one."""
     snapshots = []
-    original = agent.update_policy
+    original = agent.learner.update_policy
 
     def recording(batch, plan=None):
         stats = original(batch, plan)
         snapshots.append(agent.optimizer.flat.clone())
         return stats
 
-    agent.update_policy = recording
+    agent.learner.update_policy = recording
     agent.learn(total_steps=agent.global_batch_size * updates, progress=False)
     return snapshots
 

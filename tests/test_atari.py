@@ -9,7 +9,7 @@ import pytest
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 
-from clippo.envs import atari
+from clippo.envs import atari, families
 from clippo.config.ppo_config import CHOICES
 from clippo.envs.make import make_vector_env
 
@@ -24,14 +24,26 @@ def _need(mode: str) -> None:
 
 def test_ids():
     for env_id in ("ALE/Breakout-v5", "ALE/MontezumaRevenge-v5", "BreakoutNoFrameskip-v4", "PongNoFrameskip-v4"):
-        assert atari.is_atari(env_id) and not atari.is_minatar(env_id)
+        assert families.is_atari(env_id) and not families.is_minatar(env_id)
     for env_id in ("CartPole-v1", "Breakout-v4", "BreakoutDeterministic-v4", "MinAtar/Breakout-v1", "ALE/Breakout-v4"):
-        assert not atari.is_atari(env_id)
-    assert atari.is_minatar("MinAtar/SpaceInvaders-v1") and not atari.is_minatar("CartPole-v1")
+        assert not families.is_atari(env_id)
+    assert families.is_minatar("MinAtar/SpaceInvaders-v1") and not families.is_minatar("CartPole-v1")
+
+
+def test_one_family_rule_for_ram_ids():
+    """ALE RAM ids are plain ids everywhere: no Atari preset, no pixel pipeline, generic knobs allowed."""
+    from clippo.config.ppo_config import PPOConfig, env_preset_values
+
+    assert families.family("ALE/Pong-ram-v5") is None and families.family("ALE/Pong-v5") == "atari"
+    assert env_preset_values("ALE/Pong-ram-v5") == {}
+    assert env_preset_values("ALE/Pong-v5")  # the atari preset
+    PPOConfig(env_id="ALE/Pong-ram-v5", frame_stack=4)  # generic knobs are valid for it
+    with pytest.raises(ValueError, match="^unknown environment id 'ALE/Pong-ram-v5'"):
+        families.check_env_id("ALE/Pong-ram-v5")  # ale-py 0.11 registers no RAM ids (obs_type="ram" instead)
 
 
 def test_sticky_actions_are_the_envs_own():
-    atari.ensure_registered("ALE/Breakout-v5")
+    families.ensure_registered("ALE/Breakout-v5")
     assert atari._ale_settings("ALE/Breakout-v5", {})["repeat_action_probability"] == 0.25
     assert atari._ale_settings("BreakoutNoFrameskip-v4", {})["repeat_action_probability"] == 0.0
     assert atari._ale_settings("ALE/Breakout-v5", {"repeat_action_probability": 0.0})["repeat_action_probability"] == 0.0

@@ -52,9 +52,9 @@ def test_masked_fast_path_and_general_path_train_to_the_same_parameters(source):
                     learning_rate=3e-3, ent_coef=0.01, hidden_sizes=[16, 16], tensorboard=False)  # fmt: skip
         agent.learn(agent.batch_size * 5, progress=False)  # the envs raise on an invalid action
         assert agent.action_masks.kind == ("info" if source == "multidiscrete" else source)
-        assert (type(agent._runner) is FastEnvRunner) == (fast_path == "auto")
+        assert (type(agent.env_runner()) is FastEnvRunner) == (fast_path == "auto")
         gradient = AnalyticGradient if fast_path == "auto" and source != "multidiscrete" else AutogradLoss
-        assert type(agent._loss) is gradient
+        assert type(agent.learner.loss) is gradient
         params.append(agent.optimizer.flat.clone())
         agent.close()
     fast, general = params
@@ -81,5 +81,5 @@ def test_the_fast_path_is_chosen_only_where_it_applies():
         (PPO("CartPole-v1", frame_stack=2), FastEnvRunner, FlatRolloutBuffer, AnalyticGradient),  # [2, 4] Box, flattened
     ]
     for agent, runner, buffer, loss in cases:
-        assert agent.runner_class is runner and agent.buffer_class is buffer and type(agent._loss) is loss
+        assert agent.runner_class is runner and agent.buffer_class is buffer and type(agent.learner.loss) is loss
         agent.close()

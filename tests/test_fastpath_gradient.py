@@ -79,7 +79,7 @@ def check_against_autograd(action, activation, clip_value_loss, ent_coef, miniba
         ent_coef=ent_coef,
         init_log_std=-0.3,
     )
-    assert isinstance(agent._loss, AnalyticGradient)
+    assert isinstance(agent.learner.loss, AnalyticGradient)
     with torch.no_grad():  # move the weights off their init so that every layer carries a gradient
         agent.optimizer.flat.add_(0.1 * torch.randn(agent.optimizer.flat.shape, generator=torch.Generator().manual_seed(1)))
     minibatch, advantages = random_minibatch(agent, minibatch_size, seed=2)
@@ -89,7 +89,7 @@ def check_against_autograd(action, activation, clip_value_loss, ent_coef, miniba
     analytic_grad = agent.optimizer.grad.clone()
 
     cfg = agent.config
-    agent._loss = AutogradLoss(agent.model, cfg.clip_epsilon, cfg.vf_coef, cfg.ent_coef, agent.optimizer.zero_grad)
+    agent.learner.loss = AutogradLoss(agent.model, cfg.clip_epsilon, cfg.vf_coef, cfg.ent_coef, agent.optimizer.zero_grad)
     reference = agent.loss_and_gradient(minibatch, advantages)
     reference_grad = agent.optimizer.grad.clone()
 
@@ -105,7 +105,7 @@ def check_against_autograd(action, activation, clip_value_loss, ent_coef, miniba
 
 def test_unsupported_models_use_autograd():
     shared = PPO("CartPole-v1", network="shared")
-    assert type(shared._loss) is AutogradLoss
+    assert type(shared.learner.loss) is AutogradLoss
     with pytest.raises(ValueError, match="separate"):
         AnalyticGradient(shared.model, 0.2, 0.5, 0.0)
     shared.close()

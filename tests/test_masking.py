@@ -92,14 +92,14 @@ def test_fast_path_takes_masks_but_not_the_new_action_spaces():
         agent = PPO(source, seed=0, **TINY)
         agent.env_runner()
         assert (agent.action_masks is None) == (source == "CartPole-v1")
-        assert type(agent._runner) is FastEnvRunner and agent.buffer_class is FlatRolloutBuffer, source
-        assert type(agent._loss) is AnalyticGradient, source
+        assert type(agent.env_runner()) is FastEnvRunner and agent.buffer_class is FlatRolloutBuffer, source
+        assert type(agent.learner.loss) is AnalyticGradient, source
         agent.close()
     for source in (ToolAmountEnv, BitsEnv):  # Dict (hybrid) and MultiBinary actions
         agent = PPO(source, seed=0, **TINY)
         agent.env_runner()
-        assert type(agent._runner) is EnvRunner and agent.buffer_class is RolloutBuffer, source
-        assert isinstance(agent._loss, AutogradLoss), source
+        assert type(agent.env_runner()) is EnvRunner and agent.buffer_class is RolloutBuffer, source
+        assert isinstance(agent.learner.loss, AutogradLoss), source
         agent.close()
 
 

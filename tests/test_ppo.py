@@ -18,28 +18,28 @@ TINY = dict(num_envs=2, num_steps=32, num_minibatches=4, update_epochs=2, hidden
 def record_update_stats(agent: PPO) -> list[dict]:
     """Wrap agent.update_policy so each update's stats are kept."""
     stats: list[dict] = []
-    original = agent.update_policy
+    original = agent.learner.update_policy
 
     def wrapper(batch, plan=None):
         result = original(batch, plan)
         stats.append(result)
         return result
 
-    agent.update_policy = wrapper
+    agent.learner.update_policy = wrapper
     return stats
 
 
 def record_logratios(agent: PPO) -> list[torch.Tensor]:
     """The log probability ratio of every minibatch step, in order (either gradient path)."""
     calls: list[torch.Tensor] = []
-    original = agent.loss_and_gradient
+    original = agent.learner.loss_and_gradient
 
     def recording(minibatch, advantages):
         terms = original(minibatch, advantages)
         calls.append(terms.logratio.clone())
         return terms
 
-    agent.loss_and_gradient = recording
+    agent.learner.loss_and_gradient = recording
     return calls
 
 
@@ -47,7 +47,7 @@ def record_first_logratios(agent: PPO) -> list[torch.Tensor]:
     """The logratio of the first minibatch of every update."""
     calls = record_logratios(agent)
     firsts: list[torch.Tensor] = []
-    original_update = agent.update_policy
+    original_update = agent.learner.update_policy
 
     def update_wrapper(batch, plan=None):
         start = len(calls)
@@ -56,7 +56,7 @@ def record_first_logratios(agent: PPO) -> list[torch.Tensor]:
         firsts.append(calls[start])
         return result
 
-    agent.update_policy = update_wrapper
+    agent.learner.update_policy = update_wrapper
     return firsts
 
 
@@ -185,13 +185,13 @@ def test_learning_rate_anneals_linearly_within_a_learn_call(tmp_path):
 def test_clip_range_anneals_like_the_learning_rate_on_either_gradient_path(fast_path):
     agent = PPO("CartPole-v1", **TINY, clip_epsilon=0.2, anneal_clip=True, fast_path=fast_path)
     used = []
-    original = agent.loss_and_gradient
+    original = agent.learner.loss_and_gradient
 
     def recording(minibatch, advantages):
-        used.append(agent._loss.clip_epsilon)  # what the loss object clips with in this step
+        used.append(agent.learner.loss.clip_epsilon)  # what the loss object clips with in this step
         return original(minibatch, advantages)
 
-    agent.loss_and_gradient = recording
+    agent.learner.loss_and_gradient = recording
     agent.learn(total_steps=agent.batch_size * 4)
     assert agent.config.clip_epsilon == 0.2  # the configured start value is kept for the checkpoint
     agent.close()

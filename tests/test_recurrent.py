@@ -146,16 +146,16 @@ def test_later_minibatches_move_the_policy_while_the_first_ratio_stays_one():
 def test_sequence_minibatches_cover_every_valid_step_once_per_epoch(bptt_length):
     agent = PPO("Pendulum-v1", **{**TINY, "num_minibatches": 3}, recurrent="lstm", bptt_length=bptt_length, seed=4)
     seen: list = []
-    original = agent.loss_and_gradient
+    original = agent.learner.loss_and_gradient
 
     def recording(minibatch, advantages):
         seen.append((minibatch.starts.shape, minibatch.samples("logprobs").clone(), minibatch.initial_state.shape))
         return original(minibatch, advantages)
 
-    agent.loss_and_gradient = recording
+    agent.learner.loss_and_gradient = recording
     batches = []
-    original_update = agent.update_policy
-    agent.update_policy = lambda batch, plan=None: (batches.append(batch), original_update(batch, plan))[1]
+    original_update = agent.learner.update_policy
+    agent.learner.update_policy = lambda batch, plan=None: (batches.append(batch), original_update(batch, plan))[1]
     agent.learn(total_steps=agent.batch_size)
     agent.close()
     (batch,) = batches

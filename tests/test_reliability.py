@@ -29,6 +29,7 @@ from gymnasium import spaces
 
 from clippo import PPO
 from clippo.training.checkpoint import latest_checkpoint, read_checkpoint, write_atomic
+from clippo.training.update import Learner
 from clippo.core.errors import CheckpointError, EnvStepError, NonFiniteError, RunDirInUseError, TrainingInterrupted
 from tests.helpers import run_cli
 
@@ -91,7 +92,7 @@ def assert_unique_increasing(steps: list[int]) -> None:
 
 def stop_at(agent: PPO, updates: set[int]) -> None:
     """Make ``agent`` request a stop right after the policy update of each update number in ``updates``."""
-    original = agent.update_policy
+    original = agent.learner.update_policy
 
     def wrapper(batch, plan=None):
         stats = original(batch, plan)
@@ -99,7 +100,7 @@ def stop_at(agent: PPO, updates: set[int]) -> None:
             agent.request_stop()
         return stats
 
-    agent.update_policy = wrapper
+    agent.learner.update_policy = wrapper
 
 
 def flat_params(agent: PPO) -> torch.Tensor:
@@ -666,7 +667,7 @@ def poison_loss_at(patch, call: int) -> None:
     """Make the value loss (and so the loss and its gradient) of the ``call``-th minibatch step of
     the run NaN, as an overflowing critic would; on either gradient path."""
     calls = [0]
-    original = PPO.loss_and_gradient
+    original = Learner.loss_and_gradient
 
     def poisoned(self, minibatch, advantages):
         calls[0] += 1
@@ -677,7 +678,7 @@ def poison_loss_at(patch, call: int) -> None:
             self.optimizer.grad.mul_(nan)
         return terms
 
-    patch.setattr(PPO, "loss_and_gradient", poisoned)
+    patch.setattr(Learner, "loss_and_gradient", poisoned)
 
 
 def nan_value_loss_once(monkeypatch):
@@ -689,7 +690,7 @@ def test_nonfinite_loss_stop_raises(monkeypatch):
     nan_value_loss_once(monkeypatch)
     agent = PPO("CartPole-v1", **TINY, nonfinite="stop")
     before = flat_params(agent)
-    with pytest.raises(NonFiniteError, match="non-finite loss at update 1, minibatch step 1") as info:
+    with pytest.raises(NonFiniteError, match="update 1: non-finite loss at minibatch step 1") as info:
         agent.learn(total_steps=agent.batch_size * 2)
     agent.close()
     assert_one_line(str(info.value))
@@ -700,8 +701,8 @@ def test_nonfinite_loss_skip_skips_the_step(monkeypatch):
     nan_value_loss_once(monkeypatch)
     agent = PPO("CartPole-v1", **TINY, nonfinite="skip")
     stats = []
-    original = agent.update_policy
-    agent.update_policy = lambda batch, plan=None: stats.append(original(batch, plan)) or stats[-1]
+    original = agent.learner.update_policy
+    agent.learner.update_policy = lambda batch, plan=None: stats.append(original(batch, plan)) or stats[-1]
     agent.learn(total_steps=agent.batch_size * 2)
     agent.close()
     assert [s["skipped_steps"] for s in stats] == [1, 0]
@@ -804,7 +805,7 @@ def test_exploding_env_checkpoints_the_last_good_update(tmp_path, vector_env):
     run_dir = tmp_path / "run"
     agent = PPO(ScriptedEnvFactory("raise", POISON_AT), **TINY, vector_env=vector_env, run_dir=run_dir)
     reference = None
-    original = agent.update_policy
+    original = agent.learner.update_policy
 
     def remember(batch, plan=None):
         nonlocal reference
@@ -812,7 +813,7 @@ def test_exploding_env_checkpoints_the_last_good_update(tmp_path, vector_env):
         reference = flat_params(agent)
         return stats
 
-    agent.update_policy = remember
+    agent.learner.update_policy = remember
     with pytest.raises(EnvStepError) as info:
         agent.learn(total_steps=agent.batch_size * 3)
     agent.close()

@@ -322,7 +322,7 @@ def test_discrete_observations_train_on_their_one_hot_encoding(normalize_observa
                 normalize_observations=normalize_observations, seed=0, fast_path=fast_path)
     seen: list[list[torch.Tensor]] = []  # per minibatch step, what each encoder read
     recording: list[list[torch.Tensor]] = []  # the step under way
-    original = agent.loss_and_gradient
+    original = agent.learner.loss_and_gradient
     original_flatten = encoders.flatten_input
 
     def spy(minibatch, advantages):
@@ -345,7 +345,7 @@ def test_discrete_observations_train_on_their_one_hot_encoding(normalize_observa
             recording[-1].append(flat.detach().clone())
         return flat
 
-    agent.loss_and_gradient = spy
+    agent.learner.loss_and_gradient = spy
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(encoders, "flatten_input", recording_flatten)
         try:

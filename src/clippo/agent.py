@@ -7,6 +7,7 @@ The training loop itself is ``clippo.training.loop``; the agent holds what it tr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -20,7 +21,8 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from clippo import __version__, fastpath
+from clippo import fastpath
+from clippo.core.version import __version__
 
 from clippo.rollout import masking
 
@@ -49,7 +51,8 @@ from clippo.rollout.normalization import ObservationNormalizer, RewardScaler
 from clippo.training.optim import FlatAdam
 from clippo.networks.policy import ActorCritic, upgrade_v1_names
 from clippo.rollout.runner import Batch, EnvRunner, RolloutBuffer, SequenceBatch
-from clippo.training.loop import MINIBATCH_STATS, UpdatePlan, plan_update, train, update_policy
+from clippo.training.loop import StopRequest, train
+from clippo.training.update import MINIBATCH_STATS, Learner, LossFunction, UpdatePlan
 
 
 def global_rng_states() -> dict[str, Any]:
@@ -203,9 +206,9 @@ class PPO:
         broadcast_(self.optimizer.flat, self.world)  # every rank starts from rank 0's weights
         #: where the training envs' action masks come from (clippo.rollout.masking), set with the runner
         self.action_masks: masking.MaskSource | None = None
-        self._choose_paths()
         # Each rank samples its own actions (and shuffles its own minibatches).
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1_000_003 * self.world.rank)
+        self.learner = Learner(config, self.optimizer, self._choose_paths(), self.generator, self.device, self.world)
         # Discrete observations are one-hot encoded: there is nothing to normalize.
         is_box = isinstance(policy_space, spaces.Box)
         if config.normalize_observations and not isinstance(policy_space, spaces.Discrete):
@@ -227,29 +230,29 @@ class PPO:
         self.train_time = 0.0
         #: the returns of the last 100 finished episodes (the logged recent_return), kept across resumes
         self.recent_returns: list[float] = []
-        self.stop_requested = False
-        self._stop_agreed = False
+        #: why training should end early (a signal, a callback, another rank): set by request_stop and the loop
+        self.stopping = StopRequest()
         self.envs_restored = False
         self._envs = None
         self._runner: EnvRunner | None = None
         self._pending_runner_state: dict | None = None
 
-    def _choose_paths(self) -> None:
+    def _choose_paths(self) -> LossFunction:
         """The rollout and loss implementations (``clippo.fastpath`` decides, the numpy fast path
         where it applies: flat observations, MLPs, a CPU; else torch): chosen at
         construction, and again if the training envs turn out to give action masks."""
         masked = self.action_masks is not None or masking.observation_has_mask(self.observation_space)
         self.runner_class, self.buffer_class = fastpath.make_rollout(self.config, self.model, self.device, masked)
-        self._loss = fastpath.make_loss(self.config, self.model, self.device, self.optimizer.zero_grad, masked)
+        return fastpath.make_loss(self.config, self.model, self.device, self.optimizer.zero_grad, masked)
 
     @property
     def clip_epsilon(self) -> float:
         """The clip range the update uses now (``config.clip_epsilon``, or annealed by the loop)."""
-        return self._loss.clip_epsilon
+        return self.learner.clip_epsilon
 
     @clip_epsilon.setter
     def clip_epsilon(self, value: float) -> None:
-        self._loss.clip_epsilon = value
+        self.learner.clip_epsilon = value
 
     @property
     def batch_size(self) -> int:
@@ -290,35 +293,44 @@ class PPO:
         """Whether the current learn() call has reached its end."""
         return self.global_step >= self.schedule_end
 
-    def request_stop(self) -> None:
-        """Ask ``learn`` to stop at the next update boundary, checkpoint, and raise TrainingInterrupted."""
-        self.stop_requested = True
+    def request_stop(self, signum: int | None = None) -> None:
+        """Ask ``learn`` to stop at the next update boundary, checkpoint, and raise TrainingInterrupted
+        (``signum``: the signal that asked, if one did)."""
+        self.stopping.requested = True
+        self.stopping.signal = signum
 
-    def _save_periodic(self, include_runner: bool = True) -> Path:
+    @property
+    def stop_requested(self) -> bool:
+        """Whether ``request_stop`` asked the current ``learn`` call to stop."""
+        return self.stopping.requested
+
+    @property
+    def stopped_by_callback(self) -> bool:
+        """Whether the last ``learn`` call ended because a callback returned False."""
+        return self.stopping.by_callback
+
+    def save_checkpoint(self, include_runner: bool = True) -> Path:
+        """Write a periodic checkpoint into the run directory (keeping ``keep_checkpoints`` of them)."""
         path = self.save(periodic_checkpoint_path(self.run_dir, self.global_step), include_runner=include_runner)
         prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
         return path
 
-    def _resume_hint(self) -> str:
+    @property
+    def resume_hint(self) -> str:
+        """How to continue this run, for error messages."""
         return f"resume with: clippo resume {self.run_dir}" if self.run_dir is not None else "nothing was saved (no run_dir)"
 
     def update_policy(self, batch: Batch, plan: UpdatePlan | None = None) -> dict[str, float]:
-        """The PPO update on one rollout's batch (see ``clippo.training.loop.update_policy``)."""
-        return update_policy(self, batch, plan)
+        """The PPO update on one rollout's batch (``clippo.training.update.Learner.update_policy``)."""
+        return self.learner.update_policy(batch, plan)
 
     def plan_update(self, batch_size: int) -> UpdatePlan:
         """Draw every epoch's minibatches for an update of ``batch_size`` samples."""
-        return plan_update(self, batch_size)
+        return self.learner.plan_update(batch_size)
 
     def loss_and_gradient(self, minibatch: Batch, advantages: torch.Tensor) -> LossTerms:
         """The combined PPO loss on one minibatch, its gradient left in ``self.optimizer.grad``."""
-        old_values = minibatch.samples("values") if self.config.clip_value_loss else None
-        args = (minibatch.obs, minibatch.actions, minibatch.samples("logprobs"), advantages, minibatch.samples("returns"), old_values)
-        if isinstance(minibatch, SequenceBatch):  # (recurrent agents always take the autograd loss)
-            return self._loss(*args, masks=minibatch.masks, sequences=minibatch.sequences)
-        if minibatch.masks is not None:
-            return self._loss(*args, masks=minibatch.masks)
-        return self._loss(*args)
+        return self.learner.loss_and_gradient(minibatch, advantages)
 
     def new_rollout_buffer(self) -> RolloutBuffer:
         """Empty storage for one rollout of this agent's shape (with room for action masks when
@@ -346,7 +358,7 @@ class PPO:
             # Whether, and how, the envs give action masks: decided once per run, from the envs.
             self.action_masks = masking.detect_mask_source(self._envs, self.model.distribution, reset[1])
             if self.action_masks is not None:
-                self._choose_paths()
+                self.learner.loss = self._choose_paths()
             self._runner = self.runner_class(
                 self._envs, self.obs_normalizer, self.reward_scaler, cfg.nonfinite, cfg.reward_sign, cfg.episodic_life,
                 self.action_masks,
@@ -614,10 +626,11 @@ class PPO:
         return agent
 
     def close(self) -> None:
-        """Close the training environments."""
-        if self._runner is not None:
-            self._runner.close()
-        elif self._envs is not None:
-            self._envs.close()
-        self._runner = None
-        self._envs = None
+        """Close the training environments (discarded all the same if closing fails: a crashed
+        env may fail to close as well)."""
+        runner, envs, self._runner, self._envs = self._runner, self._envs, None, None
+        with contextlib.suppress(Exception):
+            if runner is not None:
+                runner.close()
+            elif envs is not None:
+                envs.close()

@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 
 from clippo.core.errors import ConfigError, first_line
+from clippo.envs.families import family
+from clippo.envs.preprocessing import Preprocessing
 
 
 def knob(help: str, default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
@@ -124,7 +126,6 @@ class PPOConfig:
             raise ConfigError(f"head_sizes={self.head_sizes} is invalid: give widths >= 1, or none for heads without hidden layers")
         if self.resize and (len(self.resize) != 2 or min(self.resize) < 1):
             raise ConfigError(f"resize={self.resize} is invalid: give two sizes >= 1, HEIGHT WIDTH, or none to keep the size")
-        from clippo.envs.preprocessing import Preprocessing  # (it imports this module)
 
         preprocessing = Preprocessing.from_config(self)
         if preprocessing.active and family_preset(self.env_id):
@@ -629,11 +630,7 @@ def preset_values(name: str) -> dict[str, Any]:
 
 def family_preset(env_id: str) -> str | None:
     """The named preset of a family of envs without a preset of their own (Atari, MinAtar)."""
-    if env_id.startswith("ALE/") or env_id.endswith("NoFrameskip-v4"):
-        return "atari"
-    if env_id.startswith("MinAtar/"):
-        return "minatar"
-    return None
+    return family(env_id)
 
 
 def env_preset_values(env_id: str) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from typing import Any
 
 import gymnasium as gym
@@ -26,8 +25,8 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
 from gymnasium.vector.utils import batch_space
 
-_ATARI_ID = re.compile(r"^(ALE/[A-Za-z0-9]+-v5|[A-Za-z0-9]+NoFrameskip-v4)$")
-_MINATAR_ID = re.compile(r"^MinAtar/")
+from clippo.envs.families import check_env_id, import_ale
+from clippo.envs.wrappers import DropInfo
 
 #: the ``vector_env`` values for Atari ids; ``"native"`` is accepted too, as ALE's own ("ale").
 ATARI_MODES = ("auto", "ale", "envpool", "async", "sync")
@@ -43,52 +42,6 @@ NOOP_MAX = 30
 FRAME_SKIP = 4
 SCREEN_SIZE = 84
 STACK = 4
-
-
-def is_atari(env_id: str) -> bool:
-    """Whether ``env_id`` names an Atari game that gets the standard preprocessing.
-
-    ``ALE/<Game>-v5`` and ``<Game>NoFrameskip-v4``; other ALE ids (``<Game>-v4``,
-    ``<Game>Deterministic-v4``) have a frame skip of their own and are left to the generic path.
-    """
-    return isinstance(env_id, str) and _ATARI_ID.match(env_id) is not None
-
-
-def is_minatar(env_id: str) -> bool:
-    """Whether ``env_id`` names a MinAtar game (``MinAtar/...``)."""
-    return isinstance(env_id, str) and _MINATAR_ID.match(env_id) is not None
-
-
-def ensure_registered(env_id: str) -> None:
-    """Register ale-py's or minatar's ids with Gymnasium if ``env_id`` is one of theirs.
-
-    Raises ValueError (one line, naming the id and the extra) if the package is missing; does
-    nothing for other ids.
-    """
-    if is_atari(env_id):
-        _import_ale(env_id)
-    elif is_minatar(env_id):
-        try:
-            import minatar.gym
-        except ImportError:
-            raise ValueError(f"environment {env_id!r} needs the minatar extra: pip install 'clippo[minatar]'") from None
-        if "MinAtar/Breakout-v1" not in gym.registry:  # registering twice warns about overriding
-            minatar.gym.register_envs()
-
-
-def _import_ale(env_id: str):
-    try:
-        import ale_py
-    except ImportError:
-        raise ValueError(f"environment {env_id!r} needs the atari extra: pip install 'clippo[atari]'") from None
-    gym.register_envs(ale_py)
-    return ale_py
-
-
-def _check_id(env_id: str) -> None:
-    from clippo.envs.make import check_env_id  # clippo.envs.make imports this module
-
-    check_env_id(env_id)  # registers first, then the one-line error for unknown ids
 
 
 def _mode_error(value: str, env_id: str, allowed: tuple[str, ...]) -> ValueError:
@@ -139,7 +92,7 @@ def make_preprocessed_atari_env(env_id: str, **env_kwargs) -> gym.Env:
     whole games, infos with ``lives`` only. ``env_kwargs`` go to ``gym.make`` (ALE's own
     arguments, e.g. ``repeat_action_probability``, ``max_num_frames_per_episode``).
     """
-    _import_ale(env_id)  # also in worker processes, which may not have imported ale-py yet
+    import_ale(env_id)  # also in worker processes, which may not have imported ale-py yet
     env = gym.make(env_id, frameskip=1, **env_kwargs)
     env = gym.wrappers.AtariPreprocessing(
         env, noop_max=NOOP_MAX, frame_skip=FRAME_SKIP, screen_size=SCREEN_SIZE, grayscale_obs=True, terminal_on_life_loss=False, scale_obs=False
@@ -262,8 +215,8 @@ def make_atari_vector_env(env_id: str, num_envs: int, vector_env: str = "auto", 
         vector_env = "ale"
     if vector_env not in ATARI_MODES:
         raise _mode_error(vector_env, env_id, ATARI_MODES)
-    _import_ale(env_id)
-    _check_id(env_id)
+    import_ale(env_id)
+    check_env_id(env_id)
     mode = AUTO_ATARI_MODE if vector_env == "auto" else vector_env
     if num_threads is not None and mode not in ("ale", "envpool"):
         raise ValueError(f"num_threads applies to vector_env 'ale' and 'envpool', not {mode!r}")
@@ -343,9 +296,7 @@ def make_minatar_vector_env(env_id: str, num_envs: int, vector_env: str = "auto"
     """
     if vector_env not in MINATAR_MODES:
         raise _mode_error(vector_env, env_id, MINATAR_MODES)
-    _check_id(env_id)
-    from clippo.envs.make import DropInfo
-
+    check_env_id(env_id)
     return gym.make_vec(
         env_id,
         num_envs=num_envs,

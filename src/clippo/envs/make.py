@@ -11,57 +11,21 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from clippo.envs import atari
-from clippo.config.ppo_config import PPOConfig
-from clippo.rollout.masking import MASK_KEY
-from clippo.envs.preprocessing import Preprocessing
+from clippo.envs.families import check_env_id, is_atari, is_minatar
+from clippo.envs.preprocessing import Preprocessing, RunEnvSettings
+from clippo.envs.wrappers import DropInfo
 
 EnvSource = Union[str, Callable[[], gym.Env]]
-
-
-def check_env_id(env_id: str) -> None:
-    """Raise ValueError with one line if Gymnasium does not know ``env_id``.
-
-    Atari and MinAtar ids are registered first (from ale-py or minatar, whose absence is a
-    one-line error naming the extra), and clippo's own ``clippo/...`` ids (``clippo.envs.toy``)."""
-    atari.ensure_registered(env_id)
-    if env_id.startswith("clippo/"):
-        import clippo.envs.toy  # noqa: F401  (registers them)
-    try:
-        gym.spec(env_id)
-    except gym.error.Error as exc:
-        raise ValueError(f"unknown environment id {env_id!r}: {str(exc).splitlines()[0]}") from None
 
 
 def _has_native_vector(env_id: str) -> bool:
     return gym.spec(env_id).vector_entry_point is not None
 
 
-def _kept_info(info: dict) -> dict:
-    return {MASK_KEY: info[MASK_KEY]} if MASK_KEY in info else {}
-
-
-class DropInfo(gym.Wrapper):
-    """An env whose step and reset return an empty info dict, but for an ``action_mask`` entry.
-
-    clippo reads nothing else from infos (action masks may come from there: ``clippo.rollout.masking``),
-    while Gymnasium's sync and async vector envs merge every env's info into per-key arrays at
-    every step: for a MuJoCo env's half-dozen entries, 25-30 us or 6-9% of a one-env vector step
-    (Hopper, Walker2d, HalfCheetah, Ant v5, alternating blocks in one process). Applied to envs
-    made from an id (an env factory's envs are left as the factory makes them)."""
-
-    def step(self, action):
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        return obs, reward, terminated, truncated, _kept_info(info)
-
-    def reset(self, **kwargs):
-        obs, info = self.env.reset(**kwargs)
-        return obs, _kept_info(info)
-
-
 _GENERIC_MODES = ("auto", "sync", "async", "native")
 
 
-def make_run_envs(source: EnvSource, num_envs: int, config: PPOConfig, vector_env: str | None = None) -> VectorEnv:
+def make_run_envs(source: EnvSource, num_envs: int, config: RunEnvSettings, vector_env: str | None = None) -> VectorEnv:
     """``num_envs`` envs of ``source`` as a run with ``config`` sees them: its ``vector_env`` mode
     (unless given) and its observation preprocessing (``clippo.envs.preprocessing``). Training,
     evaluation, the export check and playback all make their envs here, so that the policy is
@@ -88,13 +52,13 @@ def make_vector_env(
     """
     mode = vector_env
     preprocess = preprocessing is not None and preprocessing.active
-    if isinstance(source, str) and (atari.is_atari(source) or atari.is_minatar(source)) and preprocess:
+    if isinstance(source, str) and (is_atari(source) or is_minatar(source)) and preprocess:
         raise ValueError(
             f"{preprocessing} is invalid for {source!r}: Atari and MinAtar ids have their own preprocessing (clippo.envs.atari)"
         )
-    if isinstance(source, str) and atari.is_atari(source):
+    if isinstance(source, str) and is_atari(source):
         return atari.make_atari_vector_env(source, num_envs, vector_env, **make_kwargs)
-    if isinstance(source, str) and atari.is_minatar(source):
+    if isinstance(source, str) and is_minatar(source):
         return atari.make_minatar_vector_env(source, num_envs, vector_env, **make_kwargs)
     if mode not in _GENERIC_MODES:
         what = f"{source!r}" if isinstance(source, str) else "an env factory"

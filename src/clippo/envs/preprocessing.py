@@ -23,12 +23,27 @@ CNN. The policy sees, and an exported graph takes, the preprocessed observations
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Protocol, Sequence
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from clippo.config.ppo_config import PPOConfig
+
+
+class PreprocessingKnobs(Protocol):
+    """What carries the preprocessing knobs (a ``PPOConfig``; any object with these attributes)."""
+
+    frame_skip: int
+    resize: Sequence[int]
+    grayscale: bool
+    frame_stack: int
+
+
+class RunEnvSettings(PreprocessingKnobs, Protocol):
+    """The settings a run's envs are made with (``clippo.envs.make.make_run_envs``)."""
+
+    vector_env: str
 
 
 @dataclass(frozen=True)
@@ -41,7 +56,7 @@ class Preprocessing:
     frame_stack: int = 1
 
     @classmethod
-    def from_config(cls, config: PPOConfig) -> Preprocessing:
+    def from_config(cls, config: PreprocessingKnobs) -> Preprocessing:
         return cls(config.frame_skip, tuple(config.resize), config.grayscale, config.frame_stack)
 
     @property

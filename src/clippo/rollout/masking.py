@@ -35,9 +35,7 @@ from gymnasium.vector import VectorEnv
 
 from clippo.networks.distributions import ActionDistribution
 from clippo.core.errors import ActionMaskError
-
-#: The Dict observation key (PettingZoo) and the info key holding a mask.
-MASK_KEY = "action_mask"
+from clippo.envs.wrappers import MASK_KEY
 
 
 def observation_has_mask(space: spaces.Space) -> bool:

@@ -430,14 +430,13 @@ def stop_on_signals(agent) -> Iterator[None]:
 
     def handler(signum, frame) -> None:
         signal.signal(signum, signal.SIG_DFL)
-        agent.stop_signal = signum
         print(
             f"clippo: {signal.Signals(signum).name}: stopping after this update "
             "(send it again to quit at once)",
             file=sys.stderr,
             flush=True,
         )
-        agent.request_stop()
+        agent.request_stop(signum)
 
     if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
         yield

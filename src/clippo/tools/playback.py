@@ -53,7 +53,8 @@ def play(
     import gymnasium as gym
 
     from clippo.envs import atari
-    from clippo.envs.make import check_env_id, make_run_envs
+    from clippo.envs.families import check_env_id, is_atari
+    from clippo.envs.make import make_run_envs
     from clippo.rollout.evaluation import run_episodes
     from clippo.agent import PPO
 
@@ -77,7 +78,7 @@ def play(
 
     def make(**kwargs) -> gym.Env:
         # Atari games get the agent's preprocessing; the video still shows the game's own screen.
-        return atari.make_preprocessed_atari_env(env_id, **kwargs) if atari.is_atari(env_id) else gym.make(env_id, **kwargs)
+        return atari.make_preprocessed_atari_env(env_id, **kwargs) if is_atari(env_id) else gym.make(env_id, **kwargs)
 
     def make_env() -> gym.Env:
         if folder is None:

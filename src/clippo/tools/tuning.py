@@ -120,7 +120,7 @@ class TuneSettings:
     def resolved(self) -> TuneSettings:
         """The settings with defaults filled in, checked: one-line ValueError naming a bad value."""
         from clippo.config.ppo_config import resolve_config
-        from clippo.envs.make import check_env_id
+        from clippo.envs.families import check_env_id
 
         for name in ("trials", "jobs", "eval_episodes"):
             _check_positive(name, getattr(self, name))

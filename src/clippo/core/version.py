@@ -1,0 +1,3 @@
+"""clippo's version (the package metadata reads it from here)."""
+
+__version__ = "0.1.0"
