@@ -10,8 +10,9 @@
   while they run, ``PPO.learn`` is wrapped so that each call trains for at most ``STEP_CAP``
   environment steps (still rounded up to whole rollouts, as always) with no progress display.
   Nothing else about the block changes: the same code path, the same presets.
-- Every ``clippo SUBCOMMAND --flag`` shown in a bash or text block (also after ``-m clippo``) is a
-  subcommand and a flag that the command line's parser (``clippo.cli.build_parser``) knows.
+- Every ``clippo SUBCOMMAND --flag`` shown in a bash or text block (also after ``-m clippo``) or in
+  an inline code span is a subcommand and a flag that the command line's parser
+  (``clippo.cli.build_parser``) knows.
 - The metrics table of docs/evaluation.md lists exactly the keys a training run's callbacks
   receive and the columns of metrics.csv.
 """
@@ -152,7 +153,20 @@ def flags_of(words: list[str]) -> list[str]:
     return flags
 
 
-SHELL_COMMANDS = [(block, command, words) for block in SHELL_BLOCKS for command, words in clippo_commands(block)]
+def inline_commands(path: Path) -> list[CodeBlock]:
+    """Inline code spans that are clippo commands (`` `clippo eval RUN_DIR --json` ``), outside fenced blocks."""
+    text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.MULTILINE | re.DOTALL)
+    return [
+        CodeBlock(path, text[: m.start()].count("\n") + 1, "inline", m.group(1), True)
+        for m in re.finditer(r"`(clippo [^`]+)`", text)
+    ]
+
+
+SHELL_COMMANDS = [
+    (block, command, words)
+    for block in SHELL_BLOCKS + [span for path in DOC_FILES for span in inline_commands(path)]
+    for command, words in clippo_commands(block)
+]
 
 
 def test_shell_commands_are_found():
@@ -172,6 +186,8 @@ def test_shell_command_flags_exist(block, command, words):
     if position == len(words):
         return
     name = words[position]
+    if name.isupper():  # a placeholder: `clippo SUBCOMMAND --help`
+        return
     assert name in subcommands, f"{block.where}: {command}: no subcommand {name!r} (have {sorted(subcommands)})"
     known = option_strings(subcommands[name])
     for flag in flags_of(words[position + 1 :]):
