@@ -31,6 +31,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CONCEPT_MAP = ROOT / "docs" / "concept-map.md"
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+#: also checked for clippo commands (their flags), not for Python examples
+COMMAND_FILES = [*DOC_FILES, ROOT / "benchmarks" / "README.md"]
 NOT_RUN = "<!-- not run -->"
 #: the most environment steps one ``learn`` call of a doc example trains for in the tests
 STEP_CAP = 4096
@@ -71,7 +73,12 @@ def code_blocks(path: Path) -> list[CodeBlock]:
 
 ALL_BLOCKS = [block for path in DOC_FILES for block in code_blocks(path)]
 PYTHON_BLOCKS = [block for block in ALL_BLOCKS if block.language == "python"]
-SHELL_BLOCKS = [block for block in ALL_BLOCKS if block.language in ("bash", "sh", "text", "")]
+SHELL_BLOCKS = [
+    block
+    for path in COMMAND_FILES
+    for block in code_blocks(path)
+    if block.language in ("bash", "sh", "text", "")
+]
 
 
 def test_blocks_are_found():
@@ -164,7 +171,7 @@ def inline_commands(path: Path) -> list[CodeBlock]:
 
 SHELL_COMMANDS = [
     (block, command, words)
-    for block in SHELL_BLOCKS + [span for path in DOC_FILES for span in inline_commands(path)]
+    for block in SHELL_BLOCKS + [span for path in COMMAND_FILES for span in inline_commands(path)]
     for command, words in clippo_commands(block)
 ]
 
