@@ -3,9 +3,11 @@
 - Every function in docs/concept-map.md exists in the file it names.
 - Every Python code block of README.md and docs/*.md runs, unless the line just before its opening
   fence is the marker ``<!-- not run -->`` (kept for examples that need a GPU, torchrun, a long
-  run or a package outside the test extra). Each block runs in-process, in a fresh namespace and
-  in a temporary working directory, so the files it writes (run directories, checkpoints, ONNX
-  graphs) vanish afterwards.
+  run or a package outside the test extra). Each block runs in-process, in a fresh namespace (so
+  it must define or import every name it uses), in a temporary working directory shared by the
+  blocks of its page in page order: a block may read a file that an earlier block of the same page
+  wrote (docs/export.md exports ``policy.onnx``, then runs it with onnxruntime alone), as a reader
+  following the page would.
 - Small step counts: the blocks are written with realistic budgets (``agent.learn(100_000)``);
   while they run, ``PPO.learn`` is wrapped so that each call trains for at most ``STEP_CAP``
   environment steps (still rounded up to whole rollouts, as always) with no progress display.
@@ -102,11 +104,38 @@ def capped_learn(monkeypatch):
     monkeypatch.setattr(PPO, "learn", capped)
 
 
-@pytest.mark.parametrize("block", [b for b in PYTHON_BLOCKS if b.run], ids=lambda b: b.where)
-def test_python_block_runs(block, tmp_path, monkeypatch, capped_learn):
-    monkeypatch.chdir(tmp_path)
+def run_block(block: CodeBlock) -> None:
     code = compile(block.code, block.where, "exec")
     exec(code, {"__name__": "__doc_example__"})  # noqa: S102  (running the docs' own examples is the point)
+
+
+@pytest.fixture(scope="module")
+def page_dirs(tmp_path_factory):
+    """A working directory per page, shared by its blocks, and the blocks already run there."""
+    dirs: dict[Path, tuple[Path, set[int]]] = {}
+
+    def page_dir(path: Path) -> tuple[Path, set[int]]:
+        if path not in dirs:
+            dirs[path] = tmp_path_factory.mktemp(path.stem), set()
+        return dirs[path]
+
+    return page_dir
+
+
+RUN_BLOCKS = [block for block in PYTHON_BLOCKS if block.run]
+
+
+@pytest.mark.parametrize("block", RUN_BLOCKS, ids=lambda b: b.where)
+def test_python_block_runs(block, page_dirs, monkeypatch, capped_learn):
+    directory, done = page_dirs(block.path)
+    monkeypatch.chdir(directory)
+    # the page's earlier blocks first, when this one was selected alone (pytest -k)
+    for earlier in RUN_BLOCKS:
+        if earlier.path == block.path and earlier.line < block.line and earlier.line not in done:
+            run_block(earlier)
+            done.add(earlier.line)
+    run_block(block)
+    done.add(block.line)
 
 
 def test_marked_blocks_are_still_python():
