@@ -115,11 +115,11 @@ class PPO:
             built-in tuned preset if it has one, else ``default``.
         config_file: a YAML/TOML/JSON file of hyperparameters.
         run_dir: where metrics, TensorBoard logs and checkpoints go; None writes nothing.
-        encoder: the observation encoder: ``"auto"`` (from the observation space), ``"mlp"``,
+        **hyperparameters: any field of :class:`clippo.config.ppo_config.PPOConfig`. Among them ``encoder``,
+            the observation encoder: ``"auto"`` (from the observation space), ``"mlp"``,
             ``"cnn"``, an importable ``"module:Class"``, or a class, factory or ``torch.nn.Module``
             (called as ``f(observation_space, **encoder_kwargs)``; an instance is deep-copied for
             a separate critic). Checkpoints record its ``module:Class`` name, never the object.
-        **hyperparameters: any field of :class:`clippo.config.ppo_config.PPOConfig`.
     """
 
     def __init__(

@@ -3,7 +3,8 @@
 A callback is a :class:`Callback` (override ``on_rollout`` and/or ``on_update``) or a plain
 function ``f(agent, metrics)``, called after each update. Returning ``False`` from either hook
 stops training cleanly: the update finishes, a checkpoint is written, and ``learn`` returns.
-Keys a callback adds to ``metrics`` in ``on_update`` are logged with the update's row.
+Keys a callback adds to ``metrics`` in ``on_update`` are seen by the callbacks after it; metrics.csv
+and TensorBoard record the fixed columns of ``clippo.logger.COLUMNS`` (the evaluation's among them).
 
 :class:`EvalCallback` (what ``clippo train --eval-every N`` uses) is one such callback: periodic
 evaluation on separate envs, ``best.pt``, and ``stop_at_return``.
@@ -29,7 +30,7 @@ class Callback:
         return None
 
     def on_update(self, agent: Any, metrics: dict[str, Any]) -> bool | None:
-        """After the update, with that update's metrics (keys added here are logged too)."""
+        """After the update, with that update's metrics (keys added here reach later callbacks, not the logs)."""
         return None
 
 
