@@ -16,8 +16,9 @@ import shlex
 import statistics
 import subprocess
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 RESULT_PREFIX = "BENCH_RESULT "
 BENCH_DIR = Path(__file__).resolve().parent
@@ -109,7 +110,7 @@ def parse_child_output(stdout: str) -> dict[str, Any] | None:
     """The last ``BENCH_RESULT {json}`` line a child printed (libraries may print other lines)."""
     for line in reversed(stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
+            return json.loads(line[len(RESULT_PREFIX) :])
     return None
 
 
@@ -190,9 +191,14 @@ def machine_markdown(meta: dict[str, Any]) -> list[str]:
         f"- versions: Python {m['python']}, torch {m['torch']}, clippo {m['clippo']}, "
         f"stable-baselines3 {m['stable_baselines3']}, gymnasium {m['gymnasium']}, numpy {m['numpy']}, "
         f"mujoco {m['mujoco']}",
-        "- every child process runs with " + ", ".join(f"{k}={v}" for k, v in m["thread_env"].items())
+        "- every child process runs with "
+        + ", ".join(f"{k}={v}" for k, v in m["thread_env"].items())
         + " and torch.set_num_threads(1)"
-        + ("; the machine's environment sets " + ", ".join(f"{k}={v}" for k, v in m["openblas_env"].items()) if m.get("openblas_env") else ""),
+        + (
+            "; the machine's environment sets " + ", ".join(f"{k}={v}" for k, v in m["openblas_env"].items())
+            if m.get("openblas_env")
+            else ""
+        ),
     ]
 
 

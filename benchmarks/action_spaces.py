@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     DEFAULT_OUT,
     child_env,
     command_line,
@@ -119,7 +119,9 @@ def child_masking_clippo(spec: dict[str, Any]) -> dict[str, Any]:
         "normalize_rewards": False, "vector_env": "sync", "torch_threads": 1, "checkpoint_every": 0, "tensorboard": False,
     }  # fmt: skip
     counter = iter(range(10**9))
-    agent = PPO(lambda: make_masking_env(name, seed * 1000 + next(counter)), preset="default", env_id=name, **hyperparameters)
+    agent = PPO(
+        lambda: make_masking_env(name, seed * 1000 + next(counter)), preset="default", env_id=name, **hyperparameters
+    )
     t0 = time.perf_counter()
     agent.learn(spec["total_steps"], progress=False)
     learn_s = time.perf_counter() - t0
@@ -172,7 +174,11 @@ def child_spaces(spec: dict[str, Any]) -> dict[str, Any]:
     return {"learn_s": learn_s, "steps": agent.global_step, "eval_returns": result["returns"]}
 
 
-CHILDREN = {"masking-clippo": child_masking_clippo, "masking-maskable": child_masking_maskable, "spaces-clippo": child_spaces}
+CHILDREN = {
+    "masking-clippo": child_masking_clippo,
+    "masking-maskable": child_masking_maskable,
+    "spaces-clippo": child_spaces,
+}
 
 
 def run_child(spec: dict[str, Any], log_path: Path) -> dict[str, Any]:
@@ -220,8 +226,10 @@ def run_masking(args, out: Path) -> dict[str, Any]:
         r = run_child(spec, out / "runs" / "logs" / f"masking-{env}-seed{seed}-{lib}.log")
         results["runs"].append(r)
         if r["ok"]:
-            log(f"[{i}/{len(order)}] {LIB_NAMES[lib]:11} {env:7} seed {seed}: {r['steps'] / r['learn_s']:,.0f} steps/s, "
-                f"eval {mean_std(r['eval_returns'])[0]:.3f}, invalid actions {r['invalid_training']} + {r['invalid_eval']}")
+            log(
+                f"[{i}/{len(order)}] {LIB_NAMES[lib]:11} {env:7} seed {seed}: {r['steps'] / r['learn_s']:,.0f} steps/s, "
+                f"eval {mean_std(r['eval_returns'])[0]:.3f}, invalid actions {r['invalid_training']} + {r['invalid_eval']}"
+            )
         else:
             log(f"[{i}/{len(order)}] {LIB_NAMES[lib]:11} {env:7} seed {seed}: FAILED {r['error']}")
         write_json(out / "masking.json", results)
@@ -238,14 +246,19 @@ def run_spaces(args, out: Path) -> dict[str, Any]:
                     "eval_episodes": args.eval_episodes, "eval_seed": EVAL_SEED}  # fmt: skip
             r = run_child(spec, out / "runs" / "logs" / f"spaces-{env.replace('/', '_')}-seed{seed}.log")
             results["runs"].append(r)
-            log(f"{env} seed {seed}: " + (f"eval {mean_std(r['eval_returns'])[0]:.3f} in {r['learn_s']:.1f} s" if r["ok"] else r["error"]))
+            log(
+                f"{env} seed {seed}: "
+                + (f"eval {mean_std(r['eval_returns'])[0]:.3f} in {r['learn_s']:.1f} s" if r["ok"] else r["error"])
+            )
             write_json(out / "spaces.json", results)
     results["meta"]["finished"] = now()
     write_json(out / "spaces.json", results)
     return results
 
 
-def clippo_cli(*args: str, timeout: float = 1800, interrupt_at_step: int | None = None, run_dir: Path | None = None) -> tuple[int, str]:
+def clippo_cli(
+    *args: str, timeout: float = 1800, interrupt_at_step: int | None = None, run_dir: Path | None = None
+) -> tuple[int, str]:
     """``python -m clippo ARGS``; with ``interrupt_at_step``, a Ctrl-C (SIGINT to the process
     group: every rank stops at the next update boundary, rank 0 checkpoints) as soon as
     ``run_dir`` holds a periodic checkpoint at or past that step."""
@@ -294,7 +307,9 @@ def run_distributed(args, out: Path) -> dict[str, Any]:
                  "train_exit": code, "train_s": train_s, "resume_exit": resume_code, "resume_s": resume_s,
                  "resumed": resumed_at, "eval": evaluation and {k: evaluation[k] for k in ("mean_return", "std_return", "episodes")}}  # fmt: skip
         results["runs"].append(entry)
-        log(f"{env}: train exit {code} ({train_s:.0f} s), {resumed_at}, resume exit {resume_code}, eval {entry['eval']}")
+        log(
+            f"{env}: train exit {code} ({train_s:.0f} s), {resumed_at}, resume exit {resume_code}, eval {entry['eval']}"
+        )
         write_json(out / "distributed.json", results)
     results["meta"]["finished"] = now()
     write_json(out / "distributed.json", results)
@@ -322,7 +337,10 @@ def masking_summary(results: dict[str, Any]) -> dict[str, Any]:
                 "invalid": sum(r["invalid_training"] + r["invalid_eval"] for r in ok),
             }  # fmt: skip
         if per_lib["clippo"]["runs"] or per_lib["maskable"]["runs"]:
-            summary[env] = {**per_lib, "speedup": ratio(per_lib["clippo"]["median_sps"], per_lib["maskable"]["median_sps"])}
+            summary[env] = {
+                **per_lib,
+                "speedup": ratio(per_lib["clippo"]["median_sps"], per_lib["maskable"]["median_sps"]),
+            }
     return summary
 
 
@@ -356,7 +374,9 @@ def write_markdown(out: Path) -> None:
                  fmt(r["learn_s"], 1) if r["ok"] else r["error"][:120], fmt(mean_std(r["eval_returns"])[0], 3) if r["ok"] else "",
                  f"{r['invalid_training']} + {r['invalid_eval']}" if r["ok"] else "", r.get("mask_source", "")]
                 for r in results["runs"]]  # fmt: skip
-        lines += md_table(["env", "seed", "library", "steps/s", "learn s", "eval", "invalid (training + eval)", "mask source"], rows)
+        lines += md_table(
+            ["env", "seed", "library", "steps/s", "learn s", "eval", "invalid (training + eval)", "mask source"], rows
+        )
         lines.append("")
     path = out / "spaces.json"
     if path.exists():
@@ -374,7 +394,9 @@ def write_markdown(out: Path) -> None:
             rows.append([env, fmt(SPACES_RUNS[env]), ", ".join(f"{e:.2f}" for e in evals), fmt(median(evals), 2),
                          fmt(SPACES_OPTIMUM[env], 1), fmt(ratio(median(evals), SPACES_OPTIMUM[env]), 3),
                          fmt(median(r["learn_s"] for r in runs), 1)])  # fmt: skip
-        lines += md_table(["env", "steps", "eval per seed", "median", "optimum", "median / optimum", "median learn s"], rows)
+        lines += md_table(
+            ["env", "steps", "eval per seed", "median", "optimum", "median / optimum", "median learn s"], rows
+        )
         lines.append("")
     path = out / "distributed.json"
     if path.exists():
@@ -386,13 +408,17 @@ def write_markdown(out: Path) -> None:
                   "`eval.json` (10 deterministic episodes).", ""]  # fmt: skip
         rows = [[r["env"], f"`{r['command']}`", r["train_exit"], r["resumed"] or "n/a", r["resume_exit"],
                  fmt(r["eval"]["mean_return"], 3) if r["eval"] else "n/a"] for r in results["runs"]]  # fmt: skip
-        lines += md_table(["env", "command", "train exit (130: interrupted)", "resume", "resume exit", "eval mean return"], rows)
+        lines += md_table(
+            ["env", "command", "train exit (130: interrupted)", "resume", "resume exit", "eval mean return"], rows
+        )
         lines.append("")
     (out / "results.md").write_text("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("part", choices=["masking", "spaces", "distributed", "report", "_child"])
     parser.add_argument("spec", nargs="?", help=argparse.SUPPRESS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])

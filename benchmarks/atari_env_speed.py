@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common  # noqa: E402
+import _common
 
 ATARI_CASES = [
     {"label": "ale, 1 thread", "mode": "ale", "num_threads": 1},
@@ -77,13 +77,15 @@ def child(case: dict) -> int:
     cpu = cpu_seconds(workers) - cpu_start
     envs.close()
     env_steps = case["steps"] * case["num_envs"]
-    _common.emit_result({
-        "steps_per_s": env_steps / elapsed,
-        "cpu_us_per_step": cpu / env_steps * 1e6,
-        "vector_step_ms": elapsed / case["steps"] * 1e3,
-        "build_and_reset_s": build_s,
-        "episodes_ended": episodes,
-    })
+    _common.emit_result(
+        {
+            "steps_per_s": env_steps / elapsed,
+            "cpu_us_per_step": cpu / env_steps * 1e6,
+            "vector_step_ms": elapsed / case["steps"] * 1e3,
+            "build_and_reset_s": build_s,
+            "episodes_ended": episodes,
+        }
+    )
     return 0
 
 
@@ -126,7 +128,9 @@ def main() -> int:
     parser.add_argument("--minatar-steps", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=_common.DEFAULT_OUT)
-    parser.add_argument("--render", action="store_true", help="only rewrite the Markdown from --out's atari_env_speed.json")
+    parser.add_argument(
+        "--render", action="store_true", help="only rewrite the Markdown from --out's atari_env_speed.json"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -144,7 +148,14 @@ def main() -> int:
         for c in ATARI_CASES
         if c["mode"] != "envpool" or envpool_available()
     ] + [
-        {**c, "family": "minatar", "env": args.minatar_env, "num_envs": args.minatar_envs, "steps": args.minatar_steps, "warmup": args.warmup}
+        {
+            **c,
+            "family": "minatar",
+            "env": args.minatar_env,
+            "num_envs": args.minatar_envs,
+            "steps": args.minatar_steps,
+            "warmup": args.warmup,
+        }
         for c in MINATAR_CASES
     ]
     runs: dict[int, list[dict]] = {i: [] for i in range(len(cases))}
@@ -153,30 +164,35 @@ def main() -> int:
             result = measure(case)
             runs[i].append(result)
             rate = result.get("steps_per_s")
-            print(f"round {round_index + 1}: {case['env']} {case['label']}: "
-                  + (f"{rate:,.0f} steps/s" if rate else result.get("error", "?")), flush=True)
+            print(
+                f"round {round_index + 1}: {case['env']} {case['label']}: "
+                + (f"{rate:,.0f} steps/s" if rate else result.get("error", "?")),
+                flush=True,
+            )
     meta["finished"] = _common.now()
     meta["load_average_at_end"] = os.getloadavg()
 
     rows = []
     for i, case in enumerate(cases):
         rates = [r["steps_per_s"] for r in runs[i] if "steps_per_s" in r]
-        rows.append({
-            "family": case["family"],
-            "env": case["env"],
-            "num_envs": case["num_envs"],
-            "label": case["label"],
-            "mode": case["mode"],
-            "num_threads": case.get("num_threads"),
-            "median_steps_per_s": _common.median(rates),
-            "min_steps_per_s": min(rates) if rates else None,
-            "max_steps_per_s": max(rates) if rates else None,
-            "median_vector_step_ms": _common.median(r.get("vector_step_ms") for r in runs[i]),
-            "median_cpu_us_per_step": _common.median(r.get("cpu_us_per_step") for r in runs[i]),
-            "median_build_and_reset_s": _common.median(r.get("build_and_reset_s") for r in runs[i]),
-            "errors": [r["error"] for r in runs[i] if "error" in r],
-            "runs": runs[i],
-        })
+        rows.append(
+            {
+                "family": case["family"],
+                "env": case["env"],
+                "num_envs": case["num_envs"],
+                "label": case["label"],
+                "mode": case["mode"],
+                "num_threads": case.get("num_threads"),
+                "median_steps_per_s": _common.median(rates),
+                "min_steps_per_s": min(rates) if rates else None,
+                "max_steps_per_s": max(rates) if rates else None,
+                "median_vector_step_ms": _common.median(r.get("vector_step_ms") for r in runs[i]),
+                "median_cpu_us_per_step": _common.median(r.get("cpu_us_per_step") for r in runs[i]),
+                "median_build_and_reset_s": _common.median(r.get("build_and_reset_s") for r in runs[i]),
+                "errors": [r["error"] for r in runs[i] if "error" in r],
+                "runs": runs[i],
+            }
+        )
     atari_rows = [r for r in rows if r["family"] == "atari" and r["median_steps_per_s"]]
     fastest = max(atari_rows, key=lambda r: r["median_steps_per_s"]) if atari_rows else None
     settings = {k: v for k, v in vars(args).items() if k not in ("child", "render")} | {"out": str(args.out)}
@@ -203,7 +219,7 @@ def write_markdown(out: Path, data: dict) -> None:
         f"warm-up steps, each measurement a fresh child process, modes alternating, {settings['rounds']} rounds: median "
         "(min-max). Atari through `clippo.envs.atari.make_atari_vector_env`: standard preprocessing (no-op reset up to 30, "
         "frame skip 4 with max-pooling, 84x84 grayscale, 4 stacked frames, FIRE on reset), raw rewards, whole games, "
-        "`info[\"lives\"]`, NEXT_STEP autoreset, the env's own sticky actions (0.25 for v5). MinAtar through "
+        '`info["lives"]`, NEXT_STEP autoreset, the env\'s own sticky actions (0.25 for v5). MinAtar through '
         "`make_minatar_vector_env` (sticky actions 0.1). CPU us per env step: user + system time of the "
         "process, its threads and its worker processes over the timed steps, which other load on the machine "
         "changes less than the wall-clock rate (with 2 cores, 2 threads or processes can at best halve the "
@@ -211,12 +227,27 @@ def write_markdown(out: Path, data: dict) -> None:
         "",
     ]
     lines += _common.md_table(
-        ["env", "envs", "vector env", "steps/s, median", "min-max", "ms per vector step", "CPU us per env step", "build + reset, s"],
         [
-            [r["env"], r["num_envs"], r["label"], _common.fmt(r["median_steps_per_s"], 0),
-             f"{_common.fmt(r['min_steps_per_s'], 0)}-{_common.fmt(r['max_steps_per_s'], 0)}",
-             _common.fmt(r["median_vector_step_ms"], 2), _common.fmt(r["median_cpu_us_per_step"], 0),
-             _common.fmt(r["median_build_and_reset_s"], 2)]
+            "env",
+            "envs",
+            "vector env",
+            "steps/s, median",
+            "min-max",
+            "ms per vector step",
+            "CPU us per env step",
+            "build + reset, s",
+        ],
+        [
+            [
+                r["env"],
+                r["num_envs"],
+                r["label"],
+                _common.fmt(r["median_steps_per_s"], 0),
+                f"{_common.fmt(r['min_steps_per_s'], 0)}-{_common.fmt(r['max_steps_per_s'], 0)}",
+                _common.fmt(r["median_vector_step_ms"], 2),
+                _common.fmt(r["median_cpu_us_per_step"], 0),
+                _common.fmt(r["median_build_and_reset_s"], 2),
+            ]
             for r in rows
         ],
     )

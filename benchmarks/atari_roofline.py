@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import command_line, machine_info, machine_markdown, md_table, now, write_json  # noqa: E402
+from _common import command_line, machine_info, machine_markdown, md_table, now, write_json
 
 NUM_ENVS, NUM_STEPS, EPOCHS, MINIBATCH = 8, 128, 4, 256
 
@@ -102,17 +102,35 @@ def main() -> None:
     rows = [
         ["FLOPs per frame, forward (acting)", f"{per_frame_fwd / 1e6:.1f} M"],
         ["FLOPs per frame, forward+backward (learning)", f"{per_frame_fwd_bwd / 1e6:.1f} M"],
-        [f"FLOPs per {steps:,} env steps (1 forward + {EPOCHS} forward+backward per frame)", f"{update_flops / 1e9:.1f} G"],
+        [
+            f"FLOPs per {steps:,} env steps (1 forward + {EPOCHS} forward+backward per frame)",
+            f"{update_flops / 1e9:.1f} G",
+        ],
         ["one thread, 2048x2048 fp32 matrix product", f"{gemm_flops / 1e9:.1f} GFLOP/s"],
-        [f"one thread, Nature CNN forward+backward on {MINIBATCH} frames", f"{cnn_flops / 1e9:.1f} GFLOP/s ({cnn_s * 1e3:.0f} ms)"],
-        [f"least arithmetic time per {steps:,} steps at the matrix-product rate", f"{bound_gemm:.2f} s ({steps / bound_gemm:.0f} steps/s at most)"],
-        [f"least arithmetic time per {steps:,} steps at the CNN's own rate", f"{bound_cnn:.2f} s ({steps / bound_cnn:.0f} steps/s at most)"],
+        [
+            f"one thread, Nature CNN forward+backward on {MINIBATCH} frames",
+            f"{cnn_flops / 1e9:.1f} GFLOP/s ({cnn_s * 1e3:.0f} ms)",
+        ],
+        [
+            f"least arithmetic time per {steps:,} steps at the matrix-product rate",
+            f"{bound_gemm:.2f} s ({steps / bound_gemm:.0f} steps/s at most)",
+        ],
+        [
+            f"least arithmetic time per {steps:,} steps at the CNN's own rate",
+            f"{bound_cnn:.2f} s ({steps / bound_cnn:.0f} steps/s at most)",
+        ],
     ]
     result = {
-        "command": command_line(), "date": now(), "machine": machine_info(),
-        "flops_forward_per_frame": per_frame_fwd, "flops_forward_backward_per_frame": per_frame_fwd_bwd,
-        "flops_per_update": update_flops, "gemm_flops_per_s": gemm_flops, "cnn_flops_per_s": cnn_flops,
-        "bound_s_gemm": bound_gemm, "bound_s_cnn": bound_cnn,
+        "command": command_line(),
+        "date": now(),
+        "machine": machine_info(),
+        "flops_forward_per_frame": per_frame_fwd,
+        "flops_forward_backward_per_frame": per_frame_fwd_bwd,
+        "flops_per_update": update_flops,
+        "gemm_flops_per_s": gemm_flops,
+        "cnn_flops_per_s": cnn_flops,
+        "bound_s_gemm": bound_gemm,
+        "bound_s_cnn": bound_cnn,
     }
     if args.peer_steps_per_s:
         peer_s = steps / args.peer_steps_per_s
@@ -120,21 +138,27 @@ def main() -> None:
         result["max_speedup_gemm"] = peer_s / bound_gemm
         result["max_speedup_cnn"] = peer_s / bound_cnn
         rows.append([f"peer's measured time per {steps:,} steps ({args.peer_steps_per_s} steps/s)", f"{peer_s:.2f} s"])
-        rows.append(["largest speed-up over the peer the arithmetic allows (matrix-product rate / CNN rate)",
-                     f"{peer_s / bound_gemm:.2f}x / {peer_s / bound_cnn:.2f}x"])
+        rows.append(
+            [
+                "largest speed-up over the peer the arithmetic allows (matrix-product rate / CNN rate)",
+                f"{peer_s / bound_gemm:.2f}x / {peer_s / bound_cnn:.2f}x",
+            ]
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "atari_roofline.json", result)
-    text = "\n".join([
-        "# Atari (PPO paper recipe, Nature CNN) on one CPU thread: the arithmetic bound",
-        "",
-        *machine_markdown(result),
-        "",
-        *md_table(["quantity", "value"], rows),
-        "",
-        "The bound counts only the network's arithmetic; a real training step adds the env, the "
-        "optimizer and Python on top, so no fp32 implementation on this thread can be faster than it.",
-        "",
-    ])
+    text = "\n".join(
+        [
+            "# Atari (PPO paper recipe, Nature CNN) on one CPU thread: the arithmetic bound",
+            "",
+            *machine_markdown(result),
+            "",
+            *md_table(["quantity", "value"], rows),
+            "",
+            "The bound counts only the network's arithmetic; a real training step adds the env, the "
+            "optimizer and Python on top, so no fp32 implementation on this thread can be faster than it.",
+            "",
+        ]
+    )
     (args.out / "atari_roofline.md").write_text(text)
     print(text)
 

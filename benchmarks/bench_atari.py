@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     DEFAULT_OUT,
     command_line,
     emit_result,
@@ -42,8 +42,19 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-RECIPE = dict(num_envs=8, num_steps=128, num_minibatches=4, update_epochs=4, learning_rate=2.5e-4,
-              clip_epsilon=0.1, ent_coef=0.01, vf_coef=0.5, gamma=0.99, gae_lambda=0.95, max_grad_norm=0.5)
+RECIPE = dict(
+    num_envs=8,
+    num_steps=128,
+    num_minibatches=4,
+    update_epochs=4,
+    learning_rate=2.5e-4,
+    clip_epsilon=0.1,
+    ent_coef=0.01,
+    vf_coef=0.5,
+    gamma=0.99,
+    gae_lambda=0.95,
+    max_grad_norm=0.5,
+)
 
 
 def _threads(n: int) -> None:
@@ -62,8 +73,12 @@ def child_clippo(spec: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     agent.learn(spec["steps"], progress=False)
     elapsed = time.perf_counter() - start
-    result = {"sps": spec["steps"] / elapsed, "seconds": elapsed, "vector_env": type(agent._envs).__name__,
-              "encoder": type(agent.model.encoder).__name__}
+    result = {
+        "sps": spec["steps"] / elapsed,
+        "seconds": elapsed,
+        "vector_env": type(agent._envs).__name__,
+        "encoder": type(agent.model.encoder).__name__,
+    }
     agent.close()
     return result
 
@@ -77,7 +92,9 @@ def _sb3_env(spec: dict[str, Any]):
     gym.register_envs(ale_py)
     # AtariWrapper skips frames itself: the base env must not (v5 ids skip 4 by default).
     kwargs = {"frameskip": 1} if spec["env"].startswith("ALE/") else {}
-    return VecFrameStack(make_atari_env(spec["env"], n_envs=RECIPE["num_envs"], seed=spec["seed"], env_kwargs=kwargs), 4)
+    return VecFrameStack(
+        make_atari_env(spec["env"], n_envs=RECIPE["num_envs"], seed=spec["seed"], env_kwargs=kwargs), 4
+    )
 
 
 def child_sb3(spec: dict[str, Any]) -> dict[str, Any]:
@@ -86,10 +103,21 @@ def child_sb3(spec: dict[str, Any]) -> dict[str, Any]:
 
     env = _sb3_env(spec)
     model = SB3PPO(
-        "CnnPolicy", env, n_steps=RECIPE["num_steps"], batch_size=RECIPE["num_envs"] * RECIPE["num_steps"] // RECIPE["num_minibatches"],
-        n_epochs=RECIPE["update_epochs"], learning_rate=RECIPE["learning_rate"], clip_range=RECIPE["clip_epsilon"],
-        ent_coef=RECIPE["ent_coef"], vf_coef=RECIPE["vf_coef"], gamma=RECIPE["gamma"], gae_lambda=RECIPE["gae_lambda"],
-        max_grad_norm=RECIPE["max_grad_norm"], seed=spec["seed"], device="cpu", verbose=0,
+        "CnnPolicy",
+        env,
+        n_steps=RECIPE["num_steps"],
+        batch_size=RECIPE["num_envs"] * RECIPE["num_steps"] // RECIPE["num_minibatches"],
+        n_epochs=RECIPE["update_epochs"],
+        learning_rate=RECIPE["learning_rate"],
+        clip_range=RECIPE["clip_epsilon"],
+        ent_coef=RECIPE["ent_coef"],
+        vf_coef=RECIPE["vf_coef"],
+        gamma=RECIPE["gamma"],
+        gae_lambda=RECIPE["gae_lambda"],
+        max_grad_norm=RECIPE["max_grad_norm"],
+        seed=spec["seed"],
+        device="cpu",
+        verbose=0,
     )
     batch = RECIPE["num_envs"] * RECIPE["num_steps"]
     model.learn(batch)  # warm-up
@@ -146,7 +174,12 @@ CHILDREN = {"clippo": child_clippo, "sb3": child_sb3, "env_clippo": child_env_cl
 
 def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     threads = str(spec["threads"])
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+    env = {
+        **__import__("os").environ,
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+        "OPENBLAS_NUM_THREADS": threads,
+    }
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", json.dumps(spec)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
     result = parse_child_output(proc.stdout)
@@ -158,7 +191,9 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="ALE/Breakout-v5")
-    parser.add_argument("--steps", type=int, default=16384, help="timed training steps per run (after one warm-up update)")
+    parser.add_argument(
+        "--steps", type=int, default=16384, help="timed training steps per run (after one warm-up update)"
+    )
     parser.add_argument("--env-steps", type=int, default=1000, help="vector steps of the env-only measurement")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -176,32 +211,64 @@ def main() -> int:
     for threads in args.threads:
         for round_index in range(args.rounds):
             for kind in ("env_clippo", "env_sb3", "clippo", "sb3"):
-                spec = {"kind": kind, "env": args.env, "steps": args.steps, "env_steps": args.env_steps,
-                        "threads": threads, "seed": args.seed}
+                spec = {
+                    "kind": kind,
+                    "env": args.env,
+                    "steps": args.steps,
+                    "env_steps": args.env_steps,
+                    "threads": threads,
+                    "seed": args.seed,
+                }
                 result = run_child(spec)
                 runs.append({**spec, **result, "round": round_index})
                 print(f"threads {threads} round {round_index} {kind}: {result['sps']:.1f} steps/s", flush=True)
     meta["finished"] = now()
     summary = []
     for threads in args.threads:
-        rates = {kind: median(r["sps"] for r in runs if r["kind"] == kind and r["threads"] == threads)
-                 for kind in CHILDREN}
+        rates = {
+            kind: median(r["sps"] for r in runs if r["kind"] == kind and r["threads"] == threads) for kind in CHILDREN
+        }
         summary.append({"threads": threads, **rates, "ratio": ratio(rates["clippo"], rates["sb3"])})
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "atari_speed.json", {"meta": meta, "runs": runs, "summary": summary})
-    lines = [f"# Atari training speed: clippo vs Stable-Baselines3 ({args.env})", "", *machine_markdown(meta), "",
-             "Same recipe for both (the PPO paper's Atari settings, Nature CNN shared by actor and critic): "
-             + ", ".join(f"`{k}={v}`" for k, v in RECIPE.items()) + ".",
-             f"Training steps/s: median over {args.rounds} alternating rounds of {args.steps} timed steps each "
-             "(after a warm-up update); env-only: random actions in each library's own vector env.", ""]
+    lines = [
+        f"# Atari training speed: clippo vs Stable-Baselines3 ({args.env})",
+        "",
+        *machine_markdown(meta),
+        "",
+        "Same recipe for both (the PPO paper's Atari settings, Nature CNN shared by actor and critic): "
+        + ", ".join(f"`{k}={v}`" for k, v in RECIPE.items())
+        + ".",
+        f"Training steps/s: median over {args.rounds} alternating rounds of {args.steps} timed steps each "
+        "(after a warm-up update); env-only: random actions in each library's own vector env.",
+        "",
+    ]
     lines += md_table(
-        ["torch threads", "clippo train steps/s", "SB3 train steps/s", "clippo / SB3", "clippo env-only steps/s", "SB3 env-only steps/s"],
-        [[s["threads"], fmt(s["clippo"], 1), fmt(s["sb3"], 1), fmt(s["ratio"], 2) + "x", fmt(s["env_clippo"], 0), fmt(s["env_sb3"], 0)]
-         for s in summary],
+        [
+            "torch threads",
+            "clippo train steps/s",
+            "SB3 train steps/s",
+            "clippo / SB3",
+            "clippo env-only steps/s",
+            "SB3 env-only steps/s",
+        ],
+        [
+            [
+                s["threads"],
+                fmt(s["clippo"], 1),
+                fmt(s["sb3"], 1),
+                fmt(s["ratio"], 2) + "x",
+                fmt(s["env_clippo"], 0),
+                fmt(s["env_sb3"], 0),
+            ]
+            for s in summary
+        ],
     )
     lines += ["", "Every run:", ""]
-    lines += md_table(["threads", "round", "what", "steps/s", "vector env"],
-                      [[r["threads"], r["round"], r["kind"], fmt(r["sps"], 1), r.get("vector_env", "")] for r in runs])
+    lines += md_table(
+        ["threads", "round", "what", "steps/s", "vector env"],
+        [[r["threads"], r["round"], r["kind"], fmt(r["sps"], 1), r.get("vector_env", "")] for r in runs],
+    )
     (args.out / "atari_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     DEFAULT_OUT,
     command_line,
     emit_result,
@@ -110,7 +110,7 @@ def child_speed_recurrentppo(spec: dict[str, Any]) -> dict[str, Any]:
 
     z, seed = ZOO, spec["seed"]
     venv = VecNormalize(make_vec_env(ENV, n_envs=z["n_envs"], seed=seed), gamma=z["gamma"])
-    schedule = lambda start: (lambda progress: progress * start)  # noqa: E731  (RL-Zoo's lin_<start>)
+    schedule = lambda start: lambda progress: progress * start  # noqa: E731  (RL-Zoo's lin_<start>)
     model = RecurrentPPO(
         "MlpLstmPolicy", venv, n_steps=z["n_steps"], batch_size=z["batch_size"], n_epochs=z["n_epochs"],
         learning_rate=schedule(z["learning_rate"]), clip_range=schedule(z["clip_range"]), gamma=z["gamma"],
@@ -152,8 +152,13 @@ def child_preset_clippo(spec: dict[str, Any]) -> dict[str, Any]:
     learn_s = time.perf_counter() - t0 - eval_s[0]  # training alone: the curve's evaluations taken out
     result = agent.evaluate(episodes=spec["eval_episodes"], seed=spec["eval_seed"])
     agent.close()
-    return {"learn_s": learn_s, "steps": agent.global_step, "eval_returns": result["returns"], "curve": curve,
-            "config": {k: v for k, v in agent.config.to_dict().items() if k in ("recurrent", "bptt_length", "total_steps")}}
+    return {
+        "learn_s": learn_s,
+        "steps": agent.global_step,
+        "eval_returns": result["returns"],
+        "curve": curve,
+        "config": {k: v for k, v in agent.config.to_dict().items() if k in ("recurrent", "bptt_length", "total_steps")},
+    }
 
 
 CHILDREN = {"speed-clippo": child_speed_clippo, "speed-recurrentppo": child_speed_recurrentppo,
@@ -173,7 +178,9 @@ def meta() -> dict[str, Any]:
     return {"command": command_line(), "date": now(), "machine": machine_info()}
 
 
-def run_specs(name: str, specs: list[dict[str, Any]], out: Path, extra: dict[str, Any], jobs: int = 1) -> dict[str, Any]:
+def run_specs(
+    name: str, specs: list[dict[str, Any]], out: Path, extra: dict[str, Any], jobs: int = 1
+) -> dict[str, Any]:
     """Run the children (``jobs`` at a time: learning comparisons only; speed runs take one)."""
     results = {"meta": {**meta(), "jobs": jobs}, **extra, "runs": []}
 
@@ -181,7 +188,9 @@ def run_specs(name: str, specs: list[dict[str, Any]], out: Path, extra: dict[str
         label = "-".join(str(spec[k]) for k in ("lib", "env", "variant", "seed") if k in spec).replace("/", "_")
         r = run_child(spec, out / "runs" / "logs" / f"{name}-{label}.log")
         if r["ok"]:
-            log(f"{label}: {r['steps'] / r['learn_s']:,.0f} steps/s, {r['learn_s']:.0f} s, eval {mean_std(r['eval_returns'])[0]:.1f}")
+            log(
+                f"{label}: {r['steps'] / r['learn_s']:,.0f} steps/s, {r['learn_s']:.0f} s, eval {mean_std(r['eval_returns'])[0]:.1f}"
+            )
         else:
             log(f"{label}: FAILED {r['error']}")
         return r
@@ -199,7 +208,9 @@ def run_speed(args, out: Path) -> dict[str, Any]:
     specs = [{"part": "speed", "lib": lib, "env": ENV, "seed": seed, "total_steps": args.total_steps,
               "eval_episodes": args.eval_episodes, "eval_seed": EVAL_SEED}
              for seed in args.seeds for lib in ("clippo", "recurrentppo")]  # fmt: skip
-    return run_specs("speed", specs, out, {"recipe": ZOO, "total_steps": args.total_steps, "eval_episodes": args.eval_episodes})
+    return run_specs(
+        "speed", specs, out, {"recipe": ZOO, "total_steps": args.total_steps, "eval_episodes": args.eval_episodes}
+    )
 
 
 def run_presets(args, out: Path) -> dict[str, Any]:
@@ -256,11 +267,11 @@ def plot_curves(results: dict[str, Any], path: Path) -> bool:
     envs = sorted({r["env"] for r in results["runs"] if r["ok"]})
     variants = sorted({r["variant"] for r in results["runs"] if r["ok"]})
     fig, axes = plt.subplots(1, len(envs), figsize=(6 * len(envs), 4), squeeze=False)
-    for ax, env in zip(axes[0], envs):
-        for color, variant in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], variants):
+    for ax, env in zip(axes[0], envs, strict=False):
+        for color, variant in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], variants, strict=False):
             runs = [r for r in results["runs"] if r["ok"] and r["env"] == env and r["variant"] == variant]
             for i, r in enumerate(runs):
-                steps, returns = zip(*r["curve"]) if r["curve"] else ((), ())
+                steps, returns = zip(*r["curve"], strict=False) if r["curve"] else ((), ())
                 ax.plot(steps, returns, color=color, alpha=0.8, label=variant if i == 0 else None)
         ax.set(title=env, xlabel="environment steps", ylabel="evaluation return (5 episodes, deterministic)")
         ax.grid(alpha=0.3)
@@ -286,9 +297,15 @@ def write_markdown(out: Path) -> None:
             [LIB_NAMES[lib], g.get("runs"), fmt(g.get("median_sps"), 0), fmt(g.get("median_learn_s"), 1),
              ", ".join(f"{e:.1f}" for e in g.get("evals", [])), fmt(g.get("median_eval"), 1)]
             for lib, g in (("clippo", c), ("recurrentppo", r))])  # fmt: skip
-        lines += ["", f"clippo / RecurrentPPO steps/s (medians): **{fmt(ratio(c.get('median_sps'), r.get('median_sps')), 2, 'x')}**", ""]
-    for name, title, keys in (("presets", "Built-in presets: with and without memory", ("env", "variant")),
-                              ("bptt", "Whole-rollout sequences vs truncated BPTT chunks", ("env", "variant"))):
+        lines += [
+            "",
+            f"clippo / RecurrentPPO steps/s (medians): **{fmt(ratio(c.get('median_sps'), r.get('median_sps')), 2, 'x')}**",
+            "",
+        ]
+    for name, title, keys in (
+        ("presets", "Built-in presets: with and without memory", ("env", "variant")),
+        ("bptt", "Whole-rollout sequences vs truncated BPTT chunks", ("env", "variant")),
+    ):
         path = out / f"{name}.json"
         if not path.exists():
             continue
@@ -307,13 +324,18 @@ def write_markdown(out: Path) -> None:
         lines += md_table(["env", "variant", "eval per seed", "median", "target", "seeds at target", "median learn s",
                            "median steps/s"], rows)  # fmt: skip
         if plot_curves(results, out / f"{name}_curves.png"):
-            lines += ["", f"Curves (one line per seed; `learn s` leaves out these evaluations): ![{name}]({name}_curves.png)"]
+            lines += [
+                "",
+                f"Curves (one line per seed; `learn s` leaves out these evaluations): ![{name}]({name}_curves.png)",
+            ]
         lines.append("")
     (out / "results.md").write_text("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("part", choices=["speed", "presets", "bptt", "report", "_child"])
     parser.add_argument("spec", nargs="?", help=argparse.SUPPRESS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
@@ -321,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="presets/bptt: runs at a time")
     parser.add_argument("--total-steps", type=int, default=100_000, help="steps per speed run")
     parser.add_argument("--eval-episodes", type=int, default=20)
-    parser.add_argument("--curve-every", type=int, default=10_000, help="presets/bptt: a 5-episode evaluation every this many steps")
+    parser.add_argument(
+        "--curve-every", type=int, default=10_000, help="presets/bptt: a 5-episode evaluation every this many steps"
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     if args.part == "_child":

@@ -22,8 +22,8 @@ import csv
 import json
 import math
 import shutil
-import subprocess
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     DEFAULT_OUT,
     child_env,
     command_line,
@@ -134,8 +134,16 @@ def recipe_from_clippo_preset(env_id: str) -> dict[str, Any]:
 
     c = resolve_config(env_id)
     batch = c.num_envs * c.num_steps
-    untranslated = c.head_sizes or c.frame_skip != 1 or c.resize or c.grayscale or c.frame_stack != 1  # (env wrappers, CNN heads)
-    if c.network != "separate" or c.target_kl is not None or c.clip_value_loss or not c.normalize_advantages or untranslated:
+    untranslated = (
+        c.head_sizes or c.frame_skip != 1 or c.resize or c.grayscale or c.frame_stack != 1
+    )  # (env wrappers, CNN heads)
+    if (
+        c.network != "separate"
+        or c.target_kl is not None
+        or c.clip_value_loss
+        or not c.normalize_advantages
+        or untranslated
+    ):
         raise ValueError(f"{env_id}: its clippo preset uses a feature this harness does not translate to SB3")
     return {
         **COMMON,
@@ -167,14 +175,41 @@ def recipe_from_clippo_preset(env_id: str) -> dict[str, Any]:
 
 # The MuJoCo presets are clippo's own; the Box2D and MountainCar presets are RL-Zoo's tuned PPO
 # values, so these recipes are "SB3 with RL-Zoo's hyperparameters" for those tasks.
-for _env_id in ("Hopper-v5", "HalfCheetah-v5", "Walker2d-v5", "LunarLander-v3", "LunarLanderContinuous-v3",
-                "MountainCar-v0", "MountainCarContinuous-v0", "BipedalWalker-v3"):
+for _env_id in (
+    "Hopper-v5",
+    "HalfCheetah-v5",
+    "Walker2d-v5",
+    "LunarLander-v3",
+    "LunarLanderContinuous-v3",
+    "MountainCar-v0",
+    "MountainCarContinuous-v0",
+    "BipedalWalker-v3",
+):
     RECIPES[_env_id] = recipe_from_clippo_preset(_env_id)
 
 RECIPE_KEYS = [
-    "n_envs", "n_steps", "batch_size", "n_epochs", "learning_rate", "gamma", "gae_lambda", "clip_range",
-    "ent_coef", "vf_coef", "max_grad_norm", "normalize_obs", "normalize_reward", "total_steps", "vector_env",
-    "net_arch", "activation", "log_std_init", "anneal_lr", "ortho_init", "use_sde", "sde_sample_freq",
+    "n_envs",
+    "n_steps",
+    "batch_size",
+    "n_epochs",
+    "learning_rate",
+    "gamma",
+    "gae_lambda",
+    "clip_range",
+    "ent_coef",
+    "vf_coef",
+    "max_grad_norm",
+    "normalize_obs",
+    "normalize_reward",
+    "total_steps",
+    "vector_env",
+    "net_arch",
+    "activation",
+    "log_std_init",
+    "anneal_lr",
+    "ortho_init",
+    "use_sde",
+    "sde_sample_freq",
 ]
 
 
@@ -301,10 +336,14 @@ def clippo_metric_rows(metrics_csv: Path) -> list[tuple[float, int, float, int]]
     with open(metrics_csv, newline="") as f:
         for row in csv.DictReader(f):
             mean = float(row["episode_return"]) if row.get("episode_return") not in (None, "") else float("nan")
-            count = int(float(row["episodes"])) if row.get("episodes") not in (None, "") else (0 if math.isnan(mean) else 1)
+            count = (
+                int(float(row["episodes"])) if row.get("episodes") not in (None, "") else (0 if math.isnan(mean) else 1)
+            )
             if math.isnan(mean):
                 count = 0
-            rows.append((float(row["wall_time"]), int(float(row["global_step"])), mean * count if count else 0.0, count))
+            rows.append(
+                (float(row["wall_time"]), int(float(row["global_step"])), mean * count if count else 0.0, count)
+            )
     return rows
 
 
@@ -338,7 +377,13 @@ def make_sb3_env(env_id: str, n_envs: int, seed: int, recipe: dict[str, Any], fr
             epsilon=1e-8,
         )
     frozen = VecNormalize(
-        venv, training=False, norm_obs=recipe["normalize_obs"], norm_reward=False, clip_obs=10.0, gamma=recipe["gamma"], epsilon=1e-8
+        venv,
+        training=False,
+        norm_obs=recipe["normalize_obs"],
+        norm_reward=False,
+        clip_obs=10.0,
+        gamma=recipe["gamma"],
+        epsilon=1e-8,
     )
     frozen.obs_rms = copy.deepcopy(frozen_from.obs_rms)
     return frozen
@@ -491,15 +536,15 @@ def _limits_result(spec: dict[str, Any], env_type: str, env_times: list[float], 
         "rollout_sps": len(times) * batch / sum(times),
         "rollout_best_sps": batch / min(times),
         # the same fraction round by round: how much it moves with the machine's drift
-        "fraction_per_round_median": statistics.median(e / r for e, r in zip(env_times, times)),
+        "fraction_per_round_median": statistics.median(e / r for e, r in zip(env_times, times, strict=False)),
     }
 
 
 def child_limits_clippo(spec: dict[str, Any]) -> dict[str, Any]:
     _single_thread()
     from clippo import PPO
-    from clippo.envs.make import make_vector_env
     from clippo.core.advantages import compute_gae
+    from clippo.envs.make import make_vector_env
 
     env_id, n, num_steps, seed = spec["env_id"], spec["num_envs"], spec["num_steps"], spec["seed"]
     recipe = {**spec["recipe"], "n_envs": n, "n_steps": num_steps}
@@ -591,10 +636,14 @@ def run_child(spec: dict[str, Any], log_path: Path, timeout: float | None) -> di
         stdout, stderr, code = proc.stdout, proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as exc:
         stdout = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        stderr = (exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")) + f"\ntimed out after {timeout} s"
+        stderr = (
+            exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        ) + f"\ntimed out after {timeout} s"
         code = None
     process_s = time.perf_counter() - start
-    log_path.write_text(f"$ {' '.join(cmd[:3])} '<spec>'\nspec: {json.dumps(spec)}\n--- stdout\n{stdout}\n--- stderr\n{stderr}")
+    log_path.write_text(
+        f"$ {' '.join(cmd[:3])} '<spec>'\nspec: {json.dumps(spec)}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    )
     parsed = parse_child_output(stdout) if code == 0 else None
     base = {k: spec[k] for k in ("mode", "lib", "env_id", "seed", "num_envs", "num_steps", "tag") if k in spec}
     base["process_s"] = process_s
@@ -615,7 +664,9 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             eval_mean, eval_std = mean_std(evals)
             per_lib[lib] = {
                 "runs": len(runs),
-                "failed": len([r for r in results["runs"] if r["env_id"] == env_id and r["lib"] == lib and not r["ok"]]),
+                "failed": len(
+                    [r for r in results["runs"] if r["env_id"] == env_id and r["lib"] == lib and not r["ok"]]
+                ),
                 "median_learn_s": median(r["learn_s"] for r in runs),
                 "median_sps": median(r["steps"] / r["learn_s"] for r in runs),
                 "median_steps": median(r["steps"] for r in runs),
@@ -623,7 +674,14 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
                 "eval_std_over_seeds": eval_std,
             }
         limits = {
-            lib: next((r for r in results["limits"] if r["env_id"] == env_id and r["lib"] == lib and r.get("tag") == "recipe" and r["ok"]), None)
+            lib: next(
+                (
+                    r
+                    for r in results["limits"]
+                    if r["env_id"] == env_id and r["lib"] == lib and r.get("tag") == "recipe" and r["ok"]
+                ),
+                None,
+            )
             for lib in LIBS
         }
         summary[env_id] = {
@@ -661,23 +719,37 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     rows = []
     for env_id, s in summary.items():
         c, b = s.get("clippo", {}), s.get("sb3", {})
-        rows.append([
-            env_id,
-            fmt(results["recipes"][env_id]["total_steps"]),
-            fmt(c.get("median_learn_s"), 1, " s"),
-            fmt(b.get("median_learn_s"), 1, " s"),
-            fmt(s["speedup_sb3_over_clippo"], 2, "x"),
-            fmt(c.get("median_sps"), 0),
-            fmt(b.get("median_sps"), 0),
-            fmt_pm(c.get("eval_mean_over_seeds"), c.get("eval_std_over_seeds")),
-            fmt_pm(b.get("eval_mean_over_seeds"), b.get("eval_std_over_seeds")),
-            f"{c.get('runs', 0)}/{b.get('runs', 0)}"
-            + (f" ({c.get('failed', 0) + b.get('failed', 0)} failed)" if c.get("failed", 0) + b.get("failed", 0) else ""),
-        ])
+        rows.append(
+            [
+                env_id,
+                fmt(results["recipes"][env_id]["total_steps"]),
+                fmt(c.get("median_learn_s"), 1, " s"),
+                fmt(b.get("median_learn_s"), 1, " s"),
+                fmt(s["speedup_sb3_over_clippo"], 2, "x"),
+                fmt(c.get("median_sps"), 0),
+                fmt(b.get("median_sps"), 0),
+                fmt_pm(c.get("eval_mean_over_seeds"), c.get("eval_std_over_seeds")),
+                fmt_pm(b.get("eval_mean_over_seeds"), b.get("eval_std_over_seeds")),
+                f"{c.get('runs', 0)}/{b.get('runs', 0)}"
+                + (
+                    f" ({c.get('failed', 0) + b.get('failed', 0)} failed)"
+                    if c.get("failed", 0) + b.get("failed", 0)
+                    else ""
+                ),
+            ]
+        )
     lines += md_table(
         [
-            "env", "steps", "clippo learn()", "SB3 learn()", "speed-up (SB3 time / clippo time)", "clippo steps/s",
-            "SB3 steps/s", "clippo eval return (mean ± sd over seeds)", "SB3 eval return", "runs clippo/SB3",
+            "env",
+            "steps",
+            "clippo learn()",
+            "SB3 learn()",
+            "speed-up (SB3 time / clippo time)",
+            "clippo steps/s",
+            "SB3 steps/s",
+            "clippo eval return (mean ± sd over seeds)",
+            "SB3 eval return",
+            "runs clippo/SB3",
         ],
         rows,
     )
@@ -686,27 +758,35 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     rows = []
     for lim in _limit_pairs(results):
         c, b = lim["clippo"], lim["sb3"]
-        rows.append([
-            lim["env_id"],
-            f"{lim['num_envs']} x {lim['num_steps']}",
-            _lim(c, "env_sps") + (f" ({c['env_type']})" if c and c.get("ok") else ""),
-            _lim(c, "rollout_sps"),
-            fmt(ratio(_get(c, "rollout_sps"), _get(c, "env_sps")), 2),
-            _lim(b, "env_sps") + (f" ({b['env_type']})" if b and b.get("ok") else ""),
-            _lim(b, "rollout_sps"),
-            fmt(ratio(_get(b, "rollout_sps"), _get(b, "env_sps")), 2),
-        ])
+        rows.append(
+            [
+                lim["env_id"],
+                f"{lim['num_envs']} x {lim['num_steps']}",
+                _lim(c, "env_sps") + (f" ({c['env_type']})" if c and c.get("ok") else ""),
+                _lim(c, "rollout_sps"),
+                fmt(ratio(_get(c, "rollout_sps"), _get(c, "env_sps")), 2),
+                _lim(b, "env_sps") + (f" ({b['env_type']})" if b and b.get("ok") else ""),
+                _lim(b, "rollout_sps"),
+                fmt(ratio(_get(b, "rollout_sps"), _get(b, "env_sps")), 2),
+            ]
+        )
     if rows:
         lines += md_table(
             [
-                "env", "envs x steps", "env-only steps/s (clippo's vector env)", "clippo rollout steps/s",
-                "clippo rollout / env-only", "SB3 env-only steps/s", "SB3 rollout steps/s", "SB3 rollout / env-only",
+                "env",
+                "envs x steps",
+                "env-only steps/s (clippo's vector env)",
+                "clippo rollout steps/s",
+                "clippo rollout / env-only",
+                "SB3 env-only steps/s",
+                "SB3 rollout steps/s",
+                "SB3 rollout / env-only",
             ],
             rows,
         )
         lines += [
             "",
-            "env-only: `envs.step(envs.action_space.sample())` on `clippo.envs.make.make_vector_env(env, n, \"auto\")` "
+            'env-only: `envs.step(envs.action_space.sample())` on `clippo.envs.make.make_vector_env(env, n, "auto")` '
             "(SB3: `make_vec_env` DummyVecEnv with Monitor, plus VecNormalize when the recipe normalizes). "
             "Rollout, the same work for both: actions, log-probabilities, critic values and GAE advantages for a whole rollout. clippo: "
             "`EnvRunner.collect` into a `RolloutBuffer` (acting with a numpy copy of the actor; log-probabilities of the "
@@ -725,39 +805,67 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         for seed in results["seeds"]:
             c = _find_run(results, env_id, seed, "clippo")
             b = _find_run(results, env_id, seed, "sb3")
-            rows.append([
-                env_id,
-                seed,
-                _run_cell(c, "learn_s", 2, " s"),
-                _run_cell(b, "learn_s", 2, " s"),
-                fmt(ratio(_get(b, "learn_s"), _get(c, "learn_s")), 2, "x"),
-                fmt(_sps(c), 0),
-                fmt(_sps(b), 0),
-                _eval_cell(c),
-                _eval_cell(b),
-                _run_cell(c, "loop_s", 2, " s"),
-            ])
+            rows.append(
+                [
+                    env_id,
+                    seed,
+                    _run_cell(c, "learn_s", 2, " s"),
+                    _run_cell(b, "learn_s", 2, " s"),
+                    fmt(ratio(_get(b, "learn_s"), _get(c, "learn_s")), 2, "x"),
+                    fmt(_sps(c), 0),
+                    fmt(_sps(b), 0),
+                    _eval_cell(c),
+                    _eval_cell(b),
+                    _run_cell(c, "loop_s", 2, " s"),
+                ]
+            )
     if not rows:
         lines += ["(no training runs)"]
-    lines += [] if not rows else md_table(
-        [
-            "env", "seed", "clippo learn()", "SB3 learn()", "SB3 / clippo", "clippo steps/s", "SB3 steps/s",
-            "clippo eval return", "SB3 eval return", "clippo update loop (metrics.csv)",
-        ],
-        rows,
+    lines += (
+        []
+        if not rows
+        else md_table(
+            [
+                "env",
+                "seed",
+                "clippo learn()",
+                "SB3 learn()",
+                "SB3 / clippo",
+                "clippo steps/s",
+                "SB3 steps/s",
+                "clippo eval return",
+                "SB3 eval return",
+                "clippo update loop (metrics.csv)",
+            ],
+            rows,
+        )
     )
     failures = [r for r in results["runs"] + results["limits"] if not r["ok"]]
     if failures:
         lines += ["", "## Failures", ""]
-        lines += [f"- {r['mode']} {r['lib']} {r['env_id']} seed {r.get('seed')}: {r['error']} (log: {r['log']})" for r in failures]
+        lines += [
+            f"- {r['mode']} {r['lib']} {r['env_id']} seed {r.get('seed')}: {r['error']} (log: {r['log']})"
+            for r in failures
+        ]
 
     differs = results.get("sb3_set") or {}
-    title = "## Hyperparameters (the same for both libraries)" if not differs else "## Hyperparameters (clippo's; SB3's differ as below)"
+    title = (
+        "## Hyperparameters (the same for both libraries)"
+        if not differs
+        else "## Hyperparameters (clippo's; SB3's differ as below)"
+    )
     lines += ["", title, ""]
-    lines += md_table(["", *results["envs"]], [[k, *(str(results["recipes"][e][k]) for e in results["envs"])] for k in RECIPE_KEYS + ["source"]])
+    lines += md_table(
+        ["", *results["envs"]],
+        [[k, *(str(results["recipes"][e][k]) for e in results["envs"])] for k in [*RECIPE_KEYS, "source"]],
+    )
     if differs:
-        lines += ["", "SB3 ran with these values instead (`--sb3-set`): "
-                  + ", ".join(f"`{k}={v}`" for k, v in differs.items()) + ". The speed-up then compares two recipes."]
+        lines += [
+            "",
+            "SB3 ran with these values instead (`--sb3-set`): "
+            + ", ".join(f"`{k}={v}`" for k, v in differs.items())
+            + ". The speed-up then compares two recipes.",
+        ]
     lines += [
         "",
         "Both: separate actor and critic MLPs of the recipe's `net_arch` and `activation`, orthogonal init, Adam eps "
@@ -774,7 +882,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "also writes a CSV row each update and a final checkpoint; SB3 runs with `verbose=0` and no TensorBoard log. "
         "The last column of the per-seed table is clippo's own timer of the update loop, without that setup and the "
         "final save.",
-        "- SB3 records its curve with a callback that reads `info[\"episode\"][\"r\"]` each step (a small cost).",
+        '- SB3 records its curve with a callback that reads `info["episode"]["r"]` each step (a small cost).',
         f"- Curves: mean return of the most recent updates' finished episodes (at least {results['curve_window']} "
         "episodes), against seconds since `learn()` started.",
         "",
@@ -849,8 +957,13 @@ def plot_curves(results: dict[str, Any], out: Path) -> list[str]:
                 continue
             label = LIB_NAMES[r["lib"]] if r["lib"] not in labelled else None
             labelled.add(r["lib"])
-            style = {"color": LIB_COLORS[r["lib"]], "alpha": 0.85, "linewidth": 1.4, "label": label,
-                     "marker": "o" if len(pts) < 3 else None}
+            style = {
+                "color": LIB_COLORS[r["lib"]],
+                "alpha": 0.85,
+                "linewidth": 1.4,
+                "label": label,
+                "marker": "o" if len(pts) < 3 else None,
+            }
             ax_time.plot([p[0] for p in pts], [p[2] for p in pts], **style)
             ax_step.plot([p[1] for p in pts], [p[2] for p in pts], **{**style, "label": None})
         ax_time.set_xlabel("wall time since learn() started (s)")
@@ -877,25 +990,50 @@ def build_parser() -> argparse.ArgumentParser:
         description="Side-by-side benchmark of clippo PPO and Stable-Baselines3 PPO (same hyperparameters).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--envs", nargs="+", default=["CartPole-v1"], choices=list(RECIPES), metavar="ENV",
-                        help=f"environments, from: {', '.join(RECIPES)}")
+    parser.add_argument(
+        "--envs",
+        nargs="+",
+        default=["CartPole-v1"],
+        choices=list(RECIPES),
+        metavar="ENV",
+        help=f"environments, from: {', '.join(RECIPES)}",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="training seeds")
     parser.add_argument("--libs", nargs="+", default=list(LIBS), choices=LIBS, help="libraries to run")
     parser.add_argument("--total-steps", type=int, default=None, help="override every recipe's total env steps")
     parser.add_argument("--eval-episodes", type=int, default=20, help="deterministic evaluation episodes per run")
-    parser.add_argument("--eval-seed", type=int, default=10_000, help="seed of the evaluation env (the same for every run)")
+    parser.add_argument(
+        "--eval-seed", type=int, default=10_000, help="seed of the evaluation env (the same for every run)"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
-    parser.add_argument("--throughput-envs", type=int, default=None, metavar="N",
-                        help="also measure the limits for each env of --envs with N envs x --throughput-steps steps")
-    parser.add_argument("--throughput-steps", type=int, default=128, help="num_steps of the --throughput-envs measurement")
-    parser.add_argument("--limit-env-steps", type=int, default=100_000,
-                        help="transitions (summed over envs), at least, for the env-only rate (measured in rounds alternating with the rollouts)")
-    parser.add_argument("--limit-collect-steps", type=int, default=50_000,
-                        help="transitions (at least) for the rollout rate")
+    parser.add_argument(
+        "--throughput-envs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also measure the limits for each env of --envs with N envs x --throughput-steps steps",
+    )
+    parser.add_argument(
+        "--throughput-steps", type=int, default=128, help="num_steps of the --throughput-envs measurement"
+    )
+    parser.add_argument(
+        "--limit-env-steps",
+        type=int,
+        default=100_000,
+        help="transitions (summed over envs), at least, for the env-only rate (measured in rounds alternating with the rollouts)",
+    )
+    parser.add_argument(
+        "--limit-collect-steps", type=int, default=50_000, help="transitions (at least) for the rollout rate"
+    )
     parser.add_argument("--limit-min-rollouts", type=int, default=5, help="rollouts (at least) for the rollout rate")
-    parser.add_argument("--sb3-set", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="recipe values for SB3's runs only (e.g. n_epochs=4 gamma=0.99: RL-Zoo's values where "
-                             "clippo's preset differs from them); the results then compare different recipes")
+    parser.add_argument(
+        "--sb3-set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="recipe values for SB3's runs only (e.g. n_epochs=4 gamma=0.99: RL-Zoo's values where "
+        "clippo's preset differs from them); the results then compare different recipes",
+    )
     parser.add_argument("--no-limits", action="store_true", help="skip the env-only/rollout throughput measurements")
     parser.add_argument("--no-train", action="store_true", help="skip the training runs")
     parser.add_argument("--curve-window", type=int, default=100, help="episodes averaged per curve point (at least)")
@@ -945,21 +1083,43 @@ def main(argv: list[str] | None = None) -> int:
         print(message, file=sys.stderr, flush=True)
 
     if not args.no_limits:
-        jobs = [(env, results["recipes"][env], results["recipes"][env]["n_envs"], results["recipes"][env]["n_steps"], "recipe") for env in envs]
+        jobs = [
+            (
+                env,
+                results["recipes"][env],
+                results["recipes"][env]["n_envs"],
+                results["recipes"][env]["n_steps"],
+                "recipe",
+            )
+            for env in envs
+        ]
         if args.throughput_envs:
-            jobs += [(env, results["recipes"][env], args.throughput_envs, args.throughput_steps, "throughput") for env in envs]
+            jobs += [
+                (env, results["recipes"][env], args.throughput_envs, args.throughput_steps, "throughput")
+                for env in envs
+            ]
         for env_id, recipe, n, num_steps, tag in jobs:
             for lib in libs:
                 spec = {
-                    "mode": "limits", "lib": lib, "env_id": env_id, "seed": 0, "recipe": recipe, "num_envs": n,
-                    "num_steps": num_steps, "tag": tag, "env_steps": args.limit_env_steps,
-                    "collect_steps": args.limit_collect_steps, "min_rollouts": args.limit_min_rollouts,
+                    "mode": "limits",
+                    "lib": lib,
+                    "env_id": env_id,
+                    "seed": 0,
+                    "recipe": recipe,
+                    "num_envs": n,
+                    "num_steps": num_steps,
+                    "tag": tag,
+                    "env_steps": args.limit_env_steps,
+                    "collect_steps": args.limit_collect_steps,
+                    "min_rollouts": args.limit_min_rollouts,
                 }
                 r = run_child(spec, scratch / "logs" / f"limits-{env_id}-{n}x{num_steps}-{lib}.log", args.child_timeout)
                 results["limits"].append(r)
                 if r["ok"]:
-                    log(f"limits {LIB_NAMES[lib]:6} {env_id} {n}x{num_steps}: env-only {r['env_sps']:,.0f} steps/s, "
-                        f"rollout {r['rollout_sps']:,.0f} steps/s ({r['rollout_sps'] / r['env_sps']:.2f})")
+                    log(
+                        f"limits {LIB_NAMES[lib]:6} {env_id} {n}x{num_steps}: env-only {r['env_sps']:,.0f} steps/s, "
+                        f"rollout {r['rollout_sps']:,.0f} steps/s ({r['rollout_sps'] / r['env_sps']:.2f})"
+                    )
                 else:
                     log(f"limits {LIB_NAMES[lib]:6} {env_id} {n}x{num_steps}: FAILED {r['error']}")
                 save()
@@ -971,16 +1131,24 @@ def main(argv: list[str] | None = None) -> int:
             if lib == "sb3" and results["sb3_set"]:
                 recipe = {**recipe, **results["sb3_set"]}
             spec = {
-                "mode": "train", "lib": lib, "env_id": env_id, "seed": seed, "recipe": recipe,
-                "eval_episodes": args.eval_episodes, "eval_seed": args.eval_seed, "curve_window": args.curve_window,
+                "mode": "train",
+                "lib": lib,
+                "env_id": env_id,
+                "seed": seed,
+                "recipe": recipe,
+                "eval_episodes": args.eval_episodes,
+                "eval_seed": args.eval_seed,
+                "curve_window": args.curve_window,
                 "run_dir": str(scratch / env_id / f"clippo-seed{seed}"),
             }
             r = run_child(spec, scratch / "logs" / f"train-{env_id}-seed{seed}-{lib}.log", args.child_timeout)
             r["order"] = i
             results["runs"].append(r)
             if r["ok"]:
-                log(f"[{i}/{len(order)}] {LIB_NAMES[lib]:6} {env_id} seed {seed}: learn {r['learn_s']:.2f} s, "
-                    f"{r['steps'] / r['learn_s']:,.0f} steps/s, eval {fmt_pm(*mean_std(r['eval_returns']))}")
+                log(
+                    f"[{i}/{len(order)}] {LIB_NAMES[lib]:6} {env_id} seed {seed}: learn {r['learn_s']:.2f} s, "
+                    f"{r['steps'] / r['learn_s']:,.0f} steps/s, eval {fmt_pm(*mean_std(r['eval_returns']))}"
+                )
             else:
                 log(f"[{i}/{len(order)}] {LIB_NAMES[lib]:6} {env_id} seed {seed}: FAILED {r['error']}")
             save()

@@ -22,15 +22,30 @@ import sys
 import tempfile
 from pathlib import Path
 
-
 PHASES = ("rollout_time", "exchange_time", "update_time")
 
 
-def run(env_id: str, nproc: int, seed: int, total_steps: int, extra: list[str], scratch: Path,
-        total_envs: int | None = None) -> dict:
+def run(
+    env_id: str, nproc: int, seed: int, total_steps: int, extra: list[str], scratch: Path, total_envs: int | None = None
+) -> dict:
     run_dir = scratch / f"{env_id}-n{nproc}-s{seed}"
-    command = [sys.executable, "-m", "clippo", "train", env_id, "--seed", str(seed), "--run-dir", str(run_dir),
-               "--total-steps", str(total_steps), "--eval-episodes", "10", "--no-tensorboard", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "clippo",
+        "train",
+        env_id,
+        "--seed",
+        str(seed),
+        "--run-dir",
+        str(run_dir),
+        "--total-steps",
+        str(total_steps),
+        "--eval-episodes",
+        "10",
+        "--no-tensorboard",
+        *extra,
+    ]
     if total_envs is not None:
         command += ["--num-envs", str(total_envs // nproc)]
     if nproc > 1:
@@ -65,10 +80,14 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--total-steps", type=int, default=200_000)
     parser.add_argument("--out", default="benchmarks/results/scaling_hopper.md")
-    parser.add_argument("--total-envs", type=int, default=None,
-                        help="split this many envs over the processes (N processes run TOTAL/N each), so every "
-                             "process count takes the same updates on batches of the same size; by default "
-                             "every process runs the preset's envs")
+    parser.add_argument(
+        "--total-envs",
+        type=int,
+        default=None,
+        help="split this many envs over the processes (N processes run TOTAL/N each), so every "
+        "process count takes the same updates on batches of the same size; by default "
+        "every process runs the preset's envs",
+    )
     parser.add_argument("extra", nargs="*", help="extra `clippo train` flags (after --)")
     args = parser.parse_args()
 
@@ -86,11 +105,15 @@ def main() -> int:
 
     base = statistics.median(r["sps"] for r in rows if r["nproc"] == args.nprocs[0])
     if args.total_envs is None:
-        layout = ("per-process settings unchanged, so N processes step N times the envs and make 1/N as many "
-                  "updates of N times the data")
+        layout = (
+            "per-process settings unchanged, so N processes step N times the envs and make 1/N as many "
+            "updates of N times the data"
+        )
     else:
-        layout = (f"{args.total_envs} envs split over the processes (`--num-envs {args.total_envs}/N`), so every "
-                  "process count makes the same number of updates on batches of the same size")
+        layout = (
+            f"{args.total_envs} envs split over the processes (`--num-envs {args.total_envs}/N`), so every "
+            "process count makes the same number of updates on batches of the same size"
+        )
     lines = [
         f"# Scaling: {args.env}, steps/second against process count",
         "",
@@ -109,7 +132,8 @@ def main() -> int:
         lines.append(
             f"| {r['nproc']} | {r['seed']} | {r['steps']} | {r['train_s']:.1f} | {r['sps']:.0f} | "
             f"{r['sps'] / base:.2f}x | {r['eval_return']:.1f} | {r['train_return']:.1f} | "
-            + " | ".join(f"{r[name]:.3f}" for name in PHASES) + " |"
+            + " | ".join(f"{r[name]:.3f}" for name in PHASES)
+            + " |"
         )
     lines.append("")
     for n in args.nprocs:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import command_line, machine_info, machine_markdown, md_table, now, write_json  # noqa: E402
+from _common import command_line, machine_info, machine_markdown, md_table, now, write_json
 
 
 def evaluate(run_dir: Path, episodes: int, seed: int, stochastic: bool, clippo: str) -> dict:
@@ -46,25 +46,42 @@ def main() -> None:
         config = json.loads(json.dumps(__import__("yaml").safe_load((run_dir / "config.yaml").read_text())))
         deterministic = evaluate(run_dir, args.episodes, args.seed, False, args.clippo)
         stochastic = evaluate(run_dir, args.episodes, args.seed, True, args.clippo)
-        results.append({"run": str(run_dir), "env": config["env_id"], "seed": config["seed"],
-                        "deterministic": deterministic, "stochastic": stochastic})
-        rows.append([config["env_id"], config["seed"],
-                     f"{deterministic['mean_return']:.1f} ± {deterministic['std_return']:.1f}",
-                     f"{stochastic['mean_return']:.1f} ± {stochastic['std_return']:.1f}", run_dir.name])
+        results.append(
+            {
+                "run": str(run_dir),
+                "env": config["env_id"],
+                "seed": config["seed"],
+                "deterministic": deterministic,
+                "stochastic": stochastic,
+            }
+        )
+        rows.append(
+            [
+                config["env_id"],
+                config["seed"],
+                f"{deterministic['mean_return']:.1f} ± {deterministic['std_return']:.1f}",
+                f"{stochastic['mean_return']:.1f} ± {stochastic['std_return']:.1f}",
+                run_dir.name,
+            ]
+        )
         print(rows[-1], flush=True)
     meta["finished"] = now()
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "eval_protocols.json", {**meta, "episodes": args.episodes, "seed": args.seed, "runs": results})
-    text = "\n".join([
-        "# Final policies under two evaluation protocols",
-        "",
-        *machine_markdown(meta),
-        "",
-        f"{args.episodes} episodes each, evaluation envs seeded from {args.seed} (not a training seed).",
-        "",
-        *md_table(["env", "seed", "deterministic (mode)", "stochastic (sampled)", "run"], rows),
-        "",
-    ])
+    write_json(
+        args.out / "eval_protocols.json", {**meta, "episodes": args.episodes, "seed": args.seed, "runs": results}
+    )
+    text = "\n".join(
+        [
+            "# Final policies under two evaluation protocols",
+            "",
+            *machine_markdown(meta),
+            "",
+            f"{args.episodes} episodes each, evaluation envs seeded from {args.seed} (not a training seed).",
+            "",
+            *md_table(["env", "seed", "deterministic (mode)", "stochastic (sampled)", "run"], rows),
+            "",
+        ]
+    )
     (args.out / "eval_protocols.md").write_text(text)
     print(text)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DEFAULT_OUT, child_env, command_line, machine_info, machine_markdown, md_table, now, write_json  # noqa: E402
+from _common import DEFAULT_OUT, child_env, command_line, machine_info, machine_markdown, md_table, now, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,7 +77,18 @@ def run_case(name: str, work: Path) -> dict:
         out, seconds = run(commands[0])
         shown = ["python -c '<the Python below>'"]
     else:
-        train = ["clippo", "train", env_id, "--total-steps", str(steps), "--seed", "1", "--run-dir", str(run_dir), *flags]
+        train = [
+            "clippo",
+            "train",
+            env_id,
+            "--total-steps",
+            str(steps),
+            "--seed",
+            "1",
+            "--run-dir",
+            str(run_dir),
+            *flags,
+        ]
         export = ["clippo", "export", str(run_dir), "-o", str(run_dir / "policy.onnx"), "--json"]
         commands = [[sys.executable, "-m", "clippo", *train[1:]], [sys.executable, "-m", "clippo", *export[1:]]]
         run(commands[0])
@@ -109,8 +120,20 @@ def markdown(results: list[dict], meta: dict) -> str:
         "graph's actions on every observation with the agent's. Required: identical discrete actions, continuous",
         "actions within 1e-5 (absolute).",
         "",
-        *md_table(["env", "what it exercises", "train steps", "inputs", "outputs", "observations",
-                   "identical discrete actions", "max continuous difference", "passed"], rows),  # fmt: skip
+        *md_table(
+            [
+                "env",
+                "what it exercises",
+                "train steps",
+                "inputs",
+                "outputs",
+                "observations",
+                "identical discrete actions",
+                "max continuous difference",
+                "passed",
+            ],
+            rows,
+        ),  # fmt: skip
         "",
         "## Commands",
         "",
@@ -138,8 +161,10 @@ def main() -> int:
             raise SystemExit(f"{args.work / name} exists: remove it or pass another --work")
         results.append(run_case(name, args.work))
         r = results[-1]
-        print(f"{name}: {r['observations']} observations, agreement {r['agreement']}, max difference {r['max_difference']}",
-              flush=True)
+        print(
+            f"{name}: {r['observations']} observations, agreement {r['agreement']}, max difference {r['max_difference']}",
+            flush=True,
+        )
     meta["finished"] = now()
     args.out.write_text(markdown(results, meta))
     write_json(args.out.with_suffix(".json"), {"meta": meta, "results": results})

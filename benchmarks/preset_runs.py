@@ -35,22 +35,29 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DEFAULT_OUT, child_env, command_line, fmt, machine_info, machine_markdown, md_table, mean_std, now  # noqa: E402
+from _common import DEFAULT_OUT, child_env, command_line, fmt, machine_info, machine_markdown, md_table, mean_std, now
 
 # The issues' targets: mean over seeds of the final deterministic evaluation at the preset's
 # step budget, and published PPO figures at that budget for reference.
 TARGETS = {
     # MuJoCo at 1M steps (published figures for the v4 envs)
-    "Hopper-v5": 2500.0, "Walker2d-v5": 3500.0, "HalfCheetah-v5": 3000.0,
+    "Hopper-v5": 2500.0,
+    "Walker2d-v5": 3500.0,
+    "HalfCheetah-v5": 3000.0,
     # MinAtar at 10M steps: gymnax's published PPO returns (gymnax's MinAtar has no sticky
     # actions; minatar's default, used here, repeats the last action with probability 0.1)
-    "MinAtar/Asterix-v1": 15.0, "MinAtar/Breakout-v1": 28.0, "MinAtar/Freeway-v1": 58.0,
+    "MinAtar/Asterix-v1": 15.0,
+    "MinAtar/Breakout-v1": 28.0,
+    "MinAtar/Freeway-v1": 58.0,
     "MinAtar/SpaceInvaders-v1": 131.0,
     # Classic control and Box2D at RL-Zoo's budgets: RL-Zoo's PPO benchmark table
     # (rl-baselines3-zoo benchmark.md, v2 envs; the v3 landers have the same dynamics)
-    "LunarLander-v3": 242.119, "LunarLanderContinuous-v3": 270.863, "MountainCar-v0": -110.423,
+    "LunarLander-v3": 242.119,
+    "LunarLanderContinuous-v3": 270.863,
+    "MountainCar-v0": -110.423,
     "MountainCarContinuous-v0": 88.343,
-    "BipedalWalker-v3": 213.299, "CarRacing-v3": 153.938,
+    "BipedalWalker-v3": 213.299,
+    "CarRacing-v3": 153.938,
 }
 PUBLISHED = {
     "Hopper-v5": "CleanRL 2383, SB3 RL-Zoo 2410 (1M, v4)",
@@ -94,8 +101,15 @@ def finished(run_dir: Path, stop_at_steps: int | None = None) -> bool:
     return stop_at_steps is None or last_step(run_dir) >= stop_at_steps
 
 
-def run_all(envs: list[str], seeds: list[int], root: Path, jobs: int, clippo: str, extra: list[str],
-            stop_at_steps: int | None = None) -> list[Path]:
+def run_all(
+    envs: list[str],
+    seeds: list[int],
+    root: Path,
+    jobs: int,
+    clippo: str,
+    extra: list[str],
+    stop_at_steps: int | None = None,
+) -> list[Path]:
     """Train every (env, seed) as its own ``clippo train`` process, ``jobs`` at a time; a run
     directory holding an unfinished run is continued with ``clippo resume``, a finished one kept.
 
@@ -111,7 +125,10 @@ def run_all(envs: list[str], seeds: list[int], root: Path, jobs: int, clippo: st
         running = {p: d for p, d in running.items() if p.poll() is None}
         for proc, run_dir in running.items():
             if stop_at_steps is not None and proc not in signalled and last_step(run_dir) >= stop_at_steps:
-                print(f"{now()} {run_dir.name} reached {last_step(run_dir):_} >= {stop_at_steps:_} steps: SIGINT", flush=True)
+                print(
+                    f"{now()} {run_dir.name} reached {last_step(run_dir):_} >= {stop_at_steps:_} steps: SIGINT",
+                    flush=True,
+                )
                 proc.send_signal(signal.SIGINT)
                 signalled.add(proc)
         while queue and len(running) < jobs:
@@ -135,10 +152,8 @@ def preset_differences(config: dict[str, Any]) -> dict[str, Any]:
     """The run's value of every hyperparameter where it differs from what ``clippo train ENV``
     uses today (bookkeeping keys that do not change training, as ``clippo plot`` ignores them,
     left out); empty for a run of the current preset."""
-    from clippo.config.ppo_config import resolve_config
+    from clippo.config.ppo_config import PPOConfig, resolve_config
     from clippo.tools.plotting import IGNORED_KEYS
-
-    from clippo.config.ppo_config import PPOConfig
 
     preset = resolve_config(config["env_id"]).to_dict()
     defaults = PPOConfig().to_dict()  # what a run made before a knob existed used
@@ -157,9 +172,15 @@ def read_run(run_dir: Path) -> dict[str, Any] | None:
     run = read_run_dir(run_dir)  # config.yaml and metrics.csv
     if not eval_path.exists():  # still running, or stopped: continued by ``run``
         last = run.metrics.iloc[-1]
-        return {"env_id": run.config["env_id"], "seed": run.config["seed"], "run_dir": str(run_dir), "unfinished": True,
-                "steps": int(last["global_step"]), "total_steps": int(run.config["total_steps"]),
-                "train_return": float(last["recent_return"])}
+        return {
+            "env_id": run.config["env_id"],
+            "seed": run.config["seed"],
+            "run_dir": str(run_dir),
+            "unfinished": True,
+            "steps": int(last["global_step"]),
+            "total_steps": int(run.config["total_steps"]),
+            "train_return": float(last["recent_return"]),
+        }
     evaluation = json.loads(eval_path.read_text())
     last = run.metrics.iloc[-1]
     steps, wall = int(last["global_step"]), float(last["wall_time"])
@@ -201,29 +222,68 @@ def write_table(run_dirs: list[Path], out: Path) -> Path:
         mean, std = mean_std([r["eval_mean"] for r in mine])
         target = TARGETS.get(env)
         verdict = "" if target is None else ("met" if mean >= target else f"not met (gap {target - mean:.0f})")
-        summary.append([env, len(mine), fmt(mean, 0), fmt(std, 0), fmt(target, 0) if target else "-", verdict,
-                        fmt(sum(r["sps"] for r in mine) / len(mine), 0), PUBLISHED.get(env, "-")])
-    lines += md_table(["env", "seeds", "eval mean", "std over seeds", "target", "met?", "mean SPS", "published PPO"], summary)
+        summary.append(
+            [
+                env,
+                len(mine),
+                fmt(mean, 0),
+                fmt(std, 0),
+                fmt(target, 0) if target else "-",
+                verdict,
+                fmt(sum(r["sps"] for r in mine) / len(mine), 0),
+                PUBLISHED.get(env, "-"),
+            ]
+        )
+    lines += md_table(
+        ["env", "seeds", "eval mean", "std over seeds", "target", "met?", "mean SPS", "published PPO"], summary
+    )
     lines += ["", "## Per run", ""]
     lines += md_table(
         ["env", "seed", "final eval (eval.json)", "last training return", "steps", "wall time", "SPS", "reproduce"],
-        [[r["env_id"], r["seed"], f"{r['eval_mean']:.0f} ± {r['eval_std']:.0f}", fmt(r["train_return"], 0),
-          f"{r['steps']:_}", f"{r['wall_s'] / 60:.1f} min", fmt(r["sps"], 0),
-          f"`clippo train {r['env_id']} --seed {r['seed']}`"] for r in runs],
+        [
+            [
+                r["env_id"],
+                r["seed"],
+                f"{r['eval_mean']:.0f} ± {r['eval_std']:.0f}",
+                fmt(r["train_return"], 0),
+                f"{r['steps']:_}",
+                f"{r['wall_s'] / 60:.1f} min",
+                fmt(r["sps"], 0),
+                f"`clippo train {r['env_id']} --seed {r['seed']}`",
+            ]
+            for r in runs
+        ],
     )
     if unfinished:
         lines += ["", "## Unfinished runs (continued by `preset_runs.py run` with the same arguments)", ""]
         lines += md_table(
             ["env", "seed", "steps reached", "of", "last training return (100 episodes)", "continue with"],
-            [[r["env_id"], r["seed"], f"{r['steps']:_}", f"{r['total_steps']:_}", fmt(r["train_return"], 1),
-              f"`clippo resume {r['run_dir']}`"] for r in unfinished],
+            [
+                [
+                    r["env_id"],
+                    r["seed"],
+                    f"{r['steps']:_}",
+                    f"{r['total_steps']:_}",
+                    fmt(r["train_return"], 1),
+                    f"`clippo resume {r['run_dir']}`",
+                ]
+                for r in unfinished
+            ],
         )
     if earlier:
         lines += ["", "## Runs of earlier recipes (not in the means above)", ""]
         lines += md_table(
             ["env", "seed", "final eval (eval.json)", "run dir", "recipe differences from today's preset"],
-            [[r["env_id"], r["seed"], f"{r['eval_mean']:.0f} ± {r['eval_std']:.0f}", Path(r["run_dir"]).name,
-              ", ".join(f"{k}={v}" for k, v in r["differences"].items())] for r in earlier],
+            [
+                [
+                    r["env_id"],
+                    r["seed"],
+                    f"{r['eval_mean']:.0f} ± {r['eval_std']:.0f}",
+                    Path(r["run_dir"]).name,
+                    ", ".join(f"{k}={v}" for k, v in r["differences"].items()),
+                ]
+                for r in earlier
+            ],
         )
     lines += [
         "",
@@ -263,8 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--root", type=Path, default=Path("runs/presets"), help="where the run directories go")
     run.add_argument("--extra", action="append", default=[], help="a flag passed to every new clippo train (repeat it)")
     run.add_argument("--clippo", default="clippo", help="the clippo executable")
-    run.add_argument("--stop-at-steps", type=int, default=None,
-                     help="stop each run (SIGINT: checkpoint, then the final evaluation) once it reaches this many steps")
+    run.add_argument(
+        "--stop-at-steps",
+        type=int,
+        default=None,
+        help="stop each run (SIGINT: checkpoint, then the final evaluation) once it reaches this many steps",
+    )
     run.add_argument("--out", type=Path, default=DEFAULT_OUT / "mujoco")
     table = commands.add_parser("table", help="tabulate finished run directories")
     table.add_argument("run_dirs", nargs="+", type=Path)

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_recurrent import ENV, zoo_hyperparameters_for_clippo  # noqa: E402
+from bench_recurrent import ENV, zoo_hyperparameters_for_clippo
 
 
 def initialize(core, variant: str) -> None:

@@ -23,13 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from clippo.networks.recurrent import RecurrentCore, episode_pieces  # noqa: E402
-
+from clippo.networks.recurrent import RecurrentCore, episode_pieces
+import itertools
 
 STRATEGIES = ("fused pieces (clippo)", "cell stepped", "one call per segment", "packed")
 
@@ -71,13 +70,17 @@ def replay_strategies(core: RecurrentCore, features: torch.Tensor, starts: np.nd
         total = 0.0
         for i in range(envs):
             bounds = [0, *np.flatnonzero(starts[1:, i]) + 1, length]
-            state = initial[i:i + 1].masked_fill(torch.tensor(bool(starts[0, i])), 0.0)
-            for begin, end in zip(bounds[:-1], bounds[1:]):
+            state = initial[i : i + 1].masked_fill(torch.tensor(bool(starts[0, i])), 0.0)
+            for begin, end in itertools.pairwise(bounds):
                 if begin > 0:
                     state = torch.zeros_like(state)
                 h0 = split(state)
-                h0 = tuple(h.unsqueeze(0).contiguous() for h in h0) if core.kind == "lstm" else h0.unsqueeze(0).contiguous()
-                out, _ = core.rnn(features[begin:end, i:i + 1], h0)
+                h0 = (
+                    tuple(h.unsqueeze(0).contiguous() for h in h0)
+                    if core.kind == "lstm"
+                    else h0.unsqueeze(0).contiguous()
+                )
+                out, _ = core.rnn(features[begin:end, i : i + 1], h0)
                 total = total + out.sum()
         total.backward()
 
@@ -94,7 +97,7 @@ def replay_strategies(core: RecurrentCore, features: torch.Tensor, starts: np.nd
         out, _ = core.rnn(sequence, h0)
         out.data.sum().backward()
 
-    return dict(zip(STRATEGIES, (fused, stepped, segments, packed)))
+    return dict(zip(STRATEGIES, (fused, stepped, segments, packed), strict=False))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    print(f"torch {torch.__version__}, 1 thread, hidden {args.hidden}, {args.envs} envs; median ms of {args.repeats} calls\n")
+    print(
+        f"torch {torch.__version__}, 1 thread, hidden {args.hidden}, {args.envs} envs; median ms of {args.repeats} calls\n"
+    )
 
     print("| acting, one step | nn layer call | cell function (clippo) |\n| --- | --- | --- |")
     for kind in ("lstm", "gru"):
@@ -118,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         starts = torch.zeros(args.envs, dtype=torch.bool)
         with torch.inference_mode():
             if kind == "lstm":
-                h0 = (state[:, :args.hidden].unsqueeze(0).contiguous(), state[:, args.hidden:].unsqueeze(0).contiguous())
+                h0 = (
+                    state[:, : args.hidden].unsqueeze(0).contiguous(),
+                    state[:, args.hidden :].unsqueeze(0).contiguous(),
+                )
             else:
                 h0 = state.unsqueeze(0).contiguous()
             layer = timed(lambda: core.rnn(x.unsqueeze(0), h0), args.repeats * 10)

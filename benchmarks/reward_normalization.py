@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DEFAULT_OUT, command_line, fmt, machine_info, machine_markdown, md_table, now, write_json  # noqa: E402
+from _common import DEFAULT_OUT, command_line, fmt, machine_info, machine_markdown, md_table, now, write_json
 
 VARIANTS = {
     "raw": ("rewards as given (preset)", {}),
@@ -99,8 +99,15 @@ def train_variant(variant: str, seed: int, run_dir: Path, args: argparse.Namespa
     overrides: dict[str, Any] = dict(VARIANTS[variant][1])
     if args.total_steps is not None:
         overrides["total_steps"] = args.total_steps
-    agent = PPO("CartPole-v1", seed=seed, run_dir=run_dir, tensorboard=False, checkpoint_every=0,
-                eval_episodes=args.eval_episodes, **overrides)
+    agent = PPO(
+        "CartPole-v1",
+        seed=seed,
+        run_dir=run_dir,
+        tensorboard=False,
+        checkpoint_every=0,
+        eval_episodes=args.eval_episodes,
+        **overrides,
+    )
     run_dir.mkdir(parents=True)
     save_config(agent.config, run_dir / "config.yaml")
     seen = install_per_trajectory_normalization(agent) if variant == "per-trajectory" else None
@@ -109,21 +116,26 @@ def train_variant(variant: str, seed: int, run_dir: Path, args: argparse.Namespa
     finally:
         agent.close()
     evaluation = agent.evaluate(episodes=args.eval_episodes, seed=seed + 10_000)
-    (run_dir / "eval.json").write_text(json.dumps({k: evaluation[k] for k in ("mean_return", "std_return", "episodes")}))
+    (run_dir / "eval.json").write_text(
+        json.dumps({k: evaluation[k] for k in ("mean_return", "std_return", "episodes")})
+    )
     import pandas as pd
 
     metrics = pd.read_csv(run_dir / "metrics.csv")
     half = metrics.iloc[len(metrics) // 2 :]
     result = {
-        "variant": variant, "seed": seed,
+        "variant": variant,
+        "seed": seed,
         "final_train_return": float(metrics["recent_return"].iloc[-1]),
         "eval_return": float(evaluation["mean_return"]),
         "value_loss_first": float(metrics["value_loss"].iloc[0]),
         "value_loss_second_half_median": float(half["value_loss"].median()),
         "zero_reward_share": seen["zeros"] / seen["rewards"] if seen else None,
     }
-    print(f"{variant} seed {seed}: final return {result['final_train_return']:.1f}, eval {result['eval_return']:.1f}",
-          flush=True)
+    print(
+        f"{variant} seed {seed}: final return {result['final_train_return']:.1f}, eval {result['eval_return']:.1f}",
+        flush=True,
+    )
     return result
 
 
@@ -161,17 +173,47 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         cells = [mean_ci([r[k] for r in runs]) for k in ("final_train_return", "eval_return")]
         zero = [r["zero_reward_share"] for r in runs if r["zero_reward_share"] is not None]
         vloss = [r["value_loss_second_half_median"] for r in runs]
-        rows.append([label, len(runs), *(_pm(c) for c in cells),
-                     fmt(statistics.fmean(zero), 4) if zero else "n/a",
-                     f"{statistics.median(vloss):.2e}" if vloss else "n/a"])
-    lines += md_table(["variant", "seeds", "final training return", "evaluation return",
-                       "share of learner rewards equal to 0", "value loss, 2nd half (median)"], rows)
+        rows.append(
+            [
+                label,
+                len(runs),
+                *(_pm(c) for c in cells),
+                fmt(statistics.fmean(zero), 4) if zero else "n/a",
+                f"{statistics.median(vloss):.2e}" if vloss else "n/a",
+            ]
+        )
+    lines += md_table(
+        [
+            "variant",
+            "seeds",
+            "final training return",
+            "evaluation return",
+            "share of learner rewards equal to 0",
+            "value loss, 2nd half (median)",
+        ],
+        rows,
+    )
     lines += ["", "## Per run", ""]
     lines += md_table(
-        ["variant", "seed", "final training return", "evaluation return", "value loss, first update",
-         "value loss, 2nd half (median)"],
-        [[r["variant"], r["seed"], fmt(r["final_train_return"], 1), fmt(r["eval_return"], 1),
-          f"{r['value_loss_first']:.3g}", f"{r['value_loss_second_half_median']:.3g}"] for r in results["runs"]],
+        [
+            "variant",
+            "seed",
+            "final training return",
+            "evaluation return",
+            "value loss, first update",
+            "value loss, 2nd half (median)",
+        ],
+        [
+            [
+                r["variant"],
+                r["seed"],
+                fmt(r["final_train_return"], 1),
+                fmt(r["eval_return"], 1),
+                f"{r['value_loss_first']:.3g}",
+                f"{r['value_loss_second_half_median']:.3g}",
+            ]
+            for r in results["runs"]
+        ],
     )
     path.write_text("\n".join(lines) + "\n")
 
@@ -202,8 +244,13 @@ def main() -> None:
             runs.append(train_variant(variant, seed, run_dir, args))
             run_dirs[variant].append(run_dir)
     meta["finished"] = now()
-    results = {"meta": meta, "seeds": args.seeds, "eval_episodes": args.eval_episodes,
-               "total_steps": args.total_steps, "runs": runs}
+    results = {
+        "meta": meta,
+        "seeds": args.seeds,
+        "eval_episodes": args.eval_episodes,
+        "total_steps": args.total_steps,
+        "runs": runs,
+    }
     write_json(args.out / "results.json", results)
     write_markdown(results, args.out / "results.md")
     draw(run_dirs, args.out / "curves.png")

@@ -31,9 +31,10 @@ def main() -> int:
     torch.set_num_threads(1)
 
     import bench_sb3
+
     from clippo import PPO
-    from clippo.fastpath.numpy_mlp import NumpyActor
     from clippo.core.advantages import compute_gae
+    from clippo.fastpath.numpy_mlp import NumpyActor
 
     recipe = {**bench_sb3.recipe_for("CartPole-v1", None), "n_envs": args.envs, "n_steps": args.steps}
     agent = PPO("CartPole-v1", preset="default", **bench_sb3.clippo_hyperparameters(recipe, 1))
@@ -57,7 +58,7 @@ def main() -> int:
         act = actor.for_rows(args.envs)
         rows = zip(
             buffer.network_inputs, buffer.params, noise, buffer.actions,
-            buffer.all_obs[1:], buffer.raw_rewards, buffer.terminated, buffer.truncated,
+            buffer.all_obs[1:], buffer.raw_rewards, buffer.terminated, buffer.truncated, strict=False,
         )  # fmt: skip
         for inputs, params, step_noise, actions_t, next_obs_t, rewards_t, terminated_t, truncated_t in rows:
             act(inputs, params)
@@ -86,8 +87,11 @@ def main() -> int:
         t = lap("episodes and log-probabilities", t)
         buffer.estimate_values(policy)
         t = lap("critic values (batched)", t)
-        compute_gae(*(buffer.tensor(n) for n in ("rewards", "values", "terminated", "truncated", "last_value")),
-                    gamma=recipe["gamma"], gae_lambda=recipe["gae_lambda"])
+        compute_gae(
+            *(buffer.tensor(n) for n in ("rewards", "values", "terminated", "truncated", "last_value")),
+            gamma=recipe["gamma"],
+            gae_lambda=recipe["gae_lambda"],
+        )
         lap("GAE", t)
 
     def env_only() -> None:
@@ -115,7 +119,7 @@ def main() -> int:
         print(f"  {name:34s} {statistics.median(values):8.1f}")
     env_block = per_round["env-only block (random actions)"]
     print(f"  {'rollout total':34s} {statistics.median(rollout_total):8.1f}")
-    print(f"  rollout / env-only rate: {statistics.median(e / r for e, r in zip(env_block, rollout_total)):.2f}")
+    print(f"  rollout / env-only rate: {statistics.median(e / r for e, r in zip(env_block, rollout_total, strict=False)):.2f}")
     return 0
 
 

@@ -23,8 +23,11 @@ def main() -> int:
     parser.add_argument("--total-steps", type=int, default=100_000)
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--eval-seed", type=int, default=None, help="default: seed + 10000, as clippo train")
-    parser.add_argument("--linear-clip", action="store_true",
-                        help="anneal clip_range linearly from 0.2 as the Zoo does (default: constant 0.2, as clippo)")
+    parser.add_argument(
+        "--linear-clip",
+        action="store_true",
+        help="anneal clip_range linearly from 0.2 as the Zoo does (default: constant 0.2, as clippo)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (clippo's default is 1)")
     args = parser.parse_args()
 
@@ -61,15 +64,20 @@ def main() -> int:
     returns, lengths = evaluate_policy(
         model, eval_env, n_eval_episodes=args.eval_episodes, deterministic=True, return_episode_rewards=True
     )
-    print(json.dumps({
-        "mean_return": float(np.mean(returns)),
-        "std_return": float(np.std(returns)),
-        "episodes": len(returns),
-        "mean_length": float(np.mean(lengths)),
-        "returns": [float(r) for r in returns],
-        "learn_s": learn_s,
-        "steps": int(model.num_timesteps),
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "mean_return": float(np.mean(returns)),
+                "std_return": float(np.std(returns)),
+                "episodes": len(returns),
+                "mean_length": float(np.mean(lengths)),
+                "returns": [float(r) for r in returns],
+                "learn_s": learn_s,
+                "steps": int(model.num_timesteps),
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 

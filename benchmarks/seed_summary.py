@@ -23,8 +23,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import command_line, fmt, md_table, mean_std  # noqa: E402
-from bench_sb3 import LIB_NAMES  # noqa: E402
+from _common import command_line, fmt, md_table, mean_std
+from bench_sb3 import LIB_NAMES
 
 
 def load_runs(paths: list[Path], env_id: str) -> dict[str, dict[int, dict[str, Any]]]:
@@ -51,15 +51,27 @@ def summary_markdown(paths: list[Path], env_id: str, stuck_below: float) -> str:
     libs = [lib for lib in ("clippo", "sb3") if lib in runs]
     lines = [f"# {env_id}: learning over seeds, clippo and SB3 with the same hyperparameters", ""]
     lines += [f"- command: `{command_line()}`"]
-    lines += [f"- merged from: {', '.join(f'`{p}`' for p in paths)} (each file's own results.md gives its command, date, machine and evaluation episodes)"]
-    lines += [f"- stuck: the training curve's last point (mean return of the last episodes) at or below {stuck_below:g}", ""]
+    lines += [
+        f"- merged from: {', '.join(f'`{p}`' for p in paths)} (each file's own results.md gives its command, date, machine and evaluation episodes)"
+    ]
+    lines += [
+        f"- stuck: the training curve's last point (mean return of the last episodes) at or below {stuck_below:g}",
+        "",
+    ]
     rows = []
     for lib in libs:
         seeds = sorted(runs[lib])
         evals = [eval_mean(runs[lib][s]) for s in seeds]
         stuck = [s for s in seeds if (final_training_return(runs[lib][s]) or float("-inf")) <= stuck_below]
-        rows.append([LIB_NAMES[lib], len(seeds), f"{statistics.mean(evals):.1f}", f"{statistics.median(evals):.1f}",
-                     f"{len(stuck)} ({', '.join(map(str, stuck)) or 'none'})"])
+        rows.append(
+            [
+                LIB_NAMES[lib],
+                len(seeds),
+                f"{statistics.mean(evals):.1f}",
+                f"{statistics.median(evals):.1f}",
+                f"{len(stuck)} ({', '.join(map(str, stuck)) or 'none'})",
+            ]
+        )
     lines += md_table(["library", "seeds", "eval return, mean", "eval return, median", "stuck seeds"], rows)
     lines += ["", "## Per seed (final training return / deterministic evaluation return)", ""]
     all_seeds = sorted(set().union(*(runs[lib].keys() for lib in libs)))
@@ -75,10 +87,17 @@ def summary_markdown(paths: list[Path], env_id: str, stuck_below: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("results", nargs="+", type=Path, help="results.json files of bench_sb3.py")
     parser.add_argument("--env", required=True, help="the env to summarize")
-    parser.add_argument("--stuck-below", type=float, required=True, help="final training return at or below which a seed counts as stuck")
+    parser.add_argument(
+        "--stuck-below",
+        type=float,
+        required=True,
+        help="final training return at or below which a seed counts as stuck",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the Markdown here (default: print it)")
     args = parser.parse_args(argv)
     text = summary_markdown(args.results, args.env, args.stuck_below)

@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     DEFAULT_OUT,
     child_env,
     command_line,
@@ -73,8 +73,21 @@ def train(env_id: str, network: str, seed: int, args: argparse.Namespace) -> dic
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted run: start it again (clippo refuses a used run dir)
     flags = FOLLOWUPS[network] if network in FOLLOWUPS else ["--network", network]
-    cmd = [*clippo_command(), "train", env_id, *flags, "--seed", str(seed), "--run-dir", str(run_dir),
-           "--eval-episodes", str(args.eval_episodes), "--no-tensorboard", "--checkpoint-every", "0"]
+    cmd = [
+        *clippo_command(),
+        "train",
+        env_id,
+        *flags,
+        "--seed",
+        str(seed),
+        "--run-dir",
+        str(run_dir),
+        "--eval-episodes",
+        str(args.eval_episodes),
+        "--no-tensorboard",
+        "--checkpoint-every",
+        "0",
+    ]
     if args.total_steps is not None:
         cmd += ["--total-steps", str(args.total_steps)]
     start = time.perf_counter()
@@ -82,7 +95,9 @@ def train(env_id: str, network: str, seed: int, args: argparse.Namespace) -> dic
     wall = time.perf_counter() - start
     log = args.out / "runs" / "logs" / f"{env_id}-{network}-seed{seed}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text(f"$ {' '.join(cmd)}\nexit status {proc.returncode}, {wall:.1f} s\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+    log.write_text(
+        f"$ {' '.join(cmd)}\nexit status {proc.returncode}, {wall:.1f} s\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    )
     print(f"{env_id} {network} seed {seed}: exit {proc.returncode}, {wall:.0f} s", flush=True)
     return {"env": env_id, "network": network, "seed": seed, "reused": False, "exit_status": proc.returncode}
 
@@ -111,24 +126,34 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
             continue
         metrics = pd.read_csv(metrics_path)
         evaluation = json.loads(eval_path.read_text())
-        per_run.append({
-            "env": env_id, "network": network, "seed": seed,
-            "final_train_return": float(metrics["recent_return"].iloc[-1]),
-            "eval_return": float(evaluation["mean_return"]),
-            "train_wall_s": float(metrics["wall_time"].iloc[-1]),
-            "steps": int(metrics["global_step"].iloc[-1]),
-            "approx_kl_median": float(metrics["approx_kl"].median()),
-            "clip_fraction_median": float(metrics["clip_fraction"].median()),
-            "explained_variance_median": float(metrics["explained_variance"].median()),
-        })
+        per_run.append(
+            {
+                "env": env_id,
+                "network": network,
+                "seed": seed,
+                "final_train_return": float(metrics["recent_return"].iloc[-1]),
+                "eval_return": float(evaluation["mean_return"]),
+                "train_wall_s": float(metrics["wall_time"].iloc[-1]),
+                "steps": int(metrics["global_step"].iloc[-1]),
+                "approx_kl_median": float(metrics["approx_kl"].median()),
+                "clip_fraction_median": float(metrics["clip_fraction"].median()),
+                "explained_variance_median": float(metrics["explained_variance"].median()),
+            }
+        )
     summary = []
     for env_id, network in variants:
         runs = [r for r in per_run if r["env"] == env_id and r["network"] == network]
         if not runs:
             continue
         row: dict[str, Any] = {"env": env_id, "network": network, "seeds": len(runs)}
-        for key in ("final_train_return", "eval_return", "train_wall_s", "approx_kl_median", "clip_fraction_median",
-                    "explained_variance_median"):
+        for key in (
+            "final_train_return",
+            "eval_return",
+            "train_wall_s",
+            "approx_kl_median",
+            "clip_fraction_median",
+            "explained_variance_median",
+        ):
             row[key] = confidence_interval([r[key] for r in runs])
         summary.append(row)
     return {"runs": per_run, "summary": summary}
@@ -142,7 +167,9 @@ def draw(args: argparse.Namespace) -> list[Path]:
     curves = plot_runs(run_dirs, args.out / "curves.png", x="both")
     diagnostics = plot_runs(run_dirs, args.out / "diagnostics.png", x="steps", diagnostics=True)
     figures = [curves, diagnostics]
-    followups = [run_dir_of(args.out, "CartPole-v1", n, s) for n in ["separate", "shared", *FOLLOWUPS] for s in args.seeds]
+    followups = [
+        run_dir_of(args.out, "CartPole-v1", n, s) for n in ["separate", "shared", *FOLLOWUPS] for s in args.seeds
+    ]
     followups = [d for d in followups if (d / "eval.json").exists()]
     if any(d.name.startswith(tuple(FOLLOWUPS)) for d in followups):
         figures.append(plot_runs(followups, args.out / "cartpole_followup.png", x="steps", diagnostics=True))
@@ -179,20 +206,50 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     ]
     rows = []
     for row in results["summary"]:
-        rows.append([row["env"], _variant(row["network"]), row["seeds"], _pm(row["final_train_return"]),
-                     _pm(row["eval_return"]), _pm(row["train_wall_s"]) + " s"])
-    lines += md_table(["env", "network", "seeds", "final training return", "evaluation return", "training wall time"], rows)
+        rows.append(
+            [
+                row["env"],
+                _variant(row["network"]),
+                row["seeds"],
+                _pm(row["final_train_return"]),
+                _pm(row["eval_return"]),
+                _pm(row["train_wall_s"]) + " s",
+            ]
+        )
+    lines += md_table(
+        ["env", "network", "seeds", "final training return", "evaluation return", "training wall time"], rows
+    )
     lines += ["", "## Diagnostics", "", "Per run, the median over its updates; then mean ± 95% CI over the seeds.", ""]
-    rows = [[row["env"], _variant(row["network"]), _pm(row["approx_kl_median"], 4), _pm(row["clip_fraction_median"], 3),
-             _pm(row["explained_variance_median"], 2)] for row in results["summary"]]
+    rows = [
+        [
+            row["env"],
+            _variant(row["network"]),
+            _pm(row["approx_kl_median"], 4),
+            _pm(row["clip_fraction_median"], 3),
+            _pm(row["explained_variance_median"], 2),
+        ]
+        for row in results["summary"]
+    ]
     lines += md_table(["env", "network", "approx KL", "clip fraction", "explained variance"], rows)
     lines += ["", "## Per run", ""]
-    rows = [[r["env"], _variant(r["network"]), r["seed"], fmt(r["final_train_return"], 1), fmt(r["eval_return"], 1),
-             fmt(r["train_wall_s"], 1)] for r in results["runs"]]
+    rows = [
+        [
+            r["env"],
+            _variant(r["network"]),
+            r["seed"],
+            fmt(r["final_train_return"], 1),
+            fmt(r["eval_return"], 1),
+            fmt(r["train_wall_s"], 1),
+        ]
+        for r in results["runs"]
+    ]
     lines += md_table(["env", "network", "seed", "final training return", "evaluation return", "wall time (s)"], rows)
-    lines += ["", "Curves: `curves.png` (return), `diagnostics.png` (approx KL, clip fraction, entropy, "
-              "explained variance, value loss), `cartpole_followup.png` (CartPole-v1 with the follow-up variants, "
-              "`--followup`), drawn by `clippo.tools.plotting.plot_runs` from the runs' metrics.csv."]
+    lines += [
+        "",
+        "Curves: `curves.png` (return), `diagnostics.png` (approx KL, clip fraction, entropy, "
+        "explained variance, value loss), `cartpole_followup.png` (CartPole-v1 with the follow-up variants, "
+        "`--followup`), drawn by `clippo.tools.plotting.plot_runs` from the runs' metrics.csv.",
+    ]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -204,8 +261,11 @@ def main() -> None:
     parser.add_argument("--total-steps", type=int, default=None, help="override every preset (smoke tests)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT / "shared_vs_separate")
     parser.add_argument("--no-train", action="store_true", help="only summarize the runs already made")
-    parser.add_argument("--followup", action="store_true",
-                        help="also train the CartPole-v1 follow-up variants (FOLLOWUPS) for every seed")
+    parser.add_argument(
+        "--followup",
+        action="store_true",
+        help="also train the CartPole-v1 follow-up variants (FOLLOWUPS) for every seed",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"command": command_line(), "date": now(), "machine": machine_info()}
@@ -222,8 +282,13 @@ def main() -> None:
                 for name in FOLLOWUPS:
                     train("CartPole-v1", name, seed, args)
         meta["finished"] = now()
-    results = {"meta": meta, "seeds": args.seeds, "eval_episodes": args.eval_episodes,
-               "total_steps": args.total_steps, **summarize(args)}
+    results = {
+        "meta": meta,
+        "seeds": args.seeds,
+        "eval_episodes": args.eval_episodes,
+        "total_steps": args.total_steps,
+        **summarize(args),
+    }
     write_json(args.out / "results.json", results)
     write_markdown(results, args.out / "results.md")
     for figure in draw(args):

@@ -30,9 +30,20 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_sb3  # noqa: E402
-import time_to_solve  # noqa: E402
-from _common import DEFAULT_OUT, command_line, fmt, machine_info, machine_markdown, md_table, mean_std, median, now, write_json  # noqa: E402
+import bench_sb3
+import time_to_solve
+from _common import (
+    DEFAULT_OUT,
+    command_line,
+    fmt,
+    machine_info,
+    machine_markdown,
+    md_table,
+    mean_std,
+    median,
+    now,
+    write_json,
+)
 
 ENV_ID = "CartPole-v1"
 SPEEDUP = 3.0  # target 1: SB3 time / clippo time, at least
@@ -49,12 +60,16 @@ def throughput_fraction(results: dict[str, Any], num_envs: int) -> float | None:
     return None
 
 
-def judge(bench: dict[str, Any], solve: dict[str, Any], fractions: list[float | None], num_envs: int) -> list[dict[str, Any]]:
+def judge(
+    bench: dict[str, Any], solve: dict[str, Any], fractions: list[float | None], num_envs: int
+) -> list[dict[str, Any]]:
     """One row per target: what it asks, what was measured, and whether it is met."""
     summary = bench["summary"].get(ENV_ID, {})
     speedup = summary.get("speedup_sb3_over_clippo")
     runs = [r for r in bench["runs"] if r["env_id"] == ENV_ID]
-    evals = {lib: [mean_std(r["eval_returns"])[0] for r in runs if r["lib"] == lib and r["ok"]] for lib in ("clippo", "sb3")}
+    evals = {
+        lib: [mean_std(r["eval_returns"])[0] for r in runs if r["lib"] == lib and r["ok"]] for lib in ("clippo", "sb3")
+    }
     seeds = len(bench["seeds"])
     solved = {lib: sum(e >= SOLVED for e in evals[lib]) for lib in evals}
     t1_met = speedup is not None and speedup >= SPEEDUP and all(solved[lib] == seeds for lib in solved)
@@ -66,12 +81,16 @@ def judge(bench: dict[str, Any], solve: dict[str, Any], fractions: list[float | 
     for seed, pair in sorted(by_seed.items()):
         c, b = pair.get("clippo"), pair.get("sb3")
         ok = bool(c and b and c["ok"] and b["ok"])
-        per_seed.append({
-            "seed": seed,
-            "ratio": c["wall_s"] / b["wall_s"] if ok else None,
-            "clippo_solved": bool(c and c["ok"] and c["solved"]),
-        })
-    t2_met = bool(per_seed) and all(p["ratio"] is not None and p["ratio"] <= SOLVE_RATIO and p["clippo_solved"] for p in per_seed)
+        per_seed.append(
+            {
+                "seed": seed,
+                "ratio": c["wall_s"] / b["wall_s"] if ok else None,
+                "clippo_solved": bool(c and c["ok"] and c["solved"]),
+            }
+        )
+    t2_met = bool(per_seed) and all(
+        p["ratio"] is not None and p["ratio"] <= SOLVE_RATIO and p["clippo_solved"] for p in per_seed
+    )
     t2_ratios = [p["ratio"] for p in per_seed if p["ratio"] is not None]
 
     measured = [f for f in fractions if f is not None]
@@ -107,7 +126,10 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     lines = ["# Issue #3 speed targets: clippo against Stable-Baselines3", ""]
     lines += machine_markdown(report["meta"])
     lines += ["", md_row_note(report), ""]
-    lines += md_table(["target", "measured", "met"], [[t["target"], t["measured"], "yes" if t["met"] else "**no**"] for t in report["targets"]])
+    lines += md_table(
+        ["target", "measured", "met"],
+        [[t["target"], t["measured"], "yes" if t["met"] else "**no**"] for t in report["targets"]],
+    )
     lines += [
         "",
         "Details: `results.md` (target 1, and target 3's first measurement, with the peer's limits), "
@@ -125,15 +147,21 @@ def md_row_note(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="training seeds of target 1")
     parser.add_argument("--solve-seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5], help="seeds of target 2")
     parser.add_argument("--limit-repeats", type=int, default=3, help="measurements of target 3 (at least 1)")
     parser.add_argument("--throughput-envs", type=int, default=64)
     parser.add_argument("--throughput-steps", type=int, default=128)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
-    parser.add_argument("--total-steps", type=int, default=None, help="override the training runs' steps (smoke tests only)")
-    parser.add_argument("--eval-episodes", type=int, default=None, help="override the evaluation episodes (smoke tests only)")
+    parser.add_argument(
+        "--total-steps", type=int, default=None, help="override the training runs' steps (smoke tests only)"
+    )
+    parser.add_argument(
+        "--eval-episodes", type=int, default=None, help="override the evaluation episodes (smoke tests only)"
+    )
     args = parser.parse_args(argv)
     if args.limit_repeats < 1:
         parser.error(f"--limit-repeats {args.limit_repeats} is invalid: it must be at least 1")
@@ -144,19 +172,28 @@ def main(argv: list[str] | None = None) -> int:
     shrink = [] if args.total_steps is None else ["--total-steps", str(args.total_steps)]
     shrink += [] if args.eval_episodes is None else ["--eval-episodes", str(args.eval_episodes)]
     throughput = ["--throughput-envs", str(args.throughput_envs), "--throughput-steps", str(args.throughput_steps)]
-    status = bench_sb3.main(["--envs", ENV_ID, "--seeds", *map(str, args.seeds), *throughput, *shrink, "--out", str(out)])
+    status = bench_sb3.main(
+        ["--envs", ENV_ID, "--seeds", *map(str, args.seeds), *throughput, *shrink, "--out", str(out)]
+    )
     bench = json.loads((out / "results.json").read_text())
     fractions = [throughput_fraction(bench, args.throughput_envs)]
     for k in range(2, args.limit_repeats + 1):
         repeat_out = out / f"limits_repeat_{k}"
-        status |= bench_sb3.main(["--envs", ENV_ID, "--no-train", "--libs", "clippo", *throughput, "--out", str(repeat_out)])
-        fractions.append(throughput_fraction(json.loads((repeat_out / "results.json").read_text()), args.throughput_envs))
+        status |= bench_sb3.main(
+            ["--envs", ENV_ID, "--no-train", "--libs", "clippo", *throughput, "--out", str(repeat_out)]
+        )
+        fractions.append(
+            throughput_fraction(json.loads((repeat_out / "results.json").read_text()), args.throughput_envs)
+        )
     status |= time_to_solve.main(["--seeds", *map(str, args.solve_seeds), *shrink, "--out", str(out)])
     solve = json.loads((out / "time_to_solve.json").read_text())
 
     meta["finished"] = now()
-    report = {"meta": meta, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "targets": judge(bench, solve, fractions, args.throughput_envs)}
+    report = {
+        "meta": meta,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "targets": judge(bench, solve, fractions, args.throughput_envs),
+    }
     write_json(out / "targets.json", report)
     write_markdown(report, out / "targets.md")
     for t in report["targets"]:

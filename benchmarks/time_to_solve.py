@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     BENCH_DIR,
     DEFAULT_OUT,
     child_env,
@@ -62,10 +62,14 @@ def run_timed(cmd: list[str], log_path: Path, timeout: float | None) -> tuple[fl
     except subprocess.TimeoutExpired as exc:
         wall = time.perf_counter() - start
         stdout = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        stderr = (exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")) + f"\ntimed out after {timeout} s"
+        stderr = (
+            exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        ) + f"\ntimed out after {timeout} s"
         code = None
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_path.write_text(f"$ {' '.join(cmd)}\nexit status {code}, {wall:.3f} s\n--- stdout\n{stdout}\n--- stderr\n{stderr}")
+    log_path.write_text(
+        f"$ {' '.join(cmd)}\nexit status {code}, {wall:.3f} s\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    )
     tail = "\n".join((stderr or stdout).strip().splitlines()[-3:])
     return wall, code, stdout if code == 0 else tail
 
@@ -85,8 +89,13 @@ def run_clippo(seed: int, args: argparse.Namespace, scratch: Path) -> dict[str, 
     if code != 0 or not eval_path.exists():
         return {**result, "ok": False, "error": output if code != 0 else f"no {eval_path}"}
     evaluation = json.loads(eval_path.read_text())
-    result.update(ok=True, mean_return=evaluation["mean_return"], std_return=evaluation["std_return"],
-                  episodes=evaluation["episodes"], train_loop_s=_last_wall_time(run_dir / "metrics.csv"))
+    result.update(
+        ok=True,
+        mean_return=evaluation["mean_return"],
+        std_return=evaluation["std_return"],
+        episodes=evaluation["episodes"],
+        train_loop_s=_last_wall_time(run_dir / "metrics.csv"),
+    )
     return result
 
 
@@ -101,9 +110,28 @@ def _last_wall_time(metrics_csv: Path) -> float | None:
         return None
 
 
-CONFIG_KEYS = ["total_steps", "num_envs", "num_steps", "vector_env", "num_minibatches", "update_epochs", "learning_rate",
-               "anneal_lr", "gamma", "gae_lambda", "clip_epsilon", "ent_coef", "vf_coef", "max_grad_norm", "network",
-               "hidden_sizes", "activation", "normalize_observations", "normalize_rewards", "torch_threads"]
+CONFIG_KEYS = [
+    "total_steps",
+    "num_envs",
+    "num_steps",
+    "vector_env",
+    "num_minibatches",
+    "update_epochs",
+    "learning_rate",
+    "anneal_lr",
+    "gamma",
+    "gae_lambda",
+    "clip_epsilon",
+    "ent_coef",
+    "vf_coef",
+    "max_grad_norm",
+    "network",
+    "hidden_sizes",
+    "activation",
+    "normalize_observations",
+    "normalize_rewards",
+    "torch_threads",
+]
 
 
 def _read_config(path: Path) -> dict[str, Any] | None:
@@ -137,8 +165,13 @@ def run_sb3(seed: int, args: argparse.Namespace, scratch: Path) -> dict[str, Any
     if not lines:
         return {**result, "ok": False, "error": "no JSON line in the output"}
     evaluation = json.loads(lines[-1])
-    result.update(ok=True, mean_return=evaluation["mean_return"], std_return=evaluation["std_return"],
-                  episodes=evaluation["episodes"], train_loop_s=evaluation["learn_s"])
+    result.update(
+        ok=True,
+        mean_return=evaluation["mean_return"],
+        std_return=evaluation["std_return"],
+        episodes=evaluation["episodes"],
+        train_loop_s=evaluation["learn_s"],
+    )
     return result
 
 
@@ -166,28 +199,59 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     lines += md_table(
         ["", "clippo", "SB3"],
         [
-            ["median whole-process wall time", fmt(s["clippo"]["median_wall_s"], 2, " s"), fmt(s["sb3"]["median_wall_s"], 2, " s")],
-            ["median training loop (clippo metrics.csv / SB3 learn())", fmt(s["clippo"]["median_train_loop_s"], 2, " s"),
-             fmt(s["sb3"]["median_train_loop_s"], 2, " s")],
-            ["eval return (mean ± sd over seeds)", fmt_pm(s["clippo"]["eval_mean"], s["clippo"]["eval_std"]),
-             fmt_pm(s["sb3"]["eval_mean"], s["sb3"]["eval_std"])],
+            [
+                "median whole-process wall time",
+                fmt(s["clippo"]["median_wall_s"], 2, " s"),
+                fmt(s["sb3"]["median_wall_s"], 2, " s"),
+            ],
+            [
+                "median training loop (clippo metrics.csv / SB3 learn())",
+                fmt(s["clippo"]["median_train_loop_s"], 2, " s"),
+                fmt(s["sb3"]["median_train_loop_s"], 2, " s"),
+            ],
+            [
+                "eval return (mean ± sd over seeds)",
+                fmt_pm(s["clippo"]["eval_mean"], s["clippo"]["eval_std"]),
+                fmt_pm(s["sb3"]["eval_mean"], s["sb3"]["eval_std"]),
+            ],
             ["solved", f"{s['clippo']['solved']}/{s['clippo']['runs']}", f"{s['sb3']['solved']}/{s['sb3']['runs']}"],
         ],
     )
-    lines += ["", f"Ratio of median wall times clippo / SB3: **{fmt(s['ratio_clippo_over_sb3'], 3)}** "
-              "(below 1: clippo finishes sooner).", "", "## Per seed", ""]
+    lines += [
+        "",
+        f"Ratio of median wall times clippo / SB3: **{fmt(s['ratio_clippo_over_sb3'], 3)}** "
+        "(below 1: clippo finishes sooner).",
+        "",
+        "## Per seed",
+        "",
+    ]
     rows = []
     for seed in results["seeds"]:
         c = next((r for r in results["runs"] if r["seed"] == seed and r["lib"] == "clippo"), None)
         b = next((r for r in results["runs"] if r["seed"] == seed and r["lib"] == "sb3"), None)
-        rows.append([
-            seed,
-            _cell(c, "wall_s"), _eval(c), _solved(c),
-            _cell(b, "wall_s"), _eval(b), _solved(b),
-            fmt(ratio(c["wall_s"] if c and c["ok"] else None, b["wall_s"] if b and b["ok"] else None), 3),
-        ])
+        rows.append(
+            [
+                seed,
+                _cell(c, "wall_s"),
+                _eval(c),
+                _solved(c),
+                _cell(b, "wall_s"),
+                _eval(b),
+                _solved(b),
+                fmt(ratio(c["wall_s"] if c and c["ok"] else None, b["wall_s"] if b and b["ok"] else None), 3),
+            ]
+        )
     lines += md_table(
-        ["seed", "clippo wall", "clippo eval return", "clippo solved", "SB3 wall", "SB3 eval return", "SB3 solved", "clippo / SB3"],
+        [
+            "seed",
+            "clippo wall",
+            "clippo eval return",
+            "clippo solved",
+            "SB3 wall",
+            "SB3 eval return",
+            "SB3 solved",
+            "clippo / SB3",
+        ],
         rows,
     )
     failures = [r for r in results["runs"] if not r["ok"]]
@@ -233,13 +297,20 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
-    parser.add_argument("--total-steps", type=int, default=None, help="override both runs' 100k steps (smoke tests only)")
+    parser.add_argument(
+        "--total-steps", type=int, default=None, help="override both runs' 100k steps (smoke tests only)"
+    )
     parser.add_argument("--eval-episodes", type=int, default=None, help="override both runs' 10 evaluation episodes")
-    parser.add_argument("--sb3-linear-clip", action="store_true",
-                        help="give SB3 the Zoo's exact clip schedule (linear from 0.2) instead of clippo's constant 0.2")
+    parser.add_argument(
+        "--sb3-linear-clip",
+        action="store_true",
+        help="give SB3 the Zoo's exact clip schedule (linear from 0.2) instead of clippo's constant 0.2",
+    )
     parser.add_argument("--timeout", type=float, default=None, help="seconds before a run is killed")
     args = parser.parse_args(argv)
 
@@ -276,8 +347,12 @@ def main(argv: list[str] | None = None) -> int:
             r = runner(seed, args, scratch)
             if r["ok"]:
                 r["solved"] = r["mean_return"] >= SOLVED
-                print(f"{r['lib']:6} seed {seed}: {r['wall_s']:.2f} s whole process, eval {r['mean_return']:.1f} "
-                      f"({'solved' if r['solved'] else 'not solved'})", file=sys.stderr, flush=True)
+                print(
+                    f"{r['lib']:6} seed {seed}: {r['wall_s']:.2f} s whole process, eval {r['mean_return']:.1f} "
+                    f"({'solved' if r['solved'] else 'not solved'})",
+                    file=sys.stderr,
+                    flush=True,
+                )
             else:
                 print(f"{r['lib']:6} seed {seed}: FAILED {r['error']}", file=sys.stderr, flush=True)
             results["runs"].append(r)

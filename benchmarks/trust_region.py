@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DEFAULT_OUT, child_env, command_line, fmt, machine_info, machine_markdown, md_table, now, write_json  # noqa: E402
+from _common import DEFAULT_OUT, child_env, command_line, fmt, machine_info, machine_markdown, md_table, now, write_json
 
 VARIANTS = {
     "8 epochs (preset)": [],
@@ -60,23 +60,40 @@ def main() -> None:
             run_dirs.append(run_dir)
             if not (run_dir / "eval.json").exists():
                 shutil.rmtree(run_dir, ignore_errors=True)
-                cmd = [*clippo_command(), "train", "CartPole-v1", "--seed", str(seed), "--run-dir", str(run_dir),
-                       "--no-tensorboard", "--checkpoint-every", "0", "--eval-episodes", "20", *flags]
+                cmd = [
+                    *clippo_command(),
+                    "train",
+                    "CartPole-v1",
+                    "--seed",
+                    str(seed),
+                    "--run-dir",
+                    str(run_dir),
+                    "--no-tensorboard",
+                    "--checkpoint-every",
+                    "0",
+                    "--eval-episodes",
+                    "20",
+                    *flags,
+                ]
                 proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True)
                 if proc.returncode != 0:
                     raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-500:]}")
             m = pd.read_csv(run_dir / "metrics.csv")
             evaluation = json.loads((run_dir / "eval.json").read_text())
-            rows.append({
-                "variant": variant, "seed": seed, "flags": flags,
-                "kl_median": float(m["approx_kl"].median()),
-                "kl_p95": float(np.percentile(m["approx_kl"].dropna(), 95)),
-                "clip_fraction_median": float(m["clip_fraction"].median()),
-                "early_stop_share": float(m["early_stopped"].mean()),
-                "epochs_run_mean": float(m["epochs_run"].mean()),
-                "final_train_return": float(m["recent_return"].iloc[-1]),
-                "eval_return": float(evaluation["mean_return"]),
-            })
+            rows.append(
+                {
+                    "variant": variant,
+                    "seed": seed,
+                    "flags": flags,
+                    "kl_median": float(m["approx_kl"].median()),
+                    "kl_p95": float(np.percentile(m["approx_kl"].dropna(), 95)),
+                    "clip_fraction_median": float(m["clip_fraction"].median()),
+                    "early_stop_share": float(m["early_stopped"].mean()),
+                    "epochs_run_mean": float(m["epochs_run"].mean()),
+                    "final_train_return": float(m["recent_return"].iloc[-1]),
+                    "eval_return": float(evaluation["mean_return"]),
+                }
+            )
             print(f"{variant} seed {seed}: median KL {rows[-1]['kl_median']:.4f}", flush=True)
     meta["finished"] = now()
     results = {"meta": meta, "seeds": args.seeds, "runs": rows}
@@ -84,10 +101,13 @@ def main() -> None:
 
     lines = ["# Trust region or not: approximate KL per update on CartPole-v1", ""]
     lines += machine_markdown(meta)
-    lines += [f"- seeds {args.seeds}; per run: `clippo train CartPole-v1 --seed S --run-dir DIR --no-tensorboard "
-              "--checkpoint-every 0 --eval-episodes 20` plus the variant's flags",
-              "- KL: `approx_kl` of metrics.csv, the estimate `mean((r - 1) - log r)` on the last minibatch of each "
-              "update; cells are the mean over seeds of each run's statistic", ""]
+    lines += [
+        f"- seeds {args.seeds}; per run: `clippo train CartPole-v1 --seed S --run-dir DIR --no-tensorboard "
+        "--checkpoint-every 0 --eval-episodes 20` plus the variant's flags",
+        "- KL: `approx_kl` of metrics.csv, the estimate `mean((r - 1) - log r)` on the last minibatch of each "
+        "update; cells are the mean over seeds of each run's statistic",
+        "",
+    ]
     table = []
     for variant, flags in VARIANTS.items():
         runs = [r for r in rows if r["variant"] == variant]
@@ -95,17 +115,57 @@ def main() -> None:
         def avg(key: str) -> float:
             return statistics.fmean(r[key] for r in runs)
 
-        table.append([variant, f"`{' '.join(flags)}`" if flags else "", fmt(avg("kl_median"), 4), fmt(avg("kl_p95"), 4),
-                      fmt(avg("clip_fraction_median"), 3), fmt(avg("early_stop_share"), 2), fmt(avg("epochs_run_mean"), 1),
-                      fmt(avg("final_train_return"), 1), fmt(avg("eval_return"), 1)])
-    lines += md_table(["variant", "flags", "median KL", "95th pct KL", "median clip fraction", "updates KL-stopped",
-                       "epochs run (mean)", "final training return", "evaluation return"], table)
+        table.append(
+            [
+                variant,
+                f"`{' '.join(flags)}`" if flags else "",
+                fmt(avg("kl_median"), 4),
+                fmt(avg("kl_p95"), 4),
+                fmt(avg("clip_fraction_median"), 3),
+                fmt(avg("early_stop_share"), 2),
+                fmt(avg("epochs_run_mean"), 1),
+                fmt(avg("final_train_return"), 1),
+                fmt(avg("eval_return"), 1),
+            ]
+        )
+    lines += md_table(
+        [
+            "variant",
+            "flags",
+            "median KL",
+            "95th pct KL",
+            "median clip fraction",
+            "updates KL-stopped",
+            "epochs run (mean)",
+            "final training return",
+            "evaluation return",
+        ],
+        table,
+    )
     lines += ["", "## Per run", ""]
-    lines += md_table(["variant", "seed", "median KL", "95th pct KL", "median clip fraction", "final training return",
-                       "evaluation return"],
-                      [[r["variant"], r["seed"], fmt(r["kl_median"], 4), fmt(r["kl_p95"], 4),
-                        fmt(r["clip_fraction_median"], 3), fmt(r["final_train_return"], 1), fmt(r["eval_return"], 1)]
-                       for r in rows])
+    lines += md_table(
+        [
+            "variant",
+            "seed",
+            "median KL",
+            "95th pct KL",
+            "median clip fraction",
+            "final training return",
+            "evaluation return",
+        ],
+        [
+            [
+                r["variant"],
+                r["seed"],
+                fmt(r["kl_median"], 4),
+                fmt(r["kl_p95"], 4),
+                fmt(r["clip_fraction_median"], 3),
+                fmt(r["final_train_return"], 1),
+                fmt(r["eval_return"], 1),
+            ]
+            for r in rows
+        ],
+    )
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     from clippo.tools.plotting import plot_runs
 

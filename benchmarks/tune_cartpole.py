@@ -21,7 +21,6 @@ Every command runs as a process of its own; run the script under ``nice`` on a s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import shutil
@@ -34,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     DEFAULT_OUT,
     child_env,
     command_line,
@@ -56,9 +55,22 @@ def clippo(*args: str) -> list[str]:
 
 
 def tune_command(args, out: Path) -> list[str]:
-    return clippo("tune", ENV_ID, "--trials", str(args.trials), "--jobs", str(args.jobs),
-                  "--steps-per-trial", str(args.steps_per_trial), "--eval-every", str(args.eval_every),
-                  "--eval-episodes", str(args.eval_episodes), "--out", str(out))
+    return clippo(
+        "tune",
+        ENV_ID,
+        "--trials",
+        str(args.trials),
+        "--jobs",
+        str(args.jobs),
+        "--steps-per-trial",
+        str(args.steps_per_trial),
+        "--eval-every",
+        str(args.eval_every),
+        "--eval-episodes",
+        str(args.eval_episodes),
+        "--out",
+        str(out),
+    )
 
 
 def shown(command: list[str]) -> str:
@@ -85,9 +97,13 @@ def trials_of(out: Path) -> dict[int, dict[str, Any]]:
     except Exception:  # the command is still creating it
         return {}
     return {
-        t.number: {"state": t.state.name, "value": t.value, "params": t.params,
-                   "retry_of": t.system_attrs.get("failed_trial"),
-                   "start": t.datetime_start.timestamp() if t.datetime_start else None}
+        t.number: {
+            "state": t.state.name,
+            "value": t.value,
+            "params": t.params,
+            "retry_of": t.system_attrs.get("failed_trial"),
+            "start": t.datetime_start.timestamp() if t.datetime_start else None,
+        }
         for t in study.get_trials(deepcopy=False)
     }
 
@@ -151,14 +167,36 @@ def verify(args, best_config: Path, work: Path, logs: Path) -> list[dict[str, An
         for name, extra in (("preset", []), ("tuned", ["--config", str(best_config)])):
             run_dir = work / f"{name}-seed{seed}"
             shutil.rmtree(run_dir, ignore_errors=True)
-            command = clippo("train", ENV_ID, *extra, "--seed", str(seed), "--run-dir", str(run_dir),
-                             "--eval-every", "2048", "--eval-episodes", "10", "--stop-at-return", str(SOLVED),
-                             "--no-tensorboard")
+            command = clippo(
+                "train",
+                ENV_ID,
+                *extra,
+                "--seed",
+                str(seed),
+                "--run-dir",
+                str(run_dir),
+                "--eval-every",
+                "2048",
+                "--eval-episodes",
+                "10",
+                "--stop-at-return",
+                str(SOLVED),
+                "--no-tensorboard",
+            )
             code, seconds = run(command, logs / f"{name}-seed{seed}.log")
             solved, trained, last = steps_to_solve(run_dir) if code == 0 else (None, 0, None)
-            rows.append({"config": name, "seed": seed, "command": shown(command), "exit_code": code,
-                         "steps_to_solve": solved, "steps_trained": trained, "last_eval": last,
-                         "process_seconds": seconds})
+            rows.append(
+                {
+                    "config": name,
+                    "seed": seed,
+                    "command": shown(command),
+                    "exit_code": code,
+                    "steps_to_solve": solved,
+                    "steps_trained": trained,
+                    "last_eval": last,
+                    "process_seconds": seconds,
+                }
+            )
             print(f"{name} seed {seed}: solved at {solved} (trained {trained}), {seconds:.1f} s", flush=True)
     return rows
 
@@ -198,8 +236,11 @@ def main() -> int:
             shutil.copy(study_dir / name, args.out / ("study_summary.md" if name == "summary.md" else name))
 
     killed = kill_and_resume(args, args.work / "killed", logs)
-    print(f"kill test: {killed['finished_before']} finished before the kill, {killed['finished_after']} after the "
-          f"re-run, kept: {killed['finished_trials_kept']}", flush=True)
+    print(
+        f"kill test: {killed['finished_before']} finished before the kill, {killed['finished_after']} after the "
+        f"re-run, kept: {killed['finished_trials_kept']}",
+        flush=True,
+    )
     verification = verify(args, best_config, args.work / "verify", logs)
     meta["finished"] = now()
     results = {"meta": meta, "study": study, "kill_and_resume": killed, "verification": verification}
@@ -239,9 +280,17 @@ def markdown(results: dict[str, Any], args) -> str:
     table = []
     for seed in args.seeds:
         pair = {r["config"]: r for r in rows if r["seed"] == seed}
-        table.append([seed, *(fmt(pair[c]["steps_to_solve"], 0) if pair[c]["steps_to_solve"] else
-                              f"not solved in {pair[c]['steps_trained']:,} (last eval {fmt(pair[c]['last_eval'], 1)})"
-                              for c in ("preset", "tuned"))])
+        table.append(
+            [
+                seed,
+                *(
+                    fmt(pair[c]["steps_to_solve"], 0)
+                    if pair[c]["steps_to_solve"]
+                    else f"not solved in {pair[c]['steps_trained']:,} (last eval {fmt(pair[c]['last_eval'], 1)})"
+                    for c in ("preset", "tuned")
+                ),
+            ]
+        )
     for label, seeds in ((f"seeds {args.seeds[0]}-{args.seeds[2]}", args.seeds[:3]), ("all seeds", args.seeds)):
         if len(seeds) < 3 and label != "all seeds":
             continue
@@ -255,8 +304,11 @@ def markdown(results: dict[str, Any], args) -> str:
     lines += md_table(["seed", "preset (`clippo train CartPole-v1`)", "tuned (`--config best_config.yaml`)"], table)
     lines += ["", "Commands (seed 1; the others differ only in `--seed` and `--run-dir`):", ""]
     lines += [f"- `{r['command']}`" for r in rows if r["seed"] == args.seeds[0]]
-    lines += ["", "`best_config.yaml` here is a copy of the study's: `clippo train CartPole-v1 --config "
-              "benchmarks/results/tune_cartpole/best_config.yaml --seed 1` trains the tuned row's seed 1."]
+    lines += [
+        "",
+        "`best_config.yaml` here is a copy of the study's: `clippo train CartPole-v1 --config "
+        "benchmarks/results/tune_cartpole/best_config.yaml --seed 1` trains the tuned row's seed 1.",
+    ]
     lines += [
         "",
         "## Resuming after a kill",

@@ -40,7 +40,11 @@ def main() -> int:
     if args.recipe == "zoo":
         import bench_sb3
 
-        agent = PPO(args.env, preset="default", **bench_sb3.clippo_hyperparameters(bench_sb3.recipe_for(args.env, None), args.seed))
+        agent = PPO(
+            args.env,
+            preset="default",
+            **bench_sb3.clippo_hyperparameters(bench_sb3.recipe_for(args.env, None), args.seed),
+        )
     else:
         agent = PPO(args.env, seed=args.seed)
     batches = []

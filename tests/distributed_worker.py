@@ -1,6 +1,6 @@
 """Run by tests/test_distributed.py under torchrun: one rank of a small distributed job.
 
-    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/distributed_worker.py MODE OUT_DIR
+python -m torch.distributed.run --standalone --nproc-per-node 2 tests/distributed_worker.py MODE OUT_DIR
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from clippo import PPO
-from clippo.training.distributed import shutdown
 from clippo.rollout.runner import Batch
+from clippo.training.distributed import shutdown
 
 
 def synthetic_batch(agent: PPO, size: int, seed: int) -> Batch:
@@ -47,22 +47,45 @@ def main() -> None:
     mode, out = sys.argv[1], Path(sys.argv[2])
     if mode == "identical":
         # A few real updates; every rank records its parameters after each one.
-        agent = PPO("CartPole-v1", seed=5, num_envs=2, num_steps=32, num_minibatches=2, update_epochs=2,
-                    normalize_observations=True, normalize_rewards=True)
+        agent = PPO(
+            "CartPole-v1",
+            seed=5,
+            num_envs=2,
+            num_steps=32,
+            num_minibatches=2,
+            update_epochs=2,
+            normalize_observations=True,
+            normalize_rewards=True,
+        )
         rank = agent.world.rank
         snapshots = train_recording_parameters(agent, updates=4)
         torch.save(
-            {"params": torch.stack(snapshots), "obs_mean": torch.from_numpy(agent.obs_normalizer.stats.mean),
-             "global_step": agent.global_step},
+            {
+                "params": torch.stack(snapshots),
+                "obs_mean": torch.from_numpy(agent.obs_normalizer.stats.mean),
+                "global_step": agent.global_step,
+            },
             out / f"rank{rank}.pt",
         )
         agent.close()
         shutdown(agent.world)
     elif mode == "recurrent":
         # A recurrent agent (LSTM, BPTT chunks of 16 steps) on two ranks, with periodic checkpoints.
-        agent = PPO("clippo/CartPoleNoVel-v1", seed=5, num_envs=2, num_steps=32, num_minibatches=2, update_epochs=2,
-                    recurrent="lstm", recurrent_hidden_size=16, bptt_length=16, normalize_observations=True,
-                    checkpoint_every=3, tensorboard=False, run_dir=out / "run")
+        agent = PPO(
+            "clippo/CartPoleNoVel-v1",
+            seed=5,
+            num_envs=2,
+            num_steps=32,
+            num_minibatches=2,
+            update_epochs=2,
+            recurrent="lstm",
+            recurrent_hidden_size=16,
+            bptt_length=16,
+            normalize_observations=True,
+            checkpoint_every=3,
+            tensorboard=False,
+            run_dir=out / "run",
+        )
         rank = agent.world.rank
         snapshots = train_recording_parameters(agent, updates=4)
         torch.save({"params": torch.stack(snapshots)}, out / f"rank{rank}.pt")
@@ -80,8 +103,11 @@ def main() -> None:
         # Only rank 0's callback asks to stop (at its second update): both ranks must end together.
         agent = PPO("CartPole-v1", seed=5, num_envs=2, num_steps=32, num_minibatches=2, update_epochs=2)
         rank = agent.world.rank
-        agent.learn(total_steps=agent.global_batch_size * 20, progress=False,
-                    callback=lambda a, metrics: not (rank == 0 and metrics["update"] == 2))
+        agent.learn(
+            total_steps=agent.global_batch_size * 20,
+            progress=False,
+            callback=lambda a, metrics: not (rank == 0 and metrics["update"] == 2),
+        )
         torch.save({"update": agent.update, "stopped": agent.stopped_by_callback}, out / f"rank{rank}.pt")
         agent.close()
         shutdown(agent.world)
@@ -99,8 +125,15 @@ def main() -> None:
     elif mode == "action_spaces":
         # A masked env and a hybrid-action env, each trained to 2048 steps with periodic checkpoints.
         for env_id in ("clippo/Slots-v0", "clippo/ToolAmount-v0"):
-            agent = PPO(env_id, seed=1, num_envs=2, num_steps=64, checkpoint_every=3, tensorboard=False,
-                        run_dir=out / env_id.replace("/", "_"))
+            agent = PPO(
+                env_id,
+                seed=1,
+                num_envs=2,
+                num_steps=64,
+                checkpoint_every=3,
+                tensorboard=False,
+                run_dir=out / env_id.replace("/", "_"),
+            )
             agent.learn(total_steps=2048, progress=False)
             agent.close()
         shutdown(agent.world)

@@ -20,7 +20,9 @@ class TupleEnv(gym.Env):
 
     metadata: dict = {"render_modes": []}
     observation_space = spaces.Box(-1.0, 1.0, (3,), dtype=np.float32)
-    action_space = spaces.Tuple((spaces.Discrete(2, start=3), spaces.Box(-1.0, 1.0, (2,), dtype=np.float32), spaces.MultiBinary(3)))
+    action_space = spaces.Tuple(
+        (spaces.Discrete(2, start=3), spaces.Box(-1.0, 1.0, (2,), dtype=np.float32), spaces.MultiBinary(3))
+    )
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)

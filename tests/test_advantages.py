@@ -172,6 +172,6 @@ def test_inputs_are_not_modified_and_float32_works():
     copies = [x.clone() for x in (rewards, values, terminated, truncated)]
     advantages, returns = compute_gae(rewards, values, terminated, truncated, torch.zeros(2), 0.99, 0.95)
     assert advantages.dtype == torch.float32 and advantages.shape == (4, 2)
-    for before, after in zip(copies, (rewards, values, terminated, truncated)):
+    for before, after in zip(copies, (rewards, values, terminated, truncated), strict=False):
         assert torch.equal(before, after)
     torch.testing.assert_close(returns, advantages + values)

@@ -9,8 +9,8 @@ import pytest
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 
-from clippo.envs import atari, families
 from clippo.config.ppo_config import CHOICES
+from clippo.envs import atari, families
 from clippo.envs.make import make_vector_env
 
 ATARI_MODES = ["ale", "envpool", "sync", "async"]
@@ -46,7 +46,9 @@ def test_sticky_actions_are_the_envs_own():
     families.ensure_registered("ALE/Breakout-v5")
     assert atari._ale_settings("ALE/Breakout-v5", {})["repeat_action_probability"] == 0.25
     assert atari._ale_settings("BreakoutNoFrameskip-v4", {})["repeat_action_probability"] == 0.0
-    assert atari._ale_settings("ALE/Breakout-v5", {"repeat_action_probability": 0.0})["repeat_action_probability"] == 0.0
+    assert (
+        atari._ale_settings("ALE/Breakout-v5", {"repeat_action_probability": 0.0})["repeat_action_probability"] == 0.0
+    )
 
 
 @pytest.mark.parametrize("mode", ATARI_MODES)
@@ -120,7 +122,7 @@ def test_minatar_observations_and_next_step_autoreset():
         assert obs.shape == (2, *shape) and obs.dtype == bool and info == {}
         rng = np.random.default_rng(0)
         for _ in range(2000):
-            obs, rewards, terminated, truncated, info = envs.step(rng.integers(0, 3, 2))
+            obs, rewards, terminated, _truncated, info = envs.step(rng.integers(0, 3, 2))
             if terminated.any():
                 break
         assert terminated.any() and info == {}
@@ -152,13 +154,25 @@ def _one_line_error(call, *parts: str) -> str:
 
 def test_mode_errors():
     assert {"ale", "envpool"} <= set(CHOICES["vector_env"])
-    _one_line_error(lambda: make_vector_env("ALE/Breakout-v5", 2, "threads"), "'threads'", "ALE/Breakout-v5", "ale", "envpool", "async", "sync")
+    _one_line_error(
+        lambda: make_vector_env("ALE/Breakout-v5", 2, "threads"),
+        "'threads'",
+        "ALE/Breakout-v5",
+        "ale",
+        "envpool",
+        "async",
+        "sync",
+    )
     _one_line_error(lambda: make_vector_env("CartPole-v1", 2, "ale"), "'ale'", "CartPole-v1", "sync", "Atari")
     _one_line_error(lambda: make_vector_env("CartPole-v1", 2, "envpool"), "'envpool'", "CartPole-v1", "native")
-    _one_line_error(lambda: make_vector_env("MinAtar/Breakout-v1", 2, "ale"), "'ale'", "MinAtar/Breakout-v1", "sync", "async")
+    _one_line_error(
+        lambda: make_vector_env("MinAtar/Breakout-v1", 2, "ale"), "'ale'", "MinAtar/Breakout-v1", "sync", "async"
+    )
     _one_line_error(lambda: make_vector_env(lambda: None, 2, "ale"), "'ale'", "factory")
     _one_line_error(lambda: make_vector_env("ALE/NoSuchGame-v5", 2), "unknown environment id 'ALE/NoSuchGame-v5'")
-    _one_line_error(lambda: make_vector_env("MinAtar/NoSuchGame-v1", 2), "unknown environment id 'MinAtar/NoSuchGame-v1'")
+    _one_line_error(
+        lambda: make_vector_env("MinAtar/NoSuchGame-v1", 2), "unknown environment id 'MinAtar/NoSuchGame-v1'"
+    )
 
 
 def test_missing_packages_are_one_line_errors(monkeypatch):
@@ -168,7 +182,9 @@ def test_missing_packages_are_one_line_errors(monkeypatch):
     monkeypatch.undo()
     monkeypatch.setitem(sys.modules, "minatar", None)
     monkeypatch.setitem(sys.modules, "minatar.gym", None)
-    _one_line_error(lambda: make_vector_env("MinAtar/Breakout-v1", 2), "'MinAtar/Breakout-v1'", "minatar extra", "clippo[minatar]")
+    _one_line_error(
+        lambda: make_vector_env("MinAtar/Breakout-v1", 2), "'MinAtar/Breakout-v1'", "minatar extra", "clippo[minatar]"
+    )
     monkeypatch.undo()
     monkeypatch.setitem(sys.modules, "envpool", None)
     _one_line_error(lambda: make_vector_env("ALE/Breakout-v5", 2, "envpool"), "pip install envpool")

@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 
 from clippo import PPO
+from clippo.config.ppo_config import save_config
+from clippo.core.errors import TrainingInterrupted
 from clippo.training.callbacks import (
     BEST_NAME,
     BEST_RECORD,
@@ -20,17 +22,24 @@ from clippo.training.callbacks import (
     EvalCallback,
     as_callback,
 )
-from clippo.config.ppo_config import save_config
-from clippo.core.errors import TrainingInterrupted
 from clippo.training.logger import COLUMNS, truncate_metrics
 from tests.helpers import run_cli
 
 # 2 envs x 16 steps: 32 env steps per update.
-TINY = dict(num_envs=2, num_steps=16, num_minibatches=2, update_epochs=2, tensorboard=False, checkpoint_every=0,
-            eval_episodes=0)
+TINY = dict(
+    num_envs=2, num_steps=16, num_minibatches=2, update_epochs=2, tensorboard=False, checkpoint_every=0, eval_episodes=0
+)
 BATCH = 32
-TRAINING_KEYS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "explained_variance",
-                 "recent_return", "learning_rate")
+TRAINING_KEYS = (
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "approx_kl",
+    "clip_fraction",
+    "explained_variance",
+    "recent_return",
+    "learning_rate",
+)
 
 
 def tiny_agent(run_dir=None, updates: int = 6, **overrides) -> PPO:
@@ -177,7 +186,9 @@ def test_best_pt_is_written_only_when_an_evaluation_improves(tmp_path):
     callback = EvalCallback(every=BATCH, episodes=1)
     agent.learn(progress=False, callback=callback)
     assert [(name, update, runner) for name, update, runner in saved if name == BEST_NAME] == [
-        (BEST_NAME, 1, False), (BEST_NAME, 4, False)]  # 5 (first), then 9; not the tie at update 3
+        (BEST_NAME, 1, False),
+        (BEST_NAME, 4, False),
+    ]  # 5 (first), then 9; not the tie at update 3
     assert PPO.load(run_dir / BEST_NAME).update == 4
     record = json.loads((run_dir / BEST_RECORD).read_text())
     assert record["mean_return"] == 9.0 and record["global_step"] == 4 * BATCH and record["update"] == 4
@@ -241,7 +252,7 @@ def test_evaluation_envs_are_separate_from_the_training_envs():
     evaluated.learn(progress=False, callback=[callback, lambda agent, metrics: evaluated_metrics.append(dict(metrics))])
 
     assert len(callback.history) == 4 and all(EVAL_MEAN in m for m in evaluated_metrics)
-    for before, after in zip(plain_metrics, evaluated_metrics):
+    for before, after in zip(plain_metrics, evaluated_metrics, strict=False):
         for key in (*TRAINING_KEYS, "episode_return", "episodes", "global_step"):
             assert after[key] == pytest.approx(before[key], nan_ok=True), key
     assert plain.optimizer.flat.equal(evaluated.optimizer.flat)
@@ -262,10 +273,15 @@ def test_only_the_main_rank_evaluates():
     assert calls == [] and metrics == {}
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    (dict(every=0), "every=0"), (dict(every=1, episodes=0), "episodes=0"),
-    (dict(every=1, stop_at_return=float("nan")), "stop_at_return=nan"), (dict(every=1.5), "every=1.5"),
-])
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        (dict(every=0), "every=0"),
+        (dict(every=1, episodes=0), "episodes=0"),
+        (dict(every=1, stop_at_return=float("nan")), "stop_at_return=nan"),
+        (dict(every=1.5), "every=1.5"),
+    ],
+)
 def test_bad_eval_callback_arguments(kwargs, fragment):
     with pytest.raises(ValueError, match="invalid") as info:
         EvalCallback(**kwargs)
@@ -287,7 +303,8 @@ def test_an_old_metrics_header_is_rewritten_on_resume(tmp_path):
     current header, so the rows a resumed run appends line up."""
     old = [c for c in COLUMNS if not c.startswith("eval/")]
     pd.DataFrame([{"global_step": 32, "update": 1, "policy_loss": 0.25}]).reindex(columns=old).to_csv(
-        tmp_path / "metrics.csv", index=False)
+        tmp_path / "metrics.csv", index=False
+    )
     truncate_metrics(tmp_path, 32)
     rewritten = pd.read_csv(tmp_path / "metrics.csv")
     assert list(rewritten.columns) == COLUMNS and rewritten["policy_loss"].tolist() == [0.25]
@@ -296,14 +313,37 @@ def test_an_old_metrics_header_is_rewritten_on_resume(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # the command line: --eval-every, --stop-at-return, clippo resume
 # ------------------------------------------------------------------------------------------------
-CLI_TINY = ["--num-envs", "2", "--num-steps", "16", "--num-minibatches", "2", "--update-epochs", "2",
-            "--checkpoint-every", "0"]
+CLI_TINY = [
+    "--num-envs",
+    "2",
+    "--num-steps",
+    "16",
+    "--num-minibatches",
+    "2",
+    "--update-epochs",
+    "2",
+    "--checkpoint-every",
+    "0",
+]
 
 
 def test_train_with_eval_every_logs_the_evaluation_and_keeps_best_pt(tmp_path):
     run_dir = tmp_path / "run"
-    code, out, err = run_cli(["train", "CartPole-v1", "--run-dir", str(run_dir), *CLI_TINY, "--total-steps", "128",
-                              "--eval-every", "64", "--eval-episodes", "2"])
+    code, out, err = run_cli(
+        [
+            "train",
+            "CartPole-v1",
+            "--run-dir",
+            str(run_dir),
+            *CLI_TINY,
+            "--total-steps",
+            "128",
+            "--eval-every",
+            "64",
+            "--eval-episodes",
+            "2",
+        ]
+    )
     assert code == 0, err
     logged = pd.read_csv(run_dir / "metrics.csv")
     assert logged[EVAL_MEAN].notna().tolist() == [False, True, False, True]
@@ -326,8 +366,23 @@ def test_train_with_eval_every_logs_the_evaluation_and_keeps_best_pt(tmp_path):
 
 def test_stop_at_return_from_the_command_line_and_resume_has_nothing_left(tmp_path):
     run_dir = tmp_path / "run"
-    code, out, err = run_cli(["train", "CartPole-v1", "--run-dir", str(run_dir), *CLI_TINY, "--total-steps", "640",
-                              "--eval-every", "64", "--eval-episodes", "1", "--stop-at-return", "1"])
+    code, out, err = run_cli(
+        [
+            "train",
+            "CartPole-v1",
+            "--run-dir",
+            str(run_dir),
+            *CLI_TINY,
+            "--total-steps",
+            "640",
+            "--eval-every",
+            "64",
+            "--eval-episodes",
+            "1",
+            "--stop-at-return",
+            "1",
+        ]
+    )
     assert code == 0, err
     assert "stopped at step 64" in out
     assert len(pd.read_csv(run_dir / "metrics.csv")) == 2 and PPO.load(run_dir).global_step == 64
@@ -364,13 +419,16 @@ def test_resume_continues_the_evaluations_exactly(tmp_path):
     assert json.loads((split / BEST_RECORD).read_text()) == json.loads((whole / BEST_RECORD).read_text())
 
 
-@pytest.mark.parametrize("flags, fragment", [
-    (["--eval-every", "-5"], "eval_every=-5 is invalid"),
-    (["--eval-every", "100", "--eval-episodes", "0"], "eval_every=100 is invalid with eval_episodes=0"),
-    (["--stop-at-return", "400"], "stop_at_return=400.0 is invalid without periodic evaluations"),
-    (["--eval-every", "100", "--stop-at-return", "inf"], "stop_at_return=inf is invalid"),
-    (["--eval-every", "ten"], "--eval-every"),
-])
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--eval-every", "-5"], "eval_every=-5 is invalid"),
+        (["--eval-every", "100", "--eval-episodes", "0"], "eval_every=100 is invalid with eval_episodes=0"),
+        (["--stop-at-return", "400"], "stop_at_return=400.0 is invalid without periodic evaluations"),
+        (["--eval-every", "100", "--stop-at-return", "inf"], "stop_at_return=inf is invalid"),
+        (["--eval-every", "ten"], "--eval-every"),
+    ],
+)
 def test_bad_evaluation_flags_give_one_line_errors(flags, fragment):
     code, out, err = run_cli(["train", "CartPole-v1", *flags])
     assert code == 2 and out == ""

@@ -43,7 +43,7 @@ def test_save_load_identical_actions_with_normalization(tmp_path):
     assert loaded.obs_normalizer.stats.count == agent.obs_normalizer.stats.count
     assert loaded.obs_normalizer.enabled and loaded.reward_scaler.enabled
     np.testing.assert_array_equal(loaded.reward_scaler.stats.var, agent.reward_scaler.stats.var)
-    assert all(torch.equal(a, b) for a, b in zip(params(loaded), params(agent)))
+    assert all(torch.equal(a, b) for a, b in zip(params(loaded), params(agent), strict=False))
     assert loaded.config == agent.config
     assert loaded.global_step == agent.global_step and loaded.update == agent.update
     assert loaded.action_space == agent.action_space and loaded.observation_space == agent.observation_space
@@ -89,8 +89,8 @@ def test_loaded_agent_continues_training_deterministically(tmp_path):
         loaded.learn(total_steps=loaded.batch_size)
         loaded.close()
         assert loaded.global_step == 2 * agent.batch_size and loaded.update == 2
-    assert all(torch.equal(a, b) for a, b in zip(params(first), params(second)))
-    assert any(not torch.equal(a, b) for a, b in zip(params(first), params(agent)))
+    assert all(torch.equal(a, b) for a, b in zip(params(first), params(second), strict=False))
+    assert any(not torch.equal(a, b) for a, b in zip(params(first), params(agent), strict=False))
 
 
 def test_periodic_checkpoints_are_pruned(tmp_path):
@@ -273,12 +273,12 @@ def test_checkpoint_from_before_the_paired_layout_loads_its_optimizer_state_by_n
     payload = agent.state_dict()
     optimizer = agent.optimizer
     agent.close()
-    sizes = dict(zip(optimizer.names, (p.numel() for p in optimizer.params)))
+    sizes = dict(zip(optimizer.names, (p.numel() for p in optimizer.params), strict=False))
     model_order = [name for name, _ in agent.model.named_parameters()]
     assert model_order != optimizer.names  # the layouts differ: the test means something
 
     def in_model_order(vector):
-        pieces = dict(zip(optimizer.names, vector.split([sizes[name] for name in optimizer.names])))
+        pieces = dict(zip(optimizer.names, vector.split([sizes[name] for name in optimizer.names]), strict=False))
         return torch.cat([pieces[name] for name in model_order])
 
     old = dict(payload["optimizer"])
@@ -292,9 +292,21 @@ def test_checkpoint_from_before_the_paired_layout_loads_its_optimizer_state_by_n
 
 
 #: How version-1 checkpoints (MLP-only clippo) named the encoder parameters: today's prefix, then v1's.
-V1_PREFIXES = {"actor_encoder.layers.": "actor_body.", "critic_encoder.layers.": "critic_body.", "encoder.layers.": "trunk."}
+V1_PREFIXES = {
+    "actor_encoder.layers.": "actor_body.",
+    "critic_encoder.layers.": "critic_body.",
+    "encoder.layers.": "trunk.",
+}
 #: Config fields that came with format version 2 (a version-1 checkpoint has none of them).
-V2_CONFIG_FIELDS = ("encoder", "encoder_kwargs", "fast_path", "reward_sign", "episodic_life", "eval_every", "stop_at_return")
+V2_CONFIG_FIELDS = (
+    "encoder",
+    "encoder_kwargs",
+    "fast_path",
+    "reward_sign",
+    "episodic_life",
+    "eval_every",
+    "stop_at_return",
+)
 
 
 def v1_name(name: str) -> str:
@@ -329,9 +341,11 @@ def test_version_1_checkpoint_loads_and_acts_identically(tmp_path, network):
     np.testing.assert_array_equal(loaded.act(obs, deterministic=True), agent.act(obs, deterministic=True))
     # stochastic actions too: the same weights and the same generator state
     np.testing.assert_array_equal(loaded.act(obs), agent.act(obs))
-    assert all(torch.equal(a, b) for a, b in zip(params(loaded), params(agent)))
+    assert all(torch.equal(a, b) for a, b in zip(params(loaded), params(agent), strict=False))
     with torch.no_grad():
-        torch.testing.assert_close(loaded.model.value(torch.from_numpy(obs)), agent.model.value(torch.from_numpy(obs)), rtol=0, atol=0)
+        torch.testing.assert_close(
+            loaded.model.value(torch.from_numpy(obs)), agent.model.value(torch.from_numpy(obs)), rtol=0, atol=0
+        )
     assert torch.equal(loaded.optimizer.exp_avg, agent.optimizer.exp_avg)
     assert torch.equal(loaded.optimizer.exp_avg_sq, agent.optimizer.exp_avg_sq)
     assert loaded.global_step == agent.global_step and loaded.update == agent.update

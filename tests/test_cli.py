@@ -14,13 +14,11 @@ import pytest
 import yaml
 
 from clippo import PPO, PPOConfig
-from clippo.tools.cli import main
 from clippo.config.ppo_config import ENV_PRESETS
+from clippo.tools.cli import main
 from tests.helpers import run_cli
 
 TRAIN_ARGS = ["--total-steps", "2048", "--num-envs", "4", "--num-steps", "64", "--eval-episodes", "2"]
-
-
 
 
 def assert_one_line_error(code, stderr):
@@ -131,8 +129,24 @@ def test_train_pendulum_with_its_builtin_preset(tmp_path):
     """Pendulum-v1's preset normalizes observations and rewards; the run must still save agent.pt."""
     run_dir = tmp_path / "pendulum"
     code, _, err = run_cli(
-        ["train", "Pendulum-v1", "--run-dir", str(run_dir), "--total-steps", "128", "--num-envs", "2",
-         "--num-steps", "64", "--num-minibatches", "2", "--update-epochs", "1", "--eval-episodes", "1"]
+        [
+            "train",
+            "Pendulum-v1",
+            "--run-dir",
+            str(run_dir),
+            "--total-steps",
+            "128",
+            "--num-envs",
+            "2",
+            "--num-steps",
+            "64",
+            "--num-minibatches",
+            "2",
+            "--update-epochs",
+            "1",
+            "--eval-episodes",
+            "1",
+        ]
     )
     assert code == 0, err
     assert (run_dir / "agent.pt").is_file()
@@ -145,9 +159,30 @@ def test_train_with_config_file_and_flags(tmp_path):
     config_file.write_text("learning_rate: 0.002\nupdate_epochs: 2\nhidden_sizes: [8]\n")
     run_dir = tmp_path / "run"
     code, _, err = run_cli(
-        ["train", "CartPole-v1", "--config", str(config_file), "--update-epochs", "3", "--run-dir", str(run_dir),
-         "--total-steps", "64", "--num-envs", "2", "--num-steps", "32", "--eval-episodes", "0",
-         "--no-anneal-lr", "--target-kl", "none", "--hidden-sizes", "8", "8"]
+        [
+            "train",
+            "CartPole-v1",
+            "--config",
+            str(config_file),
+            "--update-epochs",
+            "3",
+            "--run-dir",
+            str(run_dir),
+            "--total-steps",
+            "64",
+            "--num-envs",
+            "2",
+            "--num-steps",
+            "32",
+            "--eval-episodes",
+            "0",
+            "--no-anneal-lr",
+            "--target-kl",
+            "none",
+            "--hidden-sizes",
+            "8",
+            "8",
+        ]
     )
     assert code == 0, err
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -183,7 +218,7 @@ def test_train_with_config_file_and_flags(tmp_path):
     ],
 )
 def test_bad_input_gives_one_line_error(args, fragment):
-    code, out, err = run_cli(args)
+    code, _out, err = run_cli(args)
     assert_one_line_error(code, err)
     assert fragment in err
     assert not Path("runs").exists()  # nothing was written for a run that never started
@@ -235,9 +270,7 @@ def test_eval_help():
 # ------------------------------------------------------------------------------------------------
 def run_process(args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "clippo", *args], capture_output=True, text=True, timeout=120, env=env
-    )
+    return subprocess.run([sys.executable, "-m", "clippo", *args], capture_output=True, text=True, timeout=120, env=env)
 
 
 def test_subprocess_bad_input_exit_code_and_stderr():
@@ -303,12 +336,16 @@ INVALID_HYPERPARAMETERS = [
     (["--eval-every", "-1"], {"eval_every": -1}),
     (["--stop-at-return", "400"], {"stop_at_return": 400.0}),  # without --eval-every
     # contradictory settings
-    (["--num-envs", "2", "--num-steps", "4", "--num-minibatches", "9"],
-     {"num_envs": 2, "num_steps": 4, "num_minibatches": 9}),
+    (
+        ["--num-envs", "2", "--num-steps", "4", "--num-minibatches", "9"],
+        {"num_envs": 2, "num_steps": 4, "num_minibatches": 9},
+    ),
 ]
 
 
-@pytest.mark.parametrize("flags, kwargs", INVALID_HYPERPARAMETERS, ids=[" ".join(f) for f, _ in INVALID_HYPERPARAMETERS])
+@pytest.mark.parametrize(
+    "flags, kwargs", INVALID_HYPERPARAMETERS, ids=[" ".join(f) for f, _ in INVALID_HYPERPARAMETERS]
+)
 def test_invalid_value_same_message_from_cli_and_api(flags, kwargs):
     code, out, err = run_cli(["train", "CartPole-v1", *flags])
     assert_one_line_error(code, err)
@@ -344,8 +381,9 @@ WRONG_TYPES_AND_CHOICES = [
 ]
 
 
-@pytest.mark.parametrize("flags, fragment, kwargs", WRONG_TYPES_AND_CHOICES,
-                         ids=[" ".join(f) for f, _, _ in WRONG_TYPES_AND_CHOICES])
+@pytest.mark.parametrize(
+    "flags, fragment, kwargs", WRONG_TYPES_AND_CHOICES, ids=[" ".join(f) for f, _, _ in WRONG_TYPES_AND_CHOICES]
+)
 def test_wrong_type_or_choice(flags, fragment, kwargs):
     code, out, err = run_cli(["train", "CartPole-v1", *flags])
     line = one_line_error(code, err)
@@ -364,8 +402,21 @@ def test_wrong_type_or_choice(flags, fragment, kwargs):
 def test_out_of_range_seed(tmp_path, seed):
     """A seed the envs cannot take is either rejected up front by name, or works: never a traceback."""
     run_dir = tmp_path / "run"
-    code, out, err = run_cli(["train", "CartPole-v1", "--seed", seed, "--run-dir", str(run_dir), *TRAIN_ARGS[:6],
-                              "--total-steps", "256", "--eval-episodes", "0"])
+    code, _out, err = run_cli(
+        [
+            "train",
+            "CartPole-v1",
+            "--seed",
+            seed,
+            "--run-dir",
+            str(run_dir),
+            *TRAIN_ARGS[:6],
+            "--total-steps",
+            "256",
+            "--eval-episodes",
+            "0",
+        ]
+    )
     assert "Traceback" not in err
     if code != 0:
         line = one_line_error(code, err)
@@ -421,8 +472,19 @@ def _bad_config_file(kind: str, tmp_path: Path) -> tuple[Path, str]:
 
 @pytest.mark.parametrize(
     "kind",
-    ["directory", "missing", "invalid-yaml", "invalid-json", "invalid-toml", "binary", "not-a-mapping",
-     "unknown-key", "wrong-type", "bad-value", "null-value"],
+    [
+        "directory",
+        "missing",
+        "invalid-yaml",
+        "invalid-json",
+        "invalid-toml",
+        "binary",
+        "not-a-mapping",
+        "unknown-key",
+        "wrong-type",
+        "bad-value",
+        "null-value",
+    ],
 )
 def test_bad_config_file_same_message_from_cli_and_api(tmp_path, kind):
     path, fragment = _bad_config_file(kind, tmp_path)
@@ -444,7 +506,7 @@ def test_missing_run_dir_for_eval_and_resume(tmp_path):
         PPO.load(missing)
     assert err.strip() == f"clippo: error: {info.value}"
 
-    code, out, err = run_cli(["resume", str(missing)])
+    code, _out, err = run_cli(["resume", str(missing)])
     assert_one_line_error(code, err)
     with pytest.raises(ValueError) as info:
         PPO.from_run(missing)
@@ -457,7 +519,7 @@ def test_run_dir_without_checkpoints_for_eval_and_resume(tmp_path):
     empty.mkdir()
     (empty / "metrics.csv").write_text("global_step\n")
     for args, load in ((["eval", str(empty)], PPO.load), (["resume", str(empty)], PPO.from_run)):
-        code, out, err = run_cli(args)
+        code, _out, err = run_cli(args)
         assert_one_line_error(code, err)
         with pytest.raises(ValueError) as info:
             load(empty)
@@ -465,15 +527,30 @@ def test_run_dir_without_checkpoints_for_eval_and_resume(tmp_path):
         assert "no" in err and "checkpoint" in err
 
 
-@pytest.mark.parametrize("args", [["resume"], ["resume", "a", "b"], ["eval"], ["eval", ".", "--episodes", "x"],
-                                  ["eval", ".", "--episodes", "-3"], ["resume", ".", "--total-steps", "10"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["resume"],
+        ["resume", "a", "b"],
+        ["eval"],
+        ["eval", ".", "--episodes", "x"],
+        ["eval", ".", "--episodes", "-3"],
+        ["resume", ".", "--total-steps", "10"],
+    ],
+)
 def test_bad_eval_and_resume_arguments(args):
     code, _, err = run_cli(args)
     assert_one_line_error(code, err)
 
 
-@pytest.mark.parametrize("args", [["--debug", "eval", "no/such/run"], ["eval", "no/such/run", "--debug"],
-                                  ["train", "CartPole-v1", "--gamma", "2", "--debug"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--debug", "eval", "no/such/run"],
+        ["eval", "no/such/run", "--debug"],
+        ["train", "CartPole-v1", "--gamma", "2", "--debug"],
+    ],
+)
 def test_debug_lets_the_exception_through(args):
     """With --debug the error is raised out of main (Python then prints the whole traceback)."""
     with pytest.raises(ValueError):

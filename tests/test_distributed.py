@@ -90,9 +90,28 @@ def test_two_process_cartpole_run_learns_and_resumes_in_one_process(tmp_path):
     run_dir = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "clippo", "train", "CartPole-v1", "--nproc", "2", "--run-dir", str(run_dir),
-         "--total-steps", "40000", "--seed", "1", "--eval-episodes", "5"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "clippo",
+            "train",
+            "CartPole-v1",
+            "--nproc",
+            "2",
+            "--run-dir",
+            str(run_dir),
+            "--total-steps",
+            "40000",
+            "--seed",
+            "1",
+            "--eval-episodes",
+            "5",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     evaluation = json.loads((run_dir / "eval.json").read_text())
@@ -112,7 +131,7 @@ def test_pooled_advantage_moments_equal_the_moments_of_the_concatenated_groups()
     ranks = [rng.normal(3.0, 2.0, size=40).astype(np.float32) for _ in range(2)]
     groups = [np.arange(0, 13), np.arange(13, 40), np.array([5, 1, 30])]
     moments = pooled_moments([moment_sums([values[g] for g in groups]) for values in ranks])
-    for (mean, std), group in zip(moments, groups):
+    for (mean, std), group in zip(moments, groups, strict=False):
         pooled = np.concatenate([values[group] for values in ranks]).astype(np.float64)
         assert mean == pytest.approx(pooled.mean(), rel=1e-9)
         assert std == pytest.approx(pooled.std(ddof=1), rel=1e-9)
@@ -121,8 +140,8 @@ def test_pooled_advantage_moments_equal_the_moments_of_the_concatenated_groups()
 def test_pooled_running_statistics_weigh_each_rank_equally_and_agree_on_every_rank():
     import numpy as np
 
-    from clippo.training.distributed import pool_statistics, statistics_sums
     from clippo.rollout.normalization import RunningMeanStd
+    from clippo.training.distributed import pool_statistics, statistics_sums
 
     rng = np.random.default_rng(1)
     data = [rng.normal(r, 1.0 + r, size=(50, 3)) for r in range(2)]

@@ -232,8 +232,10 @@ def test_box_to_env_clips_but_stored_sample_is_unclipped(draw):
 
 
 def test_box_to_env_restores_shape_and_per_dimension_bounds():
-    space = spaces.Box(low=np.array([[-1.0, 0.0], [-2.0, 5.0]], dtype=np.float32),
-                       high=np.array([[1.0, 1.0], [2.0, 6.0]], dtype=np.float32))
+    space = spaces.Box(
+        low=np.array([[-1.0, 0.0], [-2.0, 5.0]], dtype=np.float32),
+        high=np.array([[1.0, 1.0], [2.0, 6.0]], dtype=np.float32),
+    )
     dist = make_distribution(space)
     assert dist.num_outputs == 4 and dist.action_shape == (4,)
     flat = np.array([[10.0, -10.0, 0.5, 0.0], [-10.0, 10.0, -3.0, 5.5]], dtype=np.float32)
@@ -305,7 +307,9 @@ def test_masked_logits_give_zero_probability_and_finite_log_probs_entropy_and_gr
     many = dist.mask(logits.detach()[3:].expand(20000, 5), masks[3:].expand(20000, 5))
     samples = draw(dist, many, False, gen(1))
     assert set(samples.unique().tolist()) == {1, 2}
-    assert draw(dist, masked.detach(), True, None).tolist() == [int(torch.where(m, l, -1e9).argmax()) for l, m in zip(logits, masks)]
+    assert draw(dist, masked.detach(), True, None).tolist() == [
+        int(torch.where(m, l, -1e9).argmax()) for l, m in zip(logits, masks, strict=False)
+    ]
 
 
 def test_an_all_masked_row_stays_finite():
@@ -326,7 +330,9 @@ def test_multidiscrete_masks_each_component(draw):
     torch.testing.assert_close(dist.entropy(masked), reference.entropy())  # component 0 has one choice: entropy 0
 
 
-@pytest.mark.parametrize("space", [spaces.Box(-1, 1, (2,)), spaces.MultiBinary(3), spaces.Dict({"a": spaces.Discrete(2)})])
+@pytest.mark.parametrize(
+    "space", [spaces.Box(-1, 1, (2,)), spaces.MultiBinary(3), spaces.Dict({"a": spaces.Discrete(2)})]
+)
 def test_masks_on_other_spaces_raise_one_line(space):
     dist = make_distribution(space)
     assert not dist.maskable
@@ -397,7 +403,10 @@ def test_composite_layout_log_prob_and_entropy_are_sums_over_parts():
     bits, force, grid, tool = params.split([2, 2, 5, 3], dim=-1)
     parts = [
         (D.Independent(D.Bernoulli(logits=bits), 1), actions[:, 0:2]),
-        (D.Independent(D.Normal(force, torch.tensor([0.3, -0.5], dtype=torch.float64).exp().expand(32, 2)), 1), actions[:, 2:4]),
+        (
+            D.Independent(D.Normal(force, torch.tensor([0.3, -0.5], dtype=torch.float64).exp().expand(32, 2)), 1),
+            actions[:, 2:4],
+        ),
         (D.Categorical(logits=grid[:, :2]), actions[:, 4]),
         (D.Categorical(logits=grid[:, 2:]), actions[:, 5]),
         (D.Categorical(logits=tool), actions[:, 6]),
@@ -437,7 +446,9 @@ def test_composite_samples_mode_and_env_actions_fit_the_space(draw):
 
 
 def test_tuple_and_nested_spaces():
-    space = spaces.Tuple((spaces.Discrete(2), spaces.Dict({"x": spaces.Box(-2.0, 2.0, (1,), dtype=np.float32), "k": spaces.Discrete(4)})))
+    space = spaces.Tuple(
+        (spaces.Discrete(2), spaces.Dict({"x": spaces.Box(-2.0, 2.0, (1,), dtype=np.float32), "k": spaces.Discrete(4)}))
+    )
     dist = make_distribution(space)
     dist.bind_log_std(torch.zeros(1))
     assert dist.num_outputs == 2 + 1 + 4 and dist.action_shape == (3,) and dist.gaussian_size == 1

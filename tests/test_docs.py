@@ -76,10 +76,7 @@ def code_blocks(path: Path) -> list[CodeBlock]:
 ALL_BLOCKS = [block for path in DOC_FILES for block in code_blocks(path)]
 PYTHON_BLOCKS = [block for block in ALL_BLOCKS if block.language == "python"]
 SHELL_BLOCKS = [
-    block
-    for path in COMMAND_FILES
-    for block in code_blocks(path)
-    if block.language in ("bash", "sh", "text", "")
+    block for path in COMMAND_FILES for block in code_blocks(path) if block.language in ("bash", "sh", "text", "")
 ]
 
 
@@ -106,7 +103,7 @@ def capped_learn(monkeypatch):
 
 def run_block(block: CodeBlock) -> None:
     code = compile(block.code, block.where, "exec")
-    exec(code, {"__name__": "__doc_example__"})  # noqa: S102  (running the docs' own examples is the point)
+    exec(code, {"__name__": "__doc_example__"})
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,12 @@ import pytest
 onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
+from toy_envs import DictGoalEnv, SpotImageEnv  # noqa: E402
+
 from clippo import PPO  # noqa: E402
 from clippo.core.errors import ExportCheckError  # noqa: E402
 from clippo.tools.export import export_onnx  # noqa: E402
 from tests.helpers import run_cli  # noqa: E402
-from toy_envs import DictGoalEnv, SpotImageEnv  # noqa: E402
 
 TINY = dict(num_envs=2, num_steps=16, seed=0)
 CHECK = dict(check_steps=24, check_envs=2)
@@ -118,11 +119,20 @@ def test_masks_and_other_action_spaces(make_agent, tmp_path, env_id, inputs, out
     assert [p.name for p in result.outputs] == outputs
 
 
-@pytest.mark.parametrize("kind, network, env_id", [("lstm", "separate", "clippo/CartPoleNoVel-v1"),
-                                                   ("gru", "shared", "clippo/PendulumNoVel-v1")])
+@pytest.mark.parametrize(
+    "kind, network, env_id",
+    [("lstm", "separate", "clippo/CartPoleNoVel-v1"), ("gru", "shared", "clippo/PendulumNoVel-v1")],
+)
 def test_recurrent_policy_exports_its_state_as_an_input_and_an_output(make_agent, tmp_path, kind, network, env_id):
-    agent = make_agent(env_id, recurrent=kind, network=network, recurrent_hidden_size=8, num_minibatches=2,
-                       bptt_length=8, normalize_observations=True)
+    agent = make_agent(
+        env_id,
+        recurrent=kind,
+        network=network,
+        recurrent_hidden_size=8,
+        num_minibatches=2,
+        bptt_length=8,
+        normalize_observations=True,
+    )
     agent.learn(total_steps=64, progress=False)
     size = agent.model.state_size
     result = export_onnx(agent, tmp_path / "policy.onnx", **CHECK)
@@ -170,7 +180,7 @@ def test_missing_onnxruntime_names_the_extra(make_agent, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ValueError, match=r"onnxruntime.*pip install 'clippo\[export\]'"):
         export_onnx(agent, tmp_path / "policy.onnx")
-    code, out, err = run_cli(["export", str(tmp_path), "-o", str(tmp_path / "policy.onnx")])
+    code, _out, err = run_cli(["export", str(tmp_path), "-o", str(tmp_path / "policy.onnx")])
     assert code == 2 and err.count("\n") == 1 and "pip install 'clippo[export]'" in err
 
 
@@ -210,7 +220,9 @@ def test_cli_writes_the_file_and_prints_the_check(run_dir, tmp_path):
     assert code == 0, err
     assert out_path.stat().st_size > 0
     assert f"wrote {out_path}" in out and "inputs obs float32 [batch, 4]; outputs action int64 [batch]" in out
-    assert "check passed" in out and "32/32 discrete actions identical" in out and "CartPole-v1, 2 envs x 16 steps" in out
+    assert (
+        "check passed" in out and "32/32 discrete actions identical" in out and "CartPole-v1, 2 envs x 16 steps" in out
+    )
 
 
 def test_cli_default_output_and_json(run_dir):
@@ -232,10 +244,10 @@ def test_cli_default_output_and_json(run_dir):
 )
 def test_cli_bad_input_one_line_error(run_dir, tmp_path, args, fragment):
     args = [a.format(run_dir=run_dir, tmp=tmp_path) for a in args]
-    code, out, err = run_cli(args)
+    code, _out, err = run_cli(args)
     assert_one_line_error(code, err, fragment)
 
 
 def test_cli_run_dir_without_checkpoint(tmp_path):
-    code, out, err = run_cli(["export", str(tmp_path)])
+    code, _out, err = run_cli(["export", str(tmp_path)])
     assert_one_line_error(code, err, "no checkpoint in run directory")

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from toy_envs import DictGoalEnv, MaskedGridEnv, SpotImageEnv
 
 from clippo import PPO
+from clippo.core.losses import AutogradLoss
 from clippo.fastpath.gradient import AnalyticGradient
 from clippo.fastpath.rollout import FastEnvRunner, FlatRolloutBuffer
-from clippo.core.losses import AutogradLoss
 from clippo.rollout.runner import EnvRunner, RolloutBuffer
-from toy_envs import DictGoalEnv, MaskedGridEnv, SpotImageEnv
 
 
 @pytest.mark.parametrize(
@@ -20,7 +20,10 @@ from toy_envs import DictGoalEnv, MaskedGridEnv, SpotImageEnv
         ("CartPole-v1", dict(num_envs=4, num_steps=64)),
         ("Pendulum-v1", dict(num_envs=2, num_steps=128, normalize_observations=True, normalize_rewards=True)),
         ("CartPole-v1", dict(num_envs=4, num_steps=64, network="shared", clip_value_loss=True, ent_coef=0.01)),
-        ("MountainCarContinuous-v0", dict(preset="default", num_envs=2, num_steps=64, activation="relu", hidden_sizes=[32])),
+        (
+            "MountainCarContinuous-v0",
+            dict(preset="default", num_envs=2, num_steps=64, activation="relu", hidden_sizes=[32]),
+        ),
         ("FrozenLake-v1", dict(num_envs=4, num_steps=64, ent_coef=0.01)),  # Discrete observations, one-hot
         ("CliffWalking-v1", dict(num_envs=2, num_steps=64, network="shared")),  # the same through autograd
     ],
@@ -78,7 +81,12 @@ def test_the_fast_path_is_chosen_only_where_it_applies():
         (PPO("Pendulum-v1", activation="gelu", network="shared"), EnvRunner, RolloutBuffer, AutogradLoss),
         (PPO("CartPole-v1", head_sizes=[16]), EnvRunner, RolloutBuffer, AutogradLoss),  # layers after the encoders
         (PPO("Pendulum-v1", head_sizes=[8, 8], network="shared"), EnvRunner, RolloutBuffer, AutogradLoss),
-        (PPO("CartPole-v1", frame_stack=2), FastEnvRunner, FlatRolloutBuffer, AnalyticGradient),  # [2, 4] Box, flattened
+        (
+            PPO("CartPole-v1", frame_stack=2),
+            FastEnvRunner,
+            FlatRolloutBuffer,
+            AnalyticGradient,
+        ),  # [2, 4] Box, flattened
     ]
     for agent, runner, buffer, loss in cases:
         assert agent.runner_class is runner and agent.buffer_class is buffer and type(agent.learner.loss) is loss

@@ -8,12 +8,12 @@ import torch
 from gymnasium import spaces
 
 from clippo import PPO
-from clippo.networks.encoders import flat_size
+from clippo.core.losses import AutogradLoss
 from clippo.fastpath import gradient as fast_gradient
 from clippo.fastpath.gradient import TANH_AS_SIGMOID_MIN, AnalyticGradient
-from clippo.core.losses import AutogradLoss
-from clippo.training.optim import FlatAdam
+from clippo.networks.encoders import flat_size
 from clippo.rollout.runner import Batch
+from clippo.training.optim import FlatAdam
 from tests.conftest import make_fixed_length_env
 
 ACTION_SPACES = {
@@ -81,7 +81,9 @@ def check_against_autograd(action, activation, clip_value_loss, ent_coef, miniba
     )
     assert isinstance(agent.learner.loss, AnalyticGradient)
     with torch.no_grad():  # move the weights off their init so that every layer carries a gradient
-        agent.optimizer.flat.add_(0.1 * torch.randn(agent.optimizer.flat.shape, generator=torch.Generator().manual_seed(1)))
+        agent.optimizer.flat.add_(
+            0.1 * torch.randn(agent.optimizer.flat.shape, generator=torch.Generator().manual_seed(1))
+        )
     minibatch, advantages = random_minibatch(agent, minibatch_size, seed=2)
 
     agent.optimizer.grad.fill_(123.0)  # every entry must be overwritten
@@ -89,7 +91,9 @@ def check_against_autograd(action, activation, clip_value_loss, ent_coef, miniba
     analytic_grad = agent.optimizer.grad.clone()
 
     cfg = agent.config
-    agent.learner.loss = AutogradLoss(agent.model, cfg.clip_epsilon, cfg.vf_coef, cfg.ent_coef, agent.optimizer.zero_grad)
+    agent.learner.loss = AutogradLoss(
+        agent.model, cfg.clip_epsilon, cfg.vf_coef, cfg.ent_coef, agent.optimizer.zero_grad
+    )
     reference = agent.loss_and_gradient(minibatch, advantages)
     reference_grad = agent.optimizer.grad.clone()
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from clippo.networks.encoders import flat_size, flatten_input
 from clippo.fastpath import numpy_mlp
 from clippo.fastpath.numpy_mlp import BLOCK_ROWS, NumpyActor, numpy_critic
+from clippo.networks.encoders import flat_size, flatten_input
 from clippo.networks.policy import ActorCritic
 
 OBS = spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
@@ -62,7 +62,12 @@ def test_numpy_actor_matches_the_torch_actor(network, activation, observation_sp
         torch_actions = model.distribution.sample(model.actor(torch.from_numpy(raw_obs)), noise).numpy()
     numpy_actions = model.distribution.sample_numpy(actor(obs), noise.numpy(), actor.std)
     np.testing.assert_allclose(numpy_actions, torch_actions, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(model.distribution.sample_numpy(actor(obs), None, actor.std), model.distribution.sample(torch.from_numpy(expected), None).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        model.distribution.sample_numpy(actor(obs), None, actor.std),
+        model.distribution.sample(torch.from_numpy(expected), None).numpy(),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 @pytest.mark.parametrize("network", ["separate", "shared"])
@@ -92,14 +97,16 @@ def test_numpy_copies_keep_their_buffers_apart_from_their_outputs(activation):
         expected = [model.actor(torch.from_numpy(obs)).numpy() for obs in batches]
     actor = NumpyActor(model)
     outputs = [actor(obs) for obs in batches]
-    for out, want in zip(outputs, expected):
+    for out, want in zip(outputs, expected, strict=False):
         np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
     workspace: list = []
     first = numpy_critic(model)(batches[1], workspace)
     second = numpy_critic(model)(batches[4], workspace)  # a fresh copy reusing the workspace
     with torch.no_grad():
         np.testing.assert_allclose(first[:, 0], model.value(torch.from_numpy(batches[1])).numpy(), rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(second[:, 0], model.value(torch.from_numpy(batches[4])).numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            second[:, 0], model.value(torch.from_numpy(batches[4])).numpy(), rtol=1e-5, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu"])

@@ -14,17 +14,17 @@ import yaml
 from gymnasium import spaces
 from torch import nn
 from torch.nn import functional as F
+from toy_envs import SpotImageEnv
 
 from clippo import PPO
 from clippo.config.ppo_config import ENV_PRESETS, PPOConfig, config_from_dict, resolve_config, save_config
+from clippo.core.errors import ConfigError
+from clippo.envs.make import make_run_envs
+from clippo.envs.preprocessing import Preprocessing
 from clippo.networks.distributions import StateDependentGaussian
 from clippo.networks.encoders import ACTIVATIONS, MLPEncoder, NatureCNN
-from clippo.envs.make import make_run_envs
-from clippo.core.errors import ConfigError
 from clippo.networks.policy import ActorCritic
-from clippo.envs.preprocessing import Preprocessing
 from clippo.rollout.runner import EnvRunner
-from toy_envs import SpotImageEnv
 
 
 class CountingEnv(gym.Env):
@@ -61,7 +61,10 @@ class CountingEnv(gym.Env):
         (dict(grayscale="yes"), r"^grayscale='yes' is invalid: it must be of type bool$"),
         (dict(head_sizes=[256, 0]), r"^head_sizes=\[256, 0\] is invalid: give widths >= 1"),
         (dict(activation="silu"), r"^activation='silu' is invalid: choose one of tanh, relu, gelu$"),
-        (dict(env_id="ALE/Pong-v5", frame_stack=2), r"^frame_stack=2 is invalid for 'ALE/Pong-v5': Atari and MinAtar ids"),
+        (
+            dict(env_id="ALE/Pong-v5", frame_stack=2),
+            r"^frame_stack=2 is invalid for 'ALE/Pong-v5': Atari and MinAtar ids",
+        ),
         (dict(env_id="MinAtar/Breakout-v1", grayscale=True), r"^grayscale=True is invalid for 'MinAtar/Breakout-v1'"),
     ],
 )
@@ -74,11 +77,31 @@ def test_bad_knob_values_are_one_line_errors_naming_them(values, message):
 @pytest.mark.parametrize(
     "env, values, message",
     [
-        ("CartPole-v1", dict(resize=[8, 8]), r"^resize=\[8, 8\] is invalid for observation space Box\(.*\): it applies to uint8 images"),
-        ("CartPole-v1", dict(grayscale=True), r"^grayscale=True is invalid for observation space Box\(.*\): it applies to uint8 RGB"),
-        (SpotImageEnv, dict(grayscale=True), r"^grayscale=True is invalid for observation space Box\(0, 255, \(10, 10, 1\)"),
-        (SpotImageEnv, dict(frame_stack=2), r"^frame_stack=2 is invalid for observation space Box\(0, 255, \(10, 10, 1\), uint8\): stacked"),
-        ("CartPole-v1", dict(frame_skip=2, vector_env="native"), r"^vector_env='native' is invalid with frame_skip=2: "),
+        (
+            "CartPole-v1",
+            dict(resize=[8, 8]),
+            r"^resize=\[8, 8\] is invalid for observation space Box\(.*\): it applies to uint8 images",
+        ),
+        (
+            "CartPole-v1",
+            dict(grayscale=True),
+            r"^grayscale=True is invalid for observation space Box\(.*\): it applies to uint8 RGB",
+        ),
+        (
+            SpotImageEnv,
+            dict(grayscale=True),
+            r"^grayscale=True is invalid for observation space Box\(0, 255, \(10, 10, 1\)",
+        ),
+        (
+            SpotImageEnv,
+            dict(frame_stack=2),
+            r"^frame_stack=2 is invalid for observation space Box\(0, 255, \(10, 10, 1\), uint8\): stacked",
+        ),
+        (
+            "CartPole-v1",
+            dict(frame_skip=2, vector_env="native"),
+            r"^vector_env='native' is invalid with frame_skip=2: ",
+        ),
     ],
 )
 def test_preprocessing_that_does_not_fit_the_observations_is_a_one_line_error(env, values, message):
@@ -136,8 +159,16 @@ def param_count(module: nn.Module) -> int:
 def test_head_layers_sit_between_the_features_and_the_outputs(network):
     torch.manual_seed(0)
     model = ActorCritic(OBS, BOX, [16], "gelu", network, sde_sample_freq=4, head_sizes=[12, 8])
-    assert [layer.out_features for layer in model.actor_hidden] == [12, 8] == [layer.out_features for layer in model.critic_hidden]
-    assert model.actor_hidden[0].in_features == 16 and model.actor_head.in_features == 8 and model.critic_head.in_features == 8
+    assert (
+        [layer.out_features for layer in model.actor_hidden]
+        == [12, 8]
+        == [layer.out_features for layer in model.critic_hidden]
+    )
+    assert (
+        model.actor_hidden[0].in_features == 16
+        and model.actor_head.in_features == 8
+        and model.critic_head.in_features == 8
+    )
     assert isinstance(model.distribution, StateDependentGaussian)
     assert model.distribution.feature_size == 8 and model.log_std.shape == (8 * 2,)  # gSDE reads the last head layer
     encoders = (1 if network == "shared" else 2) * (5 * 16 + 16)
@@ -195,7 +226,12 @@ def test_resolve_config_gives_the_carracing_preset():
     assert config.num_envs * config.num_steps // config.num_minibatches == 128  # RL-Zoo's batch_size
     assert (config.frame_skip, config.resize, config.grayscale, config.frame_stack) == (2, [64, 64], True, 2)
     assert (config.network, config.head_sizes, config.activation) == ("shared", [256], "gelu")
-    assert (config.use_sde, config.sde_sample_freq, config.init_log_std, config.orthogonal_init) == (True, 4, -2.0, False)
+    assert (config.use_sde, config.sde_sample_freq, config.init_log_std, config.orthogonal_init) == (
+        True,
+        4,
+        -2.0,
+        False,
+    )
     assert config.normalize_rewards and not config.normalize_observations
 
 

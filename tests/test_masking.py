@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
+from test_ppo import record_first_logratios, record_logratios
+from toy_envs import MaskedGridEnv
 
 from clippo import PPO
 from clippo.core.errors import ActionMaskError, EnvStepError
 from clippo.core.losses import AutogradLoss
+from clippo.envs.toy import SlotsEnv, SlotsMethodEnv
 from clippo.rollout.masking import policy_observation_space
 from clippo.rollout.runner import EnvRunner, RolloutBuffer
-from clippo.envs.toy import SlotsEnv, SlotsMethodEnv
-from test_ppo import record_first_logratios, record_logratios
-from toy_envs import MaskedGridEnv
 
 TINY = dict(num_envs=2, num_steps=32, num_minibatches=2, update_epochs=2, hidden_sizes=[16, 16], tensorboard=False)
 
@@ -84,9 +84,9 @@ def test_multidiscrete_masks_from_info_are_obeyed():
 
 
 def test_fast_path_takes_masks_but_not_the_new_action_spaces():
+    from clippo.envs.toy import BitsEnv, ToolAmountEnv
     from clippo.fastpath.gradient import AnalyticGradient
     from clippo.fastpath.rollout import FastEnvRunner, FlatRolloutBuffer
-    from clippo.envs.toy import BitsEnv, ToolAmountEnv
 
     for source in ("CartPole-v1", SlotsMethodEnv):  # flat Box observations, separate MLPs, a CPU
         agent = PPO(source, seed=0, **TINY)
@@ -157,7 +157,9 @@ def test_the_update_never_moves_probability_onto_masked_actions():
 # ------------------------------------------------------------------------------------------------
 def test_an_all_false_mask_during_training_names_the_env_and_step():
     agent = PPO(lambda: MaskedGridEnv(length=9, dead_end_at=3), seed=0, **TINY)
-    with pytest.raises(ActionMaskError, match=r"env 0 \(of 2\) has no valid action at rollout step 3: its action mask is all false") as info:
+    with pytest.raises(
+        ActionMaskError, match=r"env 0 \(of 2\) has no valid action at rollout step 3: its action mask is all false"
+    ) as info:
         agent.learn(64)
     assert isinstance(info.value, EnvStepError) and "\n" not in str(info.value)
 

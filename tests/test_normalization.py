@@ -34,7 +34,7 @@ def test_running_mean_std_batch_moments_are_numpys_bit_for_bit(shape):
     rms = RunningMeanStd(shape=shape)
     rms.update_from_moments = lambda mean, var, count: seen.append((mean, var, count))
     rms.update(batch)
-    (mean, var, count), = seen
+    ((mean, var, count),) = seen
     np.testing.assert_array_equal(mean, batch.mean(axis=0))
     np.testing.assert_array_equal(var, batch.var(axis=0))
     assert count == 37

@@ -49,7 +49,7 @@ def test_flat_adam_matches_torch_adam(max_norm, fused):
             torch.testing.assert_close(norm, expected_norm)
         torch_opt.step()
         flat_opt.step()
-    for a, b in zip(reference.parameters(), flat_model.parameters()):
+    for a, b in zip(reference.parameters(), flat_model.parameters(), strict=False):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     # and the parameters really moved
     assert not torch.allclose(next(make_model().parameters()), next(flat_model.parameters()))
@@ -89,7 +89,7 @@ def test_fused_and_plain_steps_agree_closely():
     opts = [FlatAdam(m.parameters(), lr=3e-3, eps=1e-5) for m in models]
     opts[1].fused = False
     for step in range(20):
-        for model, opt in zip(models, opts):
+        for model, opt in zip(models, opts, strict=False):
             opt.zero_grad()
             loss_of(model, step).backward()
             opt.step()
@@ -113,7 +113,7 @@ def test_state_dict_round_trip_continues_identically():
             opt.zero_grad()
             loss_of(model, step).backward()
             opt.step()
-    for a, b in zip(model_a.parameters(), model_b.parameters()):
+    for a, b in zip(model_a.parameters(), model_b.parameters(), strict=False):
         assert torch.equal(a, b)
 
 
@@ -152,7 +152,7 @@ def test_state_loads_into_another_layout_by_name():
             opt_ref.zero_grad()
             loss_of(reference, step).backward()
             opt_ref.step()
-        for a, b in zip(reference.parameters(), model_b.parameters()):
+        for a, b in zip(reference.parameters(), model_b.parameters(), strict=False):
             assert torch.equal(a, b)  # ...and the same steps
 
 

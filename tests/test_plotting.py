@@ -25,8 +25,19 @@ from clippo.tools.plotting import (
 )
 from tests.helpers import run_cli
 
-TINY = ["--total-steps", "1024", "--num-envs", "4", "--num-steps", "64", "--eval-episodes", "0",
-        "--no-tensorboard", "--checkpoint-every", "0"]
+TINY = [
+    "--total-steps",
+    "1024",
+    "--num-envs",
+    "4",
+    "--num-steps",
+    "64",
+    "--eval-episodes",
+    "0",
+    "--no-tensorboard",
+    "--checkpoint-every",
+    "0",
+]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -35,8 +46,11 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     """Two seeds of one config, and one run with another learning rate (4 updates each)."""
     root = tmp_path_factory.mktemp("plot")
     made = {}
-    for name, extra in {"a-seed1": ["--seed", "1"], "a-seed2": ["--seed", "2"],
-                        "b-seed1": ["--seed", "1", "--learning-rate", "1e-3"]}.items():
+    for name, extra in {
+        "a-seed1": ["--seed", "1"],
+        "a-seed2": ["--seed", "2"],
+        "b-seed1": ["--seed", "1", "--learning-rate", "1e-3"],
+    }.items():
         code, _, err = run_cli(["train", "CartPole-v1", "--run-dir", str(root / name), *TINY, *extra])
         assert code == 0, err
         made[name] = root / name
@@ -100,9 +114,11 @@ def test_mean_curve_drops_missing_values():
 
 
 def test_runs_differing_only_by_seed_and_bookkeeping_are_grouped():
-    runs = [fake_run("a1", [0], [0], seed=1, learning_rate=1e-3, tensorboard=True),
-            fake_run("a2", [0], [0], seed=2, learning_rate=1e-3, tensorboard=False),
-            fake_run("b1", [0], [0], seed=1, learning_rate=3e-4)]
+    runs = [
+        fake_run("a1", [0], [0], seed=1, learning_rate=1e-3, tensorboard=True),
+        fake_run("a2", [0], [0], seed=2, learning_rate=1e-3, tensorboard=False),
+        fake_run("b1", [0], [0], seed=1, learning_rate=3e-4),
+    ]
     groups = group_runs(runs)
     assert [len(g.runs) for g in groups] == [2, 1]
     assert [g.label for g in groups] == ["learning_rate=0.001", "learning_rate=0.0003"]
@@ -165,8 +181,9 @@ def test_plot_command_writes_a_png(runs, tmp_path, x):
 
 def test_plot_command_with_diagnostics_and_minmax_band(runs, tmp_path):
     out = tmp_path / "sub" / "diag.png"
-    code, _, err = run_cli(["plot", str(runs["a-seed1"]), str(runs["a-seed2"]), "-o", str(out), "--diagnostics",
-                            "--band", "minmax"])
+    code, _, err = run_cli(
+        ["plot", str(runs["a-seed1"]), str(runs["a-seed2"]), "-o", str(out), "--diagnostics", "--band", "minmax"]
+    )
     assert code == 0, err
     assert out.read_bytes().startswith(PNG_SIGNATURE)
 
@@ -176,7 +193,9 @@ def test_plot_a_run_made_with_the_python_api(tmp_path):
     from clippo import PPO
 
     run_dir = tmp_path / "api"
-    PPO("CartPole-v1", run_dir=run_dir, num_envs=4, num_steps=32, total_steps=256, tensorboard=False).learn(progress=False)
+    PPO("CartPole-v1", run_dir=run_dir, num_envs=4, num_steps=32, total_steps=256, tensorboard=False).learn(
+        progress=False
+    )
     assert not (run_dir / "config.yaml").exists()
     assert read_run(run_dir).config["num_steps"] == 32
     assert "<svg" in plot_runs([run_dir], tmp_path / "api.svg", x="steps").read_text()[:500]

@@ -32,7 +32,8 @@ def linear_layers(module: nn.Module) -> list[nn.Linear]:
 
 @pytest.mark.parametrize("network", ["separate", "shared"])
 @pytest.mark.parametrize(
-    "action_space", [spaces.Discrete(2), spaces.Box(-2.0, 2.0, shape=(3,), dtype=np.float32), spaces.MultiDiscrete([3, 4])]
+    "action_space",
+    [spaces.Discrete(2), spaces.Box(-2.0, 2.0, shape=(3,), dtype=np.float32), spaces.MultiDiscrete([3, 4])],
 )
 def test_orthogonal_init_gains_and_zero_biases(network, action_space):
     torch.manual_seed(0)
@@ -185,7 +186,9 @@ def test_discrete_observations_are_one_hot():
     encoder = model.actor_encoder
     assert isinstance(encoder, MLPEncoder) and encoder.input_size == 5
     with torch.no_grad():
-        torch.testing.assert_close(model.actor(raw), model.actor_head(run_layers(expected, encoder.layers, encoder.activation)))
+        torch.testing.assert_close(
+            model.actor(raw), model.actor_head(run_layers(expected, encoder.layers, encoder.activation))
+        )
 
 
 def test_box_observations_are_flattened_to_float32():

@@ -66,7 +66,9 @@ def record_first_logratios(agent: PPO) -> list[torch.Tensor]:
 # The rollout stores the log-probabilities of its numpy actor; the update recomputes them with the
 # torch actor on minibatches. Before the first Adam step both are the same function of the same
 # weights, so the first ratio is 1 up to float32 rounding (a misaligned or stale log-prob is far off).
-SAME_SHAPE = dict(num_envs=8, num_steps=1, num_minibatches=1, update_epochs=4, learning_rate=1e-2, hidden_sizes=[16, 16])
+SAME_SHAPE = dict(
+    num_envs=8, num_steps=1, num_minibatches=1, update_epochs=4, learning_rate=1e-2, hidden_sizes=[16, 16]
+)
 
 
 def env_source(name, multidiscrete_env):
@@ -155,7 +157,7 @@ def test_training_changes_parameters_and_counts_steps():
     assert agent.global_step == 192 and agent.update == 3
     agent.close()
     after = list(agent.model.parameters())
-    assert any(not torch.equal(a, b) for a, b in zip(before, after))
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=False))
 
 
 @pytest.mark.parametrize("bad", [0, -5, 1.5, "100", True])
@@ -337,20 +339,20 @@ def test_same_seed_gives_bit_identical_parameters():
     a = train_params(7)
     b = train_params(7)
     assert len(a) == len(b)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=False))
 
 
 def test_same_seed_bit_identical_continuous_with_normalization():
     kw = dict(normalize_observations=True, normalize_rewards=True)
     a = train_params(5, "Pendulum-v1", **kw)
     b = train_params(5, "Pendulum-v1", **kw)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=False))
 
 
 def test_different_seeds_give_different_parameters():
     a = train_params(7)
     b = train_params(8)
-    assert any(not torch.equal(x, y) for x, y in zip(a, b))
+    assert any(not torch.equal(x, y) for x, y in zip(a, b, strict=False))
 
 
 def test_same_seed_same_sampled_actions():

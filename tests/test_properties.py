@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from clippo import PPO, PPOConfig
-from clippo.core.advantages import compute_gae, discounted_rewards_to_go
 from clippo.config.ppo_config import CHOICES, ConfigError, config_from_dict, resolve_config
+from clippo.core.advantages import compute_gae, discounted_rewards_to_go
 from clippo.fastpath.rollout import FlatRolloutBuffer
 from clippo.rollout.runner import RolloutBuffer
 from tests.helpers import run_cli
@@ -110,8 +110,10 @@ positive_float = st.floats(max_value=0.0, **finite) | NOT_FINITE | NOT_A_NUMBER
 nonnegative_float = st.floats(max_value=0.0, exclude_max=True, **finite) | NOT_FINITE | NOT_A_NUMBER
 optional_positive_float = st.floats(max_value=0.0, **finite) | NOT_FINITE | st.sampled_from(["none", [], True])
 unit_interval = (
-    st.floats(max_value=0.0, exclude_max=True, **finite) | st.floats(min_value=1.0, exclude_min=True, **finite)
-    | st.just(math.nan) | NOT_A_NUMBER
+    st.floats(max_value=0.0, exclude_max=True, **finite)
+    | st.floats(min_value=1.0, exclude_min=True, **finite)
+    | st.just(math.nan)
+    | NOT_A_NUMBER
 )
 boolean = st.sampled_from([0, 1, "yes", None, 1.0])
 
@@ -199,10 +201,8 @@ def test_more_minibatches_than_samples_is_invalid(num_envs, num_steps, extra):
         PPOConfig(num_envs=num_envs, num_steps=num_steps, num_minibatches=num_envs * num_steps + extra).validate()
 
 
-
-
 NUMERIC_INVALID = {  # values argparse accepts, that validation must reject
-    "total_steps": st.integers(-10**6, 0),
+    "total_steps": st.integers(-(10**6), 0),
     "num_envs": st.integers(-100, 0),
     "num_steps": st.integers(-100, 0),
     "update_epochs": st.integers(-100, 0),
@@ -210,7 +210,7 @@ NUMERIC_INVALID = {  # values argparse accepts, that validation must reject
     "checkpoint_every": st.integers(-100, -1),
     "eval_episodes": st.integers(-100, -1),
     "torch_threads": st.integers(-100, 0) | st.integers(100_000, 10**6),
-    "seed": st.integers(-10**6, -1) | st.integers(2**64, 2**80),
+    "seed": st.integers(-(10**6), -1) | st.integers(2**64, 2**80),
     "learning_rate": st.floats(max_value=0.0, **finite) | NOT_FINITE,
     "clip_epsilon": st.floats(max_value=0.0, **finite) | NOT_FINITE,
     "ent_coef": st.floats(max_value=0.0, exclude_max=True, **finite) | NOT_FINITE,
@@ -251,8 +251,10 @@ def rollouts(draw, dtype=torch.float64):
         return torch.tensor(draw(st.lists(numbers, min_size=size, max_size=size)), dtype=dtype)
 
     def mask(p):
-        return torch.tensor(draw(st.lists(st.booleans() if p else st.just(False), min_size=steps * envs,
-                                          max_size=steps * envs)), dtype=torch.bool).reshape(shape)
+        return torch.tensor(
+            draw(st.lists(st.booleans() if p else st.just(False), min_size=steps * envs, max_size=steps * envs)),
+            dtype=torch.bool,
+        ).reshape(shape)
 
     return {
         "rewards": array(steps * envs).reshape(shape),
@@ -265,8 +267,9 @@ def rollouts(draw, dtype=torch.float64):
 
 def reference_returns(r, gamma):
     """R_t = r_t + gamma * future, future restarting at every episode end (as plain Python)."""
-    rewards, values, terminated, truncated, last = (r[k].tolist() for k in
-                                                    ("rewards", "values", "terminated", "truncated", "last_value"))
+    rewards, values, terminated, truncated, last = (
+        r[k].tolist() for k in ("rewards", "values", "terminated", "truncated", "last_value")
+    )
     steps, envs = len(rewards), len(rewards[0])
     out = [[0.0] * envs for _ in range(steps)]
     for i in range(envs):
@@ -283,8 +286,9 @@ def reference_returns(r, gamma):
 
 
 def reference_gae(r, gamma, lam):
-    rewards, values, terminated, truncated, last = (r[k].tolist() for k in
-                                                    ("rewards", "values", "terminated", "truncated", "last_value"))
+    rewards, values, terminated, truncated, last = (
+        r[k].tolist() for k in ("rewards", "values", "terminated", "truncated", "last_value")
+    )
     steps, envs = len(rewards), len(rewards[0])
     out = [[0.0] * envs for _ in range(steps)]
     for i in range(envs):
@@ -355,7 +359,7 @@ def test_gae_lambda_zero_is_the_one_step_td_error(r, gamma):
 @given(rollouts(), unit_floats, unit_floats, st.data())
 def test_nothing_flows_back_across_an_episode_end(r, gamma, lam, data):
     """Changing anything after an episode's last step leaves that episode's advantages unchanged."""
-    steps, envs = r["rewards"].shape
+    steps, _envs = r["rewards"].shape
     ends = (r["terminated"] | r["truncated"]).nonzero().tolist()
     assume(ends)
     t_end, i = data.draw(st.sampled_from(ends))
@@ -385,19 +389,22 @@ def test_nothing_flows_back_across_an_episode_end(r, gamma, lam, data):
     buffer_class=st.sampled_from([RolloutBuffer, FlatRolloutBuffer]),  # the general and the fast path's
     data=st.data(),
 )
-def test_flatten_keeps_exactly_the_valid_entries_in_time_major_order(steps, envs, obs_size, action_shape,
-                                                                       discrete, buffer_class, data):
+def test_flatten_keeps_exactly_the_valid_entries_in_time_major_order(
+    steps, envs, obs_size, action_shape, discrete, buffer_class, data
+):
     dtype = torch.int64 if discrete else torch.float32
     obs_space = spaces.Box(-np.inf, np.inf, shape=(obs_size,), dtype=np.float32)
     # what a buffer reads of the action distribution: how actions and actor outputs are stored
     storage = SimpleNamespace(action_shape=action_shape, action_dtype=dtype, num_outputs=2, param_size=2)
     buffer = buffer_class(steps, envs, obs_space, storage, torch.device("cpu"))
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
-    valid = np.array(data.draw(st.lists(st.booleans(), min_size=steps * envs, max_size=steps * envs),
-                               label="valid"), dtype=bool).reshape(steps, envs)
+    valid = np.array(
+        data.draw(st.lists(st.booleans(), min_size=steps * envs, max_size=steps * envs), label="valid"), dtype=bool
+    ).reshape(steps, envs)
     buffer.obs[:] = rng.normal(size=buffer.obs.shape)
-    buffer.actions[:] = rng.integers(0, 100, size=buffer.actions.shape) if discrete else rng.normal(
-        size=buffer.actions.shape)
+    buffer.actions[:] = (
+        rng.integers(0, 100, size=buffer.actions.shape) if discrete else rng.normal(size=buffer.actions.shape)
+    )
     buffer.logprobs[:] = rng.normal(size=(steps, envs))
     buffer.values[:] = rng.normal(size=(steps, envs))
     buffer.valid[:] = valid

@@ -7,7 +7,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from gymnasium import spaces
 from helpers import run_cli
 from test_ppo import record_first_logratios, record_logratios
 from toy_envs import CueEnv, DictGoalEnv, MaskedGridEnv, SpotImageEnv
@@ -104,8 +103,9 @@ def test_values_are_taken_while_acting_and_bootstrap_from_the_carried_state():
     np.testing.assert_array_equal(buffer.values, values)
     np.testing.assert_array_equal(buffer.last_value, last)
     with torch.no_grad():  # the runner keeps the state after the last step, for the next rollout
-        _, value, _ = agent.model.step(torch.from_numpy(runner.next_obs), runner.state,
-                                       torch.from_numpy(runner.episode_start))
+        _, value, _ = agent.model.step(
+            torch.from_numpy(runner.next_obs), runner.state, torch.from_numpy(runner.episode_start)
+        )
     np.testing.assert_allclose(last, value.numpy(), atol=1e-6)
     agent.close()
 
@@ -164,7 +164,7 @@ def test_sequence_minibatches_cover_every_valid_step_once_per_epoch(bptt_length)
     assert len(seen) == 3 * TINY["update_epochs"]
     everything = np.sort(batch.samples("logprobs").numpy())
     for epoch in range(TINY["update_epochs"]):
-        steps = seen[epoch * 3:(epoch + 1) * 3]
+        steps = seen[epoch * 3 : (epoch + 1) * 3]
         for starts_shape, _, state_shape in steps:  # whole sequences in time order, each with its stored state
             assert starts_shape[0] == length and state_shape[0] == starts_shape[1]
         np.testing.assert_array_equal(np.sort(torch.cat([s[1] for s in steps]).numpy()), everything)
@@ -185,7 +185,8 @@ def test_predict_with_state_matches_step_by_step_acting(kind):
         action, state = agent.predict(obs, state=state, episode_start=episode_start, deterministic=True)
         with torch.no_grad():
             params, _, reference_state = agent.model.step(
-                torch.from_numpy(obs), reference_state, torch.from_numpy(episode_start))
+                torch.from_numpy(obs), reference_state, torch.from_numpy(episode_start)
+            )
         expected = agent.model.distribution.sample(params, None).numpy()  # no noise: the mode
         np.testing.assert_array_equal(action, expected)
         assert isinstance(state, np.ndarray) and state.shape == (2, agent.model.state_size)
@@ -209,8 +210,9 @@ def test_predict_state_changes_the_action_where_memory_matters():
     for cue in (-1.0, 1.0):
         state = None
         for t, obs in enumerate([[cue, 0, 0], [0, 0, 1], [0, 1, 2]]):
-            action, state = agent.predict(np.array(obs, dtype=np.float32), state=state,
-                                          episode_start=np.array(t == 0), deterministic=True)
+            action, state = agent.predict(
+                np.array(obs, dtype=np.float32), state=state, episode_start=np.array(t == 0), deterministic=True
+            )
         answers[cue] = int(action)
     agent.close()
     assert answers == {-1.0: 0, 1.0: 1}
@@ -225,8 +227,11 @@ def test_act_and_feed_forward_calls_refuse_a_recurrent_agent_with_one_line():
     with pytest.raises(RuntimeError, match="step"):
         agent.model(torch.zeros(1, 3))
     with pytest.raises(ValueError, match="episode_start"):
-        agent.predict(np.zeros((2, 3), dtype=np.float32), state=np.zeros((2, agent.model.state_size)),
-                      episode_start=np.ones(3, dtype=bool))
+        agent.predict(
+            np.zeros((2, 3), dtype=np.float32),
+            state=np.zeros((2, agent.model.state_size)),
+            episode_start=np.ones(3, dtype=bool),
+        )
     with pytest.raises(ValueError, match="state"):
         agent.predict(np.zeros((2, 3), dtype=np.float32), state=np.zeros((2, 5)))
     agent.close()
@@ -308,8 +313,19 @@ def test_save_load_keeps_recurrent_actions_and_states(tmp_path):
     agent.close(), loaded.close()
 
 
-LEARN = dict(total_steps=12_000, num_envs=8, num_steps=24, num_minibatches=2, update_epochs=4, learning_rate=3e-3,
-             hidden_sizes=[16], recurrent="gru", recurrent_hidden_size=16, gamma=0.9, ent_coef=0.01)
+LEARN = dict(
+    total_steps=12_000,
+    num_envs=8,
+    num_steps=24,
+    num_minibatches=2,
+    update_epochs=4,
+    learning_rate=3e-3,
+    hidden_sizes=[16],
+    recurrent="gru",
+    recurrent_hidden_size=16,
+    gamma=0.9,
+    ent_coef=0.01,
+)
 
 
 @pytest.mark.slow
@@ -326,10 +342,33 @@ def test_memory_task_is_learned_with_a_core_and_not_without():
 
 def test_cli_trains_evaluates_and_plays_a_recurrent_agent(tmp_path):
     run_dir = tmp_path / "run"
-    code, _, err = run_cli(["train", "clippo/CartPoleNoVel-v1", "--run-dir", str(run_dir), "--recurrent", "lstm",
-                            "--recurrent-hidden-size", "8", "--num-envs", "2", "--num-steps", "16",
-                            "--num-minibatches", "2", "--update-epochs", "1", "--total-steps", "64",
-                            "--bptt-length", "8", "--eval-episodes", "2", "--no-tensorboard"])
+    code, _, err = run_cli(
+        [
+            "train",
+            "clippo/CartPoleNoVel-v1",
+            "--run-dir",
+            str(run_dir),
+            "--recurrent",
+            "lstm",
+            "--recurrent-hidden-size",
+            "8",
+            "--num-envs",
+            "2",
+            "--num-steps",
+            "16",
+            "--num-minibatches",
+            "2",
+            "--update-epochs",
+            "1",
+            "--total-steps",
+            "64",
+            "--bptt-length",
+            "8",
+            "--eval-episodes",
+            "2",
+            "--no-tensorboard",
+        ]
+    )
     assert code == 0, err
     code, out, err = run_cli(["eval", str(run_dir), "--episodes", "2"])
     assert code == 0 and "mean" in out, err
@@ -337,9 +376,12 @@ def test_cli_trains_evaluates_and_plays_a_recurrent_agent(tmp_path):
     # enjoy plays with the carried state: its episodes are PPO.evaluate's on one env
     code, out, err = run_cli(["enjoy", str(run_dir), "--episodes", "2", "--seed", "4"])
     assert code == 0, err
-    expected = PPO.load(run_dir).evaluate(episodes=2, seed=4, num_envs=1, env=lambda: gym.make("clippo/CartPoleNoVel-v1"))
+    expected = PPO.load(run_dir).evaluate(
+        episodes=2, seed=4, num_envs=1, env=lambda: gym.make("clippo/CartPoleNoVel-v1")
+    )
     assert [line.split("return ")[1].split(",")[0] for line in out.splitlines()[:2]] == [
-        f"{r:.2f}" for r in expected["returns"]]
+        f"{r:.2f}" for r in expected["returns"]
+    ]
     code, _, err = run_cli(["plot", str(run_dir), "-o", str(tmp_path / "curve.png")])
     assert code == 0 and (tmp_path / "curve.png").is_file(), err
     code, out, err = run_cli(["report", str(run_dir)])
@@ -349,10 +391,13 @@ def test_cli_trains_evaluates_and_plays_a_recurrent_agent(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # the partially observed tasks shipped with clippo
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("env_id, full_id, kept", [
-    ("clippo/CartPoleNoVel-v1", "CartPole-v1", [0, 2]),
-    ("clippo/PendulumNoVel-v1", "Pendulum-v1", [0, 1]),
-])
+@pytest.mark.parametrize(
+    "env_id, full_id, kept",
+    [
+        ("clippo/CartPoleNoVel-v1", "CartPole-v1", [0, 2]),
+        ("clippo/PendulumNoVel-v1", "Pendulum-v1", [0, 1]),
+    ],
+)
 def test_no_velocity_tasks_hide_the_velocities(env_id, full_id, kept):
     partial, full = gym.make(env_id), gym.make(full_id)
     assert partial.observation_space.shape == (len(kept),)

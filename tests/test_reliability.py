@@ -7,9 +7,9 @@ codes only mean something for a real process.
 
 from __future__ import annotations
 
-import dataclasses
-
 import csv
+import dataclasses
+import itertools
 import json
 import os
 import pickle
@@ -28,9 +28,9 @@ import torch
 from gymnasium import spaces
 
 from clippo import PPO
+from clippo.core.errors import CheckpointError, EnvStepError, NonFiniteError, RunDirInUseError, TrainingInterrupted
 from clippo.training.checkpoint import latest_checkpoint, read_checkpoint, write_atomic
 from clippo.training.update import Learner
-from clippo.core.errors import CheckpointError, EnvStepError, NonFiniteError, RunDirInUseError, TrainingInterrupted
 from tests.helpers import run_cli
 
 SMALL = dict(num_envs=3, num_steps=48, num_minibatches=2, update_epochs=2, hidden_sizes=[16, 16], seed=3)
@@ -39,9 +39,22 @@ TINY = dict(num_envs=2, num_steps=32, num_minibatches=2, update_epochs=2, hidden
 # Metrics that depend only on the computation (not on the clock): equal between an uninterrupted run
 # and an interrupted-and-resumed one when the resume is exact.
 DETERMINISTIC_COLUMNS = [
-    "global_step", "update", "episode_return", "episode_length", "episodes", "policy_loss", "value_loss",
-    "entropy", "approx_kl", "clip_fraction", "explained_variance", "epochs_run", "early_stopped",
-    "skipped_steps", "learning_rate", "recent_return",
+    "global_step",
+    "update",
+    "episode_return",
+    "episode_length",
+    "episodes",
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "approx_kl",
+    "clip_fraction",
+    "explained_variance",
+    "epochs_run",
+    "early_stopped",
+    "skipped_steps",
+    "learning_rate",
+    "recent_return",
 ]
 
 
@@ -50,8 +63,6 @@ DETERMINISTIC_COLUMNS = [
 # ------------------------------------------------------------------------------------------------
 def subprocess_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
-
-
 
 
 def assert_one_line_error(code, stderr: str, exit_code: int | None = 2) -> str:
@@ -87,7 +98,7 @@ def global_steps(run_dir: Path) -> list[int]:
 
 def assert_unique_increasing(steps: list[int]) -> None:
     assert steps, "metrics.csv has no rows"
-    assert all(b > a for a, b in zip(steps, steps[1:])), f"global_step not strictly increasing: {steps}"
+    assert all(b > a for a, b in itertools.pairwise(steps)), f"global_step not strictly increasing: {steps}"
 
 
 def stop_at(agent: PPO, updates: set[int]) -> None:
@@ -181,7 +192,10 @@ EXACT_CASES = {
         dict(vector_env="sync", normalize_observations=True, normalize_rewards=True),
     ),
     # A recurrent policy's carried state and episode starts come back with the envs.
-    "cartpole-novel-lstm": ("clippo/CartPoleNoVel-v1", dict(vector_env="sync", recurrent="lstm", recurrent_hidden_size=8)),
+    "cartpole-novel-lstm": (
+        "clippo/CartPoleNoVel-v1",
+        dict(vector_env="sync", recurrent="lstm", recurrent_hidden_size=8),
+    ),
     "pendulum-novel-gru-bptt": (
         "clippo/PendulumNoVel-v1",
         dict(vector_env="sync", recurrent="gru", recurrent_hidden_size=8, bptt_length=16, normalize_observations=True),
@@ -257,7 +271,7 @@ def test_interrupted_run_resumes_bit_identically(tmp_path, case, stops, how):
     # The logged curve is the uninterrupted one, row for row (the clock columns aside).
     got, expected = read_metrics(run_dir), read_metrics(tmp_path / "reference")
     assert [row["global_step"] for row in got] == [row["global_step"] for row in expected]
-    for row_got, row_expected in zip(got, expected):
+    for row_got, row_expected in zip(got, expected, strict=False):
         assert {k: row_got[k] for k in DETERMINISTIC_COLUMNS} == {k: row_expected[k] for k in DETERMINISTIC_COLUMNS}
     # and the final checkpoint is the same model
     assert torch.equal(PPO.load(run_dir / "agent.pt").optimizer.flat, reference.optimizer.flat)
@@ -317,9 +331,26 @@ def test_resume_of_a_complete_run_is_refused(tmp_path):
 # a round, leaving the final `clippo resume` nothing to do.
 KILL_TOTAL_UPDATES = 1000
 KILL_TRAIN_ARGS = [
-    "train", "CartPole-v1", "--num-envs", "2", "--num-steps", "16", "--num-minibatches", "1",
-    "--update-epochs", "1", "--hidden-sizes", "8", "--checkpoint-every", "1", "--keep-checkpoints", "3",
-    "--eval-episodes", "0", "--total-steps", str(32 * KILL_TOTAL_UPDATES),
+    "train",
+    "CartPole-v1",
+    "--num-envs",
+    "2",
+    "--num-steps",
+    "16",
+    "--num-minibatches",
+    "1",
+    "--update-epochs",
+    "1",
+    "--hidden-sizes",
+    "8",
+    "--checkpoint-every",
+    "1",
+    "--keep-checkpoints",
+    "3",
+    "--eval-episodes",
+    "0",
+    "--total-steps",
+    str(32 * KILL_TOTAL_UPDATES),
 ]
 
 # One process (torch imported once) forks one training process per round and SIGKILLs it: round 0
@@ -426,7 +457,11 @@ def killed_run(tmp_path_factory):
     seed = random.SystemRandom().randrange(2**31)
     loop = subprocess.run(
         [sys.executable, str(script), str(run_dir), str(seed), json.dumps(KILL_TRAIN_ARGS)],
-        capture_output=True, text=True, timeout=240, env=subprocess_env(), cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=subprocess_env(),
+        cwd=root,
     )
     rounds = (root / "round.log").read_text() if (root / "round.log").exists() else ""
     assert loop.returncode == 0, f"kill loop failed (seed {seed}):\n{loop.stderr}\n{rounds}"
@@ -452,7 +487,11 @@ def killed_run(tmp_path_factory):
             after_kills["stalled_file_readable"] = False
     resume = subprocess.run(
         [sys.executable, "-m", "clippo", "resume", str(run_dir)],
-        capture_output=True, text=True, timeout=240, env=subprocess_env(), cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=subprocess_env(),
+        cwd=root,
     )
     return {"run_dir": run_dir, "seed": seed, "log": log, "after_kills": after_kills, "resume": resume}
 
@@ -513,15 +552,31 @@ def test_kill9_then_resume_metrics_have_one_row_per_update(killed_run):
 # ------------------------------------------------------------------------------------------------
 SIGNAL_UPDATES = 40
 SIGNAL_TRAIN_ARGS = [
-    "--num-envs", "4", "--num-steps", "32", "--num-minibatches", "1", "--update-epochs", "2",
-    "--hidden-sizes", "16", "--eval-episodes", "0", "--checkpoint-every", "1000",
+    "--num-envs",
+    "4",
+    "--num-steps",
+    "32",
+    "--num-minibatches",
+    "1",
+    "--update-epochs",
+    "2",
+    "--hidden-sizes",
+    "16",
+    "--eval-episodes",
+    "0",
+    "--checkpoint-every",
+    "1000",
 ]
 
 
 def start_training(run_dir: Path, extra: list[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "clippo", "train", "CartPole-v1", "--run-dir", str(run_dir), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(), cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+        cwd=cwd,
     )
 
 
@@ -535,7 +590,7 @@ def wait_for_line(process: subprocess.Popen, prefix: str, timeout: float = 60.0)
         if line.startswith(prefix):
             return line
     process.kill()
-    out, err = process.communicate()
+    _out, err = process.communicate()
     raise AssertionError(f"no stdout line starting with {prefix!r}; stderr:\n{err}")
 
 
@@ -570,8 +625,9 @@ def test_signal_stops_at_update_boundary_then_resume_completes(tmp_path, signum,
 
     # the interrupted-and-resumed run ends with the very model of an uninterrupted one
     reference_dir = tmp_path / "reference"
-    code, _, err = run_cli(["train", "CartPole-v1", "--run-dir", str(reference_dir), *SIGNAL_TRAIN_ARGS,
-                            "--total-steps", str(total)])
+    code, _, err = run_cli(
+        ["train", "CartPole-v1", "--run-dir", str(reference_dir), *SIGNAL_TRAIN_ARGS, "--total-steps", str(total)]
+    )
     assert code == 0, err
     expected = read_checkpoint(reference_dir / "agent.pt")
     assert all(torch.equal(final["model"][k], expected["model"][k]) for k in expected["model"])
@@ -582,8 +638,22 @@ def test_second_sigint_quits_at_once(tmp_path):
     # signal (not the update boundary) can explain a prompt exit.
     process = start_training(
         tmp_path / "run",
-        ["--num-envs", "1", "--vector-env", "sync", "--num-steps", "20000", "--total-steps", "100000",
-         "--num-minibatches", "1", "--update-epochs", "1", "--eval-episodes", "0"],
+        [
+            "--num-envs",
+            "1",
+            "--vector-env",
+            "sync",
+            "--num-steps",
+            "20000",
+            "--total-steps",
+            "100000",
+            "--num-minibatches",
+            "1",
+            "--update-epochs",
+            "1",
+            "--eval-episodes",
+            "0",
+        ],
         tmp_path,
     )
     wait_for_line(process, "training ")
@@ -648,7 +718,9 @@ def test_nonfinite_skip_completes_with_finite_parameters(tmp_path, mode, with_ru
         normalize_rewards=normalize,
         run_dir=run_dir,
     )
-    with pytest.warns(UserWarning, match=f"skipped update 2: non-finite {mode.split('_')[1].replace('obs', 'observation')} from env 1"):
+    with pytest.warns(
+        UserWarning, match=f"skipped update 2: non-finite {mode.split('_')[1].replace('obs', 'observation')} from env 1"
+    ):
         agent.learn(total_steps=agent.batch_size * 3)
     agent.close()
     assert agent.global_step == agent.batch_size * 3
@@ -882,10 +954,33 @@ def test_exploding_env_via_the_cli(tmp_path, vector_env):
     (tmp_path / "clippo_with_test_envs.py").write_text(EXPLODING_CLI)
     run_dir = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "clippo_with_test_envs.py", "train", "ClippoTest/Exploding-v0", "--run-dir", str(run_dir),
-         "--vector-env", vector_env, "--num-envs", "2", "--num-steps", "32", "--num-minibatches", "2",
-         "--update-epochs", "1", "--total-steps", "192", "--eval-episodes", "0"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=subprocess_env(PYTHONPATH=str(tmp_path)),
+        [
+            sys.executable,
+            "clippo_with_test_envs.py",
+            "train",
+            "ClippoTest/Exploding-v0",
+            "--run-dir",
+            str(run_dir),
+            "--vector-env",
+            vector_env,
+            "--num-envs",
+            "2",
+            "--num-steps",
+            "32",
+            "--num-minibatches",
+            "2",
+            "--update-epochs",
+            "1",
+            "--total-steps",
+            "192",
+            "--eval-episodes",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=subprocess_env(PYTHONPATH=str(tmp_path)),
     )
     line = assert_one_line_error(result.returncode, result.stderr)
     assert line.startswith("clippo: error:") and "boom" in line
@@ -1020,8 +1115,14 @@ def damage(kind: str, good: Path, path: Path) -> None:
 
 
 DAMAGE_KINDS = [
-    "truncated", "truncated-to-a-few-bytes", "empty", "random-bytes", "bit-flips", "foreign-torch-file",
-    "foreign-tensor", "format-version",
+    "truncated",
+    "truncated-to-a-few-bytes",
+    "empty",
+    "random-bytes",
+    "bit-flips",
+    "foreign-torch-file",
+    "foreign-tensor",
+    "format-version",
 ]
 
 
@@ -1174,7 +1275,9 @@ def test_a_run_directory_in_use_is_refused_by_a_second_process(tmp_path):
     )  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "held"
-        result = subprocess.run([sys.executable, "-m", "clippo", "resume", str(run_dir)], capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-m", "clippo", "resume", str(run_dir)], capture_output=True, text=True, timeout=120
+        )
         assert result.returncode != 0
         message = result.stderr.strip()
         assert f"in use by another clippo process (pid {holder.pid})" in message and "\n" not in message

@@ -125,8 +125,14 @@ def test_entropy_collapse_of_a_gaussian_policy():
 def test_signal_check_spares_constant_reward_runs_at_the_time_limit():
     """A solved CartPole: every episode lasts the 500-step limit and the critic's targets are
     honestly constant, so its loss is ~0 without anything being wrong."""
-    table = pd.DataFrame({"episode_return": [500.0] * 6, "episode_length": [500.0] * 6, "value_loss": [1e-6] * 6,
-                          "recent_return": [500.0] * 6})
+    table = pd.DataFrame(
+        {
+            "episode_return": [500.0] * 6,
+            "episode_length": [500.0] * 6,
+            "value_loss": [1e-6] * 6,
+            "recent_return": [500.0] * 6,
+        }
+    )
     assert check_reward_signal_erased(table, {"gamma": 0.99}, time_limit=500) is None
     short = table.assign(episode_return=[20.0] * 6, episode_length=[20.0] * 6)
     assert check_reward_signal_erased(short, {"gamma": 0.99}, time_limit=500) is not None
@@ -143,7 +149,13 @@ def test_markdown_report_from_the_command(run_dirs, tmp_path):
     assert code == 0, err
     assert "warning: Explained variance is below 0" in stdout
     text = out.read_text()
-    for heading in ("# clippo run report: CartPole-v1", "## Health: 1 warning", "## Curves", "## Diagnostics", "## Config"):
+    for heading in (
+        "# clippo run report: CartPole-v1",
+        "## Health: 1 warning",
+        "## Curves",
+        "## Diagnostics",
+        "## Config",
+    ):
         assert heading in text
     for row in ("final return", "best return", "throughput", "`vf_coef` | `0.0`"):
         assert row in text
@@ -153,8 +165,25 @@ def test_markdown_report_from_the_command(run_dirs, tmp_path):
 
 def test_report_shows_the_periodic_evaluations(tmp_path):
     run_dir = tmp_path / "evaluated"
-    code, _, err = run_cli(["train", "CartPole-v1", "--run-dir", str(run_dir), "--total-steps", "256", "--num-envs", "2",
-                            "--num-steps", "32", "--eval-every", "128", "--eval-episodes", "2", "--no-tensorboard"])
+    code, _, err = run_cli(
+        [
+            "train",
+            "CartPole-v1",
+            "--run-dir",
+            str(run_dir),
+            "--total-steps",
+            "256",
+            "--num-envs",
+            "2",
+            "--num-steps",
+            "32",
+            "--eval-every",
+            "128",
+            "--eval-episodes",
+            "2",
+            "--no-tensorboard",
+        ]
+    )
     assert code == 0, err
     metrics = pd.read_csv(run_dir / "metrics.csv")
     best = metrics["eval/mean_return"].max()
@@ -188,8 +217,10 @@ def test_html_report_is_self_contained(run_dirs, tmp_path):
 
 def test_report_errors_are_one_line(tmp_path, run_dirs):
     (tmp_path / "empty").mkdir()
-    for args, needle in [(["report", str(tmp_path / "empty")], "metrics.csv"),
-                         (["report", str(tmp_path / "missing")], "no such run directory"),
-                         (["report", str(run_dirs["healthy"]), "-o", str(tmp_path / "r.pdf")], ".md or .html")]:
+    for args, needle in [
+        (["report", str(tmp_path / "empty")], "metrics.csv"),
+        (["report", str(tmp_path / "missing")], "no such run directory"),
+        (["report", str(run_dirs["healthy"]), "-o", str(tmp_path / "r.pdf")], ".md or .html"),
+    ]:
         code, _, err = run_cli(args)
         assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err

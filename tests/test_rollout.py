@@ -15,12 +15,11 @@ import torch
 from gymnasium import spaces
 
 from clippo import PPO
-
-from clippo.networks import encoders
 from clippo.envs.make import make_vector_env
 from clippo.fastpath.rollout import FastEnvRunner, FlatRolloutBuffer
-from clippo.rollout.normalization import ObservationNormalizer, RewardScaler
+from clippo.networks import encoders
 from clippo.networks.policy import ActorCritic
+from clippo.rollout.normalization import ObservationNormalizer, RewardScaler
 from clippo.rollout.runner import Batch, EnvRunner, RolloutBuffer
 
 #: (runner, buffer) classes of each rollout path
@@ -42,8 +41,9 @@ def new_runner(envs, obs_normalizer, reward_scaler, seed=0, runner_class=EnvRunn
 
 def action_storage(action_shape, action_dtype, num_outputs) -> SimpleNamespace:
     """What a rollout buffer reads of the action distribution: how actions and actor outputs are stored."""
-    return SimpleNamespace(action_shape=tuple(action_shape), action_dtype=action_dtype, num_outputs=num_outputs,
-                           param_size=num_outputs)
+    return SimpleNamespace(
+        action_shape=tuple(action_shape), action_dtype=action_dtype, num_outputs=num_outputs, param_size=num_outputs
+    )
 
 
 def T(x) -> torch.Tensor:
@@ -318,8 +318,16 @@ def test_discrete_observations_train_on_their_one_hot_encoding(normalize_observa
     On the general path the batch holds the raw states and the encoder one-hot encodes them
     (``encoders.flatten_input``): what the encoders read in each minibatch step is recorded. The
     fast path stores the one-hot rows themselves, and the hand-written gradient reads them."""
-    agent = PPO(CounterEnv, num_envs=2, num_steps=16, num_minibatches=1, update_epochs=1,
-                normalize_observations=normalize_observations, seed=0, fast_path=fast_path)
+    agent = PPO(
+        CounterEnv,
+        num_envs=2,
+        num_steps=16,
+        num_minibatches=1,
+        update_epochs=1,
+        normalize_observations=normalize_observations,
+        seed=0,
+        fast_path=fast_path,
+    )
     seen: list[list[torch.Tensor]] = []  # per minibatch step, what each encoder read
     recording: list[list[torch.Tensor]] = []  # the step under way
     original = agent.learner.loss_and_gradient
@@ -370,7 +378,11 @@ def test_box_actions_are_stored_unclipped_and_sent_clipped(fixed_length_env, pat
     policy = ActorCritic(envs.single_observation_space, box, [16], init_log_std=1.5)  # std ~4.5 >> bounds
     runner_class, buffer_class = path
     runner = new_runner(
-        envs, ObservationNormalizer((2,), 10.0, False), RewardScaler(2, 0.9, 10.0, False), seed=0, runner_class=runner_class
+        envs,
+        ObservationNormalizer((2,), 10.0, False),
+        RewardScaler(2, 0.9, 10.0, False),
+        seed=0,
+        runner_class=runner_class,
     )
     buffer = buffer_class(20, 2, envs.single_observation_space, policy.distribution, "cpu")
     try:

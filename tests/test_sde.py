@@ -3,6 +3,8 @@ noise held over a rollout, the policy's layout, end-to-end training, checkpoints
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -22,8 +24,9 @@ TINY = dict(num_envs=2, num_steps=16, num_minibatches=2, update_epochs=2, hidden
 
 def policy(sample_freq=-1, init_log_std=-0.5) -> ActorCritic:
     torch.manual_seed(0)
-    return ActorCritic(spaces.Box(-5.0, 5.0, (3,), np.float32), BOX, [8, 8], init_log_std=init_log_std,
-                       sde_sample_freq=sample_freq)
+    return ActorCritic(
+        spaces.Box(-5.0, 5.0, (3,), np.float32), BOX, [8, 8], init_log_std=init_log_std, sde_sample_freq=sample_freq
+    )
 
 
 def test_layout_params_are_mean_then_detached_features():
@@ -71,14 +74,16 @@ def test_sampled_actions_have_the_per_state_spread_and_the_mode_is_the_mean():
     assert torch.equal(dist.sample(params, None), params[:, :2])
 
 
-@pytest.mark.parametrize("freq,blocks", [(-1, [(0, 10)]), (4, [(0, 4), (4, 8), (8, 10)]), (1, [(i, i + 1) for i in range(10)])])
+@pytest.mark.parametrize(
+    "freq,blocks", [(-1, [(0, 10)]), (4, [(0, 4), (4, 8), (8, 10)]), (1, [(i, i + 1) for i in range(10)])]
+)
 def test_noise_is_held_for_sample_freq_steps_and_differs_between_envs(freq, blocks):
     dist = policy(sample_freq=freq).distribution
     noise = dist.noise((10, 3), torch.Generator().manual_seed(2))
     assert noise.shape == (10, 3, 8, 2)
     for start, end in blocks:
         assert all(torch.equal(noise[start], noise[t]) for t in range(start, end))
-    for (a, _), (b, _) in zip(blocks, blocks[1:]):
+    for (a, _), (b, _) in itertools.pairwise(blocks):
         assert not torch.equal(noise[a], noise[b])
     assert not torch.equal(noise[0, 0], noise[0, 1])
 
@@ -112,8 +117,9 @@ def test_training_takes_the_torch_path_saves_and_loads(tmp_path):
     loaded.close()
 
 
-@pytest.mark.parametrize("space", [spaces.Discrete(3), spaces.MultiDiscrete([2, 3]),
-                                   spaces.Tuple((spaces.Discrete(2), BOX))])
+@pytest.mark.parametrize(
+    "space", [spaces.Discrete(3), spaces.MultiDiscrete([2, 3]), spaces.Tuple((spaces.Discrete(2), BOX))]
+)
 def test_use_sde_on_a_non_box_action_space_is_one_line(space):
     with pytest.raises(ValueError, match=r"use_sde needs a floating Box action space") as info:
         make_distribution(space, sde_sample_freq=-1)

@@ -31,8 +31,20 @@ def base_config(tmp_path) -> Path:
 
 
 def tune(tmp_path, base_config, trials: int, *extra: str) -> tuple[int, str, str]:
-    return run_cli(["tune", "CartPole-v1", "--trials", str(trials), *TINY, "--config", str(base_config),
-                    "--out", str(tmp_path / "out"), *(extra or ["--no-plots"])])
+    return run_cli(
+        [
+            "tune",
+            "CartPole-v1",
+            "--trials",
+            str(trials),
+            *TINY,
+            "--config",
+            str(base_config),
+            "--out",
+            str(tmp_path / "out"),
+            *(extra or ["--no-plots"]),
+        ]
+    )
 
 
 def finished(tmp_path) -> dict[int, float | None]:
@@ -42,7 +54,7 @@ def finished(tmp_path) -> dict[int, float | None]:
 
 
 def test_a_study_writes_a_config_that_train_accepts_and_a_summary(tmp_path, base_config):
-    code, out, err = tune(tmp_path, base_config, 3, "--plots")
+    code, _out, err = tune(tmp_path, base_config, 3, "--plots")
     assert code == 0, err
     assert len(finished(tmp_path)) == 3
     best = tmp_path / "out" / "best_config.yaml"
@@ -62,8 +74,20 @@ def test_a_study_writes_a_config_that_train_accepts_and_a_summary(tmp_path, base
     trial_dir = tmp_path / "out" / "trials" / "trial-0000"
     assert (trial_dir / "metrics.csv").is_file() and (trial_dir / "config.yaml").is_file()
 
-    code, _, err = run_cli(["train", "CartPole-v1", "--config", str(best), "--run-dir", str(tmp_path / "run"),
-                            "--eval-episodes", "1", "--total-steps", "64"])
+    code, _, err = run_cli(
+        [
+            "train",
+            "CartPole-v1",
+            "--config",
+            str(best),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--eval-episodes",
+            "1",
+            "--total-steps",
+            "64",
+        ]
+    )
     assert code == 0, err
 
 
@@ -83,7 +107,7 @@ def test_the_same_storage_keeps_finished_trials_and_adds_new_ones(tmp_path, base
 
 
 def test_parallel_jobs_share_one_storage(tmp_path, base_config, capfd):
-    code, out, err = tune(tmp_path, base_config, 3, "--jobs", "2", "--no-plots")
+    code, _out, err = tune(tmp_path, base_config, 3, "--jobs", "2", "--no-plots")
     assert code == 0, err
     assert len(finished(tmp_path)) in (3, 4)  # two workers may both start the last trial
     workers = capfd.readouterr().out  # the worker processes print to the real stdout
@@ -94,8 +118,24 @@ def test_parallel_jobs_share_one_storage(tmp_path, base_config, capfd):
 def test_continuing_with_other_settings_is_refused(tmp_path, base_config):
     code, _, err = tune(tmp_path, base_config, 1)
     assert code == 0, err
-    code, out, err = run_cli(["tune", "CartPole-v1", "--trials", "2", "--steps-per-trial", "512", "--eval-every", "64",
-                              "--eval-episodes", "2", "--config", str(base_config), "--out", str(tmp_path / "out")])
+    code, _out, err = run_cli(
+        [
+            "tune",
+            "CartPole-v1",
+            "--trials",
+            "2",
+            "--steps-per-trial",
+            "512",
+            "--eval-every",
+            "64",
+            "--eval-episodes",
+            "2",
+            "--config",
+            str(base_config),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert_one_line_error(code, err, "steps_per_trial=256", "--study-name")
 
 
@@ -108,21 +148,24 @@ def assert_one_line_error(code, err: str, *fragments: str) -> None:
         assert fragment in lines[0], lines[0]
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["CartPole-v1"], "--trials"),
-    (["CartPole-v1", "--trials", "0"], "--trials=0"),
-    (["CartPole-v1", "--trials", "two"], "--trials"),
-    (["CartPole-v1", "--trials", "2", "--jobs", "0"], "--jobs=0"),
-    (["CartPole-v1", "--trials", "2", "--steps-per-trial", "0"], "--steps-per-trial=0"),
-    (["CartPole-v1", "--trials", "2", "--steps-per-trial", "100", "--eval-every", "200"], "--eval-every=200"),
-    (["CartPole-v1", "--trials", "2", "--eval-episodes", "0"], "--eval-episodes=0"),
-    (["CartPole-v1", "--trials", "2", "--steps-per-trial", "1000", "--eval-every", "100"], "num_envs=64"),
-    (["NoSuchEnv-v0", "--trials", "2"], "NoSuchEnv-v0"),
-    (["CartPole-v1", "--trials", "2", "--storage", "nosuchdb://x"], "nosuchdb://x"),
-    (["CartPole-v1", "--trials", "2", "--config", "missing.yaml"], "missing.yaml"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["CartPole-v1"], "--trials"),
+        (["CartPole-v1", "--trials", "0"], "--trials=0"),
+        (["CartPole-v1", "--trials", "two"], "--trials"),
+        (["CartPole-v1", "--trials", "2", "--jobs", "0"], "--jobs=0"),
+        (["CartPole-v1", "--trials", "2", "--steps-per-trial", "0"], "--steps-per-trial=0"),
+        (["CartPole-v1", "--trials", "2", "--steps-per-trial", "100", "--eval-every", "200"], "--eval-every=200"),
+        (["CartPole-v1", "--trials", "2", "--eval-episodes", "0"], "--eval-episodes=0"),
+        (["CartPole-v1", "--trials", "2", "--steps-per-trial", "1000", "--eval-every", "100"], "num_envs=64"),
+        (["NoSuchEnv-v0", "--trials", "2"], "NoSuchEnv-v0"),
+        (["CartPole-v1", "--trials", "2", "--storage", "nosuchdb://x"], "nosuchdb://x"),
+        (["CartPole-v1", "--trials", "2", "--config", "missing.yaml"], "missing.yaml"),
+    ],
+)
 def test_bad_arguments_give_one_line_errors(args, fragment):
-    code, out, err = run_cli(["tune", *args])
+    code, _out, err = run_cli(["tune", *args])
     assert_one_line_error(code, err, fragment)
 
 

@@ -8,12 +8,8 @@ The training loop itself is ``clippo.training.loop``; the agent holds what it tr
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
-import math
 import random
-import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,36 +18,34 @@ import torch
 from gymnasium import spaces
 
 from clippo import fastpath
-from clippo.core.version import __version__
-
-from clippo.rollout import masking
-
+from clippo.config.ppo_config import PPOConfig, config_from_dict, resolve_config
 from clippo.core import observations
+from clippo.core.errors import CheckpointError, NonFiniteError, first_line
+from clippo.core.losses import LossTerms
+from clippo.core.version import __version__
+from clippo.envs.make import EnvSource, make_run_envs
+from clippo.networks.encoders import encoder_name, is_image
+from clippo.networks.policy import ActorCritic, upgrade_v1_names
+from clippo.rollout import masking
+from clippo.rollout.evaluation import run_episodes
+from clippo.rollout.normalization import ObservationNormalizer, RewardScaler
+from clippo.rollout.runner import Batch, EnvRunner, RolloutBuffer
 from clippo.training.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
+    describe_space,
     latest_checkpoint,
     periodic_checkpoint_path,
     prune_checkpoints,
     read_checkpoint,
-    describe_space,
     space_from_dict,
     space_to_dict,
     write_atomic,
 )
-from clippo.config.ppo_config import PPOConfig, config_from_dict, resolve_config
 from clippo.training.distributed import broadcast_, init_world
-from clippo.networks.encoders import encoder_name, is_image
-from clippo.envs.make import EnvSource, make_run_envs
-from clippo.core.errors import CheckpointError, NonFiniteError, first_line
-from clippo.rollout.evaluation import run_episodes
 from clippo.training.logger import METRICS_FILE
-from clippo.core.losses import LossTerms
-from clippo.rollout.normalization import ObservationNormalizer, RewardScaler
-from clippo.training.optim import FlatAdam
-from clippo.networks.policy import ActorCritic, upgrade_v1_names
-from clippo.rollout.runner import Batch, EnvRunner, RolloutBuffer, SequenceBatch
 from clippo.training.loop import StopRequest, train
+from clippo.training.optim import FlatAdam
 from clippo.training.update import MINIBATCH_STATS, Learner, LossFunction, UpdatePlan
 
 
@@ -80,7 +74,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-
 def restore_generator(generator: torch.Generator, state: torch.Tensor) -> None:
     """Put a saved generator state back; across CPU and GPU (different generators, different state
     formats) seed the new one from the saved state instead: the run goes on with its own
@@ -96,7 +89,7 @@ def _upgrade_v1(payload: dict[str, Any]) -> dict[str, Any]:
     """A version-1 checkpoint (MLP-only clippo) with today's parameter names."""
     payload = dict(payload)
     model = payload["model"]
-    payload["model"] = dict(zip(upgrade_v1_names(list(model)), model.values()))
+    payload["model"] = dict(zip(upgrade_v1_names(list(model)), model.values(), strict=False))
     if "names" in payload.get("optimizer", {}):
         payload["optimizer"] = {**payload["optimizer"], "names": upgrade_v1_names(payload["optimizer"]["names"])}
     return payload
@@ -136,7 +129,9 @@ class PPO:
         elif callable(env):
             env_id = hyperparameters.pop("env_id", getattr(env, "__name__", "custom-env"))
         else:
-            raise TypeError(f"env must be a Gymnasium env id (str) or a callable returning a gymnasium.Env, got {env!r}")
+            raise TypeError(
+                f"env must be a Gymnasium env id (str) or a callable returning a gymnasium.Env, got {env!r}"
+            )
         encoder = hyperparameters.get("encoder")
         if encoder is not None and not isinstance(encoder, str):  # a user's class, factory or module
             hyperparameters["encoder"] = encoder_name(encoder) or f"{type(encoder).__module__}:<unnamed>"
@@ -318,7 +313,11 @@ class PPO:
     @property
     def resume_hint(self) -> str:
         """How to continue this run, for error messages."""
-        return f"resume with: clippo resume {self.run_dir}" if self.run_dir is not None else "nothing was saved (no run_dir)"
+        return (
+            f"resume with: clippo resume {self.run_dir}"
+            if self.run_dir is not None
+            else "nothing was saved (no run_dir)"
+        )
 
     def update_policy(self, batch: Batch, plan: UpdatePlan | None = None) -> dict[str, float]:
         """The PPO update on one rollout's batch (``clippo.training.update.Learner.update_policy``)."""
@@ -462,11 +461,17 @@ class PPO:
             array = np.asarray(state.cpu() if isinstance(state, torch.Tensor) else state, dtype=np.float32)
             if array.shape != ((size,) if single else (count, size)):
                 expected = f"[{size}]" if single else f"[{count}, {size}]"
-                raise ValueError(f"state of shape {list(array.shape)} is invalid: this agent's state for this input is {expected}")
+                raise ValueError(
+                    f"state of shape {list(array.shape)} is invalid: this agent's state for this input is {expected}"
+                )
             state = torch.from_numpy(array.reshape(count, size)).to(self.device)
-        starts = np.zeros(count, dtype=bool) if episode_start is None else np.asarray(episode_start, dtype=bool).reshape(-1)
+        starts = (
+            np.zeros(count, dtype=bool) if episode_start is None else np.asarray(episode_start, dtype=bool).reshape(-1)
+        )
         if starts.shape != (count,):
-            raise ValueError(f"episode_start of shape {list(np.shape(episode_start))} is invalid: give one bool per observation ({count})")
+            raise ValueError(
+                f"episode_start of shape {list(np.shape(episode_start))} is invalid: give one bool per observation ({count})"
+            )
         params, _, state = self.model.step(obs, state, torch.from_numpy(starts).to(self.device), masks)
         actions, _ = self.model.distribution.sample_with_log_prob(params, noise)
         actions, state = actions.cpu().numpy(), state.cpu().numpy()
@@ -621,7 +626,9 @@ class PPO:
             agent._pending_runner_state = payload.get("runner")
         except Exception as exc:  # a damaged payload can fail anywhere in reconstruction
             hint = "; pass encoder= to PPO.load" if "encoder=" in str(exc) else ""
-            raise CheckpointError(f"checkpoint {str(path)!r} does not fit this clippo: {first_line(exc)[:200]}{hint}") from None
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} does not fit this clippo: {first_line(exc)[:200]}{hint}"
+            ) from None
         agent.env_source = env if env is not None else config.env_id
         return agent
 

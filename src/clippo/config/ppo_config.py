@@ -31,59 +31,130 @@ def knob(help: str, default: Any = dataclasses.MISSING, *, default_factory: Any 
 class PPOConfig:
     """Every knob of a clippo run. Field names are the CLI flag names with '_' for '-'."""
 
-    env_id: str = knob('Gymnasium environment id (only informative when the env is given as a callable).', "CartPole-v1")
-    total_steps: int = knob('Environment steps to train for, summed over all environments (and all ranks).', 500_000)
-    seed: int = knob('Seed of the network init, the action sampling, the minibatch shuffling and the envs.', 0)
-    num_envs: int = knob('Environments stepped together.', 8)
-    num_steps: int = knob('Steps per environment per rollout; the batch is num_envs * num_steps.', 128)
-    vector_env: str = knob("sync, async, native, ale, envpool or auto: Gymnasium's synchronous or multi-process vector env, the env's own vectorized implementation (CartPole has one), ale-py's C++ vector env or EnvPool (Atari ids only), or auto: native when it exists else sync, ale for Atari ids.", "auto")
-    num_minibatches: int = knob('Minibatches per epoch; 1 means full-batch updates.', 4)
-    update_epochs: int = knob('Passes over the batch per update (fewer if the KL early stop triggers).', 4)
-    learning_rate: float = knob('Adam step size (start value when annealed).', 3e-4)
-    anneal_lr: bool = knob('Decay the learning rate linearly to 0 over the run.', True)
-    gamma: float = knob('Discount factor.', 0.99)
-    gae_lambda: float = knob('GAE lambda; 1.0 gives rewards-to-go minus critic values.', 0.95)
-    clip_epsilon: float = knob('Clip range of the probability ratio in the surrogate objective.', 0.2)
-    anneal_clip: bool = knob('Decay the clip range linearly to 0 over the run, as anneal_lr does the learning rate (the PPO paper anneals both on Atari).', False)
-    clip_value_loss: bool = knob('Clip the value prediction around the old value by clip_epsilon (PPO2 style).', False)
-    ent_coef: float = knob('Weight of the entropy bonus.', 0.0)
-    vf_coef: float = knob('Weight of the value loss.', 0.5)
-    max_grad_norm: float | None = knob('Global gradient-norm clip; None disables it.', 0.5)
-    target_kl: float | None = knob("Stop the update's epochs when the approximate KL exceeds this; None disables it.", None)
-    normalize_advantages: bool = knob('Normalize advantages to zero mean, unit std within each minibatch.', True)
-    network: str = knob('separate or shared: two MLPs, or one trunk with an actor head and a critic head.', "separate")
-    hidden_sizes: list[int] = knob('Hidden layer widths of the MLP(s).', default_factory=lambda: [64, 64])
-    head_sizes: list[int] = knob("Hidden layer widths of each head (actor and critic), between the encoder's features (or recurrent core) and the output layers: SB3's net_arch pi/vf after a CNN features extractor. With gSDE the actor head's last hidden layer is the exploration's features. Empty: the output layers read the features directly.", default_factory=list)
-    activation: str = knob("tanh, relu or gelu: the activation of the MLP encoder's and the heads' hidden layers (the CNNs keep ReLU). The fast path computes tanh and relu; gelu takes the general torch path.", "tanh")
-    encoder: str = knob("Observation encoder: auto (from the observation space: MLP for vectors, Nature CNN for images, a small CNN for small grids, one encoder per field for Dict/Tuple), mlp, cnn, or an importable module:Class built as Class(observation_space, **encoder_kwargs).", "auto")
-    encoder_kwargs: dict = knob("Keyword arguments of a module:Class encoder (a mapping; in a config file).", default_factory=dict)
-    recurrent: str = knob("none, lstm or gru: a recurrent core after each encoder, for partially observed tasks (the policy carries a state, reset at episode starts; minibatches are whole env sequences).", "none")
-    recurrent_hidden_size: int = knob('Units of the recurrent core (LSTM or GRU).', 128)
-    bptt_length: int = knob('Recurrent policies: the update replays sequences of this many steps from their stored states (truncated backpropagation through time); 0: whole rollouts (num_steps). Must divide num_steps.', 0)
-    fast_path: str = knob("auto or off: the numpy rollout and hand-written gradient where they apply (flat observations, MLP, CPU), or always the general torch path.", "auto")
-    reward_sign: bool = knob("Train on the sign of each reward (Atari's reward clipping); episode returns are still logged in raw rewards.", False)
-    episodic_life: bool = knob("Treat a lost life (from the env's info['lives']) as the end of an episode for learning; the game goes on and its whole score is logged (Atari).", False)
-    frame_skip: int = knob("Repeat each action this many env steps, summing their rewards and keeping the last observation (stops early at an episode's end); the first of the image preprocessing steps for envs other than Atari and MinAtar (which have their own), as RL-Zoo's FrameSkip.", 1)
-    resize: list[int] = knob('HEIGHT WIDTH: resize uint8 image observations to this size (after frame_skip); empty: keep their size.', default_factory=list)
-    grayscale: bool = knob('Convert uint8 RGB image observations (H, W, 3) to one grayscale plane (H, W) (after resize).', False)
-    frame_stack: int = knob("Stack the last this many observations along a new first axis (zeros before an episode's first): (H, W) grayscale frames become (frame_stack, H, W) images for the CNN.", 1)
-    init_log_std: float = knob('Initial log standard deviation of the Gaussian policy (continuous actions).', 0.0)
-    orthogonal_init: bool = knob("Orthogonal weights (gain sqrt 2 in the encoders, 0.01 on the policy head, 1 on the value head) and zero biases; false: PyTorch's default init for the heads and built-in encoders (RL-Zoo's ortho_init=False).", True)
-    use_sde: bool = knob("Box actions: generalized state-dependent exploration (gSDE): noise that is a linear function of the actor's features, held for sde_sample_freq steps, instead of independent noise at every step; init_log_std then initializes its [features, actions] log-std matrix. General torch path only.", False)
-    sde_sample_freq: int = knob('With use_sde: draw new exploration noise every this many steps of a rollout; -1: once per rollout.', -1)
-    normalize_observations: bool = knob('Running mean/std observation normalization (clipped to +-obs_clip).', False)
-    normalize_rewards: bool = knob('Scale rewards by the running std of the discounted return (no mean shift).', False)
-    obs_clip: float = knob('Clip of normalized observations.', 10.0)
-    reward_clip: float = knob('Clip of scaled rewards.', 10.0)
-    device: str = knob('cpu, cuda or auto (cuda when available).', "cpu")
-    torch_threads: int = knob('torch intra-op threads; small MLPs run fastest on one.', 1)
-    tensorboard: bool = knob("Write TensorBoard event files in the run directory (metrics.csv is always written).", True)
-    checkpoint_every: int = knob('Write a checkpoint every this many updates (0: only at the end and on interruption).', 50)
-    keep_checkpoints: int = knob('How many periodic checkpoints to keep.', 3)
-    nonfinite: str = knob("stop or skip: on a NaN/inf observation, reward, loss or gradient, stop the run (after checkpointing the last good update) or skip the poisoned update.", "stop")
-    eval_episodes: int = knob('Episodes of each deterministic evaluation: the periodic ones (eval_every) and the one at the end of `clippo train` (0: none at the end).', 10)
-    eval_every: int = knob('Evaluate the deterministic policy on separate envs every this many environment steps (counted like total_steps; at the first update at or after each multiple, and after the last update), logging eval/mean_return and keeping the best policy in best.pt (0: off).', 0)
-    stop_at_return: float | None = knob("End training once a periodic evaluation's mean return reaches this (needs eval_every); none: train for total_steps.", None)
+    env_id: str = knob(
+        "Gymnasium environment id (only informative when the env is given as a callable).", "CartPole-v1"
+    )
+    total_steps: int = knob("Environment steps to train for, summed over all environments (and all ranks).", 500_000)
+    seed: int = knob("Seed of the network init, the action sampling, the minibatch shuffling and the envs.", 0)
+    num_envs: int = knob("Environments stepped together.", 8)
+    num_steps: int = knob("Steps per environment per rollout; the batch is num_envs * num_steps.", 128)
+    vector_env: str = knob(
+        "sync, async, native, ale, envpool or auto: Gymnasium's synchronous or multi-process vector env, the env's own vectorized implementation (CartPole has one), ale-py's C++ vector env or EnvPool (Atari ids only), or auto: native when it exists else sync, ale for Atari ids.",
+        "auto",
+    )
+    num_minibatches: int = knob("Minibatches per epoch; 1 means full-batch updates.", 4)
+    update_epochs: int = knob("Passes over the batch per update (fewer if the KL early stop triggers).", 4)
+    learning_rate: float = knob("Adam step size (start value when annealed).", 3e-4)
+    anneal_lr: bool = knob("Decay the learning rate linearly to 0 over the run.", True)
+    gamma: float = knob("Discount factor.", 0.99)
+    gae_lambda: float = knob("GAE lambda; 1.0 gives rewards-to-go minus critic values.", 0.95)
+    clip_epsilon: float = knob("Clip range of the probability ratio in the surrogate objective.", 0.2)
+    anneal_clip: bool = knob(
+        "Decay the clip range linearly to 0 over the run, as anneal_lr does the learning rate (the PPO paper anneals both on Atari).",
+        False,
+    )
+    clip_value_loss: bool = knob("Clip the value prediction around the old value by clip_epsilon (PPO2 style).", False)
+    ent_coef: float = knob("Weight of the entropy bonus.", 0.0)
+    vf_coef: float = knob("Weight of the value loss.", 0.5)
+    max_grad_norm: float | None = knob("Global gradient-norm clip; None disables it.", 0.5)
+    target_kl: float | None = knob(
+        "Stop the update's epochs when the approximate KL exceeds this; None disables it.", None
+    )
+    normalize_advantages: bool = knob("Normalize advantages to zero mean, unit std within each minibatch.", True)
+    network: str = knob("separate or shared: two MLPs, or one trunk with an actor head and a critic head.", "separate")
+    hidden_sizes: list[int] = knob("Hidden layer widths of the MLP(s).", default_factory=lambda: [64, 64])
+    head_sizes: list[int] = knob(
+        "Hidden layer widths of each head (actor and critic), between the encoder's features (or recurrent core) and the output layers: SB3's net_arch pi/vf after a CNN features extractor. With gSDE the actor head's last hidden layer is the exploration's features. Empty: the output layers read the features directly.",
+        default_factory=list,
+    )
+    activation: str = knob(
+        "tanh, relu or gelu: the activation of the MLP encoder's and the heads' hidden layers (the CNNs keep ReLU). The fast path computes tanh and relu; gelu takes the general torch path.",
+        "tanh",
+    )
+    encoder: str = knob(
+        "Observation encoder: auto (from the observation space: MLP for vectors, Nature CNN for images, a small CNN for small grids, one encoder per field for Dict/Tuple), mlp, cnn, or an importable module:Class built as Class(observation_space, **encoder_kwargs).",
+        "auto",
+    )
+    encoder_kwargs: dict = knob(
+        "Keyword arguments of a module:Class encoder (a mapping; in a config file).", default_factory=dict
+    )
+    recurrent: str = knob(
+        "none, lstm or gru: a recurrent core after each encoder, for partially observed tasks (the policy carries a state, reset at episode starts; minibatches are whole env sequences).",
+        "none",
+    )
+    recurrent_hidden_size: int = knob("Units of the recurrent core (LSTM or GRU).", 128)
+    bptt_length: int = knob(
+        "Recurrent policies: the update replays sequences of this many steps from their stored states (truncated backpropagation through time); 0: whole rollouts (num_steps). Must divide num_steps.",
+        0,
+    )
+    fast_path: str = knob(
+        "auto or off: the numpy rollout and hand-written gradient where they apply (flat observations, MLP, CPU), or always the general torch path.",
+        "auto",
+    )
+    reward_sign: bool = knob(
+        "Train on the sign of each reward (Atari's reward clipping); episode returns are still logged in raw rewards.",
+        False,
+    )
+    episodic_life: bool = knob(
+        "Treat a lost life (from the env's info['lives']) as the end of an episode for learning; the game goes on and its whole score is logged (Atari).",
+        False,
+    )
+    frame_skip: int = knob(
+        "Repeat each action this many env steps, summing their rewards and keeping the last observation (stops early at an episode's end); the first of the image preprocessing steps for envs other than Atari and MinAtar (which have their own), as RL-Zoo's FrameSkip.",
+        1,
+    )
+    resize: list[int] = knob(
+        "HEIGHT WIDTH: resize uint8 image observations to this size (after frame_skip); empty: keep their size.",
+        default_factory=list,
+    )
+    grayscale: bool = knob(
+        "Convert uint8 RGB image observations (H, W, 3) to one grayscale plane (H, W) (after resize).", False
+    )
+    frame_stack: int = knob(
+        "Stack the last this many observations along a new first axis (zeros before an episode's first): (H, W) grayscale frames become (frame_stack, H, W) images for the CNN.",
+        1,
+    )
+    init_log_std: float = knob("Initial log standard deviation of the Gaussian policy (continuous actions).", 0.0)
+    orthogonal_init: bool = knob(
+        "Orthogonal weights (gain sqrt 2 in the encoders, 0.01 on the policy head, 1 on the value head) and zero biases; false: PyTorch's default init for the heads and built-in encoders (RL-Zoo's ortho_init=False).",
+        True,
+    )
+    use_sde: bool = knob(
+        "Box actions: generalized state-dependent exploration (gSDE): noise that is a linear function of the actor's features, held for sde_sample_freq steps, instead of independent noise at every step; init_log_std then initializes its [features, actions] log-std matrix. General torch path only.",
+        False,
+    )
+    sde_sample_freq: int = knob(
+        "With use_sde: draw new exploration noise every this many steps of a rollout; -1: once per rollout.", -1
+    )
+    normalize_observations: bool = knob("Running mean/std observation normalization (clipped to +-obs_clip).", False)
+    normalize_rewards: bool = knob("Scale rewards by the running std of the discounted return (no mean shift).", False)
+    obs_clip: float = knob("Clip of normalized observations.", 10.0)
+    reward_clip: float = knob("Clip of scaled rewards.", 10.0)
+    device: str = knob("cpu, cuda or auto (cuda when available).", "cpu")
+    torch_threads: int = knob("torch intra-op threads; small MLPs run fastest on one.", 1)
+    tensorboard: bool = knob(
+        "Write TensorBoard event files in the run directory (metrics.csv is always written).", True
+    )
+    checkpoint_every: int = knob(
+        "Write a checkpoint every this many updates (0: only at the end and on interruption).", 50
+    )
+    keep_checkpoints: int = knob("How many periodic checkpoints to keep.", 3)
+    nonfinite: str = knob(
+        "stop or skip: on a NaN/inf observation, reward, loss or gradient, stop the run (after checkpointing the last good update) or skip the poisoned update.",
+        "stop",
+    )
+    eval_episodes: int = knob(
+        "Episodes of each deterministic evaluation: the periodic ones (eval_every) and the one at the end of `clippo train` (0: none at the end).",
+        10,
+    )
+    eval_every: int = knob(
+        "Evaluate the deterministic policy on separate envs every this many environment steps (counted like total_steps; at the first update at or after each multiple, and after the last update), logging eval/mean_return and keeping the best policy in best.pt (0: off).",
+        0,
+    )
+    stop_at_return: float | None = knob(
+        "End training once a periodic evaluation's mean return reaches this (needs eval_every); none: train for total_steps.",
+        None,
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -91,7 +162,15 @@ class PPOConfig:
     def validate(self) -> PPOConfig:
         """Raise ConfigError naming the first bad value and what is allowed; return self."""
         _check_types(self)
-        positive_ints = ["total_steps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "frame_skip", "frame_stack"]
+        positive_ints = [
+            "total_steps",
+            "num_envs",
+            "num_steps",
+            "num_minibatches",
+            "update_epochs",
+            "frame_skip",
+            "frame_stack",
+        ]
         for name in positive_ints:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} is invalid: it must be an integer >= 1")
@@ -114,18 +193,26 @@ class PPOConfig:
         if not math.isfinite(self.init_log_std):
             raise ConfigError(f"init_log_std={self.init_log_std} is invalid: it must be a finite number")
         if self.sde_sample_freq == 0 or self.sde_sample_freq < -1:
-            raise ConfigError(f"sde_sample_freq={self.sde_sample_freq} is invalid: use -1 (once per rollout) or a number of steps >= 1")
+            raise ConfigError(
+                f"sde_sample_freq={self.sde_sample_freq} is invalid: use -1 (once per rollout) or a number of steps >= 1"
+            )
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: choose one of {', '.join(allowed)}")
         if self.encoder not in ("auto", "mlp", "cnn") and ":" not in self.encoder:
-            raise ConfigError(f"encoder={self.encoder!r} is invalid: choose auto, mlp, cnn, or an importable 'module:Class'")
+            raise ConfigError(
+                f"encoder={self.encoder!r} is invalid: choose auto, mlp, cnn, or an importable 'module:Class'"
+            )
         if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
             raise ConfigError(f"hidden_sizes={self.hidden_sizes} is invalid: give one or more widths >= 1")
         if any(h < 1 for h in self.head_sizes):
-            raise ConfigError(f"head_sizes={self.head_sizes} is invalid: give widths >= 1, or none for heads without hidden layers")
+            raise ConfigError(
+                f"head_sizes={self.head_sizes} is invalid: give widths >= 1, or none for heads without hidden layers"
+            )
         if self.resize and (len(self.resize) != 2 or min(self.resize) < 1):
-            raise ConfigError(f"resize={self.resize} is invalid: give two sizes >= 1, HEIGHT WIDTH, or none to keep the size")
+            raise ConfigError(
+                f"resize={self.resize} is invalid: give two sizes >= 1, HEIGHT WIDTH, or none to keep the size"
+            )
 
         preprocessing = Preprocessing.from_config(self)
         if preprocessing.active and family_preset(self.env_id):
@@ -139,7 +226,9 @@ class PPOConfig:
                 f"num_envs * num_steps = {batch}"
             )
         if self.recurrent_hidden_size < 1:
-            raise ConfigError(f"recurrent_hidden_size={self.recurrent_hidden_size} is invalid: it must be an integer >= 1")
+            raise ConfigError(
+                f"recurrent_hidden_size={self.recurrent_hidden_size} is invalid: it must be an integer >= 1"
+            )
         if self.bptt_length < 0 or (self.bptt_length and self.num_steps % self.bptt_length):
             raise ConfigError(
                 f"bptt_length={self.bptt_length} is invalid: it must divide num_steps={self.num_steps} (0: whole rollouts)"
@@ -164,7 +253,9 @@ class PPOConfig:
             )
         if self.stop_at_return is not None:
             if not math.isfinite(self.stop_at_return):
-                raise ConfigError(f"stop_at_return={self.stop_at_return} is invalid: it must be a finite number, or none to disable it")
+                raise ConfigError(
+                    f"stop_at_return={self.stop_at_return} is invalid: it must be a finite number, or none to disable it"
+                )
             if not self.eval_every:
                 raise ConfigError(
                     f"stop_at_return={self.stop_at_return} is invalid without periodic evaluations: "
@@ -601,9 +692,7 @@ def _check_types(config: PPOConfig) -> None:
         elif kind == "dict":
             ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
         elif kind == "list[int]":
-            ok = isinstance(value, (list, tuple)) and all(
-                isinstance(v, int) and not isinstance(v, bool) for v in value
-            )
+            ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
             if ok:
                 setattr(config, f.name, list(value))
         else:  # pragma: no cover - a new field type without a check is a programming error

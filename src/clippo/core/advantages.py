@@ -37,7 +37,7 @@ def discounted_sums(terms: torch.Tensor, discounts: torch.Tensor) -> torch.Tenso
     d = discounts.detach().cpu().numpy().astype(x.dtype, copy=False)
     out = np.empty_like(x)
     out[-1] = later = x[-1]
-    for out_t, x_t, d_t in zip(out[-2::-1], x[-2::-1], d[-2::-1]):
+    for out_t, x_t, d_t in zip(out[-2::-1], x[-2::-1], d[-2::-1], strict=False):
         np.multiply(d_t, later, out=out_t)
         np.add(out_t, x_t, out=out_t)
         later = out_t

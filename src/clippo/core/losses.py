@@ -123,7 +123,9 @@ class AutogradLoss:
     """The combined PPO loss of a minibatch, its gradient left in the parameters' ``.grad`` by
     autograd: the general path, for every encoder, action space and device."""
 
-    def __init__(self, model, clip_epsilon: float, vf_coef: float, ent_coef: float, zero_grad: Callable[[], None]) -> None:
+    def __init__(
+        self, model, clip_epsilon: float, vf_coef: float, ent_coef: float, zero_grad: Callable[[], None]
+    ) -> None:
         self.model = model
         self.clip_epsilon = clip_epsilon
         self.vf_coef = vf_coef
@@ -157,7 +159,14 @@ class AutogradLoss:
                 numbers += numpy_diagnostics(logratio.detach().numpy(), ratio.detach().numpy(), self.clip_epsilon)
             else:  # one transfer from the device for all six numbers
                 numbers = torch.stack(
-                    [loss, pg_loss, v_loss, entropy_mean, approx_kl(logratio, ratio), clip_fraction(ratio, self.clip_epsilon)]
+                    [
+                        loss,
+                        pg_loss,
+                        v_loss,
+                        entropy_mean,
+                        approx_kl(logratio, ratio),
+                        clip_fraction(ratio, self.clip_epsilon),
+                    ]
                 ).tolist()
         return LossTerms(*numbers, logratio.detach())
 

@@ -95,7 +95,13 @@ def make_preprocessed_atari_env(env_id: str, **env_kwargs) -> gym.Env:
     import_ale(env_id)  # also in worker processes, which may not have imported ale-py yet
     env = gym.make(env_id, frameskip=1, **env_kwargs)
     env = gym.wrappers.AtariPreprocessing(
-        env, noop_max=NOOP_MAX, frame_skip=FRAME_SKIP, screen_size=SCREEN_SIZE, grayscale_obs=True, terminal_on_life_loss=False, scale_obs=False
+        env,
+        noop_max=NOOP_MAX,
+        frame_skip=FRAME_SKIP,
+        screen_size=SCREEN_SIZE,
+        grayscale_obs=True,
+        terminal_on_life_loss=False,
+        scale_obs=False,
     )
     env = FireOnReset(env)
     env = gym.wrappers.FrameStackObservation(env, STACK)
@@ -153,7 +159,9 @@ class _EnvPoolVectorEnv(VectorEnv):
         import envpool
 
         self._seed, self._unused = int(seed), True
-        return envpool.make_gymnasium(self._task_id, num_envs=self.num_envs, batch_size=self.num_envs, seed=self._seed, **self._pool_kwargs)
+        return envpool.make_gymnasium(
+            self._task_id, num_envs=self.num_envs, batch_size=self.num_envs, seed=self._seed, **self._pool_kwargs
+        )
 
     def reset(self, *, seed=None, options=None):
         if seed is not None and not (self._unused and int(seed) == self._seed):
@@ -182,7 +190,9 @@ def _ale_settings(env_id: str, env_kwargs: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def make_atari_vector_env(env_id: str, num_envs: int, vector_env: str = "auto", *, num_threads: int | None = None, **env_kwargs) -> VectorEnv:
+def make_atari_vector_env(
+    env_id: str, num_envs: int, vector_env: str = "auto", *, num_threads: int | None = None, **env_kwargs
+) -> VectorEnv:
     """``num_envs`` copies of an Atari game with the standard preprocessing, stepped together.
 
     Every mode gives the same contract: Gymnasium's NEXT_STEP autoreset (the step after an
@@ -247,7 +257,9 @@ def make_atari_vector_env(env_id: str, num_envs: int, vector_env: str = "auto", 
         try:
             import cv2  # noqa: F401  (AtariPreprocessing resizes with OpenCV)
         except ImportError:
-            raise ValueError(f"vector_env={mode!r} for {env_id!r} needs OpenCV, part of the atari extra: pip install 'clippo[atari]'") from None
+            raise ValueError(
+                f"vector_env={mode!r} for {env_id!r} needs OpenCV, part of the atari extra: pip install 'clippo[atari]'"
+            ) from None
         settings.pop("game")
         make_env = functools.partial(make_preprocessed_atari_env, env_id, **settings)
         vector_cls = gym.vector.AsyncVectorEnv if mode == "async" else gym.vector.SyncVectorEnv
@@ -259,7 +271,9 @@ def _make_envpool(env_id: str, num_envs: int, num_threads: int | None, settings:
     try:
         import envpool
     except ImportError:
-        raise ValueError("vector_env='envpool' needs EnvPool, which clippo does not install: pip install envpool") from None
+        raise ValueError(
+            "vector_env='envpool' needs EnvPool, which clippo does not install: pip install envpool"
+        ) from None
     name = env_id.removeprefix("ALE/").removesuffix("-v5").removesuffix("NoFrameskip-v4")
     task_id = f"{name}-v5"  # EnvPool's ids for every Atari game; its settings decide the rest
     if task_id not in envpool.list_all_envs():

@@ -18,7 +18,9 @@ import gymnasium as gym
 #: RAM observations or a frame skip of their own, so the pixel pipeline does not fit them.
 _ATARI_ID = re.compile(r"^(ALE/[A-Za-z0-9]+-v5|[A-Za-z0-9]+NoFrameskip-v4)$")
 #: Any id ale-py registers (needed to look such an id up at all).
-_ALE_ID = re.compile(r"^(ALE/.+|[A-Za-z0-9]+(NoFrameskip|Deterministic)?-v[04]|[A-Za-z0-9]+-ram(NoFrameskip|Deterministic)?-v[04])$")
+_ALE_ID = re.compile(
+    r"^(ALE/.+|[A-Za-z0-9]+(NoFrameskip|Deterministic)?-v[04]|[A-Za-z0-9]+-ram(NoFrameskip|Deterministic)?-v[04])$"
+)
 _MINATAR_ID = re.compile(r"^MinAtar/")
 
 Family = Literal["atari", "minatar"]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable, Union
+from collections.abc import Callable
+from typing import Union
 
 import gymnasium as gym
 import numpy as np
@@ -39,7 +40,11 @@ def _preprocessed(make_env: Callable[[], gym.Env], preprocessing: Preprocessing)
 
 
 def make_vector_env(
-    source: EnvSource, num_envs: int, vector_env: str = "auto", preprocessing: Preprocessing | None = None, **make_kwargs
+    source: EnvSource,
+    num_envs: int,
+    vector_env: str = "auto",
+    preprocessing: Preprocessing | None = None,
+    **make_kwargs,
 ) -> VectorEnv:
     """``num_envs`` copies of an env id or env factory, stepped together.
 
@@ -63,7 +68,9 @@ def make_vector_env(
     if mode not in _GENERIC_MODES:
         what = f"{source!r}" if isinstance(source, str) else "an env factory"
         only_atari = " (ale and envpool apply to Atari ids only)" if mode in ("ale", "envpool") else ""
-        raise ValueError(f"vector_env={mode!r} is invalid for {what}: use one of {', '.join(_GENERIC_MODES)}{only_atari}")
+        raise ValueError(
+            f"vector_env={mode!r} is invalid for {what}: use one of {', '.join(_GENERIC_MODES)}{only_atari}"
+        )
     if isinstance(source, str):
         check_env_id(source)
         if mode == "auto":
@@ -76,9 +83,15 @@ def make_vector_env(
             )
         vectorization_mode = {"sync": "sync", "async": "async", "native": "vector_entry_point"}[mode]
         wrappers = [DropInfo, preprocessing] if preprocess else [DropInfo]
-        kwargs = {} if mode == "native" else {"vector_kwargs": {"autoreset_mode": AutoresetMode.NEXT_STEP}, "wrappers": wrappers}
+        kwargs = (
+            {}
+            if mode == "native"
+            else {"vector_kwargs": {"autoreset_mode": AutoresetMode.NEXT_STEP}, "wrappers": wrappers}
+        )
         try:
-            envs = gym.make_vec(source, num_envs=num_envs, vectorization_mode=vectorization_mode, **kwargs, **make_kwargs)
+            envs = gym.make_vec(
+                source, num_envs=num_envs, vectorization_mode=vectorization_mode, **kwargs, **make_kwargs
+            )
         except gym.error.DependencyNotInstalled as exc:
             raise ValueError(
                 f"environment {source!r} needs an extra package ({str(exc).splitlines()[0]}); "
@@ -185,7 +198,7 @@ def restore_env_state(envs: VectorEnv, snapshot: list[dict]) -> bool:
     objects = _snapshot_objects(envs)
     if objects is None or len(objects) != len(snapshot):
         return False
-    for obj, state in zip(objects, snapshot):
+    for obj, state in zip(objects, snapshot, strict=False):
         for name, value in state.items():
             setattr(obj, name, _decode(value, getattr(obj, name, None)))
     return True

@@ -22,13 +22,13 @@ CNN. The policy sees, and an exported graph takes, the preprocessed observations
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-
 
 
 class PreprocessingKnobs(Protocol):
@@ -67,7 +67,9 @@ class Preprocessing:
     def __str__(self) -> str:
         """The knobs it sets, as config values: ``frame_skip=2, resize=[64, 64]``."""
         default = Preprocessing()
-        changed = [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)]
+        changed = [
+            (f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)
+        ]
         return ", ".join(f"{name}={list(value) if isinstance(value, tuple) else value}" for name, value in changed)
 
     def __call__(self, env: gym.Env) -> gym.Env:
@@ -75,10 +77,14 @@ class Preprocessing:
         if self.frame_skip > 1:
             repeat = getattr(gym.wrappers, "RepeatAction", None)
             if repeat is None:  # pragma: no cover - Gymnasium 1.1 and 1.2
-                raise ValueError(f"frame_skip={self.frame_skip} needs Gymnasium >= 1.3 (its RepeatAction wrapper): pip install -U gymnasium")
+                raise ValueError(
+                    f"frame_skip={self.frame_skip} needs Gymnasium >= 1.3 (its RepeatAction wrapper): pip install -U gymnasium"
+                )
             env = repeat(env, self.frame_skip)
         if self.resize:
-            _require_pixels(env.observation_space, f"resize={list(self.resize)}", "uint8 images (H, W) or (H, W, C)", (2, 3))
+            _require_pixels(
+                env.observation_space, f"resize={list(self.resize)}", "uint8 images (H, W) or (H, W, C)", (2, 3)
+            )
             try:
                 env = gym.wrappers.ResizeObservation(env, self.resize)
             except gym.error.DependencyNotInstalled:
@@ -88,7 +94,9 @@ class Preprocessing:
         if self.grayscale:
             _require_pixels(env.observation_space, "grayscale=True", "uint8 RGB images (H, W, 3)", (3,))
             if env.observation_space.shape[-1] != 3:
-                raise ValueError(f"grayscale=True is invalid for observation space {env.observation_space}: it applies to uint8 RGB images (H, W, 3)")
+                raise ValueError(
+                    f"grayscale=True is invalid for observation space {env.observation_space}: it applies to uint8 RGB images (H, W, 3)"
+                )
             env = gym.wrappers.GrayscaleObservation(env, keep_dim=False)
         if self.frame_stack > 1:
             space = env.observation_space

@@ -71,7 +71,9 @@ class SlotsEnv(gym.Env):
     def step(self, action):
         slot = int(action)
         if self.filled[slot]:
-            raise ValueError(f"invalid action {slot}: slot {slot} is already filled (filled: {self.filled.astype(int).tolist()})")
+            raise ValueError(
+                f"invalid action {slot}: slot {slot} is already filled (filled: {self.filled.astype(int).tolist()})"
+            )
         reward = float(self.values[slot]) * (self.size - self.t) / self.size
         self.filled[slot] = True
         self.t += 1
@@ -107,7 +109,9 @@ class ToolAmountEnv(gym.Env):
 
     def __init__(self, length: int = 10) -> None:
         self.length = length
-        self.action_space = spaces.Dict({"tool": spaces.Discrete(3), "amount": spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)})
+        self.action_space = spaces.Dict(
+            {"tool": spaces.Discrete(3), "amount": spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)}
+        )
         self.observation_space = spaces.Box(-1.0, 1.0, (4,), dtype=np.float32)
         self.t = 0
 

@@ -16,8 +16,8 @@ import torch
 from gymnasium import spaces
 
 from clippo.config.ppo_config import PPOConfig
-from clippo.networks.distributions import Categorical, DiagGaussian, MultiCategorical
 from clippo.core.losses import AutogradLoss
+from clippo.networks.distributions import Categorical, DiagGaussian, MultiCategorical
 from clippo.networks.policy import ActorCritic
 from clippo.rollout.runner import EnvRunner, RolloutBuffer
 
@@ -32,7 +32,10 @@ def rollout_applies(config: PPOConfig, model: ActorCritic, device: torch.device,
         config.fast_path == "auto"
         and not (masked and not model.distribution.maskable)
         and device.type == "cpu"
-        and (isinstance(space, spaces.Discrete) or (isinstance(space, spaces.Box) and np.issubdtype(space.dtype, np.floating)))
+        and (
+            isinstance(space, spaces.Discrete)
+            or (isinstance(space, spaces.Box) and np.issubdtype(space.dtype, np.floating))
+        )
         and model.is_mlp
         and type(model.distribution) in (Categorical, MultiCategorical, DiagGaussian)
         and not config.reward_sign
@@ -60,4 +63,3 @@ def make_loss(config: PPOConfig, model: ActorCritic, device: torch.device, zero_
     if rollout_applies(config, model, device, masked) and supports(model, device):
         return AnalyticGradient(model, config.clip_epsilon, config.vf_coef, config.ent_coef)
     return AutogradLoss(model, config.clip_epsilon, config.vf_coef, config.ent_coef, zero_grad)
-

@@ -194,7 +194,9 @@ class MultiCategorical(ActionDistribution):
 
     def __init__(self, space: spaces.MultiDiscrete) -> None:
         if space.nvec.ndim != 1:
-            raise ValueError(f"action space {space} is not supported: clippo needs a one-dimensional MultiDiscrete nvec")
+            raise ValueError(
+                f"action space {space} is not supported: clippo needs a one-dimensional MultiDiscrete nvec"
+            )
         self.sizes = [int(n) for n in space.nvec]
         self.start = np.asarray(space.start)
         self.num_outputs = sum(self.sizes)
@@ -308,7 +310,9 @@ class StateDependentGaussian(DiagGaussian):
     def __init__(self, space: spaces.Box, sample_freq: int = -1) -> None:
         super().__init__(space)
         if sample_freq == 0 or sample_freq < -1:
-            raise ValueError(f"sde_sample_freq={sample_freq} is invalid: use -1 (once per rollout) or a number of steps >= 1")
+            raise ValueError(
+                f"sde_sample_freq={sample_freq} is invalid: use -1 (once per rollout) or a number of steps >= 1"
+            )
         self.sample_freq = sample_freq
         self.gaussian_size = 0  # known once the features' width is (bind_features)
 
@@ -344,7 +348,9 @@ class StateDependentGaussian(DiagGaussian):
         return mean + (features.unsqueeze(-2) @ (noise * self._sigma())).squeeze(-2)
 
     def sample_numpy(self, params, noise, std=None):
-        raise NotImplementedError("gSDE acts through the torch rollout (clippo.rollout.runner), not the numpy fast path")
+        raise NotImplementedError(
+            "gSDE acts through the torch rollout (clippo.rollout.runner), not the numpy fast path"
+        )
 
     def log_prob(self, params, actions):
         mean, features = self._split(params)
@@ -410,9 +416,11 @@ class Composite(ActionDistribution):
         self.is_dict = isinstance(space, spaces.Dict)
         self.keys = [key for key, _ in items]
         self.parts = [make_distribution(sub) for _, sub in items]
-        for (key, sub), part in zip(items, self.parts):
+        for (key, sub), part in zip(items, self.parts, strict=False):
             if isinstance(sub, spaces.Discrete) and sub.n > _FLOAT32_EXACT_INTEGERS:
-                raise ValueError(f"action space part {key!r} ({sub}) is not supported: Discrete parts may have at most 2**24 actions")
+                raise ValueError(
+                    f"action space part {key!r} ({sub}) is not supported: Discrete parts may have at most 2**24 actions"
+                )
         self.output_sizes = [part.num_outputs for part in self.parts]
         self.action_widths = [part.action_width for part in self.parts]
         self.num_outputs = sum(self.output_sizes)
@@ -430,7 +438,7 @@ class Composite(ActionDistribution):
 
     def _split_actions(self, actions: torch.Tensor) -> list[torch.Tensor]:
         chunks = actions.split(self.action_widths, dim=-1)
-        return [c.squeeze(-1) if part.action_shape == () else c for c, part in zip(chunks, self.parts)]
+        return [c.squeeze(-1) if part.action_shape == () else c for c, part in zip(chunks, self.parts, strict=False)]
 
     def noise(self, shape, generator, device=None):
         return torch.cat([part.noise(shape, generator, device) for part in self.parts], dim=-1)
@@ -439,34 +447,34 @@ class Composite(ActionDistribution):
         params_parts = params.split(self.output_sizes, dim=-1)
         noise_parts = noise.split(self.output_sizes, dim=-1) if noise is not None else [None] * len(self.parts)
         actions = []
-        for part, p, n in zip(self.parts, params_parts, noise_parts):
+        for part, p, n in zip(self.parts, params_parts, noise_parts, strict=False):
             a = part.sample(p, n).to(torch.float32)
             actions.append(a.unsqueeze(-1) if part.action_shape == () else a)
         return torch.cat(actions, dim=-1)
 
     def log_prob(self, params, actions):
-        pairs = zip(self.parts, params.split(self.output_sizes, dim=-1), self._split_actions(actions))
+        pairs = zip(self.parts, params.split(self.output_sizes, dim=-1), self._split_actions(actions), strict=False)
         return sum(part.log_prob(p, a) for part, p, a in pairs)
 
     def entropy(self, params):
-        return sum(part.entropy(p) for part, p in zip(self.parts, params.split(self.output_sizes, dim=-1)))
+        return sum(part.entropy(p) for part, p in zip(self.parts, params.split(self.output_sizes, dim=-1), strict=False))
 
     def log_prob_and_entropy(self, params, actions):
         logprob, entropy = 0, 0
-        for part, p, a in zip(self.parts, params.split(self.output_sizes, dim=-1), self._split_actions(actions)):
+        for part, p, a in zip(self.parts, params.split(self.output_sizes, dim=-1), self._split_actions(actions), strict=False):
             part_logprob, part_entropy = part.log_prob_and_entropy(p, a)
             logprob, entropy = logprob + part_logprob, entropy + part_entropy
         return logprob, entropy
 
     def to_env(self, actions):
         out = []
-        for part, chunk in zip(self.parts, np.split(actions, self._action_bounds, axis=-1)):
+        for part, chunk in zip(self.parts, np.split(actions, self._action_bounds, axis=-1), strict=False):
             if part.action_shape == ():
                 chunk = chunk[..., 0]
             if part.action_dtype == torch.int64:
                 chunk = chunk.astype(np.int64)  # float32 indices are exact: rint not needed
             out.append(part.to_env(chunk))
-        return dict(zip(self.keys, out)) if self.is_dict else tuple(out)
+        return dict(zip(self.keys, out, strict=False)) if self.is_dict else tuple(out)
 
 
 def make_distribution(space: spaces.Space, sde_sample_freq: int | None = None) -> ActionDistribution:

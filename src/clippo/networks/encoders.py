@@ -162,7 +162,13 @@ class NatureCNN(_ImageEncoder):
                 f"{NATURE_CNN_MIN_SIDE}x{NATURE_CNN_MIN_SIDE}): use MinAtarCNN"
             )
         convs = nn.Sequential(
-            conv(self.chw[0], 32, 8, 4), nn.ReLU(), conv(32, 64, 4, 2), nn.ReLU(), conv(64, 64, 3, 1), nn.ReLU(), nn.Flatten()
+            conv(self.chw[0], 32, 8, 4),
+            nn.ReLU(),
+            conv(32, 64, 4, 2),
+            nn.ReLU(),
+            conv(64, 64, 3, 1),
+            nn.ReLU(),
+            nn.Flatten(),
         )
         self.net = nn.Sequential(convs, layer(self._flat_width(convs), features, math.sqrt(2)), nn.ReLU())
         self.output_size = features
@@ -189,7 +195,9 @@ class CombinedEncoder(nn.Module):
     """Dict/Tuple observations: a CNN per image field, the other fields flattened, all
     concatenated (in the space's field order) and put through an MLP's hidden layers."""
 
-    def __init__(self, space: spaces.Space, hidden_sizes: list[int], activation: str = "tanh", cnn: bool = True) -> None:
+    def __init__(
+        self, space: spaces.Space, hidden_sizes: list[int], activation: str = "tanh", cnn: bool = True
+    ) -> None:
         super().__init__()
         self.fields = observations.fields(space)
         self.cnns = nn.ModuleDict()
@@ -246,7 +254,9 @@ def output_size(encoder: nn.Module, space: spaces.Space) -> int:
         features = encoder(observations.to_tensor(sample))
     if not isinstance(features, torch.Tensor) or features.dim() != 2 or features.shape[0] != 1:
         shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
-        raise ValueError(f"encoder {type(encoder).__name__} returned {shape} for one observation: it must return [batch, features]")
+        raise ValueError(
+            f"encoder {type(encoder).__name__} returned {shape} for one observation: it must return [batch, features]"
+        )
     encoder.output_size = int(features.shape[1])
     return encoder.output_size
 
@@ -285,6 +295,8 @@ def _builtin_encoder(space: spaces.Space, kind: str, hidden_sizes: list[int], ac
         return CombinedEncoder(space, hidden_sizes, activation, cnn=kind != "mlp")
     if kind == "cnn" or (kind == "auto" and is_image(space)):
         if not (isinstance(space, spaces.Box) and len(space.shape) == 3):
-            raise ValueError(f"encoder='cnn' is invalid for observation space {space}: a CNN needs a 3-D Box (HWC or CHW)")
+            raise ValueError(
+                f"encoder='cnn' is invalid for observation space {space}: a CNN needs a 3-D Box (HWC or CHW)"
+            )
         return image_encoder(space)
     return MLPEncoder(space, hidden_sizes, activation)

@@ -20,9 +20,9 @@ from gymnasium import spaces
 from torch import nn
 from torch.nn import functional as F
 
+from clippo.core.observations import Obs, map_obs
 from clippo.networks.distributions import ActionDistribution, make_distribution
 from clippo.networks.encoders import ACTIVATIONS, MLPEncoder, layer, make_encoder, mlp_layers, run_layers
-from clippo.core.observations import Obs, map_obs
 from clippo.networks.recurrent import RecurrentCore, episode_pieces
 
 
@@ -111,7 +111,9 @@ class ActorCritic(nn.Module):
         and clippo's own encoders (a user encoder keeps the init it chose): RL-Zoo's
         ``ortho_init=False``."""
         own = [self.actor_head, self.critic_head, self.actor_hidden, self.critic_hidden]
-        own += [m for m in (self.actor_features, self.critic_features) if type(m).__module__ == "clippo.networks.encoders"]
+        own += [
+            m for m in (self.actor_features, self.critic_features) if type(m).__module__ == "clippo.networks.encoders"
+        ]
         for part in own:
             for module in part.modules():
                 if isinstance(module, (nn.Linear, nn.Conv2d)):
@@ -290,7 +292,11 @@ def raise_needs_state() -> None:
 
 
 #: How version-1 checkpoints (MLP-only clippo) named the encoder parameters, and the names now.
-_V1_PREFIXES = {"trunk.": "encoder.layers.", "actor_body.": "actor_encoder.layers.", "critic_body.": "critic_encoder.layers."}
+_V1_PREFIXES = {
+    "trunk.": "encoder.layers.",
+    "actor_body.": "actor_encoder.layers.",
+    "critic_body.": "critic_encoder.layers.",
+}
 
 
 def upgrade_v1_names(names: list[str]) -> list[str]:

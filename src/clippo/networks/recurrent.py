@@ -93,7 +93,9 @@ class RecurrentCore(nn.Module):
         rnn = self.rnn
         return rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0
 
-    def step(self, features: torch.Tensor, state: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(
+        self, features: torch.Tensor, state: torch.Tensor, starts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One time step: outputs ``[batch, hidden]`` and the new state, the state first zeroed
         where ``starts`` (bool ``[batch]``). Runs the cell function on the layer's own weights
         (a fraction of a one-step ``nn.LSTM`` call)."""

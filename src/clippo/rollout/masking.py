@@ -33,9 +33,9 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import VectorEnv
 
-from clippo.networks.distributions import ActionDistribution
 from clippo.core.errors import ActionMaskError
 from clippo.envs.wrappers import MASK_KEY
+from clippo.networks.distributions import ActionDistribution
 
 
 def observation_has_mask(space: spaces.Space) -> bool:
@@ -50,7 +50,9 @@ def policy_observation_space(space: spaces.Space) -> spaces.Space:
         return space
     rest = {key: sub for key, sub in space.spaces.items() if key != MASK_KEY}
     if not rest:
-        raise ValueError(f"observation space {space} holds only an {MASK_KEY!r}: there is nothing for the policy to observe")
+        raise ValueError(
+            f"observation space {space} holds only an {MASK_KEY!r}: there is nothing for the policy to observe"
+        )
     return next(iter(rest.values())) if len(rest) == 1 else spaces.Dict(rest)
 
 
@@ -95,7 +97,9 @@ def as_masks(masks: Any, rows: int, distribution: ActionDistribution, what: str)
 class MaskSource:
     """Reads a vector env's masks in the way ``kind`` says (see the module docstring)."""
 
-    def __init__(self, kind: str, envs: VectorEnv, observation_space: spaces.Space, distribution: ActionDistribution) -> None:
+    def __init__(
+        self, kind: str, envs: VectorEnv, observation_space: spaces.Space, distribution: ActionDistribution
+    ) -> None:
         self.kind = kind
         self.envs = envs
         self.num_envs = envs.num_envs

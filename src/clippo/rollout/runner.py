@@ -17,13 +17,13 @@ from gymnasium import spaces
 from gymnasium.vector import VectorEnv
 
 from clippo.core import observations
-from clippo.networks.distributions import ActionDistribution
-from clippo.envs.make import restore_env_state, snapshot_env_state
 from clippo.core.errors import EnvStepError, NonFiniteError, first_line
+from clippo.core.observations import Obs, map_obs
+from clippo.envs.make import restore_env_state, snapshot_env_state
+from clippo.networks.distributions import ActionDistribution
+from clippo.networks.policy import ActorCritic, Sequences
 from clippo.rollout.masking import MaskSource, policy_observation_space
 from clippo.rollout.normalization import ObservationNormalizer, RewardScaler
-from clippo.core.observations import Obs, map_obs
-from clippo.networks.policy import ActorCritic, Sequences
 
 #: The critic runs over a rollout's observations in chunks of this many rows (bounded memory for
 #: image encoders, whose activations are large).
@@ -137,7 +137,7 @@ class RolloutBuffer:
         numpy_dtype = np.int64 if distribution.action_dtype == torch.int64 else np.float32
         self.actions = np.zeros(shape + tuple(distribution.action_shape), dtype=numpy_dtype)
         self.logprobs = np.zeros(shape, dtype=np.float32)
-        self.params = np.zeros(shape + (distribution.param_size,), dtype=np.float32)  # the actor's logits or means
+        self.params = np.zeros((*shape, distribution.param_size), dtype=np.float32)  # the actor's logits or means
         self.values = np.zeros(shape, dtype=np.float32)
         self.rewards = np.zeros(shape, dtype=np.float32)
         self.raw_rewards = np.zeros(shape, dtype=np.float32)
@@ -152,7 +152,7 @@ class RolloutBuffer:
         self.values_stored = False
         #: set by a runner that stored ``last_value`` too (a recurrent critic needs the carried state)
         self.bootstrap_stored = False
-        self.states = np.zeros(shape + (state_size,), dtype=np.float32) if state_size else None
+        self.states = np.zeros((*shape, state_size), dtype=np.float32) if state_size else None
         self.starts = np.zeros(shape, dtype=bool) if state_size else None
         self.sequence_length = sequence_length or num_steps
         if num_steps % self.sequence_length:
@@ -172,14 +172,16 @@ class RolloutBuffer:
         every stored observation plus the bootstrap one, in large batches."""
         if self.bootstrap_stored:
             return
-        num_steps, num_envs = self.values.shape
+        _num_steps, num_envs = self.values.shape
         rows = self.all_obs if not self.values_stored else map_obs(lambda a: a[-1:], self.all_obs)
         flat = map_obs(lambda a: a.reshape(-1, *a.shape[2:]), rows)
         total = observations.batch_size(flat)
         values = np.empty(total, dtype=np.float32)
         for start in range(0, total, CRITIC_CHUNK_ROWS):
             chunk = map_obs(lambda a: a[start : start + CRITIC_CHUNK_ROWS], flat)
-            values[start : start + CRITIC_CHUNK_ROWS] = policy.value(observations.to_tensor(chunk, self.device)).cpu().numpy()
+            values[start : start + CRITIC_CHUNK_ROWS] = (
+                policy.value(observations.to_tensor(chunk, self.device)).cpu().numpy()
+            )
         if not self.values_stored:
             self.values[:] = values[:-num_envs].reshape(self.values.shape)
         self.last_value[:] = values[-num_envs:]
@@ -215,7 +217,6 @@ class RolloutBuffer:
             masks=None if self.masks is None else self.tensor("masks").reshape(-1, self.masks.shape[-1])[mask],
         )
 
-
     def sequence_batch(self, advantages: torch.Tensor, returns: torch.Tensor) -> SequenceBatch:
         """The rollout as ``[sequence_length, (num_steps / sequence_length) * num_envs]`` sequences."""
         num_steps, num_envs = self.values.shape
@@ -224,7 +225,9 @@ class RolloutBuffer:
 
         def cut(value: torch.Tensor) -> torch.Tensor:  # [steps, envs, ...] -> [length, chunks * envs, ...]
             rest = value.shape[2:]
-            return value.reshape(chunks, length, num_envs, *rest).transpose(0, 1).reshape(length, chunks * num_envs, *rest)
+            return (
+                value.reshape(chunks, length, num_envs, *rest).transpose(0, 1).reshape(length, chunks * num_envs, *rest)
+            )
 
         tensors = {name: self.tensor(name) for name in ("actions", "logprobs", "values", "starts", "valid")}
         return SequenceBatch(
@@ -310,7 +313,9 @@ class EnvRunner:
         ``reset(seed=seed)`` of the envs just returned (then they are not reset again)."""
         raw_obs, info = reset if reset is not None else self.envs.reset(seed=seed)
         if self.action_masks is not None:
-            raw_obs, self.next_masks = self.action_masks.read(raw_obs, info, np.zeros(self.num_envs, bool), "the first step")
+            raw_obs, self.next_masks = self.action_masks.read(
+                raw_obs, info, np.zeros(self.num_envs, bool), "the first step"
+            )
         self.next_obs = self._normalized(observations.flatten_structure(raw_obs, self.observation_space))
         if self.episodic_life:
             self.lives = self._lives(info)
@@ -325,7 +330,9 @@ class EnvRunner:
 
     def _lives(self, info: dict[str, Any]) -> np.ndarray:
         if "lives" not in info:
-            raise ValueError("episodic_life=True is invalid for this env: its step() info has no 'lives' entry (Atari envs have one)")
+            raise ValueError(
+                "episodic_life=True is invalid for this env: its step() info has no 'lives' entry (Atari envs have one)"
+            )
         return np.asarray(info["lives"], dtype=np.int64).copy()
 
     def _step(self, env_actions: np.ndarray) -> tuple:
@@ -383,7 +390,9 @@ class EnvRunner:
 
             raw_obs, rewards, terminated, truncated, info = self._step(distribution.to_env(actions))
             if masks is not None:  # the mask of the returned observation, used at the next step
-                raw_obs, _ = masks.read(raw_obs, info, terminated | truncated, f"rollout step {t + 1}", buffer.all_masks[t + 1])
+                raw_obs, _ = masks.read(
+                    raw_obs, info, terminated | truncated, f"rollout step {t + 1}", buffer.all_masks[t + 1]
+                )
             raw_obs = observations.flatten_structure(raw_obs, self.observation_space)
             if not math.isfinite(float_sum(raw_obs) + float(np.sum(rewards, dtype=np.float64))):
                 raw_obs, rewards = self._handle_nonfinite(raw_obs, rewards)
@@ -442,7 +451,9 @@ class EnvRunner:
         # skip: zero the bad values so the statistics stay finite; the trainer drops this rollout.
         self.poisoned = True
         self.poison_message = message
-        clean = map_obs(lambda a: np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0) if a.dtype.kind == "f" else a, raw_obs)
+        clean = map_obs(
+            lambda a: np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0) if a.dtype.kind == "f" else a, raw_obs
+        )
         return clean, np.nan_to_num(rewards, nan=0.0, posinf=0.0, neginf=0.0)
 
     def _track_episodes(self, buffer: RolloutBuffer) -> None:

@@ -17,9 +17,10 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from clippo.config.ppo_config import CHOICES, ENV_PRESETS, PRESETS, PPOConfig
 from clippo.core.errors import EnvStepError, NonFiniteError, TrainingInterrupted, first_line
@@ -54,7 +55,9 @@ def _mapping(text: str) -> dict[str, Any]:
     except yaml.YAMLError:
         value = None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a mapping: write it as YAML or JSON, e.g. '{{features: 256}}'")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a mapping: write it as YAML or JSON, e.g. '{{features: 256}}'"
+        )
     return value
 
 
@@ -96,9 +99,7 @@ def _add_hyperparameter_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineErrorParser(
-        prog="clippo", description="Proximal Policy Optimization for Gymnasium environments."
-    )
+    parser = OneLineErrorParser(prog="clippo", description="Proximal Policy Optimization for Gymnasium environments.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
 
@@ -126,8 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where config, metrics, TensorBoard logs and checkpoints go (default: runs/ENV_ID-seedS-TIME)",
     )
-    train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                       help="live progress bar (default: when stderr is a terminal)")
+    train.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="live progress bar (default: when stderr is a terminal)",
+    )
     train.add_argument(
         "--nproc",
         type=int,
@@ -137,8 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_hyperparameter_flags(train)
 
-    evaluate = commands.add_parser("eval", help="evaluate a trained agent",
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    evaluate = commands.add_parser(
+        "eval", help="evaluate a trained agent", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     evaluate.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory or a checkpoint file")
     _add_episode_flags(evaluate, episodes=20, seed_help="seed of the evaluation envs")
     evaluate.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
@@ -148,8 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     resume.add_argument("run_dir", metavar="RUN_DIR", help="the run directory of `clippo train`")
-    resume.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="live progress bar (default: when stderr is a terminal)")
+    resume.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="live progress bar (default: when stderr is a terminal)",
+    )
 
     commands.add_parser("presets", help="print every preset's values as Markdown (docs/presets.md)")
     _add_understanding_commands(commands)
@@ -157,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_command(commands)
     for command in commands.choices.values():  # --debug after the command name too, on every command
         if not any("--debug" in action.option_strings for action in command._actions):
-            command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+            command.add_argument(
+                "--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors"
+            )
     return parser
 
 
@@ -173,8 +185,13 @@ def _add_export_command(commands) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     export.add_argument("path", metavar="RUN_DIR", help="a run directory or a checkpoint file")
-    export.add_argument("-o", "--output", default=None, metavar="FILE",
-                        help="the ONNX file to write (default: policy.onnx in the run directory)")
+    export.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        metavar="FILE",
+        help="the ONNX file to write (default: policy.onnx in the run directory)",
+    )
     export.add_argument("--check-steps", type=int, default=256, metavar="N", help="env steps of the check")
     export.add_argument("--check-envs", type=int, default=4, metavar="N", help="envs stepped side by side in the check")
     export.add_argument("--seed", type=int, default=0, help="seed of the check's envs")
@@ -194,23 +211,47 @@ def _add_tune_command(commands) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     tune.add_argument("env_id", metavar="ENV_ID", help="Gymnasium environment id, e.g. CartPole-v1")
-    tune.add_argument("--trials", type=int, required=True, metavar="N",
-                      help="finished (complete or pruned) trials the study should hold; a re-run continues to N")
+    tune.add_argument(
+        "--trials",
+        type=int,
+        required=True,
+        metavar="N",
+        help="finished (complete or pruned) trials the study should hold; a re-run continues to N",
+    )
     tune.add_argument("--jobs", type=int, default=1, metavar="J", help="worker processes on the same storage")
-    tune.add_argument("--steps-per-trial", type=int, default=None, metavar="S",
-                      help="environment steps each trial trains for; None: the base config's total_steps")
-    tune.add_argument("--eval-every", type=int, default=None, metavar="N",
-                      help="environment steps between a trial's evaluations; None: a tenth of --steps-per-trial")
+    tune.add_argument(
+        "--steps-per-trial",
+        type=int,
+        default=None,
+        metavar="S",
+        help="environment steps each trial trains for; None: the base config's total_steps",
+    )
+    tune.add_argument(
+        "--eval-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="environment steps between a trial's evaluations; None: a tenth of --steps-per-trial",
+    )
     tune.add_argument("--eval-episodes", type=int, default=5, metavar="K", help="episodes of each evaluation")
-    tune.add_argument("--storage", default=None, metavar="URL",
-                      help="Optuna storage shared by the jobs; None: sqlite:///OUT/study.db")
+    tune.add_argument(
+        "--storage", default=None, metavar="URL", help="Optuna storage shared by the jobs; None: sqlite:///OUT/study.db"
+    )
     tune.add_argument("--study-name", default=None, metavar="NAME", help="study name; None: clippo-ENV_ID")
     tune.add_argument("--out", default=None, metavar="DIR", help="output directory; None: tune/ENV_ID")
-    tune.add_argument("--config", default=None, metavar="FILE",
-                      help="YAML, TOML or JSON file of hyperparameters on top of the env's preset; those it sets are not searched")
+    tune.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="YAML, TOML or JSON file of hyperparameters on top of the env's preset; those it sets are not searched",
+    )
     tune.add_argument("--seed", type=int, default=0, help="training seed of every trial")
-    tune.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
-                      help="draw Optuna's plots into OUT (needs matplotlib)")
+    tune.add_argument(
+        "--plots",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="draw Optuna's plots into OUT (needs matplotlib)",
+    )
 
 
 def _add_understanding_commands(commands) -> None:
@@ -226,12 +267,23 @@ def _add_understanding_commands(commands) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories of `clippo train`")
-    plot.add_argument("-o", "--output", default="curves.png", metavar="FILE", help="image to write (.png, .pdf or .svg)")
-    plot.add_argument("--x", choices=X_CHOICES, default="both", help="x axis: env steps, training wall time, or a panel each")
-    plot.add_argument("--diagnostics", action="store_true",
-                      help="add a panel per diagnostic: approx KL, clip fraction, entropy, explained variance, value loss")
-    plot.add_argument("--band", choices=list(BANDS), default="ci95",
-                      help="band around the mean of several seeds: 95%% confidence interval of the mean, or min-max")
+    plot.add_argument(
+        "-o", "--output", default="curves.png", metavar="FILE", help="image to write (.png, .pdf or .svg)"
+    )
+    plot.add_argument(
+        "--x", choices=X_CHOICES, default="both", help="x axis: env steps, training wall time, or a panel each"
+    )
+    plot.add_argument(
+        "--diagnostics",
+        action="store_true",
+        help="add a panel per diagnostic: approx KL, clip fraction, entropy, explained variance, value loss",
+    )
+    plot.add_argument(
+        "--band",
+        choices=list(BANDS),
+        default="ci95",
+        help="band around the mean of several seeds: 95%% confidence interval of the mean, or min-max",
+    )
 
     report = commands.add_parser(
         "report",
@@ -241,8 +293,9 @@ def _add_understanding_commands(commands) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     report.add_argument("run_dir", metavar="RUN_DIR", help="a run directory of `clippo train`")
-    report.add_argument("-o", "--output", default=None, metavar="FILE",
-                        help="report.md or report.html (default: RUN_DIR/report.md)")
+    report.add_argument(
+        "-o", "--output", default=None, metavar="FILE", help="report.md or report.html (default: RUN_DIR/report.md)"
+    )
 
     enjoy = commands.add_parser(
         "enjoy",
@@ -250,8 +303,12 @@ def _add_understanding_commands(commands) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     enjoy.add_argument("path", metavar="RUN_DIR", help="a run directory or a checkpoint file")
-    enjoy.add_argument("--video", default=None, metavar="FILE.mp4",
-                       help="record the episodes into this MP4 (rgb_array rendering, no display; needs clippo[video])")
+    enjoy.add_argument(
+        "--video",
+        default=None,
+        metavar="FILE.mp4",
+        help="record the episodes into this MP4 (rgb_array rendering, no display; needs clippo[video])",
+    )
     _add_episode_flags(enjoy, episodes=3, seed_help="seed of the first episode (default: random)")
 
 
@@ -259,8 +316,12 @@ def _add_episode_flags(parser: argparse.ArgumentParser, episodes: int, seed_help
     """The flags of the commands that run a trained agent (``eval`` and ``enjoy``)."""
     parser.add_argument("--episodes", type=int, default=episodes, help="number of whole episodes")
     parser.add_argument("--seed", type=int, default=None, help=seed_help)
-    parser.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
-                        help="act with the policy's mode (--no-deterministic or --stochastic samples)")
+    parser.add_argument(
+        "--deterministic",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="act with the policy's mode (--no-deterministic or --stochastic samples)",
+    )
     parser.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions")
 
 
@@ -292,7 +353,7 @@ def _enjoy(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise ValueError(f"--episodes={args.episodes} is invalid: it must be an integer >= 1")
     result = play(args.path, episodes=args.episodes, seed=args.seed, deterministic=args.deterministic, video=args.video)
-    for index, (ret, length) in enumerate(zip(result.returns, result.lengths), start=1):
+    for index, (ret, length) in enumerate(zip(result.returns, result.lengths, strict=False), start=1):
         print(f"episode {index}: return {ret:.2f}, length {length}")
     mode = "deterministic" if args.deterministic else "stochastic"
     print(f"{result.env_id}: mean return {result.mean_return:.2f} over {len(result.returns)} episodes ({mode})")
@@ -304,11 +365,22 @@ def _enjoy(args: argparse.Namespace) -> int:
 def _tune(args: argparse.Namespace) -> int:
     from clippo.tools.tuning import TuneSettings, tune
 
-    return tune(TuneSettings(
-        env_id=args.env_id, trials=args.trials, jobs=args.jobs, steps_per_trial=args.steps_per_trial,
-        eval_every=args.eval_every, eval_episodes=args.eval_episodes, storage=args.storage,
-        study_name=args.study_name, out=args.out, config_file=args.config, seed=args.seed, plots=args.plots,
-    ))
+    return tune(
+        TuneSettings(
+            env_id=args.env_id,
+            trials=args.trials,
+            jobs=args.jobs,
+            steps_per_trial=args.steps_per_trial,
+            eval_every=args.eval_every,
+            eval_episodes=args.eval_episodes,
+            storage=args.storage,
+            study_name=args.study_name,
+            out=args.out,
+            config_file=args.config,
+            seed=args.seed,
+            plots=args.plots,
+        )
+    )
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -337,8 +409,8 @@ def _presets(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     if args.nproc > 1:
         return _launch_torchrun(args.nproc)
-    from clippo.config.ppo_config import save_config
     from clippo.agent import PPO  # deferred: torch is slow to import and --help should not wait for it
+    from clippo.config.ppo_config import save_config
 
     known = {f.name for f in fields(PPOConfig)}
     overrides = {name: value for name, value in vars(args).items() if name in known}
@@ -352,7 +424,9 @@ def _train(args: argparse.Namespace) -> int:
             _point_latest_at(run_dir)
         save_config(agent.config, run_dir / "config.yaml")
         ranks = f" on {agent.world.size} processes" if agent.world.distributed else ""
-        print(f"training {args.env_id} for {agent.config.total_steps} steps{ranks}; run directory: {run_dir}", flush=True)
+        print(
+            f"training {args.env_id} for {agent.config.total_steps} steps{ranks}; run directory: {run_dir}", flush=True
+        )
     callback = _eval_callback(agent)
     with stop_on_signals(agent):
         try:
@@ -380,8 +454,16 @@ def _launch_torchrun(nproc: int) -> int:
         if arg.startswith("--nproc="):
             del argv[i]
             break
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "clippo", *argv]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "clippo",
+        *argv,
+    ]
     import subprocess
 
     return subprocess.call(command)
@@ -396,8 +478,8 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _resume_locked(args: argparse.Namespace, run_dir: Path) -> int:
-    from clippo.training.logger import truncate_metrics
     from clippo.agent import PPO
+    from clippo.training.logger import truncate_metrics
 
     agent = PPO.from_run(run_dir)
     if agent.finished:
@@ -431,8 +513,7 @@ def stop_on_signals(agent) -> Iterator[None]:
     def handler(signum, frame) -> None:
         signal.signal(signum, signal.SIG_DFL)
         print(
-            f"clippo: {signal.Signals(signum).name}: stopping after this update "
-            "(send it again to quit at once)",
+            f"clippo: {signal.Signals(signum).name}: stopping after this update (send it again to quit at once)",
             file=sys.stderr,
             flush=True,
         )
@@ -520,8 +601,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.filterwarnings(
             "ignore", message=r"(?s).*ERROR: (Received the following error from Worker|Traceback|Raising the last)"
         )
-    handlers = {"train": _train, "eval": _eval, "resume": _resume, "presets": _presets,
-                "plot": _plot, "report": _report, "enjoy": _enjoy, "tune": _tune, "export": _export}
+    handlers = {
+        "train": _train,
+        "eval": _eval,
+        "resume": _resume,
+        "presets": _presets,
+        "plot": _plot,
+        "report": _report,
+        "enjoy": _enjoy,
+        "tune": _tune,
+        "export": _export,
+    }
     try:
         return handlers[args.command](args)
     except TrainingInterrupted as exc:

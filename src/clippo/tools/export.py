@@ -43,11 +43,17 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from clippo.rollout import masking
-
 from clippo.core import observations
-from clippo.networks.distributions import ActionDistribution, Bernoulli, Categorical, Composite, DiagGaussian, MultiCategorical
 from clippo.core.errors import ExportCheckError, first_line
+from clippo.networks.distributions import (
+    ActionDistribution,
+    Bernoulli,
+    Categorical,
+    Composite,
+    DiagGaussian,
+    MultiCategorical,
+)
+from clippo.rollout import masking
 
 #: Largest difference allowed between the graph's continuous actions and ``agent.act``'s.
 TOLERANCE = 1e-5
@@ -107,7 +113,9 @@ class ParityCheck:
         if self.identical is not None:
             parts.append(f"{self.identical}/{self.observations} discrete actions identical")
         if self.max_difference is not None:
-            parts.append(f"continuous actions differ by at most {self.max_difference:.2e} (tolerance {self.tolerance:g})")
+            parts.append(
+                f"continuous actions differ by at most {self.max_difference:.2e} (tolerance {self.tolerance:g})"
+            )
         return (
             f"onnxruntime vs the agent's deterministic policy on {self.observations} observations ({self.source}): "
             + "; ".join(parts)
@@ -172,7 +180,9 @@ def graph_outputs(distribution: ActionDistribution, name: str = "action") -> lis
     """The graph's outputs: the env action (one per part of a Tuple/Dict action space)."""
     if isinstance(distribution, Composite):
         return [
-            port for key, part in zip(distribution.keys, distribution.parts) for port in graph_outputs(part, f"{name}.{key}")
+            port
+            for key, part in zip(distribution.keys, distribution.parts, strict=False)
+            for port in graph_outputs(part, f"{name}.{key}")
         ]
     if isinstance(distribution, Categorical):
         return [Port(name, "int64", ())]
@@ -223,11 +233,13 @@ class DeterministicPolicy(nn.Module):
             # float64 as in ObservationNormalizer: the same roundings, so the same normalized input
             stats = normalizer.stats
             self.register_buffer("obs_mean", torch.from_numpy(np.asarray(stats.mean, dtype=np.float64).copy()))
-            self.register_buffer("obs_std", torch.from_numpy(np.sqrt(np.asarray(stats.var, dtype=np.float64) + normalizer.epsilon)))
+            self.register_buffer(
+                "obs_std", torch.from_numpy(np.sqrt(np.asarray(stats.var, dtype=np.float64) + normalizer.epsilon))
+            )
             self.obs_clip = float(normalizer.clip)
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        named = dict(zip(self.input_names, inputs))
+        named = dict(zip(self.input_names, inputs, strict=False))
         masks = None
         if self.masked:
             mask = named[masking.MASK_KEY]
@@ -235,7 +247,9 @@ class DeterministicPolicy(nn.Module):
         if isinstance(self.policy_inputs, str):
             obs: Any = named[self.policy_inputs]
             if self.normalize:
-                obs = ((obs.float().double() - self.obs_mean) / self.obs_std).clamp(-self.obs_clip, self.obs_clip).float()
+                obs = (
+                    ((obs.float().double() - self.obs_mean) / self.obs_std).clamp(-self.obs_clip, self.obs_clip).float()
+                )
         else:
             obs = {key: named[name] for key, name in self.policy_inputs.items()}
         if not self.model.recurrent:
@@ -251,7 +265,7 @@ def env_actions(distribution: ActionDistribution, params: torch.Tensor) -> list[
     torch; one tensor per output of ``graph_outputs``."""
     if isinstance(distribution, Composite):
         chunks = params.split(distribution.output_sizes, dim=-1)
-        return [action for part, chunk in zip(distribution.parts, chunks) for action in env_actions(part, chunk)]
+        return [action for part, chunk in zip(distribution.parts, chunks, strict=False) for action in env_actions(part, chunk)]
     return [_to_env(distribution, distribution.sample(params, None))]
 
 
@@ -260,10 +274,14 @@ def _to_env(distribution: ActionDistribution, actions: torch.Tensor) -> torch.Te
     if isinstance(distribution, Categorical):
         return actions + distribution.start if distribution.start else actions
     if isinstance(distribution, MultiCategorical):
-        return actions + torch.as_tensor(distribution.start, dtype=torch.int64) if np.any(distribution.start) else actions
+        return (
+            actions + torch.as_tensor(distribution.start, dtype=torch.int64) if np.any(distribution.start) else actions
+        )
     if isinstance(distribution, DiagGaussian):
         if distribution.bounded:
-            actions = torch.minimum(torch.maximum(actions, torch.from_numpy(distribution.low)), torch.from_numpy(distribution.high))
+            actions = torch.minimum(
+                torch.maximum(actions, torch.from_numpy(distribution.low)), torch.from_numpy(distribution.high)
+            )
         return actions.reshape(-1, *distribution.shape)
     if isinstance(distribution, Bernoulli):
         dtype = torch.from_numpy(np.zeros(0, dtype=distribution.dtype)).dtype  # the space's dtype, in torch
@@ -275,7 +293,7 @@ def flat_actions(distribution: ActionDistribution, action: Any) -> list[np.ndarr
     """``agent.act``'s action batch as arrays in the order of ``graph_outputs``."""
     if isinstance(distribution, Composite):
         items = [action[key] for key in distribution.keys] if distribution.is_dict else list(action)
-        return [array for part, item in zip(distribution.parts, items) for array in flat_actions(part, item)]
+        return [array for part, item in zip(distribution.parts, items, strict=False) for array in flat_actions(part, item)]
     return [np.asarray(action)]
 
 
@@ -332,11 +350,16 @@ def collect_check_data(agent, steps: int = CHECK_STEPS, num_envs: int = CHECK_EN
                 action = agent.act(obs, deterministic=True, action_masks=masks)
             if mask_source is not None and mask_source.kind == "observation":
                 # the envs about to autoreset act on an all-true mask, not on their final state's
-                feed[masking.MASK_KEY] = masks.astype(feed[masking.MASK_KEY].dtype).reshape(feed[masking.MASK_KEY].shape)
+                feed[masking.MASK_KEY] = masks.astype(feed[masking.MASK_KEY].dtype).reshape(
+                    feed[masking.MASK_KEY].shape
+                )
             elif masks is not None:
                 masks_seen.append(masks.copy())
             feeds.append(feed)
-            expected.append([a.copy() for a in flat_actions(distribution, action)] + ([state.copy()] if agent.model.recurrent else []))
+            expected.append(
+                [a.copy() for a in flat_actions(distribution, action)]
+                + ([state.copy()] if agent.model.recurrent else [])
+            )
             if mask_source is None and rng.random() < RANDOM_STEP_FRACTION:
                 action = envs.action_space.sample()
             obs, _, terminated, truncated, info = envs.step(action)
@@ -348,7 +371,7 @@ def collect_check_data(agent, steps: int = CHECK_STEPS, num_envs: int = CHECK_EN
         feed[masking.MASK_KEY] = np.concatenate(masks_seen)
     return CheckData(
         feed=feed,
-        expected=[np.concatenate(column) for column in zip(*expected)],
+        expected=[np.concatenate(column) for column in zip(*expected, strict=False)],
         source=f"{name}, {num_envs} envs x {steps} steps, seed {seed}",
         mask_input=bool(masks_seen),
     )
@@ -369,7 +392,9 @@ def check_data_from(agent, check_observations: Any, check_masks: Any = None) -> 
         expected = agent.act(check_observations, deterministic=True, action_masks=check_masks)
     if check_masks is not None:
         feed[masking.MASK_KEY] = masking.as_masks(check_masks, count, agent.model.distribution, "check_masks")
-    return CheckData(feed, flat_actions(agent.model.distribution, expected) + states, "given observations", check_masks is not None)
+    return CheckData(
+        feed, flat_actions(agent.model.distribution, expected) + states, "given observations", check_masks is not None
+    )
 
 
 def _state_before(agent, state: np.ndarray | None, starts: np.ndarray) -> np.ndarray:
@@ -492,13 +517,15 @@ def check_parity(onnxruntime, path: Path, data: CheckData, outputs: list[Port], 
     count = len(data.expected[0])
     same = np.ones(count, dtype=bool)
     largest, discrete = None, False
-    for port, actual, single, wanted in zip(outputs, got, first, data.expected):
+    for port, actual, single, wanted in zip(outputs, got, first, data.expected, strict=False):
         if actual.shape != wanted.shape or single.shape != wanted[:1].shape:
             raise ExportCheckError(
                 f"export check failed: output {port.name!r} has shape {actual.shape}, agent.act gave {wanted.shape}"
             )
         if np.issubdtype(np.dtype(port.dtype), np.floating):
-            difference = max(float(np.max(np.abs(actual - wanted), initial=0.0)), float(np.max(np.abs(single - wanted[:1]))))
+            difference = max(
+                float(np.max(np.abs(actual - wanted), initial=0.0)), float(np.max(np.abs(single - wanted[:1])))
+            )
             largest = difference if largest is None else max(largest, difference)
         else:
             discrete = True

@@ -36,7 +36,9 @@ def require_moviepy() -> None:
     try:
         import moviepy  # noqa: F401
     except ImportError:
-        raise ValueError("--video needs moviepy (Gymnasium's RecordVideo writes through it): pip install 'clippo[video]'") from None
+        raise ValueError(
+            "--video needs moviepy (Gymnasium's RecordVideo writes through it): pip install 'clippo[video]'"
+        ) from None
 
 
 def play(
@@ -52,11 +54,11 @@ def play(
     """
     import gymnasium as gym
 
+    from clippo.agent import PPO
     from clippo.envs import atari
     from clippo.envs.families import check_env_id, is_atari
     from clippo.envs.make import make_run_envs
     from clippo.rollout.evaluation import run_episodes
-    from clippo.agent import PPO
 
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
         raise ValueError(f"episodes={episodes!r} is invalid: it must be an integer >= 1")

@@ -15,9 +15,10 @@ matplotlib is used through its object API on the Agg canvas (no pyplot state, no
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -29,8 +30,16 @@ CONFIG_FILE = "config.yaml"
 # Config keys that may differ between runs of one group: the seed, and bookkeeping that does not
 # change the training computation.
 IGNORED_KEYS = frozenset(
-    {"seed", "device", "torch_threads", "tensorboard", "checkpoint_every", "keep_checkpoints", "eval_episodes",
-     "eval_every"}
+    {
+        "seed",
+        "device",
+        "torch_threads",
+        "tensorboard",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "eval_episodes",
+        "eval_every",
+    }
 )
 
 RETURN_COLUMN = "recent_return"
@@ -54,9 +63,38 @@ REQUIRED_COLUMNS = ("global_step", "wall_time", RETURN_COLUMN)
 GRID_POINTS = 200
 
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def t_quantile_975(dof: int) -> float:
@@ -131,11 +169,11 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
             raise ValueError(f"{str(path)!r} does not hold a mapping of hyperparameters")
         return data
     # Runs made with the Python API have no config.yaml; their checkpoint carries the config.
-    from clippo.training.checkpoint import FINAL_NAME, CHECKPOINT_DIR
+    from clippo.training.checkpoint import CHECKPOINT_DIR, FINAL_NAME
 
     if (run_dir / FINAL_NAME).is_file() or any((run_dir / CHECKPOINT_DIR).glob("step_*.pt")):
-        from clippo.training.checkpoint import read_checkpoint
         from clippo.core.errors import CheckpointError
+        from clippo.training.checkpoint import read_checkpoint
 
         try:
             return dict(read_checkpoint(run_dir)["config"])
@@ -194,8 +232,12 @@ def group_runs(runs: Sequence[Run]) -> list[RunGroup]:
     for group in result:
         siblings = [g for g in result if g.env_id == group.env_id]
         varying = sorted(
-            {k for g in siblings for k in set(g.settings) | set(group.settings)
-             if _hashable(g.settings.get(k)) != _hashable(group.settings.get(k))}
+            {
+                k
+                for g in siblings
+                for k in set(g.settings) | set(group.settings)
+                if _hashable(g.settings.get(k)) != _hashable(group.settings.get(k))
+            }
             - {"env_id"}
         )
         group.label = ", ".join(f"{k}={_short(group.settings.get(k))}" for k in varying)
@@ -214,7 +256,9 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-def mean_curve(runs: Sequence[Run], x_column: str, y_column: str, band: str = "ci95", points: int = GRID_POINTS) -> Curve | None:
+def mean_curve(
+    runs: Sequence[Run], x_column: str, y_column: str, band: str = "ci95", points: int = GRID_POINTS
+) -> Curve | None:
     """The runs' mean of ``y_column`` against ``x_column`` on a common grid, with a band.
 
     Rows where y is missing (no episode finished yet, or a skipped update) are dropped first. The
@@ -347,13 +391,21 @@ def draw_groups(groups: Sequence[RunGroup], x: str = "steps", diagnostics: bool 
     # cover the curves.
     entries: dict[str, Any] = {}
     for ax in axes.flat:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=False):
             entries.setdefault(label, handle)
     if entries:
         seeded = any(len(g.runs) > 1 for g in groups)
         title = f"line: mean over seeds; band: {BANDS[band]}" if seeded else None
-        figure.legend(list(entries.values()), list(entries), loc="outside lower center", ncols=min(len(entries), max(ncols, 1)),
-                      fontsize=9, title=title, title_fontsize=9, frameon=False)
+        figure.legend(
+            list(entries.values()),
+            list(entries),
+            loc="outside lower center",
+            ncols=min(len(entries), max(ncols, 1)),
+            fontsize=9,
+            title=title,
+            title_fontsize=9,
+            frameon=False,
+        )
     return figure
 
 

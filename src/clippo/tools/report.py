@@ -14,14 +14,15 @@ import io
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from clippo.training.callbacks import BEST_NAME
 from clippo.tools.plotting import EVAL_COLUMN, RunGroup, draw_groups, read_run, require_plotting_packages
+from clippo.training.callbacks import BEST_NAME
 
 # --- thresholds -------------------------------------------------------------------------------
 # KL early stop: ended the epochs of more than this share of the updates.
@@ -178,7 +179,9 @@ def initial_entropy(action_space: dict[str, Any] | None, config: dict[str, Any])
     return None
 
 
-def check_entropy_collapse(metrics, config: dict[str, Any], action_space: dict[str, Any] | None = None) -> HealthWarning | None:
+def check_entropy_collapse(
+    metrics, config: dict[str, Any], action_space: dict[str, Any] | None = None
+) -> HealthWarning | None:
     """The policy became (nearly) deterministic within the first tenth of training."""
     entropy = _column(metrics, "entropy")
     if len(entropy) == 0:
@@ -191,12 +194,18 @@ def check_entropy_collapse(metrics, config: dict[str, Any], action_space: dict[s
     early = float(entropy[index])
     if kind == "discrete":
         collapsed = h0 > 0 and early < ENTROPY_KEPT_DISCRETE * h0
-        how = f"{early:.3f} nats, {early / h0:.0%} of the initial {h0:.3f} (threshold {ENTROPY_KEPT_DISCRETE:.0%})" if h0 > 0 else ""
+        how = (
+            f"{early:.3f} nats, {early / h0:.0%} of the initial {h0:.3f} (threshold {ENTROPY_KEPT_DISCRETE:.0%})"
+            if h0 > 0
+            else ""
+        )
     else:
         drop = (h0 - early) / dims
         collapsed = drop > ENTROPY_DROP_PER_DIM
-        how = (f"{early:.3f} nats, {drop:.2f} nats per action dimension below the initial {h0:.3f} "
-               f"(threshold {ENTROPY_DROP_PER_DIM:.2f}: the action std shrank more than tenfold)")
+        how = (
+            f"{early:.3f} nats, {drop:.2f} nats per action dimension below the initial {h0:.3f} "
+            f"(threshold {ENTROPY_DROP_PER_DIM:.2f}: the action std shrank more than tenfold)"
+        )
     if not collapsed:
         return None
     return HealthWarning(
@@ -322,8 +331,9 @@ PASSED = {
 }
 
 
-def health_warnings(metrics, config: dict[str, Any], action_space: dict[str, Any] | None = None,
-                    time_limit: int | None = None) -> tuple[list[HealthWarning], list[str]]:
+def health_warnings(
+    metrics, config: dict[str, Any], action_space: dict[str, Any] | None = None, time_limit: int | None = None
+) -> tuple[list[HealthWarning], list[str]]:
     """Run every check: the warnings, and the descriptions of the checks that passed."""
     warnings, passed = [], []
     for name, check in CHECKS.items():
@@ -345,7 +355,9 @@ def build_report(run_dir: str | Path) -> RunReport:
     require_plotting_packages("clippo report")
     run = read_run(run_dir)
     env_id = run.config.get("env_id")
-    warnings, passed = health_warnings(run.metrics, run.config, _action_space(run.run_dir, env_id), time_limit_of(env_id))
+    warnings, passed = health_warnings(
+        run.metrics, run.config, _action_space(run.run_dir, env_id), time_limit_of(env_id)
+    )
     return RunReport(run.run_dir, run.config, run.metrics, _read_evaluation(run.run_dir), warnings, passed)
 
 
@@ -393,23 +405,35 @@ def _summary_rows(report: RunReport) -> list[list[str]]:
     steps = int(m["global_step"].iloc[-1])
     wall = float(m["wall_time"].iloc[-1])
     returns = _column(m, "recent_return")
-    rows = [["environment", f"`{config.get('env_id', 'n/a')}`"],
-            ["seed", _fmt(config.get("seed"))],
-            ["steps", f"{steps:,} of {_fmt(config.get('total_steps'))} ({len(m)} updates, "
-                      f"{int(_column(m, 'episodes').sum()):,} episodes)"],
-            ["training wall time", f"{wall:,.1f} s"],
-            ["throughput", f"{steps / wall:,.0f} steps/s on average" if wall > 0 else "n/a"]]
+    rows = [
+        ["environment", f"`{config.get('env_id', 'n/a')}`"],
+        ["seed", _fmt(config.get("seed"))],
+        [
+            "steps",
+            f"{steps:,} of {_fmt(config.get('total_steps'))} ({len(m)} updates, "
+            f"{int(_column(m, 'episodes').sum()):,} episodes)",
+        ],
+        ["training wall time", f"{wall:,.1f} s"],
+        ["throughput", f"{steps / wall:,.0f} steps/s on average" if wall > 0 else "n/a"],
+    ]
     if len(returns):
         best = int(np.nanargmax(m["recent_return"].to_numpy(float)))
         rows.append(["final return", f"{returns[-1]:.2f} (mean of the last 100 training episodes)"])
-        rows.append(["best return", f"{m['recent_return'].iloc[best]:.2f} at step {int(m['global_step'].iloc[best]):,}"])
+        rows.append(
+            ["best return", f"{m['recent_return'].iloc[best]:.2f} at step {int(m['global_step'].iloc[best]):,}"]
+        )
     else:
         rows.append(["final return", "n/a: no episode finished"])
     rows += _periodic_evaluation_rows(report)
     if report.evaluation:
         e = report.evaluation
-        rows.append(["evaluation", f"{e['mean_return']:.2f} ± {e.get('std_return', float('nan')):.2f} over "
-                                   f"{e.get('episodes', '?')} deterministic episodes (eval.json)"])
+        rows.append(
+            [
+                "evaluation",
+                f"{e['mean_return']:.2f} ± {e.get('std_return', float('nan')):.2f} over "
+                f"{e.get('episodes', '?')} deterministic episodes (eval.json)",
+            ]
+        )
     return rows
 
 
@@ -430,15 +454,26 @@ def _periodic_evaluation_rows(report: RunReport) -> list[list[str]]:
     kept = f", kept as `{BEST_NAME}`" if (report.run_dir / BEST_NAME).is_file() else ""
     episodes = report.config.get("eval_episodes", "?")
     return [
-        ["last periodic evaluation", f"{values[last]:.2f} ± {stds[last]:.2f} at step {int(steps[last]):,} "
-                                     f"({len(evaluated)} evaluations of {episodes} deterministic episodes)"],
+        [
+            "last periodic evaluation",
+            f"{values[last]:.2f} ± {stds[last]:.2f} at step {int(steps[last]):,} "
+            f"({len(evaluated)} evaluations of {episodes} deterministic episodes)",
+        ],
         ["best periodic evaluation", f"{values[best]:.2f} at step {int(steps[best]):,}{kept}"],
     ]
 
 
 def _diagnostic_rows(metrics) -> list[list[str]]:
     rows = []
-    for name in ("approx_kl", "clip_fraction", "entropy", "explained_variance", "value_loss", "policy_loss", "epochs_run"):
+    for name in (
+        "approx_kl",
+        "clip_fraction",
+        "entropy",
+        "explained_variance",
+        "value_loss",
+        "policy_loss",
+        "epochs_run",
+    ):
         values = _column(metrics, name)
         if len(values):
             rows.append([f"`{name}`", f"{values[0]:.4g}", f"{np.median(values):.4g}", f"{values[-1]:.4g}"])
@@ -452,7 +487,9 @@ def _config_rows(config: dict[str, Any]) -> list[list[str]]:
     for i in range(half):
         left = items[i]
         right = items[i + half] if i + half < len(items) else ("", "")
-        rows.append([f"`{left[0]}`", f"`{left[1]}`", f"`{right[0]}`" if right[0] else "", f"`{right[1]}`" if right[0] else ""])
+        rows.append(
+            [f"`{left[0]}`", f"`{left[1]}`", f"`{right[0]}`" if right[0] else "", f"`{right[1]}`" if right[0] else ""]
+        )
     return rows
 
 
@@ -536,16 +573,26 @@ def render_html(blocks: list[Block], figure_png: bytes | None) -> str:
             body.append("<ul>" + "".join(f"<li>{_inline_html(item)}</li>" for item in block[1]) + "</ul>")
         elif kind == "warning":
             w: HealthWarning = block[1]
-            body.append(f'<div class="warning"><p><strong>Warning ({html.escape(w.check)}): {_inline_html(w.title)}</strong></p>'
-                        f"<p>{_inline_html(w.detail)}</p><p><em>Try:</em> {_inline_html(w.fix)}</p></div>")
+            body.append(
+                f'<div class="warning"><p><strong>Warning ({html.escape(w.check)}): {_inline_html(w.title)}</strong></p>'
+                f"<p>{_inline_html(w.detail)}</p><p><em>Try:</em> {_inline_html(w.fix)}</p></div>"
+            )
         elif kind == "table":
             headers, rows = block[1], block[2]
-            head = "" if not any(headers) else "<tr>" + "".join(f"<th>{_inline_html(h)}</th>" for h in headers) + "</tr>"
-            body.append("<table>" + head + "".join(
-                "<tr>" + "".join(f"<td>{_inline_html(cell)}</td>" for cell in row) + "</tr>" for row in rows) + "</table>")
+            head = (
+                "" if not any(headers) else "<tr>" + "".join(f"<th>{_inline_html(h)}</th>" for h in headers) + "</tr>"
+            )
+            body.append(
+                "<table>"
+                + head
+                + "".join("<tr>" + "".join(f"<td>{_inline_html(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+                + "</table>"
+            )
         elif kind == "figure" and figure_png is not None:
             data = base64.b64encode(figure_png).decode("ascii")
             body.append(f'<img alt="{html.escape(block[1])}" src="data:image/png;base64,{data}">')
     title = html.escape(blocks[0][1]) if blocks and blocks[0][0] == "h1" else "clippo run report"
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>"
-            f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )

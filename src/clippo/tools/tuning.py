@@ -50,8 +50,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from clippo.training.callbacks import EVAL_MEAN, Callback, EvalCallback
 from clippo.core.errors import EnvStepError, NonFiniteError, first_line
+from clippo.training.callbacks import EVAL_MEAN, Callback, EvalCallback
 
 # ---------------------------------------------------------------------------------------------
 # The search space: (kind, values). Kinds: "log" a float log-uniform in [low, high]; "int" an
@@ -85,8 +85,18 @@ DEFAULT_EVAL_EPISODES = 5
 DEFAULT_EVALUATIONS = 10
 # Config keys left out of the best config file: they do not change what is learned (the seed is
 # the user's choice), and the trials' own bookkeeping (no TensorBoard, no periodic checkpoints).
-_NOT_WRITTEN = {"env_id", "seed", "device", "torch_threads", "tensorboard", "checkpoint_every", "keep_checkpoints",
-                "eval_episodes", "eval_every", "stop_at_return"}
+_NOT_WRITTEN = {
+    "env_id",
+    "seed",
+    "device",
+    "torch_threads",
+    "tensorboard",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "eval_episodes",
+    "eval_every",
+    "stop_at_return",
+}
 
 
 def require_optuna():
@@ -137,7 +147,11 @@ class TuneSettings:
         out = self.out or str(Path("tune") / self.env_id)
         storage = self.storage or f"sqlite:///{Path(out) / 'study.db'}"
         return dataclasses.replace(
-            self, steps_per_trial=steps, eval_every=every, out=out, storage=storage,
+            self,
+            steps_per_trial=steps,
+            eval_every=every,
+            out=out,
+            storage=storage,
             study_name=self.study_name or f"clippo-{self.env_id}",
         )
 
@@ -257,9 +271,16 @@ def run_trial(trial, settings: TuneSettings, worker: int = 0) -> float:
     shutil.rmtree(run_dir, ignore_errors=True)  # trial numbers are unique: a leftover is stale
     started = time.perf_counter()
     agent = PPO(
-        settings.env_id, config_file=settings.config_file, run_dir=run_dir, **params,
-        total_steps=settings.steps_per_trial, seed=settings.seed, eval_every=settings.eval_every,
-        eval_episodes=settings.eval_episodes, tensorboard=False, checkpoint_every=0,
+        settings.env_id,
+        config_file=settings.config_file,
+        run_dir=run_dir,
+        **params,
+        total_steps=settings.steps_per_trial,
+        seed=settings.seed,
+        eval_every=settings.eval_every,
+        eval_episodes=settings.eval_episodes,
+        tensorboard=False,
+        checkpoint_every=0,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(agent.config, run_dir / "config.yaml")
@@ -278,11 +299,16 @@ def run_trial(trial, settings: TuneSettings, worker: int = 0) -> float:
         agent.close()
     seconds = time.perf_counter() - started
     if reporter.pruned_at is not None:
-        print(f"{prefix}: pruned at evaluation {reporter.pruned_at} of {evaluations} "
-              f"(running mean {reporter.objective:.2f}), {seconds:.1f} s", flush=True)
+        print(
+            f"{prefix}: pruned at evaluation {reporter.pruned_at} of {evaluations} "
+            f"(running mean {reporter.objective:.2f}), {seconds:.1f} s",
+            flush=True,
+        )
         raise optuna.TrialPruned()
-    print(f"{prefix}: objective {reporter.objective:.2f} over {len(reporter.values)} evaluations, {seconds:.1f} s",
-          flush=True)
+    print(
+        f"{prefix}: objective {reporter.objective:.2f} over {len(reporter.values)} evaluations, {seconds:.1f} s",
+        flush=True,
+    )
     return reporter.objective
 
 
@@ -294,7 +320,7 @@ def open_storage(url: str):
     optuna = require_optuna()
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):]
+        path = url[len("sqlite:///") :]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # several processes write to one file: wait for the lock instead of failing at once
@@ -330,17 +356,29 @@ def load_study(settings: TuneSettings, create: bool = False):
             "give a larger --eval-every or --steps-per-trial, or fewer envs (--config)"
         )
     try:
-        study = optuna.create_study(
-            storage=storage, study_name=settings.study_name, direction="maximize", sampler=sampler, pruner=pruner,
-            load_if_exists=create,
-        ) if create else optuna.load_study(storage=storage, study_name=settings.study_name, sampler=sampler, pruner=pruner)
+        study = (
+            optuna.create_study(
+                storage=storage,
+                study_name=settings.study_name,
+                direction="maximize",
+                sampler=sampler,
+                pruner=pruner,
+                load_if_exists=create,
+            )
+            if create
+            else optuna.load_study(storage=storage, study_name=settings.study_name, sampler=sampler, pruner=pruner)
+        )
     except Exception as exc:
-        raise ValueError(f"cannot open study {settings.study_name!r} in {settings.storage}: {first_line(exc)[:200]}") from None
+        raise ValueError(
+            f"cannot open study {settings.study_name!r} in {settings.storage}: {first_line(exc)[:200]}"
+        ) from None
     stored = study.user_attrs.get("clippo")
     if stored is None and create:
         study.set_user_attr("clippo", identity)
     elif stored is not None and json.dumps(stored, sort_keys=True) != json.dumps(identity, sort_keys=True):
-        key = next(k for k in identity if json.dumps(stored.get(k), sort_keys=True) != json.dumps(identity[k], sort_keys=True))
+        key = next(
+            k for k in identity if json.dumps(stored.get(k), sort_keys=True) != json.dumps(identity[k], sort_keys=True)
+        )
         was = _short(stored.get(key))
         raise ValueError(
             f"study {settings.study_name!r} in {settings.storage} was made with {key}={was}, not {_short(identity[key])}: "
@@ -474,9 +512,11 @@ def _best_trial(study):
 
 def objective_text(settings: TuneSettings) -> str:
     evaluations = settings.steps_per_trial // settings.eval_every
-    return (f"the mean deterministic evaluation return over a trial's {evaluations} evaluations (one every "
-            f"{settings.eval_every:,} of its {settings.steps_per_trial:,} steps, {settings.eval_episodes} episodes "
-            "each), maximized")
+    return (
+        f"the mean deterministic evaluation return over a trial's {evaluations} evaluations (one every "
+        f"{settings.eval_every:,} of its {settings.steps_per_trial:,} steps, {settings.eval_episodes} episodes "
+        "each), maximized"
+    )
 
 
 def best_config_yaml(best, study, settings: TuneSettings) -> str:
@@ -493,7 +533,13 @@ def best_config_yaml(best, study, settings: TuneSettings) -> str:
         "# Searched:",
     ]
     dump = lambda values: yaml.safe_dump(values, sort_keys=False, default_flow_style=None)  # noqa: E731
-    return "\n".join(header) + "\n" + dump(searched) + "# Fixed in the study (env preset, --config, defaults):\n" + dump(config)
+    return (
+        "\n".join(header)
+        + "\n"
+        + dump(searched)
+        + "# Fixed in the study (env preset, --config, defaults):\n"
+        + dump(config)
+    )
 
 
 def _format_params(params: dict[str, Any]) -> str:
@@ -523,8 +569,11 @@ def summary_markdown(study, settings: TuneSettings, best, plots: list[Path], not
         "",
     ]
     if best is not None:
-        lines += [f"Best: trial {best.number}, objective {best.value:.2f}: `{Path(settings.out) / BEST_CONFIG_FILE}` "
-                  f"(`clippo train {settings.env_id} --config {Path(settings.out) / BEST_CONFIG_FILE}`).", ""]
+        lines += [
+            f"Best: trial {best.number}, objective {best.value:.2f}: `{Path(settings.out) / BEST_CONFIG_FILE}` "
+            f"(`clippo train {settings.env_id} --config {Path(settings.out) / BEST_CONFIG_FILE}`).",
+            "",
+        ]
     else:
         lines += ["No trial has completed yet.", ""]
     lines += ["| trial | value | state | evaluations | params |", "| --- | --- | --- | --- | --- |"]

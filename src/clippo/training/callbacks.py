@@ -68,7 +68,9 @@ def as_callback(callback: Callback | Callable | Iterable | None) -> Callback:
         return FunctionCallback(callback)
     if isinstance(callback, (list, tuple)):
         return CallbackList(as_callback(cb) for cb in callback)
-    raise TypeError(f"callback={callback!r} is invalid: give a clippo.training.callbacks.Callback, a function f(agent, metrics), or a list of them")
+    raise TypeError(
+        f"callback={callback!r} is invalid: give a clippo.training.callbacks.Callback, a function f(agent, metrics), or a list of them"
+    )
 
 
 def with_config_evaluation(callback: Callback, config: Any) -> Callback:
@@ -136,7 +138,9 @@ class EvalCallback(Callback):
         for name, value in (("every", every), ("episodes", episodes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} is invalid: it must be an integer >= 1")
-        if stop_at_return is not None and not (isinstance(stop_at_return, (int, float)) and math.isfinite(stop_at_return)):
+        if stop_at_return is not None and not (
+            isinstance(stop_at_return, (int, float)) and math.isfinite(stop_at_return)
+        ):
             raise ValueError(f"stop_at_return={stop_at_return!r} is invalid: it must be a finite number, or None")
         self.every = every
         self.episodes = episodes
@@ -213,7 +217,9 @@ def read_best_record(run_dir: str | Path) -> dict[str, Any] | None:
         record = json.loads(path.read_text())
         float(record["mean_return"]), int(record["global_step"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"cannot read {str(path)!r}: {first_line(exc)} (delete it to start the best-so-far afresh)") from None
+        raise ValueError(
+            f"cannot read {str(path)!r}: {first_line(exc)} (delete it to start the best-so-far afresh)"
+        ) from None
     return record
 
 

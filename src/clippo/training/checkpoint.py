@@ -68,7 +68,7 @@ def space_from_dict(data: dict[str, Any]) -> spaces.Space:
         n = data["n"]
         return spaces.MultiBinary(n[0] if len(n) == 1 else n)
     if kind == "Dict":
-        return spaces.Dict({key: space_from_dict(sub) for key, sub in zip(data["keys"], data["spaces"])})
+        return spaces.Dict({key: space_from_dict(sub) for key, sub in zip(data["keys"], data["spaces"], strict=False)})
     if kind == "Tuple":
         return spaces.Tuple([space_from_dict(sub) for sub in data["spaces"]])
     raise CheckpointError(f"unknown space type {kind!r} in checkpoint")
@@ -108,7 +108,9 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
         periodic = sorted((path / CHECKPOINT_DIR).glob("step_*.pt"))
         if periodic:
             return periodic[-1]
-        raise CheckpointError(f"no checkpoint in run directory {str(path)!r} (expected {FINAL_NAME} or {CHECKPOINT_DIR}/)")
+        raise CheckpointError(
+            f"no checkpoint in run directory {str(path)!r} (expected {FINAL_NAME} or {CHECKPOINT_DIR}/)"
+        )
     if not path.exists():
         raise CheckpointError(f"no such checkpoint file or run directory: {str(path)!r}")
     return path
@@ -124,7 +126,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = str(exc).strip().splitlines()
-        detail = next((line for line in reason if "Unsupported" in line or "global" in line.lower()), reason[0] if reason else "")
+        detail = next(
+            (line for line in reason if "Unsupported" in line or "global" in line.lower()), reason[0] if reason else ""
+        )
         raise CheckpointError(
             f"refusing to load {str(path)!r}: it holds objects other than tensors and plain data, "
             f"and unpickling them could run code ({detail.strip()[:160]})"
@@ -133,7 +137,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
             raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {exc.strerror}") from None
         first = first_line(exc)
-        raise CheckpointError(f"{str(path)!r} is not a readable checkpoint (truncated or corrupted?): {first[:160]}") from None
+        raise CheckpointError(
+            f"{str(path)!r} is not a readable checkpoint (truncated or corrupted?): {first[:160]}"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a clippo checkpoint")
     if payload.get("format_version") not in READABLE_VERSIONS:

@@ -54,9 +54,7 @@ def init_world(device: str) -> World:
         use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
         if use_cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(
-            backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=10)
-        )
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=10))
     return World(rank=rank, size=size, local_rank=local_rank)
 
 
@@ -120,7 +118,11 @@ def pool_statistics(stats: list, shares: list[list[np.ndarray]], world_size: int
         n = s.mean.size
         mean = total[1 : 1 + n] / total[0]
         var = total[1 + n :] / total[0] - mean**2
-        s.mean, s.var, s.count = mean.reshape(s.mean.shape), np.maximum(var, 0.0).reshape(s.var.shape), total[0] / world_size
+        s.mean, s.var, s.count = (
+            mean.reshape(s.mean.shape),
+            np.maximum(var, 0.0).reshape(s.var.shape),
+            total[0] / world_size,
+        )
 
 
 def moment_sums(groups: list[np.ndarray]) -> np.ndarray:
@@ -134,7 +136,7 @@ def pooled_moments(shares: list[np.ndarray]) -> list[tuple[float, float]]:
     count, total, squares = sum(shares).T
     mean = total / count
     std = np.sqrt(np.maximum((squares - count * mean * mean) / np.maximum(count - 1, 1), 0.0))
-    return list(zip(mean.tolist(), std.tolist()))
+    return list(zip(mean.tolist(), std.tolist(), strict=False))
 
 
 def shutdown(world: World) -> None:

@@ -111,7 +111,9 @@ class RunLogger:
                 postfix["eval"] = _fmt(self._last_eval)
             self._bar.set_postfix(postfix, refresh=False)
             self._bar.refresh()
-        elif self._plain and (time.monotonic() - self._last_line > 5.0 or metrics.get("final") or evaluated is not None):
+        elif self._plain and (
+            time.monotonic() - self._last_line > 5.0 or metrics.get("final") or evaluated is not None
+        ):
             self._last_line = time.monotonic()
             evaluation = f"  eval {_fmt(evaluated)}" if evaluated is not None else ""
             print(

@@ -24,16 +24,17 @@ import numpy as np
 import torch
 
 from clippo.core.advantages import compute_gae
-from clippo.training.callbacks import as_callback, with_config_evaluation
-from clippo.training.checkpoint import FINAL_NAME, run_dir_lock
-from clippo.training.distributed import World, all_gather, pool_statistics, pooled_moments, statistics_sums
 from clippo.core.errors import EnvStepError, NonFiniteError, TrainingInterrupted
-from clippo.training.logger import RunLogger
 from clippo.core.losses import explained_variance
 from clippo.rollout.normalization import ObservationNormalizer, RewardScaler
 from clippo.rollout.runner import Batch, EnvRunner, RolloutBuffer
+from clippo.training.callbacks import as_callback, with_config_evaluation
+from clippo.training.checkpoint import FINAL_NAME, run_dir_lock
+from clippo.training.distributed import World, all_gather, pool_statistics, pooled_moments, statistics_sums
+from clippo.training.logger import RunLogger
 from clippo.training.optim import FlatAdam
 from clippo.training.update import Learner, UpdatePlan, advantage_sums, set_moments
+
 
 @dataclasses.dataclass
 class StopRequest:
@@ -136,13 +137,20 @@ def _train(agent: Trainee, progress: bool | None, callback) -> None:
             plan = agent.learner.plan_update(len(batch))
             episodes = runner.pop_finished_episodes()
             exchange_start = time.perf_counter()
-            poisoned, (episode_returns, episode_lengths) = exchange_after_rollout(agent, runner.poisoned, batch, plan, episodes)
+            poisoned, (episode_returns, episode_lengths) = exchange_after_rollout(
+                agent, runner.poisoned, batch, plan, episodes
+            )
             update_start = time.perf_counter()
 
             # 3. Several epochs of minibatch steps on the combined PPO loss.
             if poisoned:  # nonfinite="skip": a rollout with NaN/inf data teaches nothing
-                warnings.warn(f"skipped update {agent.update}: {runner.poison_message or 'on another rank'}", stacklevel=2)
-                stats = {name: float("nan") for name in ("policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl")}
+                warnings.warn(
+                    f"skipped update {agent.update}: {runner.poison_message or 'on another rank'}", stacklevel=2
+                )
+                stats = {
+                    name: float("nan")
+                    for name in ("policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl")
+                }
                 stats.update(epochs_run=0.0, early_stopped=0, skipped_steps=0)
             else:
                 try:
@@ -267,7 +275,9 @@ def exchange_after_rollout(
     stats = [agent.obs_normalizer.stats, agent.reward_scaler.stats]
     stopping = agent.stopping
     sums = advantage_sums(batch, plan) if agent.config.normalize_advantages else None
-    every = all_gather((poisoned, stopping.requested, statistics_sums(stats), sums, episodes, stopping.callback_asked), agent.world)
+    every = all_gather(
+        (poisoned, stopping.requested, statistics_sums(stats), sums, episodes, stopping.callback_asked), agent.world
+    )
     pool_statistics(stats, [rank[2] for rank in every], agent.world.size)
     if sums is not None:
         set_moments(plan, pooled_moments([rank[3] for rank in every]))
@@ -276,5 +286,3 @@ def exchange_after_rollout(
     stopping.by_callback = any(rank[5] for rank in every)
     episodes = tuple([value for rank in every for value in rank[4][i]] for i in range(2))
     return any(rank[0] for rank in every), episodes
-
-

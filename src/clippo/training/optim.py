@@ -16,7 +16,8 @@ Where PyTorch has it, the step runs as one fused kernel (the one behind
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -84,8 +85,19 @@ class FlatAdam:
         if self.fused:
             self._step_tensor.fill_(self.step_count)
             torch._fused_adam_(
-                [self.flat], [self.grad], [self.exp_avg], [self.exp_avg_sq], [], [self._step_tensor],
-                lr=self.lr, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=self.eps, amsgrad=False, maximize=False,
+                [self.flat],
+                [self.grad],
+                [self.exp_avg],
+                [self.exp_avg_sq],
+                [],
+                [self._step_tensor],
+                lr=self.lr,
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=0.0,
+                eps=self.eps,
+                amsgrad=False,
+                maximize=False,
             )
             return
         self.exp_avg.lerp_(self.grad, 1.0 - beta1)
@@ -130,8 +142,8 @@ class FlatAdam:
         """``vector``, laid out by ``saved_names``, in this optimizer's layout."""
         if sorted(saved_names) != sorted(self.names):
             raise ValueError(f"optimizer state is for parameters {saved_names}, the model has {self.names}")
-        sizes = dict(zip(self.names, (p.numel() for p in self.params)))
-        pieces = dict(zip(saved_names, vector.split([sizes[name] for name in saved_names])))
+        sizes = dict(zip(self.names, (p.numel() for p in self.params), strict=False))
+        pieces = dict(zip(saved_names, vector.split([sizes[name] for name in saved_names]), strict=False))
         return torch.cat([pieces[name] for name in self.names])
 
 
@@ -143,8 +155,19 @@ def _has_fused_adam(flat: torch.Tensor) -> bool:
         scratch = [torch.zeros(2, dtype=flat.dtype, device=flat.device) for _ in range(4)]
         step = torch.ones((), dtype=flat.dtype, device=flat.device)
         torch._fused_adam_(
-            [scratch[0]], [scratch[1]], [scratch[2]], [scratch[3]], [], [step],
-            lr=0.0, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False,
+            [scratch[0]],
+            [scratch[1]],
+            [scratch[2]],
+            [scratch[3]],
+            [],
+            [step],
+            lr=0.0,
+            beta1=0.9,
+            beta2=0.999,
+            weight_decay=0.0,
+            eps=1e-8,
+            amsgrad=False,
+            maximize=False,
         )
     except (RuntimeError, NotImplementedError, TypeError):
         return False

@@ -9,6 +9,7 @@ statistics in one all-reduce.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from typing import Any, Protocol
 
@@ -56,7 +57,13 @@ class Learner:
     """
 
     def __init__(
-        self, config: Any, optimizer: FlatAdam, loss: LossFunction, generator: torch.Generator, device: torch.device, world: World
+        self,
+        config: Any,
+        optimizer: FlatAdam,
+        loss: LossFunction,
+        generator: torch.Generator,
+        device: torch.device,
+        world: World,
     ) -> None:
         self.config = config
         self.optimizer = optimizer
@@ -89,7 +96,14 @@ class Learner:
     def loss_and_gradient(self, minibatch: Batch, advantages: torch.Tensor) -> LossTerms:
         """The combined PPO loss on one minibatch, its gradient left in ``self.optimizer.grad``."""
         old_values = minibatch.samples("values") if self.config.clip_value_loss else None
-        args = (minibatch.obs, minibatch.actions, minibatch.samples("logprobs"), advantages, minibatch.samples("returns"), old_values)
+        args = (
+            minibatch.obs,
+            minibatch.actions,
+            minibatch.samples("logprobs"),
+            advantages,
+            minibatch.samples("returns"),
+            old_values,
+        )
         if isinstance(minibatch, SequenceBatch):  # (recurrent agents always take the autograd loss)
             return self.loss(*args, masks=minibatch.masks, sequences=minibatch.sequences)
         if minibatch.masks is not None:
@@ -123,7 +137,9 @@ class Learner:
             # the order of samples in a mean does not matter: the one minibatch is left unshuffled
             minibatches = [batch] if indices is None else shuffled_minibatches(batch, indices)
             for index, minibatch in enumerate(minibatches):
-                advantages = minibatch.samples("advantages") if whole_batch_advantages is None else whole_batch_advantages
+                advantages = (
+                    minibatch.samples("advantages") if whole_batch_advantages is None else whole_batch_advantages
+                )
                 if normalize_each:
                     advantages = normalized_advantages(advantages, plan, epoch, index)
                 terms = self.loss_and_gradient(minibatch, advantages)
@@ -154,7 +170,7 @@ class Learner:
                 break
         steps_taken = len(history)
         means = np.mean(history, axis=0).tolist() if history else [float("nan")] * (len(MINIBATCH_STATS) - 1)
-        stats = dict(zip(MINIBATCH_STATS[1:], means))
+        stats = dict(zip(MINIBATCH_STATS[1:], means, strict=False))
         stats["approx_kl"] = kl
         stats["epochs_run"] = steps_taken / cfg.num_minibatches
         stats["early_stopped"] = int(early_stopped)
@@ -167,7 +183,9 @@ def advantage_sums(batch: Batch, plan: UpdatePlan) -> np.ndarray:
     (of the whole batch, normalized once, when there is one minibatch per epoch)."""
     if plan.epochs[0] is None:
         return moment_sums([batch.samples("advantages").cpu().numpy()])
-    return moment_sums([batch.samples("advantages", indices).cpu().numpy() for epoch in plan.epochs for indices in epoch or ()])
+    return moment_sums(
+        [batch.samples("advantages", indices).cpu().numpy() for epoch in plan.epochs for indices in epoch or ()]
+    )
 
 
 def set_moments(plan: UpdatePlan, moments: list[tuple[float, float]]) -> None:
@@ -177,7 +195,7 @@ def set_moments(plan: UpdatePlan, moments: list[tuple[float, float]]) -> None:
         return
     sizes = [len(epoch or ()) for epoch in plan.epochs]
     starts = np.cumsum([0, *sizes])
-    plan.moments = [moments[start : start + size] for start, size in zip(starts, sizes)]
+    plan.moments = [moments[start : start + size] for start, size in zip(starts, sizes, strict=False)]
 
 
 def normalized_advantages(advantages: torch.Tensor, plan: UpdatePlan, epoch: int, index: int) -> torch.Tensor:
@@ -191,4 +209,4 @@ def shuffled_minibatches(batch: Batch, indices: list[torch.Tensor]) -> list[Batc
     consecutive slices: one indexing per field and epoch instead of one per minibatch."""
     shuffled = batch[torch.cat(indices)]
     bounds = np.cumsum([0] + [len(i) for i in indices]).tolist()
-    return [shuffled[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
+    return [shuffled[start:stop] for start, stop in itertools.pairwise(bounds)]
