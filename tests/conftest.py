@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from typing import Any, ClassVar
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -22,7 +23,7 @@ class FixedLengthEnv(gym.Env):
     The observation is ``[step_in_episode, 1.0]`` (float32), so the value of an observation is known.
     """
 
-    metadata: dict = {}
+    metadata: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,
@@ -63,7 +64,7 @@ class MultiDiscreteEnv(gym.Env):
     The reward is 1 when the first action component equals the second modulo 3, so a policy can learn.
     """
 
-    metadata: dict = {}
+    metadata: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, episode_length: int = 10) -> None:
         self.observation_space = spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)

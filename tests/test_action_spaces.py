@@ -3,6 +3,8 @@ learning the toy envs, checkpoints keeping actions identical, and --nproc 2 runs
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ TINY = dict(num_envs=2, num_steps=32, num_minibatches=2, update_epochs=2, hidden
 class TupleEnv(gym.Env):
     """``Tuple(Discrete(2), Box(-1, 1, (2,)), MultiBinary(3))`` actions, checked on every step."""
 
-    metadata: dict = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
     observation_space = spaces.Box(-1.0, 1.0, (3,), dtype=np.float32)
     action_space = spaces.Tuple(
         (spaces.Discrete(2, start=3), spaces.Box(-1.0, 1.0, (2,), dtype=np.float32), spaces.MultiBinary(3))

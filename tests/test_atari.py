@@ -38,7 +38,7 @@ def test_one_family_rule_for_ram_ids():
     assert env_preset_values("ALE/Pong-ram-v5") == {}
     assert env_preset_values("ALE/Pong-v5")  # the atari preset
     PPOConfig(env_id="ALE/Pong-ram-v5", frame_stack=4)  # generic knobs are valid for it
-    with pytest.raises(ValueError, match="^unknown environment id 'ALE/Pong-ram-v5'"):
+    with pytest.raises(ValueError, match=r"^unknown environment id 'ALE/Pong-ram-v5'"):
         families.check_env_id("ALE/Pong-ram-v5")  # ale-py 0.11 registers no RAM ids (obs_type="ram" instead)
 
 

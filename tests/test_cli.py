@@ -500,7 +500,7 @@ def test_bad_config_file_same_message_from_cli_and_api(tmp_path, kind):
 
 def test_missing_run_dir_for_eval_and_resume(tmp_path):
     missing = tmp_path / "no" / "such" / "run"
-    code, out, err = run_cli(["eval", str(missing)])
+    code, _out, err = run_cli(["eval", str(missing)])
     assert_one_line_error(code, err)
     with pytest.raises(ValueError) as info:
         PPO.load(missing)
@@ -562,5 +562,5 @@ def test_absurd_thread_count_is_rejected_by_validation():
     (checked by hand: `clippo train CartPole-v1 --torch-threads 100000` exits -11 with no message), so
     validation must refuse thread counts far beyond any machine before torch sees them."""
     # (not through run_cli: if validation lets it through, the in-process run would take pytest down)
-    with pytest.raises(ValueError, match="^torch_threads="):
+    with pytest.raises(ValueError, match=r"^torch_threads="):
         PPOConfig(torch_threads=100_000).validate()

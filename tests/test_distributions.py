@@ -308,7 +308,7 @@ def test_masked_logits_give_zero_probability_and_finite_log_probs_entropy_and_gr
     samples = draw(dist, many, False, gen(1))
     assert set(samples.unique().tolist()) == {1, 2}
     assert draw(dist, masked.detach(), True, None).tolist() == [
-        int(torch.where(m, l, -1e9).argmax()) for l, m in zip(logits, masks, strict=False)
+        int(torch.where(m, row, -1e9).argmax()) for row, m in zip(logits, masks, strict=False)
     ]
 
 

@@ -59,7 +59,7 @@ def test_nature_cnn_has_the_papers_layers():
     convs = [m for m in cnn.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [(c.out_channels, c.kernel_size[0], c.stride[0]) for c in convs] == [(32, 8, 4), (64, 4, 2), (64, 3, 1)]
     linear = [m for m in cnn.modules() if isinstance(m, torch.nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linear] == [(64 * 7 * 7, 512)]
+    assert [(lin.in_features, lin.out_features) for lin in linear] == [(64 * 7 * 7, 512)]
     assert cnn.output_size == 512
 
 
@@ -203,7 +203,7 @@ def test_an_image_agent_through_the_cli_train_eval_enjoy_plot_report(tmp_path):
     from tests.helpers import run_cli
 
     run = tmp_path / "run"
-    code, out, err = run_cli(
+    code, _out, err = run_cli(
         [
             "train",
             "MinAtar/Breakout-v1",

@@ -14,7 +14,8 @@ from tests.helpers import run_cli
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A very short CartPole run (short episodes make a quick video) with observation normalization (the agent must see normalized inputs)."""
+    """A very short CartPole run (short episodes make a quick video) with observation normalization
+    (the agent must see normalized inputs)."""
     path = tmp_path_factory.mktemp("enjoy") / "run"
     code, _, err = run_cli(
         [
@@ -55,7 +56,9 @@ def test_enjoy_matches_evaluation_with_normalized_observations(run_dir):
     expected = agent.evaluate(episodes=3, seed=11, env=lambda: gym.make("CartPole-v1"), num_envs=1)
     result = play(run_dir, episodes=3, seed=11)
     assert result.returns == expected["returns"]
-    assert result.lengths and all(r == n for r, n in zip(result.returns, result.lengths, strict=False))  # CartPole pays 1 a step
+    assert result.lengths and all(
+        r == n for r, n in zip(result.returns, result.lengths, strict=False)
+    )  # CartPole pays 1 a step
     stochastic = play(run_dir, episodes=2, seed=11, deterministic=False)
     assert len(stochastic.returns) == 2
 

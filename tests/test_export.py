@@ -168,7 +168,7 @@ def test_failed_check_writes_nothing(make_agent, tmp_path):
     target.write_bytes(b"previous")
     act = agent.act
     agent.act = lambda obs, deterministic=False, action_masks=None: act(obs, deterministic, action_masks) + 1e-3
-    with pytest.raises(ExportCheckError, match="export check failed: .*differ by at most 1.00e-03") as info:
+    with pytest.raises(ExportCheckError, match=r"export check failed: .*differ by at most 1\.00e-03") as info:
         export_onnx(agent, target, **CHECK)
     assert "\n" not in str(info.value)
     assert target.read_bytes() == b"previous"

@@ -5,6 +5,7 @@ the CarRacing-v3 preset (RL-Zoo's recipe) built from them."""
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -30,7 +31,7 @@ from clippo.rollout.runner import EnvRunner
 class CountingEnv(gym.Env):
     """Step t (from 1) observes t and earns t; the episode terminates at step ``length``."""
 
-    metadata: dict = {}
+    metadata: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, length: int = 7) -> None:
         self.length = length

@@ -160,5 +160,5 @@ def test_load_state_dict_rejects_other_names():
     opt = FlatAdam(list(make_model().named_parameters()), lr=1e-3)
     state = opt.state_dict()
     state["names"] = [f"other.{name}" for name in state["names"]]
-    with pytest.raises(ValueError, match="other.0.weight"):
+    with pytest.raises(ValueError, match=r"other\.0\.weight"):
         opt.load_state_dict(state)

@@ -20,6 +20,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -132,7 +133,7 @@ class ScriptedEnv(gym.Env):
     "raise" (step raises RuntimeError("boom")). ``at=None`` behaves forever.
     """
 
-    metadata: dict = {}
+    metadata: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, mode: str = "raise", at: int | None = None, length: int = 20) -> None:
         self.observation_space = spaces.Box(-10.0, 10.0, shape=(3,), dtype=np.float32)

@@ -7,6 +7,7 @@ Rollout behaviour is checked on both paths: the general one (``clippo.rollout.ru
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -247,7 +248,7 @@ def test_make_vector_env_variants(fixed_length_env):
 class InfoEnv(gym.Env):
     """Reports a per-step info entry, as MuJoCo envs do."""
 
-    metadata: dict = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
     observation_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
     action_space = spaces.Discrete(2)
 
@@ -292,7 +293,7 @@ def test_make_vector_env_errors(fixed_length_env):
 class CounterEnv(gym.Env):
     """Discrete observations: the step index within the episode (0..5); episodes of 5 steps."""
 
-    metadata: dict = {}
+    metadata: ClassVar[dict[str, Any]] = {}
 
     def __init__(self) -> None:
         self.observation_space = spaces.Discrete(6)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import gymnasium as gym
 import numpy as np
 import torch
@@ -14,7 +16,7 @@ class SpotImageEnv(gym.Env):
     half; action 0 (left) or 1 (right) earns 1 when it names the side. Episodes last ``length``
     steps, so the best return is ``length`` and a random policy's is half of it."""
 
-    metadata: dict = {}
+    metadata: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, size: int = 10, length: int = 8, channels_last: bool = True) -> None:
         self.size, self.length, self.channels_last = size, length, channels_last
@@ -45,7 +47,7 @@ class DictGoalEnv(gym.Env):
     ``(goal + (position[0] > 0)) % 3``, so a policy needs both fields (each alone earns about a
     third to a half of the best return, ``length``)."""
 
-    metadata: dict = {}
+    metadata: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, length: int = 8) -> None:
         self.length = length
@@ -91,7 +93,7 @@ class MaskedGridEnv(gym.Env):
     ``dead_end_at``: from that step of an episode on, the mask is all false (an env bug, which
     clippo must report rather than act on)."""
 
-    metadata: dict = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(self, length: int = 5, dead_end_at: int | None = None) -> None:
         self.length, self.dead_end_at = length, dead_end_at
@@ -129,7 +131,7 @@ class CueEnv(gym.Env):
     0.5 per episode at best, one with memory 1. The observation also carries the step index
     (``t`` as a third entry) so that tests can tell where episodes begin."""
 
-    metadata: dict = {}
+    metadata: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, length: int = 3) -> None:
         self.length = length

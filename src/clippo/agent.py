@@ -394,7 +394,8 @@ class PPO:
         """
         if self.model.recurrent:
             raise ValueError(
-                f"act() is invalid for this recurrent ({self.model.recurrent}) agent: it acts with a carried state; use "
+                f"act() is invalid for this recurrent ({self.model.recurrent}) agent: it acts with a carried state; "
+                "use "
                 "action, state = agent.predict(obs, state=state, episode_start=episode_start)"
             )
         obs, masks, single, noise = self._acting_inputs(obs, deterministic, action_masks)
@@ -470,7 +471,8 @@ class PPO:
         )
         if starts.shape != (count,):
             raise ValueError(
-                f"episode_start of shape {list(np.shape(episode_start))} is invalid: give one bool per observation ({count})"
+                f"episode_start of shape {list(np.shape(episode_start))} is invalid: give one bool per observation "
+                f"({count})"
             )
         params, _, state = self.model.step(obs, state, torch.from_numpy(starts).to(self.device), masks)
         actions, _ = self.model.distribution.sample_with_log_prob(params, noise)

@@ -39,7 +39,9 @@ class PPOConfig:
     num_envs: int = knob("Environments stepped together.", 8)
     num_steps: int = knob("Steps per environment per rollout; the batch is num_envs * num_steps.", 128)
     vector_env: str = knob(
-        "sync, async, native, ale, envpool or auto: Gymnasium's synchronous or multi-process vector env, the env's own vectorized implementation (CartPole has one), ale-py's C++ vector env or EnvPool (Atari ids only), or auto: native when it exists else sync, ale for Atari ids.",
+        "sync, async, native, ale, envpool or auto: Gymnasium's synchronous or multi-process vector env, the env's "
+        "own vectorized implementation (CartPole has one), ale-py's C++ vector env or EnvPool (Atari ids only), "
+        "or auto: native when it exists else sync, ale for Atari ids.",
         "auto",
     )
     num_minibatches: int = knob("Minibatches per epoch; 1 means full-batch updates.", 4)
@@ -50,7 +52,8 @@ class PPOConfig:
     gae_lambda: float = knob("GAE lambda; 1.0 gives rewards-to-go minus critic values.", 0.95)
     clip_epsilon: float = knob("Clip range of the probability ratio in the surrogate objective.", 0.2)
     anneal_clip: bool = knob(
-        "Decay the clip range linearly to 0 over the run, as anneal_lr does the learning rate (the PPO paper anneals both on Atari).",
+        "Decay the clip range linearly to 0 over the run, as anneal_lr does the learning rate (the PPO paper anneals "
+        "both on Atari).",
         False,
     )
     clip_value_loss: bool = knob("Clip the value prediction around the old value by clip_epsilon (PPO2 style).", False)
@@ -64,31 +67,39 @@ class PPOConfig:
     network: str = knob("separate or shared: two MLPs, or one trunk with an actor head and a critic head.", "separate")
     hidden_sizes: list[int] = knob("Hidden layer widths of the MLP(s).", default_factory=lambda: [64, 64])
     head_sizes: list[int] = knob(
-        "Hidden layer widths of each head (actor and critic), between the encoder's features (or recurrent core) and the output layers: SB3's net_arch pi/vf after a CNN features extractor. With gSDE the actor head's last hidden layer is the exploration's features. Empty: the output layers read the features directly.",
+        "Hidden layer widths of each head (actor and critic), between the encoder's features (or recurrent core) and "
+        "the output layers: SB3's net_arch pi/vf after a CNN features extractor. With gSDE the actor head's last "
+        "hidden layer is the exploration's features. Empty: the output layers read the features directly.",
         default_factory=list,
     )
     activation: str = knob(
-        "tanh, relu or gelu: the activation of the MLP encoder's and the heads' hidden layers (the CNNs keep ReLU). The fast path computes tanh and relu; gelu takes the general torch path.",
+        "tanh, relu or gelu: the activation of the MLP encoder's and the heads' hidden layers (the CNNs keep ReLU). "
+        "The fast path computes tanh and relu; gelu takes the general torch path.",
         "tanh",
     )
     encoder: str = knob(
-        "Observation encoder: auto (from the observation space: MLP for vectors, Nature CNN for images, a small CNN for small grids, one encoder per field for Dict/Tuple), mlp, cnn, or an importable module:Class built as Class(observation_space, **encoder_kwargs).",
+        "Observation encoder: auto (from the observation space: MLP for vectors, Nature CNN for images, a small CNN "
+        "for small grids, one encoder per field for Dict/Tuple), mlp, cnn, or an importable module:Class built "
+        "as Class(observation_space, **encoder_kwargs).",
         "auto",
     )
     encoder_kwargs: dict = knob(
         "Keyword arguments of a module:Class encoder (a mapping; in a config file).", default_factory=dict
     )
     recurrent: str = knob(
-        "none, lstm or gru: a recurrent core after each encoder, for partially observed tasks (the policy carries a state, reset at episode starts; minibatches are whole env sequences).",
+        "none, lstm or gru: a recurrent core after each encoder, for partially observed tasks (the policy carries a "
+        "state, reset at episode starts; minibatches are whole env sequences).",
         "none",
     )
     recurrent_hidden_size: int = knob("Units of the recurrent core (LSTM or GRU).", 128)
     bptt_length: int = knob(
-        "Recurrent policies: the update replays sequences of this many steps from their stored states (truncated backpropagation through time); 0: whole rollouts (num_steps). Must divide num_steps.",
+        "Recurrent policies: the update replays sequences of this many steps from their stored states (truncated "
+        "backpropagation through time); 0: whole rollouts (num_steps). Must divide num_steps.",
         0,
     )
     fast_path: str = knob(
-        "auto or off: the numpy rollout and hand-written gradient where they apply (flat observations, MLP, CPU), or always the general torch path.",
+        "auto or off: the numpy rollout and hand-written gradient where they apply (flat observations, MLP, CPU), or "
+        "always the general torch path.",
         "auto",
     )
     reward_sign: bool = knob(
@@ -96,11 +107,14 @@ class PPOConfig:
         False,
     )
     episodic_life: bool = knob(
-        "Treat a lost life (from the env's info['lives']) as the end of an episode for learning; the game goes on and its whole score is logged (Atari).",
+        "Treat a lost life (from the env's info['lives']) as the end of an episode for learning; the game goes on "
+        "and its whole score is logged (Atari).",
         False,
     )
     frame_skip: int = knob(
-        "Repeat each action this many env steps, summing their rewards and keeping the last observation (stops early at an episode's end); the first of the image preprocessing steps for envs other than Atari and MinAtar (which have their own), as RL-Zoo's FrameSkip.",
+        "Repeat each action this many env steps, summing their rewards and keeping the last observation (stops early "
+        "at an episode's end); the first of the image preprocessing steps for envs other than Atari and MinAtar "
+        "(which have their own), as RL-Zoo's FrameSkip.",
         1,
     )
     resize: list[int] = knob(
@@ -111,16 +125,20 @@ class PPOConfig:
         "Convert uint8 RGB image observations (H, W, 3) to one grayscale plane (H, W) (after resize).", False
     )
     frame_stack: int = knob(
-        "Stack the last this many observations along a new first axis (zeros before an episode's first): (H, W) grayscale frames become (frame_stack, H, W) images for the CNN.",
+        "Stack the last this many observations along a new first axis (zeros before an episode's first): (H, W) "
+        "grayscale frames become (frame_stack, H, W) images for the CNN.",
         1,
     )
     init_log_std: float = knob("Initial log standard deviation of the Gaussian policy (continuous actions).", 0.0)
     orthogonal_init: bool = knob(
-        "Orthogonal weights (gain sqrt 2 in the encoders, 0.01 on the policy head, 1 on the value head) and zero biases; false: PyTorch's default init for the heads and built-in encoders (RL-Zoo's ortho_init=False).",
+        "Orthogonal weights (gain sqrt 2 in the encoders, 0.01 on the policy head, 1 on the value head) and zero "
+        "biases; false: PyTorch's default init for the heads and built-in encoders (RL-Zoo's ortho_init=False).",
         True,
     )
     use_sde: bool = knob(
-        "Box actions: generalized state-dependent exploration (gSDE): noise that is a linear function of the actor's features, held for sde_sample_freq steps, instead of independent noise at every step; init_log_std then initializes its [features, actions] log-std matrix. General torch path only.",
+        "Box actions: generalized state-dependent exploration (gSDE): noise that is a linear function of the actor's "
+        "features, held for sde_sample_freq steps, instead of independent noise at every step; init_log_std then "
+        "initializes its [features, actions] log-std matrix. General torch path only.",
         False,
     )
     sde_sample_freq: int = knob(
@@ -140,19 +158,24 @@ class PPOConfig:
     )
     keep_checkpoints: int = knob("How many periodic checkpoints to keep.", 3)
     nonfinite: str = knob(
-        "stop or skip: on a NaN/inf observation, reward, loss or gradient, stop the run (after checkpointing the last good update) or skip the poisoned update.",
+        "stop or skip: on a NaN/inf observation, reward, loss or gradient, stop the run (after checkpointing the "
+        "last good update) or skip the poisoned update.",
         "stop",
     )
     eval_episodes: int = knob(
-        "Episodes of each deterministic evaluation: the periodic ones (eval_every) and the one at the end of `clippo train` (0: none at the end).",
+        "Episodes of each deterministic evaluation: the periodic ones (eval_every) and the one at the end of `clippo "
+        "train` (0: none at the end).",
         10,
     )
     eval_every: int = knob(
-        "Evaluate the deterministic policy on separate envs every this many environment steps (counted like total_steps; at the first update at or after each multiple, and after the last update), logging eval/mean_return and keeping the best policy in best.pt (0: off).",
+        "Evaluate the deterministic policy on separate envs every this many environment steps (counted like "
+        "total_steps; at the first update at or after each multiple, and after the last update), logging "
+        "eval/mean_return and keeping the best policy in best.pt (0: off).",
         0,
     )
     stop_at_return: float | None = knob(
-        "End training once a periodic evaluation's mean return reaches this (needs eval_every); none: train for total_steps.",
+        "End training once a periodic evaluation's mean return reaches this (needs eval_every); none: train for "
+        "total_steps.",
         None,
     )
 
@@ -194,7 +217,8 @@ class PPOConfig:
             raise ConfigError(f"init_log_std={self.init_log_std} is invalid: it must be a finite number")
         if self.sde_sample_freq == 0 or self.sde_sample_freq < -1:
             raise ConfigError(
-                f"sde_sample_freq={self.sde_sample_freq} is invalid: use -1 (once per rollout) or a number of steps >= 1"
+                f"sde_sample_freq={self.sde_sample_freq} is invalid: use -1 (once per rollout) or a number of steps "
+                ">= 1"
             )
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
@@ -217,7 +241,8 @@ class PPOConfig:
         preprocessing = Preprocessing.from_config(self)
         if preprocessing.active and family_preset(self.env_id):
             raise ConfigError(
-                f"{preprocessing} is invalid for {self.env_id!r}: Atari and MinAtar ids have their own preprocessing (clippo.envs.atari)"
+                f"{preprocessing} is invalid for {self.env_id!r}: Atari and MinAtar ids have their own preprocessing "
+                "(clippo.envs.atari)"
             )
         batch = self.num_envs * self.num_steps
         if self.num_minibatches > batch:
@@ -231,7 +256,8 @@ class PPOConfig:
             )
         if self.bptt_length < 0 or (self.bptt_length and self.num_steps % self.bptt_length):
             raise ConfigError(
-                f"bptt_length={self.bptt_length} is invalid: it must divide num_steps={self.num_steps} (0: whole rollouts)"
+                f"bptt_length={self.bptt_length} is invalid: it must divide num_steps={self.num_steps} (0: whole "
+                "rollouts)"
             )
         if self.recurrent != "none":
             sequences = self.num_envs * (self.num_steps // (self.bptt_length or self.num_steps))
@@ -249,12 +275,14 @@ class PPOConfig:
                 raise ConfigError(f"{name}={getattr(self, name)} is invalid: it must be an integer >= 0")
         if self.eval_every and not self.eval_episodes:
             raise ConfigError(
-                f"eval_every={self.eval_every} is invalid with eval_episodes=0: each evaluation needs eval_episodes >= 1"
+                f"eval_every={self.eval_every} is invalid with eval_episodes=0: each evaluation needs eval_episodes "
+                ">= 1"
             )
         if self.stop_at_return is not None:
             if not math.isfinite(self.stop_at_return):
                 raise ConfigError(
-                    f"stop_at_return={self.stop_at_return} is invalid: it must be a finite number, or none to disable it"
+                    f"stop_at_return={self.stop_at_return} is invalid: it must be a finite number, or none to "
+                    "disable it"
                 )
             if not self.eval_every:
                 raise ConfigError(

@@ -10,14 +10,14 @@ uint8 frames stay uint8 until an encoder divides them by 255.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 from gymnasium import spaces
 
 #: One observation batch: an array/tensor, or a dict of them (one per field of a Dict/Tuple space).
-Obs = Union[np.ndarray, torch.Tensor, dict[str, Any]]
+Obs = np.ndarray | torch.Tensor | dict[str, Any]
 
 PLAIN_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -143,7 +143,7 @@ class _EnvPoolVectorEnv(VectorEnv):
     with it. An unseeded pool uses seed 0.
     """
 
-    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP}
+    metadata: ClassVar[dict[str, Any]] = {"autoreset_mode": AutoresetMode.NEXT_STEP}
 
     def __init__(self, task_id: str, num_envs: int, seed: int = 0, **pool_kwargs):
         self._task_id, self._pool_kwargs = task_id, pool_kwargs

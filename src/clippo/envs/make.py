@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Union
 
 import gymnasium as gym
 import numpy as np
@@ -16,7 +15,7 @@ from clippo.envs.families import check_env_id, is_atari, is_minatar
 from clippo.envs.preprocessing import Preprocessing, RunEnvSettings
 from clippo.envs.wrappers import DropInfo
 
-EnvSource = Union[str, Callable[[], gym.Env]]
+EnvSource = str | Callable[[], gym.Env]
 
 
 def _has_native_vector(env_id: str) -> bool:
@@ -59,7 +58,8 @@ def make_vector_env(
     preprocess = preprocessing is not None and preprocessing.active
     if isinstance(source, str) and (is_atari(source) or is_minatar(source)) and preprocess:
         raise ValueError(
-            f"{preprocessing} is invalid for {source!r}: Atari and MinAtar ids have their own preprocessing (clippo.envs.atari)"
+            f"{preprocessing} is invalid for {source!r}: Atari and MinAtar ids have their own preprocessing "
+            "(clippo.envs.atari)"
         )
     if isinstance(source, str) and is_atari(source):
         return atari.make_atari_vector_env(source, num_envs, vector_env, **make_kwargs)
@@ -79,7 +79,8 @@ def make_vector_env(
             raise ValueError(f"vector_env='native' is invalid for {source!r}: it has no vectorized implementation")
         if mode == "native" and preprocess:
             raise ValueError(
-                f"vector_env='native' is invalid with {preprocessing}: its vectorized implementation takes no wrappers; use sync or async"
+                f"vector_env='native' is invalid with {preprocessing}: its vectorized implementation takes no "
+                "wrappers; use sync or async"
             )
         vectorization_mode = {"sync": "sync", "async": "async", "native": "vector_entry_point"}[mode]
         wrappers = [DropInfo, preprocessing] if preprocess else [DropInfo]

@@ -78,7 +78,8 @@ class Preprocessing:
             repeat = getattr(gym.wrappers, "RepeatAction", None)
             if repeat is None:  # pragma: no cover - Gymnasium 1.1 and 1.2
                 raise ValueError(
-                    f"frame_skip={self.frame_skip} needs Gymnasium >= 1.3 (its RepeatAction wrapper): pip install -U gymnasium"
+                    f"frame_skip={self.frame_skip} needs Gymnasium >= 1.3 (its RepeatAction wrapper): pip install -U "
+                    "gymnasium"
                 )
             env = repeat(env, self.frame_skip)
         if self.resize:
@@ -89,20 +90,23 @@ class Preprocessing:
                 env = gym.wrappers.ResizeObservation(env, self.resize)
             except gym.error.DependencyNotInstalled:
                 raise ValueError(
-                    f"resize={list(self.resize)} needs OpenCV: pip install opencv-python-headless (part of clippo's box2d extra)"
+                    f"resize={list(self.resize)} needs OpenCV: pip install opencv-python-headless (part of clippo's "
+                    "box2d extra)"
                 ) from None
         if self.grayscale:
             _require_pixels(env.observation_space, "grayscale=True", "uint8 RGB images (H, W, 3)", (3,))
             if env.observation_space.shape[-1] != 3:
                 raise ValueError(
-                    f"grayscale=True is invalid for observation space {env.observation_space}: it applies to uint8 RGB images (H, W, 3)"
+                    f"grayscale=True is invalid for observation space {env.observation_space}: it applies to uint8 "
+                    "RGB images (H, W, 3)"
                 )
             env = gym.wrappers.GrayscaleObservation(env, keep_dim=False)
         if self.frame_stack > 1:
             space = env.observation_space
             if isinstance(space, spaces.Box) and len(space.shape) == 3:
                 raise ValueError(
-                    f"frame_stack={self.frame_stack} is invalid for observation space {space}: stacked (H, W, C) images "
+                    f"frame_stack={self.frame_stack} is invalid for observation space {space}: stacked (H, W, C) "
+                    "images "
                     "are 4-D, which no encoder reads; stack (H, W) frames (grayscale=True makes them of RGB images)"
                 )
             env = gym.wrappers.FrameStackObservation(env, self.frame_stack, padding_type="zero")

@@ -18,6 +18,8 @@ and ``clippo/PendulumNoVel-v1`` (Pendulum-v1 observing only cos and sin of the a
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
@@ -37,7 +39,7 @@ class SlotsEnv(gym.Env):
     ``{"observation": ..., "action_mask": ...}``); ``SlotsMethodEnv`` has an ``action_masks()`` method.
     """
 
-    metadata: dict = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(self, size: int = 6, mask_in: str = "info") -> None:
         if mask_in not in ("method", "observation", "info"):
@@ -105,7 +107,7 @@ class ToolAmountEnv(gym.Env):
     the optimum is 2 per step, 20 per 10-step episode; random actions earn about 7.8 an episode.
     """
 
-    metadata: dict = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(self, length: int = 10) -> None:
         self.length = length
@@ -138,7 +140,7 @@ class BitsEnv(gym.Env):
     i + 1 (the last compared with the first). A step earns the fraction of right bits: 1 at best,
     8 per 8-step episode; random bits earn 0.5 a step."""
 
-    metadata: dict = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(self, size: int = 4, length: int = 8) -> None:
         self.size, self.length = size, length

@@ -416,7 +416,7 @@ class Composite(ActionDistribution):
         self.is_dict = isinstance(space, spaces.Dict)
         self.keys = [key for key, _ in items]
         self.parts = [make_distribution(sub) for _, sub in items]
-        for (key, sub), part in zip(items, self.parts, strict=False):
+        for key, sub in items:
             if isinstance(sub, spaces.Discrete) and sub.n > _FLOAT32_EXACT_INTEGERS:
                 raise ValueError(
                     f"action space part {key!r} ({sub}) is not supported: Discrete parts may have at most 2**24 actions"
@@ -457,11 +457,15 @@ class Composite(ActionDistribution):
         return sum(part.log_prob(p, a) for part, p, a in pairs)
 
     def entropy(self, params):
-        return sum(part.entropy(p) for part, p in zip(self.parts, params.split(self.output_sizes, dim=-1), strict=False))
+        return sum(
+            part.entropy(p) for part, p in zip(self.parts, params.split(self.output_sizes, dim=-1), strict=False)
+        )
 
     def log_prob_and_entropy(self, params, actions):
         logprob, entropy = 0, 0
-        for part, p, a in zip(self.parts, params.split(self.output_sizes, dim=-1), self._split_actions(actions), strict=False):
+        for part, p, a in zip(
+            self.parts, params.split(self.output_sizes, dim=-1), self._split_actions(actions), strict=False
+        ):
             part_logprob, part_entropy = part.log_prob_and_entropy(p, a)
             logprob, entropy = logprob + part_logprob, entropy + part_entropy
         return logprob, entropy
@@ -484,7 +488,8 @@ def make_distribution(space: spaces.Space, sde_sample_freq: int | None = None) -
     if sde_sample_freq is not None:
         if not (isinstance(space, spaces.Box) and np.issubdtype(space.dtype, np.floating)):
             raise ValueError(
-                f"use_sde needs a floating Box action space, not {' '.join(str(space).split())} ({type(space).__name__})"
+                f"use_sde needs a floating Box action space, not {' '.join(str(space).split())} "
+                f"({type(space).__name__})"
             )
         return StateDependentGaussian(space, sde_sample_freq)
     if isinstance(space, spaces.Discrete):

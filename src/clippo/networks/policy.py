@@ -6,8 +6,8 @@ CNN).
 The actor outputs the action distribution's parameters (one logit per action, or the Gaussian
 mean; for Tuple/Dict actions, each part's side by side); the critic one value. Given masks of
 valid actions, the actor's logits of invalid ones are replaced by ``MASKED_LOGIT``
-(``ActionDistribution.mask``) before anything reads them. Heads are orthogonally initialized: the policy head with gain 0.01
-(a near-uniform initial policy), the value head with gain 1.
+(``ActionDistribution.mask``) before anything reads them. Heads are orthogonally initialized: the
+policy head with gain 0.01 (a near-uniform initial policy), the value head with gain 1.
 """
 
 from __future__ import annotations

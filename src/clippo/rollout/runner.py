@@ -178,7 +178,8 @@ class RolloutBuffer:
         total = observations.batch_size(flat)
         values = np.empty(total, dtype=np.float32)
         for start in range(0, total, CRITIC_CHUNK_ROWS):
-            chunk = map_obs(lambda a: a[start : start + CRITIC_CHUNK_ROWS], flat)
+            rows_here = slice(start, start + CRITIC_CHUNK_ROWS)
+            chunk = map_obs(lambda a, rows_here=rows_here: a[rows_here], flat)
             values[start : start + CRITIC_CHUNK_ROWS] = (
                 policy.value(observations.to_tensor(chunk, self.device)).cpu().numpy()
             )

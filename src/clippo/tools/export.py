@@ -265,7 +265,11 @@ def env_actions(distribution: ActionDistribution, params: torch.Tensor) -> list[
     torch; one tensor per output of ``graph_outputs``."""
     if isinstance(distribution, Composite):
         chunks = params.split(distribution.output_sizes, dim=-1)
-        return [action for part, chunk in zip(distribution.parts, chunks, strict=False) for action in env_actions(part, chunk)]
+        return [
+            action
+            for part, chunk in zip(distribution.parts, chunks, strict=False)
+            for action in env_actions(part, chunk)
+        ]
     return [_to_env(distribution, distribution.sample(params, None))]
 
 
@@ -293,7 +297,9 @@ def flat_actions(distribution: ActionDistribution, action: Any) -> list[np.ndarr
     """``agent.act``'s action batch as arrays in the order of ``graph_outputs``."""
     if isinstance(distribution, Composite):
         items = [action[key] for key in distribution.keys] if distribution.is_dict else list(action)
-        return [array for part, item in zip(distribution.parts, items, strict=False) for array in flat_actions(part, item)]
+        return [
+            array for part, item in zip(distribution.parts, items, strict=False) for array in flat_actions(part, item)
+        ]
     return [np.asarray(action)]
 
 

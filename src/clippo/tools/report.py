@@ -574,7 +574,8 @@ def render_html(blocks: list[Block], figure_png: bytes | None) -> str:
         elif kind == "warning":
             w: HealthWarning = block[1]
             body.append(
-                f'<div class="warning"><p><strong>Warning ({html.escape(w.check)}): {_inline_html(w.title)}</strong></p>'
+                f'<div class="warning"><p><strong>Warning ({html.escape(w.check)}): '
+                f"{_inline_html(w.title)}</strong></p>"
                 f"<p>{_inline_html(w.detail)}</p><p><em>Try:</em> {_inline_html(w.fix)}</p></div>"
             )
         elif kind == "table":

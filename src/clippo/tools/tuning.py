@@ -2,9 +2,9 @@
 
 A *trial* trains one agent for ``steps_per_trial`` environment steps with hyperparameters drawn
 from :data:`SEARCH_SPACE` on top of the base config (the env's preset, ``--config``, clippo's
-defaults; a hyperparameter the ``--config`` file sets is fixed, not searched), seed ``--seed``, and evaluates its deterministic policy every ``eval_every`` steps
-(:class:`clippo.training.callbacks.EvalCallback`: ``eval_episodes`` episodes on separate envs, the same
-evaluation seeds in every trial).
+defaults; a hyperparameter the ``--config`` file sets is fixed, not searched), seed ``--seed``, and
+evaluates its deterministic policy every ``eval_every`` steps (:class:`clippo.training.callbacks.EvalCallback`:
+``eval_episodes`` episodes on separate envs, the same evaluation seeds in every trial).
 
 *Objective* (maximized): the mean of a trial's evaluation returns, one per multiple of
 ``eval_every`` steps: the area under its evaluation curve divided by its length. A trial scores
@@ -381,7 +381,8 @@ def load_study(settings: TuneSettings, create: bool = False):
         )
         was = _short(stored.get(key))
         raise ValueError(
-            f"study {settings.study_name!r} in {settings.storage} was made with {key}={was}, not {_short(identity[key])}: "
+            f"study {settings.study_name!r} in {settings.storage} was made with {key}={was}, not "
+            f"{_short(identity[key])}: "
             "repeat its settings to continue it, or give another --study-name"
         )
     return study

@@ -69,7 +69,8 @@ def as_callback(callback: Callback | Callable | Iterable | None) -> Callback:
     if isinstance(callback, (list, tuple)):
         return CallbackList(as_callback(cb) for cb in callback)
     raise TypeError(
-        f"callback={callback!r} is invalid: give a clippo.training.callbacks.Callback, a function f(agent, metrics), or a list of them"
+        f"callback={callback!r} is invalid: give a clippo.training.callbacks.Callback, a function f(agent, metrics), "
+        "or a list of them"
     )
 
 

@@ -125,7 +125,8 @@ class FlatAdam:
         parameters (``state["names"]``, else ``saved_names``) is rearranged by name."""
         if state["exp_avg"].shape != self.exp_avg.shape:
             raise ValueError(
-                f"optimizer state has {state['exp_avg'].numel()} values, the model has {self.exp_avg.numel()} parameters"
+                f"optimizer state has {state['exp_avg'].numel()} values, the model has {self.exp_avg.numel()} "
+                "parameters"
             )
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         saved_names = state.get("names", saved_names)

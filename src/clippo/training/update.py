@@ -158,7 +158,8 @@ class Learner:
                     what = "gradient" if math.isfinite(terms.loss) else "loss"
                     message = (
                         f"non-finite {what} at minibatch step {len(history) + 1} "
-                        f"(policy loss {terms.policy_loss:.4g}, value loss {terms.value_loss:.4g}, gradient norm {grad_norm:.4g})"
+                        f"(policy loss {terms.policy_loss:.4g}, value loss {terms.value_loss:.4g}, gradient norm "
+                        f"{grad_norm:.4g})"
                     )
                     if cfg.nonfinite == "stop":
                         raise NonFiniteError(message)
