@@ -35,6 +35,7 @@ def main() -> int:
     from clippo import PPO
     from clippo.core.advantages import compute_gae
     from clippo.fastpath.numpy_mlp import NumpyActor
+    from clippo.fastpath.sampling import numpy_sampler
 
     recipe = {**bench_sb3.recipe_for("CartPole-v1", None), "n_envs": args.envs, "n_steps": args.steps}
     agent = PPO("CartPole-v1", preset="default", **bench_sb3.clippo_hyperparameters(recipe, 1))
@@ -63,7 +64,7 @@ def main() -> int:
         for inputs, params, step_noise, actions_t, next_obs_t, rewards_t, terminated_t, truncated_t in rows:
             act(inputs, params)
             t = lap("actor (numpy)", t)
-            actions = distribution.sample_numpy(params, step_noise, actor.std)
+            actions = numpy_sampler(distribution)(params, step_noise, actor.std)
             t = lap("sample", t)
             actions_t[...] = actions
             t = lap("store", t)

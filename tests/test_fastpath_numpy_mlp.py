@@ -15,6 +15,7 @@ from gymnasium import spaces
 
 from clippo.fastpath import numpy_mlp
 from clippo.fastpath.numpy_mlp import BLOCK_ROWS, NumpyActor, numpy_critic
+from clippo.fastpath.sampling import numpy_sampler
 from clippo.networks.encoders import flat_size, flatten_input
 from clippo.networks.policy import ActorCritic
 
@@ -60,10 +61,10 @@ def test_numpy_actor_matches_the_torch_actor(network, activation, observation_sp
         np.testing.assert_allclose(actor(obs), expected, rtol=1e-5, atol=1e-5)
         noise = model.distribution.noise((9,), torch.Generator().manual_seed(1))
         torch_actions = model.distribution.sample(model.actor(torch.from_numpy(raw_obs)), noise).numpy()
-    numpy_actions = model.distribution.sample_numpy(actor(obs), noise.numpy(), actor.std)
+    numpy_actions = numpy_sampler(model.distribution)(actor(obs), noise.numpy(), actor.std)
     np.testing.assert_allclose(numpy_actions, torch_actions, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(
-        model.distribution.sample_numpy(actor(obs), None, actor.std),
+        numpy_sampler(model.distribution)(actor(obs), None, actor.std),
         model.distribution.sample(torch.from_numpy(expected), None).numpy(),
         rtol=1e-5,
         atol=1e-5,

@@ -13,6 +13,7 @@ from toy_envs import CueEnv, DictGoalEnv, MaskedGridEnv, SpotImageEnv
 
 from clippo import PPO
 from clippo.core.errors import ConfigError
+from clippo.fastpath.layout import is_plain_mlp
 from clippo.networks.recurrent import RecurrentCore, episode_pieces
 
 TINY = dict(num_envs=4, num_steps=16, num_minibatches=2, update_epochs=2, hidden_sizes=[16], recurrent_hidden_size=8)
@@ -261,7 +262,7 @@ def test_state_sizes_and_parameters_of_shared_and_separate_cores():
     gru = PPO(cue_env(3), **TINY, recurrent="gru", network="separate")
     assert lstm.model.state_size == 16 and gru.model.state_size == 16  # LSTM h and c; two GRU cores
     assert hasattr(lstm.model, "core") and hasattr(gru.model, "actor_core") and hasattr(gru.model, "critic_core")
-    assert not lstm.model.is_mlp and lstm.runner_class.__name__ == "EnvRunner"  # the general torch path
+    assert not is_plain_mlp(lstm.model) and lstm.runner_class.__name__ == "EnvRunner"  # the general torch path
     lstm.close(), gru.close()
 
 

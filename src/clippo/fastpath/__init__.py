@@ -17,9 +17,12 @@ from gymnasium import spaces
 
 from clippo.config.ppo_config import PPOConfig
 from clippo.core.losses import AutogradLoss
-from clippo.networks.distributions import Categorical, DiagGaussian, MultiCategorical
+from clippo.fastpath.layout import is_plain_mlp, paired_parameters
+from clippo.fastpath.sampling import numpy_sampler
 from clippo.networks.policy import ActorCritic
 from clippo.rollout.runner import EnvRunner, RolloutBuffer
+
+__all__ = ["make_loss", "make_rollout", "paired_parameters", "rollout_applies"]
 
 
 def rollout_applies(config: PPOConfig, model: ActorCritic, device: torch.device, masked: bool = False) -> bool:
@@ -36,8 +39,8 @@ def rollout_applies(config: PPOConfig, model: ActorCritic, device: torch.device,
             isinstance(space, spaces.Discrete)
             or (isinstance(space, spaces.Box) and np.issubdtype(space.dtype, np.floating))
         )
-        and model.is_mlp
-        and type(model.distribution) in (Categorical, MultiCategorical, DiagGaussian)
+        and is_plain_mlp(model)
+        and numpy_sampler(model.distribution) is not None
         and not config.reward_sign
         and not config.episodic_life
     )

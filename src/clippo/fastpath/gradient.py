@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from clippo.core.losses import LossTerms, float_mean
+from clippo.fastpath.layout import is_plain_mlp
 from clippo.fastpath.numpy_mlp import NUMPY_TANH_AVX512
 from clippo.networks.distributions import _LOG_SQRT_2PI, MASKED_LOGIT, Categorical, DiagGaussian
 from clippo.networks.policy import ActorCritic
@@ -54,7 +55,7 @@ def supports(model: ActorCritic, device: torch.device) -> bool:
     return (
         device.type == "cpu"
         and not model.shared
-        and model.is_mlp
+        and is_plain_mlp(model)
         and type(model.distribution) in (Categorical, DiagGaussian)
     )
 
@@ -230,7 +231,7 @@ class AnalyticGradient:
 
 def _side_by_side(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     """``torch.stack([first, second])`` as a view, for tensors that lie one after the other in
-    memory (as ``FlatAdam`` lays out ``ActorCritic.paired_parameters``); outside autograd."""
+    memory (as ``FlatAdam`` lays out ``clippo.fastpath.paired_parameters``); outside autograd."""
     first, second = first.detach(), second.detach()
     if not (
         first.is_contiguous()
@@ -240,6 +241,6 @@ def _side_by_side(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     ):
         raise ValueError(
             "AnalyticGradient needs each actor layer's parameters and gradients right before the "
-            "critic's: build the optimizer with FlatAdam(model.paired_parameters(), ...)"
+            "critic's: build the optimizer with FlatAdam(clippo.fastpath.paired_parameters(model), ...)"
         )
     return first.as_strided((2, *first.shape), (first.numel(), *first.stride()))

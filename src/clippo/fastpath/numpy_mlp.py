@@ -194,7 +194,7 @@ def _with_bias_row(weight: np.ndarray, bias: np.ndarray, ones_unit: float | None
 
 class NumpyActor(NumpyMLP):
     """The actor as numpy arrays: what the rollout acts with. Calling it gives logits or Gaussian
-    means; ``distribution.sample_numpy(params, noise, std)`` turns them into actions."""
+    means; ``clippo.fastpath.sampling`` turns them into actions."""
 
     def __init__(self, model: ActorCritic) -> None:
         encoder = model.actor_features

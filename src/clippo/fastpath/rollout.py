@@ -15,6 +15,7 @@ import torch
 from gymnasium import spaces
 
 from clippo.fastpath.numpy_mlp import NumpyActor, numpy_critic
+from clippo.fastpath.sampling import numpy_sampler
 from clippo.networks.distributions import MASKED_LOGIT, ActionDistribution
 from clippo.networks.encoders import flat_size
 from clippo.networks.policy import ActorCritic
@@ -91,7 +92,7 @@ class FastEnvRunner(EnvRunner):
         flat = (self.num_envs, buffer.all_obs.shape[-1])
         one_hot = buffer.one_hot_start is not None
         buffer.write_obs(buffer.all_obs[0], self.next_obs)
-        act, sample, std, step = actor.for_rows(self.num_envs), distribution.sample_numpy, actor.std, self._step
+        act, sample, std, step = actor.for_rows(self.num_envs), numpy_sampler(distribution), actor.std, self._step
         masks = self.action_masks
         if masks is not None:
             invalid = np.empty_like(self.next_masks)  # the step's ~mask, written in place
@@ -120,10 +121,8 @@ class FastEnvRunner(EnvRunner):
             actions_t[...] = actions
 
             raw_obs, rewards, terminated, truncated, info = step(distribution.to_env(actions))
-            if masks is not None:  # the mask of the returned observation, used at the next step
-                raw_obs, _ = masks.read(
-                    raw_obs, info, terminated | truncated, f"rollout step {t + 1}", buffer.all_masks[t + 1]
-                )
+            if masks is not None:
+                raw_obs = self._read_masks(raw_obs, info, terminated, truncated, t, buffer)
             # One sum is finite exactly when all its terms are (or it overflowed: checked in detail).
             if check_each_step and not math.isfinite(raw_obs.sum() + rewards.sum()):
                 raw_obs, rewards = self._handle_nonfinite(raw_obs, rewards)
@@ -135,10 +134,8 @@ class FastEnvRunner(EnvRunner):
             rewards_t[...] = rewards
             terminated_t[...] = terminated
             truncated_t[...] = truncated
-            if scale_rewards:  # the running return needs to know, step by step, which envs are mid-episode
-                dones = terminated | truncated
-                scaled_t[...] = self.reward_scaler(rewards, dones, ~self.autoreset)
-                self.autoreset = dones
+            if scale_rewards:
+                scaled_t[...] = self._scaled(rewards, terminated, truncated)
         self.next_obs = obs if normalize_obs else self.obs_normalizer(obs)  # (float32 either way)
         if masks is not None:
             self.next_masks = buffer.all_masks[num_steps].copy()

@@ -131,10 +131,6 @@ class ActionDistribution:
     def log_prob_and_entropy(self, params: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.log_prob(params, actions), self.entropy(params)
 
-    def sample_numpy(self, params: np.ndarray, noise: np.ndarray | None, std: np.ndarray | None = None) -> np.ndarray:
-        """``sample`` on numpy arrays, for the rollout loop's numpy actor (``std``: Gaussian only)."""
-        raise NotImplementedError
-
     def to_env(self, actions: np.ndarray) -> Any:
         """The action as sent to the environment (offset by the space's start, clipped to bounds,
         in the space's shape and dtype; for Tuple/Dict spaces a tuple/dict of arrays)."""
@@ -161,9 +157,6 @@ class Categorical(ActionDistribution):
 
     def sample(self, logits, noise):
         return (logits if noise is None else logits + noise).argmax(dim=-1)
-
-    def sample_numpy(self, logits, noise, std=None):
-        return (logits if noise is None else logits + noise).argmax(axis=-1)
 
     def sample_with_log_prob(self, logits, noise):
         actions = self.sample(logits, noise)
@@ -212,11 +205,6 @@ class MultiCategorical(ActionDistribution):
     def sample(self, logits, noise):
         perturbed = logits if noise is None else logits + noise
         return torch.stack([p.argmax(dim=-1) for p in perturbed.split(self.sizes, dim=-1)], dim=-1)
-
-    def sample_numpy(self, logits, noise, std=None):
-        perturbed = logits if noise is None else logits + noise
-        parts = np.split(perturbed, np.cumsum(self.sizes)[:-1], axis=-1)
-        return np.stack([p.argmax(axis=-1) for p in parts], axis=-1)
 
     def log_prob(self, logits, actions):
         parts = logits.split(self.sizes, dim=-1)
@@ -274,9 +262,6 @@ class DiagGaussian(ActionDistribution):
 
     def sample(self, mean, noise):
         return mean if noise is None else mean + noise * self.log_std.exp()
-
-    def sample_numpy(self, mean, noise, std=None):
-        return mean if noise is None else mean + noise * std
 
     def log_prob(self, mean, actions):
         log_std = self.log_std
@@ -347,11 +332,6 @@ class StateDependentGaussian(DiagGaussian):
             return mean
         return mean + (features.unsqueeze(-2) @ (noise * self._sigma())).squeeze(-2)
 
-    def sample_numpy(self, params, noise, std=None):
-        raise NotImplementedError(
-            "gSDE acts through the torch rollout (clippo.rollout.runner), not the numpy fast path"
-        )
-
     def log_prob(self, params, actions):
         mean, features = self._split(params)
         std = self._std(features)
@@ -383,9 +363,6 @@ class Bernoulli(ActionDistribution):
 
     def sample(self, logits, noise):
         return ((logits if noise is None else logits + noise) > 0).long()
-
-    def sample_numpy(self, logits, noise, std=None):
-        return ((logits if noise is None else logits + noise) > 0).astype(np.int64)
 
     def log_prob(self, logits, actions):
         return -F.binary_cross_entropy_with_logits(logits, actions.to(logits.dtype), reduction="none").sum(dim=-1)

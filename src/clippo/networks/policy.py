@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from clippo.core.observations import Obs, map_obs
 from clippo.networks.distributions import ActionDistribution, make_distribution
-from clippo.networks.encoders import ACTIVATIONS, MLPEncoder, layer, make_encoder, mlp_layers, run_layers
+from clippo.networks.encoders import ACTIVATIONS, layer, make_encoder, mlp_layers, run_layers
 from clippo.networks.recurrent import RecurrentCore, episode_pieces
 
 
@@ -35,10 +35,6 @@ class Sequences:
     starts: torch.Tensor
     initial_state: torch.Tensor
     valid: torch.Tensor
-
-
-#: the activations the fast path's numpy MLP and hand-written gradient compute (``clippo.fastpath``)
-FAST_PATH_ACTIVATIONS = ("tanh", "relu")
 
 
 class ActorCritic(nn.Module):
@@ -130,19 +126,6 @@ class ActorCritic(nn.Module):
         return self.encoder if self.shared else self.critic_encoder
 
     @property
-    def is_mlp(self) -> bool:
-        """Whether the encoders are the built-in MLP with nothing after them (no recurrent core, no
-        head layers) and an activation of ``FAST_PATH_ACTIVATIONS``: what ``clippo.fastpath`` can copy."""
-        return (
-            not self.recurrent
-            and not self.head_sizes
-            and all(
-                isinstance(encoder, MLPEncoder) and encoder.activation_name in FAST_PATH_ACTIVATIONS
-                for encoder in (self.actor_features, self.critic_features)
-            )
-        )
-
-    @property
     def state_size(self) -> int:
         """Width of the recurrent state (the actor's core, then the critic's); 0 without memory."""
         if not self.recurrent:
@@ -194,20 +177,6 @@ class ActorCritic(nn.Module):
         params = self._actor_out(through(self.actor_encoder, self.actor_core, actor_state))
         values = self._critic_out(through(self.critic_encoder, self.critic_core, critic_state))
         return self._masked(params, masks), values
-
-    def paired_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        """Named parameters in the order ``FlatAdam`` lays them out in one vector. With two MLP
-        encoders, each critic layer comes right after the same-shaped actor layer, so that both
-        layers ``i`` form one ``[2, out, in]`` block (see ``clippo.fastpath.gradient``)."""
-        named = dict(self.named_parameters())
-        if self.shared or not self.is_mlp:
-            return list(named.items())
-        order = []
-        for i in range(len(self.actor_encoder.layers)):
-            for kind in ("weight", "bias"):
-                order += [f"actor_encoder.layers.{i}.{kind}", f"critic_encoder.layers.{i}.{kind}"]
-        order += [name for name in named if name not in order]
-        return [(name, named[name]) for name in order]
 
     def forward(self, obs: Obs, masks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Distribution parameters (masked by ``masks``, if given) and values (shape [batch]) for

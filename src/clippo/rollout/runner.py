@@ -390,10 +390,8 @@ class EnvRunner:
             buffer.actions[t] = actions
 
             raw_obs, rewards, terminated, truncated, info = self._step(distribution.to_env(actions))
-            if masks is not None:  # the mask of the returned observation, used at the next step
-                raw_obs, _ = masks.read(
-                    raw_obs, info, terminated | truncated, f"rollout step {t + 1}", buffer.all_masks[t + 1]
-                )
+            if masks is not None:
+                raw_obs = self._read_masks(raw_obs, info, terminated, truncated, t, buffer)
             raw_obs = observations.flatten_structure(raw_obs, self.observation_space)
             if not math.isfinite(float_sum(raw_obs) + float(np.sum(rewards, dtype=np.float64))):
                 raw_obs, rewards = self._handle_nonfinite(raw_obs, rewards)
@@ -406,12 +404,7 @@ class EnvRunner:
                 buffer.life_lost[t] = lives < self.lives
                 self.lives = lives
             learned = np.sign(rewards) if self.reward_sign else rewards
-            if self.reward_scaler.enabled:  # the running return needs to know, step by step, which envs are mid-episode
-                dones = terminated | truncated
-                buffer.rewards[t] = self.reward_scaler(learned, dones, ~self.autoreset)
-                self.autoreset = dones
-            else:
-                buffer.rewards[t] = learned
+            buffer.rewards[t] = self._scaled(learned, terminated, truncated) if self.reward_scaler.enabled else learned
             if recurrent:  # after an autoreset step, the observation begins an episode
                 starts, autoreset = autoreset, terminated | truncated
         self.next_obs = map_obs(np.copy, step_rows(buffer.all_obs, num_steps))
@@ -425,6 +418,30 @@ class EnvRunner:
         if masks is not None:
             self.next_masks = buffer.all_masks[num_steps].copy()
         self.finish_rollout(buffer, distribution)
+
+    def _read_masks(
+        self,
+        raw_obs: Obs,
+        info: dict[str, Any],
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        t: int,
+        buffer: RolloutBuffer,
+    ) -> Obs:
+        """The mask of step ``t``'s returned observation (used at the next step), written to the
+        buffer's row ``t + 1``; the observation without its mask."""
+        assert self.action_masks is not None
+        where = f"rollout step {t + 1}"
+        raw_obs, _ = self.action_masks.read(raw_obs, info, terminated | truncated, where, buffer.all_masks[t + 1])
+        return raw_obs
+
+    def _scaled(self, rewards: np.ndarray, terminated: np.ndarray, truncated: np.ndarray) -> np.ndarray:
+        """One step's rewards scaled by the running return's std (``RewardScaler``): the running
+        return needs to know, step by step, which envs are mid-episode."""
+        dones = terminated | truncated
+        scaled = self.reward_scaler(rewards, dones, ~self.autoreset)
+        self.autoreset = dones
+        return scaled
 
     def finish_rollout(self, buffer: RolloutBuffer, distribution: ActionDistribution) -> None:
         """After the steps: valid flags, the autoreset state carried over, finished episodes,
