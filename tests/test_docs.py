@@ -354,7 +354,7 @@ def test_readme_links_resolve():
 def test_presets_doc_is_what_clippo_presets_prints():
     """docs/presets.md is generated (``clippo presets > docs/presets.md``): regenerate it after a
     change to the presets or the config fields."""
-    from helpers import run_cli
+    from tests.helpers import run_cli
 
     code, out, _ = run_cli(["presets"])
     assert code == 0

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_ppo import record_first_logratios
 
 from clippo import PPO
+from tests.training.test_ppo import record_first_logratios
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -27,9 +27,10 @@ from clippo.envs.make import EnvSource, make_run_envs
 from clippo.networks.encoders import encoder_name, is_image
 from clippo.networks.policy import ActorCritic, upgrade_v1_names
 from clippo.rollout import masking
+from clippo.rollout.buffer import Batch, RolloutBuffer
 from clippo.rollout.evaluation import run_episodes
 from clippo.rollout.normalization import ObservationNormalizer, RewardScaler
-from clippo.rollout.runner import Batch, EnvRunner, RolloutBuffer
+from clippo.rollout.runner import EnvRunner
 from clippo.training.checkpoint import (
     FORMAT,
     FORMAT_VERSION,

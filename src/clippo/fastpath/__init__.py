@@ -20,7 +20,8 @@ from clippo.core.losses import AutogradLoss
 from clippo.fastpath.layout import is_plain_mlp, paired_parameters
 from clippo.fastpath.sampling import numpy_sampler
 from clippo.networks.policy import ActorCritic
-from clippo.rollout.runner import EnvRunner, RolloutBuffer
+from clippo.rollout.buffer import RolloutBuffer
+from clippo.rollout.runner import EnvRunner
 
 __all__ = ["make_loss", "make_rollout", "paired_parameters", "rollout_applies"]
 

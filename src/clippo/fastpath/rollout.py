@@ -19,7 +19,8 @@ from clippo.fastpath.sampling import numpy_sampler
 from clippo.networks.distributions import MASKED_LOGIT, ActionDistribution
 from clippo.networks.encoders import flat_size
 from clippo.networks.policy import ActorCritic
-from clippo.rollout.runner import EnvRunner, RolloutBuffer
+from clippo.rollout.buffer import RolloutBuffer
+from clippo.rollout.runner import EnvRunner
 
 
 class FlatRolloutBuffer(RolloutBuffer):

@@ -26,8 +26,9 @@ import torch
 from clippo.core.advantages import compute_gae
 from clippo.core.errors import EnvStepError, NonFiniteError, TrainingInterrupted
 from clippo.core.losses import explained_variance
+from clippo.rollout.buffer import Batch, RolloutBuffer
 from clippo.rollout.normalization import ObservationNormalizer, RewardScaler
-from clippo.rollout.runner import Batch, EnvRunner, RolloutBuffer
+from clippo.rollout.runner import EnvRunner
 from clippo.training.callbacks import as_callback, with_config_evaluation
 from clippo.training.checkpoint import FINAL_NAME, run_dir_lock
 from clippo.training.distributed import World, all_gather, pool_statistics, pooled_moments, statistics_sums

@@ -18,7 +18,7 @@ import torch
 
 from clippo.core.errors import NonFiniteError
 from clippo.core.losses import LossTerms, normalize_advantages
-from clippo.rollout.runner import Batch, SequenceBatch
+from clippo.rollout.buffer import Batch, SequenceBatch
 from clippo.training.distributed import World, all_gather, all_reduce_mean_, moment_sums, pooled_moments
 from clippo.training.optim import FlatAdam
 

@@ -1,6 +1,6 @@
-"""Run by tests/test_distributed.py under torchrun: one rank of a small distributed job.
+"""Run by tests/training/test_distributed.py under torchrun: one rank of a small distributed job.
 
-python -m torch.distributed.run --standalone --nproc-per-node 2 tests/distributed_worker.py MODE OUT_DIR
+python -m torch.distributed.run --standalone --nproc-per-node 2 tests/training/distributed_worker.py MODE OUT_DIR
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from clippo import PPO
-from clippo.rollout.runner import Batch
+from clippo.rollout.buffer import Batch
 from clippo.training.distributed import shutdown
 
 

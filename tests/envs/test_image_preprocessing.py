@@ -15,7 +15,6 @@ import yaml
 from gymnasium import spaces
 from torch import nn
 from torch.nn import functional as F
-from toy_envs import SpotImageEnv
 
 from clippo import PPO
 from clippo.config.ppo_config import ENV_PRESETS, PPOConfig, config_from_dict, resolve_config, save_config
@@ -26,6 +25,7 @@ from clippo.networks.distributions import StateDependentGaussian
 from clippo.networks.encoders import ACTIVATIONS, MLPEncoder, NatureCNN
 from clippo.networks.policy import ActorCritic
 from clippo.rollout.runner import EnvRunner
+from tests.toy_envs import SpotImageEnv
 
 
 class CountingEnv(gym.Env):

@@ -14,12 +14,11 @@ import pytest
 onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from toy_envs import DictGoalEnv, SpotImageEnv  # noqa: E402
-
 from clippo import PPO  # noqa: E402
 from clippo.core.errors import ExportCheckError  # noqa: E402
 from clippo.tools.export import export_onnx  # noqa: E402
 from tests.helpers import run_cli  # noqa: E402
+from tests.toy_envs import DictGoalEnv, SpotImageEnv  # noqa: E402
 
 TINY = dict(num_envs=2, num_steps=16, seed=0)
 CHECK = dict(check_steps=24, check_envs=2)
@@ -187,7 +186,7 @@ def test_missing_onnxruntime_names_the_extra(make_agent, tmp_path, monkeypatch):
 def test_docs_deployment_example_runs_without_torch(make_agent, tmp_path):
     """docs/export.md's example of running the graph, run as written (torch made unimportable)
     on an exported CartPole policy."""
-    page = (Path(__file__).resolve().parent.parent / "docs" / "export.md").read_text()
+    page = (Path(__file__).resolve().parents[2] / "docs" / "export.md").read_text()
     blocks = [block.split("```", 1)[0] for block in page.split("```python\n")[1:]]
     example = next(block for block in blocks if "import onnxruntime" in block and "clippo" not in block)
     export_onnx(make_agent("CartPole-v1"), tmp_path / "policy.onnx", **CHECK)

@@ -100,7 +100,7 @@ def test_noise_makes_consecutive_actions_of_a_rollout_correlated():
 
 
 def test_training_takes_the_torch_path_saves_and_loads(tmp_path):
-    """(Exact resume of a gSDE run: tests/test_reliability.py, case pendulum-sde.)"""
+    """(Exact resume of a gSDE run: tests/training/test_reliability.py, case pendulum-sde.)"""
     agent = PPO("Pendulum-v1", **TINY, use_sde=True, sde_sample_freq=4, init_log_std=-1.0, seed=3, run_dir=tmp_path)
     assert agent.runner_class is EnvRunner  # not the numpy fast path
     before = agent.model.log_std.detach().clone()

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from toy_envs import DictGoalEnv, MaskedGridEnv, SpotImageEnv
 
 from clippo import PPO
 from clippo.core.losses import AutogradLoss
 from clippo.fastpath.gradient import AnalyticGradient
 from clippo.fastpath.rollout import FastEnvRunner, FlatRolloutBuffer
-from clippo.rollout.runner import EnvRunner, RolloutBuffer
+from clippo.rollout.buffer import RolloutBuffer
+from clippo.rollout.runner import EnvRunner
+from tests.toy_envs import DictGoalEnv, MaskedGridEnv, SpotImageEnv
 
 
 @pytest.mark.parametrize(

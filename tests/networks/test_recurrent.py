@@ -7,14 +7,14 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from helpers import run_cli
-from test_ppo import record_first_logratios, record_logratios
-from toy_envs import CueEnv, DictGoalEnv, MaskedGridEnv, SpotImageEnv
 
 from clippo import PPO
 from clippo.core.errors import ConfigError
 from clippo.fastpath.layout import is_plain_mlp
 from clippo.networks.recurrent import RecurrentCore, episode_pieces
+from tests.helpers import run_cli
+from tests.toy_envs import CueEnv, DictGoalEnv, MaskedGridEnv, SpotImageEnv
+from tests.training.test_ppo import record_first_logratios, record_logratios
 
 TINY = dict(num_envs=4, num_steps=16, num_minibatches=2, update_epochs=2, hidden_sizes=[16], recurrent_hidden_size=8)
 

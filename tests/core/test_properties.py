@@ -21,7 +21,7 @@ from clippo import PPO, PPOConfig
 from clippo.config.ppo_config import CHOICES, ConfigError, config_from_dict, resolve_config
 from clippo.core.advantages import compute_gae, discounted_rewards_to_go
 from clippo.fastpath.rollout import FlatRolloutBuffer
-from clippo.rollout.runner import RolloutBuffer
+from clippo.rollout.buffer import RolloutBuffer
 from tests.helpers import run_cli
 
 PROPERTY = settings(

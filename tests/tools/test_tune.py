@@ -16,7 +16,7 @@ from clippo.config.ppo_config import FIELD_NAMES, resolve_config  # noqa: E402
 from clippo.tools.tuning import SEARCH_SPACE, TuneSettings, decode, num_steps_choices, suggest  # noqa: E402
 from tests.helpers import run_cli  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # 2 envs, 4 evaluations of 2 episodes over 256 steps, and (fixed, so not searched) few minibatch
 # steps: a trial takes a fraction of a second.
 TINY = ["--steps-per-trial", "256", "--eval-every", "64", "--eval-episodes", "2"]

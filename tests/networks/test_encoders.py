@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
-from toy_envs import DictGoalEnv, SpotImageEnv, TinyEncoder
 
 from clippo import PPO
 from clippo.core.errors import ConfigError
 from clippo.networks.encoders import CombinedEncoder, MinAtarCNN, MLPEncoder, NatureCNN, make_encoder
+from tests.toy_envs import DictGoalEnv, SpotImageEnv, TinyEncoder
 
 TINY = dict(num_envs=4, num_steps=16, num_minibatches=2, update_epochs=2, seed=0)
 
@@ -138,7 +138,7 @@ def test_dict_observations_refuse_normalization_in_one_line():
 
 def test_a_user_encoder_trains_saves_by_name_and_loads(tmp_path):
     agent = PPO(SpotImageEnv, encoder=TinyEncoder, encoder_kwargs={"width": 8}, **TINY)
-    assert agent.config.encoder == "toy_envs:TinyEncoder"
+    assert agent.config.encoder == "tests.toy_envs:TinyEncoder"
     assert isinstance(agent.model.actor_encoder, TinyEncoder) and agent.model.actor_encoder.net[1].out_features == 8
     assert agent.model.actor_encoder is not agent.model.critic_encoder
     agent.learn(128, progress=False)

@@ -90,7 +90,7 @@ def test_hybrid_and_multibinary_toy_envs_learn_near_their_optimum():
 
 
 def test_masked_and_hybrid_envs_train_on_two_processes_and_resume_from_a_checkpoint(tmp_path):
-    from test_distributed import WORKER, torchrun
+    from tests.training.test_distributed import WORKER, torchrun
 
     torchrun(str(WORKER), "action_spaces", str(tmp_path), cwd=tmp_path)  # (what clippo train --nproc 2 runs)
     for env_id in ("clippo/Slots-v0", "clippo/ToolAmount-v0"):

@@ -12,7 +12,7 @@ from clippo.core.losses import AutogradLoss
 from clippo.fastpath import gradient as fast_gradient
 from clippo.fastpath.gradient import TANH_AS_SIGMOID_MIN, AnalyticGradient
 from clippo.networks.encoders import flat_size
-from clippo.rollout.runner import Batch
+from clippo.rollout.buffer import Batch
 from clippo.training.optim import FlatAdam
 from tests.conftest import make_fixed_length_env
 

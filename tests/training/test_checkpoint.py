@@ -132,7 +132,7 @@ def test_space_round_trip(space):
 
 
 def test_unstorable_space():
-    # (MultiBinary, Dict and Tuple spaces are stored now: tests/test_encoders.py)
+    # (MultiBinary, Dict and Tuple spaces are stored now: tests/networks/test_encoders.py)
     with pytest.raises(CheckpointError):
         space_to_dict(spaces.Text(5))
     with pytest.raises(CheckpointError, match="unknown space type"):

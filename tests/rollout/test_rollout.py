@@ -20,8 +20,9 @@ from clippo.envs.make import make_vector_env
 from clippo.fastpath.rollout import FastEnvRunner, FlatRolloutBuffer
 from clippo.networks import encoders
 from clippo.networks.policy import ActorCritic
+from clippo.rollout.buffer import Batch, RolloutBuffer
 from clippo.rollout.normalization import ObservationNormalizer, RewardScaler
-from clippo.rollout.runner import Batch, EnvRunner, RolloutBuffer
+from clippo.rollout.runner import EnvRunner
 
 #: (runner, buffer) classes of each rollout path
 PATHS = {"general": (EnvRunner, RolloutBuffer), "fast": (FastEnvRunner, FlatRolloutBuffer)}

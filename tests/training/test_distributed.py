@@ -69,7 +69,7 @@ def test_gradient_average_is_the_mean_of_the_ranks_and_identical_on_each(tmp_pat
 
 
 def test_two_ranks_make_the_same_update_as_one_process_on_the_whole_batch(tmp_path):
-    from tests.distributed_worker import synthetic_batch
+    from tests.training.distributed_worker import synthetic_batch
 
     torchrun(str(WORKER), "equivalence", str(tmp_path), cwd=tmp_path)
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True)["params"] for r in (0, 1))

@@ -1,6 +1,6 @@
 """Invalid-action masks end to end: detection of each source, storage in the rollout, their use in
 the update (the first ratio is 1), all-false masks, act/predict/evaluate with masks, checkpoints,
-and which path (fast or general) runs. The masks' math is in tests/test_distributions.py."""
+and which path (fast or general) runs. The masks' math is in tests/networks/test_distributions.py."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
-from test_ppo import record_first_logratios, record_logratios
-from toy_envs import MaskedGridEnv
 
 from clippo import PPO
 from clippo.core.errors import ActionMaskError, EnvStepError
 from clippo.core.losses import AutogradLoss
 from clippo.envs.toy import SlotsEnv, SlotsMethodEnv
+from clippo.rollout.buffer import RolloutBuffer
 from clippo.rollout.masking import policy_observation_space
-from clippo.rollout.runner import EnvRunner, RolloutBuffer
+from clippo.rollout.runner import EnvRunner
+from tests.toy_envs import MaskedGridEnv
+from tests.training.test_ppo import record_first_logratios, record_logratios
 
 TINY = dict(num_envs=2, num_steps=32, num_minibatches=2, update_epochs=2, hidden_sizes=[16, 16], tensorboard=False)
 

@@ -204,6 +204,6 @@ def test_box_observations_are_flattened_to_float32():
 
 
 def test_unsupported_observation_space():
-    # (Dict observations are supported now: tests/test_encoders.py)
+    # (Dict observations are supported now: tests/networks/test_encoders.py)
     with pytest.raises(ValueError, match="Text"):
         ActorCritic(spaces.Text(5), spaces.Discrete(2), [8])
