@@ -249,6 +249,7 @@ def test_carracing_observations_are_two_stacked_64x64_grayscale_frames():
         envs.close()
 
 
+@pytest.mark.slow
 def test_carracing_preset_trains_saves_loads_and_acts_identically(tmp_path):
     agent = PPO("CarRacing-v3", total_steps=32, num_envs=2, num_steps=16, num_minibatches=2, update_epochs=1,
                 run_dir=tmp_path, tensorboard=False)  # fmt: skip

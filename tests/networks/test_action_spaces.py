@@ -77,6 +77,7 @@ def test_save_load_keeps_actions_identical(source, tmp_path):
     loaded.close()
 
 
+@pytest.mark.slow
 def test_hybrid_and_multibinary_toy_envs_learn_near_their_optimum():
     # ToolAmount: 20 at best, random actions ~8 per episode; Bits: 8 at best, random 4
     hybrid = PPO("clippo/ToolAmount-v0", seed=0, total_steps=24_576, tensorboard=False, checkpoint_every=0)
@@ -89,6 +90,7 @@ def test_hybrid_and_multibinary_toy_envs_learn_near_their_optimum():
     bits.close()
 
 
+@pytest.mark.slow
 def test_masked_and_hybrid_envs_train_on_two_processes_and_resume_from_a_checkpoint(tmp_path):
     from tests.training.test_distributed import WORKER, torchrun
 

@@ -167,6 +167,7 @@ def test_a_user_encoder_that_returns_the_wrong_shape_is_named():
         PPO(SpotImageEnv, encoder=Bad(), **TINY)
 
 
+@pytest.mark.slow
 def test_tiny_image_env_learns():
     agent = PPO(SpotImageEnv, seed=0, num_envs=8, num_steps=32, total_steps=8192, learning_rate=1e-3, ent_coef=0.01)
     agent.learn(progress=False)
@@ -174,6 +175,7 @@ def test_tiny_image_env_learns():
     agent.close()
 
 
+@pytest.mark.slow
 def test_dict_env_learns_from_both_fields():
     agent = PPO(DictGoalEnv, seed=0, num_envs=8, num_steps=32, total_steps=16384, learning_rate=1e-3, ent_coef=0.01)
     agent.learn(progress=False)

@@ -202,6 +202,7 @@ def test_predict_with_state_matches_step_by_step_acting(kind):
     agent.close()
 
 
+@pytest.mark.slow
 def test_predict_state_changes_the_action_where_memory_matters():
     """A policy that learned the cue task answers the query from its state: the same query
     observation after different cues gets different actions."""
@@ -341,6 +342,7 @@ def test_memory_task_is_learned_with_a_core_and_not_without():
     assert with_memory >= 0.95 and without <= 0.75
 
 
+@pytest.mark.slow
 def test_cli_trains_evaluates_and_plays_a_recurrent_agent(tmp_path):
     run_dir = tmp_path / "run"
     code, _, err = run_cli(

@@ -273,6 +273,7 @@ def run_process(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "clippo", *args], capture_output=True, text=True, timeout=120, env=env)
 
 
+@pytest.mark.slow
 def test_subprocess_bad_input_exit_code_and_stderr():
     result = run_process(["train", "NoSuchEnv-v0", "--total-steps", "64"])
     assert result.returncode != 0
@@ -283,6 +284,7 @@ def test_subprocess_bad_input_exit_code_and_stderr():
     assert result.stdout == ""
 
 
+@pytest.mark.slow
 def test_subprocess_eval_json(trained_run):
     run_dir, code, _, _ = trained_run
     assert code == 0

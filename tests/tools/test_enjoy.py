@@ -63,6 +63,7 @@ def test_enjoy_matches_evaluation_with_normalized_observations(run_dir):
     assert len(stochastic.returns) == 2
 
 
+@pytest.mark.slow
 def test_enjoy_records_one_video_of_all_episodes(run_dir, tmp_path):
     pytest.importorskip("moviepy")
     from moviepy import VideoFileClip

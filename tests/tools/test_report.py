@@ -70,6 +70,7 @@ def checks_found(run_dir: Path) -> set[str]:
     return {w.check for w in build_report(run_dir).warnings}
 
 
+@pytest.mark.slow
 def test_healthy_run_has_no_warning(run_dirs):
     report = build_report(run_dirs["healthy"])
     assert report.warnings == [], [w.title for w in report.warnings]
@@ -163,6 +164,7 @@ def test_markdown_report_from_the_command(run_dirs, tmp_path):
     assert (out.parent / "report.png").read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.mark.slow
 def test_report_shows_the_periodic_evaluations(tmp_path):
     run_dir = tmp_path / "evaluated"
     code, _, err = run_cli(
@@ -195,6 +197,7 @@ def test_report_shows_the_periodic_evaluations(tmp_path):
     assert f"| best periodic evaluation | {best:.2f} at step" in text and "kept as `best.pt`" in text
 
 
+@pytest.mark.slow
 def test_default_output_is_in_the_run_dir(run_dirs):
     code, stdout, err = run_cli(["report", str(run_dirs["healthy"])])
     assert code == 0, err

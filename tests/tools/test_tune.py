@@ -53,6 +53,7 @@ def finished(tmp_path) -> dict[int, float | None]:
     return {t.number: t.value for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")}
 
 
+@pytest.mark.slow
 def test_a_study_writes_a_config_that_train_accepts_and_a_summary(tmp_path, base_config):
     code, _out, err = tune(tmp_path, base_config, 3, "--plots")
     assert code == 0, err
@@ -91,6 +92,7 @@ def test_a_study_writes_a_config_that_train_accepts_and_a_summary(tmp_path, base
     assert code == 0, err
 
 
+@pytest.mark.slow
 def test_the_same_storage_keeps_finished_trials_and_adds_new_ones(tmp_path, base_config):
     code, _, err = tune(tmp_path, base_config, 2)
     assert code == 0, err
@@ -106,6 +108,7 @@ def test_the_same_storage_keeps_finished_trials_and_adds_new_ones(tmp_path, base
     assert "trial 2" in out and "trial 0:" not in out
 
 
+@pytest.mark.slow
 def test_parallel_jobs_share_one_storage(tmp_path, base_config, capfd):
     code, _out, err = tune(tmp_path, base_config, 3, "--jobs", "2", "--no-plots")
     assert code == 0, err

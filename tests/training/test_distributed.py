@@ -13,6 +13,9 @@ import torch
 
 from clippo import PPO
 
+#: every test here starts torchrun with two processes
+pytestmark = pytest.mark.slow
+
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
 

@@ -369,6 +369,7 @@ def test_same_seed_same_sampled_actions():
 # ------------------------------------------------------------------------------------------------
 # learning
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cartpole_learns_with_builtin_preset():
     """CartPole's tuned preset, its own 100k steps: the deterministic policy solves the task
     (random play scores ~20; 475 is Gymnasium's threshold)."""

@@ -497,6 +497,7 @@ def killed_run(tmp_path_factory):
     return {"run_dir": run_dir, "seed": seed, "log": log, "after_kills": after_kills, "resume": resume}
 
 
+@pytest.mark.slow
 def test_kill9_leaves_only_readable_checkpoints(killed_run):
     info = killed_run["after_kills"]
     context = f"seed {killed_run['seed']}, rounds {killed_run['log']}"
@@ -507,6 +508,7 @@ def test_kill9_leaves_only_readable_checkpoints(killed_run):
         assert isinstance(result, int) and result > 0, f"{name}: {result} ({context})"
 
 
+@pytest.mark.slow
 def test_kill9_partial_file_is_never_taken_as_a_checkpoint(killed_run):
     info = killed_run["after_kills"]
     # The stalled write was killed with half the bytes on disk: that file lies under a temporary
@@ -522,6 +524,7 @@ def test_kill9_partial_file_is_never_taken_as_a_checkpoint(killed_run):
     assert info["latest"] in info["checkpoints"]
 
 
+@pytest.mark.slow
 def test_kill9_then_clippo_resume_completes(killed_run):
     resume, run_dir = killed_run["resume"], killed_run["run_dir"]
     assert resume.returncode == 0, f"seed {killed_run['seed']}: {resume.stderr}"
@@ -535,6 +538,7 @@ def test_kill9_then_clippo_resume_completes(killed_run):
     assert all(step % 32 == 0 for step in steps)
 
 
+@pytest.mark.slow
 def test_kill9_then_resume_metrics_have_one_row_per_update(killed_run):
     """Every update the final model went through has its metrics row, exactly once."""
     run_dir = killed_run["run_dir"]
@@ -595,6 +599,7 @@ def wait_for_line(process: subprocess.Popen, prefix: str, timeout: float = 60.0)
     raise AssertionError(f"no stdout line starting with {prefix!r}; stderr:\n{err}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 def test_signal_stops_at_update_boundary_then_resume_completes(tmp_path, signum, exit_code):
     run_dir = tmp_path / "run"
@@ -634,6 +639,7 @@ def test_signal_stops_at_update_boundary_then_resume_completes(tmp_path, signum,
     assert all(torch.equal(final["model"][k], expected["model"][k]) for k in expected["model"])
 
 
+@pytest.mark.slow
 def test_second_sigint_quits_at_once(tmp_path):
     # One env stepping 20000 times per rollout: a single update takes seconds, so only the second
     # signal (not the update boundary) can explain a prompt exit.
@@ -949,6 +955,7 @@ EXPLODING_CLI = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vector_env", ["sync", "async"])
 def test_exploding_env_via_the_cli(tmp_path, vector_env):
     (tmp_path / "explodingenv.py").write_text(EXPLODING_MODULE)
@@ -1261,6 +1268,7 @@ def test_resume_restores_the_global_python_numpy_and_torch_rngs(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # one process per run directory
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_run_directory_in_use_is_refused_by_a_second_process(tmp_path):
     """While one process trains in a run directory, ``clippo resume`` of it from another process
     is refused with a one-line error, and nothing of the running one's files is touched."""
