@@ -9,8 +9,8 @@ uint8 frames stay uint8 until an encoder divides them by 255.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Union
+from collections.abc import Callable, Iterable
+from typing import Any, Union, cast
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ def fields(space: spaces.Space, prefix: str = "") -> dict[str, spaces.Space] | N
     one-line error for a space clippo cannot take."""
     if isinstance(space, PLAIN_SPACES):
         return None if not prefix else {prefix: space}
+    items: Iterable[tuple[str, spaces.Space]]
     if isinstance(space, spaces.Dict):
         items = space.spaces.items()
     elif isinstance(space, spaces.Tuple):
@@ -46,7 +47,9 @@ def fields(space: spaces.Space, prefix: str = "") -> dict[str, spaces.Space] | N
         if isinstance(sub, PLAIN_SPACES):
             out[name] = sub
         else:
-            out.update(fields(sub, name))
+            nested = fields(sub, name)
+            assert nested is not None  # only a plain space with no prefix gives None
+            out.update(nested)
     if not out:
         raise unsupported(space)
     return out
@@ -60,7 +63,10 @@ def storage_dtype(space: spaces.Space) -> np.dtype:
 
 
 def field_shape(space: spaces.Space) -> tuple[int, ...]:
-    return () if isinstance(space, spaces.Discrete) else tuple(space.shape)
+    if isinstance(space, spaces.Discrete):
+        return ()
+    assert space.shape is not None  # every plain space has a shape
+    return tuple(space.shape)
 
 
 def flatten_structure(obs: Any, space: spaces.Space) -> Obs:
@@ -96,7 +102,9 @@ def allocate(space: spaces.Space, leading: tuple[int, ...]) -> Obs:
 def map_obs(function: Callable[..., Any], obs: Obs, *others: Obs) -> Obs:
     """``function`` applied to each field (to the array itself for a plain space)."""
     if isinstance(obs, dict):
-        return {key: function(value, *(other[key] for other in others)) for key, value in obs.items()}
+        # The others have the same structure as obs: dicts with the same keys.
+        dicts = cast("tuple[dict[str, Any], ...]", others)
+        return {key: function(value, *(other[key] for other in dicts)) for key, value in obs.items()}
     return function(obs, *others)
 
 

@@ -58,7 +58,8 @@ class FireOnReset(gym.Wrapper):
 
     def __init__(self, env: gym.Env):
         super().__init__(env)
-        meanings = env.unwrapped.get_action_meanings()
+        # ale_py's AtariEnv has action meanings; gym.Env does not declare them.
+        meanings = env.unwrapped.get_action_meanings()  # type: ignore[attr-defined]
         self.fire_action = meanings.index("FIRE") if "FIRE" in meanings else None
 
     def reset(self, **kwargs):
@@ -231,6 +232,7 @@ def make_atari_vector_env(
     if num_threads is not None and mode not in ("ale", "envpool"):
         raise ValueError(f"num_threads applies to vector_env 'ale' and 'envpool', not {mode!r}")
     settings = _ale_settings(env_id, env_kwargs)
+    envs: VectorEnv
     if mode == "ale":
         from ale_py.vector_env import AtariVectorEnv
 
