@@ -18,6 +18,8 @@ from gymnasium import spaces
 
 #: One observation batch: an array/tensor, or a dict of them (one per field of a Dict/Tuple space).
 Obs = Union[np.ndarray, torch.Tensor, dict[str, Any]]
+#: One observation batch as an env returns it (flattened): an array, or a dict of arrays.
+EnvObs = np.ndarray | dict[str, np.ndarray]
 
 PLAIN_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 
@@ -69,7 +71,7 @@ def field_shape(space: spaces.Space) -> tuple[int, ...]:
     return tuple(space.shape)
 
 
-def flatten_structure(obs: Any, space: spaces.Space) -> Obs:
+def flatten_structure(obs: Any, space: spaces.Space) -> EnvObs:
     """An env's observation batch (nested dicts/tuples for Dict/Tuple spaces) as an array or a
     flat dict of arrays, the form the rest of clippo uses."""
     parts = fields(space)
