@@ -70,7 +70,8 @@ def _add_hyperparameter_flags(parser: argparse.ArgumentParser) -> None:
     for f in fields(PPOConfig):
         if f.name in _NOT_FLAGS:
             continue
-        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        # (mypy cannot tell that a field without a default has a default_factory)
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[operator]
         flag = "--" + f.name.replace("_", "-")
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
         help_text = f"{f.metadata['help']} (default: {default})"

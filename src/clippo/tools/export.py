@@ -265,7 +265,11 @@ def env_actions(distribution: ActionDistribution, params: torch.Tensor) -> list[
     torch; one tensor per output of ``graph_outputs``."""
     if isinstance(distribution, Composite):
         chunks = params.split(distribution.output_sizes, dim=-1)
-        return [action for part, chunk in zip(distribution.parts, chunks, strict=False) for action in env_actions(part, chunk)]
+        return [
+            action
+            for part, chunk in zip(distribution.parts, chunks, strict=False)
+            for action in env_actions(part, chunk)
+        ]
     return [_to_env(distribution, distribution.sample(params, None))]
 
 
@@ -293,7 +297,9 @@ def flat_actions(distribution: ActionDistribution, action: Any) -> list[np.ndarr
     """``agent.act``'s action batch as arrays in the order of ``graph_outputs``."""
     if isinstance(distribution, Composite):
         items = [action[key] for key in distribution.keys] if distribution.is_dict else list(action)
-        return [array for part, item in zip(distribution.parts, items, strict=False) for array in flat_actions(part, item)]
+        return [
+            array for part, item in zip(distribution.parts, items, strict=False) for array in flat_actions(part, item)
+        ]
     return [np.asarray(action)]
 
 
@@ -336,7 +342,8 @@ def collect_check_data(agent, steps: int = CHECK_STEPS, num_envs: int = CHECK_EN
         rng = np.random.default_rng(seed)
         autoreset = np.zeros(num_envs, dtype=bool)
         feeds, masks_seen, expected = [], [], []
-        state, starts = None, np.ones(num_envs, dtype=bool)  # (a recurrent policy's)
+        state: Any = None  # (a recurrent policy's: what agent.predict returns)
+        starts = np.ones(num_envs, dtype=bool)
         for step in range(steps):
             masks = None
             if mask_source is not None:
@@ -350,6 +357,7 @@ def collect_check_data(agent, steps: int = CHECK_STEPS, num_envs: int = CHECK_EN
                 action = agent.act(obs, deterministic=True, action_masks=masks)
             if mask_source is not None and mask_source.kind == "observation":
                 # the envs about to autoreset act on an all-true mask, not on their final state's
+                assert masks is not None  # (read above)
                 feed[masking.MASK_KEY] = masks.astype(feed[masking.MASK_KEY].dtype).reshape(
                     feed[masking.MASK_KEY].shape
                 )
