@@ -170,7 +170,8 @@ class NoVelocity(gym.ObservationWrapper):
         super().__init__(env)
         self.keep = np.asarray(keep)
         space = env.observation_space
-        assert isinstance(space, spaces.Box), f"NoVelocity keeps components of a Box observation, not of {space}"
+        if not isinstance(space, spaces.Box):
+            raise ValueError(f"NoVelocity keeps components of a Box observation space, not of {space}")
         self.observation_space = spaces.Box(space.low[self.keep], space.high[self.keep], dtype=space.dtype)
 
     def observation(self, observation):

@@ -205,7 +205,8 @@ class CombinedEncoder(nn.Module):
     ) -> None:
         super().__init__()
         fields = observations.fields(space)
-        assert fields is not None, f"{space} is a plain space: it needs no CombinedEncoder"
+        if fields is None:
+            raise ValueError(f"CombinedEncoder is for Dict and Tuple observation spaces, not {space}")
         self.fields = fields
         self.cnns = nn.ModuleDict()
         width = 0
