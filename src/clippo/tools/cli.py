@@ -617,7 +617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handlers[args.command](args)
     except TrainingInterrupted as exc:
         print(f"clippo: {exc}", file=sys.stderr)
-        return 143 if getattr(exc, "signum", None) == signal.SIGTERM else 130
+        return 143 if exc.signum == signal.SIGTERM else 130
     except KeyboardInterrupt:
         print("clippo: interrupted", file=sys.stderr)
         return 130
