@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
+from gymnasium.vector import VectorEnv
 
 from clippo import fastpath
 from clippo.config.ppo_config import PPOConfig, config_from_dict, resolve_config
@@ -52,7 +53,9 @@ from clippo.training.update import MINIBATCH_STATS, Learner, LossFunction, Updat
 
 def global_rng_states() -> dict[str, Any]:
     """The process-wide Python, numpy and torch RNG states, as checkpoint-safe plain data."""
-    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = np.random.get_state()
+    assert isinstance(state, tuple)  # the legacy form, the default
+    kind, keys, position, has_gauss, cached = state
     return {
         "python": random.getstate(),
         "numpy": [kind, torch.from_numpy(keys.copy()), position, has_gauss, cached],
@@ -151,7 +154,7 @@ class PPO:
         except BaseException:
             envs.close()
             raise
-        self._envs = envs
+        self._envs: VectorEnv | None = envs
 
     # ------------------------------------------------------------------------------------------
     # construction shared by __init__ and load
@@ -214,7 +217,9 @@ class PPO:
                     "it normalizes flat Box observations (image encoders scale uint8 pixels by 1/255 themselves)"
                 )
         self.obs_normalizer = ObservationNormalizer(
-            policy_space.shape if is_box else (), config.obs_clip, config.normalize_observations and is_box
+            policy_space.shape if isinstance(policy_space, spaces.Box) else (),
+            config.obs_clip,
+            config.normalize_observations and is_box,
         )
         self.reward_scaler = RewardScaler(config.num_envs, config.gamma, config.reward_clip, config.normalize_rewards)
         self.global_step = 0
@@ -307,6 +312,8 @@ class PPO:
 
     def save_checkpoint(self, include_runner: bool = True) -> Path:
         """Write a periodic checkpoint into the run directory (keeping ``keep_checkpoints`` of them)."""
+        if self.run_dir is None:
+            raise ValueError("save_checkpoint() needs a run directory, and this agent has none: use save(path)")
         path = self.save(periodic_checkpoint_path(self.run_dir, self.global_step), include_runner=include_runner)
         prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
         return path
@@ -400,8 +407,8 @@ class PPO:
                 "action, state = agent.predict(obs, state=state, episode_start=episode_start)"
             )
         obs, masks, single, noise = self._acting_inputs(obs, deterministic, action_masks)
-        actions, _ = self.model.act(obs, noise, masks)
-        actions = actions.cpu().numpy()
+        sampled, _ = self.model.act(obs, noise, masks)
+        actions = sampled.cpu().numpy()
         return self.model.distribution.to_env(actions[0] if single else actions)
 
     def _acting_inputs(self, obs: Any, deterministic: bool, action_masks: Any):
@@ -476,8 +483,8 @@ class PPO:
                 f"({count})"
             )
         params, _, state = self.model.step(obs, state, torch.from_numpy(starts).to(self.device), masks)
-        actions, _ = self.model.distribution.sample_with_log_prob(params, noise)
-        actions, state = actions.cpu().numpy(), state.cpu().numpy()
+        sampled, _ = self.model.distribution.sample_with_log_prob(params, noise)
+        actions, state = sampled.cpu().numpy(), state.cpu().numpy()
         return self.model.distribution.to_env(actions[0] if single else actions), (state[0] if single else state)
 
     def acting_policy(self, deterministic: bool = True):
@@ -486,13 +493,14 @@ class PPO:
         carries its state from call to call (reset where ``episode_start``)."""
         if not self.model.recurrent:
             return lambda obs, masks=None, episode_start=None: self.act(obs, deterministic, masks)
-        carried = {"state": None}
+        carried: dict[str, np.ndarray | None] = {"state": None}
 
         def policy(obs, masks=None, episode_start=None):
             actions, carried["state"] = self.predict(obs, carried["state"], episode_start, deterministic, masks)
             return actions
 
-        policy.recurrent = True
+        # What run_episodes reads (with getattr); mypy does not follow attributes set on a function.
+        policy.recurrent = True  # type: ignore[attr-defined]
         return policy
 
     def evaluate(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import yaml
@@ -245,6 +246,16 @@ def test_config_file_formats(tmp_path, suffix, text):
     path = tmp_path / f"hp{suffix}"
     path.write_text(text)
     assert load_config_file(path) == {"learning_rate": 0.005, "network": "shared"}
+
+
+def test_toml_config_file_on_python_3_10_is_a_one_line_error(tmp_path, monkeypatch):
+    path = tmp_path / "hp.toml"
+    path.write_text("learning_rate = 0.005\n")
+    monkeypatch.setattr(sys, "version_info", (3, 10, 14, "final", 0))  # tomllib is new in 3.11
+    with pytest.raises(ValueError, match=r"cannot parse config file .*reading TOML needs Python >= 3\.11") as info:
+        load_config_file(path)
+    monkeypatch.undo()
+    assert "\n" not in str(info.value)
 
 
 def test_bad_config_files(tmp_path):

@@ -90,6 +90,12 @@ def test_bad_encoder_choices_give_one_line_errors(space, kind, words):
     assert words in str(info.value) and "\n" not in str(info.value)
 
 
+def test_combined_encoder_refuses_a_plain_space_in_one_line():
+    with pytest.raises(ValueError, match="CombinedEncoder is for Dict and Tuple observation spaces") as info:
+        CombinedEncoder(spaces.Box(-1.0, 1.0, (3,)), [16])
+    assert "\n" not in str(info.value)
+
+
 def test_bad_encoder_name_in_the_config_is_a_config_error():
     with pytest.raises(ConfigError, match="encoder='resnet' is invalid"):
         PPO("CartPole-v1", encoder="resnet")

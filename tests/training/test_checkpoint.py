@@ -107,6 +107,14 @@ def test_periodic_checkpoints_are_pruned(tmp_path):
     assert PPO.load(run_dir).global_step == 256
 
 
+def test_periodic_checkpoint_without_a_run_dir_is_a_one_line_error():
+    agent = PPO("CartPole-v1", **TINY, seed=0)
+    with pytest.raises(ValueError, match=r"save_checkpoint\(\) needs a run directory") as info:
+        agent.save_checkpoint()
+    agent.close()
+    assert "\n" not in str(info.value)
+
+
 def test_custom_env_checkpoint_needs_the_env_to_evaluate(tmp_path, multidiscrete_env):
     agent = PPO(multidiscrete_env, **TINY, seed=0)
     agent.learn(total_steps=agent.batch_size)

@@ -289,6 +289,23 @@ def test_interrupt_without_run_dir_raises_without_checkpoint():
     assert_one_line(str(info.value))
 
 
+def test_interrupted_by_a_signal_names_it_on_the_exception():
+    agent = PPO("CartPole-v1", **TINY)
+    original = agent.learner.update_policy
+
+    def update_then_signal(batch, plan=None):  # as the command line's SIGTERM handler asks, mid-update
+        stats = original(batch, plan)
+        agent.request_stop(signal.SIGTERM)
+        return stats
+
+    agent.learner.update_policy = update_then_signal
+    with pytest.raises(TrainingInterrupted) as info:
+        agent.learn(total_steps=agent.batch_size * 2)
+    agent.close()
+    assert info.value.signum == signal.SIGTERM  # (what the command line's exit status, 143, is read from)
+    assert TrainingInterrupted("stopped").signum is None
+
+
 def test_async_vector_env_run_resumes_with_fresh_envs(tmp_path):
     run_dir = tmp_path / "async"
     agent = PPO("CartPole-v1", **TINY, vector_env="async", run_dir=run_dir)

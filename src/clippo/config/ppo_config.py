@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import json
 import math
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -768,9 +769,12 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from None
     try:
         if path.suffix == ".toml":
-            import tomllib
+            if sys.version_info >= (3, 11):
+                import tomllib
 
-            data = tomllib.loads(text)
+                data = tomllib.loads(text)
+            else:  # tomllib is new in Python 3.11, and clippo supports 3.10
+                raise ValueError("reading TOML needs Python >= 3.11 (tomllib): use a YAML or JSON file")
         elif path.suffix == ".json":
             data = json.loads(text)
         else:

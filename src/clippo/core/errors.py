@@ -34,9 +34,11 @@ class NonFiniteError(RuntimeError):
 class TrainingInterrupted(RuntimeError):
     """Training was stopped by a signal at an update boundary, after writing a checkpoint."""
 
-    def __init__(self, message: str, checkpoint: str | None = None) -> None:
+    def __init__(self, message: str, checkpoint: str | None = None, signum: int | None = None) -> None:
         super().__init__(message)
         self.checkpoint = checkpoint
+        #: the signal that asked for the stop, if one did
+        self.signum = signum
 
 
 def first_line(exc: BaseException, default: str | None = None) -> str:

@@ -34,10 +34,9 @@ def normalize_advantages(
             moments = mean, math.sqrt(float(np.dot(centered, centered)) / (a.size - 1))  # unbiased, as torch.std
         mean, std = moments
         return torch.from_numpy((a - np.float32(mean)) * np.float32(1.0 / (std + eps)))
-    if moments is None:
-        moments = advantages.mean(), advantages.std()
-    mean, std = moments
-    return (advantages - mean) / (std + eps)
+    # On a device, the tensor moments stay there (no transfer); pooled ones are floats.
+    mu, sigma = (advantages.mean(), advantages.std()) if moments is None else moments
+    return (advantages - mu) / (sigma + eps)
 
 
 def clipped_surrogate_loss(
@@ -168,7 +167,8 @@ class AutogradLoss:
                         clip_fraction(ratio, self.clip_epsilon),
                     ]
                 ).tolist()
-        return LossTerms(*numbers, logratio.detach())
+        loss_value, policy_loss, v_loss_value, entropy_value, kl, clipped = numbers
+        return LossTerms(loss_value, policy_loss, v_loss_value, entropy_value, kl, clipped, logratio.detach())
 
 
 def numpy_diagnostics(logratio: np.ndarray, ratio: np.ndarray, clip_epsilon: float) -> list[float]:

@@ -9,8 +9,8 @@ uint8 frames stay uint8 until an encoder divides them by 255.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -18,6 +18,8 @@ from gymnasium import spaces
 
 #: One observation batch: an array/tensor, or a dict of them (one per field of a Dict/Tuple space).
 Obs = np.ndarray | torch.Tensor | dict[str, Any]
+#: One observation batch as an env returns it (flattened): an array, or a dict of arrays.
+EnvObs = np.ndarray | dict[str, np.ndarray]
 
 PLAIN_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 
@@ -34,6 +36,7 @@ def fields(space: spaces.Space, prefix: str = "") -> dict[str, spaces.Space] | N
     one-line error for a space clippo cannot take."""
     if isinstance(space, PLAIN_SPACES):
         return None if not prefix else {prefix: space}
+    items: Iterable[tuple[str, spaces.Space]]
     if isinstance(space, spaces.Dict):
         items = space.spaces.items()
     elif isinstance(space, spaces.Tuple):
@@ -46,7 +49,9 @@ def fields(space: spaces.Space, prefix: str = "") -> dict[str, spaces.Space] | N
         if isinstance(sub, PLAIN_SPACES):
             out[name] = sub
         else:
-            out.update(fields(sub, name))
+            nested = fields(sub, name)
+            assert nested is not None  # only a plain space with no prefix gives None
+            out.update(nested)
     if not out:
         raise unsupported(space)
     return out
@@ -60,10 +65,13 @@ def storage_dtype(space: spaces.Space) -> np.dtype:
 
 
 def field_shape(space: spaces.Space) -> tuple[int, ...]:
-    return () if isinstance(space, spaces.Discrete) else tuple(space.shape)
+    if isinstance(space, spaces.Discrete):
+        return ()
+    assert space.shape is not None  # every plain space has a shape
+    return tuple(space.shape)
 
 
-def flatten_structure(obs: Any, space: spaces.Space) -> Obs:
+def flatten_structure(obs: Any, space: spaces.Space) -> EnvObs:
     """An env's observation batch (nested dicts/tuples for Dict/Tuple spaces) as an array or a
     flat dict of arrays, the form the rest of clippo uses."""
     parts = fields(space)
@@ -96,7 +104,9 @@ def allocate(space: spaces.Space, leading: tuple[int, ...]) -> Obs:
 def map_obs(function: Callable[..., Any], obs: Obs, *others: Obs) -> Obs:
     """``function`` applied to each field (to the array itself for a plain space)."""
     if isinstance(obs, dict):
-        return {key: function(value, *(other[key] for other in others)) for key, value in obs.items()}
+        # The others have the same structure as obs: dicts with the same keys.
+        dicts = cast("tuple[dict[str, Any], ...]", others)
+        return {key: function(value, *(other[key] for other in dicts)) for key, value in obs.items()}
     return function(obs, *others)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -58,7 +58,8 @@ class FireOnReset(gym.Wrapper):
 
     def __init__(self, env: gym.Env):
         super().__init__(env)
-        meanings = env.unwrapped.get_action_meanings()
+        # ale_py's AtariEnv has action meanings; gym.Env does not declare them.
+        meanings = env.unwrapped.get_action_meanings()  # type: ignore[attr-defined]
         self.fire_action = meanings.index("FIRE") if "FIRE" in meanings else None
 
     def reset(self, **kwargs):
@@ -143,7 +144,7 @@ class _EnvPoolVectorEnv(VectorEnv):
     with it. An unseeded pool uses seed 0.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"autoreset_mode": AutoresetMode.NEXT_STEP}
+    metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.NEXT_STEP}  # noqa: RUF012 (an instance attribute of gymnasium.Env)
 
     def __init__(self, task_id: str, num_envs: int, seed: int = 0, **pool_kwargs):
         self._task_id, self._pool_kwargs = task_id, pool_kwargs
@@ -231,6 +232,7 @@ def make_atari_vector_env(
     if num_threads is not None and mode not in ("ale", "envpool"):
         raise ValueError(f"num_threads applies to vector_env 'ale' and 'envpool', not {mode!r}")
     settings = _ale_settings(env_id, env_kwargs)
+    envs: VectorEnv
     if mode == "ale":
         from ale_py.vector_env import AtariVectorEnv
 

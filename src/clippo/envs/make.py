@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -55,7 +56,8 @@ def make_vector_env(
     stack) if it is given and active.
     """
     mode = vector_env
-    preprocess = preprocessing is not None and preprocessing.active
+    active = preprocessing if preprocessing is not None and preprocessing.active else None  # what is applied
+    preprocess = active is not None
     if isinstance(source, str) and (is_atari(source) or is_minatar(source)) and preprocess:
         raise ValueError(
             f"{preprocessing} is invalid for {source!r}: Atari and MinAtar ids have their own preprocessing "
@@ -83,8 +85,8 @@ def make_vector_env(
                 "wrappers; use sync or async"
             )
         vectorization_mode = {"sync": "sync", "async": "async", "native": "vector_entry_point"}[mode]
-        wrappers = [DropInfo, preprocessing] if preprocess else [DropInfo]
-        kwargs = (
+        wrappers = [DropInfo, active] if active is not None else [DropInfo]
+        kwargs: dict[str, Any] = (
             {}
             if mode == "native"
             else {"vector_kwargs": {"autoreset_mode": AutoresetMode.NEXT_STEP}, "wrappers": wrappers}
@@ -102,7 +104,7 @@ def make_vector_env(
         if mode == "native":
             raise ValueError("vector_env='native' is invalid for an env factory: use sync or async")
         vector_cls = gym.vector.AsyncVectorEnv if mode == "async" else gym.vector.SyncVectorEnv
-        make_env = functools.partial(_preprocessed, source, preprocessing) if preprocess else source
+        make_env = functools.partial(_preprocessed, source, active) if active is not None else source
         envs = vector_cls([make_env] * num_envs, autoreset_mode=AutoresetMode.NEXT_STEP)
     else:
         raise TypeError(f"env must be a Gymnasium env id (str) or a callable returning a gymnasium.Env, got {source!r}")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Protocol
+from typing import Protocol, cast
 
 import gymnasium as gym
 import numpy as np
@@ -35,9 +35,11 @@ class PreprocessingKnobs(Protocol):
     """What carries the preprocessing knobs (a ``PPOConfig``; any object with these attributes)."""
 
     frame_skip: int
-    resize: Sequence[int]
     grayscale: bool
     frame_stack: int
+
+    @property
+    def resize(self) -> Sequence[int]: ...  # read-only, so that a list[int] (PPOConfig's) fits
 
 
 class RunEnvSettings(PreprocessingKnobs, Protocol):
@@ -87,15 +89,16 @@ class Preprocessing:
                 env.observation_space, f"resize={list(self.resize)}", "uint8 images (H, W) or (H, W, C)", (2, 3)
             )
             try:
-                env = gym.wrappers.ResizeObservation(env, self.resize)
+                # Two sizes, HEIGHT WIDTH (PPOConfig.validate checks them; ResizeObservation asserts).
+                env = gym.wrappers.ResizeObservation(env, cast("tuple[int, int]", self.resize))
             except gym.error.DependencyNotInstalled:
                 raise ValueError(
                     f"resize={list(self.resize)} needs OpenCV: pip install opencv-python-headless (part of clippo's "
                     "box2d extra)"
                 ) from None
         if self.grayscale:
-            _require_pixels(env.observation_space, "grayscale=True", "uint8 RGB images (H, W, 3)", (3,))
-            if env.observation_space.shape[-1] != 3:
+            image = _require_pixels(env.observation_space, "grayscale=True", "uint8 RGB images (H, W, 3)", (3,))
+            if image.shape[-1] != 3:
                 raise ValueError(
                     f"grayscale=True is invalid for observation space {env.observation_space}: it applies to uint8 "
                     "RGB images (H, W, 3)"
@@ -113,13 +116,14 @@ class Preprocessing:
         return env
 
 
-def _require_pixels(space: gym.Space, what: str, allowed: str, dims: tuple[int, ...]) -> None:
-    """A one-line error unless ``space`` is a uint8 Box of 0-255 values with ``dims`` axes."""
+def _require_pixels(space: gym.Space, what: str, allowed: str, dims: tuple[int, ...]) -> spaces.Box:
+    """``space`` as a Box; a one-line error unless it is a uint8 Box of 0-255 values with ``dims`` axes."""
     ok = (
         isinstance(space, spaces.Box)
         and space.dtype == np.uint8
         and len(space.shape) in dims
         and bool(np.all(space.low == 0) and np.all(space.high == 255))
     )
-    if not ok:
+    if not ok or not isinstance(space, spaces.Box):
         raise ValueError(f"{what} is invalid for observation space {space}: it applies to {allowed} of values 0-255")
+    return space

@@ -18,7 +18,7 @@ and ``clippo/PendulumNoVel-v1`` (Pendulum-v1 observing only cos and sin of the a
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -39,7 +39,7 @@ class SlotsEnv(gym.Env):
     ``{"observation": ..., "action_mask": ...}``); ``SlotsMethodEnv`` has an ``action_masks()`` method.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (an instance attribute of gymnasium.Env)
 
     def __init__(self, size: int = 6, mask_in: str = "info") -> None:
         if mask_in not in ("method", "observation", "info"):
@@ -107,7 +107,7 @@ class ToolAmountEnv(gym.Env):
     the optimum is 2 per step, 20 per 10-step episode; random actions earn about 7.8 an episode.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (an instance attribute of gymnasium.Env)
 
     def __init__(self, length: int = 10) -> None:
         self.length = length
@@ -140,7 +140,7 @@ class BitsEnv(gym.Env):
     i + 1 (the last compared with the first). A step earns the fraction of right bits: 1 at best,
     8 per 8-step episode; random bits earn 0.5 a step."""
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (an instance attribute of gymnasium.Env)
 
     def __init__(self, size: int = 4, length: int = 8) -> None:
         self.size, self.length = size, length
@@ -172,6 +172,8 @@ class NoVelocity(gym.ObservationWrapper):
         super().__init__(env)
         self.keep = np.asarray(keep)
         space = env.observation_space
+        if not isinstance(space, spaces.Box):
+            raise ValueError(f"NoVelocity keeps components of a Box observation space, not of {space}")
         self.observation_space = spaces.Box(space.low[self.keep], space.high[self.keep], dtype=space.dtype)
 
     def observation(self, observation):

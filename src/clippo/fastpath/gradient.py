@@ -33,13 +33,18 @@ hidden) takes ``clippo.core.losses.AutogradLoss`` (chosen by ``clippo.fastpath.m
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import cast
+
 import numpy as np
 import torch
+from torch import nn
 
 from clippo.core.losses import LossTerms, float_mean
 from clippo.fastpath.layout import is_plain_mlp
 from clippo.fastpath.numpy_mlp import NUMPY_TANH_AVX512
 from clippo.networks.distributions import _LOG_SQRT_2PI, MASKED_LOGIT, Categorical, DiagGaussian
+from clippo.networks.encoders import MLPEncoder
 from clippo.networks.policy import ActorCritic
 
 #: elements of a tanh layer's output from which ``_forward`` computes it through a sigmoid
@@ -70,22 +75,25 @@ class AnalyticGradient:
         self.model = model
         # Layer i of the actor and of the critic as one [2, out, in] block (and [2, out] bias),
         # with their gradients: one batched product runs both networks' layer.
-        pairs = list(zip(model.actor_encoder.layers, model.critic_encoder.layers, strict=False))
+        actor, critic = model.actor_encoder, model.critic_encoder
+        assert isinstance(actor, MLPEncoder) and isinstance(critic, MLPEncoder)  # supports() checked
+        actor_layers, critic_layers = (cast("Iterable[nn.Linear]", e.layers) for e in (actor, critic))
+        pairs = list(zip(actor_layers, critic_layers, strict=False))
         self.weights = [_side_by_side(a.weight, c.weight) for a, c in pairs]
         self.biases = [_side_by_side(a.bias, c.bias).unsqueeze(1) for a, c in pairs]
-        self.weight_grads = [_side_by_side(a.weight.grad, c.weight.grad) for a, c in pairs]
-        self.bias_grads = [_side_by_side(a.bias.grad, c.bias.grad) for a, c in pairs]
+        self.weight_grads = [_side_by_side(_grad(a.weight), _grad(c.weight)) for a, c in pairs]
+        self.bias_grads = [_side_by_side(_grad(a.bias), _grad(c.bias)) for a, c in pairs]
         # The heads (a few outputs each) in numpy, where such thin products cost about half of
         # torch's call: views of the same memory, kept once (module attribute lookups cost too).
         heads = (model.actor_head, model.critic_head)
         self.head_weights = [head.weight.detach().numpy() for head in heads]
         self.head_biases = [head.bias.detach().numpy() for head in heads]
-        self.head_weight_grads = [head.weight.grad.numpy() for head in heads]
-        self.head_bias_grads = [head.bias.grad.numpy() for head in heads]
+        self.head_weight_grads = [_grad(head.weight).numpy() for head in heads]
+        self.head_bias_grads = [_grad(head.bias).numpy() for head in heads]
         self.gaussian = isinstance(model.distribution, DiagGaussian)
         if self.gaussian:
-            self.log_std, self.log_std_grad = model.log_std.detach().numpy(), model.log_std.grad.numpy()
-        self.relu = model.actor_encoder.activation is torch.relu
+            self.log_std, self.log_std_grad = model.log_std.detach().numpy(), _grad(model.log_std).numpy()
+        self.relu = actor.activation is torch.relu
         self.clip_epsilon = clip_epsilon
         self.vf_coef = vf_coef
         self.ent_coef = ent_coef
@@ -117,7 +125,7 @@ class AnalyticGradient:
         inputs, out, values = self._forward(obs)
         if masks is not None:
             np.copyto(out, np.float32(MASKED_LOGIT), where=~masks.numpy())
-        old_logprobs, advantages, returns = old_logprobs.numpy(), advantages.numpy(), returns.numpy()
+        old_logprobs_np, advantages_np, returns_np = old_logprobs.numpy(), advantages.numpy(), returns.numpy()
 
         # Policy: log-probabilities, entropy and their derivatives with respect to the head output.
         if self.gaussian:
@@ -134,10 +142,10 @@ class AnalyticGradient:
             per_sample_entropy = -(p * log_p) @ np.ones(p.shape[1], np.float32)
             entropy = float_mean(per_sample_entropy)
 
-        logratio = logprobs - old_logprobs
+        logratio = logprobs - old_logprobs_np
         ratio = np.exp(logratio)
-        unclipped = ratio * advantages
-        clipped = np.minimum(np.maximum(ratio, 1.0 - eps), 1.0 + eps) * advantages
+        unclipped = ratio * advantages_np
+        clipped = np.minimum(np.maximum(ratio, 1.0 - eps), 1.0 + eps) * advantages_np
         policy_loss = -float_mean(np.minimum(unclipped, clipped))
         # dL/dlog pi per sample: -r A / N where the unclipped term is the smaller one, else 0.
         d_logprob = np.where(unclipped <= clipped, unclipped, np.float32(0.0)) * np.float32(-1.0 / n)
@@ -156,14 +164,14 @@ class AnalyticGradient:
                 d_out += (log_p + per_sample_entropy[:, None]) * p * np.float32(self.ent_coef / n)
 
         # Value error and its derivative with respect to the values.
-        error = values - returns
+        error = values - returns_np
         if old_values is None:
             value_loss = float_mean(error * error)
             d_values = error * np.float32(2.0 * self.vf_coef / n)
         else:
-            old_values = old_values.numpy()
-            delta = values - old_values
-            clipped_error = old_values + np.minimum(np.maximum(delta, -eps), eps) - returns
+            old_values_np = old_values.numpy()
+            delta = values - old_values_np
+            clipped_error = old_values_np + np.minimum(np.maximum(delta, -eps), eps) - returns_np
             squared, clipped_squared = error * error, clipped_error * clipped_error
             value_loss = float_mean(np.maximum(squared, clipped_squared))
             in_range = (delta >= -eps) & (delta <= eps)
@@ -211,12 +219,12 @@ class AnalyticGradient:
         """Write every weight and bias gradient, from the loss gradients at the actor's output
         and at the values ([batch, 1])."""
         last = inputs[-1].numpy()
-        d = np.empty_like(last)
+        d_last = np.empty_like(last)
         for k, d_head in enumerate((d_out, d_values)):
             np.matmul(d_head.T, last[k], out=self.head_weight_grads[k])
             np.add.reduce(d_head, 0, out=self.head_bias_grads[k])
-            np.matmul(d_head, self.head_weights[k], out=d[k])
-        d = torch.from_numpy(d)
+            np.matmul(d_head, self.head_weights[k], out=d_last[k])
+        d = torch.from_numpy(d_last)
         for i in range(len(self.weights) - 1, -1, -1):
             # through the activation: its output is the next layer's input
             if self.relu:
@@ -227,6 +235,12 @@ class AnalyticGradient:
             torch.sum(d, 1, out=self.bias_grads[i])
             if i > 0:
                 d = torch.bmm(d, self.weights[i])
+
+
+def _grad(param: torch.Tensor) -> torch.Tensor:
+    """A parameter's gradient: FlatAdam points every ``.grad`` into its flat buffer before any loss runs."""
+    assert param.grad is not None, "the parameters have no .grad: build FlatAdam on the model first"
+    return param.grad
 
 
 def _side_by_side(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:

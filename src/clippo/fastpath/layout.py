@@ -37,6 +37,7 @@ def paired_parameters(model: ActorCritic) -> list[tuple[str, nn.Parameter]]:
     if model.shared or not is_plain_mlp(model):
         return list(named.items())
     order = []
+    assert isinstance(model.actor_encoder, MLPEncoder)  # is_plain_mlp
     for i in range(len(model.actor_encoder.layers)):
         for kind in ("weight", "bias"):
             order += [f"actor_encoder.layers.{i}.{kind}", f"critic_encoder.layers.{i}.{kind}"]

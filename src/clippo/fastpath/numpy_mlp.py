@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from clippo.networks.encoders import MLPEncoder
 from clippo.networks.policy import ActorCritic
 
 
@@ -198,6 +199,7 @@ class NumpyActor(NumpyMLP):
 
     def __init__(self, model: ActorCritic) -> None:
         encoder = model.actor_features
+        assert isinstance(encoder, MLPEncoder)  # the fast path runs built-in MLPs only (model.is_mlp)
         super().__init__(encoder.layers, model.actor_head, encoder.activation)
         log_std = getattr(model, "log_std", None)
         self.std = None if log_std is None else np.exp(log_std.detach().cpu().numpy())
@@ -206,4 +208,5 @@ class NumpyActor(NumpyMLP):
 def numpy_critic(model: ActorCritic) -> NumpyMLP:
     """A frozen numpy copy of the critic's current weights (output shape [batch, 1])."""
     encoder = model.critic_features
+    assert isinstance(encoder, MLPEncoder)  # the fast path runs built-in MLPs only (model.is_mlp)
     return NumpyMLP(encoder.layers, model.critic_head, encoder.activation)

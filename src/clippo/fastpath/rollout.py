@@ -30,6 +30,9 @@ class FlatRolloutBuffer(RolloutBuffer):
     ``all_obs`` and ``obs`` are views of it. Discrete observations are stored one-hot (what the
     MLP encoder feeds its first layer), float rows that the encoder takes as they are."""
 
+    all_obs: np.ndarray  # (flat observations: views of network_inputs)
+    obs: np.ndarray
+
     def __init__(
         self,
         num_steps: int,
@@ -76,8 +79,10 @@ class FastEnvRunner(EnvRunner):
     """``EnvRunner`` acting through the numpy actor on ``FlatRolloutBuffer`` rows."""
 
     @torch.inference_mode()
-    def collect(self, policy: ActorCritic, buffer: FlatRolloutBuffer, generator: torch.Generator) -> None:
-        """Run the policy for ``num_steps`` steps in every env, storing each step into ``buffer``."""
+    def collect(self, policy: ActorCritic, buffer: RolloutBuffer, generator: torch.Generator) -> None:
+        """Run the policy for ``num_steps`` steps in every env, storing each step into ``buffer``
+        (a ``FlatRolloutBuffer``)."""
+        assert isinstance(buffer, FlatRolloutBuffer), "the fast path's runner fills a FlatRolloutBuffer"
         self.begin_rollout(buffer)
         distribution = policy.distribution
         num_steps = buffer.obs.shape[0]
@@ -92,8 +97,10 @@ class FastEnvRunner(EnvRunner):
         check_each_step = normalize_obs or scale_rewards or not distribution.discrete
         flat = (self.num_envs, buffer.all_obs.shape[-1])
         one_hot = buffer.one_hot_start is not None
+        assert isinstance(self.next_obs, np.ndarray)  # flat observations (begin_rollout checked there are some)
         buffer.write_obs(buffer.all_obs[0], self.next_obs)
         act, sample, std, step = actor.for_rows(self.num_envs), numpy_sampler(distribution), actor.std, self._step
+        assert sample is not None  # (rollout_applies checked there is one)
         masks = self.action_masks
         if masks is not None:
             invalid = np.empty_like(self.next_masks)  # the step's ~mask, written in place
@@ -101,7 +108,7 @@ class FastEnvRunner(EnvRunner):
         rows = zip(
             buffer.network_inputs, buffer.params, noise, buffer.actions,
             buffer.all_obs[1:], buffer.raw_rewards, buffer.terminated, buffer.truncated, buffer.rewards,
-            buffer.all_masks if masks is not None else itertools.repeat(None), strict=False,
+            buffer.all_masks if buffer.all_masks is not None else itertools.repeat(None), strict=False,
         )  # fmt: skip
         for t, (
             inputs,
@@ -139,6 +146,7 @@ class FastEnvRunner(EnvRunner):
                 scaled_t[...] = self._scaled(rewards, terminated, truncated)
         self.next_obs = obs if normalize_obs else self.obs_normalizer(obs)  # (float32 either way)
         if masks is not None:
+            assert buffer.all_masks is not None  # begin_rollout checked
             self.next_masks = buffer.all_masks[num_steps].copy()
         if not scale_rewards:
             buffer.rewards[:] = buffer.raw_rewards
@@ -159,4 +167,5 @@ class FastEnvRunner(EnvRunner):
         self._handle_nonfinite(returned_obs[t], buffer.raw_rewards[t])  # raises, or poisons the rollout
         for array in (buffer.all_obs, buffer.raw_rewards, buffer.rewards):
             np.nan_to_num(array, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        assert isinstance(self.next_obs, np.ndarray)  # (collect stored the last row's)
         self.next_obs = np.nan_to_num(self.next_obs, nan=0.0, posinf=0.0, neginf=0.0)

@@ -214,7 +214,7 @@ class MultiCategorical(ActionDistribution):
         )
 
     def entropy(self, logits):
-        total = 0
+        total: torch.Tensor | int = 0
         for p in logits.split(self.sizes, dim=-1):
             log_p = torch.log_softmax(p, dim=-1)
             total = total - (log_p.exp() * log_p).sum(dim=-1)
@@ -230,6 +230,9 @@ class DiagGaussian(ActionDistribution):
     Samples are unclipped (their log-probability is exact); only ``to_env`` clips to the bounds.
     """
 
+    _log_std: torch.Tensor | None
+    _log_std_slice: slice | None
+
     def __init__(self, space: spaces.Box) -> None:
         self.shape = space.shape
         self.num_outputs = int(np.prod(space.shape))
@@ -242,8 +245,9 @@ class DiagGaussian(ActionDistribution):
         self.log_std = None  # set by the network that owns the parameter (bind_log_std)
 
     @property
-    def log_std(self) -> torch.Tensor | None:
+    def log_std(self) -> torch.Tensor:
         """The learned log-std vector: the policy's parameter, or this part's slice of it."""
+        assert self._log_std is not None, "bind_log_std first: the log-std is the policy's parameter"
         if self._log_std_slice is None:
             return self._log_std
         return self._log_std[self._log_std_slice]  # sliced at each use: the parameter may be re-pointed
@@ -439,7 +443,8 @@ class Composite(ActionDistribution):
         )
 
     def log_prob_and_entropy(self, params, actions):
-        logprob, entropy = 0, 0
+        logprob: torch.Tensor | int = 0
+        entropy: torch.Tensor | int = 0
         for part, p, a in zip(
             self.parts, params.split(self.output_sizes, dim=-1), self._split_actions(actions), strict=False
         ):

@@ -22,8 +22,8 @@ from __future__ import annotations
 import copy
 import importlib
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeGuard, cast
 
 import numpy as np
 import torch
@@ -53,11 +53,12 @@ def conv(in_channels: int, out_channels: int, kernel: int, stride: int) -> nn.Co
     """A convolution with orthogonal weights (gain sqrt(2), for ReLU) and zero bias."""
     module = nn.Conv2d(in_channels, out_channels, kernel, stride)
     nn.init.orthogonal_(module.weight, math.sqrt(2))
+    assert module.bias is not None  # nn.Conv2d has a bias unless told bias=False
     nn.init.zeros_(module.bias)
     return module
 
 
-def is_image(space: spaces.Space) -> bool:
+def is_image(space: spaces.Space) -> TypeGuard[spaces.Box]:
     """A 3-D Box of uint8 or bool values: a picture or a grid of feature planes."""
     return isinstance(space, spaces.Box) and len(space.shape) == 3 and space.dtype in (np.uint8, np.bool_)
 
@@ -73,6 +74,7 @@ def flat_size(space: spaces.Space) -> int:
         return int(space.n)
     if isinstance(space, spaces.MultiDiscrete):
         return int(np.sum(space.nvec))
+    assert space.shape is not None  # Box and MultiBinary have one
     return int(np.prod(space.shape))
 
 
@@ -105,7 +107,7 @@ def mlp_layers(in_features: int, hidden_sizes: list[int]) -> nn.ModuleList:
 def run_layers(x: torch.Tensor, layers: nn.ModuleList, activation) -> torch.Tensor:
     """``activation(linear(x))`` through each layer, applied as functions: a module call costs a
     few microseconds of Python, as much as the product itself at PPO's MLP sizes."""
-    for linear in layers:
+    for linear in cast("Iterable[nn.Linear]", layers):  # mlp_layers' nn.Linear layers
         x = activation(F.linear(x, linear.weight, linear.bias))
     return x
 
@@ -128,6 +130,9 @@ class MLPEncoder(nn.Module):
 
 class _ImageEncoder(nn.Module):
     """Shared by the CNNs: layout to NCHW and uint8 scaling, then ``self.net``."""
+
+    net: nn.Module  # set by each subclass
+    output_size: int
 
     def __init__(self, space: spaces.Box) -> None:
         super().__init__()
@@ -184,7 +189,7 @@ class MinAtarCNN(_ImageEncoder):
         self.output_size = features
 
 
-def image_encoder(space: spaces.Box) -> nn.Module:
+def image_encoder(space: spaces.Box) -> _ImageEncoder:
     """The built-in CNN for an image space's size."""
     hwc = channels_last(space.shape)
     side = min(space.shape[:2] if hwc else space.shape[1:])
@@ -199,13 +204,17 @@ class CombinedEncoder(nn.Module):
         self, space: spaces.Space, hidden_sizes: list[int], activation: str = "tanh", cnn: bool = True
     ) -> None:
         super().__init__()
-        self.fields = observations.fields(space)
+        fields = observations.fields(space)
+        if fields is None:
+            raise ValueError(f"CombinedEncoder is for Dict and Tuple observation spaces, not {space}")
+        self.fields = fields
         self.cnns = nn.ModuleDict()
         width = 0
         for key, sub in self.fields.items():
             if cnn and is_image(sub):
-                self.cnns[key.replace(".", "_")] = image_encoder(sub)
-                width += self.cnns[key.replace(".", "_")].output_size
+                encoder = image_encoder(sub)
+                self.cnns[key.replace(".", "_")] = encoder
+                width += encoder.output_size
             else:
                 width += flat_size(sub)
         self.activation = ACTIVATIONS[activation]
@@ -257,8 +266,10 @@ def output_size(encoder: nn.Module, space: spaces.Space) -> int:
         raise ValueError(
             f"encoder {type(encoder).__name__} returned {shape} for one observation: it must return [batch, features]"
         )
-    encoder.output_size = int(features.shape[1])
-    return encoder.output_size
+    width = int(features.shape[1])
+    # Recorded on the user's module for later calls; nn.Module's stubs type such attributes Tensor | Module.
+    encoder.output_size = width  # type: ignore[assignment]
+    return width
 
 
 def make_encoder(

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from clippo.core.observations import Obs, map_obs
 from clippo.networks.distributions import ActionDistribution, make_distribution
-from clippo.networks.encoders import ACTIVATIONS, layer, make_encoder, mlp_layers, run_layers
+from clippo.networks.encoders import ACTIVATIONS, layer, make_encoder, mlp_layers, output_size, run_layers
 from clippo.networks.recurrent import RecurrentCore, episode_pieces
 
 
@@ -72,18 +72,20 @@ class ActorCritic(nn.Module):
             return make_encoder(observation_space, encoder, hidden_sizes, activation, encoder_kwargs, copy_of)
 
         def core(width: int) -> RecurrentCore:
+            assert recurrent is not None  # called for a recurrent policy only
             return RecurrentCore(width, recurrent_hidden_size, recurrent)
 
         if self.shared:
             self.encoder = build()
-            width = critic_width = self.encoder.output_size
+            width = critic_width = output_size(self.encoder, observation_space)
             if recurrent:
                 self.core = core(width)
                 width = critic_width = recurrent_hidden_size
         else:
             self.actor_encoder = build()
             self.critic_encoder = build(copy_of=self.actor_encoder)
-            width, critic_width = self.actor_encoder.output_size, self.critic_encoder.output_size
+            width = output_size(self.actor_encoder, observation_space)
+            critic_width = output_size(self.critic_encoder, observation_space)
             if recurrent:
                 self.actor_core, self.critic_core = core(width), core(critic_width)
                 width = critic_width = recurrent_hidden_size

@@ -91,7 +91,8 @@ class RecurrentCore(nn.Module):
 
     def _weights(self) -> tuple[torch.Tensor, ...]:
         rnn = self.rnn
-        return rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0
+        # nn.RNNBase registers its weights at run time, which Module.__getattr__ types as Tensor | Module.
+        return rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0  # type: ignore[return-value]
 
     def step(
         self, features: torch.Tensor, state: torch.Tensor, starts: torch.Tensor

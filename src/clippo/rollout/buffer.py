@@ -9,7 +9,9 @@ steps; ``SequenceBatch`` keeps whole env sequences in time order for recurrent p
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +46,8 @@ class Batch:
 
     def __getitem__(self, index: torch.Tensor | slice) -> Batch:
         fields = (getattr(self, name) for name in self.__dataclass_fields__)
-        return Batch(*(None if value is None else map_obs(lambda v: v[index], value) for value in fields))
+        parts: Iterator[Any] = (None if value is None else map_obs(lambda v: v[index], value) for value in fields)
+        return Batch(*parts)
 
     def samples(self, name: str, index: torch.Tensor | None = None) -> torch.Tensor:
         """One per-sample field (``logprobs``, ``values``, ``advantages``, ``returns``) as a flat
@@ -53,22 +56,22 @@ class Batch:
         return value if index is None else value[index]
 
 
-@dataclass
+@dataclass(kw_only=True)  # (keyword-only: Batch's last field has a default, these three have none)
 class SequenceBatch(Batch):
     """A rollout cut into ``[length, num_seq]`` time-major sequences for a recurrent policy
     (``length``: the rollout's or the BPTT chunk's; sequence ``k * num_envs + i`` is chunk ``k``
     of env ``i``), autoreset steps kept in place (``valid`` False) so that time stays aligned.
     Indexing picks sequences; ``initial_state`` is each sequence's stored state before its step 0."""
 
-    starts: torch.Tensor | None = None
-    valid: torch.Tensor | None = None
-    initial_state: torch.Tensor | None = None
+    starts: torch.Tensor
+    valid: torch.Tensor
+    initial_state: torch.Tensor
 
     def __len__(self) -> int:
         return self.starts.shape[1]
 
     def __getitem__(self, index: torch.Tensor | slice) -> SequenceBatch:
-        values = {}
+        values: dict[str, Any] = {}
         for name in self.__dataclass_fields__:
             value = getattr(self, name)
             if value is not None:
@@ -141,7 +144,7 @@ class RolloutBuffer:
         self.life_lost = np.zeros(shape, dtype=bool)
         self.valid = np.ones(shape, dtype=bool)
         self.all_masks = np.ones((num_steps + 1, num_envs, distribution.num_outputs), dtype=bool) if masked else None
-        self.masks = self.all_masks[:-1] if masked else None
+        self.masks = None if self.all_masks is None else self.all_masks[:-1]
         self.last_value = np.zeros(num_envs, dtype=np.float32)
         #: set by a runner that stored ``values`` while acting (a shared encoder computes both at once)
         self.values_stored = False

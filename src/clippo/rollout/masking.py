@@ -26,7 +26,8 @@ an error only where the env will act on it.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeGuard
 
 import gymnasium as gym
 import numpy as np
@@ -38,7 +39,7 @@ from clippo.envs.wrappers import MASK_KEY
 from clippo.networks.distributions import ActionDistribution
 
 
-def observation_has_mask(space: spaces.Space) -> bool:
+def observation_has_mask(space: spaces.Space) -> TypeGuard[spaces.Dict]:
     """Whether observations of ``space`` carry the action mask (a Dict with an ``action_mask`` key)."""
     return isinstance(space, spaces.Dict) and MASK_KEY in space.spaces
 
@@ -56,7 +57,7 @@ def policy_observation_space(space: spaces.Space) -> spaces.Space:
     return next(iter(rest.values())) if len(rest) == 1 else spaces.Dict(rest)
 
 
-def split_observation(obs: Any, space: spaces.Space) -> tuple[Any, Any]:
+def split_observation(obs: Any, space: spaces.Dict) -> tuple[Any, Any]:
     """An observation (or batch) of a space with an ``action_mask`` key, as (what the policy
     sees, the mask)."""
     rest = [key for key in space.spaces if key != MASK_KEY]
@@ -106,16 +107,18 @@ class MaskSource:
         self.observation_space = observation_space
         self.distribution = distribution
         self.starts = component_starts(distribution)
-        self._read_method = None
+        self._read_method: Callable[[], Any] | None = None
         if kind == "method":
-            if callable(getattr(envs, "action_masks", None)):
-                self._read_method = envs.action_masks
+            env_method = getattr(envs, "action_masks", None)
+            if callable(env_method):
+                self._read_method = env_method
             elif isinstance(envs, gym.vector.SyncVectorEnv):
                 # Bound methods looked up once: get_wrapper_attr walks the wrapper chain each call.
                 methods = [env.get_wrapper_attr("action_masks") for env in envs.envs]
                 self._read_method = lambda: [method() for method in methods]
             else:
-                self._read_method = lambda: envs.call("action_masks")
+                # AsyncVectorEnv (and wrappers, which forward attributes) have call(); VectorEnv does not declare it.
+                self._read_method = lambda: envs.call("action_masks")  # type: ignore[attr-defined]
 
     def read(
         self, obs: Any, info: dict[str, Any], resetting: np.ndarray, where: str, out: np.ndarray | None = None
@@ -125,8 +128,10 @@ class MaskSource:
         ``resetting``: the envs whose next step is an autoreset step (their masks are not used and
         may be all false). ``where`` names the step in errors."""
         if self.kind == "observation":
+            assert observation_has_mask(self.observation_space)  # what kind "observation" means
             obs, raw = split_observation(obs, self.observation_space)
         elif self.kind == "method":
+            assert self._read_method is not None  # set for kind "method"
             raw = self._read_method()
         else:
             if MASK_KEY not in info or not np.all(info.get(f"_{MASK_KEY}", True)):

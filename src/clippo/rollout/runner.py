@@ -16,7 +16,7 @@ from gymnasium.vector import VectorEnv
 
 from clippo.core import observations
 from clippo.core.errors import EnvStepError, NonFiniteError, first_line
-from clippo.core.observations import Obs, map_obs
+from clippo.core.observations import EnvObs, Obs, map_obs
 from clippo.envs.make import restore_env_state, snapshot_env_state
 from clippo.networks.distributions import ActionDistribution
 from clippo.networks.policy import ActorCritic
@@ -25,7 +25,7 @@ from clippo.rollout.masking import MaskSource, policy_observation_space
 from clippo.rollout.normalization import ObservationNormalizer, RewardScaler
 
 
-def float_sum(obs: Obs) -> float:
+def float_sum(obs: EnvObs) -> float:
     """The sum of an observation batch's floating-point fields: finite exactly when they all
     are (or it overflowed); integer fields cannot hold NaN."""
     total = 0.0
@@ -35,7 +35,7 @@ def float_sum(obs: Obs) -> float:
     return total
 
 
-def nonfinite_rows(obs: Obs) -> np.ndarray:
+def nonfinite_rows(obs: EnvObs) -> np.ndarray:
     """Per env: whether any floating-point value of its observation is NaN or infinite."""
     arrays = [a for a in (obs.values() if isinstance(obs, dict) else [obs]) if a.dtype.kind == "f"]
     bad = np.zeros(observations.batch_size(obs), dtype=bool)
@@ -106,8 +106,11 @@ class EnvRunner:
         self.episode_returns[:] = 0.0
         self.episode_lengths[:] = 0
 
-    def _normalized(self, obs: Obs, update: bool = True) -> Obs:
-        return self.obs_normalizer(obs, update=update) if self.obs_normalizer.enabled else obs
+    def _normalized(self, obs: EnvObs, update: bool = True) -> EnvObs:
+        if not self.obs_normalizer.enabled:
+            return obs
+        assert isinstance(obs, np.ndarray)  # it is enabled for (flat) Box observations only
+        return self.obs_normalizer(obs, update=update)
 
     def _lives(self, info: dict[str, Any]) -> np.ndarray:
         if "lives" not in info:
@@ -130,6 +133,7 @@ class EnvRunner:
         self.poisoned = False
         buffer.valid[0] = ~self.autoreset
         if self.action_masks is not None:
+            assert buffer.all_masks is not None  # a runner with masks fills a masked buffer
             buffer.all_masks[0] = self.next_masks
 
     @torch.inference_mode()
@@ -142,6 +146,7 @@ class EnvRunner:
         noise = distribution.noise((num_steps, self.num_envs), generator, device)
         # A shared encoder gives the values with the actions at no extra cost.
         buffer.values_stored = policy.shared
+        assert self.next_obs is not None  # begin_rollout checked
         observations.write(step_rows(buffer.all_obs, 0), self.next_obs)
         masks = self.action_masks
         step_masks = None
@@ -154,8 +159,10 @@ class EnvRunner:
         for t in range(num_steps):
             obs = observations.to_tensor(step_rows(buffer.all_obs, t), device)
             if masks is not None:
+                assert buffer.all_masks is not None  # begin_rollout checked
                 step_masks = torch.from_numpy(buffer.all_masks[t]).to(device)
             if recurrent:
+                assert buffer.states is not None and buffer.starts is not None  # a recurrent policy's buffer
                 buffer.states[t] = state.cpu().numpy()
                 buffer.starts[t] = starts
                 params, values, state = policy.step(obs, state, torch.from_numpy(starts).to(device), step_masks)
@@ -188,15 +195,16 @@ class EnvRunner:
             if recurrent:  # after an autoreset step, the observation begins an episode
                 starts, autoreset = autoreset, terminated | truncated
         self.next_obs = map_obs(np.copy, step_rows(buffer.all_obs, num_steps))
+        if masks is not None:
+            assert buffer.all_masks is not None  # begin_rollout checked
+            self.next_masks = buffer.all_masks[num_steps].copy()
         if recurrent:
             # The bootstrap value at the cut, from the state carried into the next rollout.
             obs = observations.to_tensor(self.next_obs, device)
-            next_masks = None if masks is None else torch.from_numpy(buffer.all_masks[num_steps]).to(device)
+            next_masks = None if self.next_masks is None else torch.from_numpy(self.next_masks).to(device)
             _, last_value, _ = policy.step(obs, state, torch.from_numpy(starts).to(device), next_masks)
             buffer.last_value[:] = last_value.cpu().numpy()
             self.state, self.episode_start = state, starts
-        if masks is not None:
-            self.next_masks = buffer.all_masks[num_steps].copy()
         self.finish_rollout(buffer, distribution)
 
     def _read_masks(
@@ -211,6 +219,7 @@ class EnvRunner:
         """The mask of step ``t``'s returned observation (used at the next step), written to the
         buffer's row ``t + 1``; the observation without its mask."""
         assert self.action_masks is not None
+        assert buffer.all_masks is not None  # begin_rollout checked
         where = f"rollout step {t + 1}"
         raw_obs, _ = self.action_masks.read(raw_obs, info, terminated | truncated, where, buffer.all_masks[t + 1])
         return raw_obs
@@ -236,7 +245,7 @@ class EnvRunner:
             buffer.terminated |= buffer.life_lost
         buffer.fill_logprobs(distribution)
 
-    def _handle_nonfinite(self, raw_obs: Obs, rewards: np.ndarray) -> tuple[Obs, np.ndarray]:
+    def _handle_nonfinite(self, raw_obs: EnvObs, rewards: np.ndarray) -> tuple[Obs, np.ndarray]:
         bad_obs = nonfinite_rows(raw_obs)
         bad_rewards = ~np.isfinite(rewards)
         if not (bad_obs.any() or bad_rewards.any()):  # only the sum overflowed
@@ -282,6 +291,7 @@ class EnvRunner:
     def state_dict(self) -> dict:
         """What carries over to the next rollout, including the envs' own state where it can be
         captured exactly (see clippo.envs.make.snapshot_env_state)."""
+        assert self.next_obs is not None, "EnvRunner.state_dict() before start()"
         return {
             "next_obs": map_obs(lambda a: torch.from_numpy(np.array(a)), self.next_obs),
             "autoreset": torch.from_numpy(self.autoreset.copy()),

@@ -70,7 +70,8 @@ def _add_hyperparameter_flags(parser: argparse.ArgumentParser) -> None:
     for f in fields(PPOConfig):
         if f.name in _NOT_FLAGS:
             continue
-        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        # (mypy cannot tell that a field without a default has a default_factory)
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[operator]
         flag = "--" + f.name.replace("_", "-")
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
         help_text = f"{f.metadata['help']} (default: {default})"
@@ -616,7 +617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handlers[args.command](args)
     except TrainingInterrupted as exc:
         print(f"clippo: {exc}", file=sys.stderr)
-        return 143 if getattr(exc, "signum", None) == signal.SIGTERM else 130
+        return 143 if exc.signum == signal.SIGTERM else 130
     except KeyboardInterrupt:
         print("clippo: interrupted", file=sys.stderr)
         return 130

@@ -342,7 +342,8 @@ def collect_check_data(agent, steps: int = CHECK_STEPS, num_envs: int = CHECK_EN
         rng = np.random.default_rng(seed)
         autoreset = np.zeros(num_envs, dtype=bool)
         feeds, masks_seen, expected = [], [], []
-        state, starts = None, np.ones(num_envs, dtype=bool)  # (a recurrent policy's)
+        state: Any = None  # (a recurrent policy's: what agent.predict returns)
+        starts = np.ones(num_envs, dtype=bool)
         for step in range(steps):
             masks = None
             if mask_source is not None:
@@ -356,6 +357,7 @@ def collect_check_data(agent, steps: int = CHECK_STEPS, num_envs: int = CHECK_EN
                 action = agent.act(obs, deterministic=True, action_masks=masks)
             if mask_source is not None and mask_source.kind == "observation":
                 # the envs about to autoreset act on an all-true mask, not on their final state's
+                assert masks is not None  # (read above)
                 feed[masking.MASK_KEY] = masks.astype(feed[masking.MASK_KEY].dtype).reshape(
                     feed[masking.MASK_KEY].shape
                 )

@@ -100,6 +100,7 @@ def play(
         finally:
             envs.close()  # RecordVideo writes the last episode's file on close
         if video_path is not None:
+            assert folder is not None  # (made with video_path)
             join_videos(sorted(folder.glob(f"{VIDEO_PREFIX}-episode-*.mp4"), key=_episode_number), video_path)
     finally:
         if scratch is not None:

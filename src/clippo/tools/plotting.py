@@ -18,7 +18,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -427,7 +427,10 @@ def _all_positive(groups: Sequence[RunGroup], column: str) -> bool:
 def _colors(groups: Sequence[RunGroup]) -> dict[str, Any]:
     """One color per group label, the same in every environment's row."""
     from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
 
-    palette = colormaps["tab10"].colors
+    tab10 = colormaps["tab10"]
+    assert isinstance(tab10, ListedColormap)
+    palette = cast("Sequence[Any]", tab10.colors)  # its ten colors (the stubs say ArrayLike)
     labels = list(dict.fromkeys(g.label for g in groups))
     return {label: palette[i % len(palette)] for i, label in enumerate(labels)}

@@ -127,7 +127,7 @@ class TuneSettings:
     seed: int = 0
     plots: bool = True
 
-    def resolved(self) -> TuneSettings:
+    def resolved(self) -> ResolvedTuneSettings:
         """The settings with defaults filled in, checked: one-line ValueError naming a bad value."""
         from clippo.config.ppo_config import resolve_config
         from clippo.envs.families import check_env_id
@@ -146,14 +146,27 @@ class TuneSettings:
             raise ValueError(f"--eval-every={every} is invalid: it must be at most --steps-per-trial={steps}")
         out = self.out or str(Path("tune") / self.env_id)
         storage = self.storage or f"sqlite:///{Path(out) / 'study.db'}"
-        return dataclasses.replace(
-            self,
-            steps_per_trial=steps,
-            eval_every=every,
-            out=out,
-            storage=storage,
-            study_name=self.study_name or f"clippo-{self.env_id}",
+        return ResolvedTuneSettings(
+            **{
+                **dataclasses.asdict(self),
+                "steps_per_trial": steps,
+                "eval_every": every,
+                "out": out,
+                "storage": storage,
+                "study_name": self.study_name or f"clippo-{self.env_id}",
+            }
         )
+
+
+@dataclasses.dataclass(kw_only=True)
+class ResolvedTuneSettings(TuneSettings):
+    """``TuneSettings`` with every default filled in (what ``TuneSettings.resolved`` returns)."""
+
+    steps_per_trial: int
+    eval_every: int
+    storage: str
+    study_name: str
+    out: str
 
 
 def _check_positive(name: str, value: int) -> None:
@@ -258,7 +271,7 @@ class TrialReporter(Callback):
         return None
 
 
-def run_trial(trial, settings: TuneSettings, worker: int = 0) -> float:
+def run_trial(trial, settings: ResolvedTuneSettings, worker: int = 0) -> float:
     """Train and evaluate one trial's agent (its run directory: OUT/trials/trial-NNNN)."""
     optuna = require_optuna()
     from clippo import PPO
@@ -337,7 +350,7 @@ def open_storage(url: str):
         raise ValueError(f"cannot open storage {url!r}: {first_line(exc)[:200]}") from None
 
 
-def load_study(settings: TuneSettings, create: bool = False):
+def load_study(settings: ResolvedTuneSettings, create: bool = False):
     """The study of these settings (created when ``create``), after checking that a study found
     in the storage was made with the same settings."""
     optuna = require_optuna()
@@ -402,7 +415,7 @@ def _counts(study) -> dict[str, int]:
     return counts
 
 
-def run_worker(settings: TuneSettings, worker: int = 0, parent: int | None = None) -> None:
+def run_worker(settings: ResolvedTuneSettings, worker: int = 0, parent: int | None = None) -> None:
     """Run trials (a trial queued for a retry first) while the study holds fewer than
     ``settings.trials`` finished ones.
 
@@ -452,7 +465,7 @@ def tune(settings: TuneSettings) -> int:
     return status
 
 
-def _run_workers(settings: TuneSettings) -> int:
+def _run_workers(settings: ResolvedTuneSettings) -> int:
     """``jobs`` worker processes on the same storage; SIGINT/SIGTERM reach them all."""
     jobs = min(settings.jobs, settings.trials)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -488,7 +501,7 @@ SUMMARY_FILE = "summary.md"
 BEST_CONFIG_FILE = "best_config.yaml"
 
 
-def write_outputs(study, settings: TuneSettings) -> list[Path]:
+def write_outputs(study, settings: ResolvedTuneSettings) -> list[Path]:
     """summary.md, best_config.yaml (when a trial completed) and Optuna's plots (with matplotlib)."""
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -511,7 +524,7 @@ def _best_trial(study):
     return max(complete, key=lambda t: (t.value, -t.number)) if complete else None
 
 
-def objective_text(settings: TuneSettings) -> str:
+def objective_text(settings: ResolvedTuneSettings) -> str:
     evaluations = settings.steps_per_trial // settings.eval_every
     return (
         f"the mean deterministic evaluation return over a trial's {evaluations} evaluations (one every "
@@ -520,7 +533,7 @@ def objective_text(settings: TuneSettings) -> str:
     )
 
 
-def best_config_yaml(best, study, settings: TuneSettings) -> str:
+def best_config_yaml(best, study, settings: ResolvedTuneSettings) -> str:
     """The best trial's config as a flat YAML mapping that ``clippo train ENV_ID --config`` takes."""
     import yaml
 
@@ -547,7 +560,7 @@ def _format_params(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
-def summary_markdown(study, settings: TuneSettings, best, plots: list[Path], not_drawn: list[str]) -> str:
+def summary_markdown(study, settings: ResolvedTuneSettings, best, plots: list[Path], not_drawn: list[str]) -> str:
     counts = _counts(study)
     order = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
 
@@ -602,8 +615,10 @@ def write_plots(study, out: Path) -> tuple[list[Path], list[str]]:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError:
         return [], ["plots (matplotlib is not installed: pip install 'clippo[plot]')"]
+    import numpy as np
     from optuna.importance import PedAnovaImportanceEvaluator
     from optuna.trial import TrialState
     from optuna.visualization import matplotlib as views
@@ -621,7 +636,8 @@ def write_plots(study, out: Path) -> tuple[list[Path], list[str]]:
             with warnings.catch_warnings():  # Optuna's notes on small studies ("importance may be inaccurate")
                 warnings.simplefilter("ignore")
                 axes = draw()
-            figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+            figure = axes.flat[0].figure if isinstance(axes, np.ndarray) else axes.figure  # (Axes, or an array of them)
+            assert isinstance(figure, Figure)  # (Optuna draws on a figure of its own, not a subfigure)
             path = out / f"{name}.png"
             figure.savefig(path, dpi=90, bbox_inches="tight")
             plt.close(figure)
@@ -633,7 +649,7 @@ def write_plots(study, out: Path) -> tuple[list[Path], list[str]]:
 
 def _worker_main(argv: list[str]) -> int:
     """Entry point of the worker processes: ``python -m clippo.tools.tuning SETTINGS_JSON INDEX PARENT_PID``."""
-    settings = TuneSettings(**json.loads(argv[0]))
+    settings = ResolvedTuneSettings(**json.loads(argv[0]))
 
     def interrupt(signum, frame) -> None:
         raise KeyboardInterrupt  # Optuna marks the running trial failed; the study goes on without it

@@ -115,6 +115,7 @@ def pool_statistics(stats: list, shares: list[list[np.ndarray]], world_size: int
     equally; the count grows as it would in a single process."""
     for i, s in enumerate(stats):
         total = sum(share[i] for share in shares)
+        assert isinstance(total, np.ndarray)  # (a share per rank, at least one)
         n = s.mean.size
         mean = total[1 : 1 + n] / total[0]
         var = total[1 + n :] / total[0] - mean**2
@@ -133,7 +134,9 @@ def moment_sums(groups: list[np.ndarray]) -> np.ndarray:
 
 def pooled_moments(shares: list[np.ndarray]) -> list[tuple[float, float]]:
     """Mean and (unbiased) std of each group, pooled over every rank's ``group_sums`` (rank order)."""
-    count, total, squares = sum(shares).T
+    summed = sum(shares)
+    assert isinstance(summed, np.ndarray)  # (a share per rank, at least one)
+    count, total, squares = summed.T
     mean = total / count
     std = np.sqrt(np.maximum((squares - count * mean * mean) / np.maximum(count - 1, 1), 0.0))
     return list(zip(mean.tolist(), std.tolist(), strict=False))

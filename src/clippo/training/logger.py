@@ -94,6 +94,7 @@ class RunLogger:
     def log(self, metrics: dict[str, Any]) -> None:
         if self._csv is not None:
             self._csv.writerow(metrics)
+            assert self._csv_file is not None  # opened with the writer
             self._csv_file.flush()  # a checkpoint may follow: its rows must not sit in a buffer
         if self._tb is not None:
             step = metrics["global_step"]

@@ -26,6 +26,7 @@ import torch
 from clippo.core.advantages import compute_gae
 from clippo.core.errors import EnvStepError, NonFiniteError, TrainingInterrupted
 from clippo.core.losses import explained_variance
+from clippo.networks.policy import ActorCritic
 from clippo.rollout.buffer import Batch, RolloutBuffer
 from clippo.rollout.normalization import ObservationNormalizer, RewardScaler
 from clippo.rollout.runner import EnvRunner
@@ -58,7 +59,7 @@ class Trainee(Protocol):
     """What the loop trains: the agent's state and the parts it built (``clippo.agent.PPO``)."""
 
     config: Any
-    model: torch.nn.Module
+    model: ActorCritic
     optimizer: FlatAdam
     learner: Learner
     generator: torch.Generator
@@ -128,7 +129,11 @@ def _train(agent: Trainee, progress: bool | None, callback) -> None:
             #    truncation and at the rollout cut).
             buffer.estimate_values(agent.model)
             advantages, returns = compute_gae(
-                *(buffer.tensor(name) for name in ("rewards", "values", "terminated", "truncated", "last_value")),
+                buffer.tensor("rewards"),
+                buffer.tensor("values"),
+                buffer.tensor("terminated"),
+                buffer.tensor("truncated"),
+                buffer.tensor("last_value"),
                 gamma=cfg.gamma,
                 gae_lambda=cfg.gae_lambda,
             )
@@ -196,8 +201,8 @@ def stop_interrupted(agent: Trainee) -> None:
     error = TrainingInterrupted(
         f"interrupted at step {agent.global_step} (update {agent.update}); {where}{agent.resume_hint}",
         str(path) if path else None,
+        agent.stopping.signal,
     )
-    error.signum = agent.stopping.signal
     raise error
 
 
@@ -285,5 +290,6 @@ def exchange_after_rollout(
     stopping.agreed = any(rank[1] for rank in every)
     # a callback's stop on any rank ends training after this update, on every rank
     stopping.by_callback = any(rank[5] for rank in every)
-    episodes = tuple([value for rank in every for value in rank[4][i]] for i in range(2))
-    return any(rank[0] for rank in every), episodes
+    returns = [value for rank in every for value in rank[4][0]]
+    lengths = [value for rank in every for value in rank[4][1]]
+    return any(rank[0] for rank in every), (returns, lengths)

@@ -38,10 +38,10 @@ class FlatAdam:
         pairs, the saved state records the layout and loads into any other order by name.
         ``extra_slots`` reserves room after the gradient in ``exchange`` (the buffer that
         distributed training all-reduces) for scalars that travel with it."""
-        params = list(params)
-        named = bool(params) and isinstance(params[0], tuple)
-        self.names: list[str] | None = [name for name, _ in params] if named else None
-        self.params = [p for _, p in params] if named else params
+        items: list[Any] = list(params)  # parameters, or (name, parameter) pairs
+        named = bool(items) and isinstance(items[0], tuple)
+        self.names: list[str] | None = [name for name, _ in items] if named else None
+        self.params: list[nn.Parameter] = [p for _, p in items] if named else items
         self.lr = lr
         self.betas = betas
         self.eps = eps
@@ -141,6 +141,7 @@ class FlatAdam:
 
     def _rearranged(self, vector: torch.Tensor, saved_names: list[str]) -> torch.Tensor:
         """``vector``, laid out by ``saved_names``, in this optimizer's layout."""
+        assert self.names is not None  # (load_state_dict checked: a layout by name)
         if sorted(saved_names) != sorted(self.names):
             raise ValueError(f"optimizer state is for parameters {saved_names}, the model has {self.names}")
         sizes = dict(zip(self.names, (p.numel() for p in self.params), strict=False))
