@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from clippo import atari
+from clippo import atari, safety
 from clippo.config import PPOConfig
 from clippo.masking import MASK_KEY
 from clippo.preprocessing import Preprocessing
@@ -188,19 +188,46 @@ _SKIP = object()
 
 
 def _decode(value, current):
+    """A snapshot value as the object it was, checked against ``current`` (the attribute's value
+    now): a checkpoint is data, so nothing it holds is looked up by name or made of another type.
+    Raises ValueError when it does not fit."""
     if not isinstance(value, dict):
+        if value is None:
+            return None
+        if not isinstance(value, (bool, int, float, str)):
+            raise ValueError(f"a {type(value).__name__} is not plain data")
+        if current is not None and isinstance(value, str) != isinstance(current, str):
+            raise ValueError(f"a {type(value).__name__} where the env holds a {type(current).__name__}")
+        if current is not None and not isinstance(current, (bool, int, float, str, np.generic)):
+            raise ValueError(f"a {type(value).__name__} where the env holds a {type(current).__name__}")
         return value
-    if "ndarray" in value:
-        return value["ndarray"].numpy().copy()
-    if "scalar" in value:
-        return value["scalar"].numpy()[()]
+    if "ndarray" in value or "scalar" in value:
+        tensor = value.get("ndarray", value.get("scalar"))
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError("an array that is not a tensor")
+        array = tensor.numpy().copy() if "ndarray" in value else tensor.numpy()[()]
+        if current is not None and not isinstance(current, (np.ndarray, np.generic, bool, int, float)):
+            raise ValueError(f"an array where the env holds a {type(current).__name__}")
+        if isinstance(current, np.ndarray) and (array.shape != current.shape or array.dtype != current.dtype):
+            raise ValueError(f"an array of shape {array.shape} where the env holds {current.shape}")
+        return array
     if "rng" in value:
-        if not isinstance(current, np.random.Generator):
-            current = np.random.Generator(getattr(np.random, value["rng"]["bit_generator"])())
-        current.bit_generator.state = value["rng"]
+        state = value["rng"]
+        if not isinstance(state, dict):
+            raise ValueError("an RNG state that is not a mapping")
+        # numpy's own bit generators only: never getattr(np.random, name) on a name from a file
+        kind = safety.bit_generator(state.get("bit_generator"))
+        if not isinstance(current, np.random.Generator) or type(current.bit_generator) is not kind:
+            current = np.random.Generator(kind())
+        current.bit_generator.state = state
         return current
     kind = "tuple" if "tuple" in value else "list"
-    items = [_decode(v, None) for v in value[kind]]
+    if kind not in value or not isinstance(value[kind], list):
+        raise ValueError("an unknown kind of value")
+    if current is not None and not isinstance(current, (tuple, list)):
+        raise ValueError(f"a sequence where the env holds a {type(current).__name__}")
+    olds = list(current) if isinstance(current, (tuple, list)) and len(current) == len(value[kind]) else [None] * len(value[kind])
+    items = [_decode(v, old) for v, old in zip(value[kind], olds)]
     return tuple(items) if kind == "tuple" else items
 
 
@@ -219,9 +246,22 @@ def snapshot_env_state(envs: VectorEnv) -> list[dict] | None:
 def restore_env_state(envs: VectorEnv, snapshot: list[dict]) -> bool:
     """Put ``envs`` back into a snapshotted state; False (nothing changed) if it does not fit."""
     objects = _snapshot_objects(envs)
-    if objects is None or len(objects) != len(snapshot):
+    if objects is None or not isinstance(snapshot, list) or len(objects) != len(snapshot):
         return False
+    # Decode everything first, into attributes the objects already have, of the same type; set
+    # nothing unless all of it fits (a snapshot is data from a file: clippo.safety).
+    updates = []
     for obj, state in zip(objects, snapshot):
+        if not isinstance(state, dict):
+            return False
+        attributes = vars(obj)
         for name, value in state.items():
-            setattr(obj, name, _decode(value, getattr(obj, name, None)))
+            if not isinstance(name, str) or name not in attributes:
+                return False
+            try:
+                updates.append((obj, name, _decode(value, attributes[name])))
+            except (ValueError, TypeError, KeyError, RuntimeError):
+                return False
+    for obj, name, value in updates:
+        setattr(obj, name, value)
     return True
