@@ -712,7 +712,8 @@ def resolve_config(
     values: dict[str, Any] = {}
     values.update(preset_values(preset) if preset is not None else env_preset_values(env_id))
     if config_file is not None:
-        values.update(load_config_file(config_file, trust_code))
+        # an encoder given explicitly replaces the file's: the file's name is then never imported
+        values.update(load_config_file(config_file, trust_code or "encoder" in overrides))
     values.update(overrides)
     values["env_id"] = env_id
     return PPOConfig(**values).validate()

@@ -54,10 +54,85 @@ def init_world(device: str) -> World:
         use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
         if use_cuda:
             torch.cuda.set_device(local_rank)
+        # `clippo train --nproc N` (launch_local) meets in a file store in a private folder:
+        # nothing listens on the network; under torchrun, its env:// rendezvous
+        store_file = os.environ.get(STORE_FILE_VARIABLE)
+        where = {"init_method": f"file://{store_file}", "rank": rank, "world_size": size} if store_file else {}
         dist.init_process_group(
-            backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=10)
+            backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=10), **where
         )
     return World(rank=rank, size=size, local_rank=local_rank)
+
+
+#: the file store of a single-machine job started by ``launch_local``
+STORE_FILE_VARIABLE = "CLIPPO_STORE_FILE"
+
+
+def launch_local(nproc: int, argv: list[str]) -> int:
+    """``clippo train ... --nproc N`` on one machine: N processes of ``python -m clippo ARGV`` with
+    torchrun's RANK/LOCAL_RANK/WORLD_SIZE variables, meeting in a ``FileStore`` inside a private
+    temporary folder (mode 0700) instead of torchrun's TCP store, which listens on every network
+    interface without authentication (whatever host it is given). The ranks' own connections are
+    kept on the loopback interface (GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME, unless set). As
+    torchrun, the first rank to fail ends the others; SIGINT/SIGTERM are passed on to every rank.
+    Returns the exit status (the first non-zero one). Multi-machine jobs use torchrun itself."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    folder = tempfile.mkdtemp(prefix="clippo-rendezvous-")  # (mkdtemp: mode 0700, this user only)
+    loopback = "lo0" if sys.platform == "darwin" else "lo"
+    env = {**os.environ, STORE_FILE_VARIABLE: os.path.join(folder, "store"), "WORLD_SIZE": str(nproc),
+           "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1"}
+    env.setdefault("GLOO_SOCKET_IFNAME", loopback)
+    env.setdefault("NCCL_SOCKET_IFNAME", loopback)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    processes: list[subprocess.Popen] = []
+
+    def forward(signum, frame) -> None:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for rank in range(nproc):
+            # each rank in a process group of its own: a Ctrl-C reaches this process alone, which
+            # passes it on once (two would end the ranks at once instead of at an update boundary)
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "clippo", *argv], env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                start_new_session=True,
+            ))
+        while True:
+            codes = [process.poll() for process in processes]
+            failed = [code for code in codes if code not in (None, 0)]
+            if failed or all(code == 0 for code in codes):
+                break
+            time.sleep(0.1)
+        if failed:  # the others would wait for it in their next exchange: end them
+            for process in processes:
+                if process.poll() is None:
+                    process.terminate()
+            deadline = time.monotonic() + 30
+            for process in processes:
+                try:
+                    process.wait(max(deadline - time.monotonic(), 0.1))
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            return failed[0]
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 #: up to this many ranks, gloo averages by all-gather plus a local sum (see ``all_reduce_mean_``)
