@@ -623,8 +623,8 @@ def _check_types(config: PPOConfig) -> None:
                 setattr(config, f.name, list(value))
         else:  # pragma: no cover - a new field type without a check is a programming error
             raise TypeError(f"no type check for field {f.name}: {kind}")
-        if not ok:
-            raise ConfigError(f"{f.name}={value!r} is invalid: it must be of type {kind}")
+        if not ok:  # (the value shown is bounded: it may come from a file)
+            raise ConfigError(f"{f.name}={safety.clean(value)} is invalid: it must be of type {kind}")
 
 
 def check_names(overrides: dict[str, Any], where: str = "hyperparameter") -> None:

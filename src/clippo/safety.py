@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import reprlib
 import stat
 import tempfile
 from pathlib import Path
@@ -46,6 +47,11 @@ BIT_GENERATORS = {
     "SFC64": np.random.SFC64,
 }
 
+# repr of values from files, bounded in depth and length (a shared-reference "billion laughs" list
+# has a repr of 10**40 items)
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxlist, _SHORT_REPR.maxdict, _SHORT_REPR.maxtuple = 3, 8, 8, 8
+_SHORT_REPR.maxstring, _SHORT_REPR.maxother = 80, 80
 _MODULE_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,99}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -121,7 +127,7 @@ def check_env_id_from_file(env_id: Any, source: str, trust_code: bool) -> str:
 def clean(value: Any, limit: int = 80) -> str:
     """``value`` as text fit for a one-line message or a report: control characters replaced by
     '?', cut to ``limit`` characters."""
-    text = value if isinstance(value, str) else repr(value)
+    text = value[: limit * 4] if isinstance(value, str) else _SHORT_REPR.repr(value)  # (bounded: never a full repr)
     text = _CONTROL.sub("?", text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
