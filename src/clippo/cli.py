@@ -47,11 +47,11 @@ _NOT_FLAGS = {"env_id"}
 
 def _mapping(text: str) -> dict[str, Any]:
     """A flag's YAML/JSON mapping, e.g. ``--encoder-kwargs '{features: 256}'``."""
-    import yaml
+    from clippo.safety import load_yaml  # (no anchors or aliases, size-capped: one YAML reader everywhere)
 
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = load_yaml(text, "the flag's value")
+    except ValueError:
         value = None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"{text!r} is not a mapping: write it as YAML or JSON, e.g. '{{features: 256}}'")
