@@ -280,6 +280,13 @@ def test_an_env_snapshot_naming_np_random_test_calls_nothing_on_resume(tmp_path,
     assert not called
 
 
+def test_a_runner_state_of_another_shape_resumes_with_fresh_envs(stopped):
+    edit_run_checkpoints(stopped, lambda p: p["runner"].__setitem__("episode_returns", torch.zeros(99)))
+    code, out, err = run_cli(["resume", str(stopped)])
+    assert code == 0, err
+    assert "freshly reset envs" in out
+
+
 def test_restore_env_state_sets_only_existing_attributes_of_the_same_type():
     from clippo.envs import make_vector_env, restore_env_state, snapshot_env_state
 
