@@ -220,6 +220,12 @@ def test_a_user_encoder_loads_with_trust_code_or_when_passed(_user_encoder_run):
     assert resumed.global_step == trusted.global_step
 
 
+def test_hidden_sizes_a_user_encoder_never_uses_do_not_block_its_checkpoint(tmp_path, _user_encoder_run):
+    run_dir = Path(shutil.copytree(_user_encoder_run, tmp_path / "run"))
+    edit_run_checkpoints(run_dir, lambda p: p["config"].__setitem__("hidden_sizes", [4096]))
+    assert PPO.load(run_dir, env=SpotImageEnv, encoder=TinyEncoder).config.hidden_sizes == [4096]
+
+
 def test_a_user_encoder_in_a_config_file_trains_with_trust_code_or_an_explicit_encoder(tmp_path):
     config = tmp_path / "hp.yaml"
     config.write_text("encoder: tests.toy_envs:TinyEncoder\nencoder_kwargs: {width: 4}\n")

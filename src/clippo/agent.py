@@ -121,13 +121,16 @@ def check_model_tensors(config: PPOConfig, policy_space, action_space, encoder: 
     compared on the meta device, where nothing is allocated."""
     if not isinstance(model, dict) or not model or not all(isinstance(t, torch.Tensor) for t in model.values()):
         raise CheckpointError("its model is not a mapping of names to tensors")
+    user_encoder = encoder is not None and not isinstance(encoder, str)
     largest = max((max(t.shape) for t in model.values() if t.dim()), default=0)
-    widths = [*config.hidden_sizes, *config.head_sizes] + ([config.recurrent_hidden_size] if config.recurrent != "none" else [])
+    # (hidden_sizes shape clippo's own encoders only; the heads and the recurrent core are always clippo's)
+    widths = [*([] if user_encoder else config.hidden_sizes), *config.head_sizes]
+    widths += [config.recurrent_hidden_size] if config.recurrent != "none" else []
     too_wide = [w for w in widths if w > largest]
     if too_wide:
         raise CheckpointError(f"its config asks for layers of {too_wide[0]} units, but its largest tensor dimension is {largest}")
-    if encoder is not None and not isinstance(encoder, str):
-        return  # a user's encoder (passed, or trusted): it may allocate as it likes
+    if user_encoder:
+        return  # a user's encoder (passed, or trusted): built as its author wrote it
     with torch.device("meta"):
         expected = build_model(config, policy_space, action_space, encoder).state_dict()
     for name, tensor in expected.items():

@@ -624,7 +624,7 @@ def _check_types(config: PPOConfig) -> None:
         else:  # pragma: no cover - a new field type without a check is a programming error
             raise TypeError(f"no type check for field {f.name}: {kind}")
         if not ok:  # (the value shown is bounded: it may come from a file)
-            raise ConfigError(f"{f.name}={safety.clean(value)} is invalid: it must be of type {kind}")
+            raise ConfigError(f"{f.name}={safety.shown(value)} is invalid: it must be of type {kind}")
 
 
 def check_names(overrides: dict[str, Any], where: str = "hyperparameter") -> None:

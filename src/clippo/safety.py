@@ -132,6 +132,11 @@ def clean(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def shown(value: Any, limit: int = 80) -> str:
+    """``value`` as ``repr`` shows it (strings quoted), bounded and on one line: for messages."""
+    return repr(clean(value, limit)) if isinstance(value, str) else clean(value, limit)
+
+
 def check_text(value: str, what: str, limit: int = MAX_STRING) -> str:
     """A string from a file: at most ``limit`` characters and no control characters."""
     if len(value) > limit or _CONTROL.search(value):
