@@ -24,6 +24,8 @@ from clippo.errors import ConfigError, first_line
 #: its tensors too: clippo.agent)
 MAX_WIDTH = 65_536
 MAX_LAYERS = 32
+#: the most samples one update may hold (num_envs * num_steps): 256x the largest preset's
+MAX_BATCH = 1 << 24
 
 
 def knob(help: str, default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
@@ -136,6 +138,12 @@ class PPOConfig:
             widths = getattr(self, name)
             if len(widths) > MAX_LAYERS or any(h > MAX_WIDTH for h in widths):
                 raise ConfigError(f"{name}={widths} is invalid: at most {MAX_LAYERS} layers of at most {MAX_WIDTH} units")
+        if self.num_envs * self.num_steps > MAX_BATCH:
+            raise ConfigError(
+                f"num_envs * num_steps = {self.num_envs * self.num_steps} is invalid: at most {MAX_BATCH} samples per update"
+            )
+        if any(side > MAX_WIDTH for side in self.resize):
+            raise ConfigError(f"resize={self.resize} is invalid: at most {MAX_WIDTH} pixels a side")
         if self.recurrent_hidden_size > MAX_WIDTH:
             raise ConfigError(f"recurrent_hidden_size={self.recurrent_hidden_size} is invalid: at most {MAX_WIDTH} units")
         if self.resize and (len(self.resize) != 2 or min(self.resize) < 1):
