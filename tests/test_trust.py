@@ -170,6 +170,8 @@ def test_a_config_file_naming_torch_save_overwrites_nothing(tmp_path, monkeypatc
                                 *TINY_FLAGS, *extra])
         line = one_line_error(code, err)
         assert "torch:save" in line and ("--trust-code" in line if not extra else "torch.nn.Module" in line), line
+    code, _, err = run_cli(["train", "CartPole-v1", "--config", str(config), *TINY_FLAGS])  # no --run-dir
+    assert "torch:save" in one_line_error(code, err) and not (tmp_path / "runs").exists()
     if __import__("importlib").util.find_spec("optuna") is not None:
         code, _, err = run_cli(["tune", "CartPole-v1", "--trials", "1", "--config", str(config), "--out", str(tmp_path / "t")])
         assert "torch:save" in one_line_error(code, err)
@@ -253,6 +255,11 @@ def test_the_cli_loads_a_user_encoder_with_trust_code_or_encoder(tmp_path):
         assert json.loads(out)["episodes"] == 1
     code, out, err = run_cli(["enjoy", str(run_dir), "--episodes", "1", "--trust-code"])
     assert code == 0, err
+    code, out, err = run_cli(["export", str(run_dir), "--check-steps", "8", "--trust-code"])
+    assert code == 0, err
+    assert (run_dir / "policy.onnx").is_file()
+    code, out, err = run_cli(["resume", str(run_dir), "--trust-code"])  # loaded as before: the run is complete
+    assert "already complete" in one_line_error(code, err)
 
 
 def test_an_encoder_name_resolves_only_to_a_module_class():

@@ -516,7 +516,14 @@ def best_config_yaml(best, study, settings: TuneSettings) -> str:
 
 
 def _format_params(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    """A trial's parameters for summary.md's table: they come from the study's storage (data), so
+    they are shown on one line with ``& < > |`` escaped."""
+    import html
+
+    from clippo.safety import clean
+
+    text = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    return html.escape(clean(text, 1000), quote=False).replace("|", "\\|")
 
 
 def summary_markdown(study, settings: TuneSettings, best, plots: list[Path], not_drawn: list[str]) -> str:
