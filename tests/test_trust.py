@@ -7,8 +7,8 @@ file is not created), nothing outside the run directory changes, and the refusal
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 import sys
 import time
@@ -29,7 +29,7 @@ from clippo.errors import CheckpointError, UnsafePathError, UntrustedCodeError
 from tests.helpers import run_cli
 from tests.toy_envs import SpotImageEnv, TinyEncoder
 
-TINY = dict(num_envs=2, num_steps=32, num_minibatches=2, update_epochs=1, hidden_sizes=[16, 16], seed=0)
+TINY = {"num_envs": 2, "num_steps": 32, "num_minibatches": 2, "update_epochs": 1, "hidden_sizes": [16, 16], "seed": 0}
 TINY_FLAGS = ["--num-envs", "2", "--num-steps", "32", "--num-minibatches", "2", "--update-epochs", "1",
               "--hidden-sizes", "16", "16", "--no-tensorboard", "--no-progress"]
 
@@ -56,7 +56,7 @@ def one_line(exc: BaseException) -> str:
 @pytest.fixture(scope="module")
 def _finished_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("finished") / "run"
-    code, out, err = run_cli(["train", "CartPole-v1", "--run-dir", str(run), "--total-steps", "128",
+    code, _out, err = run_cli(["train", "CartPole-v1", "--run-dir", str(run), "--total-steps", "128",
                               "--eval-episodes", "1", *TINY_FLAGS])
     assert code == 0, err
     return run
@@ -80,10 +80,6 @@ def run(tmp_path, _finished_run) -> Path:
 @pytest.fixture
 def stopped(tmp_path, _stopped_run) -> Path:
     return Path(shutil.copytree(_stopped_run, tmp_path / "stopped"))
-
-
-def newest_checkpoint(run_dir: Path) -> Path:
-    return sorted((run_dir / "checkpoints").glob("step_*.pt"))[-1]
 
 
 def rewrite(path: Path, change) -> Path:
@@ -150,7 +146,7 @@ def test_a_checkpoint_naming_subprocess_popen_runs_nothing_in_the_cli(tmp_path, 
     path = run if target == "run-dir" else run / "agent.pt"
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
     for extra in ([], ["--trust-code"]):
-        code, out, err = run_cli([command, str(path), *extra])
+        code, _out, err = run_cli([command, str(path), *extra])
         line = one_line_error(code, err)
         assert "subprocess:Popen" in line and ("--trust-code" in line if not extra else "torch.nn.Module" in line), line
     assert not (tmp_path / "PWNED").exists()
@@ -282,7 +278,7 @@ def test_an_env_snapshot_naming_np_random_test_calls_nothing_on_resume(tmp_path,
         envs = payload["runner"]["envs"]
         envs[0]["np_random_probe"] = {"rng": {"bit_generator": "test"}}  # an attribute the env does not have
         for state in envs:  # and every real RNG renamed
-            for name, value in state.items():
+            for value in state.values():
                 if isinstance(value, dict) and "rng" in value:
                     value["rng"]["bit_generator"] = "test"
 
@@ -421,7 +417,7 @@ def test_the_lock_is_written_in_place_not_truncated(tmp_path):
 def test_a_run_dir_that_is_itself_a_link_is_the_users_choice(tmp_path, run):
     """runs/latest is a link clippo makes itself: the directory given may be one."""
     (tmp_path / "latest").symlink_to(run)
-    code, out, err = run_cli(["report", str(tmp_path / "latest")])
+    code, _out, err = run_cli(["report", str(tmp_path / "latest")])
     assert code == 0, err
 
 
@@ -446,10 +442,10 @@ def test_report_imports_no_env_module_named_by_config_yaml(run, marker_module):
     code, out, err = run_cli(["report", str(run)])
     assert code == 0, err
     assert not marker.exists()
-    code, out, err = run_cli(["plot", str(run), "-o", str(run / "curves.png")])
+    code, _, err = run_cli(["plot", str(run), "-o", str(run / "curves.png")])
     assert code == 0, err
     assert not marker.exists()
-    code, out, err = run_cli(["report", str(run), "--trust-code"])  # opted in: Gymnasium imports it
+    code, _out, err = run_cli(["report", str(run), "--trust-code"])  # opted in: Gymnasium imports it
     assert code == 0, err
     assert marker.exists()
 
@@ -687,7 +683,7 @@ def test_a_two_process_run_listens_on_no_outside_interface(tmp_path):
     while process.poll() is None:
         seen |= listening_addresses(family_pids(process.pid))
         time.sleep(0.2)
-    out, err = process.communicate()
+    _, err = process.communicate()
     assert process.returncode == 0, err[-2000:]
     assert seen, "no listening socket was seen (the ranks' gloo connections listen while training)"
     assert all(address in ("0100007F", "00000000000000000000000001000000") for address in seen), seen

@@ -618,7 +618,7 @@ class PPO:
             # clippo draws from its own generator, but env or user code may use the global ones.
             try:
                 set_global_rng_states(payload["global_rngs"])
-            except Exception as exc:
+            except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:  # (any malformed state)
                 raise CheckpointError(f"checkpoint {str(path)!r} does not fit this clippo: {safety.clean(first_line(exc), 200)}") from None
         return agent
 
@@ -644,7 +644,7 @@ class PPO:
             if device is not None:
                 values["device"] = device
             config = config_from_dict(values)
-        except Exception as exc:
+        except (ValueError, TypeError, KeyError) as exc:
             raise CheckpointError(f"{source} does not fit this clippo: {safety.clean(first_line(exc), 200)}") from None
         # What the file names that would import code: only with the user's opt-in (clippo.safety).
         if env is None and safety.env_id_needs_import(config.env_id):

@@ -47,7 +47,8 @@ _NOT_FLAGS = {"env_id"}
 
 def _mapping(text: str) -> dict[str, Any]:
     """A flag's YAML/JSON mapping, e.g. ``--encoder-kwargs '{features: 256}'``."""
-    from clippo.safety import load_yaml  # (no anchors or aliases, size-capped: one YAML reader everywhere)
+    # (no anchors or aliases, size-capped: one YAML reader everywhere)
+    from clippo.safety import load_yaml
 
     try:
         value = load_yaml(text, "the flag's value")
@@ -407,7 +408,6 @@ def _launch_torchrun(nproc: int) -> int:
 
 def _resume(args: argparse.Namespace) -> int:
     from clippo.checkpoint import run_dir_lock
-
     from clippo.safety import check_run_dir
 
     run_dir = Path(args.run_dir)

@@ -583,10 +583,10 @@ def write_plots(study, out: Path) -> tuple[list[Path], list[str]]:
     import io
 
     from optuna.importance import PedAnovaImportanceEvaluator
-
-    from clippo.safety import write_file
     from optuna.trial import TrialState
     from optuna.visualization import matplotlib as views
+
+    from clippo.safety import write_file
 
     if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
         return [], ["plots (fewer than 2 complete trials)"]
