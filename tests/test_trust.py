@@ -439,13 +439,13 @@ def test_report_imports_no_env_module_named_by_config_yaml(run, marker_module):
     set_config_yaml(run, env_id=f"{name}:CartPole-v1")
     (run / "agent.pt").unlink()
     shutil.rmtree(run / "checkpoints", ignore_errors=True)
-    code, out, err = run_cli(["report", str(run)])
+    code, _, err = run_cli(["report", str(run)])
     assert code == 0, err
     assert not marker.exists()
     code, _, err = run_cli(["plot", str(run), "-o", str(run / "curves.png")])
     assert code == 0, err
     assert not marker.exists()
-    code, _out, err = run_cli(["report", str(run), "--trust-code"])  # opted in: Gymnasium imports it
+    code, _, err = run_cli(["report", str(run), "--trust-code"])  # opted in: Gymnasium imports it
     assert code == 0, err
     assert marker.exists()
 
