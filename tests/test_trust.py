@@ -56,7 +56,7 @@ def one_line(exc: BaseException) -> str:
 @pytest.fixture(scope="module")
 def _finished_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("finished") / "run"
-    code, _out, err = run_cli(["train", "CartPole-v1", "--run-dir", str(run), "--total-steps", "128",
+    code, _, err = run_cli(["train", "CartPole-v1", "--run-dir", str(run), "--total-steps", "128",
                               "--eval-episodes", "1", *TINY_FLAGS])
     assert code == 0, err
     return run
@@ -146,7 +146,7 @@ def test_a_checkpoint_naming_subprocess_popen_runs_nothing_in_the_cli(tmp_path, 
     path = run if target == "run-dir" else run / "agent.pt"
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
     for extra in ([], ["--trust-code"]):
-        code, _out, err = run_cli([command, str(path), *extra])
+        code, _, err = run_cli([command, str(path), *extra])
         line = one_line_error(code, err)
         assert "subprocess:Popen" in line and ("--trust-code" in line if not extra else "torch.nn.Module" in line), line
     assert not (tmp_path / "PWNED").exists()
@@ -417,7 +417,7 @@ def test_the_lock_is_written_in_place_not_truncated(tmp_path):
 def test_a_run_dir_that_is_itself_a_link_is_the_users_choice(tmp_path, run):
     """runs/latest is a link clippo makes itself: the directory given may be one."""
     (tmp_path / "latest").symlink_to(run)
-    code, _out, err = run_cli(["report", str(tmp_path / "latest")])
+    code, _, err = run_cli(["report", str(tmp_path / "latest")])
     assert code == 0, err
 
 
