@@ -605,6 +605,8 @@ class PPO:
         ``encoder`` only for a user encoder (its class). A checkpoint is data: a user encoder or
         an env module it names is imported only with ``trust_code=True`` (docs/trust.md).
         """
+        if run_dir is not None:  # (it will be written: no links where clippo writes)
+            safety.check_run_dir(run_dir)
         return cls._from_payload(read_checkpoint(path), path, env, run_dir, device, encoder, trust_code)
 
     @classmethod
