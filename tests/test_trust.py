@@ -652,6 +652,8 @@ def test_nproc_meets_in_a_private_file_store_on_the_loopback(monkeypatch):
             folder = Path(env[distributed.STORE_FILE_VARIABLE]).parent
             assert folder.is_dir() and (folder.stat().st_mode & 0o777) == 0o700
 
+        returncode = 0
+
         def poll(self):
             return 0
 

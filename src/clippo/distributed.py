@@ -74,8 +74,9 @@ def launch_local(nproc: int, argv: list[str]) -> int:
     temporary folder (mode 0700) instead of torchrun's TCP store, which listens on every network
     interface without authentication (whatever host it is given). The ranks' own connections are
     kept on the loopback interface (GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME, unless set). As
-    torchrun, the first rank to fail ends the others; SIGINT/SIGTERM are passed on to every rank.
-    Returns the exit status (the first non-zero one). Multi-machine jobs use torchrun itself."""
+    torchrun, the first rank to fail ends the others; SIGINT/SIGTERM are passed on to every rank,
+    which then stop at an update boundary (rank 0 checkpoints) and are waited for. Returns rank 0's
+    exit status, else the first non-zero one. Multi-machine jobs use torchrun itself."""
     import shutil
     import signal
     import subprocess
@@ -91,8 +92,10 @@ def launch_local(nproc: int, argv: list[str]) -> int:
     env.setdefault("NCCL_SOCKET_IFNAME", loopback)
     env.setdefault("OMP_NUM_THREADS", "1")
     processes: list[subprocess.Popen] = []
+    interrupted = []
 
     def forward(signum, frame) -> None:
+        interrupted.append(signum)  # the ranks stop at an update boundary: wait for them all
         for process in processes:
             if process.poll() is None:
                 process.send_signal(signum)
@@ -108,23 +111,26 @@ def launch_local(nproc: int, argv: list[str]) -> int:
             ))
         while True:
             codes = [process.poll() for process in processes]
-            failed = [code for code in codes if code not in (None, 0)]
-            if failed or all(code == 0 for code in codes):
+            if all(code is not None for code in codes):
+                break
+            if any(code not in (None, 0) for code in codes) and not interrupted:
+                # a rank failed: the others would wait for it in their next exchange, so end them
+                for process in processes:
+                    if process.poll() is None:
+                        process.terminate()
+                deadline = time.monotonic() + 30
+                for process in processes:
+                    try:
+                        process.wait(max(deadline - time.monotonic(), 0.1))
+                    except subprocess.TimeoutExpired:
+                        process.kill()
+                        process.wait()
                 break
             time.sleep(0.1)
-        if failed:  # the others would wait for it in their next exchange: end them
-            for process in processes:
-                if process.poll() is None:
-                    process.terminate()
-            deadline = time.monotonic() + 30
-            for process in processes:
-                try:
-                    process.wait(max(deadline - time.monotonic(), 0.1))
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-            return failed[0]
-        return 0
+        # rank 0's status (it writes the checkpoints and says what happened), else the first failure;
+        # a rank ended by a signal counts as 128 + its number, as a shell reports it
+        codes = [128 - code if code < 0 else code for code in (process.returncode for process in processes)]
+        return codes[0] or next((code for code in codes if code), 0)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
