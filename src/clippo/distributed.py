@@ -5,9 +5,12 @@ backward pass the flat gradient is averaged across ranks with one all-reduce, so
 the same Adam step and holds the same parameters. Whatever drives a decision (advantage
 normalization, the KL early stop, normalization statistics) is reduced across ranks first.
 
-Launch with torchrun, which sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous:
+On one machine ``clippo train ... --nproc N`` starts the ranks itself (``launch_local``: a
+private file store, nothing listening on the network); across machines, launch with torchrun,
+which sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous (its store accepts connections from
+any host that reaches it: docs/trust.md):
 
-    torchrun --nproc-per-node 2 -m clippo train CartPole-v1
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 -m clippo train Hopper-v5
 """
 
 from __future__ import annotations
