@@ -68,7 +68,7 @@ def require_trust(source: str, what: str, name: str, trust_code: bool, instead: 
     if trust_code:
         return
     raise UntrustedCodeError(
-        f"{source} wants clippo to import {what} {name!r}; clippo imports nothing a file names unless you opt in: "
+        f"{source} wants clippo to import {what} {shown(name, MAX_STRING)}; clippo imports nothing a file names unless you opt in: "
         f"pass it yourself ({instead}), or trust the file ({TRUST_ARGUMENT} in Python, {TRUST_FLAG} on the command line)"
     )
 
