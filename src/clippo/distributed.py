@@ -60,7 +60,7 @@ def init_world(device: str) -> World:
         # `clippo train --nproc N` (launch_local) meets in a file store in a private folder:
         # nothing listens on the network; under torchrun, its env:// rendezvous
         store_file = os.environ.get(STORE_FILE_VARIABLE)
-        where = {"init_method": f"file://{store_file}", "rank": rank, "world_size": size} if store_file else {}
+        where: dict[str, Any] = {"init_method": f"file://{store_file}", "rank": rank, "world_size": size} if store_file else {}
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=10), **where
         )

@@ -20,7 +20,7 @@ import reprlib
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TextIO
 
 import numpy as np
 
@@ -283,12 +283,12 @@ class atomic_output:
         self.path = refuse_symlink(path)
         self.suffix = suffix
 
-    def __enter__(self):
+    def __enter__(self) -> BinaryIO:
         fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=self.suffix, dir=self.path.parent)
         self.file = os.fdopen(fd, "wb")
         return self.file
 
-    def __exit__(self, kind, value, traceback) -> None:
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, traceback: object) -> None:
         try:
             if kind is None:
                 self.file.flush()
@@ -308,7 +308,7 @@ def _umask() -> int:
     return mask
 
 
-def open_append(path: str | os.PathLike, newline: str | None = ""):
+def open_append(path: str | os.PathLike, newline: str | None = "") -> TextIO:
     """``path`` opened for appending text without following a link, and refused when it is not a
     regular file of its own (a hard link to another file, a device)."""
     path = refuse_symlink(path)
