@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from clippo.checkpoint import read_checkpoint, write_atomic
+from clippo.training.checkpoint import read_checkpoint, write_atomic
 
 # 10 lols, then 39 levels of 10 aliases each: 10**40 strings once expanded (a 2 KB file)
 BILLION_LAUGHS = "a0: &a0 [" + ", ".join(["lol"] * 10) + "]\n" + "".join(
