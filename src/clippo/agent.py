@@ -20,12 +20,12 @@ from gymnasium.vector import VectorEnv
 
 from clippo import fastpath
 from clippo.config.ppo_config import PPOConfig, config_from_dict, resolve_config
-from clippo.core import observations
+from clippo.core import observations, safety
 from clippo.core.errors import CheckpointError, NonFiniteError, first_line
 from clippo.core.losses import LossTerms
 from clippo.core.version import __version__
 from clippo.envs.make import EnvSource, make_run_envs
-from clippo.networks.encoders import encoder_name, is_image
+from clippo.networks.encoders import encoder_name, import_encoder, is_image
 from clippo.networks.policy import ActorCritic, upgrade_v1_names
 from clippo.rollout import masking
 from clippo.rollout.buffer import Batch, RolloutBuffer
@@ -64,10 +64,20 @@ def global_rng_states() -> dict[str, Any]:
 
 
 def set_global_rng_states(states: dict[str, Any]) -> None:
-    random.setstate(tuple(v if not isinstance(v, list) else tuple(v) for v in states["python"]))
+    """Put saved global RNG states back, each checked as data first (a checkpoint is a file from
+    anyone): Python's (version, 625 ints, gauss), numpy's legacy MT19937 and torch's byte state."""
+    version, internal, gauss = states["python"]
+    if not (isinstance(internal, (list, tuple)) and len(internal) == 625 and all(type(v) is int for v in internal)):
+        raise ValueError("its Python RNG state is not 625 integers")
+    random.setstate((int(version), tuple(internal), None if gauss is None else float(gauss)))
     kind, keys, position, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, keys.numpy(), position, has_gauss, cached))
-    torch.set_rng_state(states["torch"])
+    if kind != "MT19937" or not isinstance(keys, torch.Tensor) or keys.shape != (624,):
+        raise ValueError("its numpy RNG state is not MT19937's 624 keys")
+    np.random.set_state((kind, keys.numpy(), int(position), int(has_gauss), float(cached)))
+    state = states["torch"]
+    if not isinstance(state, torch.Tensor) or state.dtype != torch.uint8 or state.shape != torch.get_rng_state().shape:
+        raise ValueError("its torch RNG state is not the CPU generator's byte tensor")
+    torch.set_rng_state(state)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -87,6 +97,60 @@ def restore_generator(generator: torch.Generator, state: torch.Tensor) -> None:
     else:
         digest = hashlib.sha256(state.cpu().numpy().tobytes()).digest()
         generator.manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+def build_model(
+    config: PPOConfig, policy_space: spaces.Space, action_space: spaces.Space, encoder: Any = None
+) -> ActorCritic:
+    """The actor-critic a config describes (on the current default device)."""
+    return ActorCritic(
+        policy_space,
+        action_space,
+        config.hidden_sizes,
+        config.activation,
+        config.network,
+        config.init_log_std,
+        encoder if encoder is not None else config.encoder,
+        config.encoder_kwargs,
+        None if config.recurrent == "none" else config.recurrent,
+        config.recurrent_hidden_size,
+        config.sde_sample_freq if config.use_sde else None,
+        config.orthogonal_init,
+        config.head_sizes,
+    )
+
+
+def check_model_tensors(config: PPOConfig, policy_space, action_space, encoder: Any, model: Any) -> None:
+    """Check a checkpoint's model tensors against what its config builds, before building it:
+    every width the config asks for must appear in the file's tensors (a 145 KB file cannot ask
+    for 8192-unit layers), and with clippo's own encoders the whole layout (names and shapes) is
+    compared on the meta device, where nothing is allocated."""
+    if not isinstance(model, dict) or not model or not all(isinstance(t, torch.Tensor) for t in model.values()):
+        raise CheckpointError("its model is not a mapping of names to tensors")
+    user_encoder = encoder is not None and not isinstance(encoder, str)
+    largest = max((max(t.shape) for t in model.values() if t.dim()), default=0)
+    # (hidden_sizes shape clippo's own encoders only; the heads and the recurrent core are always clippo's)
+    widths = [*([] if user_encoder else config.hidden_sizes), *config.head_sizes]
+    widths += [config.recurrent_hidden_size] if config.recurrent != "none" else []
+    too_wide = [w for w in widths if w > largest]
+    if too_wide:
+        raise CheckpointError(
+            f"its config asks for layers of {too_wide[0]} units, but its largest tensor dimension is {largest}"
+        )
+    if user_encoder:
+        return  # a user's encoder (passed, or trusted): built as its author wrote it
+    with torch.device("meta"):
+        expected = build_model(config, policy_space, action_space, encoder).state_dict()
+    for name, tensor in expected.items():
+        if name not in model:
+            raise CheckpointError(f"its model lacks the tensor {name!r}")
+        if tuple(model[name].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"its tensor {name!r} has shape {list(model[name].shape)}, its config builds {list(tensor.shape)}"
+            )
+    unknown = sorted(set(model) - set(expected))
+    if unknown:
+        raise CheckpointError(f"its model holds a tensor its config does not build: {safety.clean(unknown[0])!r}")
 
 
 def _upgrade_v1(payload: dict[str, Any]) -> dict[str, Any]:
@@ -111,6 +175,8 @@ class PPO:
         preset: a named hyperparameter preset (see ``clippo.config.ppo_config.PRESETS``); by default the env's
             built-in tuned preset if it has one, else ``default``.
         config_file: a YAML/TOML/JSON file of hyperparameters.
+        trust_code: import the ``module:Class`` encoder ``config_file`` names, if any (a file is
+            data: what it names is imported only when you opt in; see docs/trust.md).
         run_dir: where metrics, TensorBoard logs and checkpoints go; None writes nothing.
         **hyperparameters: any field of :class:`clippo.config.ppo_config.PPOConfig`. Among them ``encoder``,
             the observation encoder: ``"auto"`` (from the observation space), ``"mlp"``,
@@ -126,6 +192,7 @@ class PPO:
         preset: str | None = None,
         config_file: str | Path | None = None,
         run_dir: str | Path | None = None,
+        trust_code: bool = False,
         **hyperparameters: Any,
     ) -> None:
         if isinstance(env, str):
@@ -141,7 +208,9 @@ class PPO:
             hyperparameters["encoder"] = encoder_name(encoder) or f"{type(encoder).__module__}:<unnamed>"
         else:
             encoder = None
-        config = resolve_config(env_id, preset, config_file, hyperparameters)
+        config = resolve_config(env_id, preset, config_file, hyperparameters, trust_code)
+        if run_dir is not None:
+            safety.check_run_dir(run_dir)
         if run_dir is not None and (Path(run_dir) / METRICS_FILE).exists():
             raise ValueError(
                 f"run directory {str(run_dir)!r} already holds a run: choose another run_dir, "
@@ -182,21 +251,7 @@ class PPO:
         torch.set_num_threads(config.torch_threads)
         # Seed the global RNG only for the weight init; everything after draws from our generator.
         torch.manual_seed(config.seed)
-        self.model = ActorCritic(
-            policy_space,
-            action_space,
-            config.hidden_sizes,
-            config.activation,
-            config.network,
-            config.init_log_std,
-            encoder if encoder is not None else config.encoder,
-            config.encoder_kwargs,
-            None if config.recurrent == "none" else config.recurrent,
-            config.recurrent_hidden_size,
-            config.sde_sample_freq if config.use_sde else None,
-            config.orthogonal_init,
-            config.head_sizes,
-        ).to(self.device)
+        self.model = build_model(config, policy_space, action_space, encoder).to(self.device)
         # Extra slots carry each minibatch's approximate KL and loss statistics along with the
         # gradient (averaged across ranks in the same exchange).
         self.optimizer = FlatAdam(
@@ -578,22 +633,35 @@ class PPO:
         run_dir: str | Path | None = None,
         device: str | None = None,
         encoder: Any = None,
+        trust_code: bool = False,
     ) -> PPO:
         """Load a checkpoint file or a run directory's final checkpoint.
 
         ``env`` is needed only when the agent was trained on an env factory rather than an id;
-        ``encoder`` only for a user encoder that its recorded ``module:Class`` name cannot rebuild.
+        ``encoder`` only for a user encoder (its class). A checkpoint is data: a user encoder or
+        an env module it names is imported only with ``trust_code=True`` (docs/trust.md).
         """
-        return cls._from_payload(read_checkpoint(path), path, env, run_dir, device, encoder)
+        if run_dir is not None:  # (it will be written: no links where clippo writes)
+            safety.check_run_dir(run_dir)
+        return cls._from_payload(read_checkpoint(path), path, env, run_dir, device, encoder, trust_code)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, env: EnvSource | None = None) -> PPO:
-        """The newest checkpoint of a run directory, set to log and checkpoint there (to resume)."""
+    def from_run(
+        cls, run_dir: str | Path, env: EnvSource | None = None, encoder: Any = None, trust_code: bool = False
+    ) -> PPO:
+        """The newest checkpoint of a run directory, set to log and checkpoint there (to resume).
+        ``encoder`` and ``trust_code`` as for :meth:`load`."""
+        safety.check_run_dir(run_dir)
         path, payload = latest_checkpoint(run_dir)
-        agent = cls._from_payload(payload, path, env, run_dir, None)
+        agent = cls._from_payload(payload, path, env, run_dir, None, encoder, trust_code)
         if payload.get("global_rngs") is not None:
             # clippo draws from its own generator, but env or user code may use the global ones.
-            set_global_rng_states(payload["global_rngs"])
+            try:
+                set_global_rng_states(payload["global_rngs"])
+            except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:  # (any malformed state)
+                raise CheckpointError(
+                    f"checkpoint {str(path)!r} does not fit this clippo: {safety.clean(first_line(exc), 200)}"
+                ) from None
         return agent
 
     @classmethod
@@ -605,22 +673,37 @@ class PPO:
         run_dir: str | Path | None,
         device: str | None,
         encoder: Any = None,
+        trust_code: bool = False,
     ) -> PPO:
         if payload.get("format_version") == 1:
             payload = _upgrade_v1(payload)
+        source = f"checkpoint {str(path)!r}"
         try:
-            values = dict(payload["config"])
+            values = payload["config"]
+            if not isinstance(values, dict):
+                raise CheckpointError(f"its config is a {type(values).__name__}, not a mapping")
+            values = dict(values)
             if device is not None:
                 values["device"] = device
             config = config_from_dict(values)
-            agent = cls.__new__(cls)
-            agent._setup(
-                config,
-                space_from_dict(payload["observation_space"]),
-                space_from_dict(payload["action_space"]),
-                run_dir,
-                encoder,
+        except (ValueError, TypeError, KeyError) as exc:
+            raise CheckpointError(f"{source} does not fit this clippo: {safety.clean(first_line(exc), 200)}") from None
+        # What the file names that would import code: only with the user's opt-in (clippo.core.safety).
+        if env is None and safety.env_id_needs_import(config.env_id):
+            safety.check_env_id_from_file(config.env_id, source, trust_code)
+        if encoder is None and safety.encoder_needs_import(config.encoder):
+            safety.check_encoder_name(config.encoder, source, trust_code)
+            encoder = config.encoder
+        try:
+            if isinstance(encoder, str):  # resolved to a torch.nn.Module subclass, or a one-line error
+                encoder = import_encoder(encoder) if safety.encoder_needs_import(encoder) else None
+            observation_space = space_from_dict(payload["observation_space"])
+            action_space = space_from_dict(payload["action_space"])
+            check_model_tensors(
+                config, masking.policy_observation_space(observation_space), action_space, encoder, payload["model"]
             )
+            agent = cls.__new__(cls)
+            agent._setup(config, observation_space, action_space, run_dir, encoder)
             agent.model.load_state_dict(payload["model"])
             # (checkpoints written before the optimizer recorded its layout used the model's order)
             agent.optimizer.load_state_dict(
@@ -638,7 +721,7 @@ class PPO:
         except Exception as exc:  # a damaged payload can fail anywhere in reconstruction
             hint = "; pass encoder= to PPO.load" if "encoder=" in str(exc) else ""
             raise CheckpointError(
-                f"checkpoint {str(path)!r} does not fit this clippo: {first_line(exc)[:200]}{hint}"
+                f"{source} does not fit this clippo: {safety.clean(first_line(exc), 200)}{hint}"
             ) from None
         agent.env_source = env if env is not None else config.env_id
         return agent

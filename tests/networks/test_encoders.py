@@ -149,7 +149,9 @@ def test_a_user_encoder_trains_saves_by_name_and_loads(tmp_path):
     assert agent.model.actor_encoder is not agent.model.critic_encoder
     agent.learn(128, progress=False)
     path = agent.save(tmp_path / "agent.pt")
-    loaded = PPO.load(path)  # rebuilt from the recorded name: nothing was pickled
+    with pytest.raises(ValueError, match=r"toy_envs:TinyEncoder.*trust_code=True"):
+        PPO.load(path)  # a checkpoint is data: the encoder it names is imported only on the user's opt-in
+    loaded = PPO.load(path, trust_code=True)  # rebuilt from the recorded name: nothing was pickled
     obs = np.stack([SpotImageEnv().reset(seed=s)[0] for s in range(6)])
     assert np.array_equal(loaded.act(obs, deterministic=True), agent.act(obs, deterministic=True))
     for (name, p), (_, q) in zip(agent.model.named_parameters(), loaded.model.named_parameters(), strict=False):

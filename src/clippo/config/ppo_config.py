@@ -18,9 +18,17 @@ from typing import Any
 
 import yaml
 
+from clippo.core import safety
 from clippo.core.errors import ConfigError, first_line
 from clippo.envs.families import family
 from clippo.envs.preprocessing import Preprocessing
+
+#: the widest layer and the most layers a config may ask for (a file's config is checked against
+#: its tensors too: clippo.agent)
+MAX_WIDTH = 65_536
+MAX_LAYERS = 32
+#: the most samples one update may hold (num_envs * num_steps): 256x the largest preset's
+MAX_BATCH = 1 << 24
 
 
 def knob(help: str, default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
@@ -228,11 +236,32 @@ class PPOConfig:
             raise ConfigError(
                 f"encoder={self.encoder!r} is invalid: choose auto, mlp, cnn, or an importable 'module:Class'"
             )
+        # Strings and sizes are capped: a config may come from a file someone else wrote (clippo.core.safety).
+        safety.check_text(self.encoder, "encoder")
+        safety.check_text(self.env_id, "env_id")
+        safety.check_flat_kwargs(self.encoder_kwargs)
         if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
             raise ConfigError(f"hidden_sizes={self.hidden_sizes} is invalid: give one or more widths >= 1")
         if any(h < 1 for h in self.head_sizes):
             raise ConfigError(
                 f"head_sizes={self.head_sizes} is invalid: give widths >= 1, or none for heads without hidden layers"
+            )
+        for name in ("hidden_sizes", "head_sizes"):
+            widths = getattr(self, name)
+            if len(widths) > MAX_LAYERS or any(h > MAX_WIDTH for h in widths):
+                raise ConfigError(
+                    f"{name}={widths} is invalid: at most {MAX_LAYERS} layers of at most {MAX_WIDTH} units"
+                )
+        if self.num_envs * self.num_steps > MAX_BATCH:
+            raise ConfigError(
+                f"num_envs * num_steps = {self.num_envs * self.num_steps} is invalid: at most {MAX_BATCH} samples "
+                "per update"
+            )
+        if any(side > MAX_WIDTH for side in self.resize):
+            raise ConfigError(f"resize={self.resize} is invalid: at most {MAX_WIDTH} pixels a side")
+        if self.recurrent_hidden_size > MAX_WIDTH:
+            raise ConfigError(
+                f"recurrent_hidden_size={self.recurrent_hidden_size} is invalid: at most {MAX_WIDTH} units"
             )
         if self.resize and (len(self.resize) != 2 or min(self.resize) < 1):
             raise ConfigError(
@@ -726,8 +755,8 @@ def _check_types(config: PPOConfig) -> None:
                 setattr(config, f.name, list(value))
         else:  # pragma: no cover - a new field type without a check is a programming error
             raise TypeError(f"no type check for field {f.name}: {kind}")
-        if not ok:
-            raise ConfigError(f"{f.name}={value!r} is invalid: it must be of type {kind}")
+        if not ok:  # (the value shown is bounded: it may come from a file)
+            raise ConfigError(f"{f.name}={safety.shown(value)} is invalid: it must be of type {kind}")
 
 
 def check_names(overrides: dict[str, Any], where: str = "hyperparameter") -> None:
@@ -760,33 +789,43 @@ def env_preset_values(env_id: str) -> dict[str, Any]:
     return {**(preset_values(base) if base else {}), **values}
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML, TOML or JSON file of hyperparameters (a flat mapping of field names)."""
+def load_config_file(path: str | Path, trust_code: bool = False) -> dict[str, Any]:
+    """Read a YAML, TOML or JSON file of hyperparameters (a flat mapping of field names).
+
+    The file is data (it may come from someone else): at most ``safety.MAX_CONFIG_BYTES``, YAML
+    without anchors or aliases, and an encoder it names other than a built-in is imported only
+    with ``trust_code`` (``clippo.core.safety``)."""
     path = Path(path)
+    source = f"config file {str(path)!r}"
     try:
-        text = path.read_text()
+        text = safety.read_capped_text(path, what="config file")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from None
-    try:
-        if path.suffix == ".toml":
-            if sys.version_info >= (3, 11):
-                import tomllib
+    if path.suffix in (".toml", ".json"):
+        try:
+            if path.suffix == ".toml":
+                if sys.version_info >= (3, 11):
+                    import tomllib
 
-                data = tomllib.loads(text)
-            else:  # tomllib is new in Python 3.11, and clippo supports 3.10
-                raise ValueError("reading TOML needs Python >= 3.11 (tomllib): use a YAML or JSON file")
-        elif path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            data = yaml.safe_load(text)
-    except Exception as exc:  # every parser has its own error class; all mean "not parseable"
-        first = first_line(exc)
-        raise ConfigError(f"cannot parse config file {str(path)!r}: {first}") from None
+                    data = tomllib.loads(text)
+                else:  # tomllib is new in Python 3.11, and clippo supports 3.10
+                    raise ValueError("reading TOML needs Python >= 3.11 (tomllib): use a YAML or JSON file")
+            else:
+                data = json.loads(text)
+        except Exception as exc:  # every parser has its own error class; all mean "not parseable"
+            first = first_line(exc)
+            raise ConfigError(f"cannot parse config file {str(path)!r}: {first}") from None
+    else:
+        data = safety.load_yaml(text, source)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of hyperparameter names to values")
     check_names(data, where=f"key in config file {str(path)!r}:")
+    if "encoder" in data:
+        safety.check_encoder_name(data["encoder"], source, trust_code)
+    if "env_id" in data:
+        safety.check_env_id_text(data["env_id"], source)
     return data
 
 
@@ -795,22 +834,25 @@ def resolve_config(
     preset: str | None = None,
     config_file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
+    trust_code: bool = False,
 ) -> PPOConfig:
-    """Merge defaults, env preset (or named preset), config file and explicit overrides; validate."""
+    """Merge defaults, env preset (or named preset), config file and explicit overrides; validate.
+    ``trust_code``: import an encoder the config file names (``load_config_file``)."""
     overrides = dict(overrides or {})
     check_names(overrides)
     values: dict[str, Any] = {}
     values.update(preset_values(preset) if preset is not None else env_preset_values(env_id))
     if config_file is not None:
-        values.update(load_config_file(config_file))
+        # an encoder given explicitly replaces the file's: the file's name is then never imported
+        values.update(load_config_file(config_file, trust_code or "encoder" in overrides))
     values.update(overrides)
     values["env_id"] = env_id
     return PPOConfig(**values).validate()
 
 
 def save_config(config: PPOConfig, path: str | Path) -> None:
-    """Write the resolved config as human-readable YAML."""
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """Write the resolved config as human-readable YAML (atomically, never through a link)."""
+    safety.write_file(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def presets_markdown() -> str:
@@ -849,6 +891,11 @@ def presets_markdown() -> str:
 
 
 def config_from_dict(values: dict[str, Any]) -> PPOConfig:
-    """Rebuild a config saved by clippo (checkpoint or config.yaml)."""
+    """Rebuild a config saved by clippo (checkpoint or config.yaml), validated as data (names
+    imported only after ``clippo.core.safety``'s trust decision, by the caller)."""
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"a saved config must be a mapping of hyperparameter names to values, not {type(values).__name__}"
+        )
     check_names(values, where="config key")
     return PPOConfig(**values).validate()

@@ -15,6 +15,15 @@ class RunDirInUseError(ValueError):
     """Another live process is training or resuming in the same run directory."""
 
 
+class UntrustedCodeError(ValueError):
+    """A file names code to import (an encoder, an env module) and the user has not opted in
+    (``clippo.core.safety``)."""
+
+
+class UnsafePathError(ValueError):
+    """A place clippo would write is a symbolic link or not a plain file of its own (``clippo.core.safety``)."""
+
+
 class EnvStepError(RuntimeError):
     """The environment raised inside ``step``; training stopped after checkpointing the last good update."""
 

@@ -7,8 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
-import numpy as np
-import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from clippo.envs import atari
@@ -113,95 +111,3 @@ def make_vector_env(
         envs.close()
         raise ValueError(f"vector env autoreset mode {autoreset} is not supported: clippo needs NEXT_STEP")
     return envs
-
-
-# ---------------------------------------------------------------------------------------------
-# Environment snapshots for exact resume
-# ---------------------------------------------------------------------------------------------
-# An env's state can be saved safely (as tensors and plain data, no pickled objects) only when
-# all of it lives in plain attributes: numbers, numpy arrays and numpy RNGs. That holds for
-# Gymnasium's classic-control and toy-text envs (and CartPole's native vector env) and clippo's
-# own toy tasks in a synchronous vector env; physics engines (MuJoCo, Box2D) and worker
-# processes keep state out of reach, so those runs resume with freshly reset envs instead.
-_SNAPSHOT_MODULES = ("gymnasium.envs.classic_control", "gymnasium.envs.toy_text", "clippo.envs.toy")
-
-
-def _snapshot_objects(envs: VectorEnv) -> list[object] | None:
-    """The objects whose plain attributes make up the whole state of ``envs``, or None."""
-    if type(envs).__module__.startswith(_SNAPSHOT_MODULES):
-        return [envs]
-    if not isinstance(envs, gym.vector.SyncVectorEnv):
-        return None
-    objects: list[object] = [envs]
-    for env in envs.envs:
-        if not type(env.unwrapped).__module__.startswith(_SNAPSHOT_MODULES):
-            return None
-        while isinstance(env, gym.Wrapper):
-            objects.append(env)
-            env = env.env
-        objects.append(env)
-    return objects
-
-
-def _encode(value):
-    """Plain data for a checkpoint, or _SKIP for attributes that are configuration or objects."""
-    # numpy scalars first: np.float64 is a subclass of float, but pickled as numpy's own type a
-    # checkpoint no longer loads with weights_only=True (MountainCar keeps its state as a tuple
-    # of them)
-    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
-        return {"scalar": torch.from_numpy(np.asarray(value).copy())}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
-        return {"ndarray": torch.from_numpy(value.copy())}
-    if isinstance(value, np.random.Generator):
-        return {"rng": value.bit_generator.state}
-    if isinstance(value, (tuple, list)):
-        items = [_encode(v) for v in value]
-        if any(item is _SKIP for item in items):
-            return _SKIP
-        return {"tuple" if isinstance(value, tuple) else "list": items}
-    return _SKIP
-
-
-_SKIP = object()
-
-
-def _decode(value, current):
-    if not isinstance(value, dict):
-        return value
-    if "ndarray" in value:
-        return value["ndarray"].numpy().copy()
-    if "scalar" in value:
-        return value["scalar"].numpy()[()]
-    if "rng" in value:
-        if not isinstance(current, np.random.Generator):
-            current = np.random.Generator(getattr(np.random, value["rng"]["bit_generator"])())
-        current.bit_generator.state = value["rng"]
-        return current
-    kind = "tuple" if "tuple" in value else "list"
-    items = [_decode(v, None) for v in value[kind]]
-    return tuple(items) if kind == "tuple" else items
-
-
-def snapshot_env_state(envs: VectorEnv) -> list[dict] | None:
-    """The complete state of ``envs`` as plain data, or None where it cannot be captured."""
-    objects = _snapshot_objects(envs)
-    if objects is None:
-        return None
-    snapshot = []
-    for obj in objects:
-        encoded = {name: _encode(value) for name, value in vars(obj).items()}
-        snapshot.append({name: value for name, value in encoded.items() if value is not _SKIP})
-    return snapshot
-
-
-def restore_env_state(envs: VectorEnv, snapshot: list[dict]) -> bool:
-    """Put ``envs`` back into a snapshotted state; False (nothing changed) if it does not fit."""
-    objects = _snapshot_objects(envs)
-    if objects is None or len(objects) != len(snapshot):
-        return False
-    for obj, state in zip(objects, snapshot, strict=False):
-        for name, value in state.items():
-            setattr(obj, name, _decode(value, getattr(obj, name, None)))
-    return True

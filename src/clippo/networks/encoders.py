@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import importlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, TypeGuard, cast
 
 import numpy as np
@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from clippo.core import observations
+from clippo.core.errors import first_line
 
 #: the MLP hidden layers' activations by name (GELU, exact erf form as torch.nn.GELU: RL-Zoo's CarRacing heads)
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "gelu": F.gelu}
@@ -229,17 +230,23 @@ class CombinedEncoder(nn.Module):
         return run_layers(torch.cat(parts, dim=1), self.layers, self.activation)
 
 
-def import_encoder(name: str) -> Callable[..., nn.Module]:
-    """The class (or factory) named ``"module:Class"``; a one-line error when it cannot be found."""
+def import_encoder(name: str) -> type[nn.Module]:
+    """The ``torch.nn.Module`` subclass named ``"module:Class"``; a one-line error when it cannot be
+    found or is anything else (a function, ``subprocess:Popen``): a name is only ever resolved to
+    a Module class before anything is called. Names read from files reach here only after
+    ``clippo.core.safety``'s trust decision; factories are passed as objects from Python instead."""
     module_name, _, attribute = name.partition(":")
     try:
         target: Any = importlib.import_module(module_name)
         for part in attribute.split("."):
             target = getattr(target, part)
     except (ImportError, AttributeError, ValueError) as exc:
-        raise ValueError(f"encoder={name!r} cannot be imported ({type(exc).__name__}: {exc})") from None
-    if not callable(target):
-        raise ValueError(f"encoder={name!r} is not a class or factory")
+        raise ValueError(f"encoder={name!r} cannot be imported ({type(exc).__name__}: {first_line(exc)})") from None
+    if not (isinstance(target, type) and issubclass(target, nn.Module)):
+        raise ValueError(
+            f"encoder={name!r} is a {type(target).__name__}, not a torch.nn.Module subclass: a 'module:Class' name "
+            "must name a Module class (pass a factory as an object from Python)"
+        )
     return target
 
 

@@ -17,7 +17,7 @@ from gymnasium.vector import VectorEnv
 from clippo.core import observations
 from clippo.core.errors import EnvStepError, NonFiniteError, first_line
 from clippo.core.observations import EnvObs, Obs, map_obs
-from clippo.envs.make import restore_env_state, snapshot_env_state
+from clippo.envs.snapshots import restore_env_state, snapshot_env_state
 from clippo.networks.distributions import ActionDistribution
 from clippo.networks.policy import ActorCritic
 from clippo.rollout.buffer import RolloutBuffer, step_rows
@@ -290,7 +290,7 @@ class EnvRunner:
 
     def state_dict(self) -> dict:
         """What carries over to the next rollout, including the envs' own state where it can be
-        captured exactly (see clippo.envs.make.snapshot_env_state)."""
+        captured exactly (see clippo.envs.snapshots.snapshot_env_state)."""
         assert self.next_obs is not None, "EnvRunner.state_dict() before start()"
         return {
             "next_obs": map_obs(lambda a: torch.from_numpy(np.array(a)), self.next_obs),
@@ -305,7 +305,11 @@ class EnvRunner:
         }
 
     def load_state_dict(self, state: dict) -> bool:
-        """Continue from a saved state; False (envs left freshly reset) where the envs cannot be restored."""
+        """Continue from a saved state; False (envs left freshly reset) where the envs cannot be
+        restored, or the saved state does not fit these envs (it is data from a file: every part
+        is checked before any is used)."""
+        if not isinstance(state, dict) or not self._fits(state):
+            return False
         next_obs = state.get("next_obs")
         if state.get("envs") is None or next_obs is None or observations.batch_size(next_obs) != self.num_envs:
             return False
@@ -324,6 +328,40 @@ class EnvRunner:
         self.state = state.get("recurrent_state")
         if "episode_start" in state:
             self.episode_start = state["episode_start"].numpy().copy()
+        return True
+
+    def _fits(self, state: dict) -> bool:
+        """Whether a saved runner state has this runner's layout: tensors with one row per env
+        (per-env counters of exactly ``[num_envs]``), the observation's fields."""
+        n = self.num_envs
+
+        def rows(value: Any, exact: bool = False) -> bool:
+            return (
+                isinstance(value, torch.Tensor)
+                and value.dim() >= 1
+                and value.shape[0] == n
+                and (not exact or value.dim() == 1)
+            )
+
+        for key in ("autoreset", "lives", "episode_returns", "episode_lengths", "episode_start"):
+            if key in state and not rows(state[key], exact=True):
+                return False
+        if not all(key in state for key in ("autoreset", "episode_returns", "episode_lengths")):
+            return False
+        next_obs = state.get("next_obs")
+        template = observations.allocate(self.observation_space, (1,))
+        if isinstance(template, dict):
+            if (
+                not isinstance(next_obs, dict)
+                or set(next_obs) != set(template)
+                or not all(map(rows, next_obs.values()))
+            ):
+                return False
+        elif next_obs is not None and not rows(next_obs):
+            return False
+        for key in ("next_masks", "recurrent_state"):
+            if state.get(key) is not None and not rows(state[key]):
+                return False
         return True
 
     def pop_finished_episodes(self) -> tuple[list[float], list[int]]:

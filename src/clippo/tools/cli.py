@@ -48,11 +48,12 @@ _NOT_FLAGS = {"env_id"}
 
 def _mapping(text: str) -> dict[str, Any]:
     """A flag's YAML/JSON mapping, e.g. ``--encoder-kwargs '{features: 256}'``."""
-    import yaml
+    # (no anchors or aliases, size-capped: one YAML reader everywhere)
+    from clippo.core.safety import load_yaml
 
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = load_yaml(text, "the flag's value")
+    except ValueError:
         value = None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(
@@ -166,12 +167,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_understanding_commands(commands)
     _add_tune_command(commands)
     _add_export_command(commands)
+    for name in ("eval", "enjoy", "export", "resume"):  # the commands that rebuild a model from a checkpoint
+        commands.choices[name].add_argument(
+            "--encoder",
+            default=None,
+            metavar="MODULE:CLASS",
+            help="the user encoder (a torch.nn.Module class) to rebuild the agent with, instead of importing the name "
+            "the checkpoint records (which needs --trust-code)",
+        )
+    for name in TRUST_COMMANDS:  # every command that loads a run or checkpoint, or reads a config file
+        commands.choices[name].add_argument(
+            "--trust-code",
+            action="store_true",
+            default=False,
+            help="import what the checkpoint, run directory or config file names (a user encoder module:Class, an "
+            "env module): only for files you trust; without it clippo reads them as data (docs/trust.md)",
+        )
     for command in commands.choices.values():  # --debug after the command name too, on every command
         if not any("--debug" in action.option_strings for action in command._actions):
             command.add_argument(
                 "--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors"
             )
     return parser
+
+
+#: the commands that take ``--trust-code`` (clippo.core.safety)
+TRUST_COMMANDS = ("train", "eval", "resume", "report", "plot", "enjoy", "tune", "export")
 
 
 def _add_export_command(commands) -> None:
@@ -329,7 +350,9 @@ def _add_episode_flags(parser: argparse.ArgumentParser, episodes: int, seed_help
 def _plot(args: argparse.Namespace) -> int:
     from clippo.tools.plotting import plot_runs
 
-    path = plot_runs(args.run_dirs, args.output, x=args.x, diagnostics=args.diagnostics, band=args.band)
+    path = plot_runs(
+        args.run_dirs, args.output, x=args.x, diagnostics=args.diagnostics, band=args.band, trust_code=args.trust_code
+    )
     print(f"wrote {path}")
     return 0
 
@@ -338,7 +361,7 @@ def _report(args: argparse.Namespace) -> int:
     from clippo.tools.report import write_report
 
     output = Path(args.output) if args.output else Path(args.run_dir) / "report.md"
-    report = write_report(args.run_dir, output)
+    report = write_report(args.run_dir, output, trust_code=args.trust_code)
     print(f"wrote {output}" + (f" and {report.figure_path}" if report.figure_path else ""))
     if report.warnings:
         for warning in report.warnings:
@@ -353,7 +376,15 @@ def _enjoy(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise ValueError(f"--episodes={args.episodes} is invalid: it must be an integer >= 1")
-    result = play(args.path, episodes=args.episodes, seed=args.seed, deterministic=args.deterministic, video=args.video)
+    result = play(
+        args.path,
+        episodes=args.episodes,
+        seed=args.seed,
+        deterministic=args.deterministic,
+        video=args.video,
+        encoder=args.encoder,
+        trust_code=args.trust_code,
+    )
     for index, (ret, length) in enumerate(zip(result.returns, result.lengths, strict=False), start=1):
         print(f"episode {index}: return {ret:.2f}, length {length}")
     mode = "deterministic" if args.deterministic else "stochastic"
@@ -380,6 +411,7 @@ def _tune(args: argparse.Namespace) -> int:
             config_file=args.config,
             seed=args.seed,
             plots=args.plots,
+            trust_code=args.trust_code,
         )
     )
 
@@ -394,7 +426,7 @@ def _export(args: argparse.Namespace) -> int:
             raise ValueError(f"{flag}={value} is invalid: it must be an integer >= 1")
     path = Path(args.path)
     output = Path(args.output) if args.output else (path if path.is_dir() else path.parent) / "policy.onnx"
-    agent = PPO.load(path)
+    agent = PPO.load(path, encoder=args.encoder, trust_code=args.trust_code)
     result = export_onnx(agent, output, check_steps=args.check_steps, check_envs=args.check_envs, seed=args.seed)
     print(json.dumps(result.to_dict()) if args.json else describe(result))
     return 0
@@ -417,7 +449,14 @@ def _train(args: argparse.Namespace) -> int:
     overrides = {name: value for name, value in vars(args).items() if name in known}
     seed = overrides.get("seed", 0)
     run_dir = Path(args.run_dir or f"runs/{args.env_id}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}")
-    agent = PPO(args.env_id, preset=args.preset, config_file=args.config, run_dir=run_dir, **overrides)
+    agent = PPO(
+        args.env_id,
+        preset=args.preset,
+        config_file=args.config,
+        run_dir=run_dir,
+        trust_code=args.trust_code,
+        **overrides,
+    )
     main_rank = agent.world.is_main
     if main_rank:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -446,7 +485,7 @@ def _eval_callback(agent):
 
 
 def _launch_torchrun(nproc: int) -> int:
-    """``clippo train ... --nproc N``: the same command under ``torchrun --nproc-per-node N``."""
+    """``clippo train ... --nproc N``: the same command in N local processes (``launch_local``)."""
     argv = sys.argv[1:]
     for i, arg in enumerate(argv):  # drop --nproc N / --nproc=N
         if arg == "--nproc":
@@ -455,25 +494,19 @@ def _launch_torchrun(nproc: int) -> int:
         if arg.startswith("--nproc="):
             del argv[i]
             break
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        "-m",
-        "clippo",
-        *argv,
-    ]
-    import subprocess
+    from clippo.training.distributed import launch_local
 
-    return subprocess.call(command)
+    # Not torchrun --standalone: its TCP store listens on every interface, unauthenticated
+    # (clippo.training.distributed.launch_local meets in a private file store instead; docs/trust.md).
+    return launch_local(nproc, argv)
 
 
 def _resume(args: argparse.Namespace) -> int:
+    from clippo.core.safety import check_run_dir
     from clippo.training.checkpoint import run_dir_lock
 
     run_dir = Path(args.run_dir)
+    check_run_dir(run_dir)  # a link where clippo writes (the lock first): refused before anything is opened
     with run_dir_lock(run_dir):  # before anything is truncated: the run may still be training elsewhere
         return _resume_locked(args, run_dir)
 
@@ -482,7 +515,7 @@ def _resume_locked(args: argparse.Namespace, run_dir: Path) -> int:
     from clippo.agent import PPO
     from clippo.training.logger import truncate_metrics
 
-    agent = PPO.from_run(run_dir)
+    agent = PPO.from_run(run_dir, encoder=args.encoder, trust_code=args.trust_code)
     if agent.finished:
         raise ValueError(f"run {str(run_dir)!r} is already complete ({agent.global_step} steps): nothing to resume")
     from clippo.training.callbacks import stop_reached
@@ -551,7 +584,9 @@ def _finish(agent, run_dir: Path, callback=None) -> int:
         )
     if agent.config.eval_episodes:
         result = agent.evaluate(episodes=agent.config.eval_episodes, seed=agent.config.seed + 10_000)
-        (run_dir / "eval.json").write_text(json.dumps(_public(result), indent=2) + "\n")
+        from clippo.core.safety import write_file
+
+        write_file(run_dir / "eval.json", json.dumps(_public(result), indent=2) + "\n")
         print(
             f"evaluation over {result['episodes']} episodes (deterministic): "
             f"mean return {result['mean_return']:.2f} +- {result['std_return']:.2f}",
@@ -579,7 +614,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise ValueError(f"--episodes={args.episodes} is invalid: it must be an integer >= 1")
-    agent = PPO.load(args.path)
+    agent = PPO.load(args.path, encoder=args.encoder, trust_code=args.trust_code)
     result = agent.evaluate(episodes=args.episodes, seed=args.seed, deterministic=args.deterministic)
     if args.json:
         print(json.dumps(_public(result)))

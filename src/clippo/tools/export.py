@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import os
+import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -470,7 +471,10 @@ def export_onnx(
     outputs = policy_outputs(agent)
     policy = DeterministicPolicy(agent, data.mask_input)
     example = tuple(torch.from_numpy(np.ascontiguousarray(data.feed[port.name][:2])) for port in inputs)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # a new file of its own (mkstemp: created exclusively, never through a link), renamed into place
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
     try:
         _trace(policy, example, tmp, inputs, outputs, opset)
         onnx.checker.check_model(str(tmp))
@@ -485,7 +489,9 @@ def export_onnx(
 
 def _checked_output_path(path: str | os.PathLike) -> Path:
     """``path`` if a file can be written there; a one-line error before any work otherwise."""
-    path = Path(path)
+    from clippo.core.safety import refuse_symlink
+
+    path = refuse_symlink(path)  # never written through a link (clippo.core.safety)
     if path.is_dir():
         raise ValueError(f"cannot write {str(path)!r}: it is a directory (give a file name such as policy.onnx)")
     if not path.parent.is_dir():

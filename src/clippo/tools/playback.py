@@ -47,14 +47,19 @@ def play(
     seed: int | None = None,
     deterministic: bool = True,
     video: str | Path | None = None,
+    trust_code: bool = False,
+    encoder: object = None,
 ) -> PlaybackResult:
     """Run ``episodes`` whole episodes of the agent in ``path`` (a run directory or checkpoint).
 
-    With ``video``, every episode is recorded and the episodes are joined into that one MP4 file.
+    With ``video``, every episode is recorded and the episodes are joined into that one MP4 file
+    (written atomically, never through a link). ``encoder`` and ``trust_code``: as for
+    :meth:`clippo.PPO.load`.
     """
     import gymnasium as gym
 
     from clippo.agent import PPO
+    from clippo.core.safety import refuse_symlink
     from clippo.envs import atari
     from clippo.envs.families import check_env_id, is_atari
     from clippo.envs.make import make_run_envs
@@ -67,11 +72,12 @@ def play(
         if video_path.suffix.lower() != ".mp4":
             raise ValueError(f"cannot write {str(video_path)!r}: give a file name ending in .mp4")
         require_moviepy()
+        refuse_symlink(video_path)
         if not os.environ.get("DISPLAY"):
             # MuJoCo's default OpenGL backend (GLFW) needs a display; EGL renders off-screen. It
             # is read when MuJoCo's renderer is first imported, so set it before anything loads.
             os.environ.setdefault("MUJOCO_GL", "egl")
-    agent = PPO.load(path)
+    agent = PPO.load(path, encoder=encoder, trust_code=trust_code)
     env_id = agent.config.env_id
     check_env_id(env_id)
     scratch = Path(tempfile.mkdtemp(prefix="clippo-video-")) if video_path is not None else None
@@ -113,19 +119,24 @@ def _episode_number(path: Path) -> int:
 
 
 def join_videos(parts: list[Path], output: Path) -> None:
-    """Concatenate the per-episode MP4 files into ``output`` (a single part is just moved)."""
+    """Concatenate the per-episode MP4 files into ``output`` (a single part is just copied), joined
+    beside the parts first, then copied into place atomically and never through a link."""
+    from clippo.core.safety import atomic_output
+
     if not parts:
         raise ValueError("no video was recorded: the environment rendered no frames")
     output.parent.mkdir(parents=True, exist_ok=True)
-    if len(parts) == 1:
-        shutil.move(str(parts[0]), output)
-        return
-    from moviepy import VideoFileClip, concatenate_videoclips
+    source = parts[0]
+    if len(parts) > 1:
+        from moviepy import VideoFileClip, concatenate_videoclips
 
-    clips = [VideoFileClip(str(p)) for p in parts]
-    try:
-        joined = concatenate_videoclips(clips)
-        joined.write_videofile(str(output), fps=clips[0].fps, logger=None, audio=False)
-    finally:
-        for clip in clips:
-            clip.close()
+        source = parts[0].with_name("joined.mp4")
+        clips = [VideoFileClip(str(p)) for p in parts]
+        try:
+            joined = concatenate_videoclips(clips)
+            joined.write_videofile(str(source), fps=clips[0].fps, logger=None, audio=False)
+        finally:
+            for clip in clips:
+                clip.close()
+    with atomic_output(output, suffix=".mp4") as f, open(source, "rb") as video:
+        shutil.copyfileobj(video, f)

@@ -155,19 +155,20 @@ class Curve:
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:
-    """The run's resolved config: ``config.yaml``, else the config inside its checkpoint, else {}."""
+    """The run's resolved config: ``config.yaml``, else the config inside its checkpoint, else {}.
+
+    Either is data from a file (the run may be someone else's): ``config.yaml`` is read with a
+    size cap and without YAML aliases, and the values of both go through the config's own
+    validation (``run_config_values``) before anything uses them."""
+    from clippo.core import safety
+
     path = run_dir / CONFIG_FILE
     if path.is_file():
-        import yaml
-
         try:
-            data = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            first = first_line(exc)
-            raise ValueError(f"cannot read {str(path)!r}: {first}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{str(path)!r} does not hold a mapping of hyperparameters")
-        return data
+            data = safety.load_yaml(safety.read_capped_text(path, what="config file"), f"{str(path)!r}")
+        except OSError as exc:
+            raise ValueError(f"cannot read {str(path)!r}: {first_line(exc)}") from None
+        return run_config_values(data, f"{str(path)!r}")
     # Runs made with the Python API have no config.yaml; their checkpoint carries the config.
     from clippo.training.checkpoint import CHECKPOINT_DIR, FINAL_NAME
 
@@ -176,10 +177,25 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
         from clippo.training.checkpoint import read_checkpoint
 
         try:
-            return dict(read_checkpoint(run_dir)["config"])
+            data = read_checkpoint(run_dir)["config"]
         except CheckpointError:
             return {}
+        return run_config_values(data, f"the checkpoint in {str(run_dir)!r}")
     return {}
+
+
+def run_config_values(data: Any, source: str) -> dict[str, Any]:
+    """A run's config mapping checked as the CLI checks one (names, types, ranges, size caps,
+    strings without control characters): the file's keys with their validated values."""
+    from clippo.config.ppo_config import config_from_dict
+
+    if not isinstance(data, dict):
+        raise ValueError(f"{source} does not hold a mapping of hyperparameters")
+    try:
+        config = config_from_dict(dict(data))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{source} is not a valid clippo config: {first_line(exc)}") from None
+    return {key: getattr(config, key) for key in data}
 
 
 def read_run(run_dir: str | Path) -> Run:
@@ -308,11 +324,14 @@ def plot_runs(
     x: str = "steps",
     diagnostics: bool = False,
     band: str = "ci95",
+    trust_code: bool = False,
 ) -> Path:
     """Draw the return (and, with ``diagnostics``, the training diagnostics) of the runs into ``output``.
 
     ``x``: ``steps`` (environment steps), ``time`` (training wall time) or ``both`` (a panel each).
-    The format follows the suffix: .png, .pdf or .svg. Returns the path written.
+    The format follows the suffix: .png, .pdf or .svg. Returns the path written (atomically, never
+    through a link). Plotting imports nothing a run names, so ``trust_code`` changes nothing here
+    (it is taken as by every command that reads a run).
     """
     require_plotting_packages()
     if x not in X_CHOICES:
@@ -328,8 +347,13 @@ def plot_runs(
     groups = group_runs([read_run(d) for d in run_dirs])
     figure = draw_groups(groups, x=x, diagnostics=diagnostics, band=band)
     output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=110, bbox_inches="tight")
-    return output
+    import io
+
+    from clippo.core.safety import write_file
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=output.suffix.lower()[1:], dpi=110, bbox_inches="tight")
+    return write_file(output, buffer.getvalue())
 
 
 def panels_for(x: str, diagnostics: bool, evaluation: bool = False) -> list[tuple[str, str, str, str]]:

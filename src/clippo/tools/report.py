@@ -218,8 +218,22 @@ def check_entropy_collapse(
     )
 
 
-def time_limit_of(env_id: str | None) -> int | None:
-    """The registered env's time limit (max_episode_steps), if any."""
+def _usable_env_id(env_id: Any, trust_code: bool = False) -> str | None:
+    """``env_id`` from a run's config if it may be handed to Gymnasium: of Gymnasium's id form, and
+    naming no module to import (``module:Env-v0``) unless ``trust_code`` (clippo.core.safety); else None."""
+    from clippo.core import safety
+
+    try:
+        safety.check_env_id_text(env_id, "the run's config")
+    except ValueError:
+        return None
+    return env_id if trust_code or not safety.env_id_needs_import(env_id) else None
+
+
+def time_limit_of(env_id: str | None, trust_code: bool = False) -> int | None:
+    """The registered env's time limit (max_episode_steps), if any (None for an id Gymnasium may
+    not be given: ``_usable_env_id``)."""
+    env_id = _usable_env_id(env_id, trust_code)
     if not env_id:
         return None
     try:
@@ -283,22 +297,33 @@ def check_reward_signal_erased(metrics, config: dict[str, Any], time_limit: int 
 
 # --- building and rendering -------------------------------------------------------------------
 def _read_evaluation(run_dir: Path) -> dict[str, Any] | None:
+    """eval.json's numbers (size-capped, each value checked as a number), or None."""
+    from clippo.core import safety
+
     path = run_dir / "eval.json"
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = json.loads(safety.read_capped_text(path, 1 << 20, "evaluation file"))
+        if not isinstance(data, dict) or "mean_return" not in data:
+            return None
+        evaluation = {"mean_return": float(data["mean_return"])}
+        for key in ("std_return", "episodes"):
+            if key in data:
+                evaluation[key] = float(data[key]) if key == "std_return" else int(data[key])
+    except (OSError, ValueError, TypeError):
         return None
-    return data if isinstance(data, dict) and "mean_return" in data else None
+    return evaluation
 
 
-def _action_space(run_dir: Path, env_id: str | None) -> dict[str, Any] | None:
-    """The action space as the checkpoint stores it, else from the registered env."""
+def _action_space(run_dir: Path, env_id: str | None, trust_code: bool = False) -> dict[str, Any] | None:
+    """The action space as the checkpoint stores it (checked as data), else from the registered
+    env (when Gymnasium may be given its id: ``_usable_env_id``)."""
     try:
-        from clippo.training.checkpoint import read_checkpoint
+        from clippo.training.checkpoint import read_checkpoint, space_from_dict, space_to_dict
 
-        return read_checkpoint(run_dir)["action_space"]
+        return space_to_dict(space_from_dict(read_checkpoint(run_dir)["action_space"]))
     except Exception:  # no or unreadable checkpoint: ask Gymnasium
         pass
+    env_id = _usable_env_id(env_id, trust_code)
     if not env_id:
         return None
     try:
@@ -350,13 +375,15 @@ def health_warnings(
     return warnings, passed
 
 
-def build_report(run_dir: str | Path) -> RunReport:
-    """Read a run directory and run the checks (no files written)."""
+def build_report(run_dir: str | Path, trust_code: bool = False) -> RunReport:
+    """Read a run directory and run the checks (no files written). The run is data: its config is
+    validated (``plotting.read_run``), and its env id is given to Gymnasium only when that
+    imports no module, or with ``trust_code``."""
     require_plotting_packages("clippo report")
     run = read_run(run_dir)
     env_id = run.config.get("env_id")
     warnings, passed = health_warnings(
-        run.metrics, run.config, _action_space(run.run_dir, env_id), time_limit_of(env_id)
+        run.metrics, run.config, _action_space(run.run_dir, env_id, trust_code), time_limit_of(env_id, trust_code)
     )
     return RunReport(run.run_dir, run.config, run.metrics, _read_evaluation(run.run_dir), warnings, passed)
 
@@ -371,22 +398,28 @@ def render_figure(report: RunReport) -> bytes:
     return buffer.getvalue()
 
 
-def write_report(run_dir: str | Path, output: str | Path) -> RunReport:
-    """Write the report as Markdown (.md, figure in a PNG beside it) or self-contained HTML (.html)."""
+def write_report(run_dir: str | Path, output: str | Path, trust_code: bool = False) -> RunReport:
+    """Write the report as Markdown (.md, figure in a PNG beside it) or self-contained HTML (.html),
+    atomically and never through a link (clippo.core.safety); everything taken from the run is escaped."""
+    from clippo.core.safety import refuse_symlink, write_file
+
     output = Path(output)
     suffix = output.suffix.lower()
     if suffix not in (".md", ".markdown", ".html", ".htm"):
         raise ValueError(f"cannot write {str(output)!r}: give a file name ending in .md or .html")
-    report = build_report(run_dir)
+    refuse_symlink(output)
+    if suffix not in (".html", ".htm"):
+        refuse_symlink(output.with_suffix(".png"))
+    report = build_report(run_dir, trust_code)
     report.figure_png = render_figure(report)
     output.parent.mkdir(parents=True, exist_ok=True)
     blocks = report_blocks(report)
     if suffix in (".html", ".htm"):
-        output.write_text(render_html(blocks, report.figure_png))
+        write_file(output, render_html(blocks, report.figure_png))
     else:
         report.figure_path = output.with_suffix(".png")
-        report.figure_path.write_bytes(report.figure_png)
-        output.write_text(render_markdown(blocks, report.figure_path.name))
+        write_file(report.figure_path, report.figure_png)
+        write_file(output, render_markdown(blocks, report.figure_path.name))
     return report
 
 
@@ -406,7 +439,7 @@ def _summary_rows(report: RunReport) -> list[list[str]]:
     wall = float(m["wall_time"].iloc[-1])
     returns = _column(m, "recent_return")
     rows = [
-        ["environment", f"`{config.get('env_id', 'n/a')}`"],
+        ["environment", _code(config.get("env_id", "n/a"))],
         ["seed", _fmt(config.get("seed"))],
         [
             "steps",
@@ -488,7 +521,7 @@ def _config_rows(config: dict[str, Any]) -> list[list[str]]:
         left = items[i]
         right = items[i + half] if i + half < len(items) else ("", "")
         rows.append(
-            [f"`{left[0]}`", f"`{left[1]}`", f"`{right[0]}`" if right[0] else "", f"`{right[1]}`" if right[0] else ""]
+            [_code(left[0]), _code(left[1]), _code(right[0]) if right[0] else "", _code(right[1]) if right[0] else ""]
         )
     return rows
 
@@ -500,8 +533,8 @@ def report_blocks(report: RunReport) -> list[Block]:
     """The report's content, independent of the output format."""
     count = len(report.warnings)
     blocks: list[Block] = [
-        ("h1", f"clippo run report: {report.config.get('env_id', report.run_dir.name)}"),
-        ("p", f"Run directory `{report.run_dir}`."),
+        ("h1", f"clippo run report: {_plain(report.config.get('env_id', report.run_dir.name))}"),
+        ("p", f"Run directory {_code(report.run_dir)}."),
         ("table", ["", ""], _summary_rows(report)),
         ("h2", f"Health: {count} warning{'s' if count != 1 else ''}" if count else "Health: no warnings"),
     ]
@@ -521,26 +554,60 @@ def report_blocks(report: RunReport) -> list[Block]:
     return blocks
 
 
+def _plain(value: Any) -> str:
+    """A value from the run's files as one line of text (control characters replaced)."""
+    from clippo.core.safety import clean
+
+    return clean(str(value), 200)
+
+
+def _code(value: Any) -> str:
+    """A value from the run's files as an inline code span: one line, no backtick to end it early."""
+    return "`" + _plain(value).replace("`", "'") + "`"
+
+
+_CODE_SPAN = re.compile(r"(`[^`]*`)")
+
+
+def _md(text: str, table: bool = False) -> str:
+    """Text for Markdown with nothing in it read as HTML or as a link: ``& < >`` become entities
+    everywhere (code spans included: some viewers render HTML there), ``\\ [ ]`` are escaped
+    outside code spans, and in a table cell so is ``|``. (The HTML output uses ``html.escape``.)"""
+    parts = []
+    for part in _CODE_SPAN.split(html.escape(text, quote=False)):
+        if not (part.startswith("`") and part.endswith("`") and len(part) > 1):
+            part = re.sub(r"([\\\[\]])", r"\\\1", part)
+        parts.append(part.replace("|", "\\|") if table else part)
+    return "".join(parts)
+
+
 def render_markdown(blocks: list[Block], figure_name: str) -> str:
     lines: list[str] = []
     for block in blocks:
         kind = block[0]
         if kind == "h1":
-            lines += [f"# {block[1]}", ""]
+            lines += [f"# {_md(block[1])}", ""]
         elif kind == "h2":
-            lines += [f"## {block[1]}", ""]
+            lines += [f"## {_md(block[1])}", ""]
         elif kind == "p":
-            lines += [block[1], ""]
+            lines += [_md(block[1]), ""]
         elif kind == "list":
-            lines += [f"- {item}" for item in block[1]] + [""]
+            lines += [f"- {_md(item)}" for item in block[1]] + [""]
         elif kind == "warning":
             w: HealthWarning = block[1]
-            lines += [f"> **Warning ({w.check}): {w.title}**", ">", f"> {w.detail}", ">", f"> *Try:* {w.fix}", ""]
+            lines += [
+                f"> **Warning ({_md(w.check)}): {_md(w.title)}**",
+                ">",
+                f"> {_md(w.detail)}",
+                ">",
+                f"> *Try:* {_md(w.fix)}",
+                "",
+            ]
         elif kind == "table":
             headers, rows = block[1], block[2]
-            lines.append("| " + " | ".join(headers) + " |")
+            lines.append("| " + " | ".join(_md(h, table=True) for h in headers) + " |")
             lines.append("|" + "|".join(" --- " for _ in headers) + "|")
-            lines += ["| " + " | ".join(row) + " |" for row in rows]
+            lines += ["| " + " | ".join(_md(cell, table=True) for cell in row) + " |" for row in rows]
             lines.append("")
         elif kind == "figure":
             lines += [f"![{block[1]}]({figure_name})", ""]

@@ -126,6 +126,8 @@ class TuneSettings:
     config_file: str | None = None
     seed: int = 0
     plots: bool = True
+    #: import an encoder the --config file (or the study's stored config) names (clippo.core.safety)
+    trust_code: bool = False
 
     def resolved(self) -> ResolvedTuneSettings:
         """The settings with defaults filled in, checked: one-line ValueError naming a bad value."""
@@ -137,7 +139,7 @@ class TuneSettings:
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"--seed={self.seed} is invalid: it must be an integer in [0, 2**32)")
         check_env_id(self.env_id)
-        base = resolve_config(self.env_id, config_file=self.config_file)
+        base = resolve_config(self.env_id, config_file=self.config_file, trust_code=self.trust_code)
         steps = self.steps_per_trial if self.steps_per_trial is not None else base.total_steps
         _check_positive("steps-per-trial", steps)
         every = self.eval_every if self.eval_every is not None else max(steps // DEFAULT_EVALUATIONS, 1)
@@ -178,14 +180,14 @@ def base_values(settings: TuneSettings) -> dict[str, Any]:
     """The config every trial starts from (env preset, --config file, defaults), as a dict."""
     from clippo.config.ppo_config import resolve_config
 
-    return resolve_config(settings.env_id, config_file=settings.config_file).to_dict()
+    return resolve_config(settings.env_id, config_file=settings.config_file, trust_code=settings.trust_code).to_dict()
 
 
 def search_space(settings: TuneSettings) -> dict[str, tuple[str, tuple]]:
     """SEARCH_SPACE without the hyperparameters the ``--config`` file fixes."""
     from clippo.config.ppo_config import load_config_file
 
-    fixed = load_config_file(settings.config_file) if settings.config_file else {}
+    fixed = load_config_file(settings.config_file, settings.trust_code) if settings.config_file else {}
     return {name: entry for name, entry in SEARCH_SPACE.items() if name not in fixed}
 
 
@@ -286,6 +288,7 @@ def run_trial(trial, settings: ResolvedTuneSettings, worker: int = 0) -> float:
     agent = PPO(
         settings.env_id,
         config_file=settings.config_file,
+        trust_code=settings.trust_code,
         run_dir=run_dir,
         **params,
         total_steps=settings.steps_per_trial,
@@ -502,18 +505,21 @@ BEST_CONFIG_FILE = "best_config.yaml"
 
 
 def write_outputs(study, settings: ResolvedTuneSettings) -> list[Path]:
-    """summary.md, best_config.yaml (when a trial completed) and Optuna's plots (with matplotlib)."""
+    """summary.md, best_config.yaml (when a trial completed) and Optuna's plots (with matplotlib),
+    each written atomically and never through a link (clippo.core.safety)."""
+    from clippo.core.safety import write_file
+
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     best = _best_trial(study)
     if best is not None:
         path = out / BEST_CONFIG_FILE
-        path.write_text(best_config_yaml(best, study, settings))
+        write_file(path, best_config_yaml(best, study, settings))
         written.append(path)
     plots, not_drawn = write_plots(study, out) if settings.plots else ([], [])
     path = out / SUMMARY_FILE
-    path.write_text(summary_markdown(study, settings, best, plots, not_drawn))
+    write_file(path, summary_markdown(study, settings, best, plots, not_drawn))
     return [path, *written, *plots]
 
 
@@ -534,10 +540,24 @@ def objective_text(settings: ResolvedTuneSettings) -> str:
 
 
 def best_config_yaml(best, study, settings: ResolvedTuneSettings) -> str:
-    """The best trial's config as a flat YAML mapping that ``clippo train ENV_ID --config`` takes."""
+    """The best trial's config as a flat YAML mapping that ``clippo train ENV_ID --config`` takes.
+
+    The study's storage is data too (it may be someone else's database): the stored config is
+    validated as a config, and an encoder it names other than a built-in is written only with
+    ``trust_code`` (clippo.core.safety)."""
     import yaml
 
-    config = {k: v for k, v in best.user_attrs["config"].items() if k not in _NOT_WRITTEN}
+    from clippo.config.ppo_config import config_from_dict
+    from clippo.core import safety
+
+    source = f"study {settings.study_name!r} (trial {best.number})"
+    stored = best.user_attrs.get("config")
+    try:
+        validated = config_from_dict(dict(stored) if isinstance(stored, dict) else stored)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{source} holds an invalid config: {first_line(exc)}") from None
+    safety.check_encoder_name(validated.encoder, source, settings.trust_code)
+    config = {k: getattr(validated, k) for k in stored if k not in _NOT_WRITTEN}
     searched = {k: config.pop(k) for k in search_space(settings) if k in config}
     path = Path(settings.out) / BEST_CONFIG_FILE
     header = [
@@ -557,7 +577,14 @@ def best_config_yaml(best, study, settings: ResolvedTuneSettings) -> str:
 
 
 def _format_params(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    """A trial's parameters for summary.md's table: they come from the study's storage (data), so
+    they are shown on one line with ``& < > |`` escaped."""
+    import html
+
+    from clippo.core.safety import clean
+
+    text = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    return html.escape(clean(text, 1000), quote=False).replace("|", "\\|")
 
 
 def summary_markdown(study, settings: ResolvedTuneSettings, best, plots: list[Path], not_drawn: list[str]) -> str:
@@ -618,10 +645,14 @@ def write_plots(study, out: Path) -> tuple[list[Path], list[str]]:
         from matplotlib.figure import Figure
     except ImportError:
         return [], ["plots (matplotlib is not installed: pip install 'clippo[plot]')"]
+    import io
+
     import numpy as np
     from optuna.importance import PedAnovaImportanceEvaluator
     from optuna.trial import TrialState
     from optuna.visualization import matplotlib as views
+
+    from clippo.core.safety import write_file
 
     if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
         return [], ["plots (fewer than 2 complete trials)"]
@@ -639,7 +670,9 @@ def write_plots(study, out: Path) -> tuple[list[Path], list[str]]:
             figure = axes.flat[0].figure if isinstance(axes, np.ndarray) else axes.figure  # (Axes, or an array of them)
             assert isinstance(figure, Figure)  # (Optuna draws on a figure of its own, not a subfigure)
             path = out / f"{name}.png"
-            figure.savefig(path, dpi=90, bbox_inches="tight")
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+            write_file(path, buffer.getvalue())
             plt.close(figure)
             written.append(path)
         except Exception as exc:  # a plot Optuna cannot draw for this study (e.g. importances of one value)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -215,8 +214,10 @@ def read_best_record(run_dir: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text())
-        float(record["mean_return"]), int(record["global_step"])
+        from clippo.core import safety
+
+        record = json.loads(safety.read_capped_text(path, 64 * 1024, "best record"))
+        record["mean_return"], record["global_step"] = float(record["mean_return"]), int(record["global_step"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(
             f"cannot read {str(path)!r}: {first_line(exc)} (delete it to start the best-so-far afresh)"
@@ -236,7 +237,8 @@ def stop_reached(run_dir: str | Path, config: Any, global_step: int) -> dict[str
 
 
 def write_json_atomic(data: dict[str, Any], path: Path) -> None:
-    """Write JSON to a temporary file beside ``path``, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    """Write JSON to a new temporary file beside ``path``, then rename it over ``path`` (never
+    through a link: clippo.core.safety)."""
+    from clippo.core import safety
+
+    safety.write_file(path, json.dumps(data, indent=2) + "\n")

@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import re
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from clippo.core import safety
 from clippo.core.errors import CheckpointError, RunDirInUseError, first_line
 
 FORMAT = "clippo-checkpoint"
@@ -56,22 +59,112 @@ def space_to_dict(space: spaces.Space) -> dict[str, Any]:
     raise CheckpointError(f"space {space} cannot be stored in a checkpoint")
 
 
-def space_from_dict(data: dict[str, Any]) -> spaces.Space:
+#: limits on a space read from a checkpoint (it is data from a file: clippo.core.safety)
+MAX_SPACE_DEPTH = 4
+MAX_SPACE_FIELDS = 256
+MAX_CATEGORIES = 1 << 24
+#: the dtypes a Box may have: numbers and booleans, nothing that holds objects
+BOX_DTYPES = (
+    "float16",
+    "float32",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool",
+)
+
+
+def space_from_dict(data: dict[str, Any], _depth: int = 0) -> spaces.Space:
+    """The space a checkpoint describes, each part checked as data first: its type, integer sizes
+    (at most ``MAX_CATEGORIES`` categories), Box bounds as real tensors of one shape and a numeric
+    dtype, Dict keys as plain identifiers; nesting at most ``MAX_SPACE_DEPTH`` deep."""
+    if not isinstance(data, dict):
+        raise CheckpointError(f"a space in the checkpoint is a {type(data).__name__}, not a description")
+    if _depth > MAX_SPACE_DEPTH:
+        raise CheckpointError(f"the checkpoint's spaces nest deeper than {MAX_SPACE_DEPTH}")
     kind = data.get("type")
     if kind == "Discrete":
-        return spaces.Discrete(data["n"], start=data["start"])
+        return spaces.Discrete(_count(data["n"]), start=_integer(data["start"]))
     if kind == "MultiDiscrete":
-        return spaces.MultiDiscrete(data["nvec"].numpy(), start=data["start"].numpy())
+        nvec, start = _int_tensor(data["nvec"], "nvec"), _int_tensor(data["start"], "start")
+        if nvec.shape != start.shape or (nvec < 1).any() or (nvec > MAX_CATEGORIES).any():
+            raise CheckpointError(
+                f"MultiDiscrete nvec/start in the checkpoint are invalid (sizes 1..{MAX_CATEGORIES}, one shape)"
+            )
+        return spaces.MultiDiscrete(nvec.numpy(), start=start.numpy())
     if kind == "Box":
-        return spaces.Box(data["low"].numpy(), data["high"].numpy(), dtype=np.dtype(data["dtype"]))
+        low, high, dtype = data["low"], data["high"], data["dtype"]
+        if not (isinstance(low, torch.Tensor) and isinstance(high, torch.Tensor)) or low.shape != high.shape:
+            raise CheckpointError("a Box space in the checkpoint needs low and high tensors of one shape")
+        if dtype not in BOX_DTYPES:
+            raise CheckpointError(
+                f"a Box space in the checkpoint has dtype {safety.clean(dtype)!r}: allowed {', '.join(BOX_DTYPES)}"
+            )
+        return spaces.Box(low.numpy(), high.numpy(), dtype=np.dtype(dtype))
     if kind == "MultiBinary":
         n = data["n"]
+        if not isinstance(n, list) or not 1 <= len(n) <= 8:
+            raise CheckpointError("a MultiBinary space in the checkpoint needs a list of 1 to 8 sizes")
+        n = [_count(v) for v in n]
+        if int(np.prod(n)) > MAX_CATEGORIES:
+            raise CheckpointError(f"a MultiBinary space in the checkpoint has more than {MAX_CATEGORIES} entries")
         return spaces.MultiBinary(n[0] if len(n) == 1 else n)
     if kind == "Dict":
-        return spaces.Dict({key: space_from_dict(sub) for key, sub in zip(data["keys"], data["spaces"], strict=False)})
+        keys, subs = data["keys"], data["spaces"]
+        if (
+            not isinstance(keys, list)
+            or not isinstance(subs, list)
+            or len(keys) != len(subs)
+            or len(keys) > MAX_SPACE_FIELDS
+            or len(set(map(str, keys))) != len(keys)
+        ):
+            raise CheckpointError(
+                f"a Dict space in the checkpoint needs up to {MAX_SPACE_FIELDS} distinct keys, one per space"
+            )
+        try:
+            keys = [safety.check_key(key, "Dict space key") for key in keys]
+        except ValueError as exc:
+            raise CheckpointError(f"the checkpoint's observation or action space: {exc}") from None
+        return spaces.Dict({key: space_from_dict(sub, _depth + 1) for key, sub in zip(keys, subs, strict=False)})
     if kind == "Tuple":
-        return spaces.Tuple([space_from_dict(sub) for sub in data["spaces"]])
-    raise CheckpointError(f"unknown space type {kind!r} in checkpoint")
+        subs = data["spaces"]
+        if not isinstance(subs, list) or len(subs) > MAX_SPACE_FIELDS:
+            raise CheckpointError(f"a Tuple space in the checkpoint needs a list of up to {MAX_SPACE_FIELDS} spaces")
+        return spaces.Tuple([space_from_dict(sub, _depth + 1) for sub in subs])
+    raise CheckpointError(f"unknown space type {safety.clean(kind)!r} in checkpoint")
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or abs(value) > 2**62:
+        raise CheckpointError(f"a space size in the checkpoint is {safety.clean(value)}, not an integer")
+    return value
+
+
+def _count(value: Any) -> int:
+    value = _integer(value)
+    if not 1 <= value <= MAX_CATEGORIES:
+        raise CheckpointError(f"a space size in the checkpoint is {value}: allowed 1..{MAX_CATEGORIES}")
+    return value
+
+
+def _int_tensor(value: Any, name: str) -> torch.Tensor:
+    if (
+        not isinstance(value, torch.Tensor)
+        or value.is_floating_point()
+        or value.is_complex()
+        or value.dim() > 2
+        or value.numel() > MAX_SPACE_FIELDS
+    ):
+        raise CheckpointError(f"a space's {name} in the checkpoint must be a small integer tensor")
+    return value
 
 
 def write_atomic(payload: dict[str, Any], path: str | Path) -> Path:
@@ -81,6 +174,11 @@ def write_atomic(payload: dict[str, Any], path: str | Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # mkstemp creates exclusively and os.replace swaps a directory entry: neither follows a link;
+    # a link where the checkpoint goes (or a linked checkpoints folder) is refused outright
+    safety.refuse_symlink(path)
+    if path.parent.name == CHECKPOINT_DIR:
+        safety.refuse_symlink(path.parent)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -119,6 +217,7 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load and check a clippo checkpoint; one-line CheckpointError for anything else."""
     path = resolve_checkpoint_path(path)
+    check_archive(path)
     try:
         with warnings.catch_warnings():
             # torch warns about pickle protocols it did not write: a foreign file, reported below
@@ -148,6 +247,50 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"this clippo reads versions {', '.join(map(str, READABLE_VERSIONS))}"
         )
     return payload
+
+
+#: the entries torch.save writes into its zip archive (under one top folder)
+_ARCHIVE_ENTRY = re.compile(
+    r"[^/]{1,100}/(data\.pkl|version|byteorder|\.format_version|\.storage_alignment|data/\d{1,9}|"
+    r"\.data/version|\.data/serialization_id)"
+)
+
+
+def check_archive(path: Path) -> None:
+    """Refuse a zip checkpoint with compressed entries or entries torch.save never writes, before
+    torch reads it: torch stores tensors uncompressed, so every tensor is as large in the file as
+    in memory, and a file a few hundred KB long cannot unfold into gigabytes (a deflated zero
+    tensor would). Files that are not zip archives go on to torch.load, which refuses them."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as exc:
+        raise CheckpointError(
+            f"{str(path)!r} is not a readable checkpoint (truncated or corrupted?): {first_line(exc)[:160]}"
+        ) from None
+    size = path.stat().st_size
+    total = 0
+    prefixes = set()
+    for entry in entries:
+        name = safety.clean(entry.filename, 60)
+        if entry.compress_type != zipfile.ZIP_STORED or entry.compress_size != entry.file_size:
+            raise CheckpointError(
+                f"refusing to load {str(path)!r}: its entry {name!r} is compressed (clippo and torch.save store "
+                "tensors uncompressed)"
+            )
+        if not _ARCHIVE_ENTRY.fullmatch(entry.filename):
+            raise CheckpointError(
+                f"refusing to load {str(path)!r}: it holds an entry torch.save does not write ({name!r})"
+            )
+        prefixes.add(entry.filename.split("/", 1)[0])
+        total += entry.file_size
+    if len(prefixes) > 1 or total > size:
+        raise CheckpointError(
+            f"refusing to load {str(path)!r}: its zip entries do not fit the file (several archives, or sizes larger "
+            "than the file)"
+        )
 
 
 def periodic_checkpoint_path(run_dir: Path, global_step: int) -> Path:
@@ -223,18 +366,19 @@ def run_dir_lock(run_dir: str | Path, create: bool = False):
     elif not key.is_dir():  # (nothing to protect; the caller reports the missing run)
         yield
         return
-    fd = os.open(key / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    # Never through a link, never another file's hard link, never truncated: the pid is written
+    # in place, space-padded to a fixed width (clippo.core.safety.open_lock).
+    fd = safety.open_lock(key / LOCK_NAME)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        holder = safety.clean(os.pread(fd, safety.LOCK_SIZE, 0).decode(errors="replace").strip(), 20) or "unknown"
         os.close(fd)
         raise RunDirInUseError(
             f"run directory {str(run_dir)!r} is in use by another clippo process (pid {holder}): "
             "wait for it to end, or choose another run directory"
         ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
+    os.pwrite(fd, str(os.getpid()).ljust(safety.LOCK_SIZE).encode(), 0)
     _HELD_LOCKS[key] = [fd, 1]
     try:
         yield

@@ -5,9 +5,12 @@ backward pass the flat gradient is averaged across ranks with one all-reduce, so
 the same Adam step and holds the same parameters. Whatever drives a decision (advantage
 normalization, the KL early stop, normalization statistics) is reduced across ranks first.
 
-Launch with torchrun, which sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous:
+On one machine ``clippo train ... --nproc N`` starts the ranks itself (``launch_local``: a
+private file store, nothing listening on the network); across machines, launch with torchrun,
+which sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous (its store accepts connections from
+any host that reaches it: docs/trust.md):
 
-    torchrun --nproc-per-node 2 -m clippo train CartPole-v1
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 -m clippo train Hopper-v5
 """
 
 from __future__ import annotations
@@ -54,8 +57,99 @@ def init_world(device: str) -> World:
         use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
         if use_cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=10))
+        # `clippo train --nproc N` (launch_local) meets in a file store in a private folder:
+        # nothing listens on the network; under torchrun, its env:// rendezvous
+        store_file = os.environ.get(STORE_FILE_VARIABLE)
+        where: dict[str, Any] = (
+            {"init_method": f"file://{store_file}", "rank": rank, "world_size": size} if store_file else {}
+        )
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=10), **where)
     return World(rank=rank, size=size, local_rank=local_rank)
+
+
+#: the file store of a single-machine job started by ``launch_local``
+STORE_FILE_VARIABLE = "CLIPPO_STORE_FILE"
+
+
+def launch_local(nproc: int, argv: list[str]) -> int:
+    """``clippo train ... --nproc N`` on one machine: N processes of ``python -m clippo ARGV`` with
+    torchrun's RANK/LOCAL_RANK/WORLD_SIZE variables, meeting in a ``FileStore`` inside a private
+    temporary folder (mode 0700) instead of torchrun's TCP store, which listens on every network
+    interface without authentication (whatever host it is given). The ranks' own connections are
+    kept on the loopback interface (GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME, unless set). As
+    torchrun, the first rank to fail ends the others; SIGINT/SIGTERM are passed on to every rank,
+    which then stop at an update boundary (rank 0 checkpoints) and are waited for. Returns rank 0's
+    exit status, else the first non-zero one. Multi-machine jobs use torchrun itself."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    folder = tempfile.mkdtemp(prefix="clippo-rendezvous-")  # (mkdtemp: mode 0700, this user only)
+    loopback = "lo0" if sys.platform == "darwin" else "lo"
+    env = {
+        **os.environ,
+        STORE_FILE_VARIABLE: os.path.join(folder, "store"),
+        "WORLD_SIZE": str(nproc),
+        "LOCAL_WORLD_SIZE": str(nproc),
+        "MASTER_ADDR": "127.0.0.1",
+    }
+    env.setdefault("GLOO_SOCKET_IFNAME", loopback)
+    env.setdefault("NCCL_SOCKET_IFNAME", loopback)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    processes: list[subprocess.Popen] = []
+    interrupted = []
+
+    def forward(signum, frame) -> None:
+        interrupted.append(signum)  # the ranks stop at an update boundary: wait for them all
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for rank in range(nproc):
+            # each rank in a process group of its own: a Ctrl-C reaches this process alone, which
+            # passes it on once (two would end the ranks at once instead of at an update boundary)
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "clippo", *argv],
+                    env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                    start_new_session=True,
+                )
+            )
+        while True:
+            codes = [process.poll() for process in processes]
+            if all(code is not None for code in codes):
+                break
+            if any(code not in (None, 0) for code in codes) and not interrupted:
+                # a rank failed: the others would wait for it in their next exchange, so end them
+                for process in processes:
+                    if process.poll() is None:
+                        process.terminate()
+                deadline = time.monotonic() + 30
+                for process in processes:
+                    try:
+                        process.wait(max(deadline - time.monotonic(), 0.1))
+                    except subprocess.TimeoutExpired:
+                        process.kill()
+                        process.wait()
+                break
+            time.sleep(0.1)
+        # rank 0's status (it writes the checkpoints and says what happened), else the first failure;
+        # a rank ended by a signal counts as 128 + its number, as a shell reports it
+        codes = [128 - code if code < 0 else code for code in (process.returncode for process in processes)]
+        return codes[0] or next((code for code in codes if code), 0)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 #: up to this many ranks, gloo averages by all-gather plus a local sum (see ``all_reduce_mean_``)

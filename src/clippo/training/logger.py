@@ -4,6 +4,7 @@ event files, and a live progress bar on a terminal or plain log lines otherwise.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import sys
 import time
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from clippo.core import safety
 
 METRICS_FILE = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
@@ -72,11 +75,13 @@ class RunLogger:
             new_file = not path.exists() or path.stat().st_size == 0
             if not new_file and _header(path) != COLUMNS:  # a run begun by an older clippo
                 _rewrite(path, _rows(path))
-            self._csv_file = open(path, "a", newline="")
+            # never through a link or into another file's hard link (clippo.core.safety)
+            self._csv_file = safety.open_append(path)
             self._csv = csv.DictWriter(self._csv_file, fieldnames=COLUMNS, extrasaction="ignore")
             if new_file:
                 self._csv.writeheader()
             if tensorboard:
+                safety.refuse_symlink(run_dir / TENSORBOARD_DIR)
                 from torch.utils.tensorboard import SummaryWriter  # imported lazily: it is slow to import
 
                 self._tb = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR), purge_step=start_step or None)
@@ -158,13 +163,13 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def _rewrite(path: Path, rows: list[dict[str, str]]) -> None:
-    """Write ``rows`` under the current header (absent columns blank), atomically."""
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    """Write ``rows`` under the current header (absent columns blank), atomically and never
+    through a link (clippo.core.safety)."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    safety.write_file(path, text.getvalue())
 
 
 def _fmt(value: float | None) -> str:
