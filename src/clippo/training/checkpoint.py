@@ -13,6 +13,7 @@ import re
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,55 +90,81 @@ def space_from_dict(data: dict[str, Any], _depth: int = 0) -> spaces.Space:
     if _depth > MAX_SPACE_DEPTH:
         raise CheckpointError(f"the checkpoint's spaces nest deeper than {MAX_SPACE_DEPTH}")
     kind = data.get("type")
-    if kind == "Discrete":
-        return spaces.Discrete(_count(data["n"]), start=_integer(data["start"]))
-    if kind == "MultiDiscrete":
-        nvec, start = _int_tensor(data["nvec"], "nvec"), _int_tensor(data["start"], "start")
-        if nvec.shape != start.shape or (nvec < 1).any() or (nvec > MAX_CATEGORIES).any():
-            raise CheckpointError(
-                f"MultiDiscrete nvec/start in the checkpoint are invalid (sizes 1..{MAX_CATEGORIES}, one shape)"
-            )
-        return spaces.MultiDiscrete(nvec.numpy(), start=start.numpy())
-    if kind == "Box":
-        low, high, dtype = data["low"], data["high"], data["dtype"]
-        if not (isinstance(low, torch.Tensor) and isinstance(high, torch.Tensor)) or low.shape != high.shape:
-            raise CheckpointError("a Box space in the checkpoint needs low and high tensors of one shape")
-        if dtype not in BOX_DTYPES:
-            raise CheckpointError(
-                f"a Box space in the checkpoint has dtype {safety.clean(dtype)!r}: allowed {', '.join(BOX_DTYPES)}"
-            )
-        return spaces.Box(low.numpy(), high.numpy(), dtype=np.dtype(dtype))
-    if kind == "MultiBinary":
-        n = data["n"]
-        if not isinstance(n, list) or not 1 <= len(n) <= 8:
-            raise CheckpointError("a MultiBinary space in the checkpoint needs a list of 1 to 8 sizes")
-        n = [_count(v) for v in n]
-        if int(np.prod(n)) > MAX_CATEGORIES:
-            raise CheckpointError(f"a MultiBinary space in the checkpoint has more than {MAX_CATEGORIES} entries")
-        return spaces.MultiBinary(n[0] if len(n) == 1 else n)
-    if kind == "Dict":
-        keys, subs = data["keys"], data["spaces"]
-        if (
-            not isinstance(keys, list)
-            or not isinstance(subs, list)
-            or len(keys) != len(subs)
-            or len(keys) > MAX_SPACE_FIELDS
-            or len(set(map(str, keys))) != len(keys)
-        ):
-            raise CheckpointError(
-                f"a Dict space in the checkpoint needs up to {MAX_SPACE_FIELDS} distinct keys, one per space"
-            )
-        try:
-            keys = [safety.check_key(key, "Dict space key") for key in keys]
-        except ValueError as exc:
-            raise CheckpointError(f"the checkpoint's observation or action space: {exc}") from None
-        return spaces.Dict({key: space_from_dict(sub, _depth + 1) for key, sub in zip(keys, subs, strict=False)})
-    if kind == "Tuple":
-        subs = data["spaces"]
-        if not isinstance(subs, list) or len(subs) > MAX_SPACE_FIELDS:
-            raise CheckpointError(f"a Tuple space in the checkpoint needs a list of up to {MAX_SPACE_FIELDS} spaces")
-        return spaces.Tuple([space_from_dict(sub, _depth + 1) for sub in subs])
-    raise CheckpointError(f"unknown space type {safety.clean(kind)!r} in checkpoint")
+    reader = _SPACE_READERS.get(kind) if isinstance(kind, str) else None
+    if reader is None:
+        raise CheckpointError(f"unknown space type {safety.clean(kind)!r} in checkpoint")
+    return reader(data, _depth)
+
+
+def _discrete_space(data: dict[str, Any], depth: int) -> spaces.Space:
+    return spaces.Discrete(_count(data["n"]), start=_integer(data["start"]))
+
+
+def _multi_discrete_space(data: dict[str, Any], depth: int) -> spaces.Space:
+    nvec, start = _int_tensor(data["nvec"], "nvec"), _int_tensor(data["start"], "start")
+    if nvec.shape != start.shape or (nvec < 1).any() or (nvec > MAX_CATEGORIES).any():
+        raise CheckpointError(
+            f"MultiDiscrete nvec/start in the checkpoint are invalid (sizes 1..{MAX_CATEGORIES}, one shape)"
+        )
+    return spaces.MultiDiscrete(nvec.numpy(), start=start.numpy())
+
+
+def _box_space(data: dict[str, Any], depth: int) -> spaces.Space:
+    low, high, dtype = data["low"], data["high"], data["dtype"]
+    if not (isinstance(low, torch.Tensor) and isinstance(high, torch.Tensor)) or low.shape != high.shape:
+        raise CheckpointError("a Box space in the checkpoint needs low and high tensors of one shape")
+    if dtype not in BOX_DTYPES:
+        raise CheckpointError(
+            f"a Box space in the checkpoint has dtype {safety.clean(dtype)!r}: allowed {', '.join(BOX_DTYPES)}"
+        )
+    return spaces.Box(low.numpy(), high.numpy(), dtype=np.dtype(dtype))
+
+
+def _multi_binary_space(data: dict[str, Any], depth: int) -> spaces.Space:
+    n = data["n"]
+    if not isinstance(n, list) or not 1 <= len(n) <= 8:
+        raise CheckpointError("a MultiBinary space in the checkpoint needs a list of 1 to 8 sizes")
+    n = [_count(v) for v in n]
+    if int(np.prod(n)) > MAX_CATEGORIES:
+        raise CheckpointError(f"a MultiBinary space in the checkpoint has more than {MAX_CATEGORIES} entries")
+    return spaces.MultiBinary(n[0] if len(n) == 1 else n)
+
+
+def _dict_space(data: dict[str, Any], depth: int) -> spaces.Space:
+    keys, subs = data["keys"], data["spaces"]
+    if (
+        not isinstance(keys, list)
+        or not isinstance(subs, list)
+        or len(keys) != len(subs)
+        or len(keys) > MAX_SPACE_FIELDS
+        or len(set(map(str, keys))) != len(keys)
+    ):
+        raise CheckpointError(
+            f"a Dict space in the checkpoint needs up to {MAX_SPACE_FIELDS} distinct keys, one per space"
+        )
+    try:
+        keys = [safety.check_key(key, "Dict space key") for key in keys]
+    except ValueError as exc:
+        raise CheckpointError(f"the checkpoint's observation or action space: {exc}") from None
+    return spaces.Dict({key: space_from_dict(sub, depth + 1) for key, sub in zip(keys, subs, strict=True)})
+
+
+def _tuple_space(data: dict[str, Any], depth: int) -> spaces.Space:
+    subs = data["spaces"]
+    if not isinstance(subs, list) or len(subs) > MAX_SPACE_FIELDS:
+        raise CheckpointError(f"a Tuple space in the checkpoint needs a list of up to {MAX_SPACE_FIELDS} spaces")
+    return spaces.Tuple([space_from_dict(sub, depth + 1) for sub in subs])
+
+
+#: how each space type written by ``space_to_dict`` is read back
+_SPACE_READERS: dict[str, Callable[[dict[str, Any], int], spaces.Space]] = {
+    "Discrete": _discrete_space,
+    "MultiDiscrete": _multi_discrete_space,
+    "Box": _box_space,
+    "MultiBinary": _multi_binary_space,
+    "Dict": _dict_space,
+    "Tuple": _tuple_space,
+}
 
 
 def _integer(value: Any) -> int:
