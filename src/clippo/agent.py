@@ -20,7 +20,7 @@ from gymnasium.vector import VectorEnv
 
 from clippo import fastpath
 from clippo.config.ppo_config import PPOConfig, config_from_dict, resolve_config
-from clippo.core import observations, safety
+from clippo.core import observations, precision, safety
 from clippo.core.errors import CheckpointError, NonFiniteError, first_line
 from clippo.core.losses import LossTerms
 from clippo.core.version import __version__
@@ -252,6 +252,7 @@ class PPO:
         # Seed the global RNG only for the weight init; everything after draws from our generator.
         torch.manual_seed(config.seed)
         self.model = build_model(config, policy_space, action_space, encoder).to(self.device)
+        self.model.compute_dtype = precision.compute_dtype(config.precision, self.device)
         # Extra slots carry each minibatch's approximate KL and loss statistics along with the
         # gradient (averaged across ranks in the same exchange).
         self.optimizer = FlatAdam(
@@ -634,16 +635,20 @@ class PPO:
         device: str | None = None,
         encoder: Any = None,
         trust_code: bool = False,
+        precision: str | None = None,
     ) -> PPO:
         """Load a checkpoint file or a run directory's final checkpoint.
 
         ``env`` is needed only when the agent was trained on an env factory rather than an id;
         ``encoder`` only for a user encoder (its class). A checkpoint is data: a user encoder or
         an env module it names is imported only with ``trust_code=True`` (docs/trust.md).
+        ``device`` and ``precision`` (``fp32`` or ``bf16``) replace the run's own: checkpoints hold
+        fp32 parameters, which load in either precision.
         """
         if run_dir is not None:  # (it will be written: no links where clippo writes)
             safety.check_run_dir(run_dir)
-        return cls._from_payload(read_checkpoint(path), path, env, run_dir, device, encoder, trust_code)
+        overrides = {name: value for name, value in (("device", device), ("precision", precision)) if value is not None}
+        return cls._from_payload(read_checkpoint(path), path, env, run_dir, overrides, encoder, trust_code)
 
     @classmethod
     def from_run(
@@ -653,7 +658,7 @@ class PPO:
         ``encoder`` and ``trust_code`` as for :meth:`load`."""
         safety.check_run_dir(run_dir)
         path, payload = latest_checkpoint(run_dir)
-        agent = cls._from_payload(payload, path, env, run_dir, None, encoder, trust_code)
+        agent = cls._from_payload(payload, path, env, run_dir, {}, encoder, trust_code)
         if payload.get("global_rngs") is not None:
             # clippo draws from its own generator, but env or user code may use the global ones.
             try:
@@ -671,7 +676,7 @@ class PPO:
         path,
         env: EnvSource | None,
         run_dir: str | Path | None,
-        device: str | None,
+        overrides: dict[str, Any],
         encoder: Any = None,
         trust_code: bool = False,
     ) -> PPO:
@@ -682,9 +687,7 @@ class PPO:
             values = payload["config"]
             if not isinstance(values, dict):
                 raise CheckpointError(f"its config is a {type(values).__name__}, not a mapping")
-            values = dict(values)
-            if device is not None:
-                values["device"] = device
+            values = {**values, **overrides}
             config = config_from_dict(values)
         except (ValueError, TypeError, KeyError) as exc:
             raise CheckpointError(f"{source} does not fit this clippo: {safety.clean(first_line(exc), 200)}") from None

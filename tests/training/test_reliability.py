@@ -204,6 +204,8 @@ EXACT_CASES = {
     # Action masks (read from the envs each step, carried over between rollouts) and hybrid actions.
     "slots-masked": ("clippo/Slots-v0", dict(vector_env="sync")),
     "toolamount-hybrid": ("clippo/ToolAmount-v0", dict(vector_env="sync")),
+    # bf16 mixed precision (the general torch path): the same computation again after a resume.
+    "cartpole-bf16": ("CartPole-v1", dict(vector_env="sync", precision="bf16")),
     # gSDE: the noise drawn for each rollout comes from the restored generator.
     "pendulum-sde": ("Pendulum-v1", dict(vector_env="sync", use_sde=True, sde_sample_freq=8, init_log_std=-1.0)),
 }
@@ -229,6 +231,7 @@ def uninterrupted(env_id: str, options: dict, run_dir: Path) -> PPO:
         ("pendulum-novel-gru-bptt", (1, 3), "from_run"),
         ("slots-masked", (1, 3), "from_run"),
         ("toolamount-hybrid", (2,), "load"),
+        ("cartpole-bf16", (1, 3), "from_run"),
         ("pendulum-sde", (1, 3), "from_run"),
     ],
 )

@@ -111,6 +111,12 @@ class PPOConfig:
         "always the general torch path.",
         "auto",
     )
+    precision: str = knob(
+        "fp32 or bf16: bf16 runs the networks' passes in bfloat16 mixed precision (autocast; parameters, optimizer, "
+        "losses and statistics stay fp32) on CPUs with AVX512-BF16 or AMX and on bf16 GPUs; it takes the general "
+        "torch path (the numpy fast path is fp32).",
+        "fp32",
+    )
     reward_sign: bool = knob(
         "Train on the sign of each reward (Atari's reward clipping); episode returns are still logged in raw rewards.",
         False,
@@ -334,6 +340,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("cpu", "cuda", "auto"),
     "nonfinite": ("stop", "skip"),
     "fast_path": ("auto", "off"),
+    "precision": ("fp32", "bf16"),
     "recurrent": ("none", "lstm", "gru"),
 }
 

@@ -20,6 +20,7 @@ from gymnasium import spaces
 from torch import nn
 from torch.nn import functional as F
 
+from clippo.core import precision
 from clippo.core.observations import Obs, map_obs
 from clippo.networks.distributions import ActionDistribution, make_distribution
 from clippo.networks.encoders import ACTIVATIONS, layer, make_encoder, mlp_layers, output_size, run_layers
@@ -103,6 +104,12 @@ class ActorCritic(nn.Module):
             self.distribution.bind_log_std(self.log_std)
         if not orthogonal_init:
             self._default_init()
+        #: the autocast dtype of the networks' passes (None: fp32; ``clippo.core.precision``)
+        self.compute_dtype: torch.dtype | None = None
+
+    def _autocast(self):
+        """The networks' passes in ``compute_dtype`` (their outputs are cast back to fp32)."""
+        return precision.autocast(self.actor_head.weight.device, self.compute_dtype)
 
     def _default_init(self) -> None:
         """PyTorch's default init (``reset_parameters``) instead of the orthogonal one, for the heads
@@ -144,14 +151,17 @@ class ActorCritic(nn.Module):
         """One step of a recurrent policy: distribution parameters (masked by ``masks``), values
         and the new state, for observations ``[batch, ...]`` and the state before them (zeroed
         first where ``starts``, bool ``[batch]``, marks an episode's first observation)."""
-        if self.shared:
-            features, state = self.core.step(self.encoder(obs), state, starts)
-            return self._masked(self._actor_out(features), masks), self._critic_out(features), state
-        actor_state, critic_state = self._split_state(state)
-        actor_features, actor_state = self.actor_core.step(self.actor_encoder(obs), actor_state, starts)
-        critic_features, critic_state = self.critic_core.step(self.critic_encoder(obs), critic_state, starts)
-        params = self._masked(self._actor_out(actor_features), masks)
-        return params, self._critic_out(critic_features), torch.cat([actor_state, critic_state], dim=-1)
+        with self._autocast():
+            if self.shared:
+                features, state = self.core.step(self.encoder(obs), state, starts)
+                params, values = self._actor_out(features), self._critic_out(features)
+            else:
+                actor_state, critic_state = self._split_state(state)
+                actor_features, actor_state = self.actor_core.step(self.actor_encoder(obs), actor_state, starts)
+                critic_features, critic_state = self.critic_core.step(self.critic_encoder(obs), critic_state, starts)
+                params, values = self._actor_out(actor_features), self._critic_out(critic_features)
+                state = torch.cat([actor_state, critic_state], dim=-1)
+        return self._masked(params.float(), masks), values.float(), state.float()
 
     def _split_state(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A separate network's state as the actor core's and the critic core's."""
@@ -172,13 +182,15 @@ class ActorCritic(nn.Module):
         if masks is not None:
             masks = masks.reshape(length * num_seq, -1)[valid]
         state = sequences.initial_state
-        if self.shared:
-            features = through(self.encoder, self.core, state)
-            return self._masked(self._actor_out(features), masks), self._critic_out(features)
-        actor_state, critic_state = self._split_state(state)
-        params = self._actor_out(through(self.actor_encoder, self.actor_core, actor_state))
-        values = self._critic_out(through(self.critic_encoder, self.critic_core, critic_state))
-        return self._masked(params, masks), values
+        with self._autocast():
+            if self.shared:
+                features = through(self.encoder, self.core, state)
+                params, values = self._actor_out(features), self._critic_out(features)
+            else:
+                actor_state, critic_state = self._split_state(state)
+                params = self._actor_out(through(self.actor_encoder, self.actor_core, actor_state))
+                values = self._critic_out(through(self.critic_encoder, self.critic_core, critic_state))
+        return self._masked(params.float(), masks), values.float()
 
     def forward(self, obs: Obs, masks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Distribution parameters (masked by ``masks``, if given) and values (shape [batch]) for
@@ -186,8 +198,10 @@ class ActorCritic(nn.Module):
         if self.recurrent:
             raise_needs_state()
         if self.shared:
-            features = self.encoder(obs)
-            return self._masked(self._actor_out(features), masks), self._critic_out(features)
+            with self._autocast():
+                features = self.encoder(obs)
+                params, values = self._actor_out(features), self._critic_out(features)
+            return self._masked(params.float(), masks), values.float()
         return self.actor(obs, masks), self.value(obs)
 
     def actor(self, obs: Obs, masks: torch.Tensor | None = None) -> torch.Tensor:
@@ -195,7 +209,9 @@ class ActorCritic(nn.Module):
         or the Gaussian mean."""
         if self.recurrent:
             raise_needs_state()
-        return self._masked(self._actor_out(self.actor_features(obs)), masks)
+        with self._autocast():
+            params = self._actor_out(self.actor_features(obs))
+        return self._masked(params.float(), masks)
 
     def _masked(self, params: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
         return params if masks is None else self.distribution.mask(params, masks)
@@ -204,7 +220,9 @@ class ActorCritic(nn.Module):
         """The critic's values alone (shape [batch])."""
         if self.recurrent:
             raise_needs_state()
-        return self._critic_out(self.critic_features(obs))
+        with self._autocast():
+            values = self._critic_out(self.critic_features(obs))
+        return values.float()
 
     def _actor_out(self, features: torch.Tensor) -> torch.Tensor:
         if self.head_sizes:

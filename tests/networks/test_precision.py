@@ -1,0 +1,83 @@
+"""bf16 mixed precision (``precision="bf16"``, clippo.core.precision): the networks' passes run in
+bfloat16 while parameters, outputs and statistics stay fp32; the first ratio of every update is
+still 1; hardware without bf16 is refused in one line. (Exact resume in bf16:
+tests/training/test_reliability.py, case cartpole-bf16.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clippo import PPO
+from clippo.core import precision
+from clippo.core.losses import AutogradLoss
+from clippo.rollout.runner import EnvRunner
+from tests.helpers import run_cli
+from tests.toy_envs import SpotImageEnv
+from tests.training.test_ppo import record_first_logratios
+
+IMAGE = dict(num_envs=2, num_steps=32, num_minibatches=2, update_epochs=2, tensorboard=False, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _needs_bf16():
+    if not precision.cpu_supports_bf16():
+        pytest.skip("this CPU has no native bf16 (AVX512-BF16 or AMX); the refusal is tested below")
+
+
+@pytest.mark.parametrize("name", ["fp32", "bf16"])
+def test_first_ratio_of_every_update_is_one(name):
+    """The rollout's log-probabilities and the update's first ones come from the same networks in
+    the same precision: before the first Adam step of an update their ratio is 1."""
+    agent = PPO(lambda: SpotImageEnv(size=12), precision=name, **IMAGE)
+    firsts = record_first_logratios(agent)
+    agent.learn(3 * agent.batch_size, progress=False)
+    assert len(firsts) == 3
+    for logratio in firsts:
+        assert logratio.abs().max().item() < 1e-5, logratio
+
+
+def test_bf16_runs_the_networks_in_bf16_and_keeps_everything_else_fp32():
+    agent = PPO(lambda: SpotImageEnv(size=12), precision="bf16", **IMAGE)
+    seen: list[torch.dtype] = []
+    layer = next(m for m in agent.model.actor_features.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    layer.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    obs = torch.from_numpy(SpotImageEnv(size=12).reset(seed=0)[0][None])
+    params, values = agent.model(obs)
+    assert seen == [torch.bfloat16]
+    assert params.dtype == values.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in agent.model.parameters())
+    agent.learn(agent.batch_size, progress=False)
+    assert agent.optimizer.flat.dtype == torch.float32 and torch.isfinite(agent.optimizer.flat).all()
+
+
+def test_bf16_takes_the_general_torch_path():
+    """The numpy fast path computes in fp32: bf16 runs flat MLPs on the torch path."""
+    fp32 = PPO("CartPole-v1", **IMAGE)
+    bf16 = PPO("CartPole-v1", precision="bf16", **IMAGE)
+    assert fp32.runner_class is not EnvRunner and not isinstance(fp32.learner.loss, AutogradLoss)
+    assert bf16.runner_class is EnvRunner and isinstance(bf16.learner.loss, AutogradLoss)
+    bf16.learn(2 * bf16.batch_size, progress=False)
+    fp32.close()
+    bf16.close()
+
+
+def test_a_checkpoint_loads_in_either_precision(tmp_path):
+    agent = PPO(lambda: SpotImageEnv(size=12), precision="bf16", **IMAGE)
+    agent.learn(agent.batch_size, progress=False)
+    path = agent.save(tmp_path / "agent.pt")
+    saved = torch.load(path, weights_only=True)
+    assert all(t.dtype == torch.float32 for t in saved["model"].values() if t.is_floating_point())
+    for name in ("bf16", "fp32"):
+        loaded = PPO.load(path, env=lambda: SpotImageEnv(size=12), precision=name)
+        assert loaded.config.precision == name
+        assert torch.equal(loaded.optimizer.flat, agent.optimizer.flat)
+
+
+def test_bf16_on_a_cpu_without_it_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
+    with pytest.raises(ValueError, match=r"^precision='bf16' is invalid on this CPU: .*\(use fp32\)$") as info:
+        PPO("CartPole-v1", precision="bf16", **IMAGE)
+    assert "\n" not in str(info.value)
+    code, _out, err = run_cli(["train", "CartPole-v1", "--precision", "bf16", "--run-dir", str(tmp_path / "run")])
+    assert code == 2 and "precision='bf16' is invalid on this CPU" in err and len(err.strip().splitlines()) == 1
