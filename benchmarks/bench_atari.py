@@ -67,7 +67,14 @@ def child_clippo(spec: dict[str, Any]) -> dict[str, Any]:
     _threads(spec["threads"])
     from clippo import PPO
 
-    agent = PPO(spec["env"], seed=spec["seed"], torch_threads=spec["threads"], tensorboard=False, **RECIPE)
+    agent = PPO(
+        spec["env"],
+        seed=spec["seed"],
+        torch_threads=spec["threads"],
+        tensorboard=False,
+        precision=spec.get("precision", "fp32"),
+        **RECIPE,
+    )
     batch = agent.batch_size
     agent.learn(batch, progress=False)  # warm-up: env start, first allocations
     start = time.perf_counter()
@@ -76,7 +83,7 @@ def child_clippo(spec: dict[str, Any]) -> dict[str, Any]:
     result = {
         "sps": spec["steps"] / elapsed,
         "seconds": elapsed,
-        "vector_env": type(agent._envs).__name__,
+        "vector_env": type(agent.env_runner().envs).__name__,
         "encoder": type(agent.model.encoder).__name__,
     }
     agent.close()
@@ -169,7 +176,14 @@ def child_env_sb3(spec: dict[str, Any]) -> dict[str, Any]:
     return {"sps": rate, "vector_env": "DummyVecEnv+VecFrameStack"}
 
 
-CHILDREN = {"clippo": child_clippo, "sb3": child_sb3, "env_clippo": child_env_clippo, "env_sb3": child_env_sb3}
+CHILDREN = {
+    "clippo": child_clippo,
+    # bf16 mixed precision (clippo's --precision bf16); SB3 as it ships, fp32
+    "clippo_bf16": lambda spec: child_clippo({**spec, "precision": "bf16"}),
+    "sb3": child_sb3,
+    "env_clippo": child_env_clippo,
+    "env_sb3": child_env_sb3,
+}
 
 
 def run_child(spec: dict[str, Any]) -> dict[str, Any]:
@@ -199,6 +213,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT / "atari_speed")
+    parser.add_argument(
+        "--bf16", action="store_true", help="also time clippo in bf16 mixed precision (CPUs with AVX512-BF16 or AMX)"
+    )
     parser.add_argument("--_child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:
@@ -210,7 +227,7 @@ def main() -> int:
     runs: list[dict[str, Any]] = []
     for threads in args.threads:
         for round_index in range(args.rounds):
-            for kind in ("env_clippo", "env_sb3", "clippo", "sb3"):
+            for kind in ("env_clippo", "env_sb3", "clippo", *(("clippo_bf16",) if args.bf16 else ()), "sb3"):
                 spec = {
                     "kind": kind,
                     "env": args.env,
@@ -226,9 +243,12 @@ def main() -> int:
     summary = []
     for threads in args.threads:
         rates = {
-            kind: median(r["sps"] for r in runs if r["kind"] == kind and r["threads"] == threads) for kind in CHILDREN
+            kind: median(r["sps"] for r in runs if r["kind"] == kind and r["threads"] == threads)
+            for kind in CHILDREN
+            if any(r["kind"] == kind for r in runs)
         }
-        summary.append({"threads": threads, **rates, "ratio": ratio(rates["clippo"], rates["sb3"])})
+        bf16 = {"ratio_bf16": ratio(rates["clippo_bf16"], rates["sb3"])} if "clippo_bf16" in rates else {}
+        summary.append({"threads": threads, **rates, "ratio": ratio(rates["clippo"], rates["sb3"]), **bf16})
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "atari_speed.json", {"meta": meta, "runs": runs, "summary": summary})
     lines = [
@@ -249,6 +269,8 @@ def main() -> int:
             "clippo train steps/s",
             "SB3 train steps/s",
             "clippo / SB3",
+            "clippo bf16 train steps/s",
+            "clippo bf16 / SB3",
             "clippo env-only steps/s",
             "SB3 env-only steps/s",
         ],
@@ -258,6 +280,8 @@ def main() -> int:
                 fmt(s["clippo"], 1),
                 fmt(s["sb3"], 1),
                 fmt(s["ratio"], 2) + "x",
+                fmt(s["clippo_bf16"], 1) if "clippo_bf16" in s else "-",
+                fmt(s["ratio_bf16"], 2) + "x" if "ratio_bf16" in s else "-",
                 fmt(s["env_clippo"], 0),
                 fmt(s["env_sb3"], 0),
             ]
