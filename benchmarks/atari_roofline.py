@@ -12,7 +12,9 @@ backward, exactly what autograd runs), measures what one thread of this CPU sust
 - the Nature CNN's forward+backward on a 256-frame minibatch (what PPO's update runs),
 
 and turns them into the least time per 1,024 env steps that any fp32 implementation would need
-(arithmetic only: no env, no Python, no optimizer). Given a peer's measured training rate
+(arithmetic only: no env, no Python, no optimizer). Where the CPU computes bf16 natively (AVX512-BF16
+or AMX), it measures the same two rates in bf16 (the matrix product on bf16 operands; the CNN under
+clippo's ``precision="bf16"`` autocast) and gives the bf16 bound beside the fp32 one. Given a peer's measured training rate
 (``--peer-steps-per-s``, SB3's from ``bench_atari.py``), it prints the largest speed-up over the
 peer that the arithmetic allows.
 
@@ -99,6 +101,19 @@ def main() -> None:
 
     bound_gemm = update_flops / gemm_flops
     bound_cnn = update_flops / cnn_flops
+
+    from clippo.core.precision import cpu_supports_bf16
+
+    bf16: dict[str, float] = {}
+    if cpu_supports_bf16():
+        a16, b16 = a.bfloat16(), b.bfloat16()
+        bf16["gemm_flops_per_s_bf16"] = 2 * n**3 / best_time(lambda: a16 @ b16, args.repeats)
+        model.compute_dtype = torch.bfloat16  # clippo's bf16 mixed precision (clippo.core.precision)
+        bf16_cnn_s = best_time(train_step, args.repeats)
+        model.compute_dtype = None
+        bf16["cnn_flops_per_s_bf16"] = fwd_bwd / bf16_cnn_s
+        bf16["bound_s_gemm_bf16"] = update_flops / bf16["gemm_flops_per_s_bf16"]
+        bf16["bound_s_cnn_bf16"] = update_flops / bf16["cnn_flops_per_s_bf16"]
     rows = [
         ["FLOPs per frame, forward (acting)", f"{per_frame_fwd / 1e6:.1f} M"],
         ["FLOPs per frame, forward+backward (learning)", f"{per_frame_fwd_bwd / 1e6:.1f} M"],
@@ -120,6 +135,18 @@ def main() -> None:
             f"{bound_cnn:.2f} s ({steps / bound_cnn:.0f} steps/s at most)",
         ],
     ]
+    if bf16:
+        rows += [
+            ["one thread, 2048x2048 bf16 matrix product", f"{bf16['gemm_flops_per_s_bf16'] / 1e9:.1f} GFLOP/s"],
+            [
+                f"one thread, Nature CNN forward+backward on {MINIBATCH} frames, bf16 autocast",
+                f"{bf16['cnn_flops_per_s_bf16'] / 1e9:.1f} GFLOP/s ({bf16_cnn_s * 1e3:.0f} ms)",
+            ],
+            [
+                f"least arithmetic time per {steps:,} steps at the bf16 CNN rate",
+                f"{bf16['bound_s_cnn_bf16']:.2f} s ({steps / bf16['bound_s_cnn_bf16']:.0f} steps/s at most)",
+            ],
+        ]
     result = {
         "command": command_line(),
         "date": now(),
@@ -131,12 +158,18 @@ def main() -> None:
         "cnn_flops_per_s": cnn_flops,
         "bound_s_gemm": bound_gemm,
         "bound_s_cnn": bound_cnn,
+        **bf16,
     }
     if args.peer_steps_per_s:
         peer_s = steps / args.peer_steps_per_s
         result["peer_steps_per_s"] = args.peer_steps_per_s
         result["max_speedup_gemm"] = peer_s / bound_gemm
         result["max_speedup_cnn"] = peer_s / bound_cnn
+        if bf16:
+            result["max_speedup_cnn_bf16"] = peer_s / bf16["bound_s_cnn_bf16"]
+            rows.append(
+                ["largest speed-up over the peer the bf16 CNN rate allows", f"{peer_s / bf16['bound_s_cnn_bf16']:.2f}x"]
+            )
         rows.append([f"peer's measured time per {steps:,} steps ({args.peer_steps_per_s} steps/s)", f"{peer_s:.2f} s"])
         rows.append(
             [
