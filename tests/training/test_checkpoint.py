@@ -358,3 +358,18 @@ def test_version_1_checkpoint_loads_and_acts_identically(tmp_path, network):
     assert torch.equal(loaded.optimizer.exp_avg_sq, agent.optimizer.exp_avg_sq)
     assert loaded.global_step == agent.global_step and loaded.update == agent.update
     loaded.close()
+
+
+@pytest.mark.parametrize("name", ["cartpole_5dbe136.pt", "cartpole_novel_lstm_5dbe136.pt"])
+def test_checkpoints_written_before_the_subpackage_layout_still_load(name):
+    """tests/fixtures/*_5dbe136.pt were written by clippo at commit 5dbe136 (the flat layout, before
+    the modules moved into subpackages): they load, act and keep training."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "fixtures" / name
+    agent = PPO.load(path)
+    assert agent.global_step == 128
+    assert agent.evaluate(episodes=1)["episodes"] == 1
+    agent.learn(agent.batch_size, progress=False)
+    assert agent.global_step == 128 + agent.batch_size
+    agent.close()
