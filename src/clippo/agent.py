@@ -115,6 +115,20 @@ class PPO:
         **hyperparameters: any field of :class:`clippo.config.PPOConfig`.
     """
 
+    def __new__(cls, env: EnvSource = "CartPole-v1", *args: Any, **kwargs: Any):
+        """A PettingZoo env (a module path like ``"mpe2.simple_spread_v3"``, such a module, or a
+        function returning a PettingZoo env) hands off to ``clippo.multiagent``'s PPO: the
+        user-facing entry point stays ``PPO``."""
+        if cls is PPO:
+            from clippo.multiagent.pettingzoo import multiagent_source
+
+            source = multiagent_source(env, kwargs.get("env_kwargs"))
+            if source is not None:
+                from clippo.multiagent.agent import MultiAgentPPO
+
+                return MultiAgentPPO(source, *args, **kwargs)
+        return super().__new__(cls)
+
     def __init__(
         self,
         env: EnvSource = "CartPole-v1",
@@ -176,21 +190,7 @@ class PPO:
         torch.set_num_threads(config.torch_threads)
         # Seed the global RNG only for the weight init; everything after draws from our generator.
         torch.manual_seed(config.seed)
-        self.model = ActorCritic(
-            policy_space,
-            action_space,
-            config.hidden_sizes,
-            config.activation,
-            config.network,
-            config.init_log_std,
-            encoder if encoder is not None else config.encoder,
-            config.encoder_kwargs,
-            None if config.recurrent == "none" else config.recurrent,
-            config.recurrent_hidden_size,
-            config.sde_sample_freq if config.use_sde else None,
-            config.orthogonal_init,
-            config.head_sizes,
-        ).to(self.device)
+        self.model = self._build_model(config, policy_space, action_space, encoder).to(self.device)
         # Extra slots carry each minibatch's approximate KL and loss statistics along with the
         # gradient (averaged across ranks in the same exchange).
         self.optimizer = FlatAdam(
@@ -229,6 +229,24 @@ class PPO:
         self._envs = None
         self._runner: EnvRunner | None = None
         self._pending_runner_state: dict | None = None
+
+    def _build_model(self, config: PPOConfig, policy_space: spaces.Space, action_space: spaces.Space, encoder: Any) -> ActorCritic:
+        """The actor-critic for these spaces (``clippo.multiagent`` overrides it for a centralized critic)."""
+        return ActorCritic(
+            policy_space,
+            action_space,
+            config.hidden_sizes,
+            config.activation,
+            config.network,
+            config.init_log_std,
+            encoder if encoder is not None else config.encoder,
+            config.encoder_kwargs,
+            None if config.recurrent == "none" else config.recurrent,
+            config.recurrent_hidden_size,
+            config.sde_sample_freq if config.use_sde else None,
+            config.orthogonal_init,
+            config.head_sizes,
+        )
 
     def _choose_paths(self) -> None:
         """The rollout and loss implementations (``clippo.fastpath`` decides, the numpy fast path
@@ -546,18 +564,30 @@ class PPO:
         run_dir: str | Path | None = None,
         device: str | None = None,
         encoder: Any = None,
+        trust_code: bool = False,
     ) -> PPO:
         """Load a checkpoint file or a run directory's final checkpoint.
 
         ``env`` is needed only when the agent was trained on an env factory rather than an id;
         ``encoder`` only for a user encoder that its recorded ``module:Class`` name cannot rebuild.
+        A multi-agent checkpoint loads as ``clippo.multiagent``'s PPO; the env module it names is
+        imported only with ``trust_code=True`` (or pass ``env``).
         """
-        return cls._from_payload(read_checkpoint(path), path, env, run_dir, device, encoder)
+        payload = read_checkpoint(path)
+        if "multiagent" in payload:
+            from clippo.multiagent.agent import MultiAgentPPO
+
+            return MultiAgentPPO._from_payload(payload, path, env, run_dir, device, trust_code)
+        return cls._from_payload(payload, path, env, run_dir, device, encoder)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, env: EnvSource | None = None) -> PPO:
         """The newest checkpoint of a run directory, set to log and checkpoint there (to resume)."""
         path, payload = latest_checkpoint(run_dir)
+        if "multiagent" in payload:
+            from clippo.multiagent.agent import MultiAgentPPO
+
+            return MultiAgentPPO.from_run(run_dir, env)
         agent = cls._from_payload(payload, path, env, run_dir, None)
         if payload.get("global_rngs") is not None:
             # clippo draws from its own generator, but env or user code may use the global ones.

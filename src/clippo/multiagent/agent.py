@@ -1,0 +1,729 @@
+"""Multi-agent PPO on PettingZoo envs: what ``PPO(make_env)`` becomes when ``make_env`` makes a
+PettingZoo env (``from clippo import PPO`` stays the one entry point).
+
+Each policy group (``clippo.multiagent.groups``) is trained by a :class:`GroupLearner`: clippo's
+own single-agent :class:`~clippo.agent.PPO` for the group's spaces, without envs of its own,
+so that its actor-critic, optimizer, loss (the fast path's hand-written gradient where it
+applies), minibatch update, normalizer and generator are exactly the single-agent ones. The
+multi-agent runner collects every group's transitions; each update then computes GAE per agent
+slot (``clippo.advantages.compute_gae``) and runs ``clippo.trainer.update_policy`` per group.
+
+Steps: ``total_steps`` counts agent steps (one per action of an agent the learner controls, as
+SuperSuit-based setups count them); ``num_steps`` is env steps per env copy and rollout, and the
+logs show env steps too (``env_steps``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from clippo import __version__, fastpath
+from clippo.agent import PPO, global_rng_states, restore_generator, set_global_rng_states
+from clippo.callbacks import as_callback, with_config_evaluation
+from clippo.checkpoint import (
+    FINAL_NAME,
+    FORMAT,
+    FORMAT_VERSION,
+    describe_space,
+    latest_checkpoint,
+    periodic_checkpoint_path,
+    prune_checkpoints,
+    read_checkpoint,
+    run_dir_lock,
+    space_from_dict,
+    space_to_dict,
+    write_atomic,
+)
+from clippo.config import PPOConfig, config_from_dict, resolve_config
+from clippo.distributed import init_world
+from clippo.errors import ActionMaskError, CheckpointError, ConfigError, NonFiniteError, first_line
+from clippo.logger import COLUMNS, METRICS_FILE, RunLogger
+from clippo.losses import AutogradLoss, explained_variance
+from clippo.masking import MASK_KEY, first_invalid_row
+from clippo.multiagent.buffer import combine
+from clippo.multiagent.critic import CentralInput, centralize
+from clippo.multiagent.groups import GroupSpec, ObservationMaker, build_groups
+from clippo.multiagent.pettingzoo import EnvFactory, UntrustedImportError, make_adapter, multiagent_source
+from clippo.multiagent.runner import Episode, MultiAgentRunner, env_action_rows
+from clippo.multiagent.selfplay import SelfPlay, Tally, game_result, random_policy
+from clippo.observations import to_tensor
+from clippo.trainer import annealed_clip_epsilon, annealed_learning_rate, stop_interrupted, update_policy
+
+#: metrics.csv of a multi-agent run: the single-agent columns, then env steps and self-play's.
+MULTIAGENT_COLUMNS = COLUMNS + [
+    "env_steps",
+    "env_sps",
+    "selfplay/win_vs_pool",
+    "selfplay/draw_vs_pool",
+    "selfplay/loss_vs_pool",
+    "selfplay/games_vs_pool",
+    "selfplay/win_vs_latest",
+    "selfplay/draw_vs_latest",
+    "selfplay/loss_vs_latest",
+    "selfplay/elo",
+    "selfplay/pool_size",
+    "selfplay/pool_mean_elo",
+    "vs_random/win",
+    "vs_random/draw",
+    "vs_random/loss",
+]
+
+
+class GroupLearner(PPO):
+    """The single-agent PPO machinery for one policy group (no envs of its own).
+
+    ``critic_space``: the centralized critic's input space (None: a local critic)."""
+
+    def __init__(self, spec: GroupSpec, config: PPOConfig, critic_space: spaces.Box | None, masked: bool, index: int) -> None:
+        self.spec = spec
+        self.critic_space = critic_space
+        self.centralized = critic_space is not None
+        self.masked = masked
+        # Groups of the same shape should not start from the same weights.
+        group_config = dataclasses.replace(config, seed=(config.seed + 7919 * index) % 2**32)
+        self._setup(group_config, spec.policy_space, spec.action_space, None)
+
+    def _build_model(self, config, policy_space, action_space, encoder):
+        model = super()._build_model(config, policy_space, action_space, encoder)
+        if self.critic_space is not None:
+            recurrent = None if config.recurrent == "none" else config.recurrent
+            centralize(model, policy_space, self.critic_space, config.hidden_sizes, config.activation, recurrent, config.recurrent_hidden_size)
+        return model
+
+    def _choose_paths(self) -> None:
+        """The loss: the fast path's hand-written gradient where it covers the model and the
+        stored observations are flat floats (the multi-agent buffer stores Discrete
+        observations as indices), else autograd. (The rollout is the multi-agent runner's.)"""
+        self.runner_class = self.buffer_class = None
+        space = self.model.observation_space
+        cfg = self.config
+        if isinstance(space, spaces.Box) and np.issubdtype(space.dtype, np.floating):
+            self._loss = fastpath.make_loss(cfg, self.model, self.device, self.optimizer.zero_grad, self.masked)
+        else:
+            self._loss = AutogradLoss(self.model, cfg.clip_epsilon, cfg.vf_coef, cfg.ent_coef, self.optimizer.zero_grad)
+
+    def group_state(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "obs_normalizer": self.obs_normalizer.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_group_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"], saved_names=[name for name, _ in self.model.named_parameters()])
+        self.obs_normalizer.load_state_dict(state["obs_normalizer"])
+        restore_generator(self.generator, state["generator"])
+
+
+@dataclasses.dataclass
+class EnvInfo:
+    """What a multi-agent agent knows of its env without making one (saved in checkpoints)."""
+
+    kind: str  # "parallel" or "aec"
+    possible_agents: list[str]
+    observation_spaces: dict[str, spaces.Space]
+    action_spaces: dict[str, spaces.Space]
+    state_size: int | None  # the size of env.state(), None where the env gives none
+
+    @classmethod
+    def of(cls, adapter, seed: int) -> EnvInfo:
+        adapter.reset(seed)
+        adapter.detect_state()
+        agents = adapter.possible_agents
+        return cls(
+            adapter.kind,
+            list(agents),
+            {a: adapter.observation_space(a) for a in agents},
+            {a: adapter.action_space(a) for a in agents},
+            adapter.state().size if adapter.has_state else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "possible_agents": list(self.possible_agents),
+            "observation_spaces": [space_to_dict(self.observation_spaces[a]) for a in self.possible_agents],
+            "action_spaces": [space_to_dict(self.action_spaces[a]) for a in self.possible_agents],
+            "state_size": self.state_size,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EnvInfo:
+        agents = list(data["possible_agents"])
+        return cls(
+            data["kind"],
+            agents,
+            {a: space_from_dict(s) for a, s in zip(agents, data["observation_spaces"])},
+            {a: space_from_dict(s) for a, s in zip(agents, data["action_spaces"])},
+            data["state_size"],
+        )
+
+    def check(self, adapter, name: str) -> None:
+        """A one-line error when a new copy of the env does not have the same agents and spaces."""
+        if list(adapter.possible_agents) != self.possible_agents:
+            raise ValueError(f"env {name!r} has agents {adapter.possible_agents}, but this agent was made for {self.possible_agents}")
+        for agent in self.possible_agents:
+            for what, table, method in (("observation", self.observation_spaces, adapter.observation_space),
+                                        ("action", self.action_spaces, adapter.action_space)):  # fmt: skip
+                if method(agent) != table[agent]:
+                    raise ValueError(
+                        f"env {name!r} gives agent {agent!r} the {what} space {describe_space(method(agent))}, "
+                        f"but this agent was made for {describe_space(table[agent])}"
+                    )
+
+
+def _check_supported(config: PPOConfig) -> None:
+    """One-line errors for what multi-agent runs do not take (yet)."""
+    unsupported = {
+        "recurrent": config.recurrent != "none",
+        "normalize_rewards": config.normalize_rewards,
+        "use_sde": config.use_sde,
+        "reward_sign": config.reward_sign,
+        "episodic_life": config.episodic_life,
+    }
+    for name, used in unsupported.items():
+        if used:
+            raise ConfigError(f"{name}={getattr(config, name)!r} is not supported for multi-agent (PettingZoo) envs yet")
+
+
+class MultiAgentPPO:
+    """PPO for PettingZoo envs (made by ``PPO(...)``; see the module docstring)."""
+
+    def __init__(
+        self,
+        source: EnvFactory,
+        *,
+        preset: str | None = None,
+        config_file: str | Path | None = None,
+        run_dir: str | Path | None = None,
+        **hyperparameters: Any,
+    ) -> None:
+        hyperparameters.pop("env_id", None)
+        config = resolve_config(source.name, preset, config_file, hyperparameters)
+        if source.probe is None:
+            source.kwargs = dict(config.env_kwargs)
+        if run_dir is not None and (Path(run_dir) / METRICS_FILE).exists():
+            raise ValueError(
+                f"run directory {str(run_dir)!r} already holds a run: choose another run_dir, "
+                f"or continue it with: clippo resume {run_dir}"
+            )
+        self.env_source: EnvFactory | None = source
+        adapter = make_adapter(source.make())
+        try:
+            info = EnvInfo.of(adapter, config.seed)
+            self._setup(config, info, run_dir)
+        except BaseException:
+            adapter.close()
+            raise
+        self._spare_adapters = [adapter]
+
+    # ------------------------------------------------------------------------------------------
+    def _setup(self, config: PPOConfig, info: EnvInfo, run_dir: str | Path | None) -> None:
+        _check_supported(config)
+        self.config = config
+        self.env_info = info
+        self.world = init_world(config.device)
+        if self.world.distributed:
+            raise ConfigError("multi-agent (PettingZoo) runs take one process: drop --nproc")
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.specs = build_groups(
+            info.possible_agents, info.observation_spaces, info.action_spaces, config.policy_groups, config.agent_id_feature
+        )
+        self.central = CentralInput(info.possible_agents, self.specs, info.state_size) if config.critic == "centralized" else None
+        self.makers = {}
+        self.learners: list[GroupLearner] = []
+        for index, spec in enumerate(self.specs):
+            maker = ObservationMaker(spec)
+            critic_space = None if self.central is None else self.central.space(spec)
+            self.learners.append(GroupLearner(spec, config, critic_space, maker.masked, index))
+            for agent in spec.agents:
+                self.makers[agent] = (index, maker)
+        self.device = self.learners[0].device
+        self.selfplay = self._make_selfplay(config, info)
+        self.global_step = 0
+        self.env_steps = 0
+        self.update = 0
+        self.global_batch_size = 0  # agent steps of the last update (what EvalCallback reads)
+        self.schedule_start = self.schedule_end = 0
+        self.train_time = 0.0
+        self.recent_returns: list[float] = []
+        self.stop_requested = False
+        self.stopped_by_callback = False
+        self.envs_restored = False
+        self._runner: MultiAgentRunner | None = None
+        self._spare_adapters: list = []
+        self._untrusted_env: str | None = None
+
+    def _make_selfplay(self, config: PPOConfig, info: EnvInfo) -> SelfPlay | None:
+        """Self-play for two-player turn-based games with masks (``selfplay``: auto, on, off)."""
+        masked = all(isinstance(s, spaces.Dict) and MASK_KEY in s.spaces for s in info.observation_spaces.values())
+        fits = info.kind == "aec" and len(info.possible_agents) == 2 and len(self.specs) == 1 and masked
+        if config.selfplay == "off" or (config.selfplay == "auto" and not fits):
+            return None
+        if not fits:
+            raise ConfigError(
+                f"selfplay='on' is invalid for {config.env_id!r}: self-play needs a two-player turn-based (AEC) game whose "
+                "players share one policy and whose observations carry an 'action_mask'"
+            )
+        return SelfPlay(info.possible_agents, config.selfplay_pool_size, config.selfplay_latest_prob, config.selfplay_sampling, config.seed + 31)
+
+    @property
+    def groups(self) -> dict[str, GroupLearner]:
+        """The policy groups' learners by name (``agent.groups["shared"].model`` is its actor-critic)."""
+        return {learner.spec.name: learner for learner in self.learners}
+
+    @property
+    def finished(self) -> bool:
+        return self.global_step >= self.schedule_end
+
+    # ------------------------------------------------------------------------------------------
+    # envs
+    # ------------------------------------------------------------------------------------------
+    def _new_adapter(self):
+        if self.env_source is None:
+            raise UntrustedImportError(
+                f"this agent's env {self._untrusted_env or self.config.env_id!r} is named by its checkpoint, and importing it runs "
+                "its code: pass env= (a module path or env function) or trust_code=True"
+            )
+        adapter = make_adapter(self.env_source.make())
+        try:
+            self.env_info.check(adapter, self.env_source.name)
+        except BaseException:
+            adapter.close()
+            raise
+        return adapter
+
+    def env_runner(self) -> MultiAgentRunner:
+        """The training env copies (made and reset on first use)."""
+        if self._runner is None:
+            adapters = self._spare_adapters[: self.config.num_envs]
+            self._spare_adapters = []
+            while len(adapters) < self.config.num_envs:
+                adapters.append(self._new_adapter())
+            for adapter in adapters:
+                adapter.has_state = self.env_info.state_size is not None
+            self._runner = MultiAgentRunner(adapters, self.learners, self.central, self.config.num_steps, self.selfplay)
+            seed = self.config.seed + (7919 * self.update if self.update else 0)
+            self._runner.start(seed)
+        return self._runner
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
+        for adapter in self._spare_adapters:
+            adapter.close()
+        self._runner = None
+        self._spare_adapters = []
+
+    # ------------------------------------------------------------------------------------------
+    # training
+    # ------------------------------------------------------------------------------------------
+    def learn(self, total_steps: int | None = None, progress: bool | None = None, callback=None) -> MultiAgentPPO:
+        """Train for ``total_steps`` more agent steps (default: the config's), rounded up to whole rollouts."""
+        steps = self.config.total_steps if total_steps is None else total_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"total_steps={steps!r} is invalid: it must be an integer >= 1")
+        self.schedule_start = self.global_step
+        self.schedule_end = self.global_step + steps
+        self._train(progress, callback)
+        return self
+
+    def resume(self, progress: bool | None = None, callback=None) -> MultiAgentPPO:
+        if self.finished:
+            raise ValueError(f"the run is already complete ({self.global_step} of {self.schedule_end} steps)")
+        self._train(progress, callback)
+        return self
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+
+    def _train(self, progress: bool | None, callback) -> None:
+        lock = run_dir_lock(self.run_dir, create=True) if self.run_dir is not None else contextlib.nullcontext()
+        with lock:
+            self._train_locked(progress, callback)
+
+    def _train_locked(self, progress: bool | None, callback) -> None:
+        cfg = self.config
+        callback = with_config_evaluation(as_callback(callback), cfg)
+        self.stopped_by_callback = False
+        runner = self.env_runner()
+        logger = RunLogger(self.run_dir, self.schedule_end, self.global_step, progress, cfg.tensorboard, columns=MULTIAGENT_COLUMNS)
+        start_time, start_step, start_env_steps, time_before = time.perf_counter(), self.global_step, self.env_steps, self.train_time
+        self.stop_requested = False
+        try:
+            while not (self.finished or self.stopped_by_callback):
+                if self.stop_requested:
+                    stop_interrupted(self)
+                learning_rate = annealed_learning_rate(self)
+                clip = annealed_clip_epsilon(self)
+                for learner in self.learners:
+                    learner.optimizer.lr = learning_rate
+                    learner.clip_epsilon = clip
+
+                # 1. Every env copy for num_steps env steps; each agent's transitions in its slot.
+                rollout_start = time.perf_counter()
+                taken = runner.collect([learner.generator for learner in self.learners])
+                self.global_step += taken
+                self.global_batch_size = taken
+                self.env_steps += cfg.num_envs * cfg.num_steps
+                self.update += 1
+
+                # 2. Values, then GAE per agent slot; the batches; the next rollout's starting rows.
+                batches = []
+                for learner, buffer in zip(self.learners, runner.buffers):
+                    if buffer.transitions():
+                        buffer.estimate_values(learner.model.value)
+                        advantages, returns = buffer.advantages(cfg.gamma, cfg.gae_lambda)
+                        batches.append((learner, buffer.flatten(advantages, returns)))
+                    buffer.carry_over()
+                episodes = runner.pop_finished()
+                if callback.on_rollout(self) is False:
+                    self.stopped_by_callback = True
+                update_start = time.perf_counter()
+
+                # 3. The PPO update of each group on its own agents' transitions.
+                stats = self._update_groups(batches)
+                update_end = time.perf_counter()
+                extra = self._selfplay_step()
+                scores = [episode.score for episode in episodes]
+                self.recent_returns = (self.recent_returns + scores)[-100:]
+                self.train_time = time_before + time.perf_counter() - start_time
+                elapsed = max(self.train_time - time_before, 1e-9)
+                metrics = {
+                    "global_step": self.global_step,
+                    "update": self.update,
+                    "wall_time": self.train_time,
+                    "sps": (self.global_step - start_step) / elapsed,
+                    "env_steps": self.env_steps,
+                    "env_sps": (self.env_steps - start_env_steps) / elapsed,
+                    "episode_return": float(np.mean(scores)) if scores else float("nan"),
+                    "episode_length": float(np.mean([e.length for e in episodes])) if episodes else float("nan"),
+                    "episodes": len(episodes),
+                    "recent_return": float(np.mean(self.recent_returns)) if self.recent_returns else float("nan"),
+                    "learning_rate": learning_rate,
+                    "final": self.finished,
+                    "rollout_time": update_start - rollout_start,
+                    "exchange_time": 0.0,
+                    "update_time": update_end - update_start,
+                    **stats,
+                    **extra,
+                }
+                if callback.on_update(self, metrics) is False:
+                    self.stopped_by_callback = True
+                logger.log(metrics)
+                if self.run_dir is not None and cfg.checkpoint_every and self.update % cfg.checkpoint_every == 0:
+                    self._save_periodic()
+        finally:
+            logger.close()
+        if self.run_dir is not None:
+            self.save(self.run_dir / FINAL_NAME)
+
+    def _update_groups(self, batches: list) -> dict[str, float]:
+        """``clippo.trainer.update_policy`` for each group; the statistics averaged over the groups
+        weighted by their batch sizes (per group in TensorBoard-free form: ``group/<name>/...``)."""
+        names = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "epochs_run")
+        if not batches:
+            out = {name: float("nan") for name in names}
+            out.update(explained_variance=float("nan"), early_stopped=0, skipped_steps=0)
+            return out
+        totals = {name: 0.0 for name in names}
+        weights = 0
+        early = skipped = 0
+        values, returns = [], []
+        for learner, batch in batches:
+            learner.update = self.update
+            stats = update_policy(learner, batch)
+            size = len(batch)
+            weights += size
+            for name in names:
+                totals[name] += stats[name] * size
+            early += stats["early_stopped"]
+            skipped += stats["skipped_steps"]
+            values.append(batch.samples("values"))
+            returns.append(batch.samples("returns"))
+        out = {name: total / weights for name, total in totals.items()}
+        out["explained_variance"] = explained_variance(torch.cat(values), torch.cat(returns))
+        out["early_stopped"] = early
+        out["skipped_steps"] = skipped
+        return out
+
+    def _selfplay_step(self) -> dict[str, float]:
+        """Self-play's bookkeeping after an update: a snapshot into the pool when due, the
+        periodic games against a random player, and the update's metrics."""
+        if self.selfplay is None:
+            return {}
+        cfg = self.config
+        if self.update % cfg.selfplay_snapshot_every == 0:
+            self.selfplay.add_snapshot(self.learners[0].model, self.update)
+        stats = self.selfplay.pop_stats()
+        if cfg.selfplay_eval_every and self.update % cfg.selfplay_eval_every == 0:
+            result = self.play_random(cfg.selfplay_eval_games, seed=cfg.seed + 20_000 + self.update)
+            for outcome in ("win", "draw", "loss"):
+                stats[f"vs_random/{outcome}"] = result[outcome]
+            stats["selfplay/elo"] = self.selfplay.rating
+        return stats
+
+    # ------------------------------------------------------------------------------------------
+    # acting and evaluation
+    # ------------------------------------------------------------------------------------------
+    def act(self, observations: dict[str, Any], deterministic: bool = False) -> dict[str, Any]:
+        """``{agent: action}`` for ``{agent: observation}`` exactly as the env returns them (masks
+        read from an observation's ``action_mask``; an invalid action is never returned)."""
+        if not isinstance(observations, dict):
+            raise TypeError(
+                f"observations must be a dict {{agent: observation}} as the env returns them, got {type(observations).__name__}"
+            )
+        items = list(observations.items())
+        return dict(zip((agent for agent, _ in items), self._act_batch(items, deterministic)))
+
+    def predict(self, observations: dict[str, Any], state: Any = None, episode_start: Any = None, deterministic: bool = False):
+        """``(actions, None)``: SB3's contract for :meth:`act` (multi-agent policies are feed-forward)."""
+        return self.act(observations, deterministic), None
+
+    @torch.inference_mode()
+    def _act_batch(self, items: list[tuple[str, Any]], deterministic: bool) -> list[Any]:
+        """Actions for ``(agent, raw observation)`` pairs, batched per group."""
+        out: list[Any] = [None] * len(items)
+        by_group: dict[int, list[int]] = {}
+        for i, (agent, _) in enumerate(items):
+            if agent not in self.makers:
+                raise ValueError(f"unknown agent {agent!r}: this agent's env has {', '.join(self.env_info.possible_agents)}")
+            by_group.setdefault(self.makers[agent][0], []).append(i)
+        for gi, indices in by_group.items():
+            learner = self.learners[gi]
+            maker = self.makers[items[indices[0]][0]][1]
+            agents = [items[i][0] for i in indices]
+            try:
+                obs, masks = maker.batch(agents, [items[i][1] for i in indices])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(
+                    f"observation of agent {agents[0]!r} does not fit its space {describe_space(learner.spec.observation_space)}: {first_line(exc)}"
+                ) from None
+            if masks is not None:
+                bad = first_invalid_row(masks, [0])
+                if bad is not None:
+                    raise ActionMaskError(f"agent {agents[bad]!r} has no valid action: its action mask is all false")
+            if learner.obs_normalizer.enabled:
+                obs = learner.obs_normalizer(obs)
+            tensors = to_tensor(combine(obs, None, learner.centralized), learner.device)
+            mask_tensor = None if masks is None else torch.from_numpy(masks).to(learner.device)
+            distribution = learner.model.distribution
+            noise = None if deterministic else distribution.noise((len(indices),), learner.generator, learner.device)
+            actions, _ = learner.model.act(tensors, noise, mask_tensor)
+            for i, action in zip(indices, env_action_rows(distribution, actions.cpu().numpy())):
+                out[i] = action
+        return out
+
+    def _play(self, episodes: int, seed: int | None, choose, num_envs: int | None = None, assign=None) -> list[Episode]:
+        """Whole episodes on fresh env copies: ``choose(due)`` gives the actions of
+        ``[(copy, agent, observation)]``; ``assign(copy, game)`` the learner's seat of a game
+        (for games against another player). Each copy has a fixed quota of episodes."""
+        n = num_envs or min(episodes, self.config.num_envs)
+        adapters = [self._new_adapter() for _ in range(n)]
+        for adapter in adapters:
+            adapter.has_state = self.env_info.state_size is not None
+        quota = [episodes // n + (i < episodes % n) for i in range(n)]
+        finished: list[Episode] = []
+        try:
+            acting = [adapter.reset(None if seed is None else seed + c) for c, adapter in enumerate(adapters)]
+            returns = [dict.fromkeys(self.env_info.possible_agents, 0.0) for _ in adapters]
+            lengths = [0] * n
+            games = [0] * n
+            seats = [assign(c, 0) if assign else None for c in range(n)]
+            while any(games[c] < quota[c] for c in range(n)):
+                due = [(c, agent, obs) for c in range(n) if games[c] < quota[c] for agent, obs in acting[c].items()]
+                actions = choose(due, seats)
+                per_copy: list[dict[str, Any]] = [{} for _ in range(n)]
+                for (c, agent, _), action in zip(due, actions):
+                    per_copy[c][agent] = action
+                for c in range(n):
+                    if not per_copy[c]:
+                        continue
+                    outcomes, acting[c], over = adapters[c].step(per_copy[c])
+                    lengths[c] += 1
+                    for outcome in outcomes:
+                        returns[c][outcome.agent] += outcome.reward
+                    if over:
+                        seat = seats[c]
+                        result = game_result(returns[c][seat]) if seat is not None else None
+                        finished.append(Episode(returns[c], lengths[c], seat, None, result))
+                        games[c] += 1
+                        returns[c] = dict.fromkeys(self.env_info.possible_agents, 0.0)
+                        lengths[c] = 0
+                        seats[c] = assign(c, games[c]) if assign else None
+                        acting[c] = adapters[c].reset(None)
+        finally:
+            for adapter in adapters:
+                adapter.close()
+        return finished
+
+    def evaluate(
+        self, episodes: int = 10, seed: int | None = None, deterministic: bool = True, num_envs: int | None = None
+    ) -> dict[str, Any]:
+        """Whole episodes with every agent acting by its (by default deterministic) policy: the
+        mean team return (the sum of all agents' rewards per episode) and each agent's mean
+        return. For a self-play game, games against a uniformly random player in both seats
+        instead (``win``/``draw``/``loss`` rates; ``mean_return`` is the learner's)."""
+        if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+            raise ValueError(f"episodes={episodes!r} is invalid: it must be an integer >= 1")
+        if self.selfplay is not None:
+            return self.play_random(episodes, seed, deterministic, num_envs)
+
+        def choose(due, seats):
+            return self._act_batch([(agent, obs) for _, agent, obs in due], deterministic)
+
+        played = self._play(episodes, seed, choose, num_envs)
+        returns = [e.team_return for e in played]
+        return {
+            "mean_return": float(np.mean(returns)),
+            "std_return": float(np.std(returns)),
+            "episodes": len(returns),
+            "mean_length": float(np.mean([e.length for e in played])),
+            "returns": returns,
+            "agent_returns": {a: float(np.mean([e.agent_returns[a] for e in played])) for a in self.env_info.possible_agents},
+        }
+
+    def play_random(self, games: int, seed: int | None = None, deterministic: bool = True, num_envs: int | None = None) -> dict[str, Any]:
+        """Games against a uniformly random player (legal moves only), the learner's seat
+        alternating from game to game: win/draw/loss rates, overall and per seat; each result
+        also updates the learner's Elo against the random anchor."""
+        if self.selfplay is None:
+            raise ValueError(f"play_random is for two-player self-play games; {self.config.env_id!r} is not one")
+        agents = self.selfplay.agents
+        rng = np.random.default_rng(seed)
+        maker = self.makers[agents[0]][1]
+
+        def choose(due, seats):
+            mine = [(i, agent, obs) for i, (c, agent, obs) in enumerate(due) if agent == seats[c]]
+            out: list[Any] = [None] * len(due)
+            for (i, _, _), action in zip(mine, self._act_batch([(agent, obs) for _, agent, obs in mine], deterministic)):
+                out[i] = action
+            for i, (c, agent, obs) in enumerate(due):
+                if agent != seats[c]:
+                    _, mask = maker.split(obs)
+                    out[i] = int(random_policy(mask[None], rng)[0])
+            return out
+
+        played = self._play(games, seed, choose, num_envs, assign=lambda c, game: agents[(c + game) % 2])
+        tally = Tally()
+        per_seat = {agent: Tally() for agent in agents}
+        for episode in played:
+            tally.add(episode.result)
+            per_seat[episode.seat].add(episode.result)
+            self.selfplay.record_random(episode.result)
+        rates = tally.rates()
+        scores = [e.score for e in played]
+        return {
+            **rates,
+            "games": tally.games,
+            "per_seat": {agent: t.rates() for agent, t in per_seat.items()},
+            "mean_return": float(np.mean(scores)),
+            "std_return": float(np.std(scores)),
+            "episodes": len(scores),
+            "mean_length": float(np.mean([e.length for e in played])),
+            "returns": scores,
+        }
+
+    # ------------------------------------------------------------------------------------------
+    # checkpoints
+    # ------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Every group's weights, optimizer, normalizer and generator, the self-play pool, the
+        counters: tensors and plain data only (loads with ``weights_only=True``)."""
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "clippo_version": __version__,
+            "config": self.config.to_dict(),
+            "multiagent": {
+                "env": self.env_info.to_dict(),
+                "groups": [learner.group_state() for learner in self.learners],
+                "selfplay": None if self.selfplay is None else self.selfplay.state_dict(),
+                "env_steps": self.env_steps,
+            },
+            "global_step": self.global_step,
+            "update": self.update,
+            "schedule": [self.schedule_start, self.schedule_end],
+            "global_rngs": global_rng_states(),
+            "train_time": self.train_time,
+            "recent_returns": [float(r) for r in self.recent_returns],
+            "runner": None,
+        }
+
+    def save(self, path: str | Path, include_runner: bool = True) -> Path:
+        """Write a checkpoint atomically (the env copies are not saved: a resumed run resets them)."""
+        for learner in self.learners:
+            if not torch.isfinite(learner.optimizer.flat).all():
+                raise NonFiniteError(f"refusing to write {path}: group {learner.spec.name!r} has non-finite parameters")
+        return write_atomic(self.state_dict(), path)
+
+    def _save_periodic(self, include_runner: bool = True) -> Path:
+        path = self.save(periodic_checkpoint_path(self.run_dir, self.global_step))
+        prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
+        return path
+
+    def _resume_hint(self) -> str:
+        return f"resume with: clippo resume {self.run_dir}" if self.run_dir is not None else "nothing was saved (no run_dir)"
+
+    @classmethod
+    def load(cls, path: str | Path, env: Any = None, run_dir: str | Path | None = None, device: str | None = None,
+             trust_code: bool = False) -> MultiAgentPPO:  # fmt: skip
+        """Load a checkpoint. Its env is named by the checkpoint: it is imported only with
+        ``trust_code=True``, or give ``env`` yourself; acting (``act``) needs neither."""
+        return cls._from_payload(read_checkpoint(path), path, env, run_dir, device, trust_code)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, env: Any = None, trust_code: bool = False) -> MultiAgentPPO:
+        path, payload = latest_checkpoint(run_dir)
+        agent = cls._from_payload(payload, path, env, run_dir, None, trust_code)
+        if payload.get("global_rngs") is not None:
+            set_global_rng_states(payload["global_rngs"])
+        return agent
+
+    @classmethod
+    def _from_payload(cls, payload, path, env, run_dir, device, trust_code: bool = False) -> MultiAgentPPO:
+        try:
+            values = dict(payload["config"])
+            if device is not None:
+                values["device"] = device
+            config = config_from_dict(values)
+            data = payload["multiagent"]
+            agent = cls.__new__(cls)
+            agent._setup(config, EnvInfo.from_dict(data["env"]), run_dir)
+            if len(data["groups"]) != len(agent.learners):
+                raise CheckpointError(f"it holds {len(data['groups'])} policy groups, its config makes {len(agent.learners)}")
+            for learner, state in zip(agent.learners, data["groups"]):
+                learner.load_group_state(state)
+            if agent.selfplay is not None and data.get("selfplay") is not None:
+                agent.selfplay.load_state_dict(data["selfplay"])
+            agent.env_steps = int(data["env_steps"])
+            agent.global_step = int(payload["global_step"])
+            agent.update = int(payload["update"])
+            agent.schedule_start, agent.schedule_end = (int(v) for v in payload["schedule"])
+            agent.train_time = float(payload.get("train_time", 0.0))
+            agent.recent_returns = [float(r) for r in payload.get("recent_returns", [])]
+        except Exception as exc:  # a damaged payload can fail anywhere in reconstruction
+            raise CheckpointError(f"checkpoint {str(path)!r} does not fit this clippo: {first_line(exc)[:200]}") from None
+        if env is not None:
+            agent.env_source = multiagent_source(env, config.env_kwargs)
+            if agent.env_source is None:
+                raise TypeError(f"env {env!r} makes a Gymnasium env, but this checkpoint's agent is multi-agent (PettingZoo)")
+        else:
+            try:
+                agent.env_source = multiagent_source(config.env_id, config.env_kwargs, trusted=trust_code)
+            except UntrustedImportError:
+                agent.env_source = None
+                agent._untrusted_env = config.env_id
+        return agent
