@@ -54,27 +54,29 @@ def import_env_module(path: str, trusted: bool) -> types.ModuleType:
         raise ValueError(f"env module {path!r} does not import: {exc}{hint}") from None
 
 
-def is_parallel_env(env: Any) -> bool:
-    """Whether ``env`` is a PettingZoo Parallel API env (checked by class where PettingZoo is
-    installed, else by its methods)."""
+def _pettingzoo_classes() -> tuple[type, type] | None:
     try:
-        from pettingzoo.utils.env import ParallelEnv
+        from pettingzoo.utils.env import AECEnv, ParallelEnv
     except ImportError:
-        ParallelEnv = None
-    if ParallelEnv is not None and isinstance(env, ParallelEnv):
-        return True
-    return hasattr(env, "possible_agents") and callable(getattr(env, "step", None)) and not hasattr(env, "agent_selection") and callable(getattr(env, "observation_space", None))
+        return None
+    return ParallelEnv, AECEnv
+
+
+def is_parallel_env(env: Any) -> bool:
+    """Whether ``env`` is a PettingZoo Parallel API env (by class where PettingZoo is installed,
+    else by its methods: ``possible_agents`` and ``step`` without the AEC API's ``last``)."""
+    classes = _pettingzoo_classes()
+    if classes is not None:
+        return isinstance(env, classes[0])
+    return hasattr(env, "possible_agents") and callable(getattr(env, "step", None)) and not callable(getattr(env, "last", None))
 
 
 def is_aec_env(env: Any) -> bool:
     """Whether ``env`` is a PettingZoo AEC (turn-based) env."""
-    try:
-        from pettingzoo.utils.env import AECEnv
-    except ImportError:
-        AECEnv = None
-    if AECEnv is not None and isinstance(env, AECEnv):
-        return True
-    return hasattr(env, "possible_agents") and hasattr(env, "agent_selection") and callable(getattr(env, "last", None))
+    classes = _pettingzoo_classes()
+    if classes is not None:
+        return isinstance(env, classes[1])
+    return hasattr(env, "possible_agents") and callable(getattr(env, "last", None)) and callable(getattr(env, "agent_iter", None))
 
 
 def is_pettingzoo_env(env: Any) -> bool:
