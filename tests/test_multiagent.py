@@ -378,6 +378,11 @@ def test_cli_trains_a_pettingzoo_module_path(tmp_path):
         "--eval-episodes", "4", "--run-dir", str(run_dir), "--no-tensorboard", "--critic", "centralized",
     ])  # fmt: skip
     assert code == 0, err
-    assert (run_dir / "agent.pt").exists() and "evaluation over 4 episodes" in out
+    assert (run_dir / "agent.pt").exists() and "evaluation over 4 episodes" in out and "against a random player" in out
+    # the run names its env module: `clippo eval` imports it only with --trust-code
+    code, out, err = run_cli(["eval", str(run_dir), "--episodes", "4"])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--trust-code" in err
+    code, out, err = run_cli(["eval", str(run_dir), "--episodes", "4", "--trust-code"])
+    assert code == 0 and "against a random player over 4 games" in out, err
     code, out, err = run_cli(["train", "no_such_package_xyz.env_v0", "--run-dir", str(tmp_path / "bad")])
     assert code == 2 and len(err.strip().splitlines()) == 1 and "does not import" in err

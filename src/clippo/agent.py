@@ -581,13 +581,14 @@ class PPO:
         return cls._from_payload(payload, path, env, run_dir, device, encoder)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, env: EnvSource | None = None) -> PPO:
-        """The newest checkpoint of a run directory, set to log and checkpoint there (to resume)."""
+    def from_run(cls, run_dir: str | Path, env: EnvSource | None = None, trust_code: bool = False) -> PPO:
+        """The newest checkpoint of a run directory, set to log and checkpoint there (to resume);
+        ``trust_code`` as for :meth:`load`."""
         path, payload = latest_checkpoint(run_dir)
         if "multiagent" in payload:
             from clippo.multiagent.agent import MultiAgentPPO
 
-            return MultiAgentPPO.from_run(run_dir, env)
+            return MultiAgentPPO.from_run(run_dir, env, trust_code)
         agent = cls._from_payload(payload, path, env, run_dir, None)
         if payload.get("global_rngs") is not None:
             # clippo draws from its own generator, but env or user code may use the global ones.

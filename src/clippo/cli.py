@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory or a checkpoint file")
     _add_episode_flags(evaluate, episodes=20, seed_help="seed of the evaluation envs")
     evaluate.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    _add_trust_flag(evaluate)
     resume = commands.add_parser(
         "resume",
         help="continue an interrupted run to its original --total-steps",
@@ -150,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("run_dir", metavar="RUN_DIR", help="the run directory of `clippo train`")
     resume.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="live progress bar (default: when stderr is a terminal)")
+    _add_trust_flag(resume)
 
     commands.add_parser("presets", help="print every preset's values as Markdown (docs/presets.md)")
     _add_understanding_commands(commands)
@@ -159,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
         if not any("--debug" in action.option_strings for action in command._actions):
             command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
     return parser
+
+
+def _add_trust_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-code", action="store_true",
+                        help="import the env module that the run names (a multi-agent run's PettingZoo module): "
+                        "importing runs its code, so only for runs you trust")
 
 
 def _add_export_command(commands) -> None:
@@ -399,7 +407,7 @@ def _resume_locked(args: argparse.Namespace, run_dir: Path) -> int:
     from clippo.logger import truncate_metrics
     from clippo.agent import PPO
 
-    agent = PPO.from_run(run_dir)
+    agent = PPO.from_run(run_dir, trust_code=args.trust_code)
     if agent.finished:
         raise ValueError(f"run {str(run_dir)!r} is already complete ({agent.global_step} steps): nothing to resume")
     from clippo.callbacks import stop_reached
@@ -410,7 +418,7 @@ def _resume_locked(args: argparse.Namespace, run_dir: Path) -> int:
             f"run {str(run_dir)!r} already stopped at step {reached['global_step']}: its evaluation reached "
             f"{reached['mean_return']:.2f} >= stop_at_return={agent.config.stop_at_return:g}; nothing to resume"
         )
-    truncate_metrics(run_dir, agent.global_step)
+    truncate_metrics(run_dir, agent.global_step, getattr(agent, "metrics_columns", None))
     callback = _eval_callback(agent)
     with stop_on_signals(agent):
         try:
@@ -473,7 +481,9 @@ def _finish(agent, run_dir: Path, callback=None) -> int:
         (run_dir / "eval.json").write_text(json.dumps(_public(result), indent=2) + "\n")
         print(
             f"evaluation over {result['episodes']} episodes (deterministic): "
-            f"mean return {result['mean_return']:.2f} +- {result['std_return']:.2f}",
+            f"mean return {result['mean_return']:.2f} +- {result['std_return']:.2f}"
+            + (f"; against a random player: win {result['win']:.1%}, draw {result['draw']:.1%}, loss {result['loss']:.1%}"
+               if "win" in result else ""),
             flush=True,
         )
     print(f"saved {run_dir / 'agent.pt'}; evaluate with: clippo eval {run_dir}", flush=True)
@@ -498,10 +508,17 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise ValueError(f"--episodes={args.episodes} is invalid: it must be an integer >= 1")
-    agent = PPO.load(args.path)
+    agent = PPO.load(args.path, trust_code=args.trust_code)
     result = agent.evaluate(episodes=args.episodes, seed=args.seed, deterministic=args.deterministic)
     if args.json:
-        print(json.dumps(_public(result)))
+        extra = {k: result[k] for k in ("agent_returns", "win", "draw", "loss", "per_seat") if k in result}
+        print(json.dumps({**_public(result), **extra}))
+    elif "win" in result:  # a two-player game: against a uniformly random player, both seats
+        mode = "deterministic" if args.deterministic else "stochastic"
+        print(
+            f"{agent.config.env_id}: against a random player over {result['episodes']} games ({mode}): "
+            f"win {result['win']:.1%}, draw {result['draw']:.1%}, loss {result['loss']:.1%}"
+        )
     else:
         mode = "deterministic" if args.deterministic else "stochastic"
         print(

@@ -201,6 +201,9 @@ def _check_supported(config: PPOConfig) -> None:
 class MultiAgentPPO:
     """PPO for PettingZoo envs (made by ``PPO(...)``; see the module docstring)."""
 
+    #: the columns of this kind of run's metrics.csv
+    metrics_columns = MULTIAGENT_COLUMNS
+
     def __init__(
         self,
         source: EnvFactory,
@@ -295,7 +298,7 @@ class MultiAgentPPO:
         if self.env_source is None:
             raise UntrustedImportError(
                 f"this agent's env {self._untrusted_env or self.config.env_id!r} is named by its checkpoint, and importing it runs "
-                "its code: pass env= (a module path or env function) or trust_code=True"
+                "its code: pass env= (a module path or env function) or trust_code=True (--trust-code) if you trust it"
             )
         adapter = make_adapter(self.env_source.make())
         try:
