@@ -247,6 +247,10 @@ def test_centralized_critic_reads_the_state_and_actors_their_own_observation():
     np.testing.assert_array_equal(buffer.critic[valid][:, 5:].sum(axis=1), 1.0)
     buffer.carry_over()
     agent.learn(128, progress=False)
+    # acting needs only the agents' own observations
+    actions = agent.act({"agent_0": np.eye(4, dtype=np.float32)[1], "agent_2": np.eye(4, dtype=np.float32)[3]})
+    assert set(actions) == {"agent_0", "agent_2"} and all(0 <= a < 4 for a in actions.values())
+    assert agent.evaluate(episodes=2, seed=0)["episodes"] == 2
     agent.close()
 
 
@@ -386,3 +390,30 @@ def test_cli_trains_a_pettingzoo_module_path(tmp_path):
     assert code == 0 and "against a random player over 4 games" in out, err
     code, out, err = run_cli(["train", "no_such_package_xyz.env_v0", "--run-dir", str(tmp_path / "bad")])
     assert code == 2 and len(err.strip().splitlines()) == 1 and "does not import" in err
+
+
+class ChangingSpace(Rendezvous):
+    """Rendezvous whose observations lose a value at step 2, or whose rewards turn NaN there."""
+
+    def __init__(self, what: str = "shape") -> None:
+        super().__init__(n_agents=2, choices=3, length=5)
+        self.what = what
+
+    def step(self, actions):
+        obs, rewards, terminations, truncations, infos = super().step(actions)
+        if self.t == 2:
+            if self.what == "shape":
+                obs = {agent: value[:-1] for agent, value in obs.items()}
+            else:
+                rewards = {agent: float("nan") for agent in rewards}
+        return obs, rewards, terminations, truncations, infos
+
+
+@pytest.mark.parametrize("what, error, words", [("shape", ValueError, "spaces must not change mid-run"),
+                                                ("nan", Exception, "non-finite reward of agent 'agent_0' at env step 1")])  # fmt: skip
+def test_observations_that_change_shape_and_nan_rewards_are_one_line_errors(what, error, words):
+    agent = PPO(lambda: ChangingSpace(what), **SMALL)
+    with pytest.raises(error) as info:
+        agent.learn(64, progress=False)
+    assert words in one_line(info.value)
+    agent.close()

@@ -23,7 +23,8 @@ import torch
 from clippo import observations
 from clippo.distributions import MASKED_LOGIT
 from clippo.encoders import MLPEncoder
-from clippo.errors import ActionMaskError, EnvStepError, first_line
+from clippo.checkpoint import describe_space
+from clippo.errors import ActionMaskError, EnvStepError, NonFiniteError, first_line
 from clippo.masking import first_invalid_row
 from clippo.multiagent.buffer import IDLE, OBSERVED, SlotBuffer, combine
 from clippo.multiagent.critic import CentralInput, KeyedEncoder
@@ -208,8 +209,22 @@ class MultiAgentRunner:
             appears[gi].append((slot, agent, obs, vector))
 
     def _processed(self, gi: int, agents: list[str], raw: list, vectors: list) -> tuple[Obs, np.ndarray | None, np.ndarray | None]:
-        obs, masks = self.makers[gi].batch(agents, raw)
+        """Raw observations of a group's agents as stored: actor batch (normalized), critic rows, masks;
+        one-line errors for an observation that no longer fits its space or is not finite."""
         learner = self.learners[gi]
+        try:
+            obs, masks = self.makers[gi].batch(agents, raw)
+            checked = observations.as_batch(obs, learner.spec.policy_space)[0]
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            raise ValueError(
+                f"an observation of group {learner.spec.name!r} (agents {', '.join(sorted(set(agents)))}) at env step "
+                f"{self.step_count} does not fit its space {describe_space(learner.spec.observation_space)}: spaces must not change mid-run ({first_line(exc)})"
+            ) from None
+        if learner.config.nonfinite == "stop":
+            for array in checked.values() if isinstance(checked, dict) else [checked]:
+                if array.dtype.kind == "f" and not np.isfinite(array).all():
+                    bad = int(np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))[0])
+                    raise NonFiniteError(f"non-finite observation of agent {agents[bad]!r} at env step {self.step_count}")
         if learner.obs_normalizer.enabled:
             obs = learner.obs_normalizer(obs, update=True)
         critic = None if self.central is None else self.central.rows(learner.spec, agents, vectors)
@@ -285,9 +300,13 @@ class MultiAgentRunner:
                 obs, critic, masks = self._processed(
                     gi, [o.agent for o in outcomes], [o.next_obs for o in outcomes], [v for _, _, v in items]
                 )
+                rewards = np.array([o.reward for o in outcomes], dtype=np.float32)
+                if not np.isfinite(rewards).all():
+                    bad = outcomes[int(np.flatnonzero(~np.isfinite(rewards))[0])].agent
+                    raise NonFiniteError(f"non-finite reward of agent {bad!r} at env step {self.step_count}")
                 self.buffers[gi].close(
                     slots,
-                    np.array([o.reward for o in outcomes], dtype=np.float32),
+                    rewards,
                     np.array([o.terminated for o in outcomes]),
                     np.array([o.truncated for o in outcomes]),
                     obs, critic, masks,
