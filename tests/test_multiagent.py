@@ -417,3 +417,12 @@ def test_observations_that_change_shape_and_nan_rewards_are_one_line_errors(what
         agent.learn(64, progress=False)
     assert words in one_line(info.value)
     agent.close()
+
+
+def test_multiagent_knobs_on_a_gymnasium_env_are_one_line_errors_and_env_kwargs_reach_gym_make():
+    with pytest.raises(ValueError) as info:
+        PPO("CartPole-v1", critic="centralized")
+    assert "is for multi-agent (PettingZoo) envs" in one_line(info.value)
+    agent = PPO("CartPole-v1", num_envs=2, env_kwargs={"max_episode_steps": 7})
+    assert agent.evaluate(episodes=2)["mean_length"] <= 7
+    agent.close()

@@ -95,6 +95,16 @@ def _upgrade_v1(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
+def reject_multiagent_settings(config: PPOConfig) -> None:
+    """One-line error for a multi-agent knob set on a (single-agent) Gymnasium env."""
+    defaults = PPOConfig()
+    for name in ("critic", "agent_id_feature", "policy_groups"):
+        if getattr(config, name) != getattr(defaults, name):
+            raise ValueError(f"{name}={getattr(config, name)!r} is invalid for the Gymnasium env {config.env_id!r}: it is for multi-agent (PettingZoo) envs")
+    if config.selfplay == "on":
+        raise ValueError(f"selfplay='on' is invalid for the Gymnasium env {config.env_id!r}: self-play is for two-player PettingZoo games")
+
+
 class PPO:
     """Proximal Policy Optimization agent.
 
@@ -150,6 +160,7 @@ class PPO:
         else:
             encoder = None
         config = resolve_config(env_id, preset, config_file, hyperparameters)
+        reject_multiagent_settings(config)
         if run_dir is not None and (Path(run_dir) / METRICS_FILE).exists():
             raise ValueError(
                 f"run directory {str(run_dir)!r} already holds a run: choose another run_dir, "
