@@ -95,6 +95,17 @@ def _upgrade_v1(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
+def _first_then(first: Any, factory: Any):
+    """An env factory that hands out ``first`` (an env ``factory`` made already), then calls ``factory``."""
+    pending = [first]
+
+    def make():
+        return pending.pop() if pending else factory()
+
+    make.__name__ = getattr(factory, "__name__", "custom-env")
+    return make
+
+
 def reject_multiagent_settings(config: PPOConfig) -> None:
     """One-line error for a multi-agent knob set on a (single-agent) Gymnasium env."""
     defaults = PPOConfig()
@@ -130,13 +141,16 @@ class PPO:
         function returning a PettingZoo env) hands off to ``clippo.multiagent``'s PPO: the
         user-facing entry point stays ``PPO``."""
         if cls is PPO:
-            from clippo.multiagent.pettingzoo import multiagent_source
+            from clippo.multiagent.pettingzoo import probe_source
 
-            source = multiagent_source(env, kwargs.get("env_kwargs"))
+            source, gym_env = probe_source(env, kwargs.get("env_kwargs"))
             if source is not None:
                 from clippo.multiagent.agent import MultiAgentPPO
 
                 return MultiAgentPPO(source, *args, **kwargs)
+            agent = super().__new__(cls)
+            agent._probe_env = gym_env  # a factory's env made to tell its kind: the first training env
+            return agent
         return super().__new__(cls)
 
     def __init__(
@@ -159,15 +173,28 @@ class PPO:
             hyperparameters["encoder"] = encoder_name(encoder) or f"{type(encoder).__module__}:<unnamed>"
         else:
             encoder = None
-        config = resolve_config(env_id, preset, config_file, hyperparameters)
-        reject_multiagent_settings(config)
+        probe, self._probe_env = getattr(self, "_probe_env", None), None
+        try:
+            config = resolve_config(env_id, preset, config_file, hyperparameters)
+            reject_multiagent_settings(config)
+        except BaseException:
+            if probe is not None:
+                probe.close()
+            raise
         if run_dir is not None and (Path(run_dir) / METRICS_FILE).exists():
+            if probe is not None:
+                probe.close()
             raise ValueError(
                 f"run directory {str(run_dir)!r} already holds a run: choose another run_dir, "
                 f"or continue it with: clippo resume {run_dir}"
             )
         self.env_source: EnvSource = env
-        envs = make_run_envs(env, config.num_envs, config)
+        if probe is not None and config.vector_env in ("auto", "sync") and not config.env_kwargs:
+            envs = make_run_envs(_first_then(probe, env), config.num_envs, config)
+        else:
+            if probe is not None:
+                probe.close()
+            envs = make_run_envs(env, config.num_envs, config)
         try:
             self._setup(config, envs.single_observation_space, envs.single_action_space, run_dir, encoder)
         except BaseException:

@@ -140,14 +140,24 @@ def multiagent_source(env: Any, env_kwargs: dict[str, Any] | None = None, truste
     ``env`` may be a module path (``"mpe2.simple_spread_v3"``: its ``parallel_env()`` /
     ``env()`` called with ``env_kwargs``), such a module itself, or a callable returning a
     PettingZoo env (called once here to see what it makes; that env is reused)."""
+    factory, gym_env = probe_source(env, env_kwargs, trusted)
+    if gym_env is not None:
+        gym_env.close()
+    return factory
+
+
+def probe_source(env: Any, env_kwargs: dict[str, Any] | None = None, trusted: bool = True) -> tuple[EnvFactory | None, Any]:
+    """``multiagent_source``, and the env a Gymnasium factory made when called to tell what it
+    makes (else None), for the caller to use as its first env rather than make one more (a
+    factory may count its calls)."""
     kwargs = dict(env_kwargs or {})
     if isinstance(env, str):
         if _looks_like_gym_id(env):
-            return None
+            return None, None
         module = import_env_module(env, trusted)
-        return EnvFactory(module_constructor(module), env, kwargs)
+        return EnvFactory(module_constructor(module), env, kwargs), None
     if isinstance(env, types.ModuleType):
-        return EnvFactory(module_constructor(env), env.__name__, kwargs)
+        return EnvFactory(module_constructor(env), env.__name__, kwargs), None
     if is_pettingzoo_env(env) or _is_gym_env(env):
         raise TypeError(
             f"env must be an env id, a module path or a function returning a new env, got the env instance {_describe(env)}: "
@@ -161,10 +171,9 @@ def multiagent_source(env: Any, env_kwargs: dict[str, Any] | None = None, truste
                 raise TypeError(f"env factory {getattr(env, '__name__', env)!r} does not take env_kwargs {kwargs}: {exc}") from None
             raise
         if is_pettingzoo_env(made):
-            return EnvFactory(env, getattr(env, "__name__", "custom-env"), kwargs, probe=made)
+            return EnvFactory(env, getattr(env, "__name__", "custom-env"), kwargs, probe=made), None
         if _is_gym_env(made):
-            made.close()
-            return None
+            return None, made
         raise TypeError(
             f"env factory {getattr(env, '__name__', env)!r} returned {_describe(made)}: neither a gymnasium.Env nor a PettingZoo env"
         )
