@@ -43,7 +43,7 @@ class Episode:
     agent_returns: dict[str, float]
     length: int
     seat: str | None = None
-    opponent: int | None = None
+    opponent: Any = None  # the pool snapshot played against (None: the current policy)
     result: str | None = None
 
     @property
@@ -156,8 +156,8 @@ class MultiAgentRunner:
         self.returns = [defaultdict(float) for _ in adapters]
         self.lengths = np.zeros(self.num_envs, dtype=np.int64)
         self.games = np.zeros(self.num_envs, dtype=np.int64)
-        #: per copy: agent -> None (the learner acts) or a pool index (a snapshot acts)
-        self.controllers: list[dict[str, int | None]] = [{} for _ in adapters]
+        #: per copy: agent -> None (the learner acts) or the pool snapshot that acts for it
+        self.controllers: list[dict[str, Any]] = [{} for _ in adapters]
         self.seats: list[str | None] = [None] * self.num_envs
         #: per copy: the opponent agents due to act, with their raw observations
         self.opponent_due: list[dict[str, Any]] = [{} for _ in adapters]
@@ -351,13 +351,16 @@ class MultiAgentRunner:
     def _opponents_act(self, actions: list[dict[str, Any]], generator: torch.Generator) -> None:
         """Pool snapshots act for the opponents due (batched per snapshot)."""
         by_snapshot: dict[int, list[tuple[int, str, Any]]] = defaultdict(list)
+        snapshots = {}
         for c, due in enumerate(self.opponent_due):
             for agent, obs in due.items():
-                by_snapshot[self.controllers[c][agent]].append((c, agent, obs))
+                snapshot = self.controllers[c][agent]
+                snapshots[id(snapshot)] = snapshot
+                by_snapshot[id(snapshot)].append((c, agent, obs))
             due.clear()
         learner = self.learners[0]
-        for index, items in by_snapshot.items():
-            model = self.selfplay.opponent_model(index, learner.model)
+        for key, items in by_snapshot.items():
+            model = self.selfplay.opponent_model(snapshots[key], learner.model)
             obs, masks = self.makers[0].batch([a for _, a, _ in items], [o for _, _, o in items])
             if learner.obs_normalizer.enabled:
                 obs = learner.obs_normalizer(obs, update=False)

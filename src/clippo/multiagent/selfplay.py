@@ -93,8 +93,8 @@ class SelfPlay:
         self.tally_latest = Tally()
 
     # --- games ------------------------------------------------------------------------------------
-    def assign(self, copy_index: int, game_index: int) -> tuple[str, int | None]:
-        """(the learner's seat, the opponent: None for the current policy, else a pool index)
+    def assign(self, copy_index: int, game_index: int) -> tuple[str, Snapshot | None]:
+        """(the learner's seat, the opponent: None for the current policy, else a pool snapshot)
         for game ``game_index`` of env copy ``copy_index``: seats alternate."""
         seat = self.agents[(copy_index + game_index) % 2]
         self.games_started += 1
@@ -105,11 +105,11 @@ class SelfPlay:
             index = int(self.rng.choice(len(self.pool), p=weights / weights.sum()))
         else:
             index = int(self.rng.integers(len(self.pool)))
-        return seat, index
+        return seat, self.pool[index]
 
-    def opponent_model(self, index: int, template: torch.nn.Module) -> torch.nn.Module:
-        """The model acting for pool entry ``index`` (built from ``template``'s architecture once)."""
-        snapshot = self.pool[index]
+    def opponent_model(self, snapshot: Snapshot, template: torch.nn.Module) -> torch.nn.Module:
+        """The model acting for ``snapshot`` (built on ``template``'s architecture once; a game
+        begun against a snapshot that has since left the pool plays on against it)."""
         key = id(snapshot)
         if key not in self._models:
             model = copy.deepcopy(template)
@@ -118,15 +118,13 @@ class SelfPlay:
             self._models[key] = model
         return self._models[key]
 
-    def record(self, opponent: int | None, result: str) -> None:
+    def record(self, opponent: Snapshot | None, result: str) -> None:
         """A finished game's result for the learner against ``opponent``."""
         if opponent is None:
             self.tally_latest.add(result)
             return
         self.tally_pool.add(result)
-        if opponent < len(self.pool):  # (the snapshot may have left the pool meanwhile)
-            snapshot = self.pool[opponent]
-            self.rating, snapshot.rating = elo_update(self.rating, snapshot.rating, SCORES[result])
+        self.rating, opponent.rating = elo_update(self.rating, opponent.rating, SCORES[result])
 
     def record_random(self, result: str) -> None:
         """A game against the uniformly random anchor (fixed at ``ELO_START``)."""
@@ -136,8 +134,10 @@ class SelfPlay:
         weights = {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
         self.pool.append(Snapshot(weights, update, self.rating))
         while len(self.pool) > self.pool_size:
-            gone = self.pool.pop(0)
-            self._models.pop(id(gone), None)
+            self.pool.pop(0)
+        live = {id(snapshot) for snapshot in self.pool}
+        # (a model of a snapshot that left is rebuilt if a running game still needs it)
+        self._models = {key: model for key, model in self._models.items() if key in live}
 
     def pop_stats(self) -> dict[str, float]:
         """This update's metrics (the tallies restart)."""
