@@ -71,7 +71,7 @@ def test_untrusted_module_paths_are_refused():
     "overrides, words",
     [
         ({"critic": "global"}, "critic='global' is invalid"),
-        ({"recurrent": "lstm"}, "not supported for multi-agent"),
+        ({"use_sde": True}, "not supported for multi-agent"),
         ({"normalize_rewards": True}, "not supported for multi-agent"),
         ({"policy_groups": {"g": ["agent_0", "nobody"]}}, "agent 'nobody'"),
         ({"policy_groups": {"g": ["agent_0", "agent_1"]}}, "leaves out agent(s) agent_2"),
@@ -426,3 +426,52 @@ def test_multiagent_knobs_on_a_gymnasium_env_are_one_line_errors_and_env_kwargs_
     agent = PPO("CartPole-v1", num_envs=2, env_kwargs={"max_episode_steps": 7})
     assert agent.evaluate(episodes=2)["mean_length"] <= 7
     agent.close()
+
+
+# --- recurrent policies --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "make_env, overrides",
+    [(LeaveJoin, {}), (LeaveJoin, {"critic": "centralized"}), (lambda: TakeAway(stones=7), {"selfplay": "off"})],
+)
+def test_recurrent_replay_reproduces_what_the_rollout_computed_across_cuts_and_resets(make_env, overrides):
+    # the update replays each agent's column from its stored state: its log-probabilities and
+    # values must be the rollout's exactly, so states reset where each agent's episodes start
+    # (a0 leaves, a2 joins) and carry over rollout cuts (an observed row, or an open move)
+    agent = PPO(make_env, num_envs=2, num_steps=5, num_minibatches=1, tensorboard=False, recurrent="lstm",
+                recurrent_hidden_size=8, **overrides)  # fmt: skip
+    runner = agent.env_runner()
+    model = agent.learners[0].model
+    for _ in range(3):
+        runner.collect([agent.learners[0].generator])
+        buffer = runner.buffers[0]
+        advantages, returns = buffer.advantages(0.99, 0.95)
+        batch = buffer.flatten(advantages, returns)
+        buffer.carry_over()
+        with torch.no_grad():
+            logprobs, _, values = model.evaluate_actions(batch.obs, batch.actions, masks=batch.masks, sequences=batch.sequences)
+        np.testing.assert_allclose(logprobs.numpy(), batch.samples("logprobs").numpy(), atol=1e-5)
+        np.testing.assert_allclose(values.numpy(), batch.samples("values").numpy(), atol=1e-5)
+    agent.learn(100, progress=False)
+    agent.close()
+
+
+def test_recurrent_agents_predict_with_a_state_per_agent():
+    agent = PPO(Rendezvous, **SMALL, recurrent="gru", recurrent_hidden_size=8)
+    obs = {"agent_0": np.eye(4, dtype=np.float32)[0], "agent_1": np.eye(4, dtype=np.float32)[1]}
+    with pytest.raises(ValueError) as info:
+        agent.act(obs)
+    assert "predict" in one_line(info.value)
+    actions, state = agent.predict(obs, deterministic=True)
+    assert set(actions) == set(state) == set(obs) and state["agent_0"].shape == (16,)  # actor + critic cores
+    again, state2 = agent.predict(obs, state=state, deterministic=True)
+    assert not np.allclose(state2["agent_0"], state["agent_0"])  # the state moved on
+    _, reset = agent.predict(obs, state=state2, episode_start=True, deterministic=True)
+    np.testing.assert_allclose(reset["agent_0"], state["agent_0"])  # an episode start zeroes it first
+    assert agent.evaluate(episodes=2, seed=0)["episodes"] == 2
+    agent.close()
+
+
+def test_recurrent_self_play_is_a_one_line_error():
+    with pytest.raises(ConfigError) as info:
+        PPO(TakeAway, **SMALL, recurrent="lstm")
+    assert "not supported with self-play yet" in one_line(info.value)

@@ -187,7 +187,6 @@ class EnvInfo:
 def _check_supported(config: PPOConfig) -> None:
     """One-line errors for what multi-agent runs do not take (yet)."""
     unsupported = {
-        "recurrent": config.recurrent != "none",
         "normalize_rewards": config.normalize_rewards,
         "use_sde": config.use_sde,
         "reward_sign": config.reward_sign,
@@ -275,6 +274,8 @@ class MultiAgentPPO:
         fits = info.kind == "aec" and len(info.possible_agents) == 2 and len(self.specs) == 1 and masked
         if config.selfplay == "off" or (config.selfplay == "auto" and not fits):
             return None
+        if config.recurrent != "none":
+            raise ConfigError(f"recurrent={config.recurrent!r} is not supported with self-play yet: set selfplay='off', or recurrent='none'")
         if not fits:
             raise ConfigError(
                 f"selfplay='on' is invalid for {config.env_id!r}: self-play needs a two-player turn-based (AEC) game whose "
@@ -387,7 +388,8 @@ class MultiAgentPPO:
                 batches = []
                 for learner, buffer in zip(self.learners, runner.buffers):
                     if buffer.transitions():
-                        buffer.estimate_values(learner.model.value)
+                        if not buffer.state_size:  # (a recurrent critic's values come from acting)
+                            buffer.estimate_values(learner.model.value)
                         advantages, returns = buffer.advantages(cfg.gamma, cfg.gae_lambda)
                         batches.append((learner, buffer.flatten(advantages, returns)))
                     buffer.carry_over()
@@ -481,24 +483,55 @@ class MultiAgentPPO:
     # ------------------------------------------------------------------------------------------
     # acting and evaluation
     # ------------------------------------------------------------------------------------------
+    @property
+    def recurrent(self) -> bool:
+        return self.learners[0].model.recurrent is not None
+
     def act(self, observations: dict[str, Any], deterministic: bool = False) -> dict[str, Any]:
         """``{agent: action}`` for ``{agent: observation}`` exactly as the env returns them (masks
         read from an observation's ``action_mask``; an invalid action is never returned)."""
+        if self.recurrent:
+            raise ValueError(
+                f"act() is invalid for this recurrent ({self.config.recurrent}) agent: it acts with a carried state; use "
+                "actions, state = agent.predict(obs, state=state, episode_start=episode_start)"
+            )
+        items = self._items(observations)
+        return dict(zip((agent for agent, _ in items), self._act_batch(items, deterministic)[0]))
+
+    @staticmethod
+    def _items(observations: Any) -> list[tuple[str, Any]]:
         if not isinstance(observations, dict):
             raise TypeError(
                 f"observations must be a dict {{agent: observation}} as the env returns them, got {type(observations).__name__}"
             )
-        items = list(observations.items())
-        return dict(zip((agent for agent, _ in items), self._act_batch(items, deterministic)))
+        return list(observations.items())
 
-    def predict(self, observations: dict[str, Any], state: Any = None, episode_start: Any = None, deterministic: bool = False):
-        """``(actions, None)``: SB3's contract for :meth:`act` (multi-agent policies are feed-forward)."""
-        return self.act(observations, deterministic), None
+    def predict(
+        self, observations: dict[str, Any], state: dict[str, Any] | None = None, episode_start: Any = None, deterministic: bool = False
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
+        """SB3's contract, per agent: ``actions, state = predict(obs, state, episode_start)``.
+
+        A recurrent agent's ``state`` is the dict the previous call returned (``{agent: state}``;
+        None or a missing agent: an episode start, zeros), ``episode_start`` True (every agent),
+        or ``{agent: bool}``, where an agent's episode begins (its state is reset). A
+        feed-forward agent returns ``(act(obs), None)``."""
+        if not self.recurrent:
+            return self.act(observations, deterministic), None
+        items = self._items(observations)
+        state = dict(state or {})
+        starts = {agent: (episode_start if isinstance(episode_start, bool) else bool((episode_start or {}).get(agent, False)))
+                  for agent, _ in items}  # fmt: skip
+        states = [None if starts[agent] else state.get(agent) for agent, _ in items]
+        actions, new_states = self._act_batch(items, deterministic, states)
+        return dict(zip((a for a, _ in items), actions)), dict(zip((a for a, _ in items), new_states))
 
     @torch.inference_mode()
-    def _act_batch(self, items: list[tuple[str, Any]], deterministic: bool) -> list[Any]:
-        """Actions for ``(agent, raw observation)`` pairs, batched per group."""
+    def _act_batch(self, items: list[tuple[str, Any]], deterministic: bool, states: list | None = None) -> tuple[list[Any], list]:
+        """Actions for ``(agent, raw observation)`` pairs, batched per group; a recurrent policy
+        steps from ``states`` (aligned with ``items``; None: an episode start) and the new states
+        come back too."""
         out: list[Any] = [None] * len(items)
+        new_states: list = [None] * len(items)
         by_group: dict[int, list[int]] = {}
         for i, (agent, _) in enumerate(items):
             if agent not in self.makers:
@@ -520,16 +553,30 @@ class MultiAgentPPO:
                     raise ActionMaskError(f"agent {agents[bad]!r} has no valid action: its action mask is all false")
             if learner.obs_normalizer.enabled:
                 obs = learner.obs_normalizer(obs)
-            tensors = to_tensor(combine(obs, None, learner.centralized), learner.device)
+            model = learner.model
             mask_tensor = None if masks is None else torch.from_numpy(masks).to(learner.device)
-            distribution = learner.model.distribution
+            distribution = model.distribution
             noise = None if deterministic else distribution.noise((len(indices),), learner.generator, learner.device)
-            actions, _ = learner.model.act(tensors, noise, mask_tensor)
+            if model.recurrent:
+                # (a centralized critic's core steps on zeros: acting reads only the actor's state)
+                critic = None if learner.critic_space is None else np.zeros((len(indices), learner.critic_space.shape[0]), np.float32)
+                tensors = to_tensor(combine(obs, critic, learner.centralized), learner.device)
+                size = model.state_size
+                given = [None if states is None else states[i] for i in indices]
+                before = np.stack([np.zeros(size, np.float32) if s is None else np.asarray(s, np.float32).reshape(size) for s in given])
+                starts = torch.from_numpy(np.array([s is None for s in given]))
+                params, _, after = model.step(tensors, torch.from_numpy(before).to(learner.device), starts.to(learner.device), mask_tensor)
+                actions = distribution.sample(params, noise)
+                for i, row in zip(indices, after.cpu().numpy()):
+                    new_states[i] = row
+            else:
+                tensors = to_tensor(combine(obs, None, learner.centralized), learner.device)
+                actions, _ = model.act(tensors, noise, mask_tensor)
             for i, action in zip(indices, env_action_rows(distribution, actions.cpu().numpy())):
                 out[i] = action
-        return out
+        return out, new_states
 
-    def _play(self, episodes: int, seed: int | None, choose, num_envs: int | None = None, assign=None) -> list[Episode]:
+    def _play(self, episodes: int, seed: int | None, choose, num_envs: int | None = None, assign=None, on_episode_end=None) -> list[Episode]:
         """Whole episodes on fresh env copies: ``choose(due)`` gives the actions of
         ``[(copy, agent, observation)]``; ``assign(copy, game)`` the learner's seat of a game
         (for games against another player). Each copy has a fixed quota of episodes."""
@@ -567,6 +614,8 @@ class MultiAgentPPO:
                         lengths[c] = 0
                         seats[c] = assign(c, games[c]) if assign else None
                         acting[c] = adapters[c].reset(None)
+                        if on_episode_end is not None:
+                            on_episode_end(c)
         finally:
             for adapter in adapters:
                 adapter.close()
@@ -584,10 +633,21 @@ class MultiAgentPPO:
         if self.selfplay is not None:
             return self.play_random(episodes, seed, deterministic, num_envs)
 
-        def choose(due, seats):
-            return self._act_batch([(agent, obs) for _, agent, obs in due], deterministic)
+        carried: dict[tuple[int, str], np.ndarray] = {}  # a recurrent policy's state per (copy, agent)
 
-        played = self._play(episodes, seed, choose, num_envs)
+        def choose(due, seats):
+            actions, states = self._act_batch(
+                [(agent, obs) for _, agent, obs in due], deterministic, [carried.get((c, agent)) for c, agent, _ in due]
+            )
+            for (c, agent, _), state in zip(due, states):
+                carried[(c, agent)] = state
+            return actions
+
+        def episode_over(c):
+            for key in [key for key in carried if key[0] == c]:
+                del carried[key]
+
+        played = self._play(episodes, seed, choose, num_envs, on_episode_end=episode_over)
         returns = [e.team_return for e in played]
         return {
             "mean_return": float(np.mean(returns)),
@@ -611,7 +671,7 @@ class MultiAgentPPO:
         def choose(due, seats):
             mine = [(i, agent, obs) for i, (c, agent, obs) in enumerate(due) if agent == seats[c]]
             out: list[Any] = [None] * len(due)
-            for (i, _, _), action in zip(mine, self._act_batch([(agent, obs) for _, agent, obs in mine], deterministic)):
+            for (i, _, _), action in zip(mine, self._act_batch([(agent, obs) for _, agent, obs in mine], deterministic)[0]):
                 out[i] = action
             for i, (c, agent, obs) in enumerate(due):
                 if agent != seats[c]:

@@ -27,7 +27,7 @@ from clippo import observations
 from clippo.advantages import compute_gae
 from clippo.distributions import ActionDistribution
 from clippo.observations import Obs, map_obs
-from clippo.rollout import CRITIC_CHUNK_ROWS, Batch
+from clippo.rollout import CRITIC_CHUNK_ROWS, Batch, SequenceBatch
 
 IDLE, OBSERVED, ACTED = 0, 1, 2
 
@@ -59,6 +59,7 @@ class SlotBuffer:
         distribution: ActionDistribution,
         masked: bool,
         device: torch.device,
+        state_size: int = 0,
     ) -> None:
         rows = 2 * num_steps + 2
         self.rows, self.slots = rows, slots
@@ -78,11 +79,25 @@ class SlotBuffer:
         self.masks = np.ones(shape + (distribution.num_outputs,), dtype=bool) if masked else None
         self.ptr = np.zeros(slots, dtype=np.int64)
         self.status = np.zeros(slots, dtype=np.int8)
+        # A recurrent policy's: each row's state before acting on it and whether its observation
+        # begins an episode; each slot's carried state (after its last action) and the state
+        # before row 0 (where the update's replay of the slot's column starts).
+        self.state_size = state_size
+        if state_size:
+            self.states = np.zeros(shape + (state_size,), dtype=np.float32)
+            self.starts = np.zeros(shape, dtype=bool)
+            self.carried = np.zeros((slots, state_size), dtype=np.float32)
+            self.initial_state = np.zeros((slots, state_size), dtype=np.float32)
 
     # --- writing --------------------------------------------------------------------------------
-    def write_obs(self, slots: np.ndarray, obs: Obs, critic: np.ndarray | None, masks: np.ndarray | None) -> None:
-        """Store the observations the agents of ``slots`` are now due to act on."""
+    def write_obs(
+        self, slots: np.ndarray, obs: Obs, critic: np.ndarray | None, masks: np.ndarray | None, starts: bool = False
+    ) -> None:
+        """Store the observations the agents of ``slots`` are now due to act on (``starts``: the
+        first of an episode, where a recurrent state is reset)."""
         rows = self.ptr[slots]
+        if self.state_size:
+            self.starts[rows, slots] = starts
         if rows.max(initial=0) >= self.rows:  # pragma: no cover - the row bound above rules it out
             raise RuntimeError("SlotBuffer overflow")
         map_obs(lambda store, value: store.__setitem__((rows, slots), value), self.obs, obs)
@@ -104,11 +119,23 @@ class SlotBuffer:
         masks = None if self.masks is None else self.masks[rows, slots]
         return obs, critic, masks
 
-    def write_actions(self, slots: np.ndarray, actions: np.ndarray, params: np.ndarray) -> None:
+    def write_actions(
+        self, slots: np.ndarray, actions: np.ndarray, params: np.ndarray, values: np.ndarray | None = None,
+        new_state: np.ndarray | None = None,
+    ) -> None:  # fmt: skip
+        """Store the actions taken (a recurrent policy: with the values it gave and its new state)."""
         rows = self.ptr[slots]
         self.actions[rows, slots] = actions
         self.params[rows, slots] = params
+        if self.state_size:
+            self.values[rows, slots] = values
+            self.states[rows, slots] = self.carried[slots]
+            self.carried[slots] = new_state
         self.status[slots] = ACTED
+
+    def acting_state(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A recurrent policy's (state before, episode-start flags) for the current rows of ``slots``."""
+        return self.carried[slots], self.starts[self.ptr[slots], slots]
 
     def close(
         self,
@@ -134,7 +161,7 @@ class SlotBuffer:
         if masks is not None and done.any():
             masks = masks.copy()
             masks[done] = True  # a final state's mask (all false in a finished game) is never acted on
-        self.write_obs(slots, next_obs, critic, masks)
+        self.write_obs(slots, next_obs, critic, masks, starts=False)
         ended = slots[done]
         self.ptr[ended] += 1  # the final observation's row stays invalid
         self.status[ended] = IDLE
@@ -160,6 +187,31 @@ class SlotBuffer:
         self.values[:used] = values.reshape(used, self.slots)
         self.values[used:] = 0.0
 
+    def sequence_batch(self, advantages: torch.Tensor, returns: torch.Tensor) -> SequenceBatch:
+        """A recurrent policy's batch: every slot's column a sequence, replayed from the state
+        before its row 0 (``clippo.rollout.SequenceBatch``; rows that are not transitions stay in
+        place, ``valid`` False, so that time stays aligned)."""
+        used = self.used_rows()
+        device = self.device
+        # copies: the buffer's arrays are reused (carry_over) before the update reads the batch
+        tensor = lambda a: torch.from_numpy(a[:used].copy()).to(device)  # noqa: E731
+        with torch.no_grad():
+            logprobs = self.distribution.log_prob(
+                tensor(self.params).reshape(used * self.slots, -1), tensor(self.actions).reshape(used * self.slots, *self.actions.shape[2:])
+            ).reshape(used, self.slots)
+        return SequenceBatch(
+            obs=map_obs(lambda a: torch.from_numpy(a.copy()).to(device), self.model_obs(slice(0, used))),
+            actions=tensor(self.actions),
+            logprobs=logprobs,
+            values=tensor(self.values),
+            advantages=advantages[:used].to(device),
+            returns=returns[:used].to(device),
+            masks=None if self.masks is None else tensor(self.masks),
+            starts=tensor(self.starts),
+            valid=tensor(self.valid),
+            initial_state=torch.from_numpy(self.initial_state.copy()).to(device),
+        )
+
     def cut(self) -> np.ndarray:
         """Where the rollout cuts a slot's episode: the last transition before a current row
         that is not IDLE (it bootstraps from that row's value; nothing flows back past it)."""
@@ -183,7 +235,10 @@ class SlotBuffer:
         return int(self.valid.sum())
 
     def flatten(self, advantages: torch.Tensor, returns: torch.Tensor) -> Batch:
-        """The valid transitions as one flat batch (slot-major: each agent's in time order)."""
+        """The valid transitions as one flat batch (slot-major: each agent's in time order); for a
+        recurrent policy, the slots' columns as sequences."""
+        if self.state_size:
+            return self.sequence_batch(advantages, returns)
         rows, slots = np.nonzero(self.valid.T)[::-1]  # slot-major order
         device = self.device
         obs = map_obs(lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device), self.model_obs(rows, slots))
@@ -224,6 +279,13 @@ class SlotBuffer:
             arrays.append(self.critic)
         if self.masks is not None:
             arrays.append(self.masks)
+        if self.state_size:
+            # the state before row 0: before the open action for an acted row, the carried one
+            # for an observed row (zeros for idle slots: their next row starts an episode)
+            acted = self.status[live] == ACTED
+            self.initial_state[:] = 0.0
+            self.initial_state[live] = np.where(acted[:, None], self.states[rows, live], self.carried[live])
+            arrays += [self.states, self.starts, self.values]  # (values come from acting, with the state)
         for array in arrays:
             array[0, live] = array[rows, live]
         map_obs(lambda store: store.__setitem__((0, live), store[rows, live]), self.obs)

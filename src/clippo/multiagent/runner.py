@@ -31,7 +31,7 @@ from clippo.multiagent.critic import CentralInput, KeyedEncoder
 from clippo.multiagent.groups import ObservationMaker
 from clippo.multiagent.pettingzoo import Adapter
 from clippo.multiagent.selfplay import SelfPlay, game_result
-from clippo.observations import Obs
+from clippo.observations import Obs, map_obs
 from clippo.policy import FAST_PATH_ACTIVATIONS
 
 
@@ -103,6 +103,26 @@ class GroupActor:
             self.std = None if log_std is None else np.exp(log_std.detach().cpu().numpy())
 
     @torch.inference_mode()
+    def step(self, obs: Obs, critic, masks, state: np.ndarray, starts: np.ndarray, generator: torch.Generator):
+        """A recurrent policy's step: (actions, actor output, values, new state)."""
+        n = observations.batch_size(obs)
+        noise = self.distribution.noise((n,), generator, self.device)
+        tensors = observations.to_tensor(combine(obs, critic, self.centralized), self.device)
+        mask_tensor = None if masks is None else torch.from_numpy(np.ascontiguousarray(masks)).to(self.device)
+        params, values, new_state = self.model.step(
+            tensors, torch.from_numpy(state).to(self.device), torch.from_numpy(starts).to(self.device), mask_tensor
+        )
+        actions = self.distribution.sample(params, noise)
+        return actions.cpu().numpy(), params.cpu().numpy(), values.cpu().numpy(), new_state.cpu().numpy()
+
+    @torch.inference_mode()
+    def value(self, obs: Obs, critic, state: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """A recurrent critic's values of observations, from the states before them."""
+        tensors = observations.to_tensor(combine(obs, critic, self.centralized), self.device)
+        _, values, _ = self.model.step(tensors, torch.from_numpy(state).to(self.device), torch.from_numpy(starts).to(self.device))
+        return values.cpu().numpy()
+
+    @torch.inference_mode()
     def __call__(self, obs: Obs, masks: np.ndarray | None, generator: torch.Generator, deterministic: bool = False):
         """(actions ``[n, ...]``, the actor's output ``[n, param_size]``) for an observation batch."""
         n = observations.batch_size(obs)
@@ -148,7 +168,7 @@ class MultiAgentRunner:
             SlotBuffer(
                 num_steps, self.num_envs * len(learner.spec.agents), learner.spec.policy_space,
                 None if central is None else central.space(learner.spec).shape[0],
-                learner.model.distribution, self.makers[gi].masked, learner.device,
+                learner.model.distribution, self.makers[gi].masked, learner.device, learner.model.state_size,
             )  # fmt: skip
             for gi, learner in enumerate(learners)
         ]
@@ -235,7 +255,7 @@ class MultiAgentRunner:
             if items:
                 slots = np.array([item[0] for item in items])
                 obs, critic, masks = self._processed(gi, [i[1] for i in items], [i[2] for i in items], [i[3] for i in items])
-                self.buffers[gi].write_obs(slots, obs, critic, masks)
+                self.buffers[gi].write_obs(slots, obs, critic, masks, starts=True)
 
     # --- collection ---------------------------------------------------------------------------
     def collect(self, generators: list[torch.Generator]) -> int:
@@ -244,6 +264,13 @@ class MultiAgentRunner:
         taken = 0
         for _ in range(self.num_steps):
             taken += self.step(actors, generators)
+        for actor, buffer in zip(actors, self.buffers):
+            if buffer.state_size:  # the bootstrap values at the cut, from the carried states
+                slots = np.flatnonzero(buffer.status == OBSERVED)
+                if len(slots):
+                    obs, critic, _ = buffer.current(slots)
+                    state, starts = buffer.acting_state(slots)
+                    buffer.values[buffer.ptr[slots], slots] = actor.value(obs, critic, state, starts)
         if not taken:
             raise RuntimeError("a rollout in which no agent acted: the env copies have no agents due to act")
         return taken
@@ -255,11 +282,15 @@ class MultiAgentRunner:
             slots = buffer.due()
             if not len(slots):
                 continue
-            obs, _, masks = buffer.current(slots)
+            obs, critic, masks = buffer.current(slots)
             if masks is not None:
                 self._check_masks(gi, slots, masks)
-            chosen, params = actor(obs, masks, generators[gi])
-            buffer.write_actions(slots, chosen, params)
+            if buffer.state_size:
+                chosen, params, values, new_state = actor.step(obs, critic, masks, *buffer.acting_state(slots), generators[gi])
+                buffer.write_actions(slots, chosen, params, values, new_state)
+            else:
+                chosen, params = actor(obs, masks, generators[gi])
+                buffer.write_actions(slots, chosen, params)
             agents = self.learners[gi].spec.agents
             for slot, action in zip(slots.tolist(), env_action_rows(actor.distribution, chosen)):
                 actions[slot // len(agents)][agents[slot % len(agents)]] = action
@@ -304,13 +335,26 @@ class MultiAgentRunner:
                 if not np.isfinite(rewards).all():
                     bad = outcomes[int(np.flatnonzero(~np.isfinite(rewards))[0])].agent
                     raise NonFiniteError(f"non-finite reward of agent {bad!r} at env step {self.step_count}")
-                self.buffers[gi].close(
+                done = np.array([o.terminated or o.truncated for o in outcomes])
+                buffer = self.buffers[gi]
+                buffer.close(
                     slots,
                     rewards,
                     np.array([o.terminated for o in outcomes]),
                     np.array([o.truncated for o in outcomes]),
                     obs, critic, masks,
                 )  # fmt: skip
+                if buffer.state_size and done.any():
+                    # a truncation bootstraps from the final observation's value: the recurrent
+                    # critic's, from the state after the agent's last action
+                    ended = slots[done]
+                    rows = buffer.ptr[ended] - 1
+                    final = map_obs(lambda store: store[rows, ended], buffer.obs)
+                    values = actors[gi].value(
+                        final, None if buffer.critic is None else buffer.critic[rows, ended],
+                        buffer.carried[ended], np.zeros(len(ended), dtype=bool),
+                    )  # fmt: skip
+                    buffer.values[rows, ended] = values
         for gi, slots in enumerate(ends):
             if slots:
                 self.buffers[gi].end_without_outcome(np.array(slots))
