@@ -7,8 +7,12 @@ The training loop itself is ``clippo.trainer``; the agent holds what it trains a
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import math
 import random
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
