@@ -164,6 +164,12 @@ class MultiAgentRunner:
         for gi, learner in enumerate(learners):
             for index, agent in enumerate(learner.spec.agents):
                 self.group_of[agent] = (gi, index)
+        # (copy, agent) -> (group, slot), looked up once per agent and step
+        self.slots = {
+            (c, agent): (gi, c * len(learners[gi].spec.agents) + index)
+            for c in range(len(adapters))
+            for agent, (gi, index) in self.group_of.items()
+        }
         self.buffers = [
             SlotBuffer(
                 num_steps, self.num_envs * len(learner.spec.agents), learner.spec.policy_space,
@@ -187,8 +193,8 @@ class MultiAgentRunner:
 
     # --- bookkeeping --------------------------------------------------------------------------
     def slot(self, copy_index: int, agent: str) -> tuple[int, int]:
-        gi, index = self.group_of[agent]
-        return gi, copy_index * len(self.learners[gi].spec.agents) + index
+        """(group index, slot) of ``agent`` in env copy ``copy_index``."""
+        return self.slots[(copy_index, agent)]
 
     def _begin_game(self, c: int) -> None:
         if self.selfplay is None:
@@ -198,7 +204,7 @@ class MultiAgentRunner:
         self.controllers[c] = {agent: (None if agent == seat else opponent) for agent in self.selfplay.agents}
 
     def _learner_acts(self, c: int, agent: str) -> bool:
-        return self.controllers[c].get(agent) is None
+        return self.selfplay is None or self.controllers[c].get(agent) is None
 
     def start(self, seed: int | None) -> None:
         """Reset every copy (copy i gets seed + i) and begin fresh episodes."""
