@@ -47,7 +47,7 @@ from clippo.distributed import init_world
 from clippo.errors import ActionMaskError, CheckpointError, ConfigError, NonFiniteError, first_line
 from clippo.logger import COLUMNS, METRICS_FILE, RunLogger
 from clippo.losses import AutogradLoss, explained_variance
-from clippo.masking import MASK_KEY, first_invalid_row
+from clippo.masking import MASK_KEY, component_starts, first_invalid_row
 from clippo.multiagent.buffer import combine
 from clippo.multiagent.critic import CentralInput, centralize
 from clippo.multiagent.groups import GroupSpec, ObservationMaker, build_groups
@@ -196,6 +196,21 @@ def _check_supported(config: PPOConfig) -> None:
             raise ConfigError(f"{name}={getattr(config, name)!r} is not supported for multi-agent (PettingZoo) envs yet")
 
 
+def _check_mask_space(spec: GroupSpec, distribution) -> None:
+    """One-line errors for an ``action_mask`` that clippo cannot apply to the group's actions."""
+    if not distribution.maskable:
+        raise ValueError(
+            f"the observations of {', '.join(spec.agents)} carry an {MASK_KEY!r}, but clippo masks only Discrete and "
+            f"MultiDiscrete action spaces, not {describe_space(spec.action_space)}"
+        )
+    shape = spec.observation_space.spaces[MASK_KEY].shape
+    if int(np.prod(shape)) != distribution.num_outputs:
+        raise ValueError(
+            f"the {MASK_KEY!r} of {', '.join(spec.agents)} has shape {shape}, but the action space "
+            f"{describe_space(spec.action_space)} needs {distribution.num_outputs} values"
+        )
+
+
 class MultiAgentPPO:
     """PPO for PettingZoo envs (made by ``PPO(...)``; see the module docstring)."""
 
@@ -248,7 +263,10 @@ class MultiAgentPPO:
         for index, spec in enumerate(self.specs):
             maker = ObservationMaker(spec)
             critic_space = None if self.central is None else self.central.space(spec)
-            self.learners.append(GroupLearner(spec, config, critic_space, maker.masked, index))
+            learner = GroupLearner(spec, config, critic_space, maker.masked, index)
+            if maker.masked:
+                _check_mask_space(spec, learner.model.distribution)
+            self.learners.append(learner)
             for agent in spec.agents:
                 self.makers[agent] = (index, maker)
         self.device = self.learners[0].device
@@ -547,7 +565,7 @@ class MultiAgentPPO:
                     f"observation of agent {agents[0]!r} does not fit its space {describe_space(learner.spec.observation_space)}: {first_line(exc)}"
                 ) from None
             if masks is not None:
-                bad = first_invalid_row(masks, [0])
+                bad = first_invalid_row(masks, component_starts(learner.model.distribution))
                 if bad is not None:
                     raise ActionMaskError(f"agent {agents[bad]!r} has no valid action: its action mask is all false")
             if learner.obs_normalizer.enabled:

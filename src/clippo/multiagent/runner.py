@@ -25,7 +25,7 @@ from clippo.distributions import MASKED_LOGIT
 from clippo.encoders import MLPEncoder
 from clippo.checkpoint import describe_space
 from clippo.errors import ActionMaskError, EnvStepError, NonFiniteError, first_line
-from clippo.masking import first_invalid_row
+from clippo.masking import component_starts, first_invalid_row
 from clippo.multiagent.buffer import IDLE, OBSERVED, SlotBuffer, combine
 from clippo.multiagent.critic import CentralInput, KeyedEncoder
 from clippo.multiagent.groups import ObservationMaker
@@ -389,7 +389,7 @@ class MultiAgentRunner:
                 ends[gi].append(slot)
 
     def _check_masks(self, gi: int, slots: np.ndarray, masks: np.ndarray) -> None:
-        bad = first_invalid_row(masks, [0])
+        bad = first_invalid_row(masks, component_starts(self.learners[gi].model.distribution))
         if bad is not None:
             agents = self.learners[gi].spec.agents
             slot = int(slots[bad])
