@@ -72,7 +72,7 @@ def test_untrusted_module_paths_are_refused():
     [
         ({"critic": "global"}, "critic='global' is invalid"),
         ({"use_sde": True}, "not supported for multi-agent"),
-        ({"normalize_rewards": True}, "not supported for multi-agent"),
+        ({"reward_sign": True}, "not supported for multi-agent"),
         ({"policy_groups": {"g": ["agent_0", "nobody"]}}, "agent 'nobody'"),
         ({"policy_groups": {"g": ["agent_0", "agent_1"]}}, "leaves out agent(s) agent_2"),
         ({"policy_groups": {"g": ["agent_0"], "h": ["agent_0", "agent_1", "agent_2"]}}, "in both"),
@@ -475,3 +475,16 @@ def test_recurrent_self_play_is_a_one_line_error():
     with pytest.raises(ConfigError) as info:
         PPO(TakeAway, **SMALL, recurrent="lstm")
     assert "not supported with self-play yet" in one_line(info.value)
+
+
+def test_reward_scaling_runs_per_agent_slot_and_episode_returns_stay_raw():
+    agent = PPO(LeaveJoin, num_envs=1, num_steps=8, num_minibatches=1, tensorboard=False, normalize_rewards=True)
+    collect_once(agent)
+    runner = agent.env_runner()
+    buffer = runner.buffers[0]
+    scaled = buffer.rewards[buffer.valid[:, 1], 1]  # a1's reward is always 2
+    assert np.all(scaled > 0) and not np.allclose(scaled, 2.0)
+    assert [episode.agent_returns["a1"] for episode in runner.pop_finished()] == [8.0, 8.0]
+    state = agent.learners[0].reward_scaler.state_dict()
+    assert state["returns"].shape == (3,)  # one running return per agent slot
+    agent.close()

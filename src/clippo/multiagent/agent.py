@@ -47,6 +47,7 @@ from clippo.distributed import init_world
 from clippo.errors import ActionMaskError, CheckpointError, ConfigError, NonFiniteError, first_line
 from clippo.logger import COLUMNS, METRICS_FILE, RunLogger
 from clippo.losses import AutogradLoss, explained_variance
+from clippo.normalization import RewardScaler
 from clippo.masking import MASK_KEY, component_starts, first_invalid_row
 from clippo.multiagent.buffer import combine
 from clippo.multiagent.critic import CentralInput, centralize
@@ -116,6 +117,7 @@ class GroupLearner(PPO):
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "obs_normalizer": self.obs_normalizer.state_dict(),
+            "reward_scaler": self.reward_scaler.state_dict(),
             "generator": self.generator.get_state(),
         }
 
@@ -123,6 +125,7 @@ class GroupLearner(PPO):
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"], saved_names=[name for name, _ in self.model.named_parameters()])
         self.obs_normalizer.load_state_dict(state["obs_normalizer"])
+        self.reward_scaler.load_state_dict(state["reward_scaler"])
         restore_generator(self.generator, state["generator"])
 
 
@@ -186,7 +189,6 @@ class EnvInfo:
 def _check_supported(config: PPOConfig) -> None:
     """One-line errors for what multi-agent runs do not take (yet)."""
     unsupported = {
-        "normalize_rewards": config.normalize_rewards,
         "use_sde": config.use_sde,
         "reward_sign": config.reward_sign,
         "episodic_life": config.episodic_life,
@@ -264,6 +266,8 @@ class MultiAgentPPO:
             maker = ObservationMaker(spec)
             critic_space = None if self.central is None else self.central.space(spec)
             learner = GroupLearner(spec, config, critic_space, maker.masked, index)
+            # reward scaling runs over the group's agent slots (env copies x agents)
+            learner.reward_scaler = RewardScaler(config.num_envs * len(spec.agents), config.gamma, config.reward_clip, config.normalize_rewards)
             if maker.masked:
                 _check_mask_space(spec, learner.model.distribution)
             self.learners.append(learner)

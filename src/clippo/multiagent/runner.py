@@ -343,6 +343,15 @@ class MultiAgentRunner:
                     raise NonFiniteError(f"non-finite reward of agent {bad!r} at env step {self.step_count}")
                 done = np.array([o.terminated or o.truncated for o in outcomes])
                 buffer = self.buffers[gi]
+                scaler = self.learners[gi].reward_scaler
+                if scaler.enabled:  # the running discounted return per slot: clippo's RewardScaler over the slots
+                    full = np.zeros(buffer.slots, dtype=np.float32)
+                    full[slots] = rewards
+                    closing_now = np.zeros(buffer.slots, dtype=bool)
+                    closing_now[slots] = True
+                    ending = np.zeros(buffer.slots, dtype=bool)
+                    ending[slots[done]] = True
+                    rewards = scaler(full, ending, closing_now)[slots]
                 buffer.close(
                     slots,
                     rewards,
@@ -364,6 +373,7 @@ class MultiAgentRunner:
         for gi, slots in enumerate(ends):
             if slots:
                 self.buffers[gi].end_without_outcome(np.array(slots))
+                self.learners[gi].reward_scaler.returns[slots] = 0.0
         self._write_appears(appears)
         self.step_count += 1
         return taken
