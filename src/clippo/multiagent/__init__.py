@@ -3,7 +3,8 @@
 One module per concept: ``pettingzoo`` (telling PettingZoo envs apart, importing them by module
 path, the Parallel and AEC adapters), ``groups`` (which agents share a policy), ``critic``
 (local or centralized critics), ``buffer`` (per-agent rollout storage), ``runner`` (the
-vectorized rollout), ``selfplay`` (opponent pool, seats, Elo), ``agent`` (``MultiAgentPPO``:
+vectorized rollout), ``selfplay`` (opponent pool, seats, Elo), ``evaluation`` (team returns; games against a random
+player), ``agent`` (``MultiAgentPPO``:
 training, acting, evaluation, checkpoints), ``toy_envs`` (tiny envs for the tests).
 """
 

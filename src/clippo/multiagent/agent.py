@@ -53,8 +53,9 @@ from clippo.multiagent.buffer import combine
 from clippo.multiagent.critic import CentralInput, centralize
 from clippo.multiagent.groups import GroupSpec, ObservationMaker, build_groups
 from clippo.multiagent.pettingzoo import EnvFactory, UntrustedImportError, make_adapter, multiagent_source
-from clippo.multiagent.runner import Episode, MultiAgentRunner, env_action_rows
-from clippo.multiagent.selfplay import SelfPlay, Tally, game_result, random_policy
+from clippo.multiagent import evaluation
+from clippo.multiagent.runner import MultiAgentRunner, env_action_rows
+from clippo.multiagent.selfplay import SelfPlay
 from clippo.observations import to_tensor
 from clippo.trainer import annealed_clip_epsilon, annealed_learning_rate, stop_interrupted, update_policy
 
@@ -597,128 +598,25 @@ class MultiAgentPPO:
                 out[i] = action
         return out, new_states
 
-    def _play(self, episodes: int, seed: int | None, choose, num_envs: int | None = None, assign=None, on_episode_end=None) -> list[Episode]:
-        """Whole episodes on fresh env copies: ``choose(due)`` gives the actions of
-        ``[(copy, agent, observation)]``; ``assign(copy, game)`` the learner's seat of a game
-        (for games against another player). Each copy has a fixed quota of episodes."""
-        n = num_envs or min(episodes, self.config.num_envs)
-        adapters = [self._new_adapter() for _ in range(n)]
-        for adapter in adapters:
-            adapter.has_state = self.env_info.state_size is not None
-        quota = [episodes // n + (i < episodes % n) for i in range(n)]
-        finished: list[Episode] = []
-        try:
-            acting = [adapter.reset(None if seed is None else seed + c) for c, adapter in enumerate(adapters)]
-            returns = [dict.fromkeys(self.env_info.possible_agents, 0.0) for _ in adapters]
-            lengths = [0] * n
-            games = [0] * n
-            seats = [assign(c, 0) if assign else None for c in range(n)]
-            while any(games[c] < quota[c] for c in range(n)):
-                due = [(c, agent, obs) for c in range(n) if games[c] < quota[c] for agent, obs in acting[c].items()]
-                actions = choose(due, seats)
-                per_copy: list[dict[str, Any]] = [{} for _ in range(n)]
-                for (c, agent, _), action in zip(due, actions):
-                    per_copy[c][agent] = action
-                for c in range(n):
-                    if not per_copy[c]:
-                        continue
-                    outcomes, acting[c], over = adapters[c].step(per_copy[c])
-                    lengths[c] += 1
-                    for outcome in outcomes:
-                        returns[c][outcome.agent] += outcome.reward
-                    if over:
-                        seat = seats[c]
-                        result = game_result(returns[c][seat]) if seat is not None else None
-                        finished.append(Episode(returns[c], lengths[c], seat, None, result))
-                        games[c] += 1
-                        returns[c] = dict.fromkeys(self.env_info.possible_agents, 0.0)
-                        lengths[c] = 0
-                        seats[c] = assign(c, games[c]) if assign else None
-                        acting[c] = adapters[c].reset(None)
-                        if on_episode_end is not None:
-                            on_episode_end(c)
-        finally:
-            for adapter in adapters:
-                adapter.close()
-        return finished
-
     def evaluate(
         self, episodes: int = 10, seed: int | None = None, deterministic: bool = True, num_envs: int | None = None
     ) -> dict[str, Any]:
         """Whole episodes with every agent acting by its (by default deterministic) policy: the
         mean team return (the sum of all agents' rewards per episode) and each agent's mean
         return. For a self-play game, games against a uniformly random player in both seats
-        instead (``win``/``draw``/``loss`` rates; ``mean_return`` is the learner's)."""
+        instead (``win``/``draw``/``loss`` rates; ``mean_return`` is the learner's). See
+        ``clippo.multiagent.evaluation``."""
         if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
             raise ValueError(f"episodes={episodes!r} is invalid: it must be an integer >= 1")
         if self.selfplay is not None:
             return self.play_random(episodes, seed, deterministic, num_envs)
-
-        carried: dict[tuple[int, str], np.ndarray] = {}  # a recurrent policy's state per (copy, agent)
-
-        def choose(due, seats):
-            actions, states = self._act_batch(
-                [(agent, obs) for _, agent, obs in due], deterministic, [carried.get((c, agent)) for c, agent, _ in due]
-            )
-            for (c, agent, _), state in zip(due, states):
-                carried[(c, agent)] = state
-            return actions
-
-        def episode_over(c):
-            for key in [key for key in carried if key[0] == c]:
-                del carried[key]
-
-        played = self._play(episodes, seed, choose, num_envs, on_episode_end=episode_over)
-        returns = [e.team_return for e in played]
-        return {
-            "mean_return": float(np.mean(returns)),
-            "std_return": float(np.std(returns)),
-            "episodes": len(returns),
-            "mean_length": float(np.mean([e.length for e in played])),
-            "returns": returns,
-            "agent_returns": {a: float(np.mean([e.agent_returns[a] for e in played])) for a in self.env_info.possible_agents},
-        }
+        return evaluation.evaluate_team(self, episodes, seed, deterministic, num_envs)
 
     def play_random(self, games: int, seed: int | None = None, deterministic: bool = True, num_envs: int | None = None) -> dict[str, Any]:
-        """Games against a uniformly random player (legal moves only), the learner's seat
-        alternating from game to game: win/draw/loss rates, overall and per seat; each result
-        also updates the learner's Elo against the random anchor."""
+        """Games against a uniformly random player, seats alternating (``clippo.multiagent.evaluation``)."""
         if self.selfplay is None:
             raise ValueError(f"play_random is for two-player self-play games; {self.config.env_id!r} is not one")
-        agents = self.selfplay.agents
-        rng = np.random.default_rng(seed)
-        maker = self.makers[agents[0]][1]
-
-        def choose(due, seats):
-            mine = [(i, agent, obs) for i, (c, agent, obs) in enumerate(due) if agent == seats[c]]
-            out: list[Any] = [None] * len(due)
-            for (i, _, _), action in zip(mine, self._act_batch([(agent, obs) for _, agent, obs in mine], deterministic)[0]):
-                out[i] = action
-            for i, (c, agent, obs) in enumerate(due):
-                if agent != seats[c]:
-                    _, mask = maker.split(obs)
-                    out[i] = int(random_policy(mask[None], rng)[0])
-            return out
-
-        played = self._play(games, seed, choose, num_envs, assign=lambda c, game: agents[(c + game) % 2])
-        tally = Tally()
-        per_seat = {agent: Tally() for agent in agents}
-        for episode in played:
-            tally.add(episode.result)
-            per_seat[episode.seat].add(episode.result)
-            self.selfplay.record_random(episode.result)
-        rates = tally.rates()
-        scores = [e.score for e in played]
-        return {
-            **rates,
-            "games": tally.games,
-            "per_seat": {agent: t.rates() for agent, t in per_seat.items()},
-            "mean_return": float(np.mean(scores)),
-            "std_return": float(np.std(scores)),
-            "episodes": len(scores),
-            "mean_length": float(np.mean([e.length for e in played])),
-            "returns": scores,
-        }
+        return evaluation.play_random(self, games, seed, deterministic, num_envs)
 
     # ------------------------------------------------------------------------------------------
     # checkpoints
