@@ -388,6 +388,8 @@ def test_cli_trains_a_pettingzoo_module_path(tmp_path):
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--trust-code" in err
     code, out, err = run_cli(["eval", str(run_dir), "--episodes", "4", "--trust-code"])
     assert code == 0 and "against a random player over 4 games" in out, err
+    code, out, err = run_cli(["eval", str(run_dir), "--episodes", "4", "--trust-code", "--opponent", str(run_dir)])
+    assert code == 0 and f"against {run_dir} over 4 games" in out, err
     code, out, err = run_cli(["train", "no_such_package_xyz.env_v0", "--run-dir", str(tmp_path / "bad")])
     assert code == 2 and len(err.strip().splitlines()) == 1 and "does not import" in err
 
@@ -488,3 +490,20 @@ def test_reward_scaling_runs_per_agent_slot_and_episode_returns_stay_raw():
     state = agent.learners[0].reward_scaler.state_dict()
     assert state["returns"].shape == (3,)  # one running return per agent slot
     agent.close()
+
+
+def test_games_against_another_checkpoint_and_one_from_another_game(tmp_path):
+    first = PPO(TakeAway, **SMALL)
+    first.learn(64, progress=False)
+    path = first.save(tmp_path / "first.pt")
+    second = PPO(TakeAway, **{**SMALL, "seed": 1})
+    result = second.play_against(path, 6, seed=0)
+    assert result["games"] == 6 and set(result["per_seat"]) == {"player_0", "player_1"}
+    other = PPO(lambda: TakeAway(stones=7), **SMALL).save(tmp_path / "other.pt")
+    with pytest.raises(ValueError) as info:
+        second.play_against(other, 2)
+    assert "not on this agent's game" in one_line(info.value) or "other spaces" in one_line(info.value)
+    gym_path = PPO("CartPole-v1", num_envs=2).save(tmp_path / "cartpole.pt")
+    with pytest.raises(ValueError) as info:
+        second.play_against(gym_path, 2)
+    assert "single-agent" in one_line(info.value)

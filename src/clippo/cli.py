@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory or a checkpoint file")
     _add_episode_flags(evaluate, episodes=20, seed_help="seed of the evaluation envs")
     evaluate.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    evaluate.add_argument("--opponent", default="random", metavar="random|RUN_DIR|CHECKPOINT",
+                          help="two-player games: whom the agent plays, in both seats")
     _add_trust_flag(evaluate)
     resume = commands.add_parser(
         "resume",
@@ -509,14 +511,20 @@ def _eval(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise ValueError(f"--episodes={args.episodes} is invalid: it must be an integer >= 1")
     agent = PPO.load(args.path, trust_code=args.trust_code)
-    result = agent.evaluate(episodes=args.episodes, seed=args.seed, deterministic=args.deterministic)
+    if args.opponent != "random":
+        if getattr(agent, "selfplay", None) is None:
+            raise ValueError(f"--opponent is for two-player games; {agent.config.env_id!r} is not one")
+        result = agent.play_against(args.opponent, args.episodes, seed=args.seed, deterministic=args.deterministic)
+    else:
+        result = agent.evaluate(episodes=args.episodes, seed=args.seed, deterministic=args.deterministic)
     if args.json:
         extra = {k: result[k] for k in ("agent_returns", "win", "draw", "loss", "per_seat") if k in result}
         print(json.dumps({**_public(result), **extra}))
     elif "win" in result:  # a two-player game: against a uniformly random player, both seats
         mode = "deterministic" if args.deterministic else "stochastic"
         print(
-            f"{agent.config.env_id}: against a random player over {result['episodes']} games ({mode}): "
+            f"{agent.config.env_id}: against {'a random player' if args.opponent == 'random' else args.opponent} "
+            f"over {result['episodes']} games ({mode}): "
             f"win {result['win']:.1%}, draw {result['draw']:.1%}, loss {result['loss']:.1%}"
         )
     else:

@@ -618,6 +618,22 @@ class MultiAgentPPO:
             raise ValueError(f"play_random is for two-player self-play games; {self.config.env_id!r} is not one")
         return evaluation.play_random(self, games, seed, deterministic, num_envs)
 
+    def play_against(self, opponent: MultiAgentPPO | str | Path, games: int, seed: int | None = None,
+                     deterministic: bool = True, num_envs: int | None = None) -> dict[str, Any]:  # fmt: skip
+        """Games against another trained agent of the same game (an agent, a checkpoint or a run
+        directory), seats alternating: win/draw/loss rates, overall and per seat."""
+        if self.selfplay is None:
+            raise ValueError(f"play_against is for two-player self-play games; {self.config.env_id!r} is not one")
+        name = str(opponent) if not isinstance(opponent, MultiAgentPPO) else "the given agent"
+        if not isinstance(opponent, MultiAgentPPO):
+            from clippo.agent import PPO
+
+            opponent = PPO.load(opponent)  # (acting needs no env: nothing is imported)
+            if not isinstance(opponent, MultiAgentPPO):
+                raise ValueError(f"opponent {name!r} is a single-agent (Gymnasium) checkpoint, not a player of {self.config.env_id!r}")
+        evaluation.check_same_game(self, opponent, name)
+        return evaluation.play_random(self, games, seed, deterministic, num_envs, opponent=opponent)
+
     # ------------------------------------------------------------------------------------------
     # checkpoints
     # ------------------------------------------------------------------------------------------

@@ -100,21 +100,37 @@ def evaluate_team(agent: MultiAgentPPO, episodes: int, seed: int | None, determi
     }
 
 
-def play_random(agent: MultiAgentPPO, games: int, seed: int | None, deterministic: bool, num_envs: int | None) -> dict[str, Any]:
-    """Games against a uniformly random player (legal moves only), the learner's seat
-    alternating from game to game: win/draw/loss rates, overall and per seat; each result also
-    updates the learner's Elo against the random anchor."""
+def check_same_game(agent: MultiAgentPPO, opponent: MultiAgentPPO, name: str) -> None:
+    """One-line error for an opponent trained on another game (other players or spaces)."""
+    mine, theirs = agent.env_info, opponent.env_info
+    if (mine.possible_agents, mine.observation_spaces, mine.action_spaces) != (theirs.possible_agents, theirs.observation_spaces, theirs.action_spaces):
+        raise ValueError(
+            f"opponent {name!r} was trained on {opponent.config.env_id!r} (players {', '.join(theirs.possible_agents)}), "
+            f"not on this agent's game {agent.config.env_id!r} (players {', '.join(mine.possible_agents)}) or with other spaces"
+        )
+
+
+def play_random(agent: MultiAgentPPO, games: int, seed: int | None, deterministic: bool, num_envs: int | None,
+                opponent: MultiAgentPPO | None = None) -> dict[str, Any]:  # fmt: skip
+    """Games against a uniformly random player (legal moves only), or against ``opponent`` (another
+    trained agent of the same game, acting as deterministically), the learner's seat alternating
+    from game to game: win/draw/loss rates, overall and per seat. Results against the random
+    player also update the learner's Elo against the random anchor."""
     seats_of = agent.selfplay.agents
     rng = np.random.default_rng(seed)
     maker = agent.makers[seats_of[0]][1]
 
     def choose(due, seats):
         mine = [(i, name, obs) for i, (c, name, obs) in enumerate(due) if name == seats[c]]
+        theirs = [(i, name, obs) for i, (c, name, obs) in enumerate(due) if name != seats[c]]
         out: list[Any] = [None] * len(due)
         for (i, _, _), action in zip(mine, agent._act_batch([(name, obs) for _, name, obs in mine], deterministic)[0]):
             out[i] = action
-        for i, (c, name, obs) in enumerate(due):
-            if name != seats[c]:
+        if opponent is not None:
+            for (i, _, _), action in zip(theirs, opponent._act_batch([(name, obs) for _, name, obs in theirs], deterministic)[0]):
+                out[i] = action
+        else:
+            for i, _, obs in theirs:
                 _, mask = maker.split(obs)
                 out[i] = int(random_policy(mask[None], rng)[0])
         return out
@@ -125,7 +141,8 @@ def play_random(agent: MultiAgentPPO, games: int, seed: int | None, deterministi
     for episode in played:
         tally.add(episode.result)
         per_seat[episode.seat].add(episode.result)
-        agent.selfplay.record_random(episode.result)
+        if opponent is None:
+            agent.selfplay.record_random(episode.result)
     scores = [e.score for e in played]
     return {
         **tally.rates(),
