@@ -375,7 +375,7 @@ def test_cooperative_toy_env_improves():
 
 
 # --- command line --------------------------------------------------------------------------------
-def test_cli_trains_a_pettingzoo_module_path(tmp_path):
+def test_cli_trains_a_pettingzoo_module_path(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     code, out, err = run_cli([
         "train", "pettingzoo.classic.tictactoe_v3", "--total-steps", "128", "--num-envs", "2", "--num-steps", "32",
@@ -390,6 +390,13 @@ def test_cli_trains_a_pettingzoo_module_path(tmp_path):
     assert code == 0 and "against a random player over 4 games" in out, err
     code, out, err = run_cli(["eval", str(run_dir), "--episodes", "4", "--trust-code", "--opponent", str(run_dir)])
     assert code == 0 and f"against {run_dir} over 4 games" in out, err
+    # a person plays: every cell typed in turn (taken ones are refused), three times over
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(map(str, list(range(9)) * 3)) + "\n"))
+    code, out, err = run_cli(["play", str(run_dir), "--trust-code", "--seat", "1"])
+    assert code == 0, err
+    assert out.strip().splitlines()[-1] in ("you win", "the agent wins", "a draw")
     code, out, err = run_cli(["train", "no_such_package_xyz.env_v0", "--run-dir", str(tmp_path / "bad")])
     assert code == 2 and len(err.strip().splitlines()) == 1 and "does not import" in err
 
@@ -507,3 +514,18 @@ def test_games_against_another_checkpoint_and_one_from_another_game(tmp_path):
     with pytest.raises(ValueError) as info:
         second.play_against(gym_path, 2)
     assert "single-agent" in one_line(info.value)
+
+
+def test_a_person_plays_a_game_with_illegal_moves_refused():
+    from clippo.multiagent.play import board_text, play_human
+
+    agent = PPO(lambda: TakeAway(stones=3), **SMALL)
+    typed = iter(["two", "5", "0", "0", "0"])  # not a number, not legal, then "take 1" each turn
+    shown: list[str] = []
+    result = play_human(agent, human_seat=0, ask=lambda prompt: next(typed), show=shown.append)
+    text = "\n".join(shown)
+    assert "'two' is not a move" in text and "move 5 is illegal here" in text
+    assert result in ("win", "loss") and shown[-1] in ("you win", "the agent wins")
+    assert board_text(np.zeros((2, 2, 2))) == ". .\n. ."
+    with pytest.raises(ValueError):
+        play_human(PPO(Rendezvous, **SMALL))

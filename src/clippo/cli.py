@@ -157,6 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("presets", help="print every preset's values as Markdown (docs/presets.md)")
     _add_understanding_commands(commands)
+    play = commands.add_parser(
+        "play",
+        help="play a two-player game against a trained agent in the terminal",
+        description="Play a game of a self-play run against its agent: the board is printed, moves are typed as "
+        "action numbers, illegal moves are refused with a message.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    play.add_argument("path", metavar="RUN_DIR", help="a run directory or a checkpoint file of a two-player game")
+    play.add_argument("--seat", type=int, choices=[0, 1], default=0, help="your seat: 0 moves first")
+    play.add_argument("--seed", type=int, default=None, help="seed of the game's reset")
+    _add_trust_flag(play)
     _add_tune_command(commands)
     _add_export_command(commands)
     for command in commands.choices.values():  # --debug after the command name too, on every command
@@ -334,6 +345,21 @@ def _export(args: argparse.Namespace) -> int:
     agent = PPO.load(path)
     result = export_onnx(agent, output, check_steps=args.check_steps, check_envs=args.check_envs, seed=args.seed)
     print(json.dumps(result.to_dict()) if args.json else describe(result))
+    return 0
+
+
+def _play(args: argparse.Namespace) -> int:
+    from clippo.agent import PPO
+    from clippo.multiagent.play import play_human
+
+    agent = PPO.load(args.path, trust_code=args.trust_code)
+    if getattr(agent, "selfplay", None) is None:
+        raise ValueError(f"clippo play is for two-player games (self-play runs); {agent.config.env_id!r} is not one")
+    try:
+        play_human(agent, args.seat, args.seed)
+    except EOFError:
+        print("clippo: input ended: game abandoned", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -546,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.filterwarnings(
             "ignore", message=r"(?s).*ERROR: (Received the following error from Worker|Traceback|Raising the last)"
         )
-    handlers = {"train": _train, "eval": _eval, "resume": _resume, "presets": _presets,
+    handlers = {"train": _train, "eval": _eval, "resume": _resume, "presets": _presets, "play": _play,
                 "plot": _plot, "report": _report, "enjoy": _enjoy, "tune": _tune, "export": _export}
     try:
         return handlers[args.command](args)
