@@ -529,3 +529,30 @@ def test_a_person_plays_a_game_with_illegal_moves_refused():
     assert board_text(np.zeros((2, 2, 2))) == ". .\n. ."
     with pytest.raises(ValueError):
         play_human(PPO(Rendezvous, **SMALL))
+
+
+def test_an_interrupted_run_resumes_from_the_command_line_with_its_pool(tmp_path):
+    from clippo.errors import TrainingInterrupted
+
+    run_dir = tmp_path / "run"
+    agent = PPO("pettingzoo.classic.tictactoe_v3", **SMALL, run_dir=run_dir, selfplay_snapshot_every=1, selfplay_eval_every=0)
+
+    def stop_after_two(a, metrics):
+        if metrics["update"] == 2:
+            a.request_stop()
+
+    with pytest.raises(TrainingInterrupted):
+        agent.learn(32 * 5, progress=False, callback=stop_after_two)
+    agent.close()
+    code, out, err = run_cli(["resume", str(run_dir)])
+    assert code == 2 and "--trust-code" in err  # the run names its env module
+    code, out, err = run_cli(["resume", str(run_dir), "--trust-code"])
+    assert code == 0, err
+    assert "resuming pettingzoo.classic.tictactoe_v3 at step" in out
+    done = PPO.load(run_dir)
+    assert done.finished and len(done.selfplay.pool) == done.update  # one snapshot per update, all kept
+    import pandas as pd
+
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert metrics["update"].tolist() == list(range(1, done.update + 1))  # no update logged twice
+    assert "env_steps" in metrics.columns
