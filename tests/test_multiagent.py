@@ -556,3 +556,14 @@ def test_an_interrupted_run_resumes_from_the_command_line_with_its_pool(tmp_path
     metrics = pd.read_csv(run_dir / "metrics.csv")
     assert metrics["update"].tolist() == list(range(1, done.update + 1))  # no update logged twice
     assert "env_steps" in metrics.columns
+
+
+def test_several_groups_log_their_own_statistics(tmp_path):
+    agent = PPO(TwoKinds, **SMALL, run_dir=tmp_path / "run")
+    agent.learn(128, progress=False)  # 2 copies x 16 steps x 2 agents = 64 agent steps per update
+    import pandas as pd
+
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    for name in ("speaker", "listener"):
+        assert metrics[f"group/{name}/transitions"].tolist() == [32, 32]  # 2 copies x 16 steps, one agent each
+        assert metrics[f"group/{name}/entropy"].notna().all()

@@ -79,6 +79,11 @@ MULTIAGENT_COLUMNS = COLUMNS + [
 ]
 
 
+#: what metrics.csv shows per group when there are several (``group/<name>/<statistic>``;
+#: ``transitions``: the group's transitions in the update's batch)
+GROUP_STATS = ("policy_loss", "value_loss", "entropy", "approx_kl", "explained_variance", "transitions")
+
+
 class GroupLearner(PPO):
     """The single-agent PPO machinery for one policy group (no envs of its own).
 
@@ -261,6 +266,8 @@ class MultiAgentPPO:
             info.possible_agents, info.observation_spaces, info.action_spaces, config.policy_groups, config.agent_id_feature
         )
         self.central = CentralInput(info.possible_agents, self.specs, info.state_size) if config.critic == "centralized" else None
+        if len(self.specs) > 1:
+            self.metrics_columns = MULTIAGENT_COLUMNS + [f"group/{spec.name}/{name}" for spec in self.specs for name in GROUP_STATS]
         self.makers = {}
         self.learners: list[GroupLearner] = []
         for index, spec in enumerate(self.specs):
@@ -385,7 +392,7 @@ class MultiAgentPPO:
         callback = with_config_evaluation(as_callback(callback), cfg)
         self.stopped_by_callback = False
         runner = self.env_runner()
-        logger = RunLogger(self.run_dir, self.schedule_end, self.global_step, progress, cfg.tensorboard, columns=MULTIAGENT_COLUMNS)
+        logger = RunLogger(self.run_dir, self.schedule_end, self.global_step, progress, cfg.tensorboard, columns=self.metrics_columns)
         start_time, start_step, start_env_steps, time_before = time.perf_counter(), self.global_step, self.env_steps, self.train_time
         self.stop_requested = False
         try:
@@ -459,7 +466,8 @@ class MultiAgentPPO:
 
     def _update_groups(self, batches: list) -> dict[str, float]:
         """``clippo.trainer.update_policy`` for each group; the statistics averaged over the groups
-        weighted by their batch sizes (per group in TensorBoard-free form: ``group/<name>/...``)."""
+        weighted by their transitions, and with several groups each group's own as
+        ``group/<name>/<statistic>`` (metrics.csv and TensorBoard)."""
         names = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "epochs_run")
         if not batches:
             out = {name: float("nan") for name in names}
@@ -469,11 +477,17 @@ class MultiAgentPPO:
         weights = 0
         early = skipped = 0
         values, returns = [], []
+        group_stats: dict[str, float] = {}
         for learner, batch in batches:
             learner.update = self.update
             stats = update_policy(learner, batch)
-            size = len(batch)
+            size = batch.samples("values").numel()  # transitions (a recurrent batch's len counts sequences)
             weights += size
+            if len(self.learners) > 1:
+                own = {name: stats[name] for name in GROUP_STATS[:4]}
+                own["explained_variance"] = explained_variance(batch.samples("values"), batch.samples("returns"))
+                own["transitions"] = size
+                group_stats.update({f"group/{learner.spec.name}/{name}": value for name, value in own.items()})
             for name in names:
                 totals[name] += stats[name] * size
             early += stats["early_stopped"]
@@ -484,6 +498,7 @@ class MultiAgentPPO:
         out["explained_variance"] = explained_variance(torch.cat(values), torch.cat(returns))
         out["early_stopped"] = early
         out["skipped_steps"] = skipped
+        out.update(group_stats)
         return out
 
     def _selfplay_step(self) -> dict[str, float]:
