@@ -73,6 +73,7 @@ def test_untrusted_module_paths_are_refused():
         ({"critic": "global"}, "critic='global' is invalid"),
         ({"use_sde": True}, "not supported for multi-agent"),
         ({"reward_sign": True}, "not supported for multi-agent"),
+        ({"frame_stack": 2}, "not supported for multi-agent"),
         ({"policy_groups": {"g": ["agent_0", "nobody"]}}, "agent 'nobody'"),
         ({"policy_groups": {"g": ["agent_0", "agent_1"]}}, "leaves out agent(s) agent_2"),
         ({"policy_groups": {"g": ["agent_0"], "h": ["agent_0", "agent_1", "agent_2"]}}, "in both"),

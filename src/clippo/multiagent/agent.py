@@ -48,6 +48,7 @@ from clippo.errors import ActionMaskError, CheckpointError, ConfigError, NonFini
 from clippo.logger import COLUMNS, METRICS_FILE, RunLogger
 from clippo.losses import AutogradLoss, explained_variance
 from clippo.normalization import RewardScaler
+from clippo.preprocessing import Preprocessing
 from clippo.masking import MASK_KEY, component_starts, first_invalid_row
 from clippo.multiagent.buffer import combine
 from clippo.multiagent.critic import CentralInput, centralize
@@ -202,6 +203,9 @@ def _check_supported(config: PPOConfig) -> None:
     for name, used in unsupported.items():
         if used:
             raise ConfigError(f"{name}={getattr(config, name)!r} is not supported for multi-agent (PettingZoo) envs yet")
+    preprocessing = Preprocessing.from_config(config)
+    if preprocessing.active:
+        raise ConfigError(f"{preprocessing} is not supported for multi-agent (PettingZoo) envs yet: wrap the env yourself (e.g. SuperSuit)")
 
 
 def _check_mask_space(spec: GroupSpec, distribution) -> None:
