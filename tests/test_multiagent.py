@@ -568,3 +568,52 @@ def test_several_groups_log_their_own_statistics(tmp_path):
     for name in ("speaker", "listener"):
         assert metrics[f"group/{name}/transitions"].tolist() == [32, 32]  # 2 copies x 16 steps, one agent each
         assert metrics[f"group/{name}/entropy"].notna().all()
+
+
+class OneAgentCartPole:
+    """CartPole-v1 as a one-agent PettingZoo Parallel env (truncated at 500 steps)."""
+
+    metadata = {"name": "cartpole_one_agent"}
+
+    def __init__(self) -> None:
+        import gymnasium as gym
+
+        self.env = gym.make("CartPole-v1")
+        self.possible_agents = ["pole"]
+
+    def observation_space(self, agent):
+        return self.env.observation_space
+
+    def action_space(self, agent):
+        return self.env.action_space
+
+    def reset(self, seed=None, options=None):
+        obs, _ = self.env.reset(seed=seed)
+        self.agents = ["pole"]
+        return {"pole": obs}, {"pole": {}}
+
+    def step(self, actions):
+        obs, reward, terminated, truncated, _ = self.env.step(actions["pole"])
+        if terminated or truncated:
+            self.agents = []
+        return {"pole": obs}, {"pole": reward}, {"pole": terminated}, {"pole": truncated}, {"pole": {}}
+
+    def close(self):
+        self.env.close()
+
+
+@pytest.mark.slow
+def test_a_one_agent_pettingzoo_cartpole_learns_as_the_single_agent_ppo_does():
+    # the whole multi-agent path (adapter, slots, GAE, group update) against the single-agent
+    # one, with CartPole-v1's preset (16 copies of 128 steps here): both reach 500 in 100k steps
+    from pettingzoo import ParallelEnv
+
+    from clippo.config import ENV_PRESETS
+
+    env_class = type("OneAgentCartPoleEnv", (OneAgentCartPole, ParallelEnv), {})
+    preset = {k: v for k, v in ENV_PRESETS["CartPole-v1"].items() if k != "total_steps"}
+    preset.update(num_envs=16, num_steps=128)
+    agent = PPO(env_class, tensorboard=False, seed=1, **preset)
+    agent.learn(100_000, progress=False)
+    assert agent.evaluate(episodes=20, seed=5)["mean_return"] >= 450
+    agent.close()
