@@ -57,7 +57,7 @@ def child_env_only(spec: dict) -> dict:
         env.reset(seed=spec["seed"] + i)
     rng = np.random.default_rng(spec["seed"])
     steps = 0
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     while steps < spec["steps"]:
         for env in envs:
             actions = {agent: int(rng.integers(5)) for agent in env.agents}
@@ -65,7 +65,7 @@ def child_env_only(spec: dict) -> dict:
             steps += len(actions)
             if not env.agents:
                 env.reset()
-    return {"agent_steps": steps, "seconds": time.perf_counter() - start}
+    return {"agent_steps": steps, "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start}
 
 
 def child_clippo(spec: dict) -> dict:
@@ -82,11 +82,11 @@ def child_clippo(spec: dict) -> dict:
     )  # fmt: skip
     agent.learn(AGENT_STEPS_PER_UPDATE, progress=False)  # warm-up: first calls, allocations
     before = agent.global_step
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     agent.learn(spec["steps"], progress=False)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     agent.close()
-    return {"agent_steps": agent.global_step - before, "seconds": seconds}
+    return {"agent_steps": agent.global_step - before, "seconds": seconds, "cpu_seconds": cpu}
 
 
 def child_sb3(spec: dict) -> dict:
@@ -107,16 +107,18 @@ def child_sb3(spec: dict) -> dict:
     )  # fmt: skip
     model.learn(AGENT_STEPS_PER_UPDATE)  # warm-up
     before = model.num_timesteps
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     model.learn(spec["steps"], reset_num_timesteps=False)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     envs.close()
-    return {"agent_steps": model.num_timesteps - before, "seconds": seconds}
+    return {"agent_steps": model.num_timesteps - before, "seconds": seconds, "cpu_seconds": cpu}
 
 
 def child(spec: dict) -> int:
     result = {"env": child_env_only, "clippo": child_clippo, "sb3": child_sb3}[spec["kind"]](spec)
     result["agent_steps_per_s"] = result["agent_steps"] / result["seconds"]
+    # per CPU second of the (single-threaded) process: less sensitive to other jobs on the machine
+    result["agent_steps_per_cpu_s"] = result["agent_steps"] / result["cpu_seconds"]
     _common.emit_result(result)
     return 0
 
@@ -155,10 +157,14 @@ def main() -> int:
     meta["finished"] = _common.now()
     meta["load_average_at_end"] = os.getloadavg()
     medians = {kind: _common.median(r.get("agent_steps_per_s") for r in runs[kind]) for kind in args.kinds}
+    cpu_medians = {kind: _common.median(r.get("agent_steps_per_cpu_s") for r in runs[kind]) for kind in args.kinds}
     data = {
         "meta": meta,
         "settings": {"steps": args.steps, "rounds": args.rounds, "seed": args.seed},
         "median_agent_steps_per_s": medians,
+        "median_agent_steps_per_cpu_s": cpu_medians,
+        "cpu_clippo_over_sb3": _common.ratio(cpu_medians.get("clippo"), cpu_medians.get("sb3")),
+        "cpu_clippo_over_env": _common.ratio(cpu_medians.get("clippo"), cpu_medians.get("env")),
         "clippo_over_sb3": _common.ratio(medians.get("clippo"), medians.get("sb3")),
         "clippo_over_env": _common.ratio(medians.get("clippo"), medians.get("env")),
         "runs": runs,
@@ -174,13 +180,14 @@ def main() -> int:
         "- packages: " + ", ".join(f"{k} {v}" for k, v in meta["packages"].items()),
         "",
         *_common.md_table(
-            ["kind", "median agent steps/s", "runs"],
-            [[kind, _common.fmt(medians[kind], 0), ", ".join(_common.fmt(r.get("agent_steps_per_s"), 0) for r in runs[kind])]
-             for kind in args.kinds],  # fmt: skip
+            ["kind", "median agent steps/s", "runs", "median agent steps per CPU second"],
+            [[kind, _common.fmt(medians[kind], 0), ", ".join(_common.fmt(r.get("agent_steps_per_s"), 0) for r in runs[kind]),
+              _common.fmt(cpu_medians[kind], 0)] for kind in args.kinds],  # fmt: skip
         ),
         "",
         f"clippo / SB3+SuperSuit: {_common.fmt(data['clippo_over_sb3'])} (target >= 1.5); "
-        f"clippo / env alone: {_common.fmt(data['clippo_over_env'])} (target >= 0.75)",
+        f"clippo / env alone: {_common.fmt(data['clippo_over_env'])} (target >= 0.75); per CPU second: "
+        f"{_common.fmt(data['cpu_clippo_over_sb3'])} and {_common.fmt(data['cpu_clippo_over_env'])}",
     ]
     (args.out / "multiagent_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[-1:]))
