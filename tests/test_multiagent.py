@@ -617,3 +617,22 @@ def test_a_one_agent_pettingzoo_cartpole_learns_as_the_single_agent_ppo_does():
     agent.learn(100_000, progress=False)
     assert agent.evaluate(episodes=20, seed=5)["mean_return"] >= 450
     agent.close()
+
+
+class NoMoveTakeAway(TakeAway):
+    """TakeAway whose masks allow nothing once a stone has been taken."""
+
+    def observe(self, agent):
+        obs = super().observe(agent)
+        if self.pile < self.stones:
+            obs["action_mask"][:] = 0
+        return obs
+
+
+def test_a_mask_that_allows_no_action_names_the_agent_and_the_step():
+    agent = PPO(NoMoveTakeAway, **SMALL, selfplay="off")
+    with pytest.raises(ActionMaskError) as info:
+        agent.learn(64, progress=False)
+    message = one_line(info.value)
+    assert "agent 'player_1'" in message and "env step 1" in message and "all false" in message
+    agent.close()
