@@ -11,7 +11,7 @@ rewritten from every part's JSON there. See benchmarks/README.md.
 
 masking: on sb3-contrib's ``InvalidActionEnvDiscrete(dim=20, n_invalid_actions=10)`` ("invalid",
 which only counts invalid actions: a wrapper here counts them, for both libraries) and on
-``clippo.toy_envs.SlotsMethodEnv`` ("slots", whose ``step`` raises on an invalid action), clippo
+``clippo.envs.toy.SlotsMethodEnv`` ("slots", whose ``step`` raises on an invalid action), clippo
 and MaskablePPO train with MaskablePPO's default hyperparameters (below), each run a child
 process of its own (one thread), alternating clippo / MaskablePPO in seed-major order. Reported:
 ``learn()`` wall time and steps/s, the deterministic evaluation with masks, invalid actions taken.
@@ -62,7 +62,7 @@ MASKABLE_DEFAULTS = {
 MASKING_ENVS = ("invalid", "slots")
 EVAL_SEED = 10_000
 
-#: hybrid and MultiBinary envs: their built-in presets (clippo.config.ENV_PRESETS), these step counts
+#: hybrid and MultiBinary envs: their built-in presets (clippo.config.ppo_config.ENV_PRESETS), these step counts
 SPACES_RUNS = {"clippo/ToolAmount-v0": 200_000, "clippo/Bits-v0": 100_000}
 SPACES_OPTIMUM = {"clippo/ToolAmount-v0": 20.0, "clippo/Bits-v0": 8.0}
 
@@ -79,7 +79,7 @@ def make_masking_env(name: str, seed: int):
     import numpy as np
 
     if name == "slots":
-        from clippo.toy_envs import SlotsMethodEnv
+        from clippo.envs.toy import SlotsMethodEnv
 
         return SlotsMethodEnv()
     from sb3_contrib.common.envs import InvalidActionEnvDiscrete
@@ -193,7 +193,7 @@ def slots_baselines(eval_episodes: int, eval_seed: int, episodes: int = 20_000) 
     libraries' evaluations play them)."""
     import numpy as np
 
-    from clippo.toy_envs import SlotsEnv
+    from clippo.envs.toy import SlotsEnv
 
     env, rng = SlotsEnv(), np.random.default_rng(0)
     weights = (env.size - np.arange(env.size)) / env.size
@@ -338,7 +338,7 @@ def write_markdown(out: Path) -> None:
                   f"MLPs, orthogonal init, constant learning rate), {results['total_steps']:,} steps per run, each run a child "
                   "process of its own, alternating clippo / MaskablePPO. Evaluation: deterministic, with the env's masks, "
                   f"{results['eval_episodes']} episodes. `invalid`: `InvalidActionEnvDiscrete(dim=20, n_invalid_actions=10)` "
-                  "(best return 100; a wrapper counts the masked actions taken); `slots`: `clippo.toy_envs.SlotsMethodEnv`, "
+                  "(best return 100; a wrapper counts the masked actions taken); `slots`: `clippo.envs.toy.SlotsMethodEnv`, "
                   f"whose step raises on an invalid action (best return {base['best']:.3f} on average, random valid "
                   f"actions {base['random']:.3f}; the best possible on the evaluation's own episodes: "
                   f"{base['eval_best']:.3f}).", ""]  # fmt: skip

@@ -1,7 +1,7 @@
 """Env-only steps/second of every way clippo can step Atari (and MinAtar), on this machine.
 
 Each measurement is a child process of its own that builds the vector env through
-``clippo.atari`` (so it measures exactly what training steps: the standard preprocessing, raw
+``clippo.envs.atari`` (so it measures exactly what training steps: the standard preprocessing, raw
 rewards, ``info["lives"]``, NEXT_STEP autoreset, the env's own sticky actions), resets it,
 takes ``--warmup`` vector steps of random actions, then times ``--steps`` more. The modes
 alternate within each round (so slow drifts of the machine's speed hit them all), ``--rounds``
@@ -51,7 +51,7 @@ def child(case: dict) -> int:
     """Build one vector env, step it, print the rate."""
     import numpy as np
 
-    from clippo import atari
+    from clippo.envs import atari
 
     start = time.perf_counter()
     if case["family"] == "atari":
@@ -189,7 +189,7 @@ def main() -> int:
 
 def write_markdown(out: Path, data: dict) -> None:
     """``atari_env_speed.md`` from the measurements in ``data`` (what ``atari_env_speed.json`` holds)."""
-    from clippo import atari
+    from clippo.envs import atari
 
     meta, settings, rows = data["meta"], data["settings"], data["rows"]
     nproc = meta["machine"]["nproc"]
@@ -201,7 +201,7 @@ def write_markdown(out: Path, data: dict) -> None:
         "Random actions, env steps per second (vector steps x envs; one Atari step is 4 frames) "
         f"over {settings['steps']:,} timed vector steps (MinAtar {settings['minatar_steps']:,}) after {settings['warmup']} "
         f"warm-up steps, each measurement a fresh child process, modes alternating, {settings['rounds']} rounds: median "
-        "(min-max). Atari through `clippo.atari.make_atari_vector_env`: standard preprocessing (no-op reset up to 30, "
+        "(min-max). Atari through `clippo.envs.atari.make_atari_vector_env`: standard preprocessing (no-op reset up to 30, "
         "frame skip 4 with max-pooling, 84x84 grayscale, 4 stacked frames, FIRE on reset), raw rewards, whole games, "
         "`info[\"lives\"]`, NEXT_STEP autoreset, the env's own sticky actions (0.25 for v5). MinAtar through "
         "`make_minatar_vector_env` (sticky actions 0.1). CPU us per env step: user + system time of the "
@@ -226,7 +226,7 @@ def write_markdown(out: Path, data: dict) -> None:
     lines += [
         "",
         f"Fastest Atari mode in this run: **{data['fastest_atari'] or 'n/a'}**. clippo's `--vector-env auto` for Atari "
-        f"ids is `{atari.AUTO_ATARI_MODE}` with {atari.DEFAULT_ALE_THREADS} threads (`clippo.atari.AUTO_ATARI_MODE`, "
+        f"ids is `{atari.AUTO_ATARI_MODE}` with {atari.DEFAULT_ALE_THREADS} threads (`clippo.envs.atari.AUTO_ATARI_MODE`, "
         "`DEFAULT_ALE_THREADS`).",
     ]
     if busy:

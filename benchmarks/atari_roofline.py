@@ -68,7 +68,7 @@ def main() -> None:
     from gymnasium import spaces
 
     torch.set_num_threads(1)
-    from clippo.policy import ActorCritic
+    from clippo.networks.policy import ActorCritic
 
     space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
     model = ActorCritic(space, spaces.Discrete(4), network="shared")

@@ -5,7 +5,7 @@ Both libraries train the same game with the same hyperparameters (8 envs x 128 s
 4 minibatches of 256, lr 2.5e-4, clip 0.1, entropy 0.01, value 0.5, Nature CNN shared by the
 actor and the critic), each in its own child process, alternating clippo / SB3 / clippo / SB3 ...
 Each library steps Atari its own standard way: clippo through its default vector env for Atari
-ids (``clippo.atari``), SB3 through ``make_atari_env`` (AtariWrapper: no-op reset, frame skip 4
+ids (``clippo.envs.atari``), SB3 through ``make_atari_env`` (AtariWrapper: no-op reset, frame skip 4
 with max-pooling, 84x84 grayscale, episodic life, fire reset, reward clipping) and
 ``VecFrameStack(4)`` in a DummyVecEnv. Reported: training steps per second (whole ``learn`` call,
 after a warm-up update), and the env-only rate of each library's vector env (random actions).
@@ -113,7 +113,7 @@ def _env_rate(envs, sample, steps: int) -> float:
 def child_env_clippo(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
-    from clippo.envs import make_vector_env
+    from clippo.envs.make import make_vector_env
 
     envs = make_vector_env(spec["env"], RECIPE["num_envs"], "auto")
     rng = np.random.default_rng(0)

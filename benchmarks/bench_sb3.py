@@ -130,7 +130,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 def recipe_from_clippo_preset(env_id: str) -> dict[str, Any]:
     """clippo's built-in preset for ``env_id`` in the recipe vocabulary, so that SB3 runs exactly
     the hyperparameters that ``clippo train ENV_ID`` uses."""
-    from clippo.config import resolve_config
+    from clippo.config.ppo_config import resolve_config
 
     c = resolve_config(env_id)
     batch = c.num_envs * c.num_steps
@@ -498,8 +498,8 @@ def _limits_result(spec: dict[str, Any], env_type: str, env_times: list[float], 
 def child_limits_clippo(spec: dict[str, Any]) -> dict[str, Any]:
     _single_thread()
     from clippo import PPO
-    from clippo.envs import make_vector_env
-    from clippo.advantages import compute_gae
+    from clippo.envs.make import make_vector_env
+    from clippo.core.advantages import compute_gae
 
     env_id, n, num_steps, seed = spec["env_id"], spec["num_envs"], spec["num_steps"], spec["seed"]
     recipe = {**spec["recipe"], "n_envs": n, "n_steps": num_steps}
@@ -706,7 +706,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         )
         lines += [
             "",
-            "env-only: `envs.step(envs.action_space.sample())` on `clippo.envs.make_vector_env(env, n, \"auto\")` "
+            "env-only: `envs.step(envs.action_space.sample())` on `clippo.envs.make.make_vector_env(env, n, \"auto\")` "
             "(SB3: `make_vec_env` DummyVecEnv with Monitor, plus VecNormalize when the recipe normalizes). "
             "Rollout, the same work for both: actions, log-probabilities, critic values and GAE advantages for a whole rollout. clippo: "
             "`EnvRunner.collect` into a `RolloutBuffer` (acting with a numpy copy of the actor; log-probabilities of the "

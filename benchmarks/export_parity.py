@@ -42,7 +42,7 @@ SPOT_SCRIPT = """\
 import sys; sys.path.insert(0, "tests")
 import json
 from clippo import PPO
-from clippo.export import export_onnx
+from clippo.tools.export import export_onnx
 from toy_envs import SpotImageEnv
 run_dir = {run_dir!r}
 agent = PPO(SpotImageEnv, seed=1, num_envs=8, num_steps=64, run_dir=run_dir)

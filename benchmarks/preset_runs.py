@@ -135,10 +135,10 @@ def preset_differences(config: dict[str, Any]) -> dict[str, Any]:
     """The run's value of every hyperparameter where it differs from what ``clippo train ENV``
     uses today (bookkeeping keys that do not change training, as ``clippo plot`` ignores them,
     left out); empty for a run of the current preset."""
-    from clippo.config import resolve_config
-    from clippo.plotting import IGNORED_KEYS
+    from clippo.config.ppo_config import resolve_config
+    from clippo.tools.plotting import IGNORED_KEYS
 
-    from clippo.config import PPOConfig
+    from clippo.config.ppo_config import PPOConfig
 
     preset = resolve_config(config["env_id"]).to_dict()
     defaults = PPOConfig().to_dict()  # what a run made before a knob existed used
@@ -149,7 +149,7 @@ def preset_differences(config: dict[str, Any]) -> dict[str, Any]:
 
 def read_run(run_dir: Path) -> dict[str, Any] | None:
     """One table row from a finished run directory (None when it has no final evaluation)."""
-    from clippo.plotting import read_run as read_run_dir
+    from clippo.tools.plotting import read_run as read_run_dir
 
     eval_path = run_dir / "eval.json"
     if not (run_dir / "metrics.csv").exists():
@@ -235,7 +235,7 @@ def write_table(run_dirs: list[Path], out: Path) -> Path:
 
     figures = []
     try:
-        from clippo.plotting import plot_runs
+        from clippo.tools.plotting import plot_runs
 
         for env in sorted({r["env_id"] for r in runs + unfinished}):
             figure = out / f"curves_{env.replace('/', '-')}.png"

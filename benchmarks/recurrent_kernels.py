@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Timings behind ``clippo.recurrent``'s choices (docs/recurrent.md), one torch thread.
+"""Timings behind ``clippo.networks.recurrent``'s choices (docs/recurrent.md), one torch thread.
 
     python benchmarks/recurrent_kernels.py [--hidden 64] [--envs 8] [--repeats 50]
 
@@ -28,7 +28,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from clippo.recurrent import RecurrentCore, episode_pieces  # noqa: E402
+from clippo.networks.recurrent import RecurrentCore, episode_pieces  # noqa: E402
 
 
 STRATEGIES = ("fused pieces (clippo)", "cell stepped", "one call per segment", "packed")

@@ -5,7 +5,7 @@ Three variants of clippo's built-in CartPole-v1 recipe, each over the same seeds
 
 - ``raw``: rewards as the env gives them (the preset: ``normalize_rewards=False``);
 - ``scaled``: clippo's ``--normalize-rewards``: each reward divided by the running standard
-  deviation of the discounted return, no mean subtracted (``clippo.normalization.RewardScaler``);
+  deviation of the discounted return, no mean subtracted (``clippo.rollout.normalization.RewardScaler``);
 - ``per-trajectory``: the mistake. After each rollout, the rewards of every trajectory (each
   env's stretch of steps between episode ends and rollout cuts) are shifted to zero mean and
   divided by their standard deviation before returns and advantages are computed. The only
@@ -92,7 +92,7 @@ def install_per_trajectory_normalization(agent) -> dict[str, float]:
 
 def train_variant(variant: str, seed: int, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     from clippo import PPO
-    from clippo.config import save_config
+    from clippo.config.ppo_config import save_config
 
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -128,7 +128,7 @@ def train_variant(variant: str, seed: int, run_dir: Path, args: argparse.Namespa
 
 
 def mean_ci(values: list[float]) -> tuple[float | None, float | None]:
-    from clippo.plotting import t_quantile_975
+    from clippo.tools.plotting import t_quantile_975
 
     if not values:
         return None, None
@@ -139,7 +139,7 @@ def mean_ci(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def draw(run_dirs: dict[str, list[Path]], path: Path) -> None:
-    from clippo.plotting import RunGroup, draw_groups, read_run
+    from clippo.tools.plotting import RunGroup, draw_groups, read_run
 
     groups = [RunGroup([read_run(d) for d in dirs], label=VARIANTS[v][0]) for v, dirs in run_dirs.items() if dirs]
     figure = draw_groups(groups, x="steps")
@@ -207,7 +207,7 @@ def main() -> None:
     write_json(args.out / "results.json", results)
     write_markdown(results, args.out / "results.md")
     draw(run_dirs, args.out / "curves.png")
-    from clippo.report import write_report
+    from clippo.tools.report import write_report
 
     write_report(run_dirs["per-trajectory"][0], args.out / "report-per-trajectory.md")
     print(f"wrote {args.out / 'results.md'}, {args.out / 'curves.png'}, {args.out / 'report-per-trajectory.md'}")

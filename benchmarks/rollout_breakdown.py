@@ -1,6 +1,6 @@
 """Where a rollout's time goes: clippo's collection loop with a timer around each part.
 
-The loop below mirrors ``FastEnvRunner.collect`` (clippo/fastpath/rollout.py; plus the critic pass and GAE that ``clippo.trainer.train``
+The loop below mirrors ``FastEnvRunner.collect`` (clippo/fastpath/rollout.py; plus the critic pass and GAE that ``clippo.training.loop.train``
 runs after it) step by step, on the Zoo CartPole recipe's network with N envs, and reports
 microseconds per vector step for each part, medians over rounds. Keep it in step with
 ``clippo/fastpath/rollout.py`` when that changes.
@@ -33,7 +33,7 @@ def main() -> int:
     import bench_sb3
     from clippo import PPO
     from clippo.fastpath.numpy_mlp import NumpyActor
-    from clippo.advantages import compute_gae
+    from clippo.core.advantages import compute_gae
 
     recipe = {**bench_sb3.recipe_for("CartPole-v1", None), "n_envs": args.envs, "n_steps": args.steps}
     agent = PPO("CartPole-v1", preset="default", **bench_sb3.clippo_hyperparameters(recipe, 1))

@@ -6,7 +6,7 @@ runs as a process of its own, seed-major and alternating the two networks, so th
 the machine hurts both alike. Then:
 
 - ``curves.png``: return against env steps and against wall time, mean of the seeds with a 95%
-  confidence band of the mean, made by ``clippo.plotting`` (what ``clippo plot`` draws);
+  confidence band of the mean, made by ``clippo.tools.plotting`` (what ``clippo plot`` draws);
 - ``diagnostics.png``: the same runs' approx KL, clip fraction, entropy, explained variance and
   value loss;
 - ``results.md`` / ``results.json``: per env and network, the final training return (mean of the
@@ -89,7 +89,7 @@ def train(env_id: str, network: str, seed: int, args: argparse.Namespace) -> dic
 
 def confidence_interval(values: list[float]) -> tuple[float | None, float | None]:
     """Mean and the half-width of its 95% confidence interval (Student t)."""
-    from clippo.plotting import t_quantile_975
+    from clippo.tools.plotting import t_quantile_975
 
     if not values:
         return None, None
@@ -135,7 +135,7 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def draw(args: argparse.Namespace) -> list[Path]:
-    from clippo.plotting import plot_runs
+    from clippo.tools.plotting import plot_runs
 
     run_dirs = [run_dir_of(args.out, e, n, s) for e in args.envs for n in NETWORKS for s in args.seeds]
     run_dirs = [d for d in run_dirs if (d / "eval.json").exists()]
@@ -192,7 +192,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     lines += md_table(["env", "network", "seed", "final training return", "evaluation return", "wall time (s)"], rows)
     lines += ["", "Curves: `curves.png` (return), `diagnostics.png` (approx KL, clip fraction, entropy, "
               "explained variance, value loss), `cartpole_followup.png` (CartPole-v1 with the follow-up variants, "
-              "`--followup`), drawn by `clippo.plotting.plot_runs` from the runs' metrics.csv."]
+              "`--followup`), drawn by `clippo.tools.plotting.plot_runs` from the runs' metrics.csv."]
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -44,7 +44,7 @@ from _common import (  # noqa: E402
 )
 
 SOLVED = 475.0
-WARM_UP = "import torch, gymnasium, stable_baselines3, clippo.cli, clippo.agent"
+WARM_UP = "import torch, gymnasium, stable_baselines3, clippo.tools.cli, clippo.agent"
 
 
 def clippo_command() -> list[str]:

@@ -8,7 +8,7 @@ between the rollout policy and the updated policy (measured on the update's last
 95th percentile, the median clip fraction, the share of updates the KL stop ended, the final
 training return and the deterministic evaluation return.
 
-Writes ``results.md``, ``results.json`` and ``diagnostics.png`` (``clippo.plotting``) into
+Writes ``results.md``, ``results.json`` and ``diagnostics.png`` (``clippo.tools.plotting``) into
 ``--out`` (default ``benchmarks/results/trust_region/``); run dirs go to ``--out/runs/``
 (git-ignored). Finished runs are reused.
 """
@@ -107,7 +107,7 @@ def main() -> None:
                         fmt(r["clip_fraction_median"], 3), fmt(r["final_train_return"], 1), fmt(r["eval_return"], 1)]
                        for r in rows])
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
-    from clippo.plotting import plot_runs
+    from clippo.tools.plotting import plot_runs
 
     plot_runs(run_dirs, args.out / "diagnostics.png", x="steps", diagnostics=True)
     print(f"wrote {args.out / 'results.md'} and {args.out / 'diagnostics.png'}")

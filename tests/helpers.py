@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 
-from clippo.cli import main
+from clippo.tools.cli import main
 
 
 def run_cli(args: list[str]) -> tuple[int, str, str]:

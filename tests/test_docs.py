@@ -40,8 +40,21 @@ def defined_names(path: Path) -> set[str]:
 
 def test_concept_map_has_every_step():
     steps = " ".join(step for step, _, _ in concept_rows())
-    for concept in ("act", "trajectories", "rewards-to-go", "returns", "GAE", "likelihood ratio", "clipped loss",
-                    "value loss", "entropy bonus", "combined loss", "backward", "Adam step", "KL early stopping"):
+    for concept in (
+        "act",
+        "trajectories",
+        "rewards-to-go",
+        "returns",
+        "GAE",
+        "likelihood ratio",
+        "clipped loss",
+        "value loss",
+        "entropy bonus",
+        "combined loss",
+        "backward",
+        "Adam step",
+        "KL early stopping",
+    ):
         assert concept in steps, concept
 
 
@@ -62,7 +75,7 @@ def test_linked_docs_exist():
 def test_presets_doc_is_what_clippo_presets_prints():
     """docs/presets.md is generated (``clippo presets > docs/presets.md``): regenerate it after a
     change to the presets or the config fields."""
-    from helpers import run_cli
+    from tests.helpers import run_cli
 
     code, out, _ = run_cli(["presets"])
     assert code == 0

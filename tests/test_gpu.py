@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from clippo import PPO
-from test_ppo import record_first_logratios
+from tests.training.test_ppo import record_first_logratios
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -20,7 +20,9 @@ def test_cuda_update_starts_from_the_rollouts_log_probs(env, network):
     """The rollout acts on the CPU with a numpy copy of the actor, the log-probabilities of its
     outputs are computed on the GPU after the loop, and the update recomputes them with the torch
     actor on the GPU: before the first Adam step the ratio is 1 up to rounding."""
-    agent = PPO(env, device="cuda", num_envs=4, num_steps=32, num_minibatches=2, update_epochs=2, network=network, seed=0)
+    agent = PPO(
+        env, device="cuda", num_envs=4, num_steps=32, num_minibatches=2, update_epochs=2, network=network, seed=0
+    )
     firsts = record_first_logratios(agent)
     agent.learn(total_steps=agent.batch_size * 3)
     agent.close()
@@ -58,7 +60,9 @@ def test_cuda_training_solves_cartpole():
 def test_cuda_masked_and_hybrid_agents_train_from_the_rollouts_log_probs(env):
     """The general path on the GPU: action masks (Slots: its step raises on a masked action)
     and a Dict action (one head per part, the log-std a slice of the policy's parameter)."""
-    agent = PPO(env, device="cuda", num_envs=4, num_steps=32, num_minibatches=2, update_epochs=2, seed=0, tensorboard=False)
+    agent = PPO(
+        env, device="cuda", num_envs=4, num_steps=32, num_minibatches=2, update_epochs=2, seed=0, tensorboard=False
+    )
     firsts = record_first_logratios(agent)
     agent.learn(total_steps=agent.batch_size * 3)
     assert len(firsts) == 3

@@ -55,7 +55,10 @@ class DictGoalEnv(gym.Env):
         self.action_space = spaces.Discrete(3)
 
     def _observe(self) -> dict:
-        self.obs = {"position": self.np_random.uniform(-1, 1, 2).astype(np.float32), "goal": int(self.np_random.integers(3))}
+        self.obs = {
+            "position": self.np_random.uniform(-1, 1, 2).astype(np.float32),
+            "goal": int(self.np_random.integers(3)),
+        }
         return self.obs
 
     def reset(self, *, seed=None, options=None):
@@ -146,4 +149,10 @@ class CueEnv(gym.Env):
         reward = float(int(action) == (self.cue > 0)) if self.t == self.length - 1 else 0.0
         self.t += 1
         done = self.t >= self.length
-        return (self._observe() if not done else np.array([0.0, 0.0, self.t], dtype=np.float32)), reward, done, False, {}
+        return (
+            (self._observe() if not done else np.array([0.0, 0.0, self.t], dtype=np.float32)),
+            reward,
+            done,
+            False,
+            {},
+        )

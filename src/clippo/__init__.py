@@ -2,8 +2,8 @@
 
 __version__ = "0.1.0"
 
-from clippo.config import PPOConfig  # noqa: E402
-from clippo.agent import PPO  # noqa: E402
-import clippo.toy_envs  # noqa: E402, F401  (registers the clippo/... env ids with Gymnasium)
+import clippo.envs.toy  # noqa: F401  (registers the clippo/... env ids with Gymnasium)
+from clippo.agent import PPO
+from clippo.config.ppo_config import PPOConfig
 
 __all__ = ["PPO", "PPOConfig", "__version__"]

@@ -1,4 +1,4 @@
-from clippo.cli import main
+from clippo.tools.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,18 +1,14 @@
 """The ``PPO`` agent's public API: construct, learn, act, predict, evaluate, save and load.
 
-The training loop itself is ``clippo.trainer``; the agent holds what it trains and checkpoints
+The training loop itself is ``clippo.training.loop``; the agent holds what it trains and checkpoints
 (model, optimizer, normalizers, generator, counters) and the pieces it runs, picked once in
 ``_setup`` (``clippo.fastpath`` decides between the numpy fast path and the torch path).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import math
 import random
-import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,32 +16,34 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from clippo import __version__, fastpath, masking, observations
-from clippo.checkpoint import (
+from clippo import __version__, fastpath
+from clippo.config.ppo_config import PPOConfig, config_from_dict, resolve_config
+from clippo.core import observations
+from clippo.core.errors import CheckpointError, NonFiniteError, first_line
+from clippo.core.losses import LossTerms
+from clippo.envs.make import EnvSource, make_run_envs
+from clippo.networks.encoders import encoder_name, is_image
+from clippo.networks.policy import ActorCritic, upgrade_v1_names
+from clippo.rollout import masking
+from clippo.rollout.evaluation import run_episodes
+from clippo.rollout.normalization import ObservationNormalizer, RewardScaler
+from clippo.rollout.runner import Batch, EnvRunner, RolloutBuffer, SequenceBatch
+from clippo.training.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
+    describe_space,
     latest_checkpoint,
     periodic_checkpoint_path,
     prune_checkpoints,
     read_checkpoint,
-    describe_space,
     space_from_dict,
     space_to_dict,
     write_atomic,
 )
-from clippo.config import PPOConfig, config_from_dict, resolve_config
-from clippo.distributed import broadcast_, init_world
-from clippo.encoders import encoder_name, is_image
-from clippo.envs import EnvSource, make_run_envs
-from clippo.errors import CheckpointError, NonFiniteError, first_line
-from clippo.evaluation import run_episodes
-from clippo.logger import METRICS_FILE
-from clippo.losses import LossTerms
-from clippo.normalization import ObservationNormalizer, RewardScaler
-from clippo.optim import FlatAdam
-from clippo.policy import ActorCritic, upgrade_v1_names
-from clippo.rollout import Batch, EnvRunner, RolloutBuffer, SequenceBatch
-from clippo.trainer import MINIBATCH_STATS, UpdatePlan, plan_update, train, update_policy
+from clippo.training.distributed import broadcast_, init_world
+from clippo.training.logger import METRICS_FILE
+from clippo.training.loop import MINIBATCH_STATS, UpdatePlan, plan_update, train, update_policy
+from clippo.training.optim import FlatAdam
 
 
 def global_rng_states() -> dict[str, Any]:
@@ -73,7 +71,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-
 def restore_generator(generator: torch.Generator, state: torch.Tensor) -> None:
     """Put a saved generator state back; across CPU and GPU (different generators, different state
     formats) seed the new one from the saved state instead: the run goes on with its own
@@ -89,7 +86,7 @@ def _upgrade_v1(payload: dict[str, Any]) -> dict[str, Any]:
     """A version-1 checkpoint (MLP-only clippo) with today's parameter names."""
     payload = dict(payload)
     model = payload["model"]
-    payload["model"] = dict(zip(upgrade_v1_names(list(model)), model.values()))
+    payload["model"] = dict(zip(upgrade_v1_names(list(model)), model.values(), strict=False))
     if "names" in payload.get("optimizer", {}):
         payload["optimizer"] = {**payload["optimizer"], "names": upgrade_v1_names(payload["optimizer"]["names"])}
     return payload
@@ -111,9 +108,15 @@ def reject_multiagent_settings(config: PPOConfig) -> None:
     defaults = PPOConfig()
     for name in ("critic", "agent_id_feature", "policy_groups"):
         if getattr(config, name) != getattr(defaults, name):
-            raise ValueError(f"{name}={getattr(config, name)!r} is invalid for the Gymnasium env {config.env_id!r}: it is for multi-agent (PettingZoo) envs")
+            raise ValueError(
+                f"{name}={getattr(config, name)!r} is invalid for the Gymnasium env {config.env_id!r}: it is for "
+                "multi-agent (PettingZoo) envs"
+            )
     if config.selfplay == "on":
-        raise ValueError(f"selfplay='on' is invalid for the Gymnasium env {config.env_id!r}: self-play is for two-player PettingZoo games")
+        raise ValueError(
+            f"selfplay='on' is invalid for the Gymnasium env {config.env_id!r}: self-play is for two-player "
+            "PettingZoo games"
+        )
 
 
 class PPO:
@@ -125,7 +128,7 @@ class PPO:
 
     Args:
         env: a Gymnasium env id, or a callable returning a ``gymnasium.Env``.
-        preset: a named hyperparameter preset (see ``clippo.config.PRESETS``); by default the env's
+        preset: a named hyperparameter preset (see ``clippo.config.ppo_config.PRESETS``); by default the env's
             built-in tuned preset if it has one, else ``default``.
         config_file: a YAML/TOML/JSON file of hyperparameters.
         run_dir: where metrics, TensorBoard logs and checkpoints go; None writes nothing.
@@ -133,7 +136,7 @@ class PPO:
             ``"cnn"``, an importable ``"module:Class"``, or a class, factory or ``torch.nn.Module``
             (called as ``f(observation_space, **encoder_kwargs)``; an instance is deep-copied for
             a separate critic). Checkpoints record its ``module:Class`` name, never the object.
-        **hyperparameters: any field of :class:`clippo.config.PPOConfig`.
+        **hyperparameters: any field of :class:`clippo.config.ppo_config.PPOConfig`.
     """
 
     def __new__(cls, env: EnvSource = "CartPole-v1", *args: Any, **kwargs: Any):
@@ -167,7 +170,9 @@ class PPO:
         elif callable(env):
             env_id = hyperparameters.pop("env_id", getattr(env, "__name__", "custom-env"))
         else:
-            raise TypeError(f"env must be a Gymnasium env id (str) or a callable returning a gymnasium.Env, got {env!r}")
+            raise TypeError(
+                f"env must be a Gymnasium env id (str) or a callable returning a gymnasium.Env, got {env!r}"
+            )
         encoder = hyperparameters.get("encoder")
         if encoder is not None and not isinstance(encoder, str):  # a user's class, factory or module
             hyperparameters["encoder"] = encoder_name(encoder) or f"{type(encoder).__module__}:<unnamed>"
@@ -215,7 +220,7 @@ class PPO:
     ) -> None:
         self.config = config
         # The env's spaces (what act() takes and gives); the model observes observation_space
-        # without an "action_mask" key (clippo.masking.policy_observation_space).
+        # without an "action_mask" key (clippo.rollout.masking.policy_observation_space).
         self.observation_space = observation_space
         self.action_space = action_space
         policy_space = masking.policy_observation_space(observation_space)
@@ -235,7 +240,7 @@ class PPO:
             self.model.paired_parameters(), lr=config.learning_rate, eps=1e-5, extra_slots=len(MINIBATCH_STATS)
         )
         broadcast_(self.optimizer.flat, self.world)  # every rank starts from rank 0's weights
-        #: where the training envs' action masks come from (clippo.masking), set with the runner
+        #: where the training envs' action masks come from (clippo.rollout.masking), set with the runner
         self.action_masks: masking.MaskSource | None = None
         self._choose_paths()
         # Each rank samples its own actions (and shuffles its own minibatches).
@@ -268,7 +273,9 @@ class PPO:
         self._runner: EnvRunner | None = None
         self._pending_runner_state: dict | None = None
 
-    def _build_model(self, config: PPOConfig, policy_space: spaces.Space, action_space: spaces.Space, encoder: Any) -> ActorCritic:
+    def _build_model(
+        self, config: PPOConfig, policy_space: spaces.Space, action_space: spaces.Space, encoder: Any
+    ) -> ActorCritic:
         """The actor-critic for these spaces (``clippo.multiagent`` overrides it for a centralized critic)."""
         return ActorCritic(
             policy_space,
@@ -320,7 +327,7 @@ class PPO:
         """Train for ``total_steps`` more environment steps (default: the config's), rounded up to
         whole rollouts. The learning rate anneals to zero over this call.
 
-        ``callback``: a :class:`clippo.callbacks.Callback`, a function ``f(agent, metrics)`` run
+        ``callback``: a :class:`clippo.training.callbacks.Callback`, a function ``f(agent, metrics)`` run
         after each update, or a list of them; one returning False stops training cleanly."""
         steps = self.config.total_steps if total_steps is None else total_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -352,10 +359,14 @@ class PPO:
         return path
 
     def _resume_hint(self) -> str:
-        return f"resume with: clippo resume {self.run_dir}" if self.run_dir is not None else "nothing was saved (no run_dir)"
+        return (
+            f"resume with: clippo resume {self.run_dir}"
+            if self.run_dir is not None
+            else "nothing was saved (no run_dir)"
+        )
 
     def update_policy(self, batch: Batch, plan: UpdatePlan | None = None) -> dict[str, float]:
-        """The PPO update on one rollout's batch (see ``clippo.trainer.update_policy``)."""
+        """The PPO update on one rollout's batch (see ``clippo.training.loop.update_policy``)."""
         return update_policy(self, batch, plan)
 
     def plan_update(self, batch_size: int) -> UpdatePlan:
@@ -365,7 +376,14 @@ class PPO:
     def loss_and_gradient(self, minibatch: Batch, advantages: torch.Tensor) -> LossTerms:
         """The combined PPO loss on one minibatch, its gradient left in ``self.optimizer.grad``."""
         old_values = minibatch.samples("values") if self.config.clip_value_loss else None
-        args = (minibatch.obs, minibatch.actions, minibatch.samples("logprobs"), advantages, minibatch.samples("returns"), old_values)
+        args = (
+            minibatch.obs,
+            minibatch.actions,
+            minibatch.samples("logprobs"),
+            advantages,
+            minibatch.samples("returns"),
+            old_values,
+        )
         if isinstance(minibatch, SequenceBatch):  # (recurrent agents always take the autograd loss)
             return self._loss(*args, masks=minibatch.masks, sequences=minibatch.sequences)
         if minibatch.masks is not None:
@@ -428,14 +446,15 @@ class PPO:
 
         Observations are raw env observations: the agent applies its own (frozen) normalization.
         ``action_masks``: booleans, False for invalid actions (``[num_outputs]`` for one
-        observation, ``[batch, num_outputs]`` for a batch; see ``clippo.masking``), as in
+        observation, ``[batch, num_outputs]`` for a batch; see ``clippo.rollout.masking``), as in
         MaskablePPO's ``predict``; by default the observation's own ``"action_mask"`` key, if
         it has one. Invalid actions are never returned; a mask with none valid is an error.
         A recurrent agent acts with its memory: use :meth:`predict` with a state.
         """
         if self.model.recurrent:
             raise ValueError(
-                f"act() is invalid for this recurrent ({self.model.recurrent}) agent: it acts with a carried state; use "
+                f"act() is invalid for this recurrent ({self.model.recurrent}) agent: it acts with a carried state; "
+                "use "
                 "action, state = agent.predict(obs, state=state, episode_start=episode_start)"
             )
         obs, masks, single, noise = self._acting_inputs(obs, deterministic, action_masks)
@@ -502,11 +521,18 @@ class PPO:
             array = np.asarray(state.cpu() if isinstance(state, torch.Tensor) else state, dtype=np.float32)
             if array.shape != ((size,) if single else (count, size)):
                 expected = f"[{size}]" if single else f"[{count}, {size}]"
-                raise ValueError(f"state of shape {list(array.shape)} is invalid: this agent's state for this input is {expected}")
+                raise ValueError(
+                    f"state of shape {list(array.shape)} is invalid: this agent's state for this input is {expected}"
+                )
             state = torch.from_numpy(array.reshape(count, size)).to(self.device)
-        starts = np.zeros(count, dtype=bool) if episode_start is None else np.asarray(episode_start, dtype=bool).reshape(-1)
+        starts = (
+            np.zeros(count, dtype=bool) if episode_start is None else np.asarray(episode_start, dtype=bool).reshape(-1)
+        )
         if starts.shape != (count,):
-            raise ValueError(f"episode_start of shape {list(np.shape(episode_start))} is invalid: give one bool per observation ({count})")
+            raise ValueError(
+                f"episode_start of shape {list(np.shape(episode_start))} is invalid: give one bool per observation "
+                f"({count})"
+            )
         params, _, state = self.model.step(obs, state, torch.from_numpy(starts).to(self.device), masks)
         actions, _ = self.model.distribution.sample_with_log_prob(params, noise)
         actions, state = actions.cpu().numpy(), state.cpu().numpy()
@@ -514,7 +540,7 @@ class PPO:
 
     def acting_policy(self, deterministic: bool = True):
         """``policy(obs, masks=None, episode_start=None) -> actions`` for a batch of observations
-        of a vector env, as :func:`clippo.evaluation.run_episodes` calls it; a recurrent agent's
+        of a vector env, as :func:`clippo.rollout.evaluation.run_episodes` calls it; a recurrent agent's
         carries its state from call to call (reset where ``episode_start``)."""
         if not self.model.recurrent:
             return lambda obs, masks=None, episode_start=None: self.act(obs, deterministic, masks)
@@ -674,7 +700,9 @@ class PPO:
             agent._pending_runner_state = payload.get("runner")
         except Exception as exc:  # a damaged payload can fail anywhere in reconstruction
             hint = "; pass encoder= to PPO.load" if "encoder=" in str(exc) else ""
-            raise CheckpointError(f"checkpoint {str(path)!r} does not fit this clippo: {first_line(exc)[:200]}{hint}") from None
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} does not fit this clippo: {first_line(exc)[:200]}{hint}"
+            ) from None
         agent.env_source = env if env is not None else config.env_id
         return agent
 

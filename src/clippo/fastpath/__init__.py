@@ -3,8 +3,8 @@
 At PPO's MLP sizes a torch call costs more in dispatch than in arithmetic, so for this common
 case the rollout acts through a numpy copy of the actor on observations stored as ``[obs, 1]``
 rows (``rollout``, ``numpy_mlp``), and the loss gradient of separate MLPs is worked out by hand
-(``gradient``). Everything else takes the general torch path (``clippo.rollout``,
-``clippo.losses.AutogradLoss``). The choice is made here, in one place; the training loop calls
+(``gradient``). Everything else takes the general torch path (``clippo.rollout.runner``,
+``clippo.core.losses.AutogradLoss``). The choice is made here, in one place; the training loop calls
 the pieces it gets without knowing which ones they are. ``fast_path="off"`` forces the general
 path (``tests/test_fastpath.py`` pins both to the same updates). Measurements: docs/fast-path.md.
 """
@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from clippo.config import PPOConfig
-from clippo.distributions import Categorical, DiagGaussian, MultiCategorical
-from clippo.losses import AutogradLoss
-from clippo.policy import ActorCritic
-from clippo.rollout import EnvRunner, RolloutBuffer
+from clippo.config.ppo_config import PPOConfig
+from clippo.core.losses import AutogradLoss
+from clippo.networks.distributions import Categorical, DiagGaussian, MultiCategorical
+from clippo.networks.policy import ActorCritic
+from clippo.rollout.runner import EnvRunner, RolloutBuffer
 
 
 def rollout_applies(config: PPOConfig, model: ActorCritic, device: torch.device, masked: bool = False) -> bool:
@@ -32,7 +32,10 @@ def rollout_applies(config: PPOConfig, model: ActorCritic, device: torch.device,
         config.fast_path == "auto"
         and not (masked and not model.distribution.maskable)
         and device.type == "cpu"
-        and (isinstance(space, spaces.Discrete) or (isinstance(space, spaces.Box) and np.issubdtype(space.dtype, np.floating)))
+        and (
+            isinstance(space, spaces.Discrete)
+            or (isinstance(space, spaces.Box) and np.issubdtype(space.dtype, np.floating))
+        )
         and model.is_mlp
         and type(model.distribution) in (Categorical, MultiCategorical, DiagGaussian)
         and not config.reward_sign
@@ -60,4 +63,3 @@ def make_loss(config: PPOConfig, model: ActorCritic, device: torch.device, zero_
     if rollout_applies(config, model, device, masked) and supports(model, device):
         return AnalyticGradient(model, config.clip_epsilon, config.vf_coef, config.ent_coef)
     return AutogradLoss(model, config.clip_epsilon, config.vf_coef, config.ent_coef, zero_grad)
-

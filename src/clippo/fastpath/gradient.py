@@ -6,7 +6,7 @@ copies of each parameter's gradient into the optimizer's flat buffer. The chain 
 this one loss is short, so it is written out here and the gradients are written straight into
 the flat buffer (measurements: docs/fast-path.md).
 
-The math is the same loss as ``clippo.losses`` (tests compare the gradients with autograd on
+The math is the same loss as ``clippo.core.losses`` (tests compare the gradients with autograd on
 random batches, clipped and unclipped samples, for every supported combination):
 
     L = -mean(min(r A, clip(r, 1-eps, 1+eps) A)) + vf_coef * value_error - ent_coef * mean(H)
@@ -28,7 +28,7 @@ torch's.
 
 Supported: separate actor and critic MLPs (tanh or ReLU) with Discrete (masked or not) or Box
 actions on the CPU. Anything else (a shared trunk, MultiDiscrete actions, GPUs, where autograd's overhead is
-hidden) takes ``clippo.losses.AutogradLoss`` (chosen by ``clippo.fastpath.make_loss``).
+hidden) takes ``clippo.core.losses.AutogradLoss`` (chosen by ``clippo.fastpath.make_loss``).
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from clippo.distributions import _LOG_SQRT_2PI, MASKED_LOGIT, Categorical, DiagGaussian
+from clippo.core.losses import LossTerms, float_mean
 from clippo.fastpath.numpy_mlp import NUMPY_TANH_AVX512
-from clippo.losses import LossTerms, float_mean
-from clippo.policy import ActorCritic
+from clippo.networks.distributions import _LOG_SQRT_2PI, MASKED_LOGIT, Categorical, DiagGaussian
+from clippo.networks.policy import ActorCritic
 
 #: elements of a tanh layer's output from which ``_forward`` computes it through a sigmoid
 #: (slower below, faster above: docs/fast-path.md)
@@ -69,7 +69,7 @@ class AnalyticGradient:
         self.model = model
         # Layer i of the actor and of the critic as one [2, out, in] block (and [2, out] bias),
         # with their gradients: one batched product runs both networks' layer.
-        pairs = list(zip(model.actor_encoder.layers, model.critic_encoder.layers))
+        pairs = list(zip(model.actor_encoder.layers, model.critic_encoder.layers, strict=False))
         self.weights = [_side_by_side(a.weight, c.weight) for a, c in pairs]
         self.biases = [_side_by_side(a.bias, c.bias).unsqueeze(1) for a, c in pairs]
         self.weight_grads = [_side_by_side(a.weight.grad, c.weight.grad) for a, c in pairs]
@@ -186,7 +186,7 @@ class AnalyticGradient:
         output; the actor's output ([batch, outputs]) and the critic's values ([batch])."""
         x = obs.expand(2, *obs.shape)  # both networks read the same observations (no copy)
         inputs = []
-        for weight, bias in zip(self.weights, self.biases):
+        for weight, bias in zip(self.weights, self.biases, strict=False):
             inputs.append(x)
             if self.relu:
                 x = torch.baddbmm(bias, x, weight.transpose(1, 2)).relu_()

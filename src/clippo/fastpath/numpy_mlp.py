@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from clippo.policy import ActorCritic
+from clippo.networks.policy import ActorCritic
 
 
 def numpy_tanh_is_avx512() -> bool:
@@ -68,7 +68,10 @@ class NumpyMLP:
         self.relu = activation is torch.relu
         # transposed so that each layer is ``[x, 1] @ [[w], [b]]`` on contiguous arrays
         self.layers = [
-            (linear.weight.detach().cpu().numpy().T.astype(np.float64), linear.bias.detach().cpu().numpy().astype(np.float64))
+            (
+                linear.weight.detach().cpu().numpy().T.astype(np.float64),
+                linear.bias.detach().cpu().numpy().astype(np.float64),
+            )
             for linear in [*body, head]
         ]
         self.forms: dict[bool, list[np.ndarray]] = {}  # weights per form (sigmoid or not), made on first use
@@ -89,7 +92,9 @@ class NumpyMLP:
         self.inputs[:, :-1] = obs
         return self.with_ones_column(self.inputs, workspace, out)
 
-    def with_ones_column(self, inputs: np.ndarray, workspace: list | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    def with_ones_column(
+        self, inputs: np.ndarray, workspace: list | None = None, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """``self(inputs[:, :-1])`` for contiguous inputs that already carry the trailing column of
         ones (as the rollout buffer stores observations), without copying them."""
         rows = inputs.shape[0]
@@ -111,14 +116,18 @@ class NumpyMLP:
         if plan is None or plan[0] != rows or plan[1] is not workspace:
             # The sigmoid form pays a few microseconds of torch call overhead per layer: below a
             # thousand or so activations per layer np.tanh is the faster one.
-            sigmoid_form = not self.relu and len(self.layers) > 1 and rows * self.layers[0][0].shape[1] >= SIGMOID_MIN_ACTIVATIONS
+            sigmoid_form = (
+                not self.relu and len(self.layers) > 1 and rows * self.layers[0][0].shape[1] >= SIGMOID_MIN_ACTIVATIONS
+            )
             weights = self._weights(sigmoid_form)
             hidden = self._hidden(rows, self.hidden if workspace is None else workspace)
-            layers = [(weight, h, h_tensor) for weight, (h, h_tensor) in zip(weights, hidden)]
+            layers = [(weight, h, h_tensor) for weight, (h, h_tensor) in zip(weights, hidden, strict=False)]
             plan = self.plan = (rows, workspace, layers, weights[-1], sigmoid_form)
         return plan[2:]
 
-    def _forward(self, layers: list, head: np.ndarray, sigmoid_form: bool, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    def _forward(
+        self, layers: list, head: np.ndarray, sigmoid_form: bool, x: np.ndarray, out: np.ndarray | None
+    ) -> np.ndarray:
         for weight, h, h_tensor in layers:
             np.dot(x, weight, out=h)
             if self.relu:
@@ -161,7 +170,7 @@ class NumpyMLP:
                     layers.append((w, b))
             one = 1.0 if self.relu else 40.0  # activation(one) == 1.0 exactly in float32
             matrices = [_with_bias_row(w, b, ones_unit=one) for w, b in layers[:-1]]
-            self.forms[sigmoid_form] = matrices + [_with_bias_row(*layers[-1])]
+            self.forms[sigmoid_form] = [*matrices, _with_bias_row(*layers[-1])]
         return self.forms[sigmoid_form]
 
     def _hidden(self, rows: int, workspace: list) -> list[tuple[np.ndarray, torch.Tensor]]:

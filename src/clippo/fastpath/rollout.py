@@ -1,7 +1,7 @@
 """The fast path's rollout: flat observations stored as the numpy MLPs read them, and a
 collection loop that acts through the numpy copy of the actor.
 
-Same transitions, noise and bookkeeping as ``clippo.rollout`` (whose classes these extend); only
+Same transitions, noise and bookkeeping as ``clippo.rollout.runner`` (whose classes these extend); only
 the storage layout and the actor's arithmetic differ.
 """
 
@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from clippo.distributions import MASKED_LOGIT, ActionDistribution
-from clippo.encoders import flat_size
 from clippo.fastpath.numpy_mlp import NumpyActor, numpy_critic
-from clippo.policy import ActorCritic
-from clippo.rollout import EnvRunner, RolloutBuffer
+from clippo.networks.distributions import MASKED_LOGIT, ActionDistribution
+from clippo.networks.encoders import flat_size
+from clippo.networks.policy import ActorCritic
+from clippo.rollout.runner import EnvRunner, RolloutBuffer
 
 
 class FlatRolloutBuffer(RolloutBuffer):
@@ -99,9 +99,20 @@ class FastEnvRunner(EnvRunner):
         rows = zip(
             buffer.network_inputs, buffer.params, noise, buffer.actions,
             buffer.all_obs[1:], buffer.raw_rewards, buffer.terminated, buffer.truncated, buffer.rewards,
-            buffer.all_masks if masks is not None else itertools.repeat(None),
+            buffer.all_masks if masks is not None else itertools.repeat(None), strict=False,
         )  # fmt: skip
-        for t, (inputs, params, step_noise, actions_t, next_obs_t, rewards_t, terminated_t, truncated_t, scaled_t, masks_t) in enumerate(rows):
+        for t, (
+            inputs,
+            params,
+            step_noise,
+            actions_t,
+            next_obs_t,
+            rewards_t,
+            terminated_t,
+            truncated_t,
+            scaled_t,
+            masks_t,
+        ) in enumerate(rows):
             act(inputs, params)
             if masks is not None:  # as Categorical.mask: the logits of invalid actions set to MASKED_LOGIT
                 np.copyto(params, MASKED_LOGIT, where=np.logical_not(masks_t, out=invalid))
@@ -110,7 +121,9 @@ class FastEnvRunner(EnvRunner):
 
             raw_obs, rewards, terminated, truncated, info = step(distribution.to_env(actions))
             if masks is not None:  # the mask of the returned observation, used at the next step
-                raw_obs, _ = masks.read(raw_obs, info, terminated | truncated, f"rollout step {t + 1}", buffer.all_masks[t + 1])
+                raw_obs, _ = masks.read(
+                    raw_obs, info, terminated | truncated, f"rollout step {t + 1}", buffer.all_masks[t + 1]
+                )
             # One sum is finite exactly when all its terms are (or it overflowed: checked in detail).
             if check_each_step and not math.isfinite(raw_obs.sum() + rewards.sum()):
                 raw_obs, rewards = self._handle_nonfinite(raw_obs, rewards)

@@ -6,7 +6,7 @@ own single-agent :class:`~clippo.agent.PPO` for the group's spaces, without envs
 so that its actor-critic, optimizer, loss (the fast path's hand-written gradient where it
 applies), minibatch update, normalizer and generator are exactly the single-agent ones. The
 multi-agent runner collects every group's transitions; each update then computes GAE per agent
-slot (``clippo.advantages.compute_gae``) and runs ``clippo.trainer.update_policy`` per group.
+slot (``clippo.core.advantages.compute_gae``) and runs ``clippo.training.loop.update_policy`` per group.
 
 Steps: ``total_steps`` counts agent steps (one per action of an agent the learner controls, as
 SuperSuit-based setups count them); ``num_steps`` is env steps per env copy and rollout, and the
@@ -27,8 +27,22 @@ from gymnasium import spaces
 
 from clippo import __version__, fastpath
 from clippo.agent import PPO, global_rng_states, restore_generator, set_global_rng_states
-from clippo.callbacks import as_callback, with_config_evaluation
-from clippo.checkpoint import (
+from clippo.config.ppo_config import PPOConfig, config_from_dict, resolve_config
+from clippo.core.errors import ActionMaskError, CheckpointError, ConfigError, NonFiniteError, first_line
+from clippo.core.losses import AutogradLoss, explained_variance
+from clippo.core.observations import to_tensor
+from clippo.envs.preprocessing import Preprocessing
+from clippo.multiagent import evaluation
+from clippo.multiagent.buffer import combine
+from clippo.multiagent.critic import CentralInput, centralize
+from clippo.multiagent.groups import GroupSpec, ObservationMaker, build_groups
+from clippo.multiagent.pettingzoo import EnvFactory, UntrustedImportError, make_adapter, multiagent_source
+from clippo.multiagent.runner import MultiAgentRunner, env_action_rows
+from clippo.multiagent.selfplay import SelfPlay
+from clippo.rollout.masking import MASK_KEY, component_starts, first_invalid_row
+from clippo.rollout.normalization import RewardScaler
+from clippo.training.callbacks import as_callback, with_config_evaluation
+from clippo.training.checkpoint import (
     FINAL_NAME,
     FORMAT,
     FORMAT_VERSION,
@@ -42,26 +56,13 @@ from clippo.checkpoint import (
     space_to_dict,
     write_atomic,
 )
-from clippo.config import PPOConfig, config_from_dict, resolve_config
-from clippo.distributed import init_world
-from clippo.errors import ActionMaskError, CheckpointError, ConfigError, NonFiniteError, first_line
-from clippo.logger import COLUMNS, METRICS_FILE, RunLogger
-from clippo.losses import AutogradLoss, explained_variance
-from clippo.normalization import RewardScaler
-from clippo.preprocessing import Preprocessing
-from clippo.masking import MASK_KEY, component_starts, first_invalid_row
-from clippo.multiagent.buffer import combine
-from clippo.multiagent.critic import CentralInput, centralize
-from clippo.multiagent.groups import GroupSpec, ObservationMaker, build_groups
-from clippo.multiagent.pettingzoo import EnvFactory, UntrustedImportError, make_adapter, multiagent_source
-from clippo.multiagent import evaluation
-from clippo.multiagent.runner import MultiAgentRunner, env_action_rows
-from clippo.multiagent.selfplay import SelfPlay
-from clippo.observations import to_tensor
-from clippo.trainer import annealed_clip_epsilon, annealed_learning_rate, stop_interrupted, update_policy
+from clippo.training.distributed import init_world
+from clippo.training.logger import COLUMNS, METRICS_FILE, RunLogger
+from clippo.training.loop import annealed_clip_epsilon, annealed_learning_rate, stop_interrupted, update_policy
 
 #: metrics.csv of a multi-agent run: the single-agent columns, then env steps and self-play's.
-MULTIAGENT_COLUMNS = COLUMNS + [
+MULTIAGENT_COLUMNS = [
+    *COLUMNS,
     "env_steps",
     "env_sps",
     "selfplay/win_vs_pool",
@@ -90,7 +91,9 @@ class GroupLearner(PPO):
 
     ``critic_space``: the centralized critic's input space (None: a local critic)."""
 
-    def __init__(self, spec: GroupSpec, config: PPOConfig, critic_space: spaces.Box | None, masked: bool, index: int) -> None:
+    def __init__(
+        self, spec: GroupSpec, config: PPOConfig, critic_space: spaces.Box | None, masked: bool, index: int
+    ) -> None:
         self.spec = spec
         self.critic_space = critic_space
         self.centralized = critic_space is not None
@@ -103,7 +106,15 @@ class GroupLearner(PPO):
         model = super()._build_model(config, policy_space, action_space, encoder)
         if self.critic_space is not None:
             recurrent = None if config.recurrent == "none" else config.recurrent
-            centralize(model, policy_space, self.critic_space, config.hidden_sizes, config.activation, recurrent, config.recurrent_hidden_size)
+            centralize(
+                model,
+                policy_space,
+                self.critic_space,
+                config.hidden_sizes,
+                config.activation,
+                recurrent,
+                config.recurrent_hidden_size,
+            )
         return model
 
     def _choose_paths(self) -> None:
@@ -130,7 +141,9 @@ class GroupLearner(PPO):
 
     def load_group_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"], saved_names=[name for name, _ in self.model.named_parameters()])
+        self.optimizer.load_state_dict(
+            state["optimizer"], saved_names=[name for name, _ in self.model.named_parameters()]
+        )
         self.obs_normalizer.load_state_dict(state["obs_normalizer"])
         self.reward_scaler.load_state_dict(state["reward_scaler"])
         restore_generator(self.generator, state["generator"])
@@ -174,15 +187,17 @@ class EnvInfo:
         return cls(
             data["kind"],
             agents,
-            {a: space_from_dict(s) for a, s in zip(agents, data["observation_spaces"])},
-            {a: space_from_dict(s) for a, s in zip(agents, data["action_spaces"])},
+            {a: space_from_dict(s) for a, s in zip(agents, data["observation_spaces"], strict=False)},
+            {a: space_from_dict(s) for a, s in zip(agents, data["action_spaces"], strict=False)},
             data["state_size"],
         )
 
     def check(self, adapter, name: str) -> None:
         """A one-line error when a new copy of the env does not have the same agents and spaces."""
         if list(adapter.possible_agents) != self.possible_agents:
-            raise ValueError(f"env {name!r} has agents {adapter.possible_agents}, but this agent was made for {self.possible_agents}")
+            raise ValueError(
+                f"env {name!r} has agents {adapter.possible_agents}, but this agent was made for {self.possible_agents}"
+            )
         for agent in self.possible_agents:
             for what, table, method in (("observation", self.observation_spaces, adapter.observation_space),
                                         ("action", self.action_spaces, adapter.action_space)):  # fmt: skip
@@ -202,10 +217,15 @@ def _check_supported(config: PPOConfig) -> None:
     }
     for name, used in unsupported.items():
         if used:
-            raise ConfigError(f"{name}={getattr(config, name)!r} is not supported for multi-agent (PettingZoo) envs yet")
+            raise ConfigError(
+                f"{name}={getattr(config, name)!r} is not supported for multi-agent (PettingZoo) envs yet"
+            )
     preprocessing = Preprocessing.from_config(config)
     if preprocessing.active:
-        raise ConfigError(f"{preprocessing} is not supported for multi-agent (PettingZoo) envs yet: wrap the env yourself (e.g. SuperSuit)")
+        raise ConfigError(
+            f"{preprocessing} is not supported for multi-agent (PettingZoo) envs yet: wrap the env yourself (e.g. "
+            "SuperSuit)"
+        )
 
 
 def _check_mask_space(spec: GroupSpec, distribution) -> None:
@@ -267,11 +287,19 @@ class MultiAgentPPO:
             raise ConfigError("multi-agent (PettingZoo) runs take one process: drop --nproc")
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.specs = build_groups(
-            info.possible_agents, info.observation_spaces, info.action_spaces, config.policy_groups, config.agent_id_feature
+            info.possible_agents,
+            info.observation_spaces,
+            info.action_spaces,
+            config.policy_groups,
+            config.agent_id_feature,
         )
-        self.central = CentralInput(info.possible_agents, self.specs, info.state_size) if config.critic == "centralized" else None
+        self.central = (
+            CentralInput(info.possible_agents, self.specs, info.state_size) if config.critic == "centralized" else None
+        )
         if len(self.specs) > 1:
-            self.metrics_columns = MULTIAGENT_COLUMNS + [f"group/{spec.name}/{name}" for spec in self.specs for name in GROUP_STATS]
+            self.metrics_columns = MULTIAGENT_COLUMNS + [
+                f"group/{spec.name}/{name}" for spec in self.specs for name in GROUP_STATS
+            ]
         self.makers = {}
         self.learners: list[GroupLearner] = []
         for index, spec in enumerate(self.specs):
@@ -279,7 +307,9 @@ class MultiAgentPPO:
             critic_space = None if self.central is None else self.central.space(spec)
             learner = GroupLearner(spec, config, critic_space, maker.masked, index)
             # reward scaling runs over the group's agent slots (env copies x agents)
-            learner.reward_scaler = RewardScaler(config.num_envs * len(spec.agents), config.gamma, config.reward_clip, config.normalize_rewards)
+            learner.reward_scaler = RewardScaler(
+                config.num_envs * len(spec.agents), config.gamma, config.reward_clip, config.normalize_rewards
+            )
             if maker.masked:
                 _check_mask_space(spec, learner.model.distribution)
             self.learners.append(learner)
@@ -308,13 +338,23 @@ class MultiAgentPPO:
         if config.selfplay == "off" or (config.selfplay == "auto" and not fits):
             return None
         if config.recurrent != "none":
-            raise ConfigError(f"recurrent={config.recurrent!r} is not supported with self-play yet: set selfplay='off', or recurrent='none'")
+            raise ConfigError(
+                f"recurrent={config.recurrent!r} is not supported with self-play yet: set selfplay='off', or "
+                "recurrent='none'"
+            )
         if not fits:
             raise ConfigError(
-                f"selfplay='on' is invalid for {config.env_id!r}: self-play needs a two-player turn-based (AEC) game whose "
+                f"selfplay='on' is invalid for {config.env_id!r}: self-play needs a two-player turn-based (AEC) game "
+                "whose "
                 "players share one policy and whose observations carry an 'action_mask'"
             )
-        return SelfPlay(info.possible_agents, config.selfplay_pool_size, config.selfplay_latest_prob, config.selfplay_sampling, config.seed + 31)
+        return SelfPlay(
+            info.possible_agents,
+            config.selfplay_pool_size,
+            config.selfplay_latest_prob,
+            config.selfplay_sampling,
+            config.seed + 31,
+        )
 
     @property
     def groups(self) -> dict[str, GroupLearner]:
@@ -331,7 +371,8 @@ class MultiAgentPPO:
     def _new_adapter(self):
         if self.env_source is None:
             raise UntrustedImportError(
-                f"this agent's env {self._untrusted_env or self.config.env_id!r} is named by its checkpoint, and importing it runs "
+                f"this agent's env {self._untrusted_env or self.config.env_id!r} is named by its checkpoint, and "
+                "importing it runs "
                 "its code: pass env= (a module path or env function) or trust_code=True (--trust-code) if you trust it"
             )
         adapter = make_adapter(self.env_source.make())
@@ -396,8 +437,15 @@ class MultiAgentPPO:
         callback = with_config_evaluation(as_callback(callback), cfg)
         self.stopped_by_callback = False
         runner = self.env_runner()
-        logger = RunLogger(self.run_dir, self.schedule_end, self.global_step, progress, cfg.tensorboard, columns=self.metrics_columns)
-        start_time, start_step, start_env_steps, time_before = time.perf_counter(), self.global_step, self.env_steps, self.train_time
+        logger = RunLogger(
+            self.run_dir, self.schedule_end, self.global_step, progress, cfg.tensorboard, columns=self.metrics_columns
+        )
+        start_time, start_step, start_env_steps, time_before = (
+            time.perf_counter(),
+            self.global_step,
+            self.env_steps,
+            self.train_time,
+        )
         self.stop_requested = False
         try:
             while not (self.finished or self.stopped_by_callback):
@@ -419,7 +467,7 @@ class MultiAgentPPO:
 
                 # 2. Values, then GAE per agent slot; the batches; the next rollout's starting rows.
                 batches = []
-                for learner, buffer in zip(self.learners, runner.buffers):
+                for learner, buffer in zip(self.learners, runner.buffers, strict=False):
                     if buffer.transitions():
                         if not buffer.state_size:  # (a recurrent critic's values come from acting)
                             buffer.estimate_values(learner.model.value)
@@ -469,7 +517,7 @@ class MultiAgentPPO:
             self.save(self.run_dir / FINAL_NAME)
 
     def _update_groups(self, batches: list) -> dict[str, float]:
-        """``clippo.trainer.update_policy`` for each group; the statistics averaged over the groups
+        """``clippo.training.loop.update_policy`` for each group; the statistics averaged over the groups
         weighted by their transitions, and with several groups each group's own as
         ``group/<name>/<statistic>`` (metrics.csv and TensorBoard)."""
         names = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "epochs_run")
@@ -533,22 +581,28 @@ class MultiAgentPPO:
         read from an observation's ``action_mask``; an invalid action is never returned)."""
         if self.recurrent:
             raise ValueError(
-                f"act() is invalid for this recurrent ({self.config.recurrent}) agent: it acts with a carried state; use "
+                f"act() is invalid for this recurrent ({self.config.recurrent}) agent: it acts with a carried state; "
+                "use "
                 "actions, state = agent.predict(obs, state=state, episode_start=episode_start)"
             )
         items = self._items(observations)
-        return dict(zip((agent for agent, _ in items), self._act_batch(items, deterministic)[0]))
+        return dict(zip((agent for agent, _ in items), self._act_batch(items, deterministic)[0], strict=False))
 
     @staticmethod
     def _items(observations: Any) -> list[tuple[str, Any]]:
         if not isinstance(observations, dict):
             raise TypeError(
-                f"observations must be a dict {{agent: observation}} as the env returns them, got {type(observations).__name__}"
+                f"observations must be a dict {{agent: observation}} as the env returns them, got "
+                f"{type(observations).__name__}"
             )
         return list(observations.items())
 
     def predict(
-        self, observations: dict[str, Any], state: dict[str, Any] | None = None, episode_start: Any = None, deterministic: bool = False
+        self,
+        observations: dict[str, Any],
+        state: dict[str, Any] | None = None,
+        episode_start: Any = None,
+        deterministic: bool = False,
     ) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
         """SB3's contract, per agent: ``actions, state = predict(obs, state, episode_start)``.
 
@@ -564,10 +618,14 @@ class MultiAgentPPO:
                   for agent, _ in items}  # fmt: skip
         states = [None if starts[agent] else state.get(agent) for agent, _ in items]
         actions, new_states = self._act_batch(items, deterministic, states)
-        return dict(zip((a for a, _ in items), actions)), dict(zip((a for a, _ in items), new_states))
+        return dict(zip((a for a, _ in items), actions, strict=False)), dict(
+            zip((a for a, _ in items), new_states, strict=False)
+        )
 
     @torch.inference_mode()
-    def _act_batch(self, items: list[tuple[str, Any]], deterministic: bool, states: list | None = None) -> tuple[list[Any], list]:
+    def _act_batch(
+        self, items: list[tuple[str, Any]], deterministic: bool, states: list | None = None
+    ) -> tuple[list[Any], list]:
         """Actions for ``(agent, raw observation)`` pairs, batched per group; a recurrent policy
         steps from ``states`` (aligned with ``items``; None: an episode start) and the new states
         come back too."""
@@ -576,7 +634,9 @@ class MultiAgentPPO:
         by_group: dict[int, list[int]] = {}
         for i, (agent, _) in enumerate(items):
             if agent not in self.makers:
-                raise ValueError(f"unknown agent {agent!r}: this agent's env has {', '.join(self.env_info.possible_agents)}")
+                raise ValueError(
+                    f"unknown agent {agent!r}: this agent's env has {', '.join(self.env_info.possible_agents)}"
+                )
             by_group.setdefault(self.makers[agent][0], []).append(i)
         for gi, indices in by_group.items():
             learner = self.learners[gi]
@@ -586,7 +646,8 @@ class MultiAgentPPO:
                 obs, masks = maker.batch(agents, [items[i][1] for i in indices])
             except (KeyError, TypeError, ValueError) as exc:
                 raise ValueError(
-                    f"observation of agent {agents[0]!r} does not fit its space {describe_space(learner.spec.observation_space)}: {first_line(exc)}"
+                    f"observation of agent {agents[0]!r} does not fit its space "
+                    f"{describe_space(learner.spec.observation_space)}: {first_line(exc)}"
                 ) from None
             if masks is not None:
                 bad = first_invalid_row(masks, component_starts(learner.model.distribution))
@@ -600,20 +661,31 @@ class MultiAgentPPO:
             noise = None if deterministic else distribution.noise((len(indices),), learner.generator, learner.device)
             if model.recurrent:
                 # (a centralized critic's core steps on zeros: acting reads only the actor's state)
-                critic = None if learner.critic_space is None else np.zeros((len(indices), learner.critic_space.shape[0]), np.float32)
+                critic = (
+                    None
+                    if learner.critic_space is None
+                    else np.zeros((len(indices), learner.critic_space.shape[0]), np.float32)
+                )
                 tensors = to_tensor(combine(obs, critic, learner.centralized), learner.device)
                 size = model.state_size
                 given = [None if states is None else states[i] for i in indices]
-                before = np.stack([np.zeros(size, np.float32) if s is None else np.asarray(s, np.float32).reshape(size) for s in given])
+                before = np.stack(
+                    [
+                        np.zeros(size, np.float32) if s is None else np.asarray(s, np.float32).reshape(size)
+                        for s in given
+                    ]
+                )
                 starts = torch.from_numpy(np.array([s is None for s in given]))
-                params, _, after = model.step(tensors, torch.from_numpy(before).to(learner.device), starts.to(learner.device), mask_tensor)
+                params, _, after = model.step(
+                    tensors, torch.from_numpy(before).to(learner.device), starts.to(learner.device), mask_tensor
+                )
                 actions = distribution.sample(params, noise)
-                for i, row in zip(indices, after.cpu().numpy()):
+                for i, row in zip(indices, after.cpu().numpy(), strict=False):
                     new_states[i] = row
             else:
                 tensors = to_tensor(combine(obs, None, learner.centralized), learner.device)
                 actions, _ = model.act(tensors, noise, mask_tensor)
-            for i, action in zip(indices, env_action_rows(distribution, actions.cpu().numpy())):
+            for i, action in zip(indices, env_action_rows(distribution, actions.cpu().numpy()), strict=False):
                 out[i] = action
         return out, new_states
 
@@ -631,7 +703,9 @@ class MultiAgentPPO:
             return self.play_random(episodes, seed, deterministic, num_envs)
         return evaluation.evaluate_team(self, episodes, seed, deterministic, num_envs)
 
-    def play_random(self, games: int, seed: int | None = None, deterministic: bool = True, num_envs: int | None = None) -> dict[str, Any]:
+    def play_random(
+        self, games: int, seed: int | None = None, deterministic: bool = True, num_envs: int | None = None
+    ) -> dict[str, Any]:
         """Games against a uniformly random player, seats alternating (``clippo.multiagent.evaluation``)."""
         if self.selfplay is None:
             raise ValueError(f"play_random is for two-player self-play games; {self.config.env_id!r} is not one")
@@ -649,7 +723,10 @@ class MultiAgentPPO:
 
             opponent = PPO.load(opponent)  # (acting needs no env: nothing is imported)
             if not isinstance(opponent, MultiAgentPPO):
-                raise ValueError(f"opponent {name!r} is a single-agent (Gymnasium) checkpoint, not a player of {self.config.env_id!r}")
+                raise ValueError(
+                    f"opponent {name!r} is a single-agent (Gymnasium) checkpoint, not a player of "
+                    f"{self.config.env_id!r}"
+                )
         evaluation.check_same_game(self, opponent, name)
         return evaluation.play_random(self, games, seed, deterministic, num_envs, opponent=opponent)
 
@@ -692,7 +769,11 @@ class MultiAgentPPO:
         return path
 
     def _resume_hint(self) -> str:
-        return f"resume with: clippo resume {self.run_dir}" if self.run_dir is not None else "nothing was saved (no run_dir)"
+        return (
+            f"resume with: clippo resume {self.run_dir}"
+            if self.run_dir is not None
+            else "nothing was saved (no run_dir)"
+        )
 
     @classmethod
     def load(cls, path: str | Path, env: Any = None, run_dir: str | Path | None = None, device: str | None = None,
@@ -720,8 +801,10 @@ class MultiAgentPPO:
             agent = cls.__new__(cls)
             agent._setup(config, EnvInfo.from_dict(data["env"]), run_dir)
             if len(data["groups"]) != len(agent.learners):
-                raise CheckpointError(f"it holds {len(data['groups'])} policy groups, its config makes {len(agent.learners)}")
-            for learner, state in zip(agent.learners, data["groups"]):
+                raise CheckpointError(
+                    f"it holds {len(data['groups'])} policy groups, its config makes {len(agent.learners)}"
+                )
+            for learner, state in zip(agent.learners, data["groups"], strict=False):
                 learner.load_group_state(state)
             if agent.selfplay is not None and data.get("selfplay") is not None:
                 agent.selfplay.load_state_dict(data["selfplay"])
@@ -732,11 +815,15 @@ class MultiAgentPPO:
             agent.train_time = float(payload.get("train_time", 0.0))
             agent.recent_returns = [float(r) for r in payload.get("recent_returns", [])]
         except Exception as exc:  # a damaged payload can fail anywhere in reconstruction
-            raise CheckpointError(f"checkpoint {str(path)!r} does not fit this clippo: {first_line(exc)[:200]}") from None
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} does not fit this clippo: {first_line(exc)[:200]}"
+            ) from None
         if env is not None:
             agent.env_source = multiagent_source(env, config.env_kwargs)
             if agent.env_source is None:
-                raise TypeError(f"env {env!r} makes a Gymnasium env, but this checkpoint's agent is multi-agent (PettingZoo)")
+                raise TypeError(
+                    f"env {env!r} makes a Gymnasium env, but this checkpoint's agent is multi-agent (PettingZoo)"
+                )
         else:
             try:
                 agent.env_source = multiagent_source(config.env_id, config.env_kwargs, trusted=trust_code)

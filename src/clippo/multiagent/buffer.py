@@ -3,8 +3,8 @@ column of its own, written at its own pace.
 
 Agents act at different times (turn-based games), leave early or join late, so a slot's rows
 are its own transitions in order, not env steps. The layout is that of
-``clippo.rollout.RolloutBuffer`` (and of Gymnasium's next-step autoreset), so that
-``clippo.advantages.compute_gae`` applies unchanged: when an agent's episode ends, the row after
+``clippo.rollout.runner.RolloutBuffer`` (and of Gymnasium's next-step autoreset), so that
+``clippo.core.advantages.compute_gae`` applies unchanged: when an agent's episode ends, the row after
 its last transition holds its *final* observation, marked invalid (not a transition), whose
 value a truncation bootstraps from; its next episode starts on the row after that.
 
@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from clippo import observations
-from clippo.advantages import compute_gae
-from clippo.distributions import ActionDistribution
-from clippo.observations import Obs, map_obs
-from clippo.rollout import CRITIC_CHUNK_ROWS, Batch, SequenceBatch
+from clippo.core import observations
+from clippo.core.advantages import compute_gae
+from clippo.core.observations import Obs, map_obs
+from clippo.networks.distributions import ActionDistribution
+from clippo.rollout.runner import CRITIC_CHUNK_ROWS, Batch, SequenceBatch
 
 IDLE, OBSERVED, ACTED = 0, 1, 2
 
@@ -38,7 +38,11 @@ def combine(actor_obs: Obs, critic: np.ndarray | torch.Tensor | None, centralize
     only the actor's field)."""
     if not centralized:
         return actor_obs
-    out = {f"actor.{key}": value for key, value in actor_obs.items()} if isinstance(actor_obs, dict) else {"actor": actor_obs}
+    out = (
+        {f"actor.{key}": value for key, value in actor_obs.items()}
+        if isinstance(actor_obs, dict)
+        else {"actor": actor_obs}
+    )
     if critic is not None:
         out["critic"] = critic
     return out
@@ -67,16 +71,16 @@ class SlotBuffer:
         self.distribution = distribution
         shape = (rows, slots)
         self.obs = observations.allocate(actor_space, shape)
-        self.critic = np.zeros(shape + (critic_size,), dtype=np.float32) if critic_size is not None else None
+        self.critic = np.zeros((*shape, critic_size), dtype=np.float32) if critic_size is not None else None
         numpy_dtype = np.int64 if distribution.action_dtype == torch.int64 else np.float32
         self.actions = np.zeros(shape + tuple(distribution.action_shape), dtype=numpy_dtype)
-        self.params = np.zeros(shape + (distribution.param_size,), dtype=np.float32)
+        self.params = np.zeros((*shape, distribution.param_size), dtype=np.float32)
         self.values = np.zeros(shape, dtype=np.float32)
         self.rewards = np.zeros(shape, dtype=np.float32)
         self.terminated = np.zeros(shape, dtype=bool)
         self.truncated = np.zeros(shape, dtype=bool)
         self.valid = np.zeros(shape, dtype=bool)
-        self.masks = np.ones(shape + (distribution.num_outputs,), dtype=bool) if masked else None
+        self.masks = np.ones((*shape, distribution.num_outputs), dtype=bool) if masked else None
         self.ptr = np.zeros(slots, dtype=np.int64)
         self.status = np.zeros(slots, dtype=np.int8)
         # A recurrent policy's: each row's state before acting on it and whether its observation
@@ -84,7 +88,7 @@ class SlotBuffer:
         # before row 0 (where the update's replay of the slot's column starts).
         self.state_size = state_size
         if state_size:
-            self.states = np.zeros(shape + (state_size,), dtype=np.float32)
+            self.states = np.zeros((*shape, state_size), dtype=np.float32)
             self.starts = np.zeros(shape, dtype=bool)
             self.carried = np.zeros((slots, state_size), dtype=np.float32)
             self.initial_state = np.zeros((slots, state_size), dtype=np.float32)
@@ -183,13 +187,15 @@ class SlotBuffer:
         values = np.empty(total, dtype=np.float32)
         for start in range(0, total, CRITIC_CHUNK_ROWS):
             chunk = map_obs(lambda a: a[start : start + CRITIC_CHUNK_ROWS], flat)
-            values[start : start + CRITIC_CHUNK_ROWS] = value_fn(observations.to_tensor(chunk, self.device)).cpu().numpy()
+            values[start : start + CRITIC_CHUNK_ROWS] = (
+                value_fn(observations.to_tensor(chunk, self.device)).cpu().numpy()
+            )
         self.values[:used] = values.reshape(used, self.slots)
         self.values[used:] = 0.0
 
     def sequence_batch(self, advantages: torch.Tensor, returns: torch.Tensor) -> SequenceBatch:
         """A recurrent policy's batch: every slot's column a sequence, replayed from the state
-        before its row 0 (``clippo.rollout.SequenceBatch``; rows that are not transitions stay in
+        before its row 0 (``clippo.rollout.runner.SequenceBatch``; rows that are not transitions stay in
         place, ``valid`` False, so that time stays aligned)."""
         used = self.used_rows()
         device = self.device
@@ -197,7 +203,8 @@ class SlotBuffer:
         tensor = lambda a: torch.from_numpy(a[:used].copy()).to(device)  # noqa: E731
         with torch.no_grad():
             logprobs = self.distribution.log_prob(
-                tensor(self.params).reshape(used * self.slots, -1), tensor(self.actions).reshape(used * self.slots, *self.actions.shape[2:])
+                tensor(self.params).reshape(used * self.slots, -1),
+                tensor(self.actions).reshape(used * self.slots, *self.actions.shape[2:]),
             ).reshape(used, self.slots)
         return SequenceBatch(
             obs=map_obs(lambda a: torch.from_numpy(a.copy()).to(device), self.model_obs(slice(0, used))),

@@ -7,7 +7,7 @@ one, else every agent's observation (its policy part, flattened) concatenated in
 agents, the one-hot of the agent's index in its group (the team's value can differ per agent,
 e.g. by what it can still do). Actors always act from their own observation.
 
-The model is clippo's :class:`~clippo.policy.ActorCritic` with separate networks whose
+The model is clippo's :class:`~clippo.networks.policy.ActorCritic` with separate networks whose
 observation is a ``Dict(actor=..., critic=...)``: its actor encoder reads the ``actor`` field,
 its critic encoder (built for the critic's input) the ``critic`` field. Everything downstream
 (rollout batches, minibatches, the loss, recurrent cores, checkpoints) handles a Dict
@@ -23,12 +23,12 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from clippo.encoders import layer, make_encoder, mlp_layers
-from clippo.errors import ConfigError
-from clippo.masking import policy_observation_space
+from clippo.core.errors import ConfigError
 from clippo.multiagent.groups import GroupSpec, ObservationMaker
-from clippo.policy import ActorCritic
-from clippo.recurrent import RecurrentCore
+from clippo.networks.encoders import layer, make_encoder, mlp_layers
+from clippo.networks.policy import ActorCritic
+from clippo.networks.recurrent import RecurrentCore
+from clippo.rollout.masking import policy_observation_space
 
 ACTOR_KEY, CRITIC_KEY = "actor", "critic"
 CRITICS = ("local", "centralized")
@@ -48,7 +48,7 @@ class KeyedEncoder(nn.Module):
         if self.key in obs:
             return self.inner(obs[self.key])
         prefix = self.key + "."
-        return self.inner({name[len(prefix):]: value for name, value in obs.items() if name.startswith(prefix)})
+        return self.inner({name[len(prefix) :]: value for name, value in obs.items() if name.startswith(prefix)})
 
 
 def centralize(model: ActorCritic, actor_space: spaces.Space, critic_space: spaces.Box, hidden_sizes: list[int],
@@ -56,7 +56,10 @@ def centralize(model: ActorCritic, actor_space: spaces.Space, critic_space: spac
     """``model`` (separate networks, built for ``actor_space``) with its critic rebuilt for
     ``critic_space`` and both encoders reading their own field of the Dict observation."""
     if model.shared:
-        raise ConfigError("network='shared' is invalid with critic='centralized': the actor and the critic see different inputs; use network='separate'")
+        raise ConfigError(
+            "network='shared' is invalid with critic='centralized': the actor and the critic see different inputs; "
+            "use network='separate'"
+        )
     model.actor_encoder = KeyedEncoder(ACTOR_KEY, model.actor_encoder)
     model.critic_encoder = KeyedEncoder(CRITIC_KEY, make_encoder(critic_space, "mlp", hidden_sizes, activation))
     width = model.critic_encoder.output_size

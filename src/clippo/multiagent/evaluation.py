@@ -4,7 +4,8 @@ a uniformly random player with seats alternating (win/draw/loss, per seat too)."
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,7 +47,7 @@ def play_episodes(
             due = [(c, name, obs) for c in range(n) if games[c] < quota[c] for name, obs in acting[c].items()]
             actions = choose(due, seats)
             per_copy: list[dict[str, Any]] = [{} for _ in range(n)]
-            for (c, name, _), action in zip(due, actions):
+            for (c, name, _), action in zip(due, actions, strict=False):
                 per_copy[c][name] = action
             for c in range(n):
                 if not per_copy[c]:
@@ -72,7 +73,9 @@ def play_episodes(
     return finished
 
 
-def evaluate_team(agent: MultiAgentPPO, episodes: int, seed: int | None, deterministic: bool, num_envs: int | None) -> dict[str, Any]:
+def evaluate_team(
+    agent: MultiAgentPPO, episodes: int, seed: int | None, deterministic: bool, num_envs: int | None
+) -> dict[str, Any]:
     """Every agent by its policy: the mean team return and each agent's mean return."""
     carried: dict[tuple[int, str], np.ndarray] = {}  # a recurrent policy's state per (copy, agent)
 
@@ -80,7 +83,7 @@ def evaluate_team(agent: MultiAgentPPO, episodes: int, seed: int | None, determi
         actions, states = agent._act_batch(
             [(name, obs) for _, name, obs in due], deterministic, [carried.get((c, name)) for c, name, _ in due]
         )
-        for (c, name, _), state in zip(due, states):
+        for (c, name, _), state in zip(due, states, strict=False):
             carried[(c, name)] = state
         return actions
 
@@ -96,17 +99,25 @@ def evaluate_team(agent: MultiAgentPPO, episodes: int, seed: int | None, determi
         "episodes": len(returns),
         "mean_length": float(np.mean([e.length for e in played])),
         "returns": returns,
-        "agent_returns": {a: float(np.mean([e.agent_returns[a] for e in played])) for a in agent.env_info.possible_agents},
+        "agent_returns": {
+            a: float(np.mean([e.agent_returns[a] for e in played])) for a in agent.env_info.possible_agents
+        },
     }
 
 
 def check_same_game(agent: MultiAgentPPO, opponent: MultiAgentPPO, name: str) -> None:
     """One-line error for an opponent trained on another game (other players or spaces)."""
     mine, theirs = agent.env_info, opponent.env_info
-    if (mine.possible_agents, mine.observation_spaces, mine.action_spaces) != (theirs.possible_agents, theirs.observation_spaces, theirs.action_spaces):
+    if (mine.possible_agents, mine.observation_spaces, mine.action_spaces) != (
+        theirs.possible_agents,
+        theirs.observation_spaces,
+        theirs.action_spaces,
+    ):
         raise ValueError(
-            f"opponent {name!r} was trained on {opponent.config.env_id!r} (players {', '.join(theirs.possible_agents)}), "
-            f"not on this agent's game {agent.config.env_id!r} (players {', '.join(mine.possible_agents)}) or with other spaces"
+            f"opponent {name!r} was trained on {opponent.config.env_id!r} (players "
+            f"{', '.join(theirs.possible_agents)}), "
+            f"not on this agent's game {agent.config.env_id!r} (players {', '.join(mine.possible_agents)}) or with "
+            "other spaces"
         )
 
 
@@ -124,10 +135,14 @@ def play_random(agent: MultiAgentPPO, games: int, seed: int | None, deterministi
         mine = [(i, name, obs) for i, (c, name, obs) in enumerate(due) if name == seats[c]]
         theirs = [(i, name, obs) for i, (c, name, obs) in enumerate(due) if name != seats[c]]
         out: list[Any] = [None] * len(due)
-        for (i, _, _), action in zip(mine, agent._act_batch([(name, obs) for _, name, obs in mine], deterministic)[0]):
+        for (i, _, _), action in zip(
+            mine, agent._act_batch([(name, obs) for _, name, obs in mine], deterministic)[0], strict=False
+        ):
             out[i] = action
         if opponent is not None:
-            for (i, _, _), action in zip(theirs, opponent._act_batch([(name, obs) for _, name, obs in theirs], deterministic)[0]):
+            for (i, _, _), action in zip(
+                theirs, opponent._act_batch([(name, obs) for _, name, obs in theirs], deterministic)[0], strict=False
+            ):
                 out[i] = action
         else:
             for i, _, obs in theirs:

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 from gymnasium import spaces
 
-from clippo.checkpoint import describe_space
-from clippo.errors import ConfigError
-from clippo.masking import MASK_KEY, policy_observation_space
+from clippo.core.errors import ConfigError
+from clippo.rollout.masking import MASK_KEY, policy_observation_space
+from clippo.training.checkpoint import describe_space
 
 #: the Dict field that carries the agent's one-hot identity
 AGENT_ID_KEY = "agent_id"
@@ -50,7 +50,10 @@ class GroupSpec:
                 dtype=np.float32,
             )
         if isinstance(space, spaces.Discrete):
-            raise ConfigError(f"agent_id_feature=True is invalid for group {self.name!r}: its observations are Discrete; use a Box or Dict observation")
+            raise ConfigError(
+                f"agent_id_feature=True is invalid for group {self.name!r}: its observations are Discrete; use a Box "
+                "or Dict observation"
+            )
         if isinstance(space, spaces.Dict):
             return spaces.Dict({**space.spaces, AGENT_ID_KEY: one_hot})
         return spaces.Dict({"observation": space, AGENT_ID_KEY: one_hot})
@@ -77,7 +80,9 @@ def build_groups(
     for agent in agents:
         for group in groups:
             first = group.agents[0]
-            if _same(observation_spaces[agent], observation_spaces[first]) and _same(action_spaces[agent], action_spaces[first]):
+            if _same(observation_spaces[agent], observation_spaces[first]) and _same(
+                action_spaces[agent], action_spaces[first]
+            ):
                 group.agents.append(agent)
                 break
         else:
@@ -97,16 +102,23 @@ def _named_groups(agents, observation_spaces, action_spaces, policy_groups, agen
             raise ConfigError(f"policy_groups[{name!r}]={members!r} is invalid: give a non-empty list of agent names")
         for agent in members:
             if agent not in observation_spaces:
-                raise ConfigError(f"policy_groups[{name!r}] names agent {agent!r}, which the env does not have: its agents are {', '.join(agents)}")
+                raise ConfigError(
+                    f"policy_groups[{name!r}] names agent {agent!r}, which the env does not have: its agents are "
+                    f"{', '.join(agents)}"
+                )
             if agent in seen:
-                raise ConfigError(f"policy_groups puts agent {agent!r} in both {seen[agent]!r} and {name!r}: each agent belongs to one group")
+                raise ConfigError(
+                    f"policy_groups puts agent {agent!r} in both {seen[agent]!r} and {name!r}: each agent belongs to "
+                    "one group"
+                )
             seen[agent] = name
             first = members[0]
             for what, table in (("observation", observation_spaces), ("action", action_spaces)):
                 if not _same(table[agent], table[first]):
                     raise ConfigError(
                         f"policy_groups[{name!r}] is invalid: {agent!r} and {first!r} have different {what} spaces "
-                        f"({describe_space(table[agent])} vs {describe_space(table[first])}); agents of one group share one policy"
+                        f"({describe_space(table[agent])} vs {describe_space(table[first])}); agents of one group "
+                        "share one policy"
                     )
         groups.append(GroupSpec(str(name), list(members), observation_spaces[members[0]], action_spaces[members[0]],
                                 agent_id_feature and len(members) > 1))  # fmt: skip
@@ -119,7 +131,7 @@ def _named_groups(agents, observation_spaces, action_spaces, policy_groups, agen
 class ObservationMaker:
     """Turns a group's raw per-agent observations into the actor's batch: the action mask split
     off, the agent-identity one-hot added, fields stacked (the raw form of
-    ``clippo.observations``: an array, or a flat dict of arrays)."""
+    ``clippo.core.observations``: an array, or a flat dict of arrays)."""
 
     def __init__(self, group: GroupSpec) -> None:
         self.group = group
@@ -140,7 +152,7 @@ class ObservationMaker:
 
     def batch(self, agents: list[str], raw: list) -> tuple[object, np.ndarray | None]:
         """(the actor's observation batch, the masks ``[n, actions]`` or None) for agents' raw observations."""
-        from clippo.observations import flatten_structure
+        from clippo.core.observations import flatten_structure
 
         parts = [self.split(obs) for obs in raw]
         masks = np.stack([mask for _, mask in parts]) if self.masked else None

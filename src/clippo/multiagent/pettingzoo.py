@@ -17,8 +17,9 @@ from __future__ import annotations
 import importlib
 import re
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,9 @@ def import_env_module(path: str, trusted: bool) -> types.ModuleType:
             "pass trust_code=True (--trust-code) if you trust it, or pass env= yourself"
         )
     if not _MODULE_PATH.match(path):
-        raise ValueError(f"env {path!r} is invalid: a PettingZoo env is named by its module path, e.g. mpe2.simple_spread_v3")
+        raise ValueError(
+            f"env {path!r} is invalid: a PettingZoo env is named by its module path, e.g. mpe2.simple_spread_v3"
+        )
     try:
         return importlib.import_module(path)
     except ImportError as exc:
@@ -68,7 +71,11 @@ def is_parallel_env(env: Any) -> bool:
     classes = _pettingzoo_classes()
     if classes is not None:
         return isinstance(env, classes[0])
-    return hasattr(env, "possible_agents") and callable(getattr(env, "step", None)) and not callable(getattr(env, "last", None))
+    return (
+        hasattr(env, "possible_agents")
+        and callable(getattr(env, "step", None))
+        and not callable(getattr(env, "last", None))
+    )
 
 
 def is_aec_env(env: Any) -> bool:
@@ -76,7 +83,11 @@ def is_aec_env(env: Any) -> bool:
     classes = _pettingzoo_classes()
     if classes is not None:
         return isinstance(env, classes[1])
-    return hasattr(env, "possible_agents") and callable(getattr(env, "last", None)) and callable(getattr(env, "agent_iter", None))
+    return (
+        hasattr(env, "possible_agents")
+        and callable(getattr(env, "last", None))
+        and callable(getattr(env, "agent_iter", None))
+    )
 
 
 def is_pettingzoo_env(env: Any) -> bool:
@@ -113,7 +124,9 @@ class EnvFactory:
             return env
         env = self.constructor(**self.kwargs)
         if not is_pettingzoo_env(env):
-            raise TypeError(f"env factory {self.name!r} returned {_describe(env)}: expected a PettingZoo env like its first one")
+            raise TypeError(
+                f"env factory {self.name!r} returned {_describe(env)}: expected a PettingZoo env like its first one"
+            )
         return env
 
 
@@ -124,7 +137,9 @@ def module_constructor(module: types.ModuleType) -> Callable[..., Any]:
         constructor = getattr(module, name, None)
         if callable(constructor):
             return constructor
-    raise ValueError(f"env module {module.__name__!r} has no parallel_env() or env() constructor: it is not a PettingZoo env module")
+    raise ValueError(
+        f"env module {module.__name__!r} has no parallel_env() or env() constructor: it is not a PettingZoo env module"
+    )
 
 
 def _looks_like_gym_id(text: str) -> bool:
@@ -146,7 +161,9 @@ def multiagent_source(env: Any, env_kwargs: dict[str, Any] | None = None, truste
     return factory
 
 
-def probe_source(env: Any, env_kwargs: dict[str, Any] | None = None, trusted: bool = True) -> tuple[EnvFactory | None, Any]:
+def probe_source(
+    env: Any, env_kwargs: dict[str, Any] | None = None, trusted: bool = True
+) -> tuple[EnvFactory | None, Any]:
     """``multiagent_source``, and the env a Gymnasium factory made when called to tell what it
     makes (else None), for the caller to use as its first env rather than make one more (a
     factory may count its calls)."""
@@ -160,7 +177,8 @@ def probe_source(env: Any, env_kwargs: dict[str, Any] | None = None, trusted: bo
         return EnvFactory(module_constructor(env), env.__name__, kwargs), None
     if is_pettingzoo_env(env) or _is_gym_env(env):
         raise TypeError(
-            f"env must be an env id, a module path or a function returning a new env, got the env instance {_describe(env)}: "
+            "env must be an env id, a module path or a function returning a new env, got the env instance "
+            f"{_describe(env)}: "
             "pass the function that makes it (e.g. simple_spread_v3.parallel_env)"
         )
     if callable(env):
@@ -168,17 +186,21 @@ def probe_source(env: Any, env_kwargs: dict[str, Any] | None = None, trusted: bo
             made = env(**kwargs)
         except TypeError as exc:
             if kwargs:
-                raise TypeError(f"env factory {getattr(env, '__name__', env)!r} does not take env_kwargs {kwargs}: {exc}") from None
+                raise TypeError(
+                    f"env factory {getattr(env, '__name__', env)!r} does not take env_kwargs {kwargs}: {exc}"
+                ) from None
             raise
         if is_pettingzoo_env(made):
             return EnvFactory(env, getattr(env, "__name__", "custom-env"), kwargs, probe=made), None
         if _is_gym_env(made):
             return None, made
         raise TypeError(
-            f"env factory {getattr(env, '__name__', env)!r} returned {_describe(made)}: neither a gymnasium.Env nor a PettingZoo env"
+            f"env factory {getattr(env, '__name__', env)!r} returned {_describe(made)}: neither a gymnasium.Env nor "
+            "a PettingZoo env"
         )
     raise TypeError(
-        f"env must be a Gymnasium env id, a PettingZoo module path, or a function returning a gymnasium.Env or PettingZoo env, got {_describe(env)}"
+        "env must be a Gymnasium env id, a PettingZoo module path, or a function returning a gymnasium.Env or "
+        f"PettingZoo env, got {_describe(env)}"
     )
 
 
@@ -271,7 +293,11 @@ class ParallelAdapter(Adapter):
                                     obs.get(agent, self.last_obs.get(agent))))  # fmt: skip
         self.last_obs = dict(obs)
         live = self.env.agents
-        acting = {agent: obs[agent] for agent in live if agent in obs and not (terminations.get(agent) or truncations.get(agent))}
+        acting = {
+            agent: obs[agent]
+            for agent in live
+            if agent in obs and not (terminations.get(agent) or truncations.get(agent))
+        }
         return outcomes, acting, not acting
 
 
@@ -284,7 +310,7 @@ class AECAdapter(Adapter):
     def reset(self, seed: int | None) -> dict[str, Any]:
         self.env.reset(seed=seed)
         self.open.clear()
-        outcomes, acting, _ = self._advance()
+        _outcomes, acting, _ = self._advance()
         return acting
 
     def current_observations(self) -> dict[str, Any]:
@@ -299,7 +325,9 @@ class AECAdapter(Adapter):
             obs, reward, terminated, truncated, _ = env.last()
             if terminated or truncated:
                 if agent in self.open:
-                    outcomes.append(Outcome(agent, float(reward), bool(terminated), bool(truncated and not terminated), obs))
+                    outcomes.append(
+                        Outcome(agent, float(reward), bool(terminated), bool(truncated and not terminated), obs)
+                    )
                     self.open.discard(agent)
                 env.step(None)
                 continue
@@ -310,7 +338,7 @@ class AECAdapter(Adapter):
         return outcomes, {}, True
 
     def step(self, actions: dict[str, Any]) -> tuple[list[Outcome], dict[str, Any], bool]:
-        (agent, action), = actions.items()
+        ((agent, action),) = actions.items()
         self.env.step(action)
         self.open.add(agent)
         return self._advance()

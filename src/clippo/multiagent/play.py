@@ -9,7 +9,8 @@ again. The agent plays deterministically.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -53,7 +54,7 @@ def play_human(
         show(f"you are {human} (X); the agent is {seats[1 - human_seat]} (O)")
         over = False
         while not over:
-            (name, obs), = acting.items()
+            ((name, obs),) = acting.items()
             if name == human:
                 board, mask = maker.split(obs)
                 legal = np.flatnonzero(mask).tolist()

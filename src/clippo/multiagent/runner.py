@@ -20,19 +20,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from clippo import observations
-from clippo.distributions import MASKED_LOGIT
-from clippo.encoders import MLPEncoder
-from clippo.checkpoint import describe_space
-from clippo.errors import ActionMaskError, EnvStepError, NonFiniteError, first_line
-from clippo.masking import component_starts, first_invalid_row
+from clippo.core import observations
+from clippo.core.errors import ActionMaskError, EnvStepError, NonFiniteError, first_line
+from clippo.core.observations import Obs, map_obs
 from clippo.multiagent.buffer import IDLE, OBSERVED, SlotBuffer, combine
 from clippo.multiagent.critic import CentralInput, KeyedEncoder
 from clippo.multiagent.groups import ObservationMaker
 from clippo.multiagent.pettingzoo import Adapter
 from clippo.multiagent.selfplay import SelfPlay, game_result
-from clippo.observations import Obs, map_obs
-from clippo.policy import FAST_PATH_ACTIVATIONS
+from clippo.networks.distributions import MASKED_LOGIT
+from clippo.networks.encoders import MLPEncoder
+from clippo.networks.policy import FAST_PATH_ACTIVATIONS
+from clippo.rollout.masking import component_starts, first_invalid_row
+from clippo.training.checkpoint import describe_space
 
 
 @dataclass
@@ -119,7 +119,9 @@ class GroupActor:
     def value(self, obs: Obs, critic, state: np.ndarray, starts: np.ndarray) -> np.ndarray:
         """A recurrent critic's values of observations, from the states before them."""
         tensors = observations.to_tensor(combine(obs, critic, self.centralized), self.device)
-        _, values, _ = self.model.step(tensors, torch.from_numpy(state).to(self.device), torch.from_numpy(starts).to(self.device))
+        _, values, _ = self.model.step(
+            tensors, torch.from_numpy(state).to(self.device), torch.from_numpy(starts).to(self.device)
+        )
         return values.cpu().numpy()
 
     @torch.inference_mode()
@@ -172,9 +174,14 @@ class MultiAgentRunner:
         }
         self.buffers = [
             SlotBuffer(
-                num_steps, self.num_envs * len(learner.spec.agents), learner.spec.policy_space,
+                num_steps,
+                self.num_envs * len(learner.spec.agents),
+                learner.spec.policy_space,
                 None if central is None else central.space(learner.spec).shape[0],
-                learner.model.distribution, self.makers[gi].masked, learner.device, learner.model.state_size,
+                learner.model.distribution,
+                self.makers[gi].masked,
+                learner.device,
+                learner.model.state_size,
             )  # fmt: skip
             for gi, learner in enumerate(learners)
         ]
@@ -234,7 +241,9 @@ class MultiAgentRunner:
                 vector = self.central.global_vector(self.adapters[c])
             appears[gi].append((slot, agent, obs, vector))
 
-    def _processed(self, gi: int, agents: list[str], raw: list, vectors: list) -> tuple[Obs, np.ndarray | None, np.ndarray | None]:
+    def _processed(
+        self, gi: int, agents: list[str], raw: list, vectors: list
+    ) -> tuple[Obs, np.ndarray | None, np.ndarray | None]:
         """Raw observations of a group's agents as stored: actor batch (normalized), critic rows, masks;
         one-line errors for an observation that no longer fits its space or is not finite."""
         learner = self.learners[gi]
@@ -244,13 +253,16 @@ class MultiAgentRunner:
         except (ValueError, TypeError, KeyError, IndexError) as exc:
             raise ValueError(
                 f"an observation of group {learner.spec.name!r} (agents {', '.join(sorted(set(agents)))}) at env step "
-                f"{self.step_count} does not fit its space {describe_space(learner.spec.observation_space)}: spaces must not change mid-run ({first_line(exc)})"
+                f"{self.step_count} does not fit its space {describe_space(learner.spec.observation_space)}: spaces "
+                f"must not change mid-run ({first_line(exc)})"
             ) from None
         if learner.config.nonfinite == "stop":
             for array in checked.values() if isinstance(checked, dict) else [checked]:
                 if array.dtype.kind == "f" and not np.isfinite(array).all():
                     bad = int(np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))[0])
-                    raise NonFiniteError(f"non-finite observation of agent {agents[bad]!r} at env step {self.step_count}")
+                    raise NonFiniteError(
+                        f"non-finite observation of agent {agents[bad]!r} at env step {self.step_count}"
+                    )
         if learner.obs_normalizer.enabled:
             obs = learner.obs_normalizer(obs, update=True)
         critic = None if self.central is None else self.central.rows(learner.spec, agents, vectors)
@@ -260,7 +272,9 @@ class MultiAgentRunner:
         for gi, items in enumerate(appears):
             if items:
                 slots = np.array([item[0] for item in items])
-                obs, critic, masks = self._processed(gi, [i[1] for i in items], [i[2] for i in items], [i[3] for i in items])
+                obs, critic, masks = self._processed(
+                    gi, [i[1] for i in items], [i[2] for i in items], [i[3] for i in items]
+                )
                 self.buffers[gi].write_obs(slots, obs, critic, masks, starts=True)
 
     # --- collection ---------------------------------------------------------------------------
@@ -270,7 +284,7 @@ class MultiAgentRunner:
         taken = 0
         for _ in range(self.num_steps):
             taken += self.step(actors, generators)
-        for actor, buffer in zip(actors, self.buffers):
+        for actor, buffer in zip(actors, self.buffers, strict=False):
             if buffer.state_size:  # the bootstrap values at the cut, from the carried states
                 slots = np.flatnonzero(buffer.status == OBSERVED)
                 if len(slots):
@@ -284,7 +298,7 @@ class MultiAgentRunner:
     def step(self, actors: list[GroupActor], generators: list[torch.Generator]) -> int:
         actions: list[dict[str, Any]] = [{} for _ in self.adapters]
         taken = 0
-        for gi, (actor, buffer) in enumerate(zip(actors, self.buffers)):
+        for gi, (actor, buffer) in enumerate(zip(actors, self.buffers, strict=False)):
             slots = buffer.due()
             if not len(slots):
                 continue
@@ -292,13 +306,15 @@ class MultiAgentRunner:
             if masks is not None:
                 self._check_masks(gi, slots, masks)
             if buffer.state_size:
-                chosen, params, values, new_state = actor.step(obs, critic, masks, *buffer.acting_state(slots), generators[gi])
+                chosen, params, values, new_state = actor.step(
+                    obs, critic, masks, *buffer.acting_state(slots), generators[gi]
+                )
                 buffer.write_actions(slots, chosen, params, values, new_state)
             else:
                 chosen, params = actor(obs, masks, generators[gi])
                 buffer.write_actions(slots, chosen, params)
             agents = self.learners[gi].spec.agents
-            for slot, action in zip(slots.tolist(), env_action_rows(actor.distribution, chosen)):
+            for slot, action in zip(slots.tolist(), env_action_rows(actor.distribution, chosen), strict=False):
                 actions[slot // len(agents)][agents[slot % len(agents)]] = action
             taken += len(slots)
         if self.selfplay is not None:
@@ -313,7 +329,9 @@ class MultiAgentRunner:
             try:
                 outcomes, acting, over = adapter.step(actions[c])
             except Exception as exc:  # whatever the env raises, training cannot go on from here
-                raise EnvStepError(f"env copy {c} raised {type(exc).__name__} in step(): {first_line(exc, '')}") from exc
+                raise EnvStepError(
+                    f"env copy {c} raised {type(exc).__name__} in step(): {first_line(exc, '')}"
+                ) from exc
             self.lengths[c] += 1
             vector = None
             for outcome in outcomes:
@@ -385,7 +403,9 @@ class MultiAgentRunner:
         opponent = None
         result = None
         if self.selfplay is not None:
-            opponent = self.controllers[c].get(self.selfplay.agents[0] if seat != self.selfplay.agents[0] else self.selfplay.agents[1])
+            opponent = self.controllers[c].get(
+                self.selfplay.agents[0] if seat != self.selfplay.agents[0] else self.selfplay.agents[1]
+            )
             result = game_result(self.returns[c].get(seat, 0.0))
             self.selfplay.record(opponent, result)
         self.finished.append(Episode(dict(self.returns[c]), int(self.lengths[c]), seat, opponent, result))
@@ -404,7 +424,8 @@ class MultiAgentRunner:
             agents = self.learners[gi].spec.agents
             slot = int(slots[bad])
             raise ActionMaskError(
-                f"agent {agents[slot % len(agents)]!r} of env copy {slot // len(agents)} has no valid action at env step "
+                f"agent {agents[slot % len(agents)]!r} of env copy {slot // len(agents)} has no valid action at env "
+                "step "
                 f"{self.step_count}: its action mask is all false"
             )
 
@@ -429,7 +450,7 @@ class MultiAgentRunner:
                 mask_tensor = None if masks is None else torch.from_numpy(masks).to(learner.device)
                 noise = model.distribution.noise((len(items),), generator, learner.device)
                 chosen = model.distribution.sample(model.actor(tensors, mask_tensor), noise).cpu().numpy()
-            for (c, agent, _), action in zip(items, env_action_rows(model.distribution, chosen)):
+            for (c, agent, _), action in zip(items, env_action_rows(model.distribution, chosen), strict=False):
                 actions[c][agent] = action
 
     def pop_finished(self) -> list[Episode]:

@@ -79,7 +79,9 @@ class SelfPlay:
 
     def __init__(self, agents: list[str], pool_size: int, latest_prob: float, sampling: str, seed: int) -> None:
         if len(agents) != 2:
-            raise ValueError(f"self-play needs a two-player game, this env has {len(agents)} agents: {', '.join(agents)}")
+            raise ValueError(
+                f"self-play needs a two-player game, this env has {len(agents)} agents: {', '.join(agents)}"
+            )
         self.agents = list(agents)
         self.pool_size = pool_size
         self.latest_prob = latest_prob

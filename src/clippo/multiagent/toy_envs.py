@@ -46,7 +46,9 @@ class Rendezvous(ParallelEnv):
         return {agent: obs.copy() for agent in self.agents}
 
     def state(self):
-        return np.concatenate([np.eye(self.choices, dtype=np.float32)[self.target], [self.t / self.length]]).astype(np.float32)
+        return np.concatenate([np.eye(self.choices, dtype=np.float32)[self.target], [self.t / self.length]]).astype(
+            np.float32
+        )
 
     def reset(self, seed=None, options=None):
         if seed is not None:
@@ -164,7 +166,10 @@ class TakeAway(AECEnv):
         self.stones = stones
         self.max_moves = max_moves
         self._obs = spaces.Dict(
-            {"observation": spaces.Box(0.0, 1.0, (stones + 1,), np.float32), "action_mask": spaces.Box(0, 1, (2,), np.int8)}
+            {
+                "observation": spaces.Box(0.0, 1.0, (stones + 1,), np.float32),
+                "action_mask": spaces.Box(0, 1, (2,), np.int8),
+            }
         )
         self._act = spaces.Discrete(2)  # take action + 1 stones
 

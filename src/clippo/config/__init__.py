@@ -1,0 +1,1 @@
+"""Hyperparameters: the PPOConfig fields, their validation, presets and config files."""

@@ -1,0 +1,959 @@
+"""Hyperparameters: one typed dataclass, the presets, and their validation.
+
+Precedence, lowest to highest: the ``default`` preset, the env's built-in tuned
+preset (if any, and if no ``--preset`` was named), the named preset, a config
+file, explicit keyword arguments / command-line flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clippo.core.errors import ConfigError, first_line
+
+
+def knob(help: str, default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A config field with its help text (shown by ``clippo train --help``)."""
+    return field(default=default, default_factory=default_factory, metadata={"help": help})
+
+
+@dataclass
+class PPOConfig:
+    """Every knob of a clippo run. Field names are the CLI flag names with '_' for '-'."""
+
+    env_id: str = knob(
+        "Gymnasium environment id (only informative when the env is given as a callable).", "CartPole-v1"
+    )
+    total_steps: int = knob("Environment steps to train for, summed over all environments (and all ranks).", 500_000)
+    seed: int = knob("Seed of the network init, the action sampling, the minibatch shuffling and the envs.", 0)
+    num_envs: int = knob("Environments stepped together.", 8)
+    num_steps: int = knob("Steps per environment per rollout; the batch is num_envs * num_steps.", 128)
+    vector_env: str = knob(
+        "sync, async, native, ale, envpool or auto: Gymnasium's synchronous or multi-process vector env, the env's "
+        "own vectorized implementation (CartPole has one), ale-py's C++ vector env or EnvPool (Atari ids only), "
+        "or auto: native when it exists else sync, ale for Atari ids.",
+        "auto",
+    )
+    num_minibatches: int = knob("Minibatches per epoch; 1 means full-batch updates.", 4)
+    update_epochs: int = knob("Passes over the batch per update (fewer if the KL early stop triggers).", 4)
+    learning_rate: float = knob("Adam step size (start value when annealed).", 3e-4)
+    anneal_lr: bool = knob("Decay the learning rate linearly to 0 over the run.", True)
+    gamma: float = knob("Discount factor.", 0.99)
+    gae_lambda: float = knob("GAE lambda; 1.0 gives rewards-to-go minus critic values.", 0.95)
+    clip_epsilon: float = knob("Clip range of the probability ratio in the surrogate objective.", 0.2)
+    anneal_clip: bool = knob(
+        "Decay the clip range linearly to 0 over the run, as anneal_lr does the learning rate (the PPO paper anneals "
+        "both on Atari).",
+        False,
+    )
+    clip_value_loss: bool = knob("Clip the value prediction around the old value by clip_epsilon (PPO2 style).", False)
+    ent_coef: float = knob("Weight of the entropy bonus.", 0.0)
+    vf_coef: float = knob("Weight of the value loss.", 0.5)
+    max_grad_norm: float | None = knob("Global gradient-norm clip; None disables it.", 0.5)
+    target_kl: float | None = knob(
+        "Stop the update's epochs when the approximate KL exceeds this; None disables it.", None
+    )
+    normalize_advantages: bool = knob("Normalize advantages to zero mean, unit std within each minibatch.", True)
+    network: str = knob("separate or shared: two MLPs, or one trunk with an actor head and a critic head.", "separate")
+    hidden_sizes: list[int] = knob("Hidden layer widths of the MLP(s).", default_factory=lambda: [64, 64])
+    head_sizes: list[int] = knob(
+        "Hidden layer widths of each head (actor and critic), between the encoder's features (or recurrent core) and "
+        "the output layers: SB3's net_arch pi/vf after a CNN features extractor. With gSDE the actor head's last "
+        "hidden layer is the exploration's features. Empty: the output layers read the features directly.",
+        default_factory=list,
+    )
+    activation: str = knob(
+        "tanh, relu or gelu: the activation of the MLP encoder's and the heads' hidden layers (the CNNs keep ReLU). "
+        "The fast path computes tanh and relu; gelu takes the general torch path.",
+        "tanh",
+    )
+    encoder: str = knob(
+        "Observation encoder: auto (from the observation space: MLP for vectors, Nature CNN for images, a small CNN "
+        "for small grids, one encoder per field for Dict/Tuple), mlp, cnn, or an importable module:Class built "
+        "as Class(observation_space, **encoder_kwargs).",
+        "auto",
+    )
+    encoder_kwargs: dict = knob(
+        "Keyword arguments of a module:Class encoder (a mapping; in a config file).", default_factory=dict
+    )
+    recurrent: str = knob(
+        "none, lstm or gru: a recurrent core after each encoder, for partially observed tasks (the policy carries a "
+        "state, reset at episode starts; minibatches are whole env sequences).",
+        "none",
+    )
+    recurrent_hidden_size: int = knob("Units of the recurrent core (LSTM or GRU).", 128)
+    bptt_length: int = knob(
+        "Recurrent policies: the update replays sequences of this many steps from their stored states (truncated "
+        "backpropagation through time); 0: whole rollouts (num_steps). Must divide num_steps.",
+        0,
+    )
+    fast_path: str = knob(
+        "auto or off: the numpy rollout and hand-written gradient where they apply (flat observations, MLP, CPU), or "
+        "always the general torch path.",
+        "auto",
+    )
+    reward_sign: bool = knob(
+        "Train on the sign of each reward (Atari's reward clipping); episode returns are still logged in raw rewards.",
+        False,
+    )
+    episodic_life: bool = knob(
+        "Treat a lost life (from the env's info['lives']) as the end of an episode for learning; the game goes on "
+        "and its whole score is logged (Atari).",
+        False,
+    )
+    frame_skip: int = knob(
+        "Repeat each action this many env steps, summing their rewards and keeping the last observation (stops early "
+        "at an episode's end); the first of the image preprocessing steps for envs other than Atari and MinAtar "
+        "(which have their own), as RL-Zoo's FrameSkip.",
+        1,
+    )
+    resize: list[int] = knob(
+        "HEIGHT WIDTH: resize uint8 image observations to this size (after frame_skip); empty: keep their size.",
+        default_factory=list,
+    )
+    grayscale: bool = knob(
+        "Convert uint8 RGB image observations (H, W, 3) to one grayscale plane (H, W) (after resize).", False
+    )
+    frame_stack: int = knob(
+        "Stack the last this many observations along a new first axis (zeros before an episode's first): (H, W) "
+        "grayscale frames become (frame_stack, H, W) images for the CNN.",
+        1,
+    )
+    init_log_std: float = knob("Initial log standard deviation of the Gaussian policy (continuous actions).", 0.0)
+    orthogonal_init: bool = knob(
+        "Orthogonal weights (gain sqrt 2 in the encoders, 0.01 on the policy head, 1 on the value head) and zero "
+        "biases; false: PyTorch's default init for the heads and built-in encoders (RL-Zoo's ortho_init=False).",
+        True,
+    )
+    use_sde: bool = knob(
+        "Box actions: generalized state-dependent exploration (gSDE): noise that is a linear function of the actor's "
+        "features, held for sde_sample_freq steps, instead of independent noise at every step; init_log_std then "
+        "initializes its [features, actions] log-std matrix. General torch path only.",
+        False,
+    )
+    sde_sample_freq: int = knob(
+        "With use_sde: draw new exploration noise every this many steps of a rollout; -1: once per rollout.", -1
+    )
+    normalize_observations: bool = knob("Running mean/std observation normalization (clipped to +-obs_clip).", False)
+    normalize_rewards: bool = knob("Scale rewards by the running std of the discounted return (no mean shift).", False)
+    obs_clip: float = knob("Clip of normalized observations.", 10.0)
+    reward_clip: float = knob("Clip of scaled rewards.", 10.0)
+    device: str = knob("cpu, cuda or auto (cuda when available).", "cpu")
+    torch_threads: int = knob("torch intra-op threads; small MLPs run fastest on one.", 1)
+    tensorboard: bool = knob(
+        "Write TensorBoard event files in the run directory (metrics.csv is always written).", True
+    )
+    checkpoint_every: int = knob(
+        "Write a checkpoint every this many updates (0: only at the end and on interruption).", 50
+    )
+    keep_checkpoints: int = knob("How many periodic checkpoints to keep.", 3)
+    nonfinite: str = knob(
+        "stop or skip: on a NaN/inf observation, reward, loss or gradient, stop the run (after checkpointing the "
+        "last good update) or skip the poisoned update.",
+        "stop",
+    )
+    eval_episodes: int = knob(
+        "Episodes of each deterministic evaluation: the periodic ones (eval_every) and the one at the end of `clippo "
+        "train` (0: none at the end).",
+        10,
+    )
+    eval_every: int = knob(
+        "Evaluate the deterministic policy on separate envs every this many environment steps (counted like "
+        "total_steps; at the first update at or after each multiple, and after the last update), logging "
+        "eval/mean_return and keeping the best policy in best.pt (0: off).",
+        0,
+    )
+    stop_at_return: float | None = knob(
+        "End training once a periodic evaluation's mean return reaches this (needs eval_every); none: train for "
+        "total_steps.",
+        None,
+    )
+    # Multi-agent (PettingZoo) runs: clippo.multiagent. For them total_steps counts agent steps
+    # (one per agent action) and num_steps env steps per env copy and rollout.
+    env_kwargs: dict = knob(
+        "Keyword arguments of the env's constructor: a PettingZoo module's parallel_env()/env() (e.g. {N: 3}), or "
+        "gymnasium.make for an env id.",
+        default_factory=dict,
+    )
+    critic: str = knob(
+        "Multi-agent envs: local (independent PPO: each agent's value from its own observation) or centralized "
+        "(MAPPO: the value sees the env's state(), else all agents' observations; actors still act on their "
+        "own).",
+        "local",
+    )
+    agent_id_feature: bool = knob(
+        "Multi-agent envs: add a one-hot of the agent's index in its group to the observations of a policy shared by "
+        "several agents.",
+        False,
+    )
+    policy_groups: dict = knob(
+        "Multi-agent envs: named policy groups, {group: [agent, ...]}, every agent in one; empty: agents with the "
+        "same observation and action spaces share one policy.",
+        default_factory=dict,
+    )
+    selfplay: str = knob(
+        "Two-player turn-based games with action masks: auto (self-play for such games), on, or off.", "auto"
+    )
+    selfplay_pool_size: int = knob("Self-play: how many past snapshots of the policy the opponent pool keeps.", 10)
+    selfplay_snapshot_every: int = knob(
+        "Self-play: add a snapshot of the policy to the pool every this many updates.", 10
+    )
+    selfplay_latest_prob: float = knob(
+        "Self-play: the fraction of games played against the current policy (the rest against pool snapshots).", 0.5
+    )
+    selfplay_sampling: str = knob(
+        "Self-play: how opponents are drawn from the pool: uniform, or recent (weights growing with recency).",
+        "uniform",
+    )
+    selfplay_eval_every: int = knob(
+        "Self-play: play selfplay_eval_games games against a uniformly random player every this many updates (0: "
+        "never).",
+        10,
+    )
+    selfplay_eval_games: int = knob(
+        "Self-play: games of each evaluation against the random player (seats alternate).", 50
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> PPOConfig:
+        """Raise ConfigError naming the first bad value and what is allowed; return self."""
+        _check_types(self)
+        positive_ints = [
+            "total_steps",
+            "num_envs",
+            "num_steps",
+            "num_minibatches",
+            "update_epochs",
+            "frame_skip",
+            "frame_stack",
+        ]
+        for name in positive_ints:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} is invalid: it must be an integer >= 1")
+        for name in ["learning_rate", "clip_epsilon", "obs_clip", "reward_clip"]:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name}={value} is invalid: it must be a finite number > 0")
+        for name in ["ent_coef", "vf_coef"]:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name}={value} is invalid: it must be a finite number >= 0")
+        for name in ["max_grad_norm", "target_kl"]:
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name}={value} is invalid: it must be a number > 0, or none to disable it")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ConfigError(f"gamma={self.gamma} is invalid: it must be in [0, 1]")
+        if not 0.0 <= self.gae_lambda <= 1.0:
+            raise ConfigError(f"gae_lambda={self.gae_lambda} is invalid: it must be in [0, 1]")
+        if not math.isfinite(self.init_log_std):
+            raise ConfigError(f"init_log_std={self.init_log_std} is invalid: it must be a finite number")
+        if self.sde_sample_freq == 0 or self.sde_sample_freq < -1:
+            raise ConfigError(
+                f"sde_sample_freq={self.sde_sample_freq} is invalid: use -1 (once per rollout) or a number of steps "
+                ">= 1"
+            )
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: choose one of {', '.join(allowed)}")
+        if self.encoder not in ("auto", "mlp", "cnn") and ":" not in self.encoder:
+            raise ConfigError(
+                f"encoder={self.encoder!r} is invalid: choose auto, mlp, cnn, or an importable 'module:Class'"
+            )
+        if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
+            raise ConfigError(f"hidden_sizes={self.hidden_sizes} is invalid: give one or more widths >= 1")
+        if any(h < 1 for h in self.head_sizes):
+            raise ConfigError(
+                f"head_sizes={self.head_sizes} is invalid: give widths >= 1, or none for heads without hidden layers"
+            )
+        if self.resize and (len(self.resize) != 2 or min(self.resize) < 1):
+            raise ConfigError(
+                f"resize={self.resize} is invalid: give two sizes >= 1, HEIGHT WIDTH, or none to keep the size"
+            )
+        from clippo.envs.preprocessing import Preprocessing  # (it imports this module)
+
+        preprocessing = Preprocessing.from_config(self)
+        if preprocessing.active and family_preset(self.env_id):
+            raise ConfigError(
+                f"{preprocessing} is invalid for {self.env_id!r}: Atari and MinAtar ids have their own preprocessing "
+                "(clippo.envs.atari)"
+            )
+        batch = self.num_envs * self.num_steps
+        if self.num_minibatches > batch:
+            raise ConfigError(
+                f"num_minibatches={self.num_minibatches} is invalid: it must be at most the batch size "
+                f"num_envs * num_steps = {batch}"
+            )
+        if self.recurrent_hidden_size < 1:
+            raise ConfigError(
+                f"recurrent_hidden_size={self.recurrent_hidden_size} is invalid: it must be an integer >= 1"
+            )
+        if self.bptt_length < 0 or (self.bptt_length and self.num_steps % self.bptt_length):
+            raise ConfigError(
+                f"bptt_length={self.bptt_length} is invalid: it must divide num_steps={self.num_steps} (0: whole "
+                "rollouts)"
+            )
+        if self.recurrent != "none":
+            sequences = self.num_envs * (self.num_steps // (self.bptt_length or self.num_steps))
+            if self.num_minibatches > sequences:
+                raise ConfigError(
+                    f"num_minibatches={self.num_minibatches} is invalid for a recurrent policy: minibatches are whole "
+                    f"sequences, and there are num_envs * num_steps / bptt_length = {sequences} of them"
+                )
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed={self.seed} is invalid: it must be an integer in [0, 2**32)")
+        if not 1 <= self.torch_threads <= 256:  # torch crashes outright on absurd thread counts
+            raise ConfigError(f"torch_threads={self.torch_threads} is invalid: it must be an integer in [1, 256]")
+        for name in ["checkpoint_every", "eval_episodes", "eval_every"]:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} is invalid: it must be an integer >= 0")
+        if self.eval_every and not self.eval_episodes:
+            raise ConfigError(
+                f"eval_every={self.eval_every} is invalid with eval_episodes=0: each evaluation needs eval_episodes "
+                ">= 1"
+            )
+        if self.stop_at_return is not None:
+            if not math.isfinite(self.stop_at_return):
+                raise ConfigError(
+                    f"stop_at_return={self.stop_at_return} is invalid: it must be a finite number, or none to "
+                    "disable it"
+                )
+            if not self.eval_every:
+                raise ConfigError(
+                    f"stop_at_return={self.stop_at_return} is invalid without periodic evaluations: "
+                    "set eval_every to a number of environment steps >= 1"
+                )
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"keep_checkpoints={self.keep_checkpoints} is invalid: it must be an integer >= 1")
+        for name in ["selfplay_pool_size", "selfplay_snapshot_every", "selfplay_eval_games"]:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} is invalid: it must be an integer >= 1")
+        if self.selfplay_eval_every < 0:
+            raise ConfigError(
+                f"selfplay_eval_every={self.selfplay_eval_every} is invalid: it must be an integer >= 0 (0: never)"
+            )
+        if not 0.0 <= self.selfplay_latest_prob <= 1.0:
+            raise ConfigError(f"selfplay_latest_prob={self.selfplay_latest_prob} is invalid: it must be in [0, 1]")
+        return self
+
+
+FIELD_NAMES = tuple(f.name for f in fields(PPOConfig))
+
+# The allowed values of the fields that take a name (also the CLI's argparse choices).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "network": ("separate", "shared"),
+    "activation": ("tanh", "relu", "gelu"),
+    "vector_env": ("auto", "sync", "async", "native", "ale", "envpool"),
+    "device": ("cpu", "cuda", "auto"),
+    "nonfinite": ("stop", "skip"),
+    "fast_path": ("auto", "off"),
+    "recurrent": ("none", "lstm", "gru"),
+    "critic": ("local", "centralized"),
+    "selfplay": ("auto", "on", "off"),
+    "selfplay_sampling": ("uniform", "recent"),
+}
+
+# ---------------------------------------------------------------------------------------------
+# Presets. Values not named fall back to the dataclass defaults above (the ``default`` preset).
+# ---------------------------------------------------------------------------------------------
+PRESETS: dict[str, dict[str, Any]] = {
+    # A generic recipe for discrete and continuous tasks (CleanRL/SB3-like).
+    "default": {},
+    # OpenAI Spinning Up's reference PPO: 4000 steps per update, full-batch steps, up to 80 of them
+    # stopped early at KL 0.01, lambda 0.97, no annealing, no entropy bonus.
+    "spinningup": {
+        "num_envs": 1,
+        "num_steps": 4000,
+        "num_minibatches": 1,
+        "update_epochs": 80,
+        "learning_rate": 3e-4,
+        "anneal_lr": False,
+        "gamma": 0.99,
+        "gae_lambda": 0.97,
+        "clip_epsilon": 0.2,
+        "target_kl": 0.01,
+        "ent_coef": 0.0,
+        "max_grad_norm": None,
+        "vector_env": "sync",
+    },
+    # The PPO paper's Atari recipe (Schulman et al. 2017, Table 5): 8 envs x 128 steps, 4 epochs of
+    # 4 minibatches, lr 2.5e-4 annealed, clip 0.1, entropy 0.01, 10M steps; the Nature CNN shared by
+    # both heads (as SB3's CnnPolicy), rewards clipped to their sign, a lost life terminal for
+    # learning (the whole game's score is logged and evaluated).
+    "atari": {
+        "total_steps": 10_000_000,
+        "num_envs": 8,
+        "num_steps": 128,
+        "num_minibatches": 4,
+        "update_epochs": 4,
+        "learning_rate": 2.5e-4,
+        "anneal_lr": True,
+        "gamma": 0.99,
+        "gae_lambda": 0.95,
+        "clip_epsilon": 0.1,
+        "ent_coef": 0.01,
+        "vf_coef": 0.5,
+        "max_grad_norm": 0.5,
+        "network": "shared",
+        "reward_sign": True,
+        "episodic_life": True,
+        "checkpoint_every": 100,
+    },
+    # MinAtar (Young & Tian 2019) at 10M steps: gymnax's published PPO recipe (gymnax-blines,
+    # the same for every game): 64 envs x 128 steps, 4 epochs of 8 minibatches, constant lr 5e-4,
+    # gamma 0.999, separate 256-256 ReLU MLPs on the flattened 10x10xC grid; but an entropy bonus
+    # of 0.03 instead of 0.01: with 0.01 the policy's entropy fell to ~0.25 nats within 0.6M steps
+    # and Breakout crept from a plateau (20.2 at 10M, seed 1), with 0.03 it reached 38.9 (Asterix
+    # 6.1 -> see benchmarks/results/minatar/). The small MinAtar CNN shared by both heads
+    # plateaued on Breakout (6.3 at 1.4M steps against 13.2 for the MLP).
+    "minatar": {
+        "total_steps": 10_000_000,
+        "num_envs": 64,
+        "num_steps": 128,
+        "num_minibatches": 8,
+        "update_epochs": 4,
+        "learning_rate": 5e-4,
+        "anneal_lr": False,
+        "gamma": 0.999,
+        "gae_lambda": 0.95,
+        "clip_epsilon": 0.2,
+        "ent_coef": 0.03,
+        "vf_coef": 0.5,
+        "max_grad_norm": 0.5,
+        "encoder": "mlp",
+        "hidden_sizes": [256, 256],
+        "activation": "relu",
+        "network": "separate",
+        "checkpoint_every": 100,
+    },
+    # Continuous-control locomotion (MuJoCo) at 1M steps.
+    "mujoco": {
+        "total_steps": 1_000_000,
+        "num_envs": 1,
+        "num_steps": 2048,
+        "num_minibatches": 32,
+        "update_epochs": 10,
+        "learning_rate": 3e-4,
+        "gamma": 0.99,
+        "gae_lambda": 0.95,
+        "normalize_observations": True,
+        "normalize_rewards": True,
+        "vector_env": "sync",
+    },
+}
+
+# Tuned hyperparameters used by ``clippo train ENV_ID`` when no --preset is given.
+ENV_PRESETS: dict[str, dict[str, Any]] = {
+    # Tuned for wall-clock time to solve: many cheap (natively vectorized) envs, few large
+    # minibatches. 5 of 5 seeds reach 500 within the 100k steps (benchmarks/results/).
+    "CartPole-v1": {
+        "total_steps": 100_000,
+        "num_envs": 64,
+        "num_steps": 32,
+        "num_minibatches": 4,
+        "update_epochs": 8,
+        "learning_rate": 2e-3,
+        "gamma": 0.98,
+        "gae_lambda": 0.8,
+        "ent_coef": 0.0,
+    },
+    "Acrobot-v1": {
+        "total_steps": 300_000,
+        "num_envs": 16,
+        "num_steps": 256,
+        "num_minibatches": 16,
+        "update_epochs": 4,
+        "gamma": 0.99,
+        "gae_lambda": 0.94,
+        "normalize_observations": True,
+        # Without reward scaling 2 of 5 seeds never reached the goal (-500 throughout,
+        # benchmarks/results/shared_vs_separate/); with it seeds 2, 3 and 4 reach -77 to -85.
+        "normalize_rewards": True,
+    },
+    "Pendulum-v1": {
+        "total_steps": 200_000,
+        "num_envs": 4,
+        "num_steps": 512,
+        "num_minibatches": 32,
+        "update_epochs": 10,
+        "learning_rate": 1e-3,
+        "gamma": 0.9,
+        "gae_lambda": 0.95,
+        "normalize_observations": True,
+        "normalize_rewards": True,
+    },
+    # Box2D: RL-Zoo's tuned PPO for LunarLander-v2 (rl-baselines3-zoo ppo.yml: 16 envs x 1024 steps,
+    # minibatches of 64, 4 epochs, constant lr 3e-4, gamma 0.999, lambda 0.98, entropy 0.01; its
+    # benchmark table gives 242 +- 32 at 1M steps). v3 has the same dynamics.
+    "LunarLander-v3": {
+        "total_steps": 1_000_000,
+        "num_envs": 16,
+        "num_steps": 1024,
+        "num_minibatches": 256,
+        "update_epochs": 4,
+        "learning_rate": 3e-4,
+        "anneal_lr": False,
+        "gamma": 0.999,
+        "gae_lambda": 0.98,
+        "ent_coef": 0.01,
+    },
+    # RL-Zoo's MountainCar-v0 values (16 envs x 16 steps, minibatches of 64, lambda 0.98, observation
+    # and reward normalization; -110.4 at 1M steps in its benchmark table) but 10 epochs instead of 4
+    # and gamma 0.999 instead of 0.99. With RL-Zoo's values clippo's final policies went left first
+    # from part of the start positions and needed another swing (-115.9, -118.4, -110.1 on seeds 1-3,
+    # 50 episodes each); gamma 0.999 alone gave -111.2 on average, with 10 epochs -99.5, -105.1,
+    # -101.5 (benchmarks/results/mountaincar/).
+    "MountainCar-v0": {
+        "total_steps": 1_000_000,
+        "num_envs": 16,
+        "num_steps": 16,
+        "num_minibatches": 4,
+        "update_epochs": 10,
+        "learning_rate": 3e-4,
+        "anneal_lr": False,
+        "gamma": 0.999,
+        "gae_lambda": 0.98,
+        "ent_coef": 0.0,
+        "normalize_observations": True,
+        "normalize_rewards": True,
+    },
+    # RL-Zoo's MountainCarContinuous-v0 values (one env x 8 steps, one minibatch, 10 epochs,
+    # constant lr 7.77e-5, gamma 0.9999, lambda 0.9, clip 0.1, gSDE with log-std -3.29, PyTorch's
+    # default init, observation and reward normalization; 88.3 +- 2.6 at 20k steps in its
+    # benchmark table). Without gSDE the same values ended seed 1 at -0.01: white noise at every
+    # step does not rock the car up the hill. With clippo's usual orthogonal init seeds 2 and 3
+    # reached the flag a few times and then stood still (-0.1, -0.8; SB3 with that init: 2 of 3
+    # seeds stood still too); with the default init all three reached it (88.7-95.0).
+    "MountainCarContinuous-v0": {
+        "total_steps": 20_000,
+        "num_envs": 1,
+        "num_steps": 8,
+        "num_minibatches": 1,
+        "update_epochs": 10,
+        "learning_rate": 7.77e-5,
+        "anneal_lr": False,
+        "gamma": 0.9999,
+        "gae_lambda": 0.9,
+        "clip_epsilon": 0.1,
+        "ent_coef": 0.00429,
+        "vf_coef": 0.19,
+        "max_grad_norm": 5.0,
+        "use_sde": True,
+        "init_log_std": -3.29,
+        "orthogonal_init": False,
+        "normalize_observations": True,
+        "normalize_rewards": True,
+    },
+    # RL-Zoo's BipedalWalker-v3 values (32 envs x 2048 steps, minibatches of 64, 10 epochs, constant
+    # lr 3e-4, clip 0.18, gamma 0.999, lambda 0.95, observation and reward normalization; 213 +- 129
+    # at 5M steps in its benchmark table).
+    "BipedalWalker-v3": {
+        "total_steps": 5_000_000,
+        "num_envs": 32,
+        "num_steps": 2048,
+        "num_minibatches": 1024,
+        "update_epochs": 10,
+        "learning_rate": 3e-4,
+        "anneal_lr": False,
+        "clip_epsilon": 0.18,
+        "gamma": 0.999,
+        "gae_lambda": 0.95,
+        "ent_coef": 0.0,
+        "normalize_observations": True,
+        "normalize_rewards": True,
+    },
+    # RL-Zoo's CarRacing values (rl-baselines3-zoo ppo.yml): each action repeated twice, frames
+    # resized to 64x64 and grayscale, the last 2 stacked; 8 envs x 512 steps, minibatches of 128,
+    # 10 epochs, lr 1e-4 annealed to 0, gSDE (new noise every 4 steps, log-std -2), PyTorch's
+    # default init, the Nature CNN shared by both heads with one 256-unit GELU layer in each, rewards
+    # scaled (observations are pixels); 153.9 +- 74.5 at 4M steps in its benchmark table
+    # (CarRacing-v0). Not yet measured with clippo: the env alone steps at 100-200 frames/s on this
+    # project's 2-core machine.
+    "CarRacing-v3": {
+        "total_steps": 4_000_000,
+        "num_envs": 8,
+        "num_steps": 512,
+        "num_minibatches": 32,  # minibatch 128
+        "update_epochs": 10,
+        "learning_rate": 1e-4,
+        "anneal_lr": True,
+        "gamma": 0.99,
+        "gae_lambda": 0.95,
+        "clip_epsilon": 0.2,
+        "ent_coef": 0.0,
+        "vf_coef": 0.5,
+        "max_grad_norm": 0.5,
+        "frame_skip": 2,
+        "resize": [64, 64],
+        "grayscale": True,
+        "frame_stack": 2,
+        "network": "shared",
+        "head_sizes": [256],
+        "activation": "gelu",
+        "use_sde": True,
+        "sde_sample_freq": 4,
+        "init_log_std": -2.0,
+        "orthogonal_init": False,
+        "normalize_rewards": True,
+    },
+    # Partially observed tasks (clippo.envs.toy, velocities hidden): an LSTM after a 64-unit ReLU
+    # layer, on RL-Zoo's RecurrentPPO values for CartPoleNoVel-v1 (8 envs x 32 steps, one minibatch
+    # of whole sequences, 20 epochs, lr 1e-3 annealed, gamma 0.98, lambda 0.8, normalized
+    # observations and rewards) plus a KL stop at 0.02: without it, in tuning runs (10 evaluation
+    # episodes), 1 of 3 seeds kept its 500 and the other two fell from ~400 to 163 and 253 by 100k
+    # steps (the preset's own table: benchmarks/results/recurrent/).
+    "clippo/CartPoleNoVel-v1": {
+        "total_steps": 100_000,
+        "num_envs": 8,
+        "num_steps": 32,
+        "num_minibatches": 1,
+        "update_epochs": 20,
+        "learning_rate": 1e-3,
+        "gamma": 0.98,
+        "gae_lambda": 0.8,
+        "target_kl": 0.02,
+        "normalize_observations": True,
+        "normalize_rewards": True,
+        "hidden_sizes": [64],
+        "activation": "relu",
+        "recurrent": "lstm",
+        "recurrent_hidden_size": 64,
+    },
+    # RL-Zoo's RecurrentPPO values for PendulumNoVel-v1 (4 envs x 1024 steps, 10 epochs, lr 1e-3,
+    # gamma 0.9, lambda 0.95, normalization; it adds gSDE, clippo has none), the update replaying
+    # 32-step chunks from their stored states, 32 minibatches of 4 chunks (128 steps). In tuning runs
+    # (10 evaluation episodes) the same with 512-step rollouts and 16 minibatches ended at -195,
+    # -222 and -217 on seeds 1-3, these values at -149, -194 and -185 (the preset's own table:
+    # benchmarks/results/recurrent/).
+    "clippo/PendulumNoVel-v1": {
+        "total_steps": 100_000,
+        "num_envs": 4,
+        "num_steps": 1024,
+        "bptt_length": 32,
+        "num_minibatches": 32,
+        "update_epochs": 10,
+        "learning_rate": 1e-3,
+        "gamma": 0.9,
+        "gae_lambda": 0.95,
+        "normalize_observations": True,
+        "normalize_rewards": True,
+        "hidden_sizes": [64],
+        "recurrent": "lstm",
+        "recurrent_hidden_size": 64,
+    },
+    # clippo's toy envs (clippo.envs.toy): each step's reward depends on that step's action alone
+    # and observations are independent of the actions (contextual bandits), so a short horizon
+    # changes no optimum and only cuts the advantages' variance (with gamma 0.99, 200k steps left
+    # the amount's mean 0.08 from its target against 0.014 with 0.5; the default log-std 0, a std
+    # as wide as the Box, left it at 0.34).
+    "clippo/ToolAmount-v0": {"total_steps": 200_000, "gamma": 0.5, "gae_lambda": 0.5, "init_log_std": -1.0},
+    "clippo/Bits-v0": {"total_steps": 100_000, "gamma": 0.5, "gae_lambda": 0.5},
+    # MuJoCo v5 locomotion: the RL-Zoo tuned values for the v3 envs (Raffin et al.; one env,
+    # 512-step rollouts, small minibatches, many epochs, no annealing), on top of the "mujoco"
+    # preset's running observation normalization and reward scaling.
+    "HalfCheetah-v5": {
+        "preset": "mujoco",
+        "num_steps": 512,
+        "num_minibatches": 8,  # minibatch 64
+        "update_epochs": 20,
+        "learning_rate": 2.0633e-5,
+        "anneal_lr": False,
+        "gamma": 0.98,
+        "gae_lambda": 0.92,
+        "clip_epsilon": 0.1,
+        "ent_coef": 0.000401762,
+        "vf_coef": 0.58096,
+        "max_grad_norm": 0.8,
+        "hidden_sizes": [256, 256],
+        "activation": "relu",
+        "init_log_std": -2.0,
+    },
+    # RL-Zoo's Hopper values (gamma 0.999, 1 x 512 steps, 256-256 ReLU) stood still at ~1000 (the
+    # healthy-reward plateau) with KL spikes on seed 1; the generic recipe with a smaller initial
+    # action std (0.6, Andrychowicz et al. 2021) is used instead.
+    "Hopper-v5": {"preset": "mujoco", "init_log_std": -0.5},
+    # RL-Zoo's Walker2d values (1 x 512 steps, minibatch 32, 20 epochs, lr 5e-5) ended at 2490 on
+    # seed 1 (benchmarks/results/mujoco/); the Hopper recipe is used instead.
+    "Walker2d-v5": {"preset": "mujoco", "init_log_std": -0.5},
+    "Humanoid-v5": {
+        "preset": "mujoco",
+        "total_steps": 10_000_000,  # PPO needs ~10M steps to walk here
+        "num_steps": 512,
+        "num_minibatches": 2,  # minibatch 256
+        "update_epochs": 5,
+        "learning_rate": 3.56987e-5,
+        "anneal_lr": False,
+        "gamma": 0.95,
+        "gae_lambda": 0.9,
+        "clip_epsilon": 0.3,
+        "ent_coef": 0.00238306,
+        "vf_coef": 0.431892,
+        "max_grad_norm": 2.0,
+        "hidden_sizes": [256, 256],
+        "activation": "relu",
+        "init_log_std": -2.0,
+    },
+    "InvertedPendulum-v5": {
+        "preset": "mujoco",
+        "total_steps": 200_000,  # reaches the 1000 cap well before this
+        "num_steps": 32,
+        "num_minibatches": 1,
+        "update_epochs": 5,
+        "learning_rate": 2.22425e-4,
+        "anneal_lr": False,
+        "gamma": 0.999,
+        "gae_lambda": 0.9,
+        "clip_epsilon": 0.4,
+        "ent_coef": 0.0,
+        "vf_coef": 0.19816,
+        "max_grad_norm": 0.3,
+    },
+    "InvertedDoublePendulum-v5": {
+        "preset": "mujoco",
+        "num_steps": 128,
+        "num_minibatches": 1,
+        "update_epochs": 10,
+        "learning_rate": 1.55454e-4,
+        "anneal_lr": False,
+        "gamma": 0.98,
+        "gae_lambda": 0.8,
+        "clip_epsilon": 0.4,
+        "ent_coef": 0.0,
+        "vf_coef": 0.695929,
+        "max_grad_norm": 0.5,
+    },
+    "Reacher-v5": {
+        "preset": "mujoco",
+        "num_steps": 512,
+        "num_minibatches": 16,
+        "update_epochs": 5,
+        "learning_rate": 1.04019e-4,
+        "anneal_lr": False,
+        "gamma": 0.9,
+        "gae_lambda": 1.0,
+        "clip_epsilon": 0.3,
+        "ent_coef": 0.0,
+        "vf_coef": 0.950368,
+        "max_grad_norm": 0.9,
+    },
+    # Swimmer's reward comes from slow forward progress: discount almost nothing away.
+    "Swimmer-v5": {"preset": "mujoco", "gamma": 0.9999},
+    "Ant-v5": {"preset": "mujoco"},
+}
+# RL-Zoo tunes the continuous-action lander with the same values (271 +- 32 at 1M steps).
+ENV_PRESETS["LunarLanderContinuous-v3"] = dict(ENV_PRESETS["LunarLander-v3"])
+
+# Multi-agent envs (clippo.multiagent), named by module path. total_steps counts agent steps.
+# NOT yet tuned or measured (issue #33's targets are benchmarked in later work).
+# simple_spread: issue #33's speed recipe (8 env copies x 128 steps = 3072 agent steps per
+# update for 3 agents, 4 epochs of minibatches of 512 rows, lr 3e-4, entropy 0.01), one policy
+# shared by the 3 identical agents.
+ENV_PRESETS["mpe2.simple_spread_v3"] = {
+    "total_steps": 2_000_000,
+    "env_kwargs": {"N": 3, "max_cycles": 25, "continuous_actions": False},
+    "num_envs": 8,
+    "num_steps": 128,
+    "num_minibatches": 6,
+    "update_epochs": 4,
+    "learning_rate": 3e-4,
+    "gamma": 0.99,
+    "gae_lambda": 0.95,
+    "clip_epsilon": 0.2,
+    "ent_coef": 0.01,
+    "critic": "local",
+}
+# Two-player board games: self-play (the default for such games), an MLP on the flattened board.
+ENV_PRESETS["pettingzoo.classic.connect_four_v3"] = {
+    "total_steps": 3_000_000,
+    "num_envs": 16,
+    "num_steps": 128,
+    "num_minibatches": 8,
+    "update_epochs": 4,
+    "learning_rate": 3e-4,
+    "gamma": 0.99,
+    "gae_lambda": 0.95,
+    "ent_coef": 0.01,
+    "encoder": "mlp",
+    "hidden_sizes": [256, 256],
+    "selfplay_snapshot_every": 10,
+}
+ENV_PRESETS["pettingzoo.classic.tictactoe_v3"] = {
+    "total_steps": 500_000,
+    "num_envs": 16,
+    "num_steps": 64,
+    "num_minibatches": 4,
+    "update_epochs": 4,
+    "learning_rate": 1e-3,
+    "gamma": 0.99,
+    "gae_lambda": 0.95,
+    "ent_coef": 0.01,
+    "encoder": "mlp",
+    "hidden_sizes": [128, 128],
+    "selfplay_snapshot_every": 5,
+}
+
+
+def _check_types(config: PPOConfig) -> None:
+    """Reject values of the wrong type (a string for a number, a float for a count) by name."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        kind = f.type
+        if kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind == "float":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if ok:
+                setattr(config, f.name, float(value))
+        elif kind == "float | None":
+            ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+            if ok and value is not None:
+                setattr(config, f.name, float(value))
+        elif kind == "bool":
+            ok = isinstance(value, bool)
+        elif kind == "str":
+            ok = isinstance(value, str)
+        elif kind == "dict":
+            ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
+        elif kind == "list[int]":
+            ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            if ok:
+                setattr(config, f.name, list(value))
+        else:  # pragma: no cover - a new field type without a check is a programming error
+            raise TypeError(f"no type check for field {f.name}: {kind}")
+        if not ok:
+            raise ConfigError(f"{f.name}={value!r} is invalid: it must be of type {kind}")
+
+
+def check_names(overrides: dict[str, Any], where: str = "hyperparameter") -> None:
+    """Raise ConfigError for a key that is not a PPOConfig field, suggesting the closest one."""
+    for key in overrides:
+        if key not in FIELD_NAMES:
+            close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known names: {', '.join(FIELD_NAMES)}"
+            raise ConfigError(f"unknown {where} {key!r}{hint}")
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    """The overrides of a named preset."""
+    if name not in PRESETS:
+        raise ConfigError(f"preset={name!r} is invalid: choose one of {', '.join(PRESETS)}")
+    return dict(PRESETS[name])
+
+
+def family_preset(env_id: str) -> str | None:
+    """The named preset of a family of envs without a preset of their own (Atari, MinAtar)."""
+    if env_id.startswith("ALE/") or env_id.endswith("NoFrameskip-v4"):
+        return "atari"
+    if env_id.startswith("MinAtar/"):
+        return "minatar"
+    return None
+
+
+def env_preset_values(env_id: str) -> dict[str, Any]:
+    """The built-in tuned overrides for an env id (empty when it has none); an Atari or MinAtar
+    id without values of its own gets its family's preset."""
+    family = family_preset(env_id)
+    values = dict(ENV_PRESETS.get(env_id, {"preset": family} if family else {}))
+    base = values.pop("preset", None)
+    return {**(preset_values(base) if base else {}), **values}
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML, TOML or JSON file of hyperparameters (a flat mapping of field names)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except Exception as exc:  # every parser has its own error class; all mean "not parseable"
+        first = first_line(exc)
+        raise ConfigError(f"cannot parse config file {str(path)!r}: {first}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of hyperparameter names to values")
+    check_names(data, where=f"key in config file {str(path)!r}:")
+    return data
+
+
+def resolve_config(
+    env_id: str,
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> PPOConfig:
+    """Merge defaults, env preset (or named preset), config file and explicit overrides; validate."""
+    overrides = dict(overrides or {})
+    check_names(overrides)
+    values: dict[str, Any] = {}
+    values.update(preset_values(preset) if preset is not None else env_preset_values(env_id))
+    if config_file is not None:
+        values.update(load_config_file(config_file))
+    values.update(overrides)
+    values["env_id"] = env_id
+    return PPOConfig(**values).validate()
+
+
+def save_config(config: PPOConfig, path: str | Path) -> None:
+    """Write the resolved config as human-readable YAML."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def presets_markdown() -> str:
+    """The table of every preset's values, as committed in docs/presets.md (a test keeps them equal)."""
+    defaults = PPOConfig().to_dict()
+    lines = [
+        "# Presets",
+        "",
+        "Generated from `src/clippo/config/ppo_config.py` by `clippo presets > docs/presets.md`.",
+        "",
+        "`clippo train ENV_ID` uses the env's built-in values below when it has them and no `--preset`",
+        "is given; `--preset NAME` picks a named set instead. Values not listed are the defaults.",
+        "Explicit flags and `--config` files override both.",
+        "",
+        "## Defaults",
+        "",
+        "| hyperparameter | value | meaning |",
+        "| --- | --- | --- |",
+    ]
+    for f in fields(PPOConfig):
+        lines.append(f"| `{f.name}` | `{defaults[f.name]}` | {f.metadata['help']} |")
+    lines += ["", "## Named presets (`--preset NAME`)", ""]
+    for name, values in PRESETS.items():
+        shown = ", ".join(f"`{k}={v}`" for k, v in values.items()) or "the defaults above"
+        lines.append(f"- **{name}**: {shown}")
+    lines += ["", "## Built-in values per environment", ""]
+    for env_id, values in ENV_PRESETS.items():
+        shown = ", ".join(f"`{k}={v}`" for k, v in values.items())
+        lines.append(f"- **{env_id}**: {shown}")
+    lines += [
+        "",
+        "Atari ids (`ALE/<Game>-v5`, `<Game>NoFrameskip-v4`) without values of their own use the `atari`",
+        "preset, MinAtar ids (`MinAtar/<Game>-v1`) the `minatar` preset.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def config_from_dict(values: dict[str, Any]) -> PPOConfig:
+    """Rebuild a config saved by clippo (checkpoint or config.yaml)."""
+    check_names(values, where="config key")
+    return PPOConfig(**values).validate()

@@ -1,0 +1,1 @@
+"""Pure functions and types that everything else builds on: advantages, losses, observations, errors."""

@@ -1,0 +1,1 @@
+"""Environments: recognising env families, building vector envs, preprocessing, snapshots, the toy envs."""

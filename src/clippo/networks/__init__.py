@@ -1,0 +1,1 @@
+"""Neural networks: encoders, recurrent cores, action distributions and the actor-critic."""

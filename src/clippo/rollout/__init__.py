@@ -1,0 +1,1 @@
+"""Collecting trajectories: rollout buffers and env runners, action masks, normalization, evaluation episodes."""

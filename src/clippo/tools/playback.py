@@ -1,0 +1,133 @@
+"""Watching a trained agent (what ``clippo enjoy`` does): whole episodes, optionally on video.
+
+The agent is loaded with :meth:`clippo.PPO.load` and acts through :meth:`clippo.PPO.act`, which
+applies the observation normalization frozen at the end of training: the policy sees exactly the
+inputs it was trained on. Episodes are run by :func:`clippo.rollout.evaluation.run_episodes`, the code
+behind ``clippo eval``, on a single env (a video shows one episode after another). Recording
+uses Gymnasium's ``RecordVideo`` with ``render_mode="rgb_array"``, so no display is needed; it
+writes through moviepy (``pip install 'clippo[video]'``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+VIDEO_PREFIX = "episode"
+
+
+@dataclass
+class PlaybackResult:
+    env_id: str
+    returns: list[float]
+    lengths: list[int]
+    video_path: Path | None
+
+    @property
+    def mean_return(self) -> float:
+        return sum(self.returns) / len(self.returns)
+
+
+def require_moviepy() -> None:
+    """One-line error when video recording is asked for without moviepy."""
+    try:
+        import moviepy  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            "--video needs moviepy (Gymnasium's RecordVideo writes through it): pip install 'clippo[video]'"
+        ) from None
+
+
+def play(
+    path: str | Path,
+    episodes: int = 3,
+    seed: int | None = None,
+    deterministic: bool = True,
+    video: str | Path | None = None,
+) -> PlaybackResult:
+    """Run ``episodes`` whole episodes of the agent in ``path`` (a run directory or checkpoint).
+
+    With ``video``, every episode is recorded and the episodes are joined into that one MP4 file.
+    """
+    import gymnasium as gym
+
+    from clippo.agent import PPO
+    from clippo.envs import atari
+    from clippo.envs.make import check_env_id, make_run_envs
+    from clippo.rollout.evaluation import run_episodes
+
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ValueError(f"episodes={episodes!r} is invalid: it must be an integer >= 1")
+    video_path = Path(video) if video is not None else None
+    if video_path is not None:
+        if video_path.suffix.lower() != ".mp4":
+            raise ValueError(f"cannot write {str(video_path)!r}: give a file name ending in .mp4")
+        require_moviepy()
+        if not os.environ.get("DISPLAY"):
+            # MuJoCo's default OpenGL backend (GLFW) needs a display; EGL renders off-screen. It
+            # is read when MuJoCo's renderer is first imported, so set it before anything loads.
+            os.environ.setdefault("MUJOCO_GL", "egl")
+    agent = PPO.load(path)
+    env_id = agent.config.env_id
+    check_env_id(env_id)
+    scratch = Path(tempfile.mkdtemp(prefix="clippo-video-")) if video_path is not None else None
+    # A folder RecordVideo creates itself (it warns about one that exists).
+    folder = scratch / "episodes" if scratch is not None else None
+
+    def make(**kwargs) -> gym.Env:
+        # Atari games get the agent's preprocessing; the video still shows the game's own screen.
+        return (
+            atari.make_preprocessed_atari_env(env_id, **kwargs)
+            if atari.is_atari(env_id)
+            else gym.make(env_id, **kwargs)
+        )
+
+    def make_env() -> gym.Env:
+        if folder is None:
+            return make()
+        # rgb_array rendering opens no window, but SDL (under pygame's renderers) still looks for
+        # a display and prints an error on a machine without one.
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+        env = make(render_mode="rgb_array")
+        # One file per episode (recording everything as one clip would hold every frame in memory).
+        return gym.wrappers.RecordVideo(env, str(folder), episode_trigger=lambda _: True, name_prefix=VIDEO_PREFIX)
+
+    try:
+        envs = make_run_envs(make_env, 1, agent.config, "sync")  # (the run's preprocessing outside the recorder)
+        try:
+            agent._check_spaces(envs)
+            returns, lengths = run_episodes(envs, agent.acting_policy(deterministic), episodes, seed)
+        finally:
+            envs.close()  # RecordVideo writes the last episode's file on close
+        if video_path is not None:
+            join_videos(sorted(folder.glob(f"{VIDEO_PREFIX}-episode-*.mp4"), key=_episode_number), video_path)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return PlaybackResult(env_id, returns, lengths, video_path)
+
+
+def _episode_number(path: Path) -> int:
+    return int(path.stem.rsplit("-", 1)[-1])
+
+
+def join_videos(parts: list[Path], output: Path) -> None:
+    """Concatenate the per-episode MP4 files into ``output`` (a single part is just moved)."""
+    if not parts:
+        raise ValueError("no video was recorded: the environment rendered no frames")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if len(parts) == 1:
+        shutil.move(str(parts[0]), output)
+        return
+    from moviepy import VideoFileClip, concatenate_videoclips
+
+    clips = [VideoFileClip(str(p)) for p in parts]
+    try:
+        joined = concatenate_videoclips(clips)
+        joined.write_videofile(str(output), fps=clips[0].fps, logger=None, audio=False)
+    finally:
+        for clip in clips:
+            clip.close()
