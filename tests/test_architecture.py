@@ -16,7 +16,7 @@ import pytest
 SRC = Path(__file__).resolve().parent.parent / "src"
 
 #: Lowest first. A subpackage imports only its own layer and the ones before it.
-LAYERS = ("core", "envs", "config", "networks", "rollout", "fastpath", "training", "agent", "tools")
+LAYERS = ("core", "envs", "config", "networks", "rollout", "fastpath", "training", "agent", "multiagent", "tools")
 
 
 def module_name(path: Path) -> str:

@@ -1,6 +1,7 @@
 """clippo: Proximal Policy Optimization, correct to the paper, fast on a CPU, easy to read."""
 
-import clippo.envs.toy  # noqa: F401  (registers the clippo/... env ids with Gymnasium)
+import clippo.envs.toy
+import clippo.multiagent  # noqa: F401  (registers multi-agent PPO behind PPO: PettingZoo envs)
 from clippo.agent import PPO
 from clippo.config.ppo_config import PPOConfig
 from clippo.core.version import __version__

@@ -8,8 +8,10 @@ The training loop itself is ``clippo.training.loop``; the agent holds what it tr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +165,63 @@ def _upgrade_v1(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
+def _first_then(first: Any, factory: Any):
+    """An env factory that hands out ``first`` (an env ``factory`` made already), then calls ``factory``."""
+    pending = [first]
+
+    def make():
+        return pending.pop() if pending else factory()
+
+    make.__name__ = getattr(factory, "__name__", "custom-env")
+    return make
+
+
+def reject_multiagent_settings(config: PPOConfig) -> None:
+    """One-line error for a multi-agent knob set on a (single-agent) Gymnasium env."""
+    defaults = PPOConfig()
+    for name in ("critic", "agent_id_feature", "policy_groups"):
+        if getattr(config, name) != getattr(defaults, name):
+            raise ValueError(
+                f"{name}={getattr(config, name)!r} is invalid for the Gymnasium env {config.env_id!r}: it is for "
+                "multi-agent (PettingZoo) envs"
+            )
+    if config.selfplay == "on":
+        raise ValueError(
+            f"selfplay='on' is invalid for the Gymnasium env {config.env_id!r}: self-play is for two-player "
+            "PettingZoo games"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentKind:
+    """Another kind of agent that ``PPO`` hands its sources and checkpoints to (``clippo.multiagent``
+    registers one, so that ``PPO`` stays the one entry point while this module imports nothing of it)."""
+
+    #: ``probe(env, env_kwargs) -> (source, made)``: the source this kind takes (None: not of this
+    #: kind) and the Gymnasium env a factory made when called to find out (else None)
+    probe: Callable[[Any, dict[str, Any] | None], tuple[Any, Any]]
+    #: built as ``agent(source, *args, **kwargs)``; reads its checkpoints with ``from_payload``
+    agent: Callable[..., Any]
+    #: ``from_payload(payload, path, env, run_dir, overrides, trust_code)``; ``from_run(run_dir, env, trust_code)``
+    from_payload: Callable[..., Any]
+    from_run: Callable[..., Any]
+    #: the key its checkpoints carry
+    checkpoint_key: str
+
+
+_AGENT_KINDS: list[AgentKind] = []
+
+
+def register_agent_kind(kind: AgentKind) -> None:
+    """Let ``PPO(...)``, ``PPO.load`` and ``PPO.from_run`` hand sources and checkpoints of ``kind`` to its agent."""
+    if all(existing.checkpoint_key != kind.checkpoint_key for existing in _AGENT_KINDS):
+        _AGENT_KINDS.append(kind)
+
+
+def _kind_of(payload: dict[str, Any]) -> AgentKind | None:
+    return next((kind for kind in _AGENT_KINDS if kind.checkpoint_key in payload), None)
+
+
 class PPO:
     """Proximal Policy Optimization agent.
 
@@ -184,6 +243,21 @@ class PPO:
             (called as ``f(observation_space, **encoder_kwargs)``; an instance is deep-copied for
             a separate critic). Checkpoints record its ``module:Class`` name, never the object.
     """
+
+    def __new__(cls, env: EnvSource = "CartPole-v1", *args: Any, **kwargs: Any):
+        """A PettingZoo env (a module path like ``"mpe2.simple_spread_v3"``, such a module, or a
+        function returning a PettingZoo env) hands off to ``clippo.multiagent``'s PPO: the
+        user-facing entry point stays ``PPO``."""
+        if cls is PPO:
+            made = None
+            for kind in _AGENT_KINDS:
+                source, made = kind.probe(env, kwargs.get("env_kwargs"))
+                if source is not None:
+                    return kind.agent(source, *args, **kwargs)
+            agent = super().__new__(cls)
+            agent._probe_env = made  # a factory's env made to tell its kind: the first training env
+            return agent
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -208,16 +282,30 @@ class PPO:
             hyperparameters["encoder"] = encoder_name(encoder) or f"{type(encoder).__module__}:<unnamed>"
         else:
             encoder = None
-        config = resolve_config(env_id, preset, config_file, hyperparameters, trust_code)
-        if run_dir is not None:
-            safety.check_run_dir(run_dir)
+        probe, self._probe_env = getattr(self, "_probe_env", None), None
+        try:
+            config = resolve_config(env_id, preset, config_file, hyperparameters, trust_code)
+            reject_multiagent_settings(config)
+            if run_dir is not None:
+                safety.check_run_dir(run_dir)
+        except BaseException:
+            if probe is not None:
+                probe.close()
+            raise
         if run_dir is not None and (Path(run_dir) / METRICS_FILE).exists():
+            if probe is not None:
+                probe.close()
             raise ValueError(
                 f"run directory {str(run_dir)!r} already holds a run: choose another run_dir, "
                 f"or continue it with: clippo resume {run_dir}"
             )
         self.env_source: EnvSource = env
-        envs = make_run_envs(env, config.num_envs, config)
+        if probe is not None and config.vector_env in ("auto", "sync") and not config.env_kwargs:
+            envs = make_run_envs(_first_then(probe, env), config.num_envs, config)
+        else:
+            if probe is not None:
+                probe.close()
+            envs = make_run_envs(env, config.num_envs, config)
         try:
             self._setup(config, envs.single_observation_space, envs.single_action_space, run_dir, encoder)
         except BaseException:
@@ -251,7 +339,7 @@ class PPO:
         torch.set_num_threads(config.torch_threads)
         # Seed the global RNG only for the weight init; everything after draws from our generator.
         torch.manual_seed(config.seed)
-        self.model = build_model(config, policy_space, action_space, encoder).to(self.device)
+        self.model = self._build_model(config, policy_space, action_space, encoder).to(self.device)
         self.model.compute_dtype = precision.compute_dtype(config.precision, self.device)
         # Extra slots carry each minibatch's approximate KL and loss statistics along with the
         # gradient (averaged across ranks in the same exchange).
@@ -293,6 +381,12 @@ class PPO:
         self._envs = None
         self._runner: EnvRunner | None = None
         self._pending_runner_state: dict | None = None
+
+    def _build_model(
+        self, config: PPOConfig, policy_space: spaces.Space, action_space: spaces.Space, encoder: Any
+    ) -> ActorCritic:
+        """The actor-critic for these spaces (``clippo.multiagent`` overrides it for a centralized critic)."""
+        return build_model(config, policy_space, action_space, encoder)
 
     def _choose_paths(self) -> LossFunction:
         """The rollout and loss implementations (``clippo.fastpath`` decides, the numpy fast path
@@ -648,7 +742,11 @@ class PPO:
         if run_dir is not None:  # (it will be written: no links where clippo writes)
             safety.check_run_dir(run_dir)
         overrides = {name: value for name, value in (("device", device), ("precision", precision)) if value is not None}
-        return cls._from_payload(read_checkpoint(path), path, env, run_dir, overrides, encoder, trust_code)
+        payload = read_checkpoint(path)
+        kind = _kind_of(payload)
+        if kind is not None:  # e.g. a multi-agent checkpoint (clippo.multiagent)
+            return kind.from_payload(payload, path, env, run_dir, overrides, trust_code)
+        return cls._from_payload(payload, path, env, run_dir, overrides, encoder, trust_code)
 
     @classmethod
     def from_run(
@@ -658,6 +756,9 @@ class PPO:
         ``encoder`` and ``trust_code`` as for :meth:`load`."""
         safety.check_run_dir(run_dir)
         path, payload = latest_checkpoint(run_dir)
+        kind = _kind_of(payload)
+        if kind is not None:
+            return kind.from_run(run_dir, env, trust_code)
         agent = cls._from_payload(payload, path, env, run_dir, {}, encoder, trust_code)
         if payload.get("global_rngs") is not None:
             # clippo draws from its own generator, but env or user code may use the global ones.

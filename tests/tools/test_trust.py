@@ -881,7 +881,7 @@ def test_every_command_that_reads_a_run_or_config_takes_trust_code():
     from clippo.tools.cli import TRUST_COMMANDS, build_parser
 
     parser = build_parser()
-    assert set(TRUST_COMMANDS) == {"train", "eval", "resume", "report", "plot", "enjoy", "tune", "export"}
+    assert set(TRUST_COMMANDS) == {"train", "eval", "resume", "report", "plot", "enjoy", "tune", "export", "play"}
     for command in TRUST_COMMANDS:
         assert any(
             "--trust-code" in a.option_strings for a in parser._subparsers._group_actions[0].choices[command]._actions

@@ -193,6 +193,51 @@ class PPOConfig:
         "total_steps.",
         None,
     )
+    # Multi-agent (PettingZoo) runs: clippo.multiagent. For them total_steps counts agent steps
+    # (one per agent action) and num_steps env steps per env copy and rollout.
+    env_kwargs: dict = knob(
+        "Keyword arguments of the env's constructor: a PettingZoo module's parallel_env()/env() (e.g. {N: 3}), or "
+        "gymnasium.make for an env id.",
+        default_factory=dict,
+    )
+    critic: str = knob(
+        "Multi-agent envs: local (independent PPO: each agent's value from its own observation) or centralized "
+        "(MAPPO: the value sees the env's state(), else all agents' observations; actors still act on their "
+        "own).",
+        "local",
+    )
+    agent_id_feature: bool = knob(
+        "Multi-agent envs: add a one-hot of the agent's index in its group to the observations of a policy shared by "
+        "several agents.",
+        False,
+    )
+    policy_groups: dict = knob(
+        "Multi-agent envs: named policy groups, {group: [agent, ...]}, every agent in one; empty: agents with the "
+        "same observation and action spaces share one policy.",
+        default_factory=dict,
+    )
+    selfplay: str = knob(
+        "Two-player turn-based games with action masks: auto (self-play for such games), on, or off.", "auto"
+    )
+    selfplay_pool_size: int = knob("Self-play: how many past snapshots of the policy the opponent pool keeps.", 10)
+    selfplay_snapshot_every: int = knob(
+        "Self-play: add a snapshot of the policy to the pool every this many updates.", 10
+    )
+    selfplay_latest_prob: float = knob(
+        "Self-play: the fraction of games played against the current policy (the rest against pool snapshots).", 0.5
+    )
+    selfplay_sampling: str = knob(
+        "Self-play: how opponents are drawn from the pool: uniform, or recent (weights growing with recency).",
+        "uniform",
+    )
+    selfplay_eval_every: int = knob(
+        "Self-play: play selfplay_eval_games games against a uniformly random player every this many updates (0: "
+        "never).",
+        10,
+    )
+    selfplay_eval_games: int = knob(
+        "Self-play: games of each evaluation against the random player (seats alternate).", 50
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -327,6 +372,15 @@ class PPOConfig:
                 )
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints={self.keep_checkpoints} is invalid: it must be an integer >= 1")
+        for name in ["selfplay_pool_size", "selfplay_snapshot_every", "selfplay_eval_games"]:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} is invalid: it must be an integer >= 1")
+        if self.selfplay_eval_every < 0:
+            raise ConfigError(
+                f"selfplay_eval_every={self.selfplay_eval_every} is invalid: it must be an integer >= 0 (0: never)"
+            )
+        if not 0.0 <= self.selfplay_latest_prob <= 1.0:
+            raise ConfigError(f"selfplay_latest_prob={self.selfplay_latest_prob} is invalid: it must be in [0, 1]")
         return self
 
 
@@ -342,6 +396,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "fast_path": ("auto", "off"),
     "precision": ("fp32", "bf16"),
     "recurrent": ("none", "lstm", "gru"),
+    "critic": ("local", "centralized"),
+    "selfplay": ("auto", "on", "off"),
+    "selfplay_sampling": ("uniform", "recent"),
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -733,6 +790,55 @@ ENV_PRESETS: dict[str, dict[str, Any]] = {
 }
 # RL-Zoo tunes the continuous-action lander with the same values (271 +- 32 at 1M steps).
 ENV_PRESETS["LunarLanderContinuous-v3"] = dict(ENV_PRESETS["LunarLander-v3"])
+
+# Multi-agent envs (clippo.multiagent), named by module path. total_steps counts agent steps.
+# NOT yet tuned or measured (issue #33's targets are benchmarked in later work).
+# simple_spread: issue #33's speed recipe (8 env copies x 128 steps = 3072 agent steps per
+# update for 3 agents, 4 epochs of minibatches of 512 rows, lr 3e-4, entropy 0.01), one policy
+# shared by the 3 identical agents.
+ENV_PRESETS["mpe2.simple_spread_v3"] = {
+    "total_steps": 2_000_000,
+    "env_kwargs": {"N": 3, "max_cycles": 25, "continuous_actions": False},
+    "num_envs": 8,
+    "num_steps": 128,
+    "num_minibatches": 6,
+    "update_epochs": 4,
+    "learning_rate": 3e-4,
+    "gamma": 0.99,
+    "gae_lambda": 0.95,
+    "clip_epsilon": 0.2,
+    "ent_coef": 0.01,
+    "critic": "local",
+}
+# Two-player board games: self-play (the default for such games), an MLP on the flattened board.
+ENV_PRESETS["pettingzoo.classic.connect_four_v3"] = {
+    "total_steps": 3_000_000,
+    "num_envs": 16,
+    "num_steps": 128,
+    "num_minibatches": 8,
+    "update_epochs": 4,
+    "learning_rate": 3e-4,
+    "gamma": 0.99,
+    "gae_lambda": 0.95,
+    "ent_coef": 0.01,
+    "encoder": "mlp",
+    "hidden_sizes": [256, 256],
+    "selfplay_snapshot_every": 10,
+}
+ENV_PRESETS["pettingzoo.classic.tictactoe_v3"] = {
+    "total_steps": 500_000,
+    "num_envs": 16,
+    "num_steps": 64,
+    "num_minibatches": 4,
+    "update_epochs": 4,
+    "learning_rate": 1e-3,
+    "gamma": 0.99,
+    "gae_lambda": 0.95,
+    "ent_coef": 0.01,
+    "encoder": "mlp",
+    "hidden_sizes": [128, 128],
+    "selfplay_snapshot_every": 5,
+}
 
 
 def _check_types(config: PPOConfig) -> None:

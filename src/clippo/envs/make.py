@@ -30,7 +30,13 @@ def make_run_envs(source: EnvSource, num_envs: int, config: RunEnvSettings, vect
     evaluation, the export check and playback all make their envs here, so that the policy is
     always given the observations it was trained on."""
     mode = config.vector_env if vector_env is None else vector_env
-    return make_vector_env(source, num_envs, mode, preprocessing=Preprocessing.from_config(config))
+    env_kwargs = dict(getattr(config, "env_kwargs", None) or {})
+    if env_kwargs and not isinstance(source, str):
+        raise ValueError(
+            f"env_kwargs={env_kwargs} is invalid for an env factory: they go to gymnasium.make for an env id; give "
+            "them to your factory"
+        )
+    return make_vector_env(source, num_envs, mode, preprocessing=Preprocessing.from_config(config), **env_kwargs)
 
 
 def _preprocessed(make_env: Callable[[], gym.Env], preprocessing: Preprocessing) -> gym.Env:

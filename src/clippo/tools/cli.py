@@ -150,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory or a checkpoint file")
     _add_episode_flags(evaluate, episodes=20, seed_help="seed of the evaluation envs")
     evaluate.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    evaluate.add_argument(
+        "--opponent",
+        default="random",
+        metavar="random|RUN_DIR|CHECKPOINT",
+        help="two-player games: whom the agent plays, in both seats",
+    )
     resume = commands.add_parser(
         "resume",
         help="continue an interrupted run to its original --total-steps",
@@ -165,9 +171,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("presets", help="print every preset's values as Markdown (docs/presets.md)")
     _add_understanding_commands(commands)
+    play = commands.add_parser(
+        "play",
+        help="play a two-player game against a trained agent in the terminal",
+        description="Play a game of a self-play run against its agent: the board is printed, moves are typed as "
+        "action numbers, illegal moves are refused with a message.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    play.add_argument("path", metavar="RUN_DIR", help="a run directory or a checkpoint file of a two-player game")
+    play.add_argument("--seat", type=int, choices=[0, 1], default=0, help="your seat: 0 moves first")
+    play.add_argument("--seed", type=int, default=None, help="seed of the game's reset")
     _add_tune_command(commands)
     _add_export_command(commands)
-    for name in ("eval", "enjoy", "export", "resume"):  # the commands that rebuild a model from a checkpoint
+    for name in ("eval", "enjoy", "export", "resume", "play"):  # the commands that rebuild a model from a checkpoint
         commands.choices[name].add_argument(
             "--encoder",
             default=None,
@@ -192,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: the commands that take ``--trust-code`` (clippo.core.safety)
-TRUST_COMMANDS = ("train", "eval", "resume", "report", "plot", "enjoy", "tune", "export")
+TRUST_COMMANDS = ("train", "eval", "resume", "report", "plot", "enjoy", "tune", "export", "play")
 
 
 def _add_export_command(commands) -> None:
@@ -432,6 +448,21 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _play(args: argparse.Namespace) -> int:
+    from clippo.agent import PPO
+    from clippo.multiagent.play import play_human
+
+    agent = PPO.load(args.path, encoder=args.encoder, trust_code=args.trust_code)
+    if getattr(agent, "selfplay", None) is None:
+        raise ValueError(f"clippo play is for two-player games (self-play runs); {agent.config.env_id!r} is not one")
+    try:
+        play_human(agent, args.seat, args.seed)
+    except EOFError:
+        print("clippo: input ended: game abandoned", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _presets(args: argparse.Namespace) -> int:
     from clippo.config.ppo_config import presets_markdown
 
@@ -526,7 +557,7 @@ def _resume_locked(args: argparse.Namespace, run_dir: Path) -> int:
             f"run {str(run_dir)!r} already stopped at step {reached['global_step']}: its evaluation reached "
             f"{reached['mean_return']:.2f} >= stop_at_return={agent.config.stop_at_return:g}; nothing to resume"
         )
-    truncate_metrics(run_dir, agent.global_step)
+    truncate_metrics(run_dir, agent.global_step, getattr(agent, "metrics_columns", None))
     callback = _eval_callback(agent)
     with stop_on_signals(agent):
         try:
@@ -589,7 +620,13 @@ def _finish(agent, run_dir: Path, callback=None) -> int:
         write_file(run_dir / "eval.json", json.dumps(_public(result), indent=2) + "\n")
         print(
             f"evaluation over {result['episodes']} episodes (deterministic): "
-            f"mean return {result['mean_return']:.2f} +- {result['std_return']:.2f}",
+            f"mean return {result['mean_return']:.2f} +- {result['std_return']:.2f}"
+            + (
+                f"; against a random player: win {result['win']:.1%}, draw {result['draw']:.1%}, loss "
+                f"{result['loss']:.1%}"
+                if "win" in result
+                else ""
+            ),
             flush=True,
         )
     print(f"saved {run_dir / 'agent.pt'}; evaluate with: clippo eval {run_dir}", flush=True)
@@ -615,9 +652,22 @@ def _eval(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise ValueError(f"--episodes={args.episodes} is invalid: it must be an integer >= 1")
     agent = PPO.load(args.path, encoder=args.encoder, trust_code=args.trust_code)
-    result = agent.evaluate(episodes=args.episodes, seed=args.seed, deterministic=args.deterministic)
+    if args.opponent != "random":
+        if getattr(agent, "selfplay", None) is None:
+            raise ValueError(f"--opponent is for two-player games; {agent.config.env_id!r} is not one")
+        result = agent.play_against(args.opponent, args.episodes, seed=args.seed, deterministic=args.deterministic)
+    else:
+        result = agent.evaluate(episodes=args.episodes, seed=args.seed, deterministic=args.deterministic)
     if args.json:
-        print(json.dumps(_public(result)))
+        extra = {k: result[k] for k in ("agent_returns", "win", "draw", "loss", "per_seat") if k in result}
+        print(json.dumps({**_public(result), **extra}))
+    elif "win" in result:  # a two-player game: against a uniformly random player, both seats
+        mode = "deterministic" if args.deterministic else "stochastic"
+        print(
+            f"{agent.config.env_id}: against {'a random player' if args.opponent == 'random' else args.opponent} "
+            f"over {result['episodes']} games ({mode}): "
+            f"win {result['win']:.1%}, draw {result['draw']:.1%}, loss {result['loss']:.1%}"
+        )
     else:
         mode = "deterministic" if args.deterministic else "stochastic"
         print(
@@ -642,6 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "eval": _eval,
         "resume": _resume,
         "presets": _presets,
+        "play": _play,
         "plot": _plot,
         "report": _report,
         "enjoy": _enjoy,

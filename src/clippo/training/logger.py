@@ -62,10 +62,13 @@ class RunLogger:
         start_step: int = 0,
         show_progress: bool | None = None,
         tensorboard: bool = True,
+        columns: list[str] | None = None,
     ):
         """``show_progress``: True a progress bar, False nothing, None a bar on a terminal and
         plain log lines (with a run directory) otherwise."""
         self.run_dir = run_dir
+        #: metrics.csv's columns (COLUMNS, or a run kind's own list, e.g. clippo.multiagent's)
+        self.columns = list(columns or COLUMNS)
         self._csv_file = None
         self._csv = None
         self._tb = None
@@ -73,11 +76,11 @@ class RunLogger:
             run_dir.mkdir(parents=True, exist_ok=True)
             path = run_dir / METRICS_FILE
             new_file = not path.exists() or path.stat().st_size == 0
-            if not new_file and _header(path) != COLUMNS:  # a run begun by an older clippo
-                _rewrite(path, _rows(path))
+            if not new_file and _header(path) != self.columns:  # a run begun by an older clippo
+                _rewrite(path, _rows(path), self.columns)
             # never through a link or into another file's hard link (clippo.core.safety)
             self._csv_file = safety.open_append(path)
-            self._csv = csv.DictWriter(self._csv_file, fieldnames=COLUMNS, extrasaction="ignore")
+            self._csv = csv.DictWriter(self._csv_file, fieldnames=self.columns, extrasaction="ignore")
             if new_file:
                 self._csv.writeheader()
             if tensorboard:
@@ -103,7 +106,7 @@ class RunLogger:
             self._csv_file.flush()  # a checkpoint may follow: its rows must not sit in a buffer
         if self._tb is not None:
             step = metrics["global_step"]
-            for name in COLUMNS[2:]:
+            for name in self.columns[2:]:
                 value = metrics.get(name)
                 if value is not None and not (isinstance(value, float) and math.isnan(value)):
                     self._tb.add_scalar(name if name.startswith("eval/") else f"train/{name}", value, step)
@@ -138,7 +141,7 @@ class RunLogger:
             self._tb.close()
 
 
-def truncate_metrics(run_dir: Path, global_step: int) -> None:
+def truncate_metrics(run_dir: Path, global_step: int, columns: list[str] | None = None) -> None:
     """Drop metric rows logged after ``global_step`` (a resumed run logs them again). Every
     column of ``COLUMNS`` is kept (the evaluation's too); a file with an older header is
     rewritten with the current one, so that the rows appended next line up."""
@@ -147,9 +150,9 @@ def truncate_metrics(run_dir: Path, global_step: int) -> None:
         return
     rows = _rows(path)
     kept = [row for row in rows if row.get("global_step") and float(row["global_step"]) <= global_step]
-    if len(kept) == len(rows) and _header(path) == COLUMNS:
+    if len(kept) == len(rows) and _header(path) == (columns or COLUMNS):
         return
-    _rewrite(path, kept)
+    _rewrite(path, kept, columns)
 
 
 def _header(path: Path) -> list[str]:
@@ -162,11 +165,11 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _rewrite(path: Path, rows: list[dict[str, str]]) -> None:
+def _rewrite(path: Path, rows: list[dict[str, str]], columns: list[str] | None = None) -> None:
     """Write ``rows`` under the current header (absent columns blank), atomically and never
     through a link (clippo.core.safety)."""
     text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(text, fieldnames=columns or COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     safety.write_file(path, text.getvalue())

@@ -55,10 +55,30 @@ class StopRequest:
     by_callback: bool = False
 
 
-class Trainee(Protocol):
-    """What the loop trains: the agent's state and the parts it built (``clippo.agent.PPO``)."""
+class Scheduled(Protocol):
+    """What the annealing schedules read: the config and where the current ``learn`` call stands."""
 
     config: Any
+    global_step: int
+    schedule_start: int
+    schedule_end: int
+
+
+class Interruptible(Scheduled, Protocol):
+    """What a stop at an update boundary needs: the run directory, a checkpoint, the hint."""
+
+    run_dir: Path | None
+    update: int
+    stopping: StopRequest
+
+    @property
+    def resume_hint(self) -> str: ...
+    def save_checkpoint(self, include_runner: bool = True) -> Path: ...
+
+
+class Trainee(Interruptible, Protocol):
+    """What the loop trains: the agent's state and the parts it built (``clippo.agent.PPO``)."""
+
     model: ActorCritic
     optimizer: FlatAdam
     learner: Learner
@@ -66,25 +86,16 @@ class Trainee(Protocol):
     obs_normalizer: ObservationNormalizer
     reward_scaler: RewardScaler
     world: World
-    run_dir: Path | None
-    global_step: int
-    update: int
     train_time: float
     recent_returns: list[float]
-    schedule_start: int
-    schedule_end: int
-    stopping: StopRequest
 
     @property
     def finished(self) -> bool: ...
     @property
     def global_batch_size(self) -> int: ...
-    @property
-    def resume_hint(self) -> str: ...
     def env_runner(self) -> EnvRunner: ...
     def new_rollout_buffer(self) -> RolloutBuffer: ...
     def save(self, path: str | Path, include_runner: bool = True) -> Path: ...
-    def save_checkpoint(self, include_runner: bool = True) -> Path: ...
     def close(self) -> None: ...
 
 
@@ -195,7 +206,7 @@ def _train(agent: Trainee, progress: bool | None, callback) -> None:
         agent.save(agent.run_dir / FINAL_NAME)
 
 
-def stop_interrupted(agent: Trainee) -> None:
+def stop_interrupted(agent: Interruptible) -> None:
     path = agent.save_checkpoint() if agent.run_dir is not None else None
     where = f"checkpoint written to {path}; " if path else ""
     error = TrainingInterrupted(
@@ -238,18 +249,18 @@ def stop_with_checkpoint(agent: Trainee, exc: EnvStepError | NonFiniteError, bou
     raise type(exc)(f"{exc}; the last good update is checkpointed at {path}; {agent.resume_hint}") from exc
 
 
-def schedule_left(agent: Trainee) -> float:
+def schedule_left(agent: Scheduled) -> float:
     """The fraction of this ``learn`` call's steps still ahead: 1 at its start, near 0 at its last update."""
     span = max(agent.schedule_end - agent.schedule_start, 1)
     return 1.0 - (agent.global_step - agent.schedule_start) / span
 
 
-def annealed_learning_rate(agent: Trainee) -> float:
+def annealed_learning_rate(agent: Scheduled) -> float:
     cfg = agent.config
     return cfg.learning_rate * schedule_left(agent) if cfg.anneal_lr else cfg.learning_rate
 
 
-def annealed_clip_epsilon(agent: Trainee) -> float:
+def annealed_clip_epsilon(agent: Scheduled) -> float:
     """The clip range of this update: ``clip_epsilon``, decayed like the learning rate with
     ``anneal_clip`` (the PPO paper's Atari recipe anneals both)."""
     cfg = agent.config
