@@ -13,6 +13,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
@@ -24,7 +25,8 @@ from clippo.core import observations, safety
 from clippo.core.errors import CheckpointError, NonFiniteError, first_line
 from clippo.core.losses import LossTerms
 from clippo.core.version import __version__
-from clippo.envs.make import EnvSource, make_run_envs
+from clippo.envs.checks import check_env_source
+from clippo.envs.make import EnvSource, InstanceSource, make_run_envs
 from clippo.networks.encoders import encoder_name, import_encoder, is_image
 from clippo.networks.policy import ActorCritic, upgrade_v1_names
 from clippo.rollout import masking
@@ -195,13 +197,23 @@ class PPO:
         trust_code: bool = False,
         **hyperparameters: Any,
     ) -> None:
+        if isinstance(env, gym.Env):  # an instance, as SB3 takes it: trained as a one-env vector
+            asked = hyperparameters.get("num_envs", 1)
+            if asked != 1:
+                raise ValueError(
+                    f"num_envs={asked} is invalid with an env instance: clippo steps that one env; for {asked} envs "
+                    "pass a callable that makes one, e.g. PPO(lambda: gym.make(...), num_envs=...)"
+                )
+            env = InstanceSource(env)
+            hyperparameters["num_envs"] = 1
         if isinstance(env, str):
             env_id = env
         elif callable(env):
             env_id = hyperparameters.pop("env_id", getattr(env, "__name__", "custom-env"))
         else:
             raise TypeError(
-                f"env must be a Gymnasium env id (str) or a callable returning a gymnasium.Env, got {env!r}"
+                f"env must be a Gymnasium env id (str), a callable returning a gymnasium.Env, or a gymnasium.Env, "
+                f"got {safety.clean(repr(env))}"
             )
         encoder = hyperparameters.get("encoder")
         if encoder is not None and not isinstance(encoder, str):  # a user's class, factory or module
@@ -217,6 +229,8 @@ class PPO:
                 f"or continue it with: clippo resume {run_dir}"
             )
         self.env_source: EnvSource = env
+        # Gymnasium's contract, checked on one env before anything trains (one line naming the env and method)
+        check_env_source(env, config.env_modules, env_id)
         envs = make_run_envs(env, config.num_envs, config)
         try:
             self._setup(config, envs.single_observation_space, envs.single_action_space, run_dir, encoder)
@@ -634,26 +648,35 @@ class PPO:
         device: str | None = None,
         encoder: Any = None,
         trust_code: bool = False,
+        env_modules: list[str] | tuple[str, ...] = (),
     ) -> PPO:
         """Load a checkpoint file or a run directory's final checkpoint.
 
         ``env`` is needed only when the agent was trained on an env factory rather than an id;
         ``encoder`` only for a user encoder (its class). A checkpoint is data: a user encoder or
-        an env module it names is imported only with ``trust_code=True`` (docs/trust.md).
+        an env module it names is imported only with ``trust_code=True`` (docs/trust.md), or when
+        you name that module yourself in ``env_modules`` (imported before the env is made).
         """
         if run_dir is not None:  # (it will be written: no links where clippo writes)
             safety.check_run_dir(run_dir)
-        return cls._from_payload(read_checkpoint(path), path, env, run_dir, device, encoder, trust_code)
+        return cls._from_payload(
+            read_checkpoint(path), path, env, run_dir, device, encoder, trust_code, tuple(env_modules)
+        )
 
     @classmethod
     def from_run(
-        cls, run_dir: str | Path, env: EnvSource | None = None, encoder: Any = None, trust_code: bool = False
+        cls,
+        run_dir: str | Path,
+        env: EnvSource | None = None,
+        encoder: Any = None,
+        trust_code: bool = False,
+        env_modules: list[str] | tuple[str, ...] = (),
     ) -> PPO:
         """The newest checkpoint of a run directory, set to log and checkpoint there (to resume).
-        ``encoder`` and ``trust_code`` as for :meth:`load`."""
+        ``encoder``, ``trust_code`` and ``env_modules`` as for :meth:`load`."""
         safety.check_run_dir(run_dir)
         path, payload = latest_checkpoint(run_dir)
-        agent = cls._from_payload(payload, path, env, run_dir, None, encoder, trust_code)
+        agent = cls._from_payload(payload, path, env, run_dir, None, encoder, trust_code, tuple(env_modules))
         if payload.get("global_rngs") is not None:
             # clippo draws from its own generator, but env or user code may use the global ones.
             try:
@@ -674,6 +697,7 @@ class PPO:
         device: str | None,
         encoder: Any = None,
         trust_code: bool = False,
+        env_modules: tuple[str, ...] = (),
     ) -> PPO:
         if payload.get("format_version") == 1:
             payload = _upgrade_v1(payload)
@@ -690,7 +714,13 @@ class PPO:
             raise CheckpointError(f"{source} does not fit this clippo: {safety.clean(first_line(exc), 200)}") from None
         # What the file names that would import code: only with the user's opt-in (clippo.core.safety).
         if env is None and safety.env_id_needs_import(config.env_id):
-            safety.check_env_id_from_file(config.env_id, source, trust_code)
+            safety.check_env_id_from_file(config.env_id, source, trust_code, env_modules)
+        if env is None and config.env_modules:
+            safety.check_env_modules_from_file(config.env_modules, source, trust_code, env_modules)
+        # the modules the user names now are theirs to import (added to the run's own, which are kept only
+        # when checked above: with an env passed in, the file's modules are never imported)
+        kept = config.env_modules if env is None or trust_code else []
+        config.env_modules = list(dict.fromkeys([*kept, *env_modules]))
         if encoder is None and safety.encoder_needs_import(config.encoder):
             safety.check_encoder_name(config.encoder, source, trust_code)
             encoder = config.encoder
