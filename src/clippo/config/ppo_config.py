@@ -247,13 +247,7 @@ class PPOConfig:
         # Strings and sizes are capped: a config may come from a file someone else wrote (clippo.core.safety).
         safety.check_text(self.encoder, "encoder")
         safety.check_text(self.env_id, "env_id")
-        if len(self.env_modules) > safety.MAX_LIST:
-            raise ConfigError(f"env_modules is invalid: {len(self.env_modules)} modules, at most {safety.MAX_LIST}")
-        for module in self.env_modules:
-            try:
-                check_module_name(module)
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
+        _check_env_modules(self.env_modules)
         safety.check_flat_kwargs(self.encoder_kwargs)
         if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
             raise ConfigError(f"hidden_sizes={self.hidden_sizes} is invalid: give one or more widths >= 1")
@@ -741,6 +735,17 @@ ENV_PRESETS: dict[str, dict[str, Any]] = {
 }
 # RL-Zoo tunes the continuous-action lander with the same values (271 +- 32 at 1M steps).
 ENV_PRESETS["LunarLanderContinuous-v3"] = dict(ENV_PRESETS["LunarLander-v3"])
+
+
+def _check_env_modules(modules: list[str]) -> None:
+    """``env_modules``: at most ``safety.MAX_LIST`` dotted module paths."""
+    if len(modules) > safety.MAX_LIST:
+        raise ConfigError(f"env_modules is invalid: {len(modules)} modules, at most {safety.MAX_LIST}")
+    for module in modules:
+        try:
+            check_module_name(module)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def _check_types(config: PPOConfig) -> None:

@@ -36,7 +36,7 @@ def check_env_source(source: str | Callable[[], gym.Env], env_modules: Iterable[
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 env = gym.make(source, disable_env_checker=True)
-        except Exception:  # noqa: BLE001  (reported with its own line when the vector env is made)
+        except Exception:
             return
         name = name or source
         owned = True
@@ -97,7 +97,7 @@ def check_env_contract(env: gym.Env, name: str) -> None:
         except AssertionError as exc:
             message = " ".join(str(exc).split()) or "an assertion failed"
             raise EnvContractError(f"env {name!r}: Gymnasium's env checker: {message[:300]}") from None
-        except Exception as exc:  # noqa: BLE001  (the env's own code failed inside the checker)
+        except Exception as exc:
             raise EnvContractError(
                 f"env {name!r}: Gymnasium's env checker: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
             ) from None
@@ -107,7 +107,7 @@ def check_env_contract(env: gym.Env, name: str) -> None:
 def _call(method: Callable[..., Any], name: str, what: str, *args: Any, **kwargs: Any) -> Any:
     try:
         return method(*args, **kwargs)
-    except Exception as exc:  # noqa: BLE001  (any error in the user's env: one line naming it)
+    except Exception as exc:
         detail = str(exc).splitlines()[0] if str(exc) else ""
         raise EnvContractError(f"env {name!r}: {what} raised {type(exc).__name__}: {detail[:200]}") from None
 
@@ -140,7 +140,7 @@ def check_observation(obs: Any, space: spaces.Space, name: str, what: str, path:
         return
     try:
         array = np.asarray(obs)
-    except Exception:  # noqa: BLE001  (a ragged sequence)
+    except Exception:
         raise EnvContractError(f"env {name!r}: {what} returned {path} {_what(obs)}: not an array") from None
     if isinstance(space, spaces.Discrete):
         if array.shape != () or array.dtype.kind not in "iu":

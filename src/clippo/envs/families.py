@@ -112,9 +112,9 @@ def import_env_modules(modules: Iterable[str], env_id: str | None = None) -> Non
             sys.path.append(os.getcwd())  # (appended: it never shadows an installed package)
             try:
                 importlib.import_module(name)
-            except Exception as again:  # noqa: BLE001  (any error in the user's module: one line)
+            except Exception as again:
                 _import_failed(name, env_id, again)
-        except Exception as exc:  # noqa: BLE001  (any error in the user's module: one line)
+        except Exception as exc:
             _import_failed(name, env_id, exc)
 
 

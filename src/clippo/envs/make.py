@@ -37,7 +37,7 @@ class InstanceSource:
 
         try:
             return copy.deepcopy(self.instance)
-        except Exception as exc:  # noqa: BLE001  (an env holding a handle that cannot be copied)
+        except Exception as exc:
             raise ValueError(
                 f"a second env of {self.__name__!r} is needed (evaluation), and the instance cannot be copied "
                 f"({type(exc).__name__}): pass a callable that makes a new env, e.g. PPO(lambda: gym.make(...))"
