@@ -26,7 +26,7 @@ from clippo.core.errors import CheckpointError, NonFiniteError, first_line
 from clippo.core.losses import LossTerms
 from clippo.core.version import __version__
 from clippo.envs.checks import check_env_source
-from clippo.envs.make import EnvSource, InstanceSource, make_run_envs
+from clippo.envs.make import EnvSource, FirstEnvMade, InstanceSource, make_run_envs
 from clippo.networks.encoders import encoder_name, import_encoder, is_image
 from clippo.networks.policy import ActorCritic, upgrade_v1_names
 from clippo.rollout import masking
@@ -230,8 +230,13 @@ class PPO:
             )
         self.env_source: EnvSource = env
         # Gymnasium's contract, checked on one env before anything trains (one line naming the env and method)
-        check_env_source(env, config.env_modules, env_id)
-        envs = make_run_envs(env, config.num_envs, config)
+        checked = check_env_source(env, config.env_modules, env_id)
+        try:
+            envs = make_run_envs(FirstEnvMade(checked, env) if checked is not None else env, config.num_envs, config)
+        except BaseException:
+            if checked is not None:
+                checked.close()
+            raise
         try:
             self._setup(config, envs.single_observation_space, envs.single_action_space, run_dir, encoder)
         except BaseException:

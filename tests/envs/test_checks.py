@@ -54,8 +54,8 @@ class NoSeed(GoodEnv):
         return np.zeros(3, np.float32), {}
 
 
-class Raises(GoodEnv):
-    def step(self, action):
+class RaisesOnReset(GoodEnv):
+    def reset(self, *, seed=None, options=None):
         raise KeyError("position")
 
 
@@ -68,7 +68,7 @@ class Raises(GoodEnv):
         (InfoNotDict, ["reset()", "info", "must be a dict"]),
         (TextObservation, ["reset()", "dtype <U1"]),
         (NoSeed, ["reset()", "TypeError"]),
-        (Raises, ["step() raised KeyError", "position"]),
+        (RaisesOnReset, ["reset() raised KeyError", "position"]),
     ],
 )
 def test_a_broken_env_stops_construction_with_one_line(env_class, fragments):

@@ -17,6 +17,21 @@ from clippo.envs.wrappers import DropInfo
 EnvSource = str | Callable[[], gym.Env]
 
 
+class FirstEnvMade:
+    """A factory whose first call returns an env already made (the one the start-up checks made
+    and checked, ``clippo.envs.checks``), then calls ``source``: the factory is called as often
+    as without the checks."""
+
+    def __init__(self, env: gym.Env, source: Callable[[], gym.Env]) -> None:
+        self.env: gym.Env | None = env
+        self.source = source
+        self.__name__ = getattr(source, "__name__", "env factory")
+
+    def __call__(self) -> gym.Env:
+        env, self.env = self.env, None
+        return env if env is not None else self.source()
+
+
 class InstanceSource:
     """An env instance given where clippo takes a factory (``PPO(gym.make(...))``, as in SB3): the
     first call returns the instance itself (the training env, one of it), each later call a deep
