@@ -232,7 +232,9 @@ class PPO:
         # Gymnasium's contract, checked on one env before anything trains (one line naming the env and method)
         checked = check_env_source(env, config.env_modules, env_id)
         try:
-            envs = make_run_envs(FirstEnvMade(checked, env) if checked is not None else env, config.num_envs, config)
+            # (a factory's first env is the one checked: it is called as often as without the check)
+            source = FirstEnvMade(checked, env) if checked is not None and callable(env) else env
+            envs = make_run_envs(source, config.num_envs, config)
         except BaseException:
             if checked is not None:
                 checked.close()

@@ -96,7 +96,7 @@ def test_a_good_env_and_registered_ids_pass():
 
 
 def test_a_factory_that_returns_no_env_is_named():
-    with pytest.raises(EnvContractError, match="not a gymnasium.Env"):
+    with pytest.raises(EnvContractError, match=r"not a gymnasium\.Env"):
         PPO(lambda: "CartPole-v1", num_envs=1)
 
 

@@ -24,7 +24,7 @@ from tests.helpers import run_cli
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--num-envs", "2", "--num-steps", "32", "--no-tensorboard", "--eval-episodes", "1"]
 
-ENV_MODULE = '''
+ENV_MODULE = """
 import pathlib
 
 import gymnasium as gym
@@ -52,7 +52,7 @@ class Reach(gym.Env):
 
 
 gym.register("ENV_ID", entry_point=Reach, max_episode_steps=20)
-'''
+"""
 
 
 def write_env_module(folder: Path) -> tuple[str, str]:
@@ -116,7 +116,9 @@ def test_module_env_id_trains_and_is_recorded_for_the_commands_on_the_run(user_e
 def test_env_module_flag_is_recorded_and_a_file_naming_it_needs_trust(user_env):
     folder, module, env_id = user_env
     run = folder / "run"
-    code, _, err = run_cli(["train", env_id, "--env-module", module, "--total-steps", "64", "--run-dir", str(run), *TINY])
+    code, _, err = run_cli(
+        ["train", env_id, "--env-module", module, "--total-steps", "64", "--run-dir", str(run), *TINY]
+    )
     assert code == 0, err
     assert yaml.safe_load((run / "config.yaml").read_text())["env_modules"] == [module]
 
@@ -139,7 +141,7 @@ def test_env_module_flag_is_recorded_and_a_file_naming_it_needs_trust(user_env):
 
 
 def test_an_unknown_id_points_at_the_module_forms_and_a_bad_module_is_one_line(user_env):
-    folder, module, env_id = user_env
+    _folder, module, env_id = user_env
     with pytest.raises(ValueError, match=rf"unknown environment id '{env_id}'.*mymodule:{env_id}.*--env-module"):
         check_env_id(env_id)
     check_env_id(env_id, [module])  # the module registers it
@@ -182,7 +184,12 @@ def test_an_env_instance_trains_as_one_env_and_more_envs_ask_for_a_callable():
 
 @pytest.mark.parametrize(
     ("name", "suggestion"),
-    [("lr", "learning_rate"), ("n_steps", "num_steps"), ("n_epochs", "update_epochs"), ("learnin_rate", "learning_rate")],
+    [
+        ("lr", "learning_rate"),
+        ("n_steps", "num_steps"),
+        ("n_epochs", "update_epochs"),
+        ("learnin_rate", "learning_rate"),
+    ],
 )
 def test_unknown_keywords_get_did_you_mean(name, suggestion):
     with pytest.raises(ValueError, match=rf"unknown hyperparameter '{name}'; did you mean '{suggestion}'\?"):
@@ -246,7 +253,7 @@ def test_resume_total_steps_extends_a_finished_run(tmp_path):
     assert code == 2 and "already complete" in err and "--total-steps N" in err
     code, _, err = run_cli(["resume", str(run), "--total-steps", "64"])
     assert code == 2 and "--total-steps=64 is invalid" in err and "already at step 64" in err
-    code, out, err = run_cli(["resume", str(run), "--total-steps", "192"])
+    code, _, err = run_cli(["resume", str(run), "--total-steps", "192"])
     assert code == 0, err
     assert PPO.load(run).global_step == 192
     assert yaml.safe_load((run / "config.yaml").read_text())["total_steps"] == 192

@@ -18,7 +18,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from clippo.envs.families import check_env_id, family, registered_id
+from clippo.envs.families import check_env_id, family, split_env_id
 
 
 class EnvContractError(ValueError):
@@ -36,14 +36,15 @@ def check_env_source(
     Returns the env a factory made (open, to be used as the first training env: the factory is
     then called as often as without the check), or None."""
     if isinstance(source, str):
-        if family(registered_id(source)) is not None or registered_id(source).startswith("clippo/"):
+        bare = split_env_id(source)[1]
+        if family(bare) is not None or bare.startswith("clippo/"):
             return None
         check_env_id(source, env_modules)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 env = gym.make(source, disable_env_checker=True)
-        except Exception:  # noqa: BLE001  (reported with its own line when the vector env is made)
+        except Exception:  # (reported with its own line when the vector env is made)
             return None
         try:
             check_env_contract(env, name or source)
@@ -86,7 +87,7 @@ def check_env_contract(env: gym.Env, name: str) -> None:
         check_observation(obs, env.observation_space, name, "reset()")
         try:
             result = env.step(env.action_space.sample())
-        except Exception:  # noqa: BLE001
+        except Exception:
             # an env may refuse a random action (one its action mask rules out): training reports
             # what its step() raises with the env and step named (clippo.core.errors.EnvStepError)
             return
@@ -114,7 +115,7 @@ def check_env_contract(env: gym.Env, name: str) -> None:
             if _raised_by_checker(exc):  # (not an assertion of the env's own, on a random action)
                 message = " ".join(str(exc).split()) or "an assertion failed"
                 raise EnvContractError(f"env {name!r}: Gymnasium's env checker: {message[:300]}") from None
-        except Exception:  # noqa: BLE001, S110  (the env's own code refused the checker's random actions)
+        except Exception:  # (the env's own code refused the checker's random actions)
             pass
         env.reset(seed=0)  # (the checker leaves it mid-episode; the first user reset is ours anyway)
 
