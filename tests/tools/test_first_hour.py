@@ -3,6 +3,7 @@ rule for a module a file names), SB3 habits, visible training, and the traps of 
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import subprocess
@@ -111,6 +112,14 @@ def test_module_env_id_trains_and_is_recorded_for_the_commands_on_the_run(user_e
     code, out, err = run_cli(["resume", str(run), "--total-steps", "256", "--env-module", module])
     assert code == 0 and "resuming" in out, err
     assert PPO.load(run / "agent.pt", env_modules=[module]).global_step == 256
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):  # (the export extra)
+        code, out, err = run_cli(["export", str(run), "--env-module", module, "--check-steps", "16"])
+        assert code == 0 and (run / "policy.onnx").is_file(), err
+    if importlib.util.find_spec("matplotlib"):  # (the plot extra)
+        code, out, err = run_cli(["report", str(run), "--env-module", module])
+        assert code == 0 and "wrote" in out, err
+        code, out, err = run_cli(["plot", str(run), "-o", str(folder / "curves.png")])
+        assert code == 0, err
 
 
 def test_env_module_flag_is_recorded_and_a_file_naming_it_needs_trust(user_env):
@@ -288,3 +297,23 @@ def test_small_video_frames_are_scaled_up():
     assert min(odd.shape[:2]) >= 256 and odd.shape[0] % 2 == 0 and odd.shape[1] % 2 == 0
     large = np.zeros((300, 400, 3), np.uint8)
     assert upscale_frame(large) is large
+    minatar = upscale_frame(np.full((10, 10, 3), 0.5))  # MinAtar renders floats in [0, 1]
+    assert minatar.dtype == np.uint8 and minatar.shape == (260, 260, 3) and (minatar == 128).all()
+
+
+@pytest.mark.slow
+def test_minatar_video_is_scaled_up_to_a_watchable_size(tmp_path):
+    pytest.importorskip("minatar")
+    moviepy = pytest.importorskip("moviepy")
+    from clippo.tools.playback import play
+
+    agent = PPO("MinAtar/Breakout-v1", num_envs=2, num_steps=16, num_minibatches=1, update_epochs=1)
+    agent.save(tmp_path / "agent.pt")
+    result = play(tmp_path / "agent.pt", episodes=1, seed=0, video=tmp_path / "breakout.mp4")
+    clip = moviepy.VideoFileClip(str(result.video_path))
+    try:
+        width, height = clip.size
+        frame = clip.get_frame(0)
+    finally:
+        clip.close()
+    assert (width, height) == (260, 260) and frame.max() > 100  # scaled up, and not a black float frame

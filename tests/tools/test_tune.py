@@ -55,8 +55,9 @@ def finished(tmp_path) -> dict[int, float | None]:
 
 @pytest.mark.slow
 def test_a_study_writes_a_config_that_train_accepts_and_a_summary(tmp_path, base_config):
-    code, _out, err = tune(tmp_path, base_config, 3, "--plots")
+    code, out, err = tune(tmp_path, base_config, 3, "--plots")
     assert code == 0, err
+    assert "best_config.yaml: the best trial's hyperparameters, without the trials' budget" in out
     assert len(finished(tmp_path)) == 3
     best = tmp_path / "out" / "best_config.yaml"
     values = yaml.safe_load(best.read_text())

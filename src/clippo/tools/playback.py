@@ -124,9 +124,11 @@ MIN_VIDEO_SIDE = 256
 def upscale_frame(frame, min_side: int = MIN_VIDEO_SIDE):
     """``frame`` (H, W, C) repeated by a whole factor so that its shorter side is at least
     ``min_side`` and both sides are even (H.264 needs even sizes); larger frames are returned as
-    they are."""
+    they are. A float frame in [0, 1] (MinAtar's) becomes uint8, as video encoders expect."""
     if frame is None or getattr(frame, "ndim", 0) < 2:
         return frame
+    if frame.dtype.kind == "f":
+        frame = (np.clip(frame, 0.0, 1.0) * 255).round().astype(np.uint8)
     height, width = frame.shape[:2]
     if min(height, width) >= min_side:
         return frame
