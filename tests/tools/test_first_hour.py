@@ -317,3 +317,24 @@ def test_minatar_video_is_scaled_up_to_a_watchable_size(tmp_path):
     finally:
         clip.close()
     assert (width, height) == (260, 260) and frame.max() > 100  # scaled up, and not a black float frame
+
+
+@pytest.mark.slow
+def test_a_module_in_the_working_directory_is_found_as_the_console_script_runs(tmp_path):
+    """The ``clippo`` console script has no working directory on ``sys.path`` (``python -m`` has):
+    the user's module beside them is found all the same, also by async vector env workers."""
+    module, env_id = write_env_module(tmp_path)
+    script = (
+        "import os, sys\n"
+        "sys.path[:] = [p for p in sys.path if p not in ('', os.getcwd())]\n"
+        "from clippo.tools.cli import main\n"
+        f"sys.exit(main(['train', '{env_id}', '--env-module', '{module}', '--vector-env', 'async', "
+        "'--total-steps', '128', '--run-dir', 'run', '--num-envs', '2', '--num-steps', '32', '--no-tensorboard', "
+        "'--eval-episodes', '1']))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert imported(tmp_path, module) and "evaluation over 1 episodes" in result.stdout

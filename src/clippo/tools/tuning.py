@@ -480,7 +480,7 @@ def tune(settings: TuneSettings) -> int:
         if path.name == BEST_CONFIG_FILE:
             note = (
                 f": the best trial's hyperparameters, without the trials' budget ({', '.join(TRIAL_ONLY)}); train "
-                f"with: clippo train {settings.env_id} --config {path}"
+                f"with: {train_command(settings, path)}"
             )
         print(f"wrote {path}{note}", flush=True)
     return status
@@ -561,6 +561,12 @@ def objective_text(settings: ResolvedTuneSettings) -> str:
     )
 
 
+def train_command(settings: TuneSettings, path: Path) -> str:
+    """The ``clippo train`` command that uses the best config (with the study's env modules)."""
+    modules = "".join(f" --env-module {module}" for module in settings.env_modules)
+    return f"clippo train {settings.env_id}{modules} --config {path}"
+
+
 def best_config_yaml(best, study, settings: ResolvedTuneSettings) -> str:
     """The best trial's config as a flat YAML mapping that ``clippo train ENV_ID --config`` takes.
 
@@ -587,7 +593,7 @@ def best_config_yaml(best, study, settings: ResolvedTuneSettings) -> str:
     header = [
         f"# clippo tune {settings.env_id}: trial {best.number} of study {settings.study_name!r} ({settings.storage}),",
         f"# objective {best.value:.2f}: {objective_text(settings)}; training seed {settings.seed}.",
-        f"# Train with: clippo train {settings.env_id} --config {path} (add --total-steps N for a budget of your own)",
+        f"# Train with: {train_command(settings, path)} (add --total-steps N for a budget of your own)",
         f"# Left out: {', '.join(sorted(TRIAL_ONLY))} (each trial's {settings.steps_per_trial:,}-step budget and "
         "evaluation cadence): the run uses the env's own.",
         "# Searched:",
