@@ -72,11 +72,6 @@ def split_env_id(env_id: str) -> tuple[str | None, str]:
     return (module, name) if colon else (None, env_id)
 
 
-def registered_id(env_id: object) -> object:
-    """``env_id`` without its ``module:`` prefix (what the registry and ``family`` know)."""
-    return split_env_id(env_id)[1] if isinstance(env_id, str) else env_id
-
-
 def env_modules_of(env_id: str, env_modules: Iterable[str] = ()) -> list[str]:
     """Every module that must be imported before ``env_id`` can be made: ``env_modules``, then
     the id's own ``module:`` prefix (each once, in order)."""

@@ -531,12 +531,12 @@ def _train(args: argparse.Namespace) -> int:
         return _launch_torchrun(args.nproc)
     from clippo.agent import PPO  # deferred: torch is slow to import and --help should not wait for it
     from clippo.config.ppo_config import save_config
-    from clippo.envs.families import registered_id
+    from clippo.envs.families import split_env_id
 
     known = {f.name for f in fields(PPOConfig)}
     overrides = {name: value for name, value in vars(args).items() if name in known}
     seed = overrides.get("seed", 0)
-    name = registered_id(args.env_id)  # (a module:EnvId's module is in config.yaml, not the folder name)
+    name = split_env_id(args.env_id)[1]  # (a module:EnvId's module is in config.yaml, not the folder name)
     run_dir = Path(args.run_dir or f"runs/{name}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}")
     agent = PPO(
         args.env_id,
