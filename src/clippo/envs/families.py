@@ -159,11 +159,11 @@ def check_env_id(env_id: str, env_modules: Iterable[str] = ()) -> None:
     try:
         gym.spec(split_env_id(env_id)[1])
     except gym.error.Error as exc:
+        missing = "doesn't exist" in str(exc) or "not found" in str(exc)  # (not a deprecated version)
         hint = (
-            ""
-            if env_modules or split_env_id(env_id)[0]
-            else " (an env of your own: name the module that registers it, as mymodule:"
-            + env_id
-            + " or with --env-module mymodule)"
+            f" (an env of your own: name the module that registers it, as mymodule:{env_id} or with --env-module "
+            "mymodule)"
+            if missing and not env_modules and not split_env_id(env_id)[0]
+            else ""
         )
         raise ValueError(f"unknown environment id {env_id!r}: {str(exc).splitlines()[0]}{hint}") from None
