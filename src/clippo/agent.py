@@ -204,6 +204,11 @@ class PPO:
                     f"num_envs={asked} is invalid with an env instance: clippo steps that one env; for {asked} envs "
                     "pass a callable that makes one, e.g. PPO(lambda: gym.make(...), num_envs=...)"
                 )
+            if hyperparameters.get("vector_env") == "async":  # (a worker process would step a copy of it)
+                raise ValueError(
+                    "vector_env='async' is invalid with an env instance: it is stepped in this process; for worker "
+                    "processes pass a callable that makes the env, e.g. PPO(lambda: gym.make(...), vector_env='async')"
+                )
             env = InstanceSource(env)
             hyperparameters["num_envs"] = 1
         if isinstance(env, str):
@@ -231,6 +236,9 @@ class PPO:
         self.env_source: EnvSource = env
         # Gymnasium's contract, checked on one env before anything trains (one line naming the env and method)
         checked = check_env_source(env, config.env_modules, env_id)
+        if checked is not None and config.vector_env == "async":  # (worker processes make their own envs)
+            checked.close()
+            checked = None
         try:
             # (a factory's first env is the one checked: it is called as often as without the check)
             source = FirstEnvMade(checked, env) if checked is not None and callable(env) else env

@@ -189,6 +189,11 @@ def test_an_env_instance_trains_as_one_env_and_more_envs_ask_for_a_callable():
     assert agent.evaluate(episodes=1)["episodes"] == 1  # on a copy: the training env is left alone
     with pytest.raises(ValueError, match=r"num_envs=4 is invalid with an env instance.*PPO\(lambda: gym.make"):
         PPO(gym.make("CartPole-v1"), num_envs=4)
+    with pytest.raises(ValueError, match=r"vector_env='async' is invalid with an env instance"):
+        PPO(gym.make("CartPole-v1"), vector_env="async")
+    factory = PPO(lambda: gym.make("CartPole-v1"), vector_env="async", num_envs=2, num_steps=32)
+    factory.learn(64, progress=False)  # (a factory in worker processes: the checked env is not carried over)
+    factory.close()
 
 
 @pytest.mark.parametrize(
