@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
@@ -26,7 +27,8 @@ from clippo.core import observations, precision, safety
 from clippo.core.errors import CheckpointError, NonFiniteError, first_line
 from clippo.core.losses import LossTerms
 from clippo.core.version import __version__
-from clippo.envs.make import EnvSource, make_run_envs
+from clippo.envs.checks import check_env_contract, check_env_source
+from clippo.envs.make import EnvSource, FirstEnvMade, InstanceSource, make_run_envs
 from clippo.networks.encoders import encoder_name, import_encoder, is_image
 from clippo.networks.policy import ActorCritic, upgrade_v1_names
 from clippo.rollout import masking
@@ -165,15 +167,44 @@ def _upgrade_v1(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-def _first_then(first: Any, factory: Any):
-    """An env factory that hands out ``first`` (an env ``factory`` made already), then calls ``factory``."""
-    pending = [first]
+def _env_source(env: Any, hyperparameters: dict[str, Any]) -> EnvSource:
+    """``env`` as clippo makes envs from it: an id or a factory; an instance (as SB3 takes it) becomes
+    a one-env source (``num_envs`` set to 1); anything else a one-line TypeError."""
+    if isinstance(env, gym.Env):  # trained as a one-env vector
+        asked = hyperparameters.get("num_envs", 1)
+        if asked != 1:
+            raise ValueError(
+                f"num_envs={asked} is invalid with an env instance: clippo steps that one env; for {asked} envs "
+                "pass a callable that makes one, e.g. PPO(lambda: gym.make(...), num_envs=...)"
+            )
+        if hyperparameters.get("vector_env") == "async":  # (a worker process would step a copy of it)
+            raise ValueError(
+                "vector_env='async' is invalid with an env instance: it is stepped in this process; for worker "
+                "processes pass a callable that makes the env, e.g. PPO(lambda: gym.make(...), vector_env='async')"
+            )
+        hyperparameters["num_envs"] = 1
+        return InstanceSource(env)
+    if isinstance(env, str) or callable(env):
+        return env
+    raise TypeError(
+        "env must be a Gymnasium env id (str), a callable returning a gymnasium.Env, or a gymnasium.Env, "
+        f"got {safety.clean(repr(env))}"
+    )
 
-    def make():
-        return pending.pop() if pending else factory()
 
-    make.__name__ = getattr(factory, "__name__", "custom-env")
-    return make
+def _training_envs(env: EnvSource, config: PPOConfig, checked: gym.Env | None) -> VectorEnv:
+    """The run's vector env; ``checked``, an env of a factory made already (by the start-up checks or
+    to tell the env's kind), is its first env, so that the factory is called as often as without it."""
+    if checked is not None and (config.vector_env == "async" or config.env_kwargs):
+        checked.close()  # (worker processes make their own envs; env_kwargs are refused for a factory)
+        checked = None
+    try:
+        source = FirstEnvMade(checked, env) if checked is not None and callable(env) else env
+        return make_run_envs(source, config.num_envs, config)
+    except BaseException:
+        if checked is not None:
+            checked.close()
+        raise
 
 
 def reject_multiagent_settings(config: PPOConfig) -> None:
@@ -269,43 +300,38 @@ class PPO:
         trust_code: bool = False,
         **hyperparameters: Any,
     ) -> None:
+        env = _env_source(env, hyperparameters)
         if isinstance(env, str):
             env_id = env
-        elif callable(env):
-            env_id = hyperparameters.pop("env_id", getattr(env, "__name__", "custom-env"))
         else:
-            raise TypeError(
-                f"env must be a Gymnasium env id (str) or a callable returning a gymnasium.Env, got {env!r}"
-            )
+            env_id = hyperparameters.pop("env_id", getattr(env, "__name__", "custom-env"))
         encoder = hyperparameters.get("encoder")
         if encoder is not None and not isinstance(encoder, str):  # a user's class, factory or module
             hyperparameters["encoder"] = encoder_name(encoder) or f"{type(encoder).__module__}:<unnamed>"
         else:
             encoder = None
+        # a factory's env made already (by PPO() to tell the env's kind): the first training env
         probe, self._probe_env = getattr(self, "_probe_env", None), None
         try:
             config = resolve_config(env_id, preset, config_file, hyperparameters, trust_code)
             reject_multiagent_settings(config)
             if run_dir is not None:
                 safety.check_run_dir(run_dir)
+                if (Path(run_dir) / METRICS_FILE).exists():
+                    raise ValueError(
+                        f"run directory {str(run_dir)!r} already holds a run: choose another run_dir, "
+                        f"or continue it with: clippo resume {run_dir}"
+                    )
+            # Gymnasium's contract, checked on one env before anything trains (one line naming the env and method)
+            if probe is not None:
+                check_env_contract(probe, env_id)
+            checked = probe if probe is not None else check_env_source(env, config.env_modules, env_id)
         except BaseException:
             if probe is not None:
                 probe.close()
             raise
-        if run_dir is not None and (Path(run_dir) / METRICS_FILE).exists():
-            if probe is not None:
-                probe.close()
-            raise ValueError(
-                f"run directory {str(run_dir)!r} already holds a run: choose another run_dir, "
-                f"or continue it with: clippo resume {run_dir}"
-            )
         self.env_source: EnvSource = env
-        if probe is not None and config.vector_env in ("auto", "sync") and not config.env_kwargs:
-            envs = make_run_envs(_first_then(probe, env), config.num_envs, config)
-        else:
-            if probe is not None:
-                probe.close()
-            envs = make_run_envs(env, config.num_envs, config)
+        envs = _training_envs(env, config, checked)
         try:
             self._setup(config, envs.single_observation_space, envs.single_action_space, run_dir, encoder)
         except BaseException:
@@ -730,12 +756,14 @@ class PPO:
         encoder: Any = None,
         trust_code: bool = False,
         precision: str | None = None,
+        env_modules: list[str] | tuple[str, ...] = (),
     ) -> PPO:
         """Load a checkpoint file or a run directory's final checkpoint.
 
         ``env`` is needed only when the agent was trained on an env factory rather than an id;
         ``encoder`` only for a user encoder (its class). A checkpoint is data: a user encoder or
-        an env module it names is imported only with ``trust_code=True`` (docs/trust.md).
+        an env module it names is imported only with ``trust_code=True`` (docs/trust.md), or when
+        you name that module yourself in ``env_modules`` (imported before the env is made).
         ``device`` and ``precision`` (``fp32`` or ``bf16``) replace the run's own: checkpoints hold
         fp32 parameters, which load in either precision.
         """
@@ -746,20 +774,25 @@ class PPO:
         kind = _kind_of(payload)
         if kind is not None:  # e.g. a multi-agent checkpoint (clippo.multiagent)
             return kind.from_payload(payload, path, env, run_dir, overrides, trust_code)
-        return cls._from_payload(payload, path, env, run_dir, overrides, encoder, trust_code)
+        return cls._from_payload(payload, path, env, run_dir, overrides, encoder, trust_code, tuple(env_modules))
 
     @classmethod
     def from_run(
-        cls, run_dir: str | Path, env: EnvSource | None = None, encoder: Any = None, trust_code: bool = False
+        cls,
+        run_dir: str | Path,
+        env: EnvSource | None = None,
+        encoder: Any = None,
+        trust_code: bool = False,
+        env_modules: list[str] | tuple[str, ...] = (),
     ) -> PPO:
         """The newest checkpoint of a run directory, set to log and checkpoint there (to resume).
-        ``encoder`` and ``trust_code`` as for :meth:`load`."""
+        ``encoder``, ``trust_code`` and ``env_modules`` as for :meth:`load`."""
         safety.check_run_dir(run_dir)
         path, payload = latest_checkpoint(run_dir)
         kind = _kind_of(payload)
         if kind is not None:
             return kind.from_run(run_dir, env, trust_code)
-        agent = cls._from_payload(payload, path, env, run_dir, {}, encoder, trust_code)
+        agent = cls._from_payload(payload, path, env, run_dir, {}, encoder, trust_code, tuple(env_modules))
         if payload.get("global_rngs") is not None:
             # clippo draws from its own generator, but env or user code may use the global ones.
             try:
@@ -780,6 +813,7 @@ class PPO:
         overrides: dict[str, Any],
         encoder: Any = None,
         trust_code: bool = False,
+        env_modules: tuple[str, ...] = (),
     ) -> PPO:
         if payload.get("format_version") == 1:
             payload = _upgrade_v1(payload)
@@ -794,7 +828,13 @@ class PPO:
             raise CheckpointError(f"{source} does not fit this clippo: {safety.clean(first_line(exc), 200)}") from None
         # What the file names that would import code: only with the user's opt-in (clippo.core.safety).
         if env is None and safety.env_id_needs_import(config.env_id):
-            safety.check_env_id_from_file(config.env_id, source, trust_code)
+            safety.check_env_id_from_file(config.env_id, source, trust_code, env_modules)
+        if env is None and config.env_modules:
+            safety.check_env_modules_from_file(config.env_modules, source, trust_code, env_modules)
+        # the modules the user names now are theirs to import (added to the run's own, which are kept only
+        # when checked above: with an env passed in, the file's modules are never imported)
+        kept = config.env_modules if env is None or trust_code else []
+        config.env_modules = list(dict.fromkeys([*kept, *env_modules]))
         if encoder is None and safety.encoder_needs_import(config.encoder):
             safety.check_encoder_name(config.encoder, source, trust_code)
             encoder = config.encoder

@@ -167,6 +167,7 @@ WRONG_TYPE = {  # for a field added later without its own entry above
     "str": st.sampled_from([None, 3, ["x"]]),
     "dict": st.sampled_from([None, 3, "a=1", [("a", 1)], {1: "a"}]),
     "list[int]": st.sampled_from([None, 3, [1.5], "1"]),
+    "list[str]": st.sampled_from([None, 3, [1], "mod", ["not a module"], ["a..b"]]),
 }
 UNCHECKED: set[str] = set()
 

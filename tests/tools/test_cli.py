@@ -252,7 +252,7 @@ def test_train_help_mentions_every_hyperparameter_flag():
     for f in fields(PPOConfig):
         if f.name == "env_id":
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = "--env-module" if f.name == "env_modules" else "--" + f.name.replace("_", "-")  # (repeatable)
         assert flag in out, flag
     for extra in ("--preset", "--config", "--run-dir"):
         assert extra in out
@@ -367,7 +367,7 @@ def test_invalid_value_same_message_from_cli_and_api(flags, kwargs):
 WRONG_TYPES_AND_CHOICES = [
     (["--num-envs", "2.5"], "--num-envs", {"num_envs": 2.5}),
     (["--num-envs", "abc"], "--num-envs", {"num_envs": "abc"}),
-    (["--num-steps", "1e3"], "--num-steps", {"num_steps": "1e3"}),
+    (["--num-steps", "1e-3"], "--num-steps", {"num_steps": "1e-3"}),  # (1e3 is accepted: 1000)
     (["--learning-rate", "fast"], "--learning-rate", {"learning_rate": "fast"}),
     (["--target-kl", "off-ish"], "--target-kl", {"target_kl": "off-ish"}),
     (["--hidden-sizes", "64", "x"], "--hidden-sizes", {"hidden_sizes": [64, "x"]}),

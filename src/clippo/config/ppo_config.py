@@ -20,7 +20,7 @@ import yaml
 
 from clippo.core import safety
 from clippo.core.errors import ConfigError, first_line
-from clippo.envs.families import family
+from clippo.envs.families import check_module_name, family
 from clippo.envs.preprocessing import Preprocessing
 
 #: the widest layer and the most layers a config may ask for (a file's config is checked against
@@ -41,7 +41,15 @@ class PPOConfig:
     """Every knob of a clippo run. Field names are the CLI flag names with '_' for '-'."""
 
     env_id: str = knob(
-        "Gymnasium environment id (only informative when the env is given as a callable).", "CartPole-v1"
+        "Gymnasium environment id (only informative when the env is given as a callable); module:EnvId imports "
+        "module first (Gymnasium's form, for your own envs).",
+        "CartPole-v1",
+    )
+    env_modules: list[str] = knob(
+        "Python modules imported before env_id is looked up (each registers envs of your own with Gymnasium; "
+        "--env-module M, repeatable). A run's config records them, so eval, enjoy, export and resume import them "
+        "again; a module named by a file is imported only with --trust-code (docs/trust.md).",
+        default_factory=list,
     )
     total_steps: int = knob("Environment steps to train for, summed over all environments (and all ranks).", 500_000)
     seed: int = knob("Seed of the network init, the action sampling, the minibatch shuffling and the envs.", 0)
@@ -290,6 +298,7 @@ class PPOConfig:
         # Strings and sizes are capped: a config may come from a file someone else wrote (clippo.core.safety).
         safety.check_text(self.encoder, "encoder")
         safety.check_text(self.env_id, "env_id")
+        _check_env_modules(self.env_modules)
         safety.check_flat_kwargs(self.encoder_kwargs)
         if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
             raise ConfigError(f"hidden_sizes={self.hidden_sizes} is invalid: give one or more widths >= 1")
@@ -841,6 +850,17 @@ ENV_PRESETS["pettingzoo.classic.tictactoe_v3"] = {
 }
 
 
+def _check_env_modules(modules: list[str]) -> None:
+    """``env_modules``: at most ``safety.MAX_LIST`` dotted module paths."""
+    if len(modules) > safety.MAX_LIST:
+        raise ConfigError(f"env_modules is invalid: {len(modules)} modules, at most {safety.MAX_LIST}")
+    for module in modules:
+        try:
+            check_module_name(module)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+
 def _check_types(config: PPOConfig) -> None:
     """Reject values of the wrong type (a string for a number, a float for a count) by name."""
     for f in fields(config):
@@ -862,6 +882,10 @@ def _check_types(config: PPOConfig) -> None:
             ok = isinstance(value, str)
         elif kind == "dict":
             ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
+        elif kind == "list[str]":
+            ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+            if ok:
+                setattr(config, f.name, list(value))
         elif kind == "list[int]":
             ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
             if ok:
@@ -872,13 +896,36 @@ def _check_types(config: PPOConfig) -> None:
             raise ConfigError(f"{f.name}={safety.shown(value)} is invalid: it must be of type {kind}")
 
 
+#: Stable-Baselines3's names for clippo's knobs (a user coming from SB3 types these first)
+SB3_NAMES = {
+    "lr": "learning_rate",
+    "n_steps": "num_steps",
+    "n_epochs": "update_epochs",
+    "n_envs": "num_envs",
+    "clip_range": "clip_epsilon",
+    "total_timesteps": "total_steps",
+    "normalize_advantage": "normalize_advantages",
+    "batch_size": "num_minibatches",  # (a count of minibatches, not their size)
+    "tensorboard_log": "tensorboard",
+    "sde_sample_frequency": "sde_sample_freq",
+}
+
+
 def check_names(overrides: dict[str, Any], where: str = "hyperparameter") -> None:
-    """Raise ConfigError for a key that is not a PPOConfig field, suggesting the closest one."""
+    """Raise ConfigError for a key that is not a PPOConfig field, suggesting the closest one (or
+    clippo's name for a Stable-Baselines3 one)."""
     for key in overrides:
         if key not in FIELD_NAMES:
-            close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known names: {', '.join(FIELD_NAMES)}"
-            raise ConfigError(f"unknown {where} {key!r}{hint}")
+            close = [SB3_NAMES[key]] if key in SB3_NAMES else difflib.get_close_matches(key, FIELD_NAMES, n=1)
+            if not close:  # (short names: a prefix or a part is the better guess)
+                close = [name for name in FIELD_NAMES if str(key) and str(key) in name][:1]
+            note = (
+                " (clippo counts minibatches: num_minibatches = num_envs * num_steps / batch_size)"
+                if key == "batch_size"
+                else ""
+            )
+            hint = f"; did you mean {close[0]!r}?{note}" if close else f"; known names: {', '.join(FIELD_NAMES)}"
+            raise ConfigError(f"unknown {where} {safety.shown(key)}{hint}")
 
 
 def preset_values(name: str) -> dict[str, Any]:
@@ -902,12 +949,15 @@ def env_preset_values(env_id: str) -> dict[str, Any]:
     return {**(preset_values(base) if base else {}), **values}
 
 
-def load_config_file(path: str | Path, trust_code: bool = False) -> dict[str, Any]:
+def load_config_file(
+    path: str | Path, trust_code: bool = False, passed_modules: list[str] | tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Read a YAML, TOML or JSON file of hyperparameters (a flat mapping of field names).
 
     The file is data (it may come from someone else): at most ``safety.MAX_CONFIG_BYTES``, YAML
     without anchors or aliases, and an encoder it names other than a built-in is imported only
-    with ``trust_code`` (``clippo.core.safety``)."""
+    with ``trust_code`` (``clippo.core.safety``), as are the ``env_modules`` it names other than
+    ``passed_modules`` (those the user named themselves)."""
     path = Path(path)
     source = f"config file {str(path)!r}"
     try:
@@ -939,6 +989,8 @@ def load_config_file(path: str | Path, trust_code: bool = False) -> dict[str, An
         safety.check_encoder_name(data["encoder"], source, trust_code)
     if "env_id" in data:
         safety.check_env_id_text(data["env_id"], source)
+    if data.get("env_modules"):
+        safety.check_env_modules_from_file(data["env_modules"], source, trust_code, passed=passed_modules)
     return data
 
 
@@ -957,7 +1009,8 @@ def resolve_config(
     values.update(preset_values(preset) if preset is not None else env_preset_values(env_id))
     if config_file is not None:
         # an encoder given explicitly replaces the file's: the file's name is then never imported
-        values.update(load_config_file(config_file, trust_code or "encoder" in overrides))
+        passed = overrides.get("env_modules") or ()
+        values.update(load_config_file(config_file, trust_code or "encoder" in overrides, passed))
     values.update(overrides)
     values["env_id"] = env_id
     return PPOConfig(**values).validate()

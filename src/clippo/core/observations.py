@@ -127,10 +127,21 @@ def batch_size(obs: Obs) -> int:
 def as_batch(obs: Any, space: spaces.Space) -> tuple[Obs, bool]:
     """Raw observation(s) given to ``act``/``predict`` as a batch, and whether it was a single one.
     A one-line error when the shape fits neither."""
+    if isinstance(obs, tuple) and len(obs) == 2 and isinstance(obs[1], dict) and not isinstance(space, spaces.Tuple):
+        raise ValueError(
+            "the observation is a tuple (obs, info), as env.reset() returns it: pass the observation alone, "
+            "e.g. obs, info = env.reset(); agent.act(obs)"
+        )
     parts = fields(space)
     obs = flatten_structure(obs, space)
     if parts is None:
-        obs = np.asarray(obs)
+        try:
+            obs = np.asarray(obs)
+        except ValueError:  # (a ragged sequence: numpy's own message says little)
+            raise ValueError(
+                f"the observation is a {type(obs).__name__} that is not an array of one shape: expected "
+                f"{field_shape(space)} or (batch, *{field_shape(space)})"
+            ) from None
         expected = field_shape(space)
         single = obs.shape == expected
         if not single and obs.shape[1:] != expected:

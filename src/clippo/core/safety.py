@@ -130,14 +130,40 @@ def check_env_id_text(env_id: Any, source: str) -> str:
     return env_id
 
 
-def check_env_id_from_file(env_id: Any, source: str, trust_code: bool) -> str:
-    """An env id from a file, checked as text; one that would import a module needs the opt-in."""
+def check_env_id_from_file(env_id: Any, source: str, trust_code: bool, passed: list[str] | tuple[str, ...] = ()) -> str:
+    """An env id from a file, checked as text; one that would import a module needs the opt-in,
+    unless the user named that module themselves (``passed``)."""
     check_env_id_text(env_id, source)
-    if env_id_needs_import(env_id):
+    if env_id_needs_import(env_id) and env_id.rpartition(":")[0] not in passed:
         require_trust(
-            source, "the environment module", env_id.partition(":")[0], trust_code, "PPO.load(path, env=...) in Python"
+            source,
+            "the environment module",
+            env_id.rpartition(":")[0],
+            trust_code,
+            "PPO.load(path, env=...) or env_modules=[...] in Python, --env-module MODULE on the command line",
         )
     return env_id
+
+
+def check_env_modules_from_file(
+    modules: Any, source: str, trust_code: bool, passed: list[str] | tuple[str, ...] = ()
+) -> list[str]:
+    """The ``env_modules`` a file names: a list of module paths; each one the user did not name
+    themselves (``passed``: ``--env-module`` on this command line) needs the opt-in."""
+    if not isinstance(modules, list) or len(modules) > MAX_LIST:
+        raise ConfigError(f"env_modules={clean(modules)} in {source} is invalid: it must be a list of module names")
+    for module in modules:
+        if not isinstance(module, str) or len(module) > MAX_STRING or not _MODULE_PATH.fullmatch(module):
+            raise ConfigError(f"env_modules entry {clean(module)!r} in {source} is invalid: it must be a module path")
+        if module not in passed:
+            require_trust(
+                source,
+                "the environment module",
+                module,
+                trust_code,
+                "PPO.load(path, env=...) or env_modules=[...] in Python, --env-module MODULE on the command line",
+            )
+    return modules
 
 
 # ---------------------------------------------------------------------------------------------

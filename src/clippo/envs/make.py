@@ -3,22 +3,64 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from clippo.envs import atari
-from clippo.envs.families import check_env_id, is_atari, is_minatar
+from clippo.envs.families import check_env_id, is_atari, is_minatar, split_env_id
 from clippo.envs.preprocessing import Preprocessing, RunEnvSettings
 from clippo.envs.wrappers import DropInfo
 
 EnvSource = str | Callable[[], gym.Env]
 
 
+class FirstEnvMade:
+    """A factory whose first call returns an env already made (the one the start-up checks made
+    and checked, ``clippo.envs.checks``), then calls ``source``: the factory is called as often
+    as without the checks."""
+
+    def __init__(self, env: gym.Env, source: Callable[[], gym.Env]) -> None:
+        self.env: gym.Env | None = env
+        self.source = source
+        self.__name__ = getattr(source, "__name__", "env factory")
+
+    def __call__(self) -> gym.Env:
+        env, self.env = self.env, None
+        return env if env is not None else self.source()
+
+
+class InstanceSource:
+    """An env instance given where clippo takes a factory (``PPO(gym.make(...))``, as in SB3): the
+    first call returns the instance itself (the training env, one of it), each later call a deep
+    copy (an evaluation must not step the training env mid-episode)."""
+
+    shares_instance = True
+
+    def __init__(self, env: gym.Env) -> None:
+        self.instance = env
+        self.__name__ = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
+        self._given = False
+
+    def __call__(self) -> gym.Env:
+        if not self._given:
+            self._given = True
+            return self.instance
+        import copy
+
+        try:
+            return copy.deepcopy(self.instance)
+        except Exception as exc:
+            raise ValueError(
+                f"a second env of {self.__name__!r} is needed (evaluation), and the instance cannot be copied "
+                f"({type(exc).__name__}): pass a callable that makes a new env, e.g. PPO(lambda: gym.make(...))"
+            ) from None
+
+
 def _has_native_vector(env_id: str) -> bool:
-    return gym.spec(env_id).vector_entry_point is not None
+    return gym.spec(split_env_id(env_id)[1]).vector_entry_point is not None
 
 
 _GENERIC_MODES = ("auto", "sync", "async", "native")
@@ -36,7 +78,14 @@ def make_run_envs(source: EnvSource, num_envs: int, config: RunEnvSettings, vect
             f"env_kwargs={env_kwargs} is invalid for an env factory: they go to gymnasium.make for an env id; give "
             "them to your factory"
         )
-    return make_vector_env(source, num_envs, mode, preprocessing=Preprocessing.from_config(config), **env_kwargs)
+    return make_vector_env(
+        source,
+        num_envs,
+        mode,
+        preprocessing=Preprocessing.from_config(config),
+        env_modules=getattr(config, "env_modules", ()),
+        **env_kwargs,
+    )
 
 
 def _preprocessed(make_env: Callable[[], gym.Env], preprocessing: Preprocessing) -> gym.Env:
@@ -48,6 +97,7 @@ def make_vector_env(
     num_envs: int,
     vector_env: str = "auto",
     preprocessing: Preprocessing | None = None,
+    env_modules: Sequence[str] = (),
     **make_kwargs,
 ) -> VectorEnv:
     """``num_envs`` copies of an env id or env factory, stepped together.
@@ -57,7 +107,8 @@ def make_vector_env(
     Atari ids get the standard preprocessing and MinAtar ids their own vector env
     (:mod:`clippo.envs.atari`); ``vector_env`` "ale" and "envpool" apply only to Atari ids. Other
     envs, from an id or a factory, get ``preprocessing`` (frame skip, resize, grayscale, frame
-    stack) if it is given and active.
+    stack) if it is given and active. ``env_modules`` are imported before an id is looked up
+    (the user's own envs register there; whoever passes them has made the trust decision).
     """
     mode = vector_env
     active = preprocessing if preprocessing is not None and preprocessing.active else None  # what is applied
@@ -78,7 +129,7 @@ def make_vector_env(
             f"vector_env={mode!r} is invalid for {what}: use one of {', '.join(_GENERIC_MODES)}{only_atari}"
         )
     if isinstance(source, str):
-        check_env_id(source)
+        check_env_id(source, env_modules)
         if mode == "auto":
             mode = "native" if _has_native_vector(source) and not make_kwargs and not preprocess else "sync"
         if mode == "native" and not _has_native_vector(source):

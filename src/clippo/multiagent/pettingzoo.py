@@ -23,13 +23,16 @@ from typing import Any
 
 import numpy as np
 
+from clippo.core import safety
+from clippo.core.errors import UntrustedCodeError
+
 #: The one-line hint for a missing extra.
 EXTRA_HINT = "pip install 'clippo[multiagent]'"
 
 _MODULE_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 
 
-class UntrustedImportError(ValueError):
+class UntrustedImportError(UntrustedCodeError):
     """A module path read from a file (run directory, checkpoint) that the user did not allow importing."""
 
 
@@ -40,12 +43,18 @@ def import_env_module(path: str, trusted: bool) -> types.ModuleType:
     ``trusted``: the user typed or passed the path themselves (command line, ``PPO("...")``),
     or opted in (``trust_code=True`` / ``--trust-code``). A path read from a file the user did
     not write (a checkpoint, a run directory's config) is refused: importing runs the module's
-    code. (To be wired to the shared mechanism of issue #30, ``clippo.safety``, on merge.)"""
+    code: refused in one line, as everything a file names (``clippo.core.safety``)."""
     if not trusted:
-        raise UntrustedImportError(
-            f"refusing to import env module {path!r} named by a file: importing runs its code; "
-            "pass trust_code=True (--trust-code) if you trust it, or pass env= yourself"
-        )
+        try:
+            safety.require_trust(
+                "a checkpoint or run directory",
+                "the env module",
+                path,
+                False,
+                "env= in Python, or the module path on the command line",
+            )
+        except UntrustedCodeError as exc:
+            raise UntrustedImportError(str(exc)) from None
     if not _MODULE_PATH.match(path):
         raise ValueError(
             f"env {path!r} is invalid: a PettingZoo env is named by its module path, e.g. mpe2.simple_spread_v3"
@@ -175,7 +184,9 @@ def probe_source(
         return EnvFactory(module_constructor(module), env, kwargs), None
     if isinstance(env, types.ModuleType):
         return EnvFactory(module_constructor(env), env.__name__, kwargs), None
-    if is_pettingzoo_env(env) or _is_gym_env(env):
+    if _is_gym_env(env):  # a Gymnasium env instance: single-agent PPO takes it (as SB3 does)
+        return None, None
+    if is_pettingzoo_env(env):
         raise TypeError(
             "env must be an env id, a module path or a function returning a new env, got the env instance "
             f"{_describe(env)}: "

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import json
+import math
 import os
 import signal
 import sys
@@ -27,10 +29,64 @@ from clippo.core.errors import EnvStepError, NonFiniteError, TrainingInterrupted
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse, but a usage error is a single line on stderr (exit status 2)."""
+    """argparse, but a usage error is a single line on stderr (exit status 2), and a flag is
+    never taken from its abbreviation (``--total`` is a typo to point out, not ``--total-steps``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _integer(text: str) -> int:
+    """An integer flag's value: ``100000``, ``100_000`` or ``1e5`` (a whole number in any of them)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value.is_integer()):
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}: write e.g. 100000, 100_000 or 1e5")
+    return int(value)
+
+
+class _IntList(argparse.Action):
+    """A list of integers written ``64 64``, ``64,64`` or ``64, 64``."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        items = [part for value in values for part in str(value).split(",") if part.strip()]
+        try:
+            setattr(namespace, self.dest, [_integer(item.strip()) for item in items])
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"argument {option_string}: {exc}")
+
+
+def _suggest_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, unknown: list[str]) -> str:
+    """``unrecognized arguments`` with the closest flag of the command (difflib) for each typo."""
+    command = getattr(args, "command", None)
+    sub = _subparsers(parser).get(command, parser) if command else parser
+    flags = [flag for action in sub._actions for flag in action.option_strings if flag.startswith("--")]
+    notes = []
+    for arg in unknown:
+        if arg.startswith("-"):
+            close = difflib.get_close_matches(arg.split("=", 1)[0], flags, n=1, cutoff=0.6)
+            if close:
+                notes.append(f"{arg} (did you mean {close[0]}?)")
+                continue
+        notes.append(arg)
+    return "unrecognized arguments: " + " ".join(notes)
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
 
 
 def _optional_float(text: str) -> float | None:
@@ -43,7 +99,7 @@ def _optional_float(text: str) -> float | None:
 
 
 # Flags whose values are positional/command options rather than hyperparameters.
-_NOT_FLAGS = {"env_id"}
+_NOT_FLAGS = {"env_id", "env_modules"}  # (env_modules: the repeatable --env-module below)
 
 
 def _mapping(text: str) -> dict[str, Any]:
@@ -80,7 +136,7 @@ def _add_hyperparameter_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text, **kwargs)
             continue
         if f.type == "int":
-            kwargs["type"] = int
+            kwargs["type"] = _integer
             kwargs["metavar"] = "N"
         elif f.type == "float":
             kwargs["type"] = float
@@ -89,7 +145,7 @@ def _add_hyperparameter_flags(parser: argparse.ArgumentParser) -> None:
             kwargs["type"] = _optional_float
             kwargs["metavar"] = "X|none"
         elif f.type == "list[int]":
-            kwargs["type"] = int
+            kwargs["action"] = _IntList  # (64 64, or 64,64)
             kwargs["nargs"] = "*"  # (none: an empty list, e.g. --head-sizes with no widths)
             kwargs["metavar"] = "N"
         elif f.type == "dict":
@@ -103,6 +159,9 @@ def _add_hyperparameter_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="clippo", description="Proximal Policy Optimization for Gymnasium environments.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    from clippo.core.version import __version__
+
+    parser.add_argument("--version", action="version", version=f"clippo {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
 
     train = commands.add_parser(
@@ -115,7 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
         + ". The values of each are documented in docs/presets.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    train.add_argument("env_id", metavar="ENV_ID", help="Gymnasium environment id, e.g. CartPole-v1")
+    train.add_argument(
+        "env_id",
+        metavar="ENV_ID",
+        help="Gymnasium environment id, e.g. CartPole-v1; module:EnvId imports module first (your own env)",
+    )
     train.add_argument(
         "--preset",
         choices=list(PRESETS),
@@ -137,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--nproc",
-        type=int,
+        type=_integer,
         default=1,
         metavar="N",
         help="train on N local processes (launches torchrun --nproc-per-node N; steps count over all)",
@@ -158,10 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     resume = commands.add_parser(
         "resume",
-        help="continue an interrupted run to its original --total-steps",
+        help="continue an interrupted run to its --total-steps, or extend a run with --total-steps N",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     resume.add_argument("run_dir", metavar="RUN_DIR", help="the run directory of `clippo train`")
+    resume.add_argument(
+        "--total-steps",
+        type=_integer,
+        default=None,
+        metavar="N",
+        help="train the run to N environment steps in all (more than it has: extends a finished run); "
+        "default: its own total_steps",
+    )
     resume.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -191,6 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
             help="the user encoder (a torch.nn.Module class) to rebuild the agent with, instead of importing the name "
             "the checkpoint records (which needs --trust-code)",
         )
+    for name in ENV_MODULE_COMMANDS:
+        commands.choices[name].add_argument(
+            "--env-module",
+            dest="env_modules",
+            action="append",
+            metavar="MODULE",
+            default=argparse.SUPPRESS if name == "train" else [],
+            help="import this Python module first (repeatable): it registers your own envs with Gymnasium. A run "
+            "records it; commands on that run import it again, with --trust-code or when you name it here",
+        )
     for name in TRUST_COMMANDS:  # every command that loads a run or checkpoint, or reads a config file
         commands.choices[name].add_argument(
             "--trust-code",
@@ -207,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: the commands that take ``--env-module`` (the user's own env modules)
+ENV_MODULE_COMMANDS = ("train", "tune", "eval", "resume", "report", "enjoy", "export")
 #: the commands that take ``--trust-code`` (clippo.core.safety)
 TRUST_COMMANDS = ("train", "eval", "resume", "report", "plot", "enjoy", "tune", "export", "play")
 
@@ -230,9 +313,11 @@ def _add_export_command(commands) -> None:
         metavar="FILE",
         help="the ONNX file to write (default: policy.onnx in the run directory)",
     )
-    export.add_argument("--check-steps", type=int, default=256, metavar="N", help="env steps of the check")
-    export.add_argument("--check-envs", type=int, default=4, metavar="N", help="envs stepped side by side in the check")
-    export.add_argument("--seed", type=int, default=0, help="seed of the check's envs")
+    export.add_argument("--check-steps", type=_integer, default=256, metavar="N", help="env steps of the check")
+    export.add_argument(
+        "--check-envs", type=_integer, default=4, metavar="N", help="envs stepped side by side in the check"
+    )
+    export.add_argument("--seed", type=_integer, default=0, help="seed of the check's envs")
     export.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
 
 
@@ -251,27 +336,27 @@ def _add_tune_command(commands) -> None:
     tune.add_argument("env_id", metavar="ENV_ID", help="Gymnasium environment id, e.g. CartPole-v1")
     tune.add_argument(
         "--trials",
-        type=int,
+        type=_integer,
         required=True,
         metavar="N",
         help="finished (complete or pruned) trials the study should hold; a re-run continues to N",
     )
-    tune.add_argument("--jobs", type=int, default=1, metavar="J", help="worker processes on the same storage")
+    tune.add_argument("--jobs", type=_integer, default=1, metavar="J", help="worker processes on the same storage")
     tune.add_argument(
         "--steps-per-trial",
-        type=int,
+        type=_integer,
         default=None,
         metavar="S",
         help="environment steps each trial trains for; None: the base config's total_steps",
     )
     tune.add_argument(
         "--eval-every",
-        type=int,
+        type=_integer,
         default=None,
         metavar="N",
         help="environment steps between a trial's evaluations; None: a tenth of --steps-per-trial",
     )
-    tune.add_argument("--eval-episodes", type=int, default=5, metavar="K", help="episodes of each evaluation")
+    tune.add_argument("--eval-episodes", type=_integer, default=5, metavar="K", help="episodes of each evaluation")
     tune.add_argument(
         "--storage", default=None, metavar="URL", help="Optuna storage shared by the jobs; None: sqlite:///OUT/study.db"
     )
@@ -283,7 +368,7 @@ def _add_tune_command(commands) -> None:
         metavar="FILE",
         help="YAML, TOML or JSON file of hyperparameters on top of the env's preset; those it sets are not searched",
     )
-    tune.add_argument("--seed", type=int, default=0, help="training seed of every trial")
+    tune.add_argument("--seed", type=_integer, default=0, help="training seed of every trial")
     tune.add_argument(
         "--plots",
         action=argparse.BooleanOptionalAction,
@@ -352,8 +437,8 @@ def _add_understanding_commands(commands) -> None:
 
 def _add_episode_flags(parser: argparse.ArgumentParser, episodes: int, seed_help: str) -> None:
     """The flags of the commands that run a trained agent (``eval`` and ``enjoy``)."""
-    parser.add_argument("--episodes", type=int, default=episodes, help="number of whole episodes")
-    parser.add_argument("--seed", type=int, default=None, help=seed_help)
+    parser.add_argument("--episodes", type=_integer, default=episodes, help="number of whole episodes")
+    parser.add_argument("--seed", type=_integer, default=None, help=seed_help)
     parser.add_argument(
         "--deterministic",
         action=argparse.BooleanOptionalAction,
@@ -377,7 +462,7 @@ def _report(args: argparse.Namespace) -> int:
     from clippo.tools.report import write_report
 
     output = Path(args.output) if args.output else Path(args.run_dir) / "report.md"
-    report = write_report(args.run_dir, output, trust_code=args.trust_code)
+    report = write_report(args.run_dir, output, trust_code=args.trust_code, env_modules=args.env_modules)
     print(f"wrote {output}" + (f" and {report.figure_path}" if report.figure_path else ""))
     if report.warnings:
         for warning in report.warnings:
@@ -400,6 +485,7 @@ def _enjoy(args: argparse.Namespace) -> int:
         video=args.video,
         encoder=args.encoder,
         trust_code=args.trust_code,
+        env_modules=args.env_modules,
     )
     for index, (ret, length) in enumerate(zip(result.returns, result.lengths, strict=False), start=1):
         print(f"episode {index}: return {ret:.2f}, length {length}")
@@ -428,6 +514,7 @@ def _tune(args: argparse.Namespace) -> int:
             seed=args.seed,
             plots=args.plots,
             trust_code=args.trust_code,
+            env_modules=args.env_modules,
         )
     )
 
@@ -442,7 +529,7 @@ def _export(args: argparse.Namespace) -> int:
             raise ValueError(f"{flag}={value} is invalid: it must be an integer >= 1")
     path = Path(args.path)
     output = Path(args.output) if args.output else (path if path.is_dir() else path.parent) / "policy.onnx"
-    agent = PPO.load(path, encoder=args.encoder, trust_code=args.trust_code)
+    agent = PPO.load(path, encoder=args.encoder, trust_code=args.trust_code, env_modules=args.env_modules)
     result = export_onnx(agent, output, check_steps=args.check_steps, check_envs=args.check_envs, seed=args.seed)
     print(json.dumps(result.to_dict()) if args.json else describe(result))
     return 0
@@ -475,11 +562,13 @@ def _train(args: argparse.Namespace) -> int:
         return _launch_torchrun(args.nproc)
     from clippo.agent import PPO  # deferred: torch is slow to import and --help should not wait for it
     from clippo.config.ppo_config import save_config
+    from clippo.envs.families import split_env_id
 
     known = {f.name for f in fields(PPOConfig)}
     overrides = {name: value for name, value in vars(args).items() if name in known}
     seed = overrides.get("seed", 0)
-    run_dir = Path(args.run_dir or f"runs/{args.env_id}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+    name = split_env_id(args.env_id)[1]  # (a module:EnvId's module is in config.yaml, not the folder name)
+    run_dir = Path(args.run_dir or f"runs/{name}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}")
     agent = PPO(
         args.env_id,
         preset=args.preset,
@@ -488,6 +577,13 @@ def _train(args: argparse.Namespace) -> int:
         trust_code=args.trust_code,
         **overrides,
     )
+    try:
+        # The envs' first reset: what only running envs can refuse (episodic_life without lives, say)
+        # is refused before the run directory and runs/latest exist.
+        agent.env_runner()
+    except BaseException:
+        agent.close()
+        raise
     main_rank = agent.world.is_main
     if main_rank:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -546,9 +642,14 @@ def _resume_locked(args: argparse.Namespace, run_dir: Path) -> int:
     from clippo.agent import PPO
     from clippo.training.logger import truncate_metrics
 
-    agent = PPO.from_run(run_dir, encoder=args.encoder, trust_code=args.trust_code)
+    agent = PPO.from_run(run_dir, encoder=args.encoder, trust_code=args.trust_code, env_modules=args.env_modules)
+    if args.total_steps is not None:
+        _extend(agent, run_dir, args.total_steps)
     if agent.finished:
-        raise ValueError(f"run {str(run_dir)!r} is already complete ({agent.global_step} steps): nothing to resume")
+        raise ValueError(
+            f"run {str(run_dir)!r} is already complete ({agent.global_step} steps): nothing to resume; "
+            f"train it further with: clippo resume {run_dir} --total-steps N (N > {agent.global_step})"
+        )
     from clippo.training.callbacks import stop_reached
 
     reached = stop_reached(run_dir, agent.config, agent.global_step)
@@ -568,6 +669,22 @@ def _resume_locked(args: argparse.Namespace, run_dir: Path) -> int:
         finally:
             agent.close()
     return _finish(agent, run_dir, callback)
+
+
+def _extend(agent, run_dir: Path, total_steps: int) -> None:
+    """``resume --total-steps N``: the run's learn() call now ends at N steps in all (a finished
+    run trains further; the learning rate anneals over the longer span), recorded in config.yaml."""
+    from clippo.config.ppo_config import save_config
+
+    if total_steps <= agent.global_step:
+        raise ValueError(
+            f"--total-steps={total_steps} is invalid: run {str(run_dir)!r} is already at step {agent.global_step}; "
+            "give a larger total"
+        )
+    agent.schedule_end = total_steps
+    agent.config.total_steps = total_steps
+    if agent.world.is_main:
+        save_config(agent.config, run_dir / "config.yaml")
 
 
 @contextlib.contextmanager
@@ -651,7 +768,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise ValueError(f"--episodes={args.episodes} is invalid: it must be an integer >= 1")
-    agent = PPO.load(args.path, encoder=args.encoder, trust_code=args.trust_code)
+    agent = PPO.load(args.path, encoder=args.encoder, trust_code=args.trust_code, env_modules=args.env_modules)
     if args.opponent != "random":
         if getattr(agent, "selfplay", None) is None:
             raise ValueError(f"--opponent is for two-player games; {agent.config.env_id!r} is not one")
@@ -679,7 +796,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # (argparse's own message, with the closest flag for each typo)
+        parser.error(_suggest_flags(parser, args, unknown))
     debug = getattr(args, "debug", False)
     if not debug:
         # Gymnasium's async vector env prints a failing worker's traceback as warnings before

@@ -16,6 +16,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import gymnasium as gym
+import numpy as np
+
 VIDEO_PREFIX = "episode"
 
 
@@ -49,15 +52,15 @@ def play(
     video: str | Path | None = None,
     trust_code: bool = False,
     encoder: object = None,
+    env_modules: list[str] | tuple[str, ...] = (),
 ) -> PlaybackResult:
     """Run ``episodes`` whole episodes of the agent in ``path`` (a run directory or checkpoint).
 
     With ``video``, every episode is recorded and the episodes are joined into that one MP4 file
     (written atomically, never through a link). ``encoder`` and ``trust_code``: as for
-    :meth:`clippo.PPO.load`.
+    :meth:`clippo.PPO.load`, as is ``env_modules``. Frames smaller than ``MIN_VIDEO_SIDE`` pixels
+    (MinAtar's 10x10) are scaled up by a whole factor, pixels kept sharp.
     """
-    import gymnasium as gym
-
     from clippo.agent import PPO
     from clippo.core.safety import refuse_symlink
     from clippo.envs import atari
@@ -77,9 +80,9 @@ def play(
             # MuJoCo's default OpenGL backend (GLFW) needs a display; EGL renders off-screen. It
             # is read when MuJoCo's renderer is first imported, so set it before anything loads.
             os.environ.setdefault("MUJOCO_GL", "egl")
-    agent = PPO.load(path, encoder=encoder, trust_code=trust_code)
+    agent = PPO.load(path, encoder=encoder, trust_code=trust_code, env_modules=env_modules)
     env_id = agent.config.env_id
-    check_env_id(env_id)
+    check_env_id(env_id, agent.config.env_modules)  # (their import was decided by PPO.load: clippo.core.safety)
     scratch = Path(tempfile.mkdtemp(prefix="clippo-video-")) if video_path is not None else None
     # A folder RecordVideo creates itself (it warns about one that exists).
     folder = scratch / "episodes" if scratch is not None else None
@@ -94,7 +97,7 @@ def play(
         # rgb_array rendering opens no window, but SDL (under pygame's renderers) still looks for
         # a display and prints an error on a machine without one.
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-        env = make(render_mode="rgb_array")
+        env = UpscaledRender(make(render_mode="rgb_array"))
         # One file per episode (recording everything as one clip would hold every frame in memory).
         return gym.wrappers.RecordVideo(env, str(folder), episode_trigger=lambda _: True, name_prefix=VIDEO_PREFIX)
 
@@ -112,6 +115,34 @@ def play(
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
     return PlaybackResult(env_id, returns, lengths, video_path)
+
+
+#: the shorter side a recorded frame is scaled up to at least (MinAtar renders 10x10 pixels)
+MIN_VIDEO_SIDE = 256
+
+
+def upscale_frame(frame, min_side: int = MIN_VIDEO_SIDE):
+    """``frame`` (H, W, C) repeated by a whole factor so that its shorter side is at least
+    ``min_side`` and both sides are even (H.264 needs even sizes); larger frames are returned as
+    they are. A float frame in [0, 1] (MinAtar's) becomes uint8, as video encoders expect."""
+    if frame is None or getattr(frame, "ndim", 0) < 2:
+        return frame
+    if frame.dtype.kind == "f":
+        frame = (np.clip(frame, 0.0, 1.0) * 255).round().astype(np.uint8)
+    height, width = frame.shape[:2]
+    if min(height, width) >= min_side:
+        return frame
+    factor = -(-min_side // min(height, width))
+    if (height * factor) % 2 or (width * factor) % 2:
+        factor += 1
+    return np.repeat(np.repeat(frame, factor, axis=0), factor, axis=1)
+
+
+class UpscaledRender(gym.Wrapper):
+    """An env whose ``render()`` frames are scaled up by ``upscale_frame`` (10x10 is unwatchable)."""
+
+    def render(self):
+        return upscale_frame(self.env.render())
 
 
 def _episode_number(path: Path) -> int:

@@ -375,13 +375,17 @@ def health_warnings(
     return warnings, passed
 
 
-def build_report(run_dir: str | Path, trust_code: bool = False) -> RunReport:
+def build_report(
+    run_dir: str | Path, trust_code: bool = False, env_modules: list[str] | tuple[str, ...] = ()
+) -> RunReport:
     """Read a run directory and run the checks (no files written). The run is data: its config is
     validated (``plotting.read_run``), and its env id is given to Gymnasium only when that
-    imports no module, or with ``trust_code``."""
+    imports no module, or with ``trust_code``; so are the env modules it records (those the user
+    names in ``env_modules`` are imported)."""
     require_plotting_packages("clippo report")
     run = read_run(run_dir)
     env_id = run.config.get("env_id")
+    _import_run_modules(run.config, trust_code, tuple(env_modules))
     warnings, passed = health_warnings(
         run.metrics, run.config, _action_space(run.run_dir, env_id, trust_code), time_limit_of(env_id, trust_code)
     )
@@ -398,7 +402,28 @@ def render_figure(report: RunReport) -> bytes:
     return buffer.getvalue()
 
 
-def write_report(run_dir: str | Path, output: str | Path, trust_code: bool = False) -> RunReport:
+def _import_run_modules(config: dict[str, Any], trust_code: bool, passed: tuple[str, ...]) -> None:
+    """Import the env modules the user named, and those the run records when trusted (the report
+    then finds the run's env in Gymnasium's registry); a recorded module is skipped otherwise."""
+    from clippo.core import safety
+    from clippo.envs.families import import_env_modules
+
+    recorded = config.get("env_modules") or []
+    if not isinstance(recorded, list):
+        recorded = []
+    usable = [m for m in recorded if isinstance(m, str) and (trust_code or m in passed)]
+    for module in usable:
+        safety.check_text(module, "env_modules entry")
+    try:
+        import_env_modules([*passed, *(m for m in usable if m not in passed)])
+    except ValueError:
+        if passed:
+            raise  # (a module the user typed: its failure is theirs to see)
+
+
+def write_report(
+    run_dir: str | Path, output: str | Path, trust_code: bool = False, env_modules: list[str] | tuple[str, ...] = ()
+) -> RunReport:
     """Write the report as Markdown (.md, figure in a PNG beside it) or self-contained HTML (.html),
     atomically and never through a link (clippo.core.safety); everything taken from the run is escaped."""
     from clippo.core.safety import refuse_symlink, write_file
@@ -410,7 +435,7 @@ def write_report(run_dir: str | Path, output: str | Path, trust_code: bool = Fal
     refuse_symlink(output)
     if suffix not in (".html", ".htm"):
         refuse_symlink(output.with_suffix(".png"))
-    report = build_report(run_dir, trust_code)
+    report = build_report(run_dir, trust_code, env_modules)
     report.figure_png = render_figure(report)
     output.parent.mkdir(parents=True, exist_ok=True)
     blocks = report_blocks(report)

@@ -96,6 +96,7 @@ _NOT_WRITTEN = {
     "eval_episodes",
     "eval_every",
     "stop_at_return",
+    "env_modules",  # (named on the train command line: a config file's modules would need --trust-code)
 }
 
 
@@ -128,6 +129,8 @@ class TuneSettings:
     plots: bool = True
     #: import an encoder the --config file (or the study's stored config) names (clippo.core.safety)
     trust_code: bool = False
+    #: modules that register the user's own envs, imported before env_id is looked up (--env-module)
+    env_modules: list[str] = dataclasses.field(default_factory=list)
 
     def resolved(self) -> ResolvedTuneSettings:
         """The settings with defaults filled in, checked: one-line ValueError naming a bad value."""
@@ -138,15 +141,17 @@ class TuneSettings:
             _check_positive(name, getattr(self, name))
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"--seed={self.seed} is invalid: it must be an integer in [0, 2**32)")
-        check_env_id(self.env_id)
-        base = resolve_config(self.env_id, config_file=self.config_file, trust_code=self.trust_code)
+        check_env_id(self.env_id, self.env_modules)
+        base = resolve_config(
+            self.env_id, config_file=self.config_file, trust_code=self.trust_code, overrides=self._modules()
+        )
         steps = self.steps_per_trial if self.steps_per_trial is not None else base.total_steps
         _check_positive("steps-per-trial", steps)
         every = self.eval_every if self.eval_every is not None else max(steps // DEFAULT_EVALUATIONS, 1)
         _check_positive("eval-every", every)
         if every > steps:
             raise ValueError(f"--eval-every={every} is invalid: it must be at most --steps-per-trial={steps}")
-        out = self.out or str(Path("tune") / self.env_id)
+        out = self.out or str(Path("tune") / self.env_id.rpartition(":")[2])
         storage = self.storage or f"sqlite:///{Path(out) / 'study.db'}"
         return ResolvedTuneSettings(
             **{
@@ -158,6 +163,10 @@ class TuneSettings:
                 "study_name": self.study_name or f"clippo-{self.env_id}",
             }
         )
+
+    def _modules(self) -> dict[str, Any]:
+        """``env_modules`` as config overrides (none when empty: a config file's own then stand)."""
+        return {"env_modules": list(self.env_modules)} if self.env_modules else {}
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -180,7 +189,9 @@ def base_values(settings: TuneSettings) -> dict[str, Any]:
     """The config every trial starts from (env preset, --config file, defaults), as a dict."""
     from clippo.config.ppo_config import resolve_config
 
-    return resolve_config(settings.env_id, config_file=settings.config_file, trust_code=settings.trust_code).to_dict()
+    return resolve_config(
+        settings.env_id, config_file=settings.config_file, trust_code=settings.trust_code, overrides=settings._modules()
+    ).to_dict()
 
 
 def search_space(settings: TuneSettings) -> dict[str, tuple[str, tuple]]:
@@ -291,6 +302,7 @@ def run_trial(trial, settings: ResolvedTuneSettings, worker: int = 0) -> float:
         trust_code=settings.trust_code,
         run_dir=run_dir,
         **params,
+        **settings._modules(),
         total_steps=settings.steps_per_trial,
         seed=settings.seed,
         eval_every=settings.eval_every,
@@ -464,7 +476,13 @@ def tune(settings: TuneSettings) -> int:
     finally:
         paths = write_outputs(load_study(settings), settings)
     for path in paths:
-        print(f"wrote {path}", flush=True)
+        note = ""
+        if path.name == BEST_CONFIG_FILE:
+            note = (
+                f": the best trial's hyperparameters, without the trials' budget ({', '.join(TRIAL_ONLY)}); train "
+                f"with: {train_command(settings, path)}"
+            )
+        print(f"wrote {path}{note}", flush=True)
     return status
 
 
@@ -504,6 +522,10 @@ SUMMARY_FILE = "summary.md"
 BEST_CONFIG_FILE = "best_config.yaml"
 
 
+#: what every trial sets for the study only, left out of best_config.yaml (a run has its own budget)
+TRIAL_ONLY = ("total_steps", "eval_every", "eval_episodes")
+
+
 def write_outputs(study, settings: ResolvedTuneSettings) -> list[Path]:
     """summary.md, best_config.yaml (when a trial completed) and Optuna's plots (with matplotlib),
     each written atomically and never through a link (clippo.core.safety)."""
@@ -539,6 +561,12 @@ def objective_text(settings: ResolvedTuneSettings) -> str:
     )
 
 
+def train_command(settings: TuneSettings, path: Path) -> str:
+    """The ``clippo train`` command that uses the best config (with the study's env modules)."""
+    modules = "".join(f" --env-module {module}" for module in settings.env_modules)
+    return f"clippo train {settings.env_id}{modules} --config {path}"
+
+
 def best_config_yaml(best, study, settings: ResolvedTuneSettings) -> str:
     """The best trial's config as a flat YAML mapping that ``clippo train ENV_ID --config`` takes.
 
@@ -557,13 +585,17 @@ def best_config_yaml(best, study, settings: ResolvedTuneSettings) -> str:
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{source} holds an invalid config: {first_line(exc)}") from None
     safety.check_encoder_name(validated.encoder, source, settings.trust_code)
-    config = {k: getattr(validated, k) for k in stored if k not in _NOT_WRITTEN}
+    # (the trial's budget and evaluation cadence are the study's, not the run's: clippo train then uses
+    # the env's own total_steps, or --total-steps)
+    config = {k: getattr(validated, k) for k in stored if k not in _NOT_WRITTEN and k not in TRIAL_ONLY}
     searched = {k: config.pop(k) for k in search_space(settings) if k in config}
     path = Path(settings.out) / BEST_CONFIG_FILE
     header = [
         f"# clippo tune {settings.env_id}: trial {best.number} of study {settings.study_name!r} ({settings.storage}),",
         f"# objective {best.value:.2f}: {objective_text(settings)}; training seed {settings.seed}.",
-        f"# Train with: clippo train {settings.env_id} --config {path}",
+        f"# Train with: {train_command(settings, path)} (add --total-steps N for a budget of your own)",
+        f"# Left out: {', '.join(sorted(TRIAL_ONLY))} (each trial's {settings.steps_per_trial:,}-step budget and "
+        "evaluation cadence): the run uses the env's own.",
         "# Searched:",
     ]
     dump = lambda values: yaml.safe_dump(values, sort_keys=False, default_flow_style=None)  # noqa: E731

@@ -244,6 +244,7 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load and check a clippo checkpoint; one-line CheckpointError for anything else."""
     path = resolve_checkpoint_path(path)
+    check_foreign(path)
     check_archive(path)
     try:
         with warnings.catch_warnings():
@@ -274,6 +275,33 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"this clippo reads versions {', '.join(map(str, READABLE_VERSIONS))}"
         )
     return payload
+
+
+#: what clippo checkpoints are, for the message about a file that is not one
+_WHAT_CHECKPOINTS_ARE = "a clippo checkpoint is a run directory's agent.pt, best.pt or checkpoints/*.pt"
+
+
+def check_foreign(path: Path) -> None:
+    """A one-line CheckpointError for a file that is plainly not a checkpoint (an ONNX graph, a
+    YAML config, an empty file): ``torch.save`` writes a zip archive (a pickle in old versions),
+    and anything else would otherwise be reported as a pickle that could run code."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return  # (torch.load reports it)
+    if head.startswith(b"PK") or head.startswith(b"\x80"):
+        return
+    kinds = {
+        ".onnx": "an ONNX graph (clippo export writes it; onnxruntime runs it)",
+        ".yaml": "a YAML file (a config?)",
+        ".yml": "a YAML file (a config?)",
+        ".json": "a JSON file",
+        ".csv": "a CSV file (metrics?)",
+        ".zip": "a zip archive (a Stable-Baselines3 model?)",
+    }
+    kind = "an empty file" if not head else kinds.get(path.suffix.lower(), "another kind of file")
+    raise CheckpointError(f"{str(path)!r} is not a clippo checkpoint: it is {kind}; {_WHAT_CHECKPOINTS_ARE}")
 
 
 #: the entries torch.save writes into its zip archive (under one top folder)

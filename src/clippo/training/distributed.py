@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,9 @@ def init_world(device: str) -> World:
         return World()
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    # torch deprecates all_gather_into_tensor (average_) in favour of a call older torch lacks: the
+    # warning would be printed once per process, and --nproc's output should read as one process's
+    warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
     if not dist.is_initialized():
         use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
         if use_cuda:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -116,6 +117,13 @@ def _train(agent: Trainee, progress: bool | None, callback) -> None:
     buffer = agent.new_rollout_buffer()
     updates_left = math.ceil((agent.schedule_end - agent.global_step) / agent.global_batch_size)
     end_step = agent.global_step + updates_left * agent.global_batch_size
+    if end_step != agent.schedule_end and agent.world.is_main:  # (said once, on one line: no silent extra steps)
+        print(
+            f"clippo: {agent.schedule_end - agent.global_step} steps rounded up to {end_step - agent.global_step}: "
+            f"training runs whole rollouts of num_envs x num_steps = {agent.global_batch_size} steps",
+            file=sys.stderr,
+            flush=True,
+        )
     logger = RunLogger(agent.run_dir, end_step, agent.global_step, progress, cfg.tensorboard)
     start_time, start_step, time_before = time.perf_counter(), agent.global_step, agent.train_time
     try:
