@@ -15,14 +15,18 @@ any host that reaches it: docs/trust.md):
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from clippo.core.errors import RankFailedError
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,19 @@ def launch_local(nproc: int, argv: list[str]) -> int:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def exchange(world: World, what: str) -> Iterator[None]:
+    """A collective exchange: a rank that ended or failed (its connection closed, the backend's
+    error) is one ``RankFailedError`` naming this rank, not the backend's traceback."""
+    try:
+        yield
+    except RuntimeError as exc:  # (gloo and NCCL raise RuntimeError subclasses: DistBackendError, ...)
+        raise RankFailedError(
+            f"rank {world.rank}: the {what} exchange failed: another process of the {world.size}-process job ended "
+            "or failed"
+        ) from exc
+
+
 #: up to this many ranks, gloo averages by all-gather plus a local sum (see ``all_reduce_mean_``)
 GATHER_MAX_RANKS = 8
 
@@ -168,20 +185,22 @@ def all_reduce_mean_(tensor: torch.Tensor, world: World) -> torch.Tensor:
     """
     if not world.distributed:
         return tensor
-    if world.size <= GATHER_MAX_RANKS and dist.get_backend() == "gloo":
-        flat = tensor.view(-1)
-        gathered = torch.empty(world.size * flat.numel(), dtype=flat.dtype, device=flat.device)
-        dist.all_gather_into_tensor(gathered, flat)
-        torch.sum(gathered.view(world.size, -1), 0, out=flat)
-    else:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    with exchange(world, "gradient"):
+        if world.size <= GATHER_MAX_RANKS and dist.get_backend() == "gloo":
+            flat = tensor.view(-1)
+            gathered = torch.empty(world.size * flat.numel(), dtype=flat.dtype, device=flat.device)
+            dist.all_gather_into_tensor(gathered, flat)
+            torch.sum(gathered.view(world.size, -1), 0, out=flat)
+        else:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor.div_(world.size)
 
 
 def broadcast_(tensor: torch.Tensor, world: World) -> torch.Tensor:
     """Overwrite ``tensor`` with rank 0's copy, in place."""
     if world.distributed:
-        dist.broadcast(tensor, src=0)
+        with exchange(world, "broadcast"):
+            dist.broadcast(tensor, src=0)
     return tensor
 
 
@@ -190,7 +209,8 @@ def all_gather(obj: Any, world: World) -> list[Any]:
     if not world.distributed:
         return [obj]
     gathered: list = [None] * world.size
-    dist.all_gather_object(gathered, obj)
+    with exchange(world, "after-rollout"):
+        dist.all_gather_object(gathered, obj)
     return gathered
 
 
@@ -238,4 +258,5 @@ def pooled_moments(shares: list[np.ndarray]) -> list[tuple[float, float]]:
 
 def shutdown(world: World) -> None:
     if world.distributed and dist.is_initialized():
-        dist.destroy_process_group()
+        with contextlib.suppress(RuntimeError):  # (a job whose other ranks already ended)
+            dist.destroy_process_group()
