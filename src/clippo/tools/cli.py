@@ -236,8 +236,9 @@ def _add_tune_command(commands) -> None:
         description="Run an Optuna study on ENV_ID: TPE sampler, median pruner on the periodic evaluations; each "
         "trial trains for --steps-per-trial steps from the env's preset (and --config) with sampled hyperparameters. "
         "The objective is the mean of a trial's deterministic evaluation returns. Re-running the same command "
-        "continues the study in its storage. Writes OUT/best_config.yaml (for clippo train --config), OUT/summary.md "
-        "and Optuna's plots. Search space: docs/tuning.md.",
+        "continues the study in its storage. Writes OUT/STUDY_NAME/best_config.yaml (for clippo train --config), "
+        "OUT/STUDY_NAME/summary.md, Optuna's plots and the trials' run directories (OUT/STUDY_NAME/trials): a folder "
+        "per study, nothing of another study touched. Search space: docs/tuning.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     tune.add_argument("env_id", metavar="ENV_ID", help="Gymnasium environment id, e.g. CartPole-v1")
