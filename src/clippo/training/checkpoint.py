@@ -209,15 +209,20 @@ def writes_in_progress() -> int:
 def write_failure(path: Path, exc: BaseException) -> CheckpointWriteError:
     """A one-line error for a checkpoint that could not be written: torch reports a full disk as
     a RuntimeError ("file write failed"), the operating system as ENOSPC."""
-    full = (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or "write failed" in str(exc)
-    with contextlib.suppress(OSError):
-        full = full or shutil.disk_usage(path.parent).free == 0
-    reason = "no space left on device" if full else first_line(exc)
-    return CheckpointWriteError(
-        errno.ENOSPC if full else getattr(exc, "errno", None) or errno.EIO,
+    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    with contextlib.suppress(OSError):  # (torch's own writer names no errno: ask the file system)
+        full = full or shutil.disk_usage(path.parent).free < FULL_DISK_BYTES
+    reason = "no space left on device" if full else safety.clean(first_line(exc), 160)
+    error = CheckpointWriteError(
         f"cannot write checkpoint {path}: {reason}; the checkpoints written before it are intact"
-        + (" (free some space, then resume)" if full else ""),
+        + (" (free some space, then resume)" if full else "")
     )
+    error.errno = errno.ENOSPC if full else getattr(exc, "errno", None) or errno.EIO
+    return error
+
+
+#: below this much free space a failed write is reported as a full disk
+FULL_DISK_BYTES = 1 << 20
 
 
 def write_atomic(payload: dict[str, Any], path: str | Path) -> Path:

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,9 @@ def init_world(device: str) -> World:
         return World()
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    # (torch deprecates the name of the one-exchange gather all_reduce_mean_ uses, on every call;
+    # a job's stderr is for what went wrong)
+    warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
     if not dist.is_initialized():
         use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
         if use_cuda:
