@@ -318,8 +318,7 @@ def test_a_killed_rank_ends_the_job_in_one_line_per_process_and_resume_needs_the
     env = subprocess_env(tmp_path, KILL_MARKER=str(tmp_path / "killed"))
     args = [*HANG_ARGS, "--num-envs", "1", "--num-steps", "32", "--total-steps", "512"]
     train = subprocess.run(
-        [sys.executable, "-m", "clippo", "train", "ClippoKiller-v0", "--run-dir", str(run_dir), "--nproc", "2"]
-        + args,
+        [sys.executable, "-m", "clippo", "train", "ClippoKiller-v0", "--run-dir", str(run_dir), "--nproc", "2"] + args,
         capture_output=True,
         text=True,
         env=env,

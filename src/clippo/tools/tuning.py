@@ -134,6 +134,13 @@ class TuneSettings:
     #: import an encoder the --config file (or the study's stored config) names (clippo.core.safety)
     trust_code: bool = False
 
+    @property
+    def study_dir(self) -> Path:
+        """Where this study's files go: ``OUT/STUDY_NAME`` (trials, best_config.yaml, summary.md,
+        plots), so that studies sharing an ``--out`` (and its storage) never touch each other's."""
+        out = self.out or str(Path("tune") / self.env_id)
+        return Path(out) / study_folder_name(self.study_name or f"clippo-{self.env_id}")
+
     def resolved(self) -> ResolvedTuneSettings:
         """The settings with defaults filled in, checked: one-line ValueError naming a bad value."""
         from clippo.config.ppo_config import resolve_config
@@ -174,12 +181,6 @@ class ResolvedTuneSettings(TuneSettings):
     storage: str
     study_name: str
     out: str
-
-    @property
-    def study_dir(self) -> Path:
-        """Where this study's files go: ``OUT/STUDY_NAME`` (trials, best_config.yaml, summary.md,
-        plots), so that studies sharing an ``--out`` (and its storage) never touch each other's."""
-        return Path(self.out) / study_folder_name(self.study_name)
 
 
 def study_folder_name(study_name: str) -> str:

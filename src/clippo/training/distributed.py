@@ -147,7 +147,10 @@ def launch_local(nproc: int, argv: list[str]) -> int:
                 print(_ending(rank, process, first_failed, rank in ended), file=sys.stderr, flush=True)
         # rank 0's status (it writes the checkpoints and says what happened), else the first failure;
         # a rank ended by a signal counts as 128 + its number, as a shell reports it
-        codes = [128 - code if code < 0 else code for code in (process.wait() for process in processes)]
+        ended_codes = (
+            process.returncode if process.returncode is not None else process.wait() for process in processes
+        )
+        codes = [128 - code if code < 0 else code for code in ended_codes]
         return codes[0] or next((code for code in codes if code), 0)
     finally:
         for sig, handler in previous.items():
