@@ -253,7 +253,7 @@ def test_sigterm_gets_out_of_a_hung_sync_env_after_the_grace_period(tmp_path):
 
 @pytest.mark.slow
 def test_the_watchdog_ends_a_sync_run_whose_env_hangs_past_env_timeout(tmp_path):
-    process, run_dir, marker = start_hanging_run(tmp_path, "--env-timeout", "1")
+    process, run_dir, _marker = start_hanging_run(tmp_path, "--env-timeout", "1")
     try:
         _out, err = process.communicate(timeout=60)
     finally:
@@ -318,7 +318,7 @@ def test_a_killed_rank_ends_the_job_in_one_line_per_process_and_resume_needs_the
     env = subprocess_env(tmp_path, KILL_MARKER=str(tmp_path / "killed"))
     args = [*HANG_ARGS, "--num-envs", "1", "--num-steps", "32", "--total-steps", "512"]
     train = subprocess.run(
-        [sys.executable, "-m", "clippo", "train", "ClippoKiller-v0", "--run-dir", str(run_dir), "--nproc", "2"] + args,
+        [sys.executable, "-m", "clippo", "train", "ClippoKiller-v0", "--run-dir", str(run_dir), "--nproc", "2", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -336,7 +336,7 @@ def test_a_killed_rank_ends_the_job_in_one_line_per_process_and_resume_needs_the
     assert len(rank0) == 1 and "clippo resume" in rank0[0] and "--nproc 2" in rank0[0], err
     assert len(lines) == 3, err  # one line per process, and rank 0's own
     path, payload = latest_checkpoint(run_dir)
-    assert payload["world"] == {"size": 2, "num_envs": [1, 1]}
+    assert payload["world"] == {"size": 2, "num_envs": [1, 1]} and str(path) in rank0[0]
     assert payload["global_step"] % 64 == 0 and 0 < payload["global_step"] < 512
 
     # one process would halve the global batch: refused, saying how to resume
@@ -425,8 +425,18 @@ def test_two_runs_started_together_in_one_run_dir(tmp_path):
     rates = ["0.001", "1e-06"]
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "clippo", "train", "CartPole-v1", "--run-dir", str(run_dir), *common]
-            + ["--learning-rate", rate],
+            [
+                sys.executable,
+                "-m",
+                "clippo",
+                "train",
+                "CartPole-v1",
+                "--run-dir",
+                str(run_dir),
+                *common,
+                "--learning-rate",
+                rate,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -569,8 +579,8 @@ def test_a_full_disk_via_the_cli_is_one_line(tmp_path, monkeypatch):
     full = shutil.disk_usage(tmp_path)._replace(free=0)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: full)
     run_dir = tmp_path / "run"
-    code, _, err = run_cli(["train", "CartPole-v1", "--run-dir", str(run_dir), "--num-envs", "2", "--num-steps", "32"]
-                           + ["--total-steps", "64", "--no-tensorboard"])  # fmt: skip
+    args = ["--num-envs", "2", "--num-steps", "32", "--total-steps", "64", "--no-tensorboard"]
+    code, _, err = run_cli(["train", "CartPole-v1", "--run-dir", str(run_dir), *args])
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert err.startswith("clippo: error: cannot write checkpoint") and "no space left on device" in err
 

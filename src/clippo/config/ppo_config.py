@@ -217,7 +217,7 @@ class PPOConfig:
         for name in positive_ints:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} is invalid: it must be an integer >= 1")
-        for name in ["learning_rate", "clip_epsilon", "obs_clip", "reward_clip"]:
+        for name in ["learning_rate", "clip_epsilon", "obs_clip", "reward_clip", "stop_grace"]:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name}={value} is invalid: it must be a finite number > 0")
@@ -229,8 +229,6 @@ class PPOConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name}={value} is invalid: it must be a number > 0, or none to disable it")
-        if not (math.isfinite(self.stop_grace) and self.stop_grace > 0):
-            raise ConfigError(f"stop_grace={self.stop_grace} is invalid: it must be a finite number of seconds > 0")
         if not 0.0 <= self.gamma <= 1.0:
             raise ConfigError(f"gamma={self.gamma} is invalid: it must be in [0, 1]")
         if not 0.0 <= self.gae_lambda <= 1.0:
