@@ -794,6 +794,8 @@ class PPO:
             agent.update = int(payload["update"])
             agent.schedule_start, agent.schedule_end = (int(v) for v in payload["schedule"])
             restore_generator(agent.generator, payload["generator"])
+            if agent.world.rank:  # (the saved generator is rank 0's: the others draw their own samples)
+                agent.generator.manual_seed(config.seed + 1_000_003 * agent.world.rank + 7919 * agent.update)
             agent.train_time = float(payload.get("train_time", 0.0))
             agent.recent_returns = [float(r) for r in payload.get("recent_returns", [])]
             agent._pending_runner_state = payload.get("runner")

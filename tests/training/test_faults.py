@@ -163,6 +163,14 @@ HANG_MODULE = textwrap.dedent(
             self.calls += 1
             if self.calls >= int(os.environ["HANG_AT"]) and self.first_seed == 1:
                 open(os.environ["HANG_MARKER"], "w").close()
+                if os.environ.get("HANG_HOW") == "c":  # blocked in C: Python's signal handlers never run
+                    import ctypes
+
+                    libc = ctypes.CDLL(None)
+                    mutex = ctypes.create_string_buffer(64)
+                    libc.pthread_mutex_init(mutex, None)
+                    libc.pthread_mutex_lock(mutex)
+                    libc.pthread_mutex_lock(mutex)  # (a normal mutex locked again by its owner: deadlock)
                 while True:
                     time.sleep(0.05)
             return np.zeros(2, dtype=np.float32), 1.0, self.calls % 20 == 0, False, {}
@@ -195,7 +203,7 @@ HANG_ARGS = [
 ]
 
 
-def start_hanging_run(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path, Path]:
+def start_hanging_run(tmp_path: Path, *extra: str, how: str = "python") -> tuple[subprocess.Popen, Path, Path]:
     (tmp_path / "hangenv.py").write_text(HANG_MODULE)
     run_dir, marker = tmp_path / "run", tmp_path / "hanging"
     process = subprocess.Popen(
@@ -213,7 +221,7 @@ def start_hanging_run(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Pa
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=subprocess_env(tmp_path, HANG_AT="100", HANG_MARKER=str(marker)),
+        env=subprocess_env(tmp_path, HANG_AT="100", HANG_MARKER=str(marker), HANG_HOW=how),
         cwd=tmp_path,
     )
     return process, run_dir, marker
@@ -229,8 +237,11 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 60) -> None
 
 
 @pytest.mark.slow
-def test_sigterm_gets_out_of_a_hung_sync_env_after_the_grace_period(tmp_path):
-    process, run_dir, marker = start_hanging_run(tmp_path, "--stop-grace", "1")
+@pytest.mark.parametrize("how", ["python", "c"])
+def test_sigterm_gets_out_of_a_hung_sync_env_after_the_grace_period(tmp_path, how):
+    """A hang in Python code (signal handlers run in it) or blocked in a C call (they never run:
+    the signal reaches a watcher thread through the wakeup fd)."""
+    process, run_dir, marker = start_hanging_run(tmp_path, "--stop-grace", "1", how=how)
     try:
         wait_for(marker, process)
         time.sleep(0.3)

@@ -15,7 +15,6 @@ import os
 import secrets
 import signal
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -25,6 +24,7 @@ from typing import Any
 
 from clippo.config.ppo_config import CHOICES, ENV_PRESETS, PRESETS, PPOConfig
 from clippo.core.errors import EnvStepError, NonFiniteError, RankFailedError, TrainingInterrupted, first_line
+from clippo.tools.signals import stop_on_signals
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -594,6 +594,8 @@ def _resume_locked(args: argparse.Namespace, run_dir: Path) -> int:
         try:
             agent.env_runner()
             how = "exactly (envs restored)" if agent.envs_restored else "with freshly reset envs"
+            if agent.envs_restored and agent.world.distributed:
+                how = "with rank 0's envs restored (the other ranks' envs reset afresh)"
             if agent.envs_fresh_reason and agent.world.is_main:
                 how += f": {agent.envs_fresh_reason}"
             ranks = f" on {agent.world.size} processes" if agent.world.distributed else ""
@@ -603,63 +605,6 @@ def _resume_locked(args: argparse.Namespace, run_dir: Path) -> int:
         finally:
             agent.close()
     return _finish(agent, run_dir, callback)
-
-
-@contextlib.contextmanager
-def stop_on_signals(agent) -> Iterator[None]:
-    """SIGINT/SIGTERM ask the agent to stop at the next update boundary and checkpoint; a second
-    signal ends the process at once. If training has not got out of this block within the run's
-    ``stop_grace`` seconds of the first signal (an env hangs in step, another rank hangs in an
-    exchange), the process exits with one line naming what hangs: checkpoints are written
-    atomically at update boundaries, so the last one is intact (a write under way is waited for)."""
-    active = threading.Event()
-    active.set()
-    grace = float(agent.config.stop_grace)
-
-    def give_up(signum: int) -> None:
-        from clippo.training.checkpoint import writes_in_progress
-
-        deadline = time.monotonic() + 600
-        while writes_in_progress() and active.is_set() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not active.is_set():
-            return
-        watch = agent.env_watch
-        what = watch.hung() if watch is not None else None
-        reason = (
-            f"{what}: training did not reach an update boundary within stop_grace={grace:g} s"
-            if what
-            else f"training did not reach an update boundary within stop_grace={grace:g} s (no env call is under "
-            "way: an exchange with another process hangs?)"
-        )
-        print(f"clippo: {signal.Signals(signum).name}: {reason}; exiting; {agent.exit_hint()}", file=sys.stderr)
-        sys.stderr.flush()
-        if watch is not None:
-            watch.end_workers()
-        os._exit(128 + signum)
-
-    def handler(signum, frame) -> None:
-        signal.signal(signum, signal.SIG_DFL)
-        print(
-            f"clippo: {signal.Signals(signum).name}: stopping after this update (send it again to quit at once)",
-            file=sys.stderr,
-            flush=True,
-        )
-        agent.request_stop(signum)
-        timer = threading.Timer(grace, give_up, args=(signum,))
-        timer.daemon = True
-        timer.start()
-
-    if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
-        yield
-        return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        active.clear()
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def _finish(agent, run_dir: Path, callback=None) -> int:
