@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -419,6 +420,28 @@ def test_default_run_names_do_not_collide(tmp_path, monkeypatch):
         assert claimed.name.rsplit("-", 1)[0] == first.name.rsplit("-", 1)[0]
 
 
+def test_clippo_train_without_run_dir_claims_a_suffixed_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = [
+        "train",
+        "CartPole-v1",
+        "--num-envs",
+        "2",
+        "--num-steps",
+        "32",
+        "--total-steps",
+        "64",
+        "--eval-episodes",
+        "0",
+    ]
+    code, out, err = run_cli([*args, "--no-tensorboard"])
+    assert code == 0, err
+    (run,) = [path for path in (tmp_path / "runs").iterdir() if path.name != "latest"]
+    assert re.fullmatch(r"CartPole-v1-seed0-\d{8}-\d{6}-[0-9a-f]{6}", run.name), run.name
+    assert (tmp_path / "runs" / "latest").resolve() == run.resolve() and (run / "config.yaml").is_file()
+    assert f"run directory: runs/{run.name}" in out
+
+
 def test_a_given_run_dir_holding_a_run_is_refused_before_anything_is_written(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -580,6 +603,23 @@ def test_a_full_disk_is_one_line_and_older_checkpoints_stay_intact(tmp_path, mon
     files = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert files == ["step_000000000064.pt"]  # no temporary file left behind
     assert read_checkpoint(run_dir / "checkpoints" / files[0])["global_step"] == 64
+
+
+def test_a_failed_write_on_a_disk_with_room_is_not_called_a_full_disk(tmp_path, monkeypatch):
+    write_atomic({"a": 1}, tmp_path / "old.pt")
+
+    def save(payload, f):
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(CheckpointWriteError) as info:
+        write_atomic({"a": 2}, tmp_path / "old.pt")
+    message = str(info.value)
+    assert_one_line(message)
+    assert "no space" not in message and "PytorchStreamWriter failed writing" in message
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "old.pt", weights_only=True) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.pt"]
 
 
 def test_a_full_disk_via_the_cli_is_one_line(tmp_path, monkeypatch):
