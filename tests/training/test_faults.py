@@ -556,6 +556,33 @@ def test_snapshots_hold_dynamic_state_only():
         envs.close()
 
 
+class EntropySeededEnv(HangingEnv):
+    """An env with an RNG of its own seeded from entropy when built: state, not a setting."""
+
+    def __init__(self) -> None:
+        super().__init__(at=10**9)
+        self.noise = np.random.default_rng()
+
+
+def test_an_rng_made_from_entropy_at_construction_does_not_count_as_a_changed_env(monkeypatch):
+    monkeypatch.setattr(snapshots, "_SNAPSHOT_MODULES", (*snapshots._SNAPSHOT_MODULES, EntropySeededEnv.__module__))
+    saved = gym.vector.SyncVectorEnv([EntropySeededEnv] * 2)
+    identity = snapshots.env_identity(saved)
+    saved.reset(seed=0)
+    saved.step(np.zeros(2, dtype=np.int64))
+    snapshot = snapshots.snapshot_env_state(saved, identity)
+    fresh = gym.vector.SyncVectorEnv([EntropySeededEnv] * 2)
+    try:
+        now = snapshots.env_identity(fresh)
+        fresh.reset(seed=5)
+        assert snapshots.restore_env_state(fresh, snapshot, now) is None
+        for a, b in zip(saved.envs, fresh.envs, strict=True):
+            assert a.unwrapped.noise.random() == b.unwrapped.noise.random() and a.unwrapped.calls == b.unwrapped.calls
+    finally:
+        saved.close()
+        fresh.close()
+
+
 def test_an_env_package_upgrade_restarts_fresh_and_resume_says_why(tmp_path, monkeypatch):
     run_dir = interrupted_run(tmp_path)
     real = snapshots._version

@@ -141,7 +141,8 @@ def env_identity(envs: VectorEnv) -> dict[str, Any] | None:
     constants = []
     for obj in objects:
         encoded = {name: _encode(value) for name, value in vars(obj).items()}
-        constants.append({name: value for name, value in encoded.items() if value is not _SKIP})
+        # (an RNG made at construction is state, not a setting: seeded from entropy, it differs each time)
+        constants.append({name: value for name, value in encoded.items() if value is not _SKIP and not _is_rng(value)})
     specs = []
     for obj in objects:
         spec = getattr(obj, "spec", None) if not isinstance(obj, gym.Wrapper) else None
@@ -163,6 +164,10 @@ def env_identity(envs: VectorEnv) -> dict[str, Any] | None:
         "specs": specs,
         "versions": {name: _version(name) for name in packages},
     }
+
+
+def _is_rng(value: Any) -> bool:
+    return isinstance(value, dict) and "rng" in value
 
 
 def _version(package: str) -> str:
