@@ -632,6 +632,41 @@ def test_a_full_disk_is_one_line_and_older_checkpoints_stay_intact(tmp_path, mon
     assert read_checkpoint(run_dir / "checkpoints" / files[0])["global_step"] == 64
 
 
+def test_a_full_disk_under_metrics_csv_is_one_line_naming_it(tmp_path, monkeypatch):
+    from clippo.core import safety
+
+    full = []
+    real_open = safety.open_append
+
+    class FillingFile:
+        def __init__(self, file) -> None:
+            self.file, self.name = file, file.name
+
+        def write(self, text):
+            return self.file.write(text)
+
+        def flush(self):
+            if full:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.file.flush()
+
+        def close(self):
+            self.file.close()
+
+    monkeypatch.setattr(safety, "open_append", lambda *a, **k: FillingFile(real_open(*a, **k)))
+    run_dir = tmp_path / "run"
+    agent = PPO("CartPole-v1", **TINY, run_dir=run_dir, checkpoint_every=1, tensorboard=False)
+    with pytest.raises(CheckpointWriteError) as info:
+        agent.learn(
+            total_steps=agent.batch_size * 4, callback=lambda agent, m: full.append(1) if m["update"] == 2 else None
+        )
+    agent.close()
+    message = str(info.value)
+    assert_one_line(message)
+    assert f"cannot write metrics file {run_dir / 'metrics.csv'}: no space left on device" in message
+    assert read_checkpoint(run_dir / "checkpoints" / "step_000000000064.pt")["global_step"] == 64
+
+
 def test_a_failed_write_on_a_disk_with_room_is_not_called_a_full_disk(tmp_path, monkeypatch):
     write_atomic({"a": 1}, tmp_path / "old.pt")
 

@@ -206,15 +206,16 @@ def writes_in_progress() -> int:
     return _writes[0]
 
 
-def write_failure(path: Path, exc: BaseException) -> CheckpointWriteError:
-    """A one-line error for a checkpoint that could not be written: torch reports a full disk as
-    a RuntimeError ("file write failed"), the operating system as ENOSPC."""
+def write_failure(path: Path, exc: BaseException, what: str = "checkpoint") -> CheckpointWriteError:
+    """A one-line error for a checkpoint (or another run file: ``what``) that could not be
+    written: torch reports a full disk as a RuntimeError ("file write failed"), the operating
+    system as ENOSPC."""
     full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
     with contextlib.suppress(OSError):  # (torch's own writer names no errno: ask the file system)
         full = full or shutil.disk_usage(path.parent).free < FULL_DISK_BYTES
     reason = "no space left on device" if full else safety.clean(first_line(exc), 160)
     error = CheckpointWriteError(
-        f"cannot write checkpoint {path}: {reason}; the checkpoints written before it are intact"
+        f"cannot write {what} {path}: {reason}; the checkpoints written before it are intact"
         + (" (free some space, then resume)" if full else "")
     )
     error.errno = errno.ENOSPC if full else getattr(exc, "errno", None) or errno.EIO

@@ -14,6 +14,7 @@ from typing import Any
 from tqdm import tqdm
 
 from clippo.core import safety
+from clippo.training.checkpoint import write_failure
 
 METRICS_FILE = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
@@ -67,6 +68,7 @@ class RunLogger:
         plain log lines (with a run directory) otherwise."""
         self.run_dir = run_dir
         self._csv_file = None
+        self._csv_path = Path(METRICS_FILE)
         self._csv = None
         self._tb = None
         if run_dir is not None:
@@ -77,6 +79,7 @@ class RunLogger:
                 _rewrite(path, _rows(path))
             # never through a link or into another file's hard link (clippo.core.safety)
             self._csv_file = safety.open_append(path)
+            self._csv_path = path
             self._csv = csv.DictWriter(self._csv_file, fieldnames=COLUMNS, extrasaction="ignore")
             if new_file:
                 self._csv.writeheader()
@@ -98,9 +101,12 @@ class RunLogger:
 
     def log(self, metrics: dict[str, Any]) -> None:
         if self._csv is not None:
-            self._csv.writerow(metrics)
             assert self._csv_file is not None  # opened with the writer
-            self._csv_file.flush()  # a checkpoint may follow: its rows must not sit in a buffer
+            try:
+                self._csv.writerow(metrics)
+                self._csv_file.flush()  # a checkpoint may follow: its rows must not sit in a buffer
+            except OSError as exc:  # (a full disk: one line naming the file)
+                raise write_failure(self._csv_path, exc, "metrics file") from exc
         if self._tb is not None:
             step = metrics["global_step"]
             for name in COLUMNS[2:]:
