@@ -29,18 +29,21 @@ from clippo.core.losses import LossTerms
 from clippo.core.version import __version__
 from clippo.envs.checks import check_env_contract, check_env_source
 from clippo.envs.make import EnvSource, FirstEnvMade, InstanceSource, make_run_envs
+from clippo.envs.snapshots import env_identity, restorable
 from clippo.networks.encoders import encoder_name, import_encoder, is_image
 from clippo.networks.policy import ActorCritic, upgrade_v1_names
 from clippo.rollout import masking
 from clippo.rollout.buffer import Batch, RolloutBuffer
 from clippo.rollout.evaluation import run_episodes
 from clippo.rollout.normalization import ObservationNormalizer, RewardScaler
-from clippo.rollout.runner import EnvRunner
+from clippo.rollout.runner import EnvRunner, nonfinite_rows
+from clippo.rollout.watchdog import EnvWatch, effective_timeout
 from clippo.training.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
     describe_space,
     latest_checkpoint,
+    newest_checkpoint_path,
     periodic_checkpoint_path,
     prune_checkpoints,
     read_checkpoint,
@@ -195,8 +198,10 @@ def _env_source(env: Any, hyperparameters: dict[str, Any]) -> EnvSource:
 def _training_envs(env: EnvSource, config: PPOConfig, checked: gym.Env | None) -> VectorEnv:
     """The run's vector env; ``checked``, an env of a factory made already (by the start-up checks or
     to tell the env's kind), is its first env, so that the factory is called as often as without it."""
-    if checked is not None and (config.vector_env == "async" or config.env_kwargs):
-        checked.close()  # (worker processes make their own envs; env_kwargs are refused for a factory)
+    if checked is not None and (config.vector_env == "async" or config.env_kwargs or restorable(checked)):
+        # worker processes make their own envs; env_kwargs are refused for a factory; and an env whose
+        # state checkpoints hold is made afresh, as on resume (its build is recorded before any reset)
+        checked.close()
         checked = None
     try:
         source = FirstEnvMade(checked, env) if checked is not None and callable(env) else env
@@ -251,6 +256,25 @@ def register_agent_kind(kind: AgentKind) -> None:
 
 def _kind_of(payload: dict[str, Any]) -> AgentKind | None:
     return next((kind for kind in _AGENT_KINDS if kind.checkpoint_key in payload), None)
+
+
+def _saved_world(value: Any) -> dict[str, Any] | None:
+    """A checkpoint's record of its world (size, each rank's env count), checked as data; None
+    for a checkpoint written before clippo recorded it."""
+    if value is None:
+        return None
+    size = value.get("size") if isinstance(value, dict) else None
+    counts = value.get("num_envs") if isinstance(value, dict) else None
+    if (
+        not isinstance(size, int)
+        or isinstance(size, bool)
+        or not 1 <= size <= 1 << 16
+        or not isinstance(counts, list)
+        or len(counts) != size
+        or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in counts)
+    ):
+        raise CheckpointError("its record of the processes it trained on is malformed")
+    return {"size": size, "num_envs": counts}
 
 
 class PPO:
@@ -404,6 +428,10 @@ class PPO:
         #: why training should end early (a signal, a callback, another rank): set by request_stop and the loop
         self.stopping = StopRequest()
         self.envs_restored = False
+        #: why a resumed run's envs restarted fresh instead (None: restored, or nothing to restore)
+        self.envs_fresh_reason: str | None = None
+        #: the world a loaded checkpoint was trained in: its size and each rank's env count
+        self.saved_world: dict[str, Any] | None = None
         self._envs = None
         self._runner: EnvRunner | None = None
         self._pending_runner_state: dict | None = None
@@ -497,11 +525,21 @@ class PPO:
     @property
     def resume_hint(self) -> str:
         """How to continue this run, for error messages."""
+        nproc = f" --nproc {self.world.size}" if self.world.distributed else ""
         return (
-            f"resume with: clippo resume {self.run_dir}"
+            f"resume with: clippo resume {self.run_dir}{nproc}"
             if self.run_dir is not None
             else "nothing was saved (no run_dir)"
         )
+
+    def exit_hint(self) -> str:
+        """What a forced exit leaves behind (the newest checkpoint, how to resume), for its message."""
+        if self.run_dir is None:
+            return "this process writes no checkpoint" if not self.world.is_main else "nothing was saved (no run_dir)"
+        newest = newest_checkpoint_path(self.run_dir)
+        if newest is None:
+            return f"no checkpoint was written yet in {self.run_dir}"
+        return f"the last checkpoint {newest} is intact; {self.resume_hint}"
 
     def update_policy(self, batch: Batch, plan: UpdatePlan | None = None) -> dict[str, float]:
         """The PPO update on one rollout's batch (``clippo.training.update.Learner.update_policy``)."""
@@ -537,7 +575,16 @@ class PPO:
             if self.update:
                 seed += 7919 * self.update
             cfg = self.config
-            reset = self._envs.reset(seed=seed)  # (restoring saved env state below overwrites it)
+            identity = env_identity(self._envs)  # (as built: before the first reset)
+            watch = EnvWatch(self._envs, effective_timeout(self._envs, cfg.env_timeout))
+            watch.exit_hint = self.exit_hint
+            try:
+                reset = watch.reset(seed)  # (restoring saved env state below overwrites it)
+            except BaseException:
+                watch.close()
+                self._envs.close(**({"terminate": True} if watch.asynchronous else {}))
+                self._envs = None
+                raise
             # Whether, and how, the envs give action masks: decided once per run, from the envs.
             self.action_masks = masking.detect_mask_source(self._envs, self.model.distribution, reset[1])
             if self.action_masks is not None:
@@ -546,11 +593,22 @@ class PPO:
                 self._envs, self.obs_normalizer, self.reward_scaler, cfg.nonfinite, cfg.reward_sign, cfg.episodic_life,
                 self.action_masks,
             )  # fmt: skip
+            self._runner.watch, self._runner.env_identity = watch, identity
             # Saved env state is rank 0's: other ranks start their envs afresh.
             self.envs_restored = pending is not None and self.world.is_main and self._runner.load_state_dict(pending)
+            self.envs_fresh_reason = None
+            if pending is not None and not self.envs_restored:
+                self.envs_fresh_reason = (
+                    self._runner.restore_failure if self.world.is_main else "saved env state is rank 0's"
+                )
             if not self.envs_restored:
                 self._runner.start(seed, reset)
         return self._runner
+
+    @property
+    def env_watch(self) -> EnvWatch | None:
+        """The training envs' call under way and its time limit (None before the envs start)."""
+        return self._runner.watch if self._runner is not None else None
 
     def _check_spaces(self, envs) -> None:
         for name in ("observation_space", "action_space"):
@@ -594,6 +652,11 @@ class PPO:
             obs, own_masks = masking.split_observation(obs, self.observation_space)
             action_masks = own_masks if action_masks is None else action_masks
         obs, single = observations.as_batch(obs, self.model.observation_space)
+        bad = nonfinite_rows(obs)
+        if bad.any():
+            row = int(np.argmax(bad))
+            where = "the observation" if single else f"observation row {row} (of {len(bad)})"
+            raise ValueError(f"{where} holds NaN or infinity: act() and predict() need finite observations")
         if self.obs_normalizer.enabled:
             obs = self.obs_normalizer(obs)
         count = observations.batch_size(obs)
@@ -730,6 +793,8 @@ class PPO:
             "global_rngs": global_rng_states(),
             "train_time": self.train_time,
             "recent_returns": [float(r) for r in self.recent_returns],
+            # the global batch is num_envs * num_steps * size: a resume must run in the same world
+            "world": {"size": self.world.size, "num_envs": [self.config.num_envs] * self.world.size},
             "runner": None,
         }
 
@@ -793,6 +858,7 @@ class PPO:
         if kind is not None:
             return kind.from_run(run_dir, env, trust_code)
         agent = cls._from_payload(payload, path, env, run_dir, {}, encoder, trust_code, tuple(env_modules))
+        agent._check_world(run_dir)
         if payload.get("global_rngs") is not None:
             # clippo draws from its own generator, but env or user code may use the global ones.
             try:
@@ -802,6 +868,21 @@ class PPO:
                     f"checkpoint {str(path)!r} does not fit this clippo: {safety.clean(first_line(exc), 200)}"
                 ) from None
         return agent
+
+    def _check_world(self, run_dir: str | Path) -> None:
+        """A run continues in the world it trained in: another number of processes would change
+        the global batch (num_envs * num_steps per process) under the same config, silently."""
+        saved = self.saved_world
+        if saved is None or (saved["size"] == self.world.size and saved["num_envs"][0] == self.config.num_envs):
+            return
+        cfg, size = self.config, saved["size"]
+        batch = sum(saved["num_envs"]) * cfg.num_steps
+        self.close()
+        raise CheckpointError(
+            f"run {str(run_dir)!r} trained on {size} process{'es' if size > 1 else ''} (global batch {batch} = "
+            f"{' + '.join(map(str, saved['num_envs']))} envs x {cfg.num_steps} steps) and this resume runs "
+            f"{self.world.size}: resume it with: clippo resume {run_dir}" + (f" --nproc {size}" if size > 1 else "")
+        )
 
     @classmethod
     def _from_payload(
@@ -859,9 +940,12 @@ class PPO:
             agent.update = int(payload["update"])
             agent.schedule_start, agent.schedule_end = (int(v) for v in payload["schedule"])
             restore_generator(agent.generator, payload["generator"])
+            if agent.world.rank:  # (the saved generator is rank 0's: the others draw their own samples)
+                agent.generator.manual_seed(config.seed + 1_000_003 * agent.world.rank + 7919 * agent.update)
             agent.train_time = float(payload.get("train_time", 0.0))
             agent.recent_returns = [float(r) for r in payload.get("recent_returns", [])]
             agent._pending_runner_state = payload.get("runner")
+            agent.saved_world = _saved_world(payload.get("world"))
         except Exception as exc:  # a damaged payload can fail anywhere in reconstruction
             hint = "; pass encoder= to PPO.load" if "encoder=" in str(exc) else ""
             raise CheckpointError(

@@ -3,6 +3,9 @@ learning the toy envs, checkpoints keeping actions identical, and --nproc 2 runs
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -12,6 +15,7 @@ import torch
 from gymnasium import spaces
 
 from clippo import PPO
+from clippo.core.errors import CheckpointError
 from clippo.envs.toy import BitsEnv, ToolAmountEnv
 
 TINY = dict(num_envs=2, num_steps=32, num_minibatches=2, update_epochs=2, hidden_sizes=[16, 16], tensorboard=False)
@@ -99,12 +103,19 @@ def test_masked_and_hybrid_envs_train_on_two_processes_and_resume_from_a_checkpo
         run_dir = tmp_path / env_id.replace("/", "_")
         assert PPO.load(run_dir).global_step == 2048
         # the run as if interrupted after update 6 of 8 (2 ranks x 2 envs x 64 steps each): its
-        # periodic checkpoint resumes in one process, with the envs' masks detected again
+        # periodic checkpoint resumes on two processes (one would halve the global batch: refused)
         (run_dir / "agent.pt").unlink()
-        agent = PPO.from_run(run_dir)
-        assert agent.global_step == 6 * 256 and not agent.finished
-        agent.resume(progress=False)
-        assert agent.global_step == 2048 and (run_dir / "agent.pt").is_file()
+        with pytest.raises(CheckpointError, match="--nproc 2"):
+            PPO.from_run(run_dir)
+        result = subprocess.run(
+            [sys.executable, "-m", "clippo", "resume", str(run_dir), "--nproc", "2"],
+            cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"resuming {env_id} at step {6 * 256} on 2 processes" in result.stdout
+        agent = PPO.load(run_dir)
+        assert agent.global_step == 2048
+        agent.env_runner()  # the envs' masks are detected again
         assert (agent.action_masks is not None) == (env_id == "clippo/Slots-v0")
         assert agent.evaluate(episodes=2, seed=0)["episodes"] == 2
         agent.close()

@@ -320,7 +320,7 @@ def test_an_env_snapshot_naming_np_random_test_calls_nothing_on_resume(tmp_path,
     monkeypatch.setattr(np.random, "test", lambda *a, **k: called.append(1), raising=False)
 
     def poison(payload):
-        envs = payload["runner"]["envs"]
+        envs = payload["runner"]["envs"]["state"]
         envs[0]["np_random_probe"] = {"rng": {"bit_generator": "test"}}  # an attribute the env does not have
         for state in envs:  # and every real RNG renamed
             for value in state.values():
@@ -343,11 +343,12 @@ def test_a_runner_state_of_another_shape_resumes_with_fresh_envs(stopped):
 
 def test_restore_env_state_sets_only_existing_attributes_of_the_same_type():
     from clippo.envs.make import make_vector_env
-    from clippo.envs.snapshots import restore_env_state, snapshot_env_state
+    from clippo.envs.snapshots import env_identity, restore_env_state, snapshot_env_state
 
     envs = make_vector_env("CartPole-v1", 2, "sync")
+    identity = env_identity(envs)
     envs.reset(seed=0)
-    snapshot = snapshot_env_state(envs)
+    snapshot = snapshot_env_state(envs, identity)
     target = envs.envs[0].unwrapped
     before = target.state.copy()
     for bad in (
@@ -357,11 +358,12 @@ def test_restore_env_state_sets_only_existing_attributes_of_the_same_type():
         {"np_random": {"rng": {"bit_generator": "test"}}},
         {"__class__": None},
     ):
-        poisoned = [dict(s) for s in snapshot]
-        poisoned[-1] = {**poisoned[-1], **bad}
-        assert restore_env_state(envs, poisoned) is False, bad
+        states = [dict(s) for s in snapshot["state"]]
+        states[-1] = {**states[-1], **bad}
+        reason = restore_env_state(envs, {**snapshot, "state": states}, identity)
+        assert isinstance(reason, str) and "\n" not in reason, bad
         assert np.array_equal(target.state, before) and not hasattr(target, "evil")
-    assert restore_env_state(envs, snapshot) is True
+    assert restore_env_state(envs, snapshot, identity) is None
     envs.close()
 
 

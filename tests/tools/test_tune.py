@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # 2 envs, 4 evaluations of 2 episodes over 256 steps, and (fixed, so not searched) few minibatch
 # steps: a trial takes a fraction of a second.
 TINY = ["--steps-per-trial", "256", "--eval-every", "64", "--eval-episodes", "2"]
+#: the default study's folder in --out
+STUDY = "clippo-CartPole-v1"
 FIXED = {"num_envs": 2, "update_epochs": 2, "num_minibatches": 2}
 
 
@@ -59,7 +61,7 @@ def test_a_study_writes_a_config_that_train_accepts_and_a_summary(tmp_path, base
     assert code == 0, err
     assert "best_config.yaml: the best trial's hyperparameters, without the trials' budget" in out
     assert len(finished(tmp_path)) == 3
-    best = tmp_path / "out" / "best_config.yaml"
+    best = tmp_path / "out" / STUDY / "best_config.yaml"
     values = yaml.safe_load(best.read_text())
     assert set(values) <= set(FIELD_NAMES) and set(SEARCH_SPACE) <= set(values)
     assert "total_steps" not in values and "seed" not in values  # (the trials' budget is not the run's)
@@ -68,12 +70,12 @@ def test_a_study_writes_a_config_that_train_accepts_and_a_summary(tmp_path, base
     assert "learning_rate:" in searched and "update_epochs:" not in searched  # the --config file's are fixed
     config = resolve_config("CartPole-v1", config_file=best)
     assert config.learning_rate == values["learning_rate"] and config.hidden_sizes == values["hidden_sizes"]
-    summary = (tmp_path / "out" / "summary.md").read_text()
+    summary = (tmp_path / "out" / STUDY / "summary.md").read_text()
     assert "| trial | value | state | evaluations | params |" in summary
     assert summary.count("| complete |") + summary.count("| pruned |") == 3
     assert "learning_rate=" in summary and "Objective: the mean deterministic evaluation return" in summary
-    assert (tmp_path / "out" / "optimization_history.png").is_file()
-    trial_dir = tmp_path / "out" / "trials" / "trial-0000"
+    assert (tmp_path / "out" / STUDY / "optimization_history.png").is_file()
+    trial_dir = tmp_path / "out" / STUDY / "trials" / "trial-0000"
     assert (trial_dir / "metrics.csv").is_file() and (trial_dir / "config.yaml").is_file()
 
     code, _, err = run_cli(
@@ -116,7 +118,37 @@ def test_parallel_jobs_share_one_storage(tmp_path, base_config, capfd):
     assert len(finished(tmp_path)) in (3, 4)  # two workers may both start the last trial
     workers = capfd.readouterr().out  # the worker processes print to the real stdout
     assert "(worker " in workers
-    assert (tmp_path / "out" / "best_config.yaml").is_file()
+    assert (tmp_path / "out" / STUDY / "best_config.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_two_studies_in_one_folder_keep_their_own_files(tmp_path, base_config):
+    """Issue #35: a second study (--study-name b) with the same --out deleted the first one's
+    trials/trial-0000 and overwrote its best_config.yaml."""
+    code, _, err = tune(tmp_path, base_config, 1)
+    assert code == 0, err
+    first_trial = tmp_path / "out" / STUDY / "trials" / "trial-0000"
+    first_best = tmp_path / "out" / STUDY / "best_config.yaml"
+    files = {path: path.read_bytes() for path in [*first_trial.rglob("*"), first_best] if path.is_file()}
+    assert first_trial / "metrics.csv" in files
+    code, _, err = tune(tmp_path, base_config, 1, "--study-name", "b", "--no-plots")
+    assert code == 0, err
+    assert {path: path.read_bytes() for path in files} == files  # nothing of study 1 touched
+    assert (tmp_path / "out" / "b" / "trials" / "trial-0000" / "metrics.csv").is_file()
+    assert "study 'b'" in (tmp_path / "out" / "b" / "best_config.yaml").read_text()
+
+
+def test_trial_directories_are_never_reused_or_deleted(tmp_path):
+    from clippo.tools.tuning import claim_trial_dir, study_folder_name
+
+    old = tmp_path / "trials" / "trial-0000"
+    old.mkdir(parents=True)
+    (old / "metrics.csv").write_text("kept")
+    new = claim_trial_dir(tmp_path / "trials", 0)
+    assert new.name == "trial-0000-1" and (old / "metrics.csv").read_text() == "kept"
+    assert claim_trial_dir(tmp_path / "trials", 1).name == "trial-0001"
+    assert study_folder_name("clippo-clippo/Bandit-v0") == "clippo-clippo_Bandit-v0"
+    assert study_folder_name("..") == "_.."
 
 
 def test_continuing_with_other_settings_is_refused(tmp_path, base_config):

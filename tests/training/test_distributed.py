@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from clippo import PPO
+from clippo.core.errors import CheckpointError
 
 #: every test here starts torchrun with two processes
 pytestmark = pytest.mark.slow
@@ -39,17 +40,25 @@ def test_two_ranks_hold_identical_parameters_after_every_update(tmp_path):
     assert not torch.equal(rank0["params"][0], rank0["params"][-1])
 
 
-def test_a_recurrent_agent_trains_on_two_ranks_and_resumes_in_one_process(tmp_path):
+def test_a_recurrent_agent_trains_on_two_ranks_and_resumes_on_two(tmp_path):
     torchrun(str(WORKER), "recurrent", str(tmp_path), cwd=tmp_path)
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True)["params"] for r in (0, 1))
     assert rank0.shape[0] == 4 and torch.equal(rank0, rank1)
     assert not torch.equal(rank0[0], rank0[-1])
     run_dir = tmp_path / "run"
     (run_dir / "agent.pt").unlink()  # as if interrupted after the checkpoint of update 3
-    agent = PPO.from_run(run_dir)
-    assert agent.update == 3 and agent.config.recurrent == "lstm" and agent.global_step == 3 * 128
-    agent.resume(progress=False)  # the last 128 steps, in one process: two updates of 64
-    assert agent.global_step == 4 * 128 and (run_dir / "agent.pt").is_file()
+    # one process would halve the global batch (128 -> 64 steps per update): refused (issue #35)
+    with pytest.raises(CheckpointError, match="--nproc 2"):
+        PPO.from_run(run_dir)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "clippo", "resume", str(run_dir), "--nproc", "2"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming clippo/CartPoleNoVel-v1 at step 384 on 2 processes" in result.stdout
+    agent = PPO.load(run_dir)  # (a distributed run's checkpoint loads in one process to act)
+    assert agent.update == 4 and agent.config.recurrent == "lstm" and agent.global_step == 4 * 128
     assert agent.evaluate(episodes=2, seed=0)["episodes"] == 2
     agent.close()
 

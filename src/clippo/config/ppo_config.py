@@ -61,6 +61,17 @@ class PPOConfig:
         "or auto: native when it exists else sync, ale for Atari ids.",
         "auto",
     )
+    env_timeout: float | None = knob(
+        "Seconds an env's step or reset may take before the run stops, naming the env (none: the default, 300 for "
+        "an async vector env, no limit for a sync or native one; a sync env's step runs in the training process and "
+        "cannot be interrupted: past the limit a watchdog ends the process, the last checkpoint intact).",
+        None,
+    )
+    stop_grace: float = knob(
+        "Seconds between a first SIGINT/SIGTERM and the end of the process if training has not reached an update "
+        "boundary by then (an env or another rank hangs); the last checkpoint stays intact.",
+        10.0,
+    )
     num_minibatches: int = knob("Minibatches per epoch; 1 means full-batch updates.", 4)
     update_epochs: int = knob("Passes over the batch per update (fewer if the KL early stop triggers).", 4)
     learning_rate: float = knob("Adam step size (start value when annealed).", 3e-4)
@@ -265,7 +276,7 @@ class PPOConfig:
         for name in positive_ints:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} is invalid: it must be an integer >= 1")
-        for name in ["learning_rate", "clip_epsilon", "obs_clip", "reward_clip"]:
+        for name in ["learning_rate", "clip_epsilon", "obs_clip", "reward_clip", "stop_grace"]:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name}={value} is invalid: it must be a finite number > 0")
@@ -273,7 +284,7 @@ class PPOConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name}={value} is invalid: it must be a finite number >= 0")
-        for name in ["max_grad_norm", "target_kl"]:
+        for name in ["max_grad_norm", "target_kl", "env_timeout"]:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name}={value} is invalid: it must be a number > 0, or none to disable it")

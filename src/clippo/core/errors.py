@@ -32,8 +32,18 @@ class ActionMaskError(EnvStepError):
     """An env's action mask with no valid action, or of the wrong shape; training stopped as for ``EnvStepError``."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint or run file that could not be written (a full disk, say); the files written
+    before it are intact."""
+
+
 class ExportCheckError(ValueError):
     """An exported ONNX policy whose actions differ from ``agent.act``'s; nothing was written."""
+
+
+class RankFailedError(RuntimeError):
+    """Another process of a ``torch.distributed`` job ended or failed during an exchange; training
+    stopped (rank 0 after checkpointing the last good update)."""
 
 
 class NonFiniteError(RuntimeError):

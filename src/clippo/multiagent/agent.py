@@ -332,6 +332,8 @@ class MultiAgentPPO:
         #: why training should end early (a signal, a callback): set by request_stop and the loop
         self.stopping = StopRequest()
         self.envs_restored = False
+        #: why a resumed run's envs start fresh (a multi-agent run does not save its env copies)
+        self.envs_fresh_reason: str | None = None
         self._runner: MultiAgentRunner | None = None
         self._spare_adapters: list = []
         self._untrusted_env: str | None = None

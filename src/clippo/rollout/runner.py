@@ -23,6 +23,7 @@ from clippo.networks.policy import ActorCritic
 from clippo.rollout.buffer import RolloutBuffer, step_rows
 from clippo.rollout.masking import MaskSource, policy_observation_space
 from clippo.rollout.normalization import ObservationNormalizer, RewardScaler
+from clippo.rollout.watchdog import EnvWatch
 
 
 def float_sum(obs: EnvObs) -> float:
@@ -88,6 +89,14 @@ class EnvRunner:
         self.episode_start = np.ones(self.num_envs, dtype=bool)
         self.finished_returns: list[float] = []
         self.finished_lengths: list[int] = []
+        #: the env call under way and its time limit (the agent sets one with the run's env_timeout)
+        self.watch = EnvWatch(envs, None)
+        #: an env call ran past its time limit: the envs are closed without waiting for it
+        self.timed_out = False
+        #: how the envs were built (clippo.envs.snapshots.env_identity, taken before their first reset)
+        self.env_identity: dict[str, Any] | None = None
+        #: why the last load_state_dict left the envs freshly reset (None: it restored them, or none was tried)
+        self.restore_failure: str | None = None
 
     def start(self, seed: int | None, reset: tuple[Any, dict[str, Any]] | None = None) -> None:
         """Reset every env (env i gets seed + i) and begin fresh episodes. ``reset``: what a
@@ -121,7 +130,10 @@ class EnvRunner:
 
     def _step(self, env_actions: np.ndarray) -> tuple:
         try:
-            return self.envs.step(env_actions)
+            return self.watch.step(env_actions)
+        except EnvStepError:  # (the time limit)
+            self.timed_out = True
+            raise
         except Exception as exc:  # whatever the env raises, training cannot go on from here
             raise EnvStepError(f"the environment raised {type(exc).__name__} in step(): {first_line(exc, '')}") from exc
 
@@ -298,7 +310,7 @@ class EnvRunner:
             "lives": torch.from_numpy(self.lives.copy()),
             "episode_returns": torch.from_numpy(self.episode_returns.copy()),
             "episode_lengths": torch.from_numpy(self.episode_lengths.copy()),
-            "envs": snapshot_env_state(self.envs),
+            "envs": snapshot_env_state(self.envs, self.env_identity),
             "next_masks": None if self.next_masks is None else torch.from_numpy(self.next_masks.copy()),
             "recurrent_state": None if self.state is None else self.state.cpu().clone(),
             "episode_start": torch.from_numpy(self.episode_start.copy()),
@@ -308,14 +320,19 @@ class EnvRunner:
         """Continue from a saved state; False (envs left freshly reset) where the envs cannot be
         restored, or the saved state does not fit these envs (it is data from a file: every part
         is checked before any is used)."""
+        self.restore_failure = "the checkpoint's runner state does not fit these envs"
         if not isinstance(state, dict) or not self._fits(state):
             return False
         next_obs = state.get("next_obs")
-        if state.get("envs") is None or next_obs is None or observations.batch_size(next_obs) != self.num_envs:
+        if state.get("envs") is None:
+            self.restore_failure = "the checkpoint holds no env state (they were not plain data, or had failed)"
+            return False
+        if next_obs is None or observations.batch_size(next_obs) != self.num_envs:
             return False
         if self.action_masks is not None and state.get("next_masks") is None:
             return False
-        if not restore_env_state(self.envs, state["envs"]):
+        self.restore_failure = restore_env_state(self.envs, state["envs"], self.env_identity)
+        if self.restore_failure is not None:
             return False
         self.next_obs = map_obs(lambda t: t.numpy().copy(), next_obs)
         self.autoreset = state["autoreset"].numpy().copy()
@@ -371,4 +388,8 @@ class EnvRunner:
         return finished
 
     def close(self) -> None:
-        self.envs.close()
+        self.watch.close()
+        if self.timed_out and self.watch.asynchronous:  # (a plain close would wait for the hung worker)
+            self.envs.close(terminate=True)
+        else:
+            self.envs.close()

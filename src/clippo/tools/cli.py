@@ -14,9 +14,9 @@ import difflib
 import json
 import math
 import os
+import secrets
 import signal
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from clippo.config.ppo_config import CHOICES, ENV_PRESETS, PRESETS, PPOConfig
-from clippo.core.errors import EnvStepError, NonFiniteError, TrainingInterrupted, first_line
+from clippo.core.errors import EnvStepError, NonFiniteError, RankFailedError, TrainingInterrupted, first_line
+from clippo.tools.signals import stop_on_signals
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -203,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_integer,
         default=1,
         metavar="N",
-        help="train on N local processes (launches torchrun --nproc-per-node N; steps count over all)",
+        help="train on N local processes (each with its own envs; steps count over all)",
     )
     _add_hyperparameter_flags(train)
 
@@ -238,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="live progress bar (default: when stderr is a terminal)",
+    )
+    resume.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="continue on N local processes: as many as the run trained on (the checkpoint records them)",
     )
 
     commands.add_parser("presets", help="print every preset's values as Markdown (docs/presets.md)")
@@ -329,8 +337,9 @@ def _add_tune_command(commands) -> None:
         description="Run an Optuna study on ENV_ID: TPE sampler, median pruner on the periodic evaluations; each "
         "trial trains for --steps-per-trial steps from the env's preset (and --config) with sampled hyperparameters. "
         "The objective is the mean of a trial's deterministic evaluation returns. Re-running the same command "
-        "continues the study in its storage. Writes OUT/best_config.yaml (for clippo train --config), OUT/summary.md "
-        "and Optuna's plots. Search space: docs/tuning.md.",
+        "continues the study in its storage. Writes OUT/STUDY_NAME/best_config.yaml (for clippo train --config), "
+        "OUT/STUDY_NAME/summary.md, Optuna's plots and the trials' run directories (OUT/STUDY_NAME/trials): a folder "
+        "per study, nothing of another study touched. Search space: docs/tuning.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     tune.add_argument("env_id", metavar="ENV_ID", help="Gymnasium environment id, e.g. CartPole-v1")
@@ -559,16 +568,15 @@ def _presets(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     if args.nproc > 1:
-        return _launch_torchrun(args.nproc)
+        return _launch_local(args.nproc)
     from clippo.agent import PPO  # deferred: torch is slow to import and --help should not wait for it
-    from clippo.config.ppo_config import save_config
     from clippo.envs.families import split_env_id
 
     known = {f.name for f in fields(PPOConfig)}
     overrides = {name: value for name, value in vars(args).items() if name in known}
     seed = overrides.get("seed", 0)
-    name = split_env_id(args.env_id)[1]  # (a module:EnvId's module is in config.yaml, not the folder name)
-    run_dir = Path(args.run_dir or f"runs/{name}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+    # (a module:EnvId's module is in config.yaml, not in the folder's name)
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(split_env_id(args.env_id)[1], seed)
     agent = PPO(
         args.env_id,
         preset=args.preset,
@@ -584,9 +592,58 @@ def _train(args: argparse.Namespace) -> int:
     except BaseException:
         agent.close()
         raise
+    with contextlib.ExitStack() as held:
+        held.callback(agent.close)
+        if agent.world.is_main:
+            # the run directory is this process's before anything is written into it
+            run_dir = held.enter_context(claim_run_dir(run_dir, default=args.run_dir is None))
+            agent.run_dir = run_dir
+        return _train_claimed(args, agent, run_dir)
+
+
+def default_run_dir(env_id: str, seed: int) -> Path:
+    """``runs/ENV_ID-seedS-TIME-XXXXXX``: the random suffix keeps runs started in the same second
+    apart (``claim_run_dir`` creates it exclusively all the same)."""
+    return Path(f"runs/{env_id}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}")
+
+
+#: files that mean a run directory already holds a run
+_RUN_FILES = ("config.yaml", "metrics.csv", "agent.pt")
+
+
+@contextlib.contextmanager
+def claim_run_dir(run_dir: Path, default: bool) -> Iterator[Path]:
+    """Hold ``run_dir`` for this process (``checkpoint.run_dir_lock``) from before its first file
+    to the end of training. A default name is created exclusively (another one is drawn if it
+    exists); a given one must not hold a run yet (checked under the lock, so two processes
+    started together cannot both pass)."""
+    from clippo.core.safety import check_run_dir
+    from clippo.training.checkpoint import run_dir_lock
+
+    if default:
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(100):
+            try:
+                run_dir.mkdir()
+                break
+            except FileExistsError:
+                run_dir = run_dir.with_name(run_dir.name.rsplit("-", 1)[0] + f"-{secrets.token_hex(3)}")
+    check_run_dir(run_dir)
+    with run_dir_lock(run_dir, create=True):
+        held = [name for name in _RUN_FILES if (run_dir / name).exists()]
+        if held:
+            raise ValueError(
+                f"run directory {str(run_dir)!r} already holds a run ({held[0]}): choose another --run-dir, "
+                f"or continue it with: clippo resume {run_dir}"
+            )
+        yield run_dir
+
+
+def _train_claimed(args: argparse.Namespace, agent, run_dir: Path) -> int:
+    from clippo.config.ppo_config import save_config
+
     main_rank = agent.world.is_main
     if main_rank:
-        run_dir.mkdir(parents=True, exist_ok=True)
         if args.run_dir is None:
             _point_latest_at(run_dir)
         save_config(agent.config, run_dir / "config.yaml")
@@ -611,8 +668,8 @@ def _eval_callback(agent):
     return EvalCallback.from_config(agent.config)
 
 
-def _launch_torchrun(nproc: int) -> int:
-    """``clippo train ... --nproc N``: the same command in N local processes (``launch_local``)."""
+def _launch_local(nproc: int) -> int:
+    """``clippo train|resume ... --nproc N``: the same command in N local processes (``launch_local``)."""
     argv = sys.argv[1:]
     for i, arg in enumerate(argv):  # drop --nproc N / --nproc=N
         if arg == "--nproc":
@@ -632,8 +689,12 @@ def _resume(args: argparse.Namespace) -> int:
     from clippo.core.safety import check_run_dir
     from clippo.training.checkpoint import run_dir_lock
 
+    if args.nproc > 1:
+        return _launch_local(args.nproc)
     run_dir = Path(args.run_dir)
     check_run_dir(run_dir)  # a link where clippo writes (the lock first): refused before anything is opened
+    if os.environ.get("RANK", "0") != "0":  # (rank 0 holds the run directory and writes into it)
+        return _resume_locked(args, run_dir)
     with run_dir_lock(run_dir):  # before anything is truncated: the run may still be training elsewhere
         return _resume_locked(args, run_dir)
 
@@ -658,13 +719,20 @@ def _resume_locked(args: argparse.Namespace, run_dir: Path) -> int:
             f"run {str(run_dir)!r} already stopped at step {reached['global_step']}: its evaluation reached "
             f"{reached['mean_return']:.2f} >= stop_at_return={agent.config.stop_at_return:g}; nothing to resume"
         )
-    truncate_metrics(run_dir, agent.global_step, getattr(agent, "metrics_columns", None))
+    if agent.world.is_main:
+        truncate_metrics(run_dir, agent.global_step, getattr(agent, "metrics_columns", None))
     callback = _eval_callback(agent)
     with stop_on_signals(agent):
         try:
             agent.env_runner()
             how = "exactly (envs restored)" if agent.envs_restored else "with freshly reset envs"
-            print(f"resuming {agent.config.env_id} at step {agent.global_step} {how}", flush=True)
+            if agent.envs_restored and agent.world.distributed:
+                how = "with rank 0's envs restored (the other ranks' envs reset afresh)"
+            if agent.envs_fresh_reason and agent.world.is_main:
+                how += f": {agent.envs_fresh_reason}"
+            ranks = f" on {agent.world.size} processes" if agent.world.distributed else ""
+            if agent.world.is_main:
+                print(f"resuming {agent.config.env_id} at step {agent.global_step}{ranks} {how}", flush=True)
             agent.resume(progress=args.progress, callback=callback)
         finally:
             agent.close()
@@ -685,31 +753,6 @@ def _extend(agent, run_dir: Path, total_steps: int) -> None:
     agent.config.total_steps = total_steps
     if agent.world.is_main:
         save_config(agent.config, run_dir / "config.yaml")
-
-
-@contextlib.contextmanager
-def stop_on_signals(agent) -> Iterator[None]:
-    """SIGINT/SIGTERM ask the agent to stop at the next update boundary and checkpoint; a second
-    signal ends the process at once."""
-
-    def handler(signum, frame) -> None:
-        signal.signal(signum, signal.SIG_DFL)
-        print(
-            f"clippo: {signal.Signals(signum).name}: stopping after this update (send it again to quit at once)",
-            file=sys.stderr,
-            flush=True,
-        )
-        agent.request_stop(signum)
-
-    if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
-        yield
-        return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def _finish(agent, run_dir: Path, callback=None) -> int:
@@ -826,7 +869,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("clippo: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, OSError, EnvStepError, NonFiniteError) as exc:
+    except (ValueError, TypeError, OSError, EnvStepError, NonFiniteError, RankFailedError) as exc:
         if debug:
             raise
         message = first_line(exc)

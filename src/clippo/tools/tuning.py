@@ -28,6 +28,11 @@ more. A trial whose process was killed stops sending heartbeats; after a grace p
 same hyperparameters (one killed before its first heartbeat stays RUNNING in the storage, and is
 not counted).
 
+*Files:* each study writes into a folder of its own, ``OUT/STUDY_NAME`` (``study_dir``): its trials'
+run directories (``trials/trial-NNNN``, each created exclusively), ``best_config.yaml``,
+``summary.md`` and the plots. Studies sharing an ``--out`` (and its storage) never touch each
+other's files, and nothing of a study is ever deleted.
+
 *Parallel jobs:* ``--jobs J`` starts J worker processes (one torch thread each) on the same
 storage; each starts a trial while fewer than N are finished, so the study may end with up to
 J - 1 more. Several machines share a study by running the same command against one storage they
@@ -41,7 +46,7 @@ import dataclasses
 import json
 import math
 import os
-import shutil
+import re
 import signal
 import subprocess
 import sys
@@ -132,6 +137,13 @@ class TuneSettings:
     #: modules that register the user's own envs, imported before env_id is looked up (--env-module)
     env_modules: list[str] = dataclasses.field(default_factory=list)
 
+    @property
+    def study_dir(self) -> Path:
+        """Where this study's files go: ``OUT/STUDY_NAME`` (trials, best_config.yaml, summary.md,
+        plots), so that studies sharing an ``--out`` (and its storage) never touch each other's."""
+        out = self.out or str(Path("tune") / self.env_id)
+        return Path(out) / study_folder_name(self.study_name or f"clippo-{self.env_id}")
+
     def resolved(self) -> ResolvedTuneSettings:
         """The settings with defaults filled in, checked: one-line ValueError naming a bad value."""
         from clippo.config.ppo_config import resolve_config
@@ -178,6 +190,13 @@ class ResolvedTuneSettings(TuneSettings):
     storage: str
     study_name: str
     out: str
+
+
+def study_folder_name(study_name: str) -> str:
+    """A study name as one folder name: characters other than letters, digits, ``.``, ``_`` and
+    ``-`` become ``_`` (an env id's ``/`` included); never ``.`` or ``..``."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", study_name)[:100]
+    return name if name.strip(".") else "_" + name
 
 
 def _check_positive(name: str, value: int) -> None:
@@ -285,7 +304,7 @@ class TrialReporter(Callback):
 
 
 def run_trial(trial, settings: ResolvedTuneSettings, worker: int = 0) -> float:
-    """Train and evaluate one trial's agent (its run directory: OUT/trials/trial-NNNN)."""
+    """Train and evaluate one trial's agent (its run directory: OUT/STUDY/trials/trial-NNNN)."""
     optuna = require_optuna()
     from clippo import PPO
     from clippo.config.ppo_config import save_config
@@ -293,8 +312,7 @@ def run_trial(trial, settings: ResolvedTuneSettings, worker: int = 0) -> float:
     base = base_values(settings)
     params = suggest(trial, search_space(settings), base, settings.eval_every)
     evaluations = settings.steps_per_trial // settings.eval_every
-    run_dir = Path(settings.out) / "trials" / f"trial-{trial.number:04d}"
-    shutil.rmtree(run_dir, ignore_errors=True)  # trial numbers are unique: a leftover is stale
+    run_dir = claim_trial_dir(settings.study_dir / "trials", trial.number)
     started = time.perf_counter()
     agent = PPO(
         settings.env_id,
@@ -338,6 +356,21 @@ def run_trial(trial, settings: ResolvedTuneSettings, worker: int = 0) -> float:
         flush=True,
     )
     return reporter.objective
+
+
+def claim_trial_dir(folder: Path, number: int) -> Path:
+    """A new run directory for trial ``number``, created exclusively: ``trial-NNNN``, or with a
+    suffix if that exists (left by a study of the same name whose storage was removed). Nothing
+    already there is deleted or reused."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1000):
+        path = folder / (f"trial-{number:04d}" + (f"-{attempt}" if attempt else ""))
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise ValueError(f"cannot create a run directory for trial {number} in {folder}: too many exist")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -531,7 +564,7 @@ def write_outputs(study, settings: ResolvedTuneSettings) -> list[Path]:
     each written atomically and never through a link (clippo.core.safety)."""
     from clippo.core.safety import write_file
 
-    out = Path(settings.out)
+    out = settings.study_dir
     out.mkdir(parents=True, exist_ok=True)
     written = []
     best = _best_trial(study)
@@ -589,7 +622,7 @@ def best_config_yaml(best, study, settings: ResolvedTuneSettings) -> str:
     # the env's own total_steps, or --total-steps)
     config = {k: getattr(validated, k) for k in stored if k not in _NOT_WRITTEN and k not in TRIAL_ONLY}
     searched = {k: config.pop(k) for k in search_space(settings) if k in config}
-    path = Path(settings.out) / BEST_CONFIG_FILE
+    path = settings.study_dir / BEST_CONFIG_FILE
     header = [
         f"# clippo tune {settings.env_id}: trial {best.number} of study {settings.study_name!r} ({settings.storage}),",
         f"# objective {best.value:.2f}: {objective_text(settings)}; training seed {settings.seed}.",
@@ -638,13 +671,13 @@ def summary_markdown(study, settings: ResolvedTuneSettings, best, plots: list[Pa
         f"{counts['RUNNING']} running; target {settings.trials}.",
         "",
         f"Objective: {objective_text(settings)}. TPE sampler, median pruner on the running mean of the evaluations. "
-        f"Training seed {settings.seed}; trial run directories in `{Path(settings.out) / 'trials'}`.",
+        f"Training seed {settings.seed}; trial run directories in `{settings.study_dir / 'trials'}`.",
         "",
     ]
     if best is not None:
         lines += [
-            f"Best: trial {best.number}, objective {best.value:.2f}: `{Path(settings.out) / BEST_CONFIG_FILE}` "
-            f"(`clippo train {settings.env_id} --config {Path(settings.out) / BEST_CONFIG_FILE}`).",
+            f"Best: trial {best.number}, objective {best.value:.2f}: `{settings.study_dir / BEST_CONFIG_FILE}` "
+            f"(`clippo train {settings.env_id} --config {settings.study_dir / BEST_CONFIG_FILE}`).",
             "",
         ]
     else:

@@ -7,10 +7,13 @@ to open. Spaces are stored as plain descriptions for the same reason.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pickle
 import re
+import shutil
 import tempfile
+import threading
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -22,7 +25,7 @@ import torch
 from gymnasium import spaces
 
 from clippo.core import safety
-from clippo.core.errors import CheckpointError, RunDirInUseError, first_line
+from clippo.core.errors import CheckpointError, CheckpointWriteError, RunDirInUseError, first_line
 
 FORMAT = "clippo-checkpoint"
 FORMAT_VERSION = 2
@@ -194,25 +197,70 @@ def _int_tensor(value: Any, name: str) -> torch.Tensor:
     return value
 
 
+_writes = [0]  # checkpoint writes under way in this process (a forced exit waits for them)
+_writes_lock = threading.Lock()
+
+
+def writes_in_progress() -> int:
+    """How many checkpoint writes are under way in this process (``write_atomic``)."""
+    return _writes[0]
+
+
+def write_failure(path: Path, exc: BaseException, what: str = "checkpoint") -> CheckpointWriteError:
+    """A one-line error for a checkpoint (or another run file: ``what``) that could not be
+    written: torch reports a full disk as a RuntimeError ("file write failed"), the operating
+    system as ENOSPC."""
+    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    with contextlib.suppress(OSError):  # (torch's own writer names no errno: ask the file system)
+        full = full or shutil.disk_usage(path.parent).free < FULL_DISK_BYTES
+    reason = "no space left on device" if full else safety.clean(first_line(exc), 160)
+    error = CheckpointWriteError(
+        f"cannot write {what} {path}: {reason}; the checkpoints written before it are intact"
+        + (" (free some space, then resume)" if full else "")
+    )
+    error.errno = errno.ENOSPC if full else getattr(exc, "errno", None) or errno.EIO
+    return error
+
+
+#: below this much free space a failed write is reported as a full disk
+FULL_DISK_BYTES = 1 << 20
+
+
 def write_atomic(payload: dict[str, Any], path: str | Path) -> Path:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``.
 
-    A crash at any instant leaves either the old file or the new one, never a partial file.
+    A crash at any instant leaves either the old file or the new one, never a partial file; a
+    failed write (a full disk) is one ``CheckpointWriteError`` and leaves the old files alone.
     """
-    path = Path(path)
+    with _writes_lock:
+        _writes[0] += 1
+    try:
+        return _write_atomic(payload, Path(path))
+    finally:
+        with _writes_lock:
+            _writes[0] -= 1
+
+
+def _write_atomic(payload: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     # mkstemp creates exclusively and os.replace swaps a directory entry: neither follows a link;
     # a link where the checkpoint goes (or a linked checkpoints folder) is refused outright
     safety.refuse_symlink(path)
     if path.parent.name == CHECKPOINT_DIR:
         safety.refuse_symlink(path.parent)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise write_failure(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
+    except (OSError, RuntimeError) as exc:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise write_failure(path, exc) from exc
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
@@ -360,6 +408,16 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
         old.unlink(missing_ok=True)
     for stale in folder.glob(".step_*.tmp"):
         stale.unlink(missing_ok=True)
+
+
+def newest_checkpoint_path(run_dir: str | Path) -> Path | None:
+    """The newest checkpoint file of a run directory by name (its final one, else the periodic
+    one of the most steps), or None; not read (for messages)."""
+    run_dir = Path(run_dir)
+    if (run_dir / FINAL_NAME).is_file():
+        return run_dir / FINAL_NAME
+    periodic = sorted((run_dir / CHECKPOINT_DIR).glob("step_*.pt"))
+    return periodic[-1] if periodic else None
 
 
 def latest_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:

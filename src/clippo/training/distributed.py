@@ -15,15 +15,23 @@ any host that reaches it: docs/trust.md):
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import signal
+import subprocess
+import sys
+import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from clippo.core.errors import RankFailedError
 
 
 @dataclass(frozen=True)
@@ -85,11 +93,7 @@ def launch_local(nproc: int, argv: list[str]) -> int:
     which then stop at an update boundary (rank 0 checkpoints) and are waited for. Returns rank 0's
     exit status, else the first non-zero one. Multi-machine jobs use torchrun itself."""
     import shutil
-    import signal
-    import subprocess
-    import sys
     import tempfile
-    import time
 
     folder = tempfile.mkdtemp(prefix="clippo-rendezvous-")  # (mkdtemp: mode 0700, this user only)
     loopback = "lo0" if sys.platform == "darwin" else "lo"
@@ -124,27 +128,29 @@ def launch_local(nproc: int, argv: list[str]) -> int:
                     start_new_session=True,
                 )
             )
+        first_failed: int | None = None
+        ended: set[int] = set()
         while True:
             codes = [process.poll() for process in processes]
             if all(code is not None for code in codes):
                 break
-            if any(code not in (None, 0) for code in codes) and not interrupted:
-                # a rank failed: the others would wait for it in their next exchange, so end them
-                for process in processes:
-                    if process.poll() is None:
-                        process.terminate()
-                deadline = time.monotonic() + 30
-                for process in processes:
-                    try:
-                        process.wait(max(deadline - time.monotonic(), 0.1))
-                    except subprocess.TimeoutExpired:
-                        process.kill()
-                        process.wait()
+            failed = [rank for rank, code in enumerate(codes) if code not in (None, 0)]
+            if failed and not interrupted:
+                # a rank failed: the others find out in their next exchange (rank 0 then checkpoints
+                # the last good update) or wait for it; those still running after a while are ended
+                first_failed = failed[0]
+                ended = _end_survivors(processes)
                 break
             time.sleep(0.1)
+        if first_failed is not None:
+            for rank, process in enumerate(processes):  # one line per process, not their tracebacks
+                print(_ending(rank, process, first_failed, rank in ended), file=sys.stderr, flush=True)
         # rank 0's status (it writes the checkpoints and says what happened), else the first failure;
         # a rank ended by a signal counts as 128 + its number, as a shell reports it
-        codes = [128 - code if code < 0 else code for code in (process.returncode for process in processes)]
+        ended_codes = (
+            process.returncode if process.returncode is not None else process.wait() for process in processes
+        )
+        codes = [128 - code if code < 0 else code for code in ended_codes]
         return codes[0] or next((code for code in codes if code), 0)
     finally:
         for sig, handler in previous.items():
@@ -154,6 +160,57 @@ def launch_local(nproc: int, argv: list[str]) -> int:
                 process.kill()
                 process.wait()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def exchange(world: World, what: str) -> Iterator[None]:
+    """A collective exchange: a rank that ended or failed (its connection closed, the backend's
+    error) is one ``RankFailedError`` naming this rank, not the backend's traceback."""
+    try:
+        yield
+    except RuntimeError as exc:  # (gloo and NCCL raise RuntimeError subclasses: DistBackendError, ...)
+        raise RankFailedError(
+            f"rank {world.rank}: the {what} exchange failed: another process of the {world.size}-process job ended "
+            "or failed"
+        ) from exc
+
+
+#: seconds the other ranks of a local job get to end by themselves after one fails, then to stop after SIGTERM
+SURVIVOR_WAIT = (15.0, 30.0)
+
+
+def _end_survivors(processes: list[subprocess.Popen]) -> set[int]:
+    """After a rank failed: wait for the others to end by themselves (a closed connection fails
+    their next exchange at once), then SIGTERM them (they stop within their grace period), then
+    SIGKILL. Returns the ranks this ended."""
+    ended: set[int] = set()
+    for signal_them, wait in ((False, SURVIVOR_WAIT[0]), (True, SURVIVOR_WAIT[1]), (None, 10.0)):
+        deadline = time.monotonic() + wait
+        for rank, process in enumerate(processes):
+            if process.poll() is None and signal_them is not False:
+                ended.add(rank)
+                process.terminate() if signal_them else process.kill()
+        for process in processes:
+            try:
+                process.wait(max(deadline - time.monotonic(), 0.01))
+            except subprocess.TimeoutExpired:
+                pass
+        if all(process.poll() is not None for process in processes):
+            break
+    return ended
+
+
+def _ending(rank: int, process: subprocess.Popen, first_failed: int, ended: bool) -> str:
+    """How one rank of a failed local job ended, in one line."""
+    code = process.returncode
+    if code is None:
+        how = "did not end"
+    elif code < 0:
+        how = f"was ended by {signal.Signals(-code).name}" if -code in signal.valid_signals() else f"signal {-code}"
+    else:
+        how = "exited normally" if code == 0 else f"exited with status {code}"
+    why = " (the first to fail)" if rank == first_failed else f" (ended by clippo after rank {first_failed} failed)"
+    return f"clippo: rank {rank} (pid {process.pid}) {how}{why if rank == first_failed or ended else ''}"
 
 
 #: up to this many ranks, gloo averages by all-gather plus a local sum (see ``all_reduce_mean_``)
@@ -172,20 +229,22 @@ def all_reduce_mean_(tensor: torch.Tensor, world: World) -> torch.Tensor:
     """
     if not world.distributed:
         return tensor
-    if world.size <= GATHER_MAX_RANKS and dist.get_backend() == "gloo":
-        flat = tensor.view(-1)
-        gathered = torch.empty(world.size * flat.numel(), dtype=flat.dtype, device=flat.device)
-        dist.all_gather_into_tensor(gathered, flat)
-        torch.sum(gathered.view(world.size, -1), 0, out=flat)
-    else:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    with exchange(world, "gradient"):
+        if world.size <= GATHER_MAX_RANKS and dist.get_backend() == "gloo":
+            flat = tensor.view(-1)
+            gathered = torch.empty(world.size * flat.numel(), dtype=flat.dtype, device=flat.device)
+            dist.all_gather_into_tensor(gathered, flat)
+            torch.sum(gathered.view(world.size, -1), 0, out=flat)
+        else:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor.div_(world.size)
 
 
 def broadcast_(tensor: torch.Tensor, world: World) -> torch.Tensor:
     """Overwrite ``tensor`` with rank 0's copy, in place."""
     if world.distributed:
-        dist.broadcast(tensor, src=0)
+        with exchange(world, "broadcast"):
+            dist.broadcast(tensor, src=0)
     return tensor
 
 
@@ -194,7 +253,8 @@ def all_gather(obj: Any, world: World) -> list[Any]:
     if not world.distributed:
         return [obj]
     gathered: list = [None] * world.size
-    dist.all_gather_object(gathered, obj)
+    with exchange(world, "after-rollout"):
+        dist.all_gather_object(gathered, obj)
     return gathered
 
 
@@ -242,4 +302,5 @@ def pooled_moments(shares: list[np.ndarray]) -> list[tuple[float, float]]:
 
 def shutdown(world: World) -> None:
     if world.distributed and dist.is_initialized():
-        dist.destroy_process_group()
+        with contextlib.suppress(RuntimeError):  # (a job whose other ranks already ended)
+            dist.destroy_process_group()

@@ -14,6 +14,7 @@ from typing import Any
 from tqdm import tqdm
 
 from clippo.core import safety
+from clippo.training.checkpoint import write_failure
 
 METRICS_FILE = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
@@ -70,6 +71,7 @@ class RunLogger:
         #: metrics.csv's columns (COLUMNS, or a run kind's own list, e.g. clippo.multiagent's)
         self.columns = list(columns or COLUMNS)
         self._csv_file = None
+        self._csv_path = Path(METRICS_FILE)
         self._csv = None
         self._tb = None
         if run_dir is not None:
@@ -80,6 +82,7 @@ class RunLogger:
                 _rewrite(path, _rows(path), self.columns)
             # never through a link or into another file's hard link (clippo.core.safety)
             self._csv_file = safety.open_append(path)
+            self._csv_path = path
             self._csv = csv.DictWriter(self._csv_file, fieldnames=self.columns, extrasaction="ignore")
             if new_file:
                 self._csv.writeheader()
@@ -101,9 +104,12 @@ class RunLogger:
 
     def log(self, metrics: dict[str, Any]) -> None:
         if self._csv is not None:
-            self._csv.writerow(metrics)
             assert self._csv_file is not None  # opened with the writer
-            self._csv_file.flush()  # a checkpoint may follow: its rows must not sit in a buffer
+            try:
+                self._csv.writerow(metrics)
+                self._csv_file.flush()  # a checkpoint may follow: its rows must not sit in a buffer
+            except OSError as exc:  # (a full disk: one line naming the file)
+                raise write_failure(self._csv_path, exc, "metrics file") from exc
         if self._tb is not None:
             step = metrics["global_step"]
             for name in self.columns[2:]:

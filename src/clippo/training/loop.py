@@ -19,13 +19,13 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import numpy as np
 import torch
 
 from clippo.core.advantages import compute_gae
-from clippo.core.errors import EnvStepError, NonFiniteError, TrainingInterrupted
+from clippo.core.errors import EnvStepError, NonFiniteError, RankFailedError, TrainingInterrupted
 from clippo.core.losses import explained_variance
 from clippo.networks.policy import ActorCritic
 from clippo.rollout.buffer import Batch, RolloutBuffer
@@ -162,9 +162,12 @@ def _train(agent: Trainee, progress: bool | None, callback) -> None:
             plan = agent.learner.plan_update(len(batch))
             episodes = runner.pop_finished_episodes()
             exchange_start = time.perf_counter()
-            poisoned, (episode_returns, episode_lengths) = exchange_after_rollout(
-                agent, runner.poisoned, batch, plan, episodes
-            )
+            try:
+                poisoned, (episode_returns, episode_lengths) = exchange_after_rollout(
+                    agent, runner.poisoned, batch, plan, episodes
+                )
+            except RankFailedError as exc:
+                stop_with_checkpoint(agent, exc, boundary)
             update_start = time.perf_counter()
 
             # 3. Several epochs of minibatch steps on the combined PPO loss.
@@ -182,6 +185,8 @@ def _train(agent: Trainee, progress: bool | None, callback) -> None:
                     stats = agent.learner.update_policy(batch, plan)
                 except NonFiniteError as exc:
                     stop_with_checkpoint(agent, NonFiniteError(f"update {agent.update}: {exc}"), boundary)
+                except RankFailedError as exc:
+                    stop_with_checkpoint(agent, exc, boundary)
 
             agent.recent_returns = (agent.recent_returns + episode_returns)[-100:]
             update_end = time.perf_counter()
@@ -214,7 +219,7 @@ def _train(agent: Trainee, progress: bool | None, callback) -> None:
         agent.save(agent.run_dir / FINAL_NAME)
 
 
-def stop_interrupted(agent: Interruptible) -> None:
+def stop_interrupted(agent: Interruptible) -> NoReturn:
     path = agent.save_checkpoint() if agent.run_dir is not None else None
     where = f"checkpoint written to {path}; " if path else ""
     error = TrainingInterrupted(
@@ -237,8 +242,11 @@ def boundary_state(agent: Trainee) -> dict[str, Any]:
     }
 
 
-def stop_with_checkpoint(agent: Trainee, exc: EnvStepError | NonFiniteError, boundary: dict[str, Any]) -> None:
-    """End training on an env error or a non-finite value, checkpointing the last good update.
+def stop_with_checkpoint(
+    agent: Trainee, exc: EnvStepError | NonFiniteError | RankFailedError, boundary: dict[str, Any]
+) -> NoReturn:
+    """End training on an env error, a non-finite value or a failed rank, checkpointing the last
+    good update (rank 0 writes it; the other ranks write nothing).
 
     Everything is rolled back to the end of the last good update; the envs are not
     trustworthy, so the checkpoint leaves them out, they are closed, and a resumed run starts
@@ -252,7 +260,8 @@ def stop_with_checkpoint(agent: Trainee, exc: EnvStepError | NonFiniteError, bou
     agent.reward_scaler.load_state_dict(boundary["reward_scaler"])
     agent.close()  # (a crashed env that fails to close as well is discarded all the same)
     if agent.run_dir is None:
-        raise type(exc)(f"{exc}; {agent.resume_hint}") from exc
+        hint = agent.resume_hint if agent.world.is_main else "rank 0 writes the checkpoints"
+        raise type(exc)(f"{exc}; {hint}") from exc
     path = agent.save_checkpoint(include_runner=False)
     raise type(exc)(f"{exc}; the last good update is checkpointed at {path}; {agent.resume_hint}") from exc
 
