@@ -28,10 +28,10 @@ from gymnasium import spaces
 from clippo import fastpath
 from clippo.agent import PPO, global_rng_states, restore_generator, set_global_rng_states
 from clippo.config.ppo_config import PPOConfig, config_from_dict, resolve_config
+from clippo.core import safety
 from clippo.core.errors import ActionMaskError, CheckpointError, ConfigError, NonFiniteError, first_line
 from clippo.core.losses import AutogradLoss, explained_variance
 from clippo.core.observations import to_tensor
-from clippo.core import safety
 from clippo.core.version import __version__
 from clippo.envs.preprocessing import Preprocessing
 from clippo.multiagent import evaluation

@@ -13,7 +13,6 @@ from clippo.multiagent.runner import Episode
 from clippo.multiagent.selfplay import Tally, game_result, random_policy
 
 
-
 class MultiAgentPPO(Protocol):
     """What evaluation reads of the agent (``clippo.multiagent.agent.MultiAgentPPO``)."""
 
