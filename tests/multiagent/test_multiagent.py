@@ -3,6 +3,8 @@ storage and advantages, self-play, acting, checkpoints and one-line errors, on t
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -585,7 +587,7 @@ def test_several_groups_log_their_own_statistics(tmp_path):
 class OneAgentCartPole:
     """CartPole-v1 as a one-agent PettingZoo Parallel env (truncated at 500 steps)."""
 
-    metadata = {"name": "cartpole_one_agent"}
+    metadata: dict[str, Any] = {"name": "cartpole_one_agent"}  # noqa: RUF012 (an instance attribute of PettingZoo's envs)
 
     def __init__(self) -> None:
         import gymnasium as gym
