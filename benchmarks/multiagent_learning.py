@@ -73,7 +73,9 @@ def child(spec: dict) -> int:
 
         torch.manual_seed(spec["seed"])
         np.random.seed(spec["seed"])
-        envs = ss.concat_vec_envs_v1(ss.pettingzoo_env_to_vec_env_v1(make_env()), NUM_ENVS, num_cpus=1, base_class="stable_baselines3")
+        envs = ss.concat_vec_envs_v1(
+            ss.pettingzoo_env_to_vec_env_v1(make_env()), NUM_ENVS, num_cpus=1, base_class="stable_baselines3"
+        )
         model = SB3PPO(
             "MlpPolicy", envs, n_steps=NUM_STEPS, batch_size=MINIBATCH, n_epochs=EPOCHS, learning_rate=3e-4, gamma=0.99,
             gae_lambda=0.95, ent_coef=0.01, clip_range=0.2, device="cpu", verbose=0,
@@ -84,6 +86,7 @@ def child(spec: dict) -> int:
 
         def act(name, obs):
             return int(model.predict(obs, deterministic=True)[0])
+
     train_s = time.perf_counter() - start
     returns = team_returns(act, spec["episodes"])
     _common.emit_result({"agent_steps": steps, "train_s": train_s, "mean_team_return": float(np.mean(returns)),
@@ -92,7 +95,9 @@ def child(spec: dict) -> int:
 
 
 def measure(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, env=_common.child_env())
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, env=_common.child_env()
+    )
     result = _common.parse_child_output(proc.stdout)
     if proc.returncode != 0 or result is None:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -118,15 +123,25 @@ def main() -> int:
             result = measure({"learner": learner, "seed": seed, "steps": args.steps, "episodes": args.episodes})
             runs[learner].append({"seed": seed, **result})
             value = result.get("mean_team_return")
-            print(f"seed {seed}: {learner}: " + (f"team return {value:.2f}" if value is not None else result.get("error", "?")), flush=True)
+            print(
+                f"seed {seed}: {learner}: "
+                + (f"team return {value:.2f}" if value is not None else result.get("error", "?")),
+                flush=True,
+            )
     meta["finished"] = _common.now()
     medians = {learner: _common.median(r.get("mean_team_return") for r in runs[learner]) for learner in args.learners}
     data = {"meta": meta, "settings": {k: v for k, v in vars(args).items() if k != "child"} | {"out": str(args.out)},
             "median_team_return": medians, "runs": runs}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     _common.write_json(args.out / "multiagent_learning.json", data)
-    rows = [[learner, _common.fmt(medians[learner]), ", ".join(_common.fmt(r.get("mean_team_return")) for r in runs[learner])]
-            for learner in args.learners]  # fmt: skip
+    rows = [
+        [
+            learner,
+            _common.fmt(medians[learner]),
+            ", ".join(_common.fmt(r.get("mean_team_return")) for r in runs[learner]),
+        ]
+        for learner in args.learners
+    ]
     lines = [
         f"# simple_spread_v3 (N=3): mean team return after {args.steps:,} agent steps",
         "",

@@ -65,7 +65,11 @@ def child_env_only(spec: dict) -> dict:
             steps += len(actions)
             if not env.agents:
                 env.reset()
-    return {"agent_steps": steps, "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start}
+    return {
+        "agent_steps": steps,
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu_start,
+    }
 
 
 def child_clippo(spec: dict) -> dict:
@@ -135,7 +139,9 @@ def measure(spec: dict) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=10 * AGENT_STEPS_PER_UPDATE, help="timed agent steps per measurement")
+    parser.add_argument(
+        "--steps", type=int, default=10 * AGENT_STEPS_PER_UPDATE, help="timed agent steps per measurement"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
@@ -146,14 +152,21 @@ def main() -> int:
         return child(json.loads(args.child))
 
     meta = {"command": _common.command_line(), "date": _common.now(), "load_average_at_start": os.getloadavg()}
-    meta["packages"] = {name: _common.package_version(name) for name in ("torch", "pettingzoo", "mpe2", "stable-baselines3", "supersuit")}
+    meta["packages"] = {
+        name: _common.package_version(name)
+        for name in ("torch", "pettingzoo", "mpe2", "stable-baselines3", "supersuit")
+    }
     runs: dict[str, list[dict]] = {kind: [] for kind in args.kinds}
     for round_index in range(args.rounds):
         for kind in args.kinds:
             result = measure({"kind": kind, "steps": args.steps, "seed": args.seed + round_index})
             runs[kind].append(result)
             rate = result.get("agent_steps_per_s")
-            print(f"round {round_index + 1}: {kind}: " + (f"{rate:,.0f} agent steps/s" if rate else result.get("error", "?")), flush=True)
+            print(
+                f"round {round_index + 1}: {kind}: "
+                + (f"{rate:,.0f} agent steps/s" if rate else result.get("error", "?")),
+                flush=True,
+            )
     meta["finished"] = _common.now()
     meta["load_average_at_end"] = os.getloadavg()
     medians = {kind: _common.median(r.get("agent_steps_per_s") for r in runs[kind]) for kind in args.kinds}
@@ -181,8 +194,15 @@ def main() -> int:
         "",
         *_common.md_table(
             ["kind", "median agent steps/s", "runs", "median agent steps per CPU second"],
-            [[kind, _common.fmt(medians[kind], 0), ", ".join(_common.fmt(r.get("agent_steps_per_s"), 0) for r in runs[kind]),
-              _common.fmt(cpu_medians[kind], 0)] for kind in args.kinds],  # fmt: skip
+            [
+                [
+                    kind,
+                    _common.fmt(medians[kind], 0),
+                    ", ".join(_common.fmt(r.get("agent_steps_per_s"), 0) for r in runs[kind]),
+                    _common.fmt(cpu_medians[kind], 0),
+                ]
+                for kind in args.kinds
+            ],
         ),
         "",
         f"clippo / SB3+SuperSuit: {_common.fmt(data['clippo_over_sb3'])} (target >= 1.5); "

@@ -3,9 +3,12 @@ storage and advantages, self-play, acting, checkpoints and one-line errors, on t
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
+from gymnasium import spaces
 
 pytest.importorskip("pettingzoo")
 
@@ -585,7 +588,7 @@ def test_several_groups_log_their_own_statistics(tmp_path):
 class OneAgentCartPole:
     """CartPole-v1 as a one-agent PettingZoo Parallel env (truncated at 500 steps)."""
 
-    metadata = {"name": "cartpole_one_agent"}
+    metadata: dict[str, Any] = {"name": "cartpole_one_agent"}  # noqa: RUF012 (an instance attribute of PettingZoo's envs)
 
     def __init__(self) -> None:
         import gymnasium as gym
@@ -648,3 +651,23 @@ def test_a_mask_that_allows_no_action_names_the_agent_and_the_step():
     message = one_line(info.value)
     assert "agent 'player_1'" in message and "env step 1" in message and "all false" in message
     agent.close()
+
+
+class NestedMaskTakeAway(TakeAway):
+    """TakeAway whose action_mask field is a Dict (a space without a shape)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._obs = spaces.Dict(
+            {
+                "observation": self._obs["observation"],
+                "action_mask": spaces.Dict({"moves": spaces.Box(0, 1, (2,), np.int8)}),
+            }
+        )
+
+
+def test_a_mask_field_without_a_shape_is_a_one_line_error():
+    with pytest.raises(ValueError) as info:
+        PPO(NestedMaskTakeAway, **SMALL, selfplay="off")
+    message = one_line(info.value)
+    assert "'action_mask' of player_0, player_1 is Dict" in message and "needs 2 values" in message

@@ -124,7 +124,7 @@ def batch_size(obs: Obs) -> int:
     return len(next(iter(obs.values()))) if isinstance(obs, dict) else len(obs)
 
 
-def as_batch(obs: Any, space: spaces.Space) -> tuple[Obs, bool]:
+def as_batch(obs: Any, space: spaces.Space) -> tuple[EnvObs, bool]:
     """Raw observation(s) given to ``act``/``predict`` as a batch, and whether it was a single one.
     A one-line error when the shape fits neither."""
     if isinstance(obs, tuple) and len(obs) == 2 and isinstance(obs[1], dict) and not isinstance(space, spaces.Tuple):

@@ -123,8 +123,8 @@ class GroupLearner(PPO):
     def _choose_paths(self) -> LossFunction:
         """The loss: the fast path's hand-written gradient where it covers the model and the
         stored observations are flat floats (the multi-agent buffer stores Discrete
-        observations as indices), else autograd. (The rollout is the multi-agent runner's.)"""
-        self.runner_class = self.buffer_class = None
+        observations as indices), else autograd. (The rollout is the multi-agent runner's: the
+        single-agent runner_class and buffer_class are never set.)"""
         space = self.model.observation_space
         cfg = self.config
         if isinstance(space, spaces.Box) and np.issubdtype(space.dtype, np.floating):
@@ -237,10 +237,15 @@ def _check_mask_space(spec: GroupSpec, distribution) -> None:
             f"the observations of {', '.join(spec.agents)} carry an {MASK_KEY!r}, but clippo masks only Discrete and "
             f"MultiDiscrete action spaces, not {describe_space(spec.action_space)}"
         )
-    shape = spec.observation_space.spaces[MASK_KEY].shape
-    if int(np.prod(shape)) != distribution.num_outputs:
+    space = spec.observation_space
+    assert isinstance(space, spaces.Dict)  # called for masked groups: a Dict with an action_mask field
+    mask_space = space.spaces[MASK_KEY]
+    shape = mask_space.shape
+    # (a mask field of no shape, e.g. a Dict, fits no action space: a one-line error too, not a TypeError)
+    if shape is None or int(np.prod(shape)) != distribution.num_outputs:
+        what = f"has shape {shape}" if shape is not None else f"is {describe_space(mask_space)}"
         raise ValueError(
-            f"the {MASK_KEY!r} of {', '.join(spec.agents)} has shape {shape}, but the action space "
+            f"the {MASK_KEY!r} of {', '.join(spec.agents)} {what}, but the action space "
             f"{describe_space(spec.action_space)} needs {distribution.num_outputs} values"
         )
 
@@ -335,7 +340,7 @@ class MultiAgentPPO:
         #: why a resumed run's envs start fresh (a multi-agent run does not save its env copies)
         self.envs_fresh_reason: str | None = None
         self._runner: MultiAgentRunner | None = None
-        self._spare_adapters: list = []
+        self._spare_adapters = []
         self._untrusted_env: str | None = None
 
     def _make_selfplay(self, config: PPOConfig, info: EnvInfo) -> SelfPlay | None:
@@ -632,8 +637,10 @@ class MultiAgentPPO:
             return self.act(observations, deterministic), None
         items = self._items(observations)
         state = dict(state or {})
-        starts = {agent: (episode_start if isinstance(episode_start, bool) else bool((episode_start or {}).get(agent, False)))
-                  for agent, _ in items}  # fmt: skip
+        starts = {
+            agent: episode_start if isinstance(episode_start, bool) else bool((episode_start or {}).get(agent, False))
+            for agent, _ in items
+        }
         states = [None if starts[agent] else state.get(agent) for agent, _ in items]
         actions, new_states = self.act_batch(items, deterministic, states)
         return dict(zip((a for a, _ in items), actions, strict=False)), dict(
@@ -672,6 +679,7 @@ class MultiAgentPPO:
                 if bad is not None:
                     raise ActionMaskError(f"agent {agents[bad]!r} has no valid action: its action mask is all false")
             if learner.obs_normalizer.enabled:
+                assert isinstance(obs, np.ndarray)  # normalization is on only for Box policy spaces
                 obs = learner.obs_normalizer(obs)
             model = learner.model
             mask_tensor = None if masks is None else torch.from_numpy(masks).to(learner.device)
@@ -736,17 +744,20 @@ class MultiAgentPPO:
         if self.selfplay is None:
             raise ValueError(f"play_against is for two-player self-play games; {self.config.env_id!r} is not one")
         name = str(opponent) if not isinstance(opponent, MultiAgentPPO) else "the given agent"
-        if not isinstance(opponent, MultiAgentPPO):
+        if isinstance(opponent, MultiAgentPPO):
+            other = opponent
+        else:
             from clippo.agent import PPO
 
-            opponent = PPO.load(opponent)  # (acting needs no env: nothing is imported)
-            if not isinstance(opponent, MultiAgentPPO):
+            loaded = PPO.load(opponent)  # (acting needs no env: nothing is imported)
+            if not isinstance(loaded, MultiAgentPPO):
                 raise ValueError(
                     f"opponent {name!r} is a single-agent (Gymnasium) checkpoint, not a player of "
                     f"{self.config.env_id!r}"
                 )
-        evaluation.check_same_game(self, opponent, name)
-        return evaluation.play_random(self, games, seed, deterministic, num_envs, opponent=opponent)
+            other = loaded
+        evaluation.check_same_game(self, other, name)
+        return evaluation.play_random(self, games, seed, deterministic, num_envs, opponent=other)
 
     # ------------------------------------------------------------------------------------------
     # checkpoints

@@ -19,6 +19,8 @@ transition with it.
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import torch
 from gymnasium import spaces
@@ -186,10 +188,9 @@ class SlotBuffer:
         total = used * self.slots
         values = np.empty(total, dtype=np.float32)
         for start in range(0, total, CRITIC_CHUNK_ROWS):
-            chunk = map_obs(lambda a: a[start : start + CRITIC_CHUNK_ROWS], flat)
-            values[start : start + CRITIC_CHUNK_ROWS] = (
-                value_fn(observations.to_tensor(chunk, self.device)).cpu().numpy()
-            )
+            rows = slice(start, start + CRITIC_CHUNK_ROWS)
+            chunk = map_obs(operator.itemgetter(rows), flat)
+            values[rows] = value_fn(observations.to_tensor(chunk, self.device)).cpu().numpy()
         self.values[:used] = values.reshape(used, self.slots)
         self.values[used:] = 0.0
 

@@ -16,7 +16,7 @@ observation already, so nothing else changes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -38,11 +38,14 @@ class KeyedEncoder(nn.Module):
     """An encoder that reads one field of a ``Dict(actor=..., critic=...)`` observation batch
     (flat keys: a Dict field's own fields arrive as ``"actor.x"``)."""
 
+    output_size: int
+
     def __init__(self, key: str, encoder: nn.Module) -> None:
         super().__init__()
         self.key = key
         self.inner = encoder
-        self.output_size = encoder.output_size
+        # every encoder has an int output_size (clippo.networks.encoders); nn.Module's stubs type it Tensor | Module
+        self.output_size = cast(int, encoder.output_size)
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.key in obs:
@@ -61,8 +64,9 @@ def centralize(model: ActorCritic, actor_space: spaces.Space, critic_space: spac
             "use network='separate'"
         )
     model.actor_encoder = KeyedEncoder(ACTOR_KEY, model.actor_encoder)
-    model.critic_encoder = KeyedEncoder(CRITIC_KEY, make_encoder(critic_space, "mlp", hidden_sizes, activation))
-    width = model.critic_encoder.output_size
+    critic_encoder = KeyedEncoder(CRITIC_KEY, make_encoder(critic_space, "mlp", hidden_sizes, activation))
+    model.critic_encoder = critic_encoder
+    width = critic_encoder.output_size
     if recurrent:
         model.critic_core = RecurrentCore(width, recurrent_hidden_size, recurrent)
         width = recurrent_hidden_size
@@ -110,6 +114,7 @@ class CentralInput:
             if agent in self.offsets and obs is not None:
                 policy_obs, _ = self.makers[agent].split(obs)
                 flat = spaces.flatten(self.spaces[agent], policy_obs)
+                assert isinstance(flat, np.ndarray)  # flatdim took the space above: it flattens to a vector
                 out[self.offsets[agent] : self.offsets[agent] + flat.size] = flat
         return out
 

@@ -165,6 +165,7 @@ def play_random(agent: MultiAgentPPO, games: int, seed: int | None, deterministi
     tally = Tally()
     per_seat = {name: Tally() for name in seats_of}
     for episode in played:
+        assert episode.seat is not None and episode.result is not None  # assign gave every game a seat
         tally.add(episode.result)
         per_seat[episode.seat].add(episode.result)
         if opponent is None:

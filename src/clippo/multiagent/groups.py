@@ -12,11 +12,13 @@ differently per agent.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from gymnasium import spaces
 
 from clippo.core.errors import ConfigError
+from clippo.core.observations import EnvObs
 from clippo.rollout.masking import MASK_KEY, policy_observation_space
 from clippo.training.checkpoint import describe_space
 
@@ -135,28 +137,33 @@ class ObservationMaker:
 
     def __init__(self, group: GroupSpec) -> None:
         self.group = group
-        self.masked = isinstance(group.observation_space, spaces.Dict) and MASK_KEY in group.observation_space.spaces
-        inner = policy_observation_space(group.observation_space)
+        space = group.observation_space
+        self.masked = isinstance(space, spaces.Dict) and MASK_KEY in space.spaces
+        inner = policy_observation_space(space)
         self.inner_space = inner
-        self.rest = [key for key in group.observation_space.spaces if key != MASK_KEY] if self.masked else None
+        #: the fields besides the mask (read only where the group is masked)
+        self.rest: list[str] = (
+            [key for key in space.spaces if key != MASK_KEY] if isinstance(space, spaces.Dict) else []
+        )
         self.index = {agent: i for i, agent in enumerate(group.agents)}
         self.flat_box = isinstance(inner, spaces.Box) and len(inner.shape) == 1
         self.eye = np.eye(len(group.agents), dtype=np.float32)
 
-    def split(self, obs) -> tuple[object, np.ndarray | None]:
+    def split(self, obs: Any) -> tuple[Any, np.ndarray | None]:
         """One raw observation as (what the policy sees before the identity feature, its mask)."""
         if not self.masked:
             return obs, None
         policy = obs[self.rest[0]] if len(self.rest) == 1 else {key: obs[key] for key in self.rest}
         return policy, np.asarray(obs[MASK_KEY], dtype=bool)
 
-    def batch(self, agents: list[str], raw: list) -> tuple[object, np.ndarray | None]:
+    def batch(self, agents: list[str], raw: list) -> tuple[EnvObs, np.ndarray | None]:
         """(the actor's observation batch, the masks ``[n, actions]`` or None) for agents' raw observations."""
         from clippo.core.observations import flatten_structure
 
         parts = [self.split(obs) for obs in raw]
-        masks = np.stack([mask for _, mask in parts]) if self.masked else None
+        masks = np.stack([mask for _, mask in parts if mask is not None]) if self.masked else None
         policy = [obs for obs, _ in parts]
+        stacked: EnvObs
         if isinstance(self.inner_space, (spaces.Dict, spaces.Tuple)):
             flat = [flatten_structure(obs, self.inner_space) for obs in policy]
             stacked = {key: np.stack([f[key] for f in flat]) for key in flat[0]}
@@ -166,6 +173,7 @@ class ObservationMaker:
             return stacked, masks
         ids = self.eye[[self.index[agent] for agent in agents]]
         if self.flat_box:
+            assert isinstance(stacked, np.ndarray)  # a flat Box space: no fields
             return np.concatenate([stacked.astype(np.float32, copy=False), ids], axis=1), masks
         if not isinstance(stacked, dict):
             stacked = {"observation": stacked}

@@ -57,6 +57,7 @@ def play_human(
             ((name, obs),) = acting.items()
             if name == human:
                 board, mask = maker.split(obs)
+                assert mask is not None  # self-play games carry action masks (MultiAgentPPO._make_selfplay)
                 legal = np.flatnonzero(mask).tolist()
                 show(board_text(board))
                 action = _ask_move(legal, ask, show)

@@ -13,9 +13,10 @@ under an agent due to act truncates its last transition.
 
 from __future__ import annotations
 
+import operator
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,16 +25,24 @@ from clippo.core import observations
 from clippo.core.errors import ActionMaskError, EnvStepError, NonFiniteError, first_line
 from clippo.core.observations import Obs, map_obs
 from clippo.fastpath.layout import FAST_PATH_ACTIVATIONS
-from clippo.fastpath.sampling import numpy_sampler
+from clippo.fastpath.sampling import NumpySampler, numpy_sampler
 from clippo.multiagent.buffer import IDLE, OBSERVED, SlotBuffer, combine
 from clippo.multiagent.critic import CentralInput, KeyedEncoder
 from clippo.multiagent.groups import ObservationMaker
-from clippo.multiagent.pettingzoo import Adapter
+from clippo.multiagent.pettingzoo import Adapter, Outcome
 from clippo.multiagent.selfplay import SelfPlay, game_result
 from clippo.networks.distributions import MASKED_LOGIT
 from clippo.networks.encoders import MLPEncoder
 from clippo.rollout.masking import component_starts, first_invalid_row
 from clippo.training.checkpoint import describe_space
+
+if TYPE_CHECKING:
+    from clippo.fastpath.numpy_mlp import NumpyMLP
+
+#: an agent queued to appear: (its slot, the agent, its raw observation, its copy's global vector or None)
+Arrival = tuple[int, str, Any, "np.ndarray | None"]
+#: a transition closing this step: (its slot, the outcome, its copy's global vector or None)
+Closing = tuple[int, Outcome, "np.ndarray | None"]
 
 
 @dataclass
@@ -79,7 +88,9 @@ class GroupActor:
         self.distribution = model.distribution
         self.device = learner.device
         self.centralized = learner.centralized
-        self.numpy = None
+        self.numpy: NumpyMLP | None = None  # set with sample and std where the fast path's conditions hold
+        self.sample: NumpySampler | None = None
+        self.std: np.ndarray | None = None
         encoder = model.actor_encoder if not model.shared else None
         inner = encoder.inner if isinstance(encoder, KeyedEncoder) else encoder
         from gymnasium import spaces
@@ -139,6 +150,7 @@ class GroupActor:
             if deterministic:
                 actions = self.distribution.sample(torch.from_numpy(params), None).numpy()
             else:
+                assert self.sample is not None and noise is not None  # set with self.numpy; drawn unless deterministic
                 actions = self.sample(params, noise.cpu().numpy(), self.std)
             return actions, params
         tensors = observations.to_tensor(combine(obs, None, self.centralized), self.device)
@@ -185,11 +197,11 @@ class MultiAgentRunner:
                 self.makers[gi].masked,
                 learner.device,
                 learner.model.state_size,
-            )  # fmt: skip
+            )
             for gi, learner in enumerate(learners)
         ]
         self.num_steps = num_steps
-        self.returns = [defaultdict(float) for _ in adapters]
+        self.returns: list[defaultdict[str, float]] = [defaultdict(float) for _ in adapters]
         self.lengths = np.zeros(self.num_envs, dtype=np.int64)
         self.games = np.zeros(self.num_envs, dtype=np.int64)
         #: per copy: agent -> None (the learner acts) or the pool snapshot that acts for it
@@ -218,7 +230,7 @@ class MultiAgentRunner:
 
     def start(self, seed: int | None) -> None:
         """Reset every copy (copy i gets seed + i) and begin fresh episodes."""
-        appears = [[] for _ in self.learners]
+        appears: list[list[Arrival]] = [[] for _ in self.learners]
         for c, adapter in enumerate(self.adapters):
             acting = adapter.reset(None if seed is None else seed + c)
             self._begin_game(c)
@@ -226,7 +238,14 @@ class MultiAgentRunner:
         self._write_appears(appears)
         self.started = True
 
-    def _arrivals(self, c: int, acting: dict[str, Any], appears: list, closing: set, fresh: bool = False) -> None:
+    def _arrivals(
+        self,
+        c: int,
+        acting: dict[str, Any],
+        appears: list[list[Arrival]],
+        closing: set[tuple[int, int]],
+        fresh: bool = False,
+    ) -> None:
         """Agents due to act in copy ``c``: opponents noted, learner agents not already observed
         (by a transition closing this step) queued to appear; ``fresh``: the copy was just reset,
         every agent appears (this step's outcomes and episode ends are stored before)."""
@@ -271,7 +290,7 @@ class MultiAgentRunner:
         critic = None if self.central is None else self.central.rows(learner.spec, agents, vectors)
         return obs, critic, masks
 
-    def _write_appears(self, appears: list) -> None:
+    def _write_appears(self, appears: list[list[Arrival]]) -> None:
         for gi, items in enumerate(appears):
             if items:
                 slots = np.array([item[0] for item in items])
@@ -299,6 +318,27 @@ class MultiAgentRunner:
         return taken
 
     def step(self, actors: list[GroupActor], generators: list[torch.Generator]) -> int:
+        """One env step in every copy; returns the learner's agent steps (actions taken)."""
+        actions, taken = self._groups_act(actors, generators)
+        if self.selfplay is not None:
+            self._opponents_act(actions, generators[0])
+        closes, ends, appears = self._step_copies(actions)
+        for gi, items in enumerate(closes):
+            if items:
+                self._store_outcomes(gi, items, actors[gi])
+        for gi, ended in enumerate(ends):
+            if ended:
+                self.buffers[gi].end_without_outcome(np.array(ended))
+                self.learners[gi].reward_scaler.returns[ended] = 0.0
+        self._write_appears(appears)
+        self.step_count += 1
+        return taken
+
+    def _groups_act(
+        self, actors: list[GroupActor], generators: list[torch.Generator]
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Every group acts for its due agents (one batch per group): (per copy: agent -> env
+        action, the number of actions taken); the actions are written to the groups' buffers."""
         actions: list[dict[str, Any]] = [{} for _ in self.adapters]
         taken = 0
         for gi, (actor, buffer) in enumerate(zip(actors, self.buffers, strict=False)):
@@ -320,12 +360,18 @@ class MultiAgentRunner:
             for slot, action in zip(slots.tolist(), env_action_rows(actor.distribution, chosen), strict=False):
                 actions[slot // len(agents)][agents[slot % len(agents)]] = action
             taken += len(slots)
-        if self.selfplay is not None:
-            self._opponents_act(actions, generators[0])
-        closes = [[] for _ in self.learners]
+        return actions, taken
+
+    def _step_copies(
+        self, actions: list[dict[str, Any]]
+    ) -> tuple[list[list[Closing]], list[list[int]], list[list[Arrival]]]:
+        """Step every copy that has actions (a copy whose episode is over is reset at once): per
+        group, (the transitions closing, the slots whose episode ended without an outcome, the
+        agents that (re)appear)."""
+        closes: list[list[Closing]] = [[] for _ in self.learners]
         closing: set[tuple[int, int]] = set()
-        ends = [[] for _ in self.learners]
-        appears = [[] for _ in self.learners]
+        ends: list[list[int]] = [[] for _ in self.learners]
+        appears: list[list[Arrival]] = [[] for _ in self.learners]
         for c, adapter in enumerate(self.adapters):
             if not actions[c]:
                 continue
@@ -351,61 +397,66 @@ class MultiAgentRunner:
                 acting = adapter.reset(None)
                 self._begin_game(c)
             self._arrivals(c, acting, appears, closing, fresh=over)
-        for gi, items in enumerate(closes):
-            if items:
-                slots = np.array([slot for slot, _, _ in items])
-                outcomes = [outcome for _, outcome, _ in items]
-                obs, critic, masks = self._processed(
-                    gi, [o.agent for o in outcomes], [o.next_obs for o in outcomes], [v for _, _, v in items]
-                )
-                rewards = np.array([o.reward for o in outcomes], dtype=np.float32)
-                if not np.isfinite(rewards).all():
-                    bad = outcomes[int(np.flatnonzero(~np.isfinite(rewards))[0])].agent
-                    raise NonFiniteError(f"non-finite reward of agent {bad!r} at env step {self.step_count}")
-                done = np.array([o.terminated or o.truncated for o in outcomes])
-                buffer = self.buffers[gi]
-                scaler = self.learners[gi].reward_scaler
-                if scaler.enabled:  # the running discounted return per slot: clippo's RewardScaler over the slots
-                    full = np.zeros(buffer.slots, dtype=np.float32)
-                    full[slots] = rewards
-                    closing_now = np.zeros(buffer.slots, dtype=bool)
-                    closing_now[slots] = True
-                    ending = np.zeros(buffer.slots, dtype=bool)
-                    ending[slots[done]] = True
-                    rewards = scaler(full, ending, closing_now)[slots]
-                buffer.close(
-                    slots,
-                    rewards,
-                    np.array([o.terminated for o in outcomes]),
-                    np.array([o.truncated for o in outcomes]),
-                    obs, critic, masks,
-                )  # fmt: skip
-                if buffer.state_size and done.any():
-                    # a truncation bootstraps from the final observation's value: the recurrent
-                    # critic's, from the state after the agent's last action
-                    ended = slots[done]
-                    rows = buffer.ptr[ended] - 1
-                    final = map_obs(lambda store: store[rows, ended], buffer.obs)
-                    values = actors[gi].value(
-                        final, None if buffer.critic is None else buffer.critic[rows, ended],
-                        buffer.carried[ended], np.zeros(len(ended), dtype=bool),
-                    )  # fmt: skip
-                    buffer.values[rows, ended] = values
-        for gi, slots in enumerate(ends):
-            if slots:
-                self.buffers[gi].end_without_outcome(np.array(slots))
-                self.learners[gi].reward_scaler.returns[slots] = 0.0
-        self._write_appears(appears)
-        self.step_count += 1
-        return taken
+        return closes, ends, appears
 
-    def _end_episode(self, c: int, ends: list) -> None:
+    def _store_outcomes(self, gi: int, items: list[Closing], actor: GroupActor) -> None:
+        """Close group ``gi``'s transitions of this step in one batch: rewards (scaled where the
+        group scales them), episode ends and the observations that follow."""
+        slots = np.array([slot for slot, _, _ in items])
+        outcomes = [outcome for _, outcome, _ in items]
+        obs, critic, masks = self._processed(
+            gi, [o.agent for o in outcomes], [o.next_obs for o in outcomes], [v for _, _, v in items]
+        )
+        rewards = np.array([o.reward for o in outcomes], dtype=np.float32)
+        if not np.isfinite(rewards).all():
+            bad = outcomes[int(np.flatnonzero(~np.isfinite(rewards))[0])].agent
+            raise NonFiniteError(f"non-finite reward of agent {bad!r} at env step {self.step_count}")
+        done = np.array([o.terminated or o.truncated for o in outcomes])
+        buffer = self.buffers[gi]
+        scaler = self.learners[gi].reward_scaler
+        if scaler.enabled:  # the running discounted return per slot: clippo's RewardScaler over the slots
+            full = np.zeros(buffer.slots, dtype=np.float32)
+            full[slots] = rewards
+            closing_now = np.zeros(buffer.slots, dtype=bool)
+            closing_now[slots] = True
+            ending = np.zeros(buffer.slots, dtype=bool)
+            ending[slots[done]] = True
+            rewards = scaler(full, ending, closing_now)[slots]
+        buffer.close(
+            slots,
+            rewards,
+            np.array([o.terminated for o in outcomes]),
+            np.array([o.truncated for o in outcomes]),
+            obs,
+            critic,
+            masks,
+        )
+        if buffer.state_size and done.any():
+            self._bootstrap_final(buffer, actor, slots[done])
+
+    @staticmethod
+    def _bootstrap_final(buffer: SlotBuffer, actor: GroupActor, ended: np.ndarray) -> None:
+        """A truncation bootstraps from the final observation's value: the recurrent critic's,
+        from the state after the agent's last action (written over the values of ``ended``'s
+        last rows)."""
+        rows = buffer.ptr[ended] - 1
+        final = map_obs(operator.itemgetter((rows, ended)), buffer.obs)
+        values = actor.value(
+            final,
+            None if buffer.critic is None else buffer.critic[rows, ended],
+            buffer.carried[ended],
+            np.zeros(len(ended), dtype=bool),
+        )
+        buffer.values[rows, ended] = values
+
+    def _end_episode(self, c: int, ends: list[list[int]]) -> None:
         """Copy ``c``'s episode is over: record it; learner agents still awaiting an outcome or
         an action are ended (after this step's outcomes are stored)."""
         seat = self.seats[c]
         opponent = None
         result = None
         if self.selfplay is not None:
+            assert seat is not None  # _begin_game gave every self-play game a seat
             opponent = self.controllers[c].get(
                 self.selfplay.agents[0] if seat != self.selfplay.agents[0] else self.selfplay.agents[1]
             )
@@ -442,6 +493,7 @@ class MultiAgentRunner:
                 snapshots[id(snapshot)] = snapshot
                 by_snapshot[id(snapshot)].append((c, agent, obs))
             due.clear()
+        assert self.selfplay is not None  # only self-play has opponents
         learner = self.learners[0]
         for key, items in by_snapshot.items():
             model = self.selfplay.opponent_model(snapshots[key], learner.model)

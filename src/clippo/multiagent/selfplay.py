@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -45,6 +45,9 @@ def game_result(learner_return: float) -> str:
 
 
 SCORES = {"win": 1.0, "draw": 0.5, "loss": 0.0}
+
+#: the policy module type: an opponent's model has the learner's architecture
+ModelT = TypeVar("ModelT", bound=torch.nn.Module)
 
 
 @dataclass
@@ -109,7 +112,7 @@ class SelfPlay:
             index = int(self.rng.integers(len(self.pool)))
         return seat, self.pool[index]
 
-    def opponent_model(self, snapshot: Snapshot, template: torch.nn.Module) -> torch.nn.Module:
+    def opponent_model(self, snapshot: Snapshot, template: ModelT) -> ModelT:
         """The model acting for ``snapshot`` (built on ``template``'s architecture once; a game
         begun against a snapshot that has since left the pool plays on against it)."""
         key = id(snapshot)

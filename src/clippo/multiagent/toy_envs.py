@@ -18,13 +18,15 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import numpy as np
 from gymnasium import spaces
 from pettingzoo import AECEnv, ParallelEnv
 
 
 class Rendezvous(ParallelEnv):
-    metadata = {"name": "rendezvous_v0", "render_modes": []}
+    metadata: dict[str, Any] = {"name": "rendezvous_v0", "render_modes": []}  # noqa: RUF012 (an instance attribute of pettingzoo's ParallelEnv)
 
     def __init__(self, n_agents: int = 3, choices: int = 4, length: int = 5) -> None:
         self.possible_agents = [f"agent_{i}" for i in range(n_agents)]
@@ -67,16 +69,16 @@ class Rendezvous(ParallelEnv):
         truncated = self.t >= self.length
         truncations = {agent: truncated for agent in self.agents}
         terminations = {agent: False for agent in self.agents}
-        infos = {agent: {} for agent in self.agents}
+        infos: dict[str, dict[str, Any]] = {agent: {} for agent in self.agents}
         if truncated:
             self.agents = []
         return obs, rewards, terminations, truncations, infos
 
 
 class LeaveJoin(ParallelEnv):
-    metadata = {"name": "leave_join_v0", "render_modes": []}
+    metadata: dict[str, Any] = {"name": "leave_join_v0", "render_modes": []}  # noqa: RUF012 (an instance attribute of pettingzoo's ParallelEnv)
     LENGTH = 4
-    REWARDS = {"a0": 1.0, "a1": 2.0, "a2": 3.0}
+    REWARDS: ClassVar[dict[str, float]] = {"a0": 1.0, "a1": 2.0, "a2": 3.0}
 
     def __init__(self) -> None:
         self.possible_agents = ["a0", "a1", "a2"]
@@ -120,7 +122,7 @@ class LeaveJoin(ParallelEnv):
 
 
 class TwoKinds(ParallelEnv):
-    metadata = {"name": "two_kinds_v0", "render_modes": []}
+    metadata: dict[str, Any] = {"name": "two_kinds_v0", "render_modes": []}  # noqa: RUF012 (an instance attribute of pettingzoo's ParallelEnv)
 
     def __init__(self, length: int = 6) -> None:
         self.possible_agents = ["speaker", "listener"]
@@ -158,7 +160,7 @@ class TwoKinds(ParallelEnv):
 
 
 class TakeAway(AECEnv):
-    metadata = {"name": "take_away_v0", "render_modes": [], "is_parallelizable": False}
+    metadata: dict[str, Any] = {"name": "take_away_v0", "render_modes": [], "is_parallelizable": False}  # noqa: RUF012 (an instance attribute of pettingzoo's AECEnv)
 
     def __init__(self, stones: int = 5, max_moves: int | None = None) -> None:
         super().__init__()
@@ -193,7 +195,7 @@ class TakeAway(AECEnv):
         self._cumulative_rewards = {a: 0.0 for a in self.agents}
         self.terminations = {a: False for a in self.agents}
         self.truncations = {a: False for a in self.agents}
-        self.infos = {a: {} for a in self.agents}
+        self.infos: dict[str, dict[str, Any]] = {a: {} for a in self.agents}
         self.agent_selection = self.agents[0]
 
     def step(self, action):

@@ -546,10 +546,11 @@ def _export(args: argparse.Namespace) -> int:
 
 def _play(args: argparse.Namespace) -> int:
     from clippo.agent import PPO
+    from clippo.multiagent.agent import MultiAgentPPO
     from clippo.multiagent.play import play_human
 
     agent = PPO.load(args.path, encoder=args.encoder, trust_code=args.trust_code)
-    if getattr(agent, "selfplay", None) is None:
+    if not isinstance(agent, MultiAgentPPO) or agent.selfplay is None:
         raise ValueError(f"clippo play is for two-player games (self-play runs); {agent.config.env_id!r} is not one")
     try:
         play_human(agent, args.seat, args.seed)
@@ -808,12 +809,13 @@ def _public(result: dict[str, Any]) -> dict[str, Any]:
 
 def _eval(args: argparse.Namespace) -> int:
     from clippo.agent import PPO
+    from clippo.multiagent.agent import MultiAgentPPO
 
     if args.episodes < 1:
         raise ValueError(f"--episodes={args.episodes} is invalid: it must be an integer >= 1")
     agent = PPO.load(args.path, encoder=args.encoder, trust_code=args.trust_code, env_modules=args.env_modules)
     if args.opponent != "random":
-        if getattr(agent, "selfplay", None) is None:
+        if not isinstance(agent, MultiAgentPPO) or agent.selfplay is None:
             raise ValueError(f"--opponent is for two-player games; {agent.config.env_id!r} is not one")
         result = agent.play_against(args.opponent, args.episodes, seed=args.seed, deterministic=args.deterministic)
     else:
