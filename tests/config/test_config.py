@@ -288,3 +288,13 @@ def test_config_from_dict_rejects_unknown_keys():
     data["bogus"] = 1
     with pytest.raises(ValueError, match="bogus"):
         config_from_dict(data)
+
+
+@pytest.mark.parametrize("field", ["env_kwargs", "policy_groups", "encoder_kwargs"])
+def test_mappings_a_file_may_carry_are_flat_and_bounded(field):
+    """Constructor kwargs and policy groups may come from someone else's config file: flat data only."""
+    with pytest.raises(ConfigError, match=rf"^{field}"):
+        PPOConfig(**{field: {"nested": {"deeper": [1, 2]}}}).validate()
+    with pytest.raises(ConfigError, match=rf"^{field}"):
+        PPOConfig(**{field: {f"k{i}": 1 for i in range(100)}}).validate()
+    PPOConfig(**{field: {"n": 3, "names": ["a", "b"]}}).validate()

@@ -264,144 +264,175 @@ class PPOConfig:
     def validate(self) -> PPOConfig:
         """Raise ConfigError naming the first bad value and what is allowed; return self."""
         _check_types(self)
-        positive_ints = [
-            "total_steps",
-            "num_envs",
-            "num_steps",
-            "num_minibatches",
-            "update_epochs",
-            "frame_skip",
-            "frame_stack",
-        ]
-        for name in positive_ints:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} is invalid: it must be an integer >= 1")
-        for name in ["learning_rate", "clip_epsilon", "obs_clip", "reward_clip", "stop_grace"]:
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"{name}={value} is invalid: it must be a finite number > 0")
-        for name in ["ent_coef", "vf_coef"]:
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"{name}={value} is invalid: it must be a finite number >= 0")
-        for name in ["max_grad_norm", "target_kl", "env_timeout"]:
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"{name}={value} is invalid: it must be a number > 0, or none to disable it")
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ConfigError(f"gamma={self.gamma} is invalid: it must be in [0, 1]")
-        if not 0.0 <= self.gae_lambda <= 1.0:
-            raise ConfigError(f"gae_lambda={self.gae_lambda} is invalid: it must be in [0, 1]")
-        if not math.isfinite(self.init_log_std):
-            raise ConfigError(f"init_log_std={self.init_log_std} is invalid: it must be a finite number")
-        if self.sde_sample_freq == 0 or self.sde_sample_freq < -1:
+        for check in _CHECKS:
+            check(self)
+        return self
+
+
+def _check_counts_and_rates(config: PPOConfig) -> None:
+    """Counts >= 1 and rates, coefficients and probabilities in their ranges."""
+    positive_ints = [
+        "total_steps",
+        "num_envs",
+        "num_steps",
+        "num_minibatches",
+        "update_epochs",
+        "frame_skip",
+        "frame_stack",
+    ]
+    for name in positive_ints:
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name}={getattr(config, name)} is invalid: it must be an integer >= 1")
+    for name in ["learning_rate", "clip_epsilon", "obs_clip", "reward_clip", "stop_grace"]:
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{name}={value} is invalid: it must be a finite number > 0")
+    for name in ["ent_coef", "vf_coef"]:
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{name}={value} is invalid: it must be a finite number >= 0")
+    for name in ["max_grad_norm", "target_kl", "env_timeout"]:
+        value = getattr(config, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{name}={value} is invalid: it must be a number > 0, or none to disable it")
+    if not 0.0 <= config.gamma <= 1.0:
+        raise ConfigError(f"gamma={config.gamma} is invalid: it must be in [0, 1]")
+    if not 0.0 <= config.gae_lambda <= 1.0:
+        raise ConfigError(f"gae_lambda={config.gae_lambda} is invalid: it must be in [0, 1]")
+    if not math.isfinite(config.init_log_std):
+        raise ConfigError(f"init_log_std={config.init_log_std} is invalid: it must be a finite number")
+    if config.sde_sample_freq == 0 or config.sde_sample_freq < -1:
+        raise ConfigError(
+            f"sde_sample_freq={config.sde_sample_freq} is invalid: use -1 (once per rollout) or a number of steps >= 1"
+        )
+
+
+def _check_choices_and_names(config: PPOConfig) -> None:
+    """Fields that take a name, and the strings a config file may carry (capped: clippo.core.safety)."""
+    for name, allowed in CHOICES.items():
+        if getattr(config, name) not in allowed:
+            raise ConfigError(f"{name}={getattr(config, name)!r} is invalid: choose one of {', '.join(allowed)}")
+    if config.encoder not in ("auto", "mlp", "cnn") and ":" not in config.encoder:
+        raise ConfigError(
+            f"encoder={config.encoder!r} is invalid: choose auto, mlp, cnn, or an importable 'module:Class'"
+        )
+    # Strings and sizes are capped: a config may come from a file someone else wrote (clippo.core.safety).
+    safety.check_text(config.encoder, "encoder")
+    safety.check_text(config.env_id, "env_id")
+    _check_env_modules(config.env_modules)
+    safety.check_flat_kwargs(config.encoder_kwargs)
+    safety.check_flat_kwargs(config.env_kwargs, "env_kwargs")
+    safety.check_flat_kwargs(config.policy_groups, "policy_groups")
+
+
+def _check_sizes(config: PPOConfig) -> None:
+    """Layer widths, image sizes and the batch, bounded (a config may come from a file)."""
+    if not config.hidden_sizes or any(h < 1 for h in config.hidden_sizes):
+        raise ConfigError(f"hidden_sizes={config.hidden_sizes} is invalid: give one or more widths >= 1")
+    if any(h < 1 for h in config.head_sizes):
+        raise ConfigError(
+            f"head_sizes={config.head_sizes} is invalid: give widths >= 1, or none for heads without hidden layers"
+        )
+    for name in ("hidden_sizes", "head_sizes"):
+        widths = getattr(config, name)
+        if len(widths) > MAX_LAYERS or any(h > MAX_WIDTH for h in widths):
+            raise ConfigError(f"{name}={widths} is invalid: at most {MAX_LAYERS} layers of at most {MAX_WIDTH} units")
+    if config.num_envs * config.num_steps > MAX_BATCH:
+        raise ConfigError(
+            f"num_envs * num_steps = {config.num_envs * config.num_steps} is invalid: at most {MAX_BATCH} samples "
+            "per update"
+        )
+    if any(side > MAX_WIDTH for side in config.resize):
+        raise ConfigError(f"resize={config.resize} is invalid: at most {MAX_WIDTH} pixels a side")
+    if config.recurrent_hidden_size > MAX_WIDTH:
+        raise ConfigError(f"recurrent_hidden_size={config.recurrent_hidden_size} is invalid: at most {MAX_WIDTH} units")
+    if config.resize and (len(config.resize) != 2 or min(config.resize) < 1):
+        raise ConfigError(
+            f"resize={config.resize} is invalid: give two sizes >= 1, HEIGHT WIDTH, or none to keep the size"
+        )
+
+
+def _check_combinations(config: PPOConfig) -> None:
+    """Values that must fit each other: preprocessing and the env family, minibatches and the batch, BPTT."""
+    preprocessing = Preprocessing.from_config(config)
+    if preprocessing.active and family_preset(config.env_id):
+        raise ConfigError(
+            f"{preprocessing} is invalid for {config.env_id!r}: Atari and MinAtar ids have their own preprocessing "
+            "(clippo.envs.atari)"
+        )
+    batch = config.num_envs * config.num_steps
+    if config.num_minibatches > batch:
+        raise ConfigError(
+            f"num_minibatches={config.num_minibatches} is invalid: it must be at most the batch size "
+            f"num_envs * num_steps = {batch}"
+        )
+    if config.recurrent_hidden_size < 1:
+        raise ConfigError(
+            f"recurrent_hidden_size={config.recurrent_hidden_size} is invalid: it must be an integer >= 1"
+        )
+    if config.bptt_length < 0 or (config.bptt_length and config.num_steps % config.bptt_length):
+        raise ConfigError(
+            f"bptt_length={config.bptt_length} is invalid: it must divide num_steps={config.num_steps} (0: whole "
+            "rollouts)"
+        )
+    if config.recurrent != "none":
+        sequences = config.num_envs * (config.num_steps // (config.bptt_length or config.num_steps))
+        if config.num_minibatches > sequences:
             raise ConfigError(
-                f"sde_sample_freq={self.sde_sample_freq} is invalid: use -1 (once per rollout) or a number of steps "
-                ">= 1"
-            )
-        for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: choose one of {', '.join(allowed)}")
-        if self.encoder not in ("auto", "mlp", "cnn") and ":" not in self.encoder:
-            raise ConfigError(
-                f"encoder={self.encoder!r} is invalid: choose auto, mlp, cnn, or an importable 'module:Class'"
-            )
-        # Strings and sizes are capped: a config may come from a file someone else wrote (clippo.core.safety).
-        safety.check_text(self.encoder, "encoder")
-        safety.check_text(self.env_id, "env_id")
-        _check_env_modules(self.env_modules)
-        safety.check_flat_kwargs(self.encoder_kwargs)
-        if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
-            raise ConfigError(f"hidden_sizes={self.hidden_sizes} is invalid: give one or more widths >= 1")
-        if any(h < 1 for h in self.head_sizes):
-            raise ConfigError(
-                f"head_sizes={self.head_sizes} is invalid: give widths >= 1, or none for heads without hidden layers"
-            )
-        for name in ("hidden_sizes", "head_sizes"):
-            widths = getattr(self, name)
-            if len(widths) > MAX_LAYERS or any(h > MAX_WIDTH for h in widths):
-                raise ConfigError(
-                    f"{name}={widths} is invalid: at most {MAX_LAYERS} layers of at most {MAX_WIDTH} units"
-                )
-        if self.num_envs * self.num_steps > MAX_BATCH:
-            raise ConfigError(
-                f"num_envs * num_steps = {self.num_envs * self.num_steps} is invalid: at most {MAX_BATCH} samples "
-                "per update"
-            )
-        if any(side > MAX_WIDTH for side in self.resize):
-            raise ConfigError(f"resize={self.resize} is invalid: at most {MAX_WIDTH} pixels a side")
-        if self.recurrent_hidden_size > MAX_WIDTH:
-            raise ConfigError(
-                f"recurrent_hidden_size={self.recurrent_hidden_size} is invalid: at most {MAX_WIDTH} units"
-            )
-        if self.resize and (len(self.resize) != 2 or min(self.resize) < 1):
-            raise ConfigError(
-                f"resize={self.resize} is invalid: give two sizes >= 1, HEIGHT WIDTH, or none to keep the size"
+                f"num_minibatches={config.num_minibatches} is invalid for a recurrent policy: minibatches are whole "
+                f"sequences, and there are num_envs * num_steps / bptt_length = {sequences} of them"
             )
 
-        preprocessing = Preprocessing.from_config(self)
-        if preprocessing.active and family_preset(self.env_id):
+
+def _check_run_settings(config: PPOConfig) -> None:
+    """Seeds, threads, checkpoints, periodic evaluation."""
+    if not 0 <= config.seed < 2**32:
+        raise ConfigError(f"seed={config.seed} is invalid: it must be an integer in [0, 2**32)")
+    if not 1 <= config.torch_threads <= 256:  # torch crashes outright on absurd thread counts
+        raise ConfigError(f"torch_threads={config.torch_threads} is invalid: it must be an integer in [1, 256]")
+    for name in ["checkpoint_every", "eval_episodes", "eval_every"]:
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name}={getattr(config, name)} is invalid: it must be an integer >= 0")
+    if config.eval_every and not config.eval_episodes:
+        raise ConfigError(
+            f"eval_every={config.eval_every} is invalid with eval_episodes=0: each evaluation needs eval_episodes >= 1"
+        )
+    if config.stop_at_return is not None:
+        if not math.isfinite(config.stop_at_return):
             raise ConfigError(
-                f"{preprocessing} is invalid for {self.env_id!r}: Atari and MinAtar ids have their own preprocessing "
-                "(clippo.envs.atari)"
+                f"stop_at_return={config.stop_at_return} is invalid: it must be a finite number, or none to disable it"
             )
-        batch = self.num_envs * self.num_steps
-        if self.num_minibatches > batch:
+        if not config.eval_every:
             raise ConfigError(
-                f"num_minibatches={self.num_minibatches} is invalid: it must be at most the batch size "
-                f"num_envs * num_steps = {batch}"
+                f"stop_at_return={config.stop_at_return} is invalid without periodic evaluations: "
+                "set eval_every to a number of environment steps >= 1"
             )
-        if self.recurrent_hidden_size < 1:
-            raise ConfigError(
-                f"recurrent_hidden_size={self.recurrent_hidden_size} is invalid: it must be an integer >= 1"
-            )
-        if self.bptt_length < 0 or (self.bptt_length and self.num_steps % self.bptt_length):
-            raise ConfigError(
-                f"bptt_length={self.bptt_length} is invalid: it must divide num_steps={self.num_steps} (0: whole "
-                "rollouts)"
-            )
-        if self.recurrent != "none":
-            sequences = self.num_envs * (self.num_steps // (self.bptt_length or self.num_steps))
-            if self.num_minibatches > sequences:
-                raise ConfigError(
-                    f"num_minibatches={self.num_minibatches} is invalid for a recurrent policy: minibatches are whole "
-                    f"sequences, and there are num_envs * num_steps / bptt_length = {sequences} of them"
-                )
-        if not 0 <= self.seed < 2**32:
-            raise ConfigError(f"seed={self.seed} is invalid: it must be an integer in [0, 2**32)")
-        if not 1 <= self.torch_threads <= 256:  # torch crashes outright on absurd thread counts
-            raise ConfigError(f"torch_threads={self.torch_threads} is invalid: it must be an integer in [1, 256]")
-        for name in ["checkpoint_every", "eval_episodes", "eval_every"]:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}={getattr(self, name)} is invalid: it must be an integer >= 0")
-        if self.eval_every and not self.eval_episodes:
-            raise ConfigError(
-                f"eval_every={self.eval_every} is invalid with eval_episodes=0: each evaluation needs eval_episodes "
-                ">= 1"
-            )
-        if self.stop_at_return is not None:
-            if not math.isfinite(self.stop_at_return):
-                raise ConfigError(
-                    f"stop_at_return={self.stop_at_return} is invalid: it must be a finite number, or none to "
-                    "disable it"
-                )
-            if not self.eval_every:
-                raise ConfigError(
-                    f"stop_at_return={self.stop_at_return} is invalid without periodic evaluations: "
-                    "set eval_every to a number of environment steps >= 1"
-                )
-        if self.keep_checkpoints < 1:
-            raise ConfigError(f"keep_checkpoints={self.keep_checkpoints} is invalid: it must be an integer >= 1")
-        for name in ["selfplay_pool_size", "selfplay_snapshot_every", "selfplay_eval_games"]:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} is invalid: it must be an integer >= 1")
-        if self.selfplay_eval_every < 0:
-            raise ConfigError(
-                f"selfplay_eval_every={self.selfplay_eval_every} is invalid: it must be an integer >= 0 (0: never)"
-            )
-        if not 0.0 <= self.selfplay_latest_prob <= 1.0:
-            raise ConfigError(f"selfplay_latest_prob={self.selfplay_latest_prob} is invalid: it must be in [0, 1]")
-        return self
+    if config.keep_checkpoints < 1:
+        raise ConfigError(f"keep_checkpoints={config.keep_checkpoints} is invalid: it must be an integer >= 1")
+
+
+def _check_selfplay(config: PPOConfig) -> None:
+    """Self-play's pool and evaluation settings (multi-agent games)."""
+    for name in ["selfplay_pool_size", "selfplay_snapshot_every", "selfplay_eval_games"]:
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name}={getattr(config, name)} is invalid: it must be an integer >= 1")
+    if config.selfplay_eval_every < 0:
+        raise ConfigError(
+            f"selfplay_eval_every={config.selfplay_eval_every} is invalid: it must be an integer >= 0 (0: never)"
+        )
+    if not 0.0 <= config.selfplay_latest_prob <= 1.0:
+        raise ConfigError(f"selfplay_latest_prob={config.selfplay_latest_prob} is invalid: it must be in [0, 1]")
+
+
+#: every check of ``PPOConfig.validate``, in order
+_CHECKS = (
+    _check_counts_and_rates,
+    _check_choices_and_names,
+    _check_sizes,
+    _check_combinations,
+    _check_run_settings,
+    _check_selfplay,
+)
 
 
 FIELD_NAMES = tuple(f.name for f in fields(PPOConfig))
