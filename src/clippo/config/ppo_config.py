@@ -840,6 +840,23 @@ def presets_markdown() -> str:
         "",
         "Atari ids (`ALE/<Game>-v5`, `<Game>NoFrameskip-v4`) without values of their own use the `atari`",
         "preset, MinAtar ids (`MinAtar/<Game>-v1`) the `minatar` preset.",
+        "",
+        "## How results are reported",
+        "",
+        "- Every learning figure names its seeds. Most presets were tuned on seeds 1-3 (some 1-5); their figures on",
+        "  those seeds show what the tuning found, not what a user's seed gets.",
+        "- Each preset is also measured on seeds no tuning run used: 1000-1009 (1000-1004 for MinAtar Breakout at",
+        "  2M steps and Hopper-v5), by `benchmarks/seed_robustness.py`, one plain `clippo train ENV --seed S` per",
+        "  seed ([table](../benchmarks/results/seed_robustness/results.md)). The goal: at least 9 of 10 (4 of 5).",
+        "- A seed's result is the deterministic evaluation of the final policy that `clippo train` writes to",
+        "  `eval.json` (20 episodes in that benchmark), never the best point of a curve.",
+        "- A seed succeeds when that return reaches the task's reference: Gymnasium's `reward_threshold` where",
+        "  the env has one (CartPole-v1 475, Acrobot-v1 -100, MountainCar-v0 -110, MountainCarContinuous-v0 90,",
+        "  the landers 200), else the published figure the table names.",
+        "- Over seeds: the success count, the median, the worst seed, and the interquartile mean (the mean of",
+        "  the middle half of the seeds) with a 95% percentile-bootstrap confidence interval, as Agarwal et al.",
+        "  (2021, rliable) recommend. `clippo report RUN_DIR RUN_DIR ... --threshold X` prints the same for",
+        "  your own runs of one config.",
     ]
     return "\n".join(lines) + "\n"
 
