@@ -80,6 +80,39 @@ def task_items(tasks: list[Task], seeds: list[int] | None) -> list[tuple[str, in
     return [(t.env, s, [*COMMON_EXTRA, *t.extra]) for t in tasks for s in t.seeds if seeds is None or s in seeds]
 
 
+def recipe_differences(run_dir: Path, task: Task) -> dict[str, Any]:
+    """Where the run's hyperparameters differ from what the task's command uses today (empty for a
+    run of the current preset); the task's own flags are not differences."""
+    import yaml
+    from preset_runs import preset_differences
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    differences = preset_differences(config)
+    if "--total-steps" in task.extra:
+        differences.pop("total_steps", None)
+    return differences
+
+
+def retire_old_recipes(tasks: list[Task], root: Path) -> None:
+    """Move runs of an earlier recipe of a preset (finished or not) to ``root/superseded/``, so the
+    queue trains the seed again with today's preset; the table lists them apart."""
+    stamp = now().replace(":", "")[:17]
+    for task in tasks:
+        for seed in task.seeds:
+            run_dir = root / run_name(task.env, seed)
+            if not (run_dir / "config.yaml").exists():
+                continue
+            differences = recipe_differences(run_dir, task)
+            if differences:
+                target = root / "superseded" / f"{run_dir.name}_{stamp}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                run_dir.rename(target)
+                log = root / f"{run_dir.name}.log"
+                if log.exists():
+                    log.rename(target.with_suffix(".log"))
+                print(f"{now()} {run_dir.name}: recipe changed ({differences}); moved to {target}", flush=True)
+
+
 def collect(task: Task, root: Path) -> list[dict[str, Any]]:
     """The task's rows: finished runs with their final evaluation, unfinished ones with the step
     they reached. A finished run whose recipe differs from today's preset (beyond the task's own
@@ -104,6 +137,11 @@ def collect(task: Task, root: Path) -> list[dict[str, Any]]:
             row["success"] = row["eval_mean"] >= task.threshold
             row.update(diagnostics(run_dir))
         rows.append(row)
+    for run_dir in sorted((root / "superseded").glob(f"{run_name(task.env, 0)[:-1]}*")):
+        row = read_run(run_dir) if (run_dir / "eval.json").exists() else None
+        if row is not None and not row.get("unfinished"):
+            row["differences"] = recipe_differences(run_dir, task) or {"superseded": run_dir.name}
+            rows.append(row)
     return rows
 
 
@@ -276,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # a table error must not stop the training queue
                 print(f"{now()} table not written: {exc}", flush=True)
 
+        retire_old_recipes(tasks, args.root)
         run_queue(task_items(tasks, args.seeds), args.root, args.jobs, args.clippo, on_done=rewrite)
     print(f"wrote {write_table(TASKS, args.root, args.out)}")
     return 0
