@@ -399,10 +399,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Tuned hyperparameters used by ``clippo train ENV_ID`` when no --preset is given.
 ENV_PRESETS: dict[str, dict[str, Any]] = {
     # Tuned for wall-clock time to solve: many cheap (natively vectorized) envs, few large
-    # minibatches. gamma 0.99, not RL-Zoo's 0.98: with 0.98 seeds 16 and 17 of 1-18 ended at 327.5
+    # minibatches. gamma 0.99, not RL-Zoo's 0.98: with 0.98 seeds 16 and 17 of 1-19 ended at 327.5
     # and 435.0, their policies balancing the pole while the cart drifted off the track (x = -2.4 at
     # every evaluation episode's end, after ~300 steps, beyond 0.98's ~50-step horizon); with 0.99
-    # all 18 reached 500 (benchmarks/results/seed_robustness/ has the unseen seeds).
+    # all 20 of seeds 1-20 reached 500 (benchmarks/results/seed_robustness/gamma_evidence.md).
     "CartPole-v1": {
         "total_steps": 100_000,
         "num_envs": 64,
@@ -561,10 +561,10 @@ ENV_PRESETS: dict[str, dict[str, Any]] = {
     # steps (the preset's own table: benchmarks/results/recurrent/). gamma 0.995, not RL-Zoo's 0.98:
     # with 0.98, 4 of seeds 7-14 ended between 239 and 463, each failing policy checked keeping the pole up
     # while the cart drifted off the track (x = +-2.4 at the end of each failed episode, after
-    # 200-300 steps, far beyond 0.98's ~50-step horizon); gamma 0.99 solved 6 of 7 of those seeds,
-    # 0.995 7 of 7. A 64-unit layer after the LSTM (head_sizes, RecurrentPPO's layout) solved 2 of 5,
+    # 200-300 steps, far beyond 0.98's ~50-step horizon); on seeds 7-14 gamma 0.99 solved 7 of 8,
+    # 0.995 8 of 8. A 64-unit layer after the LSTM (head_sizes, RecurrentPPO's layout) solved 2 of 5,
     # (with PyTorch's init too: 1 of 4), an entropy bonus of 0.01 3 of 4, 10 epochs 2 of 4 (20 evaluation
-    # episodes each).
+    # episodes each; benchmarks/results/seed_robustness/gamma_evidence.md).
     "clippo/CartPoleNoVel-v1": {
         "total_steps": 100_000,
         "num_envs": 8,
