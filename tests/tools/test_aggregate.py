@@ -99,6 +99,11 @@ def test_one_line_errors(tmp_path):
     assert code != 0 and "has no final evaluation (eval.json)" in err
     code, _, err = run_cli(["report", str(a), str(tmp_path / "nowhere")])
     assert code != 0 and "does not exist" in err
+    c = fake_run(tmp_path / "z", 2, 450.0)
+    code, _, err = run_cli(["report", str(a), str(c), "--confidence", "95"])
+    assert code != 0 and "--confidence=95.0 is invalid" in err
+    code, _, err = run_cli(["report", str(a), str(c), "-o", str(tmp_path / "seeds.html")])
+    assert code != 0 and "is Markdown" in err
 
 
 def test_report_over_real_runs(tmp_path):
