@@ -135,6 +135,9 @@ def collect(task: Task, root: Path) -> list[dict[str, Any]]:
                 differences.pop("total_steps", None)
             row["differences"] = differences
             row["success"] = row["eval_mean"] >= task.threshold
+            log = root / f"{run_dir.name}.log"
+            # continued after a stop: its trajectory may differ from an uninterrupted run's
+            row["resumed"] = log.exists() and "resuming " in log.read_text(errors="replace")
             row.update(diagnostics(run_dir))
         rows.append(row)
     for run_dir in sorted((root / "superseded").glob(f"{run_name(task.env, 0)[:-1]}*")):
@@ -186,7 +189,8 @@ def write_table(tasks: list[Task], root: Path, out: Path) -> Path:
         "evaluation `clippo train` runs after its last update (20 episodes, env seed S + 10000, eval.json). "
         "Success: final return >= the threshold. IQM: mean of the middle half of the seeds, with a 95% "
         "percentile bootstrap interval over seeds (2000 resamples). Runs share 2 cores with other work at "
-        "`nice 19`, so wall times say little.",
+        "`nice 19`, so wall times say little. A run marked resumed was stopped and continued with `clippo resume` "
+        "from its last checkpoint.",
         "",
         "## Summary",
         "",
@@ -258,7 +262,7 @@ def write_table(tasks: list[Task], root: Path, out: Path) -> Path:
                 fmt(r["train_return"], 1),
                 f"{fmt(r['entropy_first'], 2)} / {fmt(r['entropy_last'], 2)}",
                 "-" if r["kl_stop_share"] is None else f"{r['kl_stop_share']:.0%}",
-                f"{r['steps']:_}",
+                f"{r['steps']:_}" + (" (resumed)" if r.get("resumed") else ""),
                 f"{r['wall_s'] / 60:.1f} min",
             ]
             for r in per_seed
