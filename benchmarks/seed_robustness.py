@@ -122,7 +122,10 @@ def collect(task: Task, root: Path) -> list[dict[str, Any]]:
         run_dir = root / run_name(task.env, seed)
         if not (run_dir / "metrics.csv").exists():
             continue
-        row = read_run(run_dir)
+        try:
+            row = read_run(run_dir)
+        except Exception:  # a run that has just started: metrics.csv holds no row yet
+            continue
         if row is None:
             continue
         if row.get("unfinished") or not finished(run_dir):
