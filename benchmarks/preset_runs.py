@@ -26,10 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,12 +96,30 @@ def last_step(run_dir: Path) -> int:
     return int(float(lines[-1].split(",")[column]))
 
 
+def total_steps_of(run_dir: Path) -> int | None:
+    """The run's ``total_steps`` from its config.yaml (None when it has none yet)."""
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return None
+    for line in path.read_text().splitlines():
+        if line.startswith("total_steps:"):
+            return int(float(line.split(":", 1)[1]))
+    return None
+
+
 def finished(run_dir: Path, stop_at_steps: int | None = None) -> bool:
-    """Done: the final evaluation is written and, with ``stop_at_steps``, the run reached it (a
-    run stopped by a signal also writes eval.json, so the step decides whether to continue)."""
+    """Done: the final evaluation is written and the run reached ``stop_at_steps`` (else its own
+    total_steps). A run stopped by a signal also writes eval.json, so the step decides whether
+    to continue."""
     if not (run_dir / "eval.json").exists():
         return False
-    return stop_at_steps is None or last_step(run_dir) >= stop_at_steps
+    target = stop_at_steps if stop_at_steps is not None else total_steps_of(run_dir)
+    return target is None or last_step(run_dir) >= target
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether ``clippo resume`` can continue the run (a final or a periodic checkpoint)."""
+    return (run_dir / "agent.pt").exists() or any((run_dir / "checkpoints").glob("step_*.pt"))
 
 
 def run_all(
@@ -110,19 +131,41 @@ def run_all(
     extra: list[str],
     stop_at_steps: int | None = None,
 ) -> list[Path]:
-    """Train every (env, seed) as its own ``clippo train`` process, ``jobs`` at a time; a run
-    directory holding an unfinished run is continued with ``clippo resume``, a finished one kept.
+    """Train every (env, seed) as its own ``clippo train`` process, ``jobs`` at a time (see
+    ``run_queue``)."""
+    return run_queue([(env, seed, extra) for seed in seeds for env in envs], root, jobs, clippo, stop_at_steps)
 
+
+def run_queue(
+    items: list[tuple[str, int, list[str]]],
+    root: Path,
+    jobs: int,
+    clippo: str,
+    stop_at_steps: int | None = None,
+    on_done: Callable[[Path], None] | None = None,
+) -> list[Path]:
+    """Train every (env, seed, extra flags) in order, ``jobs`` processes at a time; a run
+    directory holding an unfinished run is continued with ``clippo resume``, a finished one kept,
+    and one with no checkpoint to resume from (stopped before its first) started again.
+
+    ``clippo`` is the command that runs clippo (``clippo`` or ``python -m clippo``).
     ``stop_at_steps`` stops each run with SIGINT (``clippo train`` then checkpoints after the
     current update and evaluates) once its metrics.csv reaches that many steps: a long preset,
-    e.g. Atari's 10M, measured part way and continued later with ``clippo resume``."""
-    queue = [(env, seed) for seed in seeds for env in envs]
+    e.g. Atari's 10M, measured part way and continued later with ``clippo resume``.
+    ``on_done(run_dir)`` is called as each run's process ends (e.g. to rewrite a table)."""
+    queue = list(items)
     running: dict[subprocess.Popen, Path] = {}
     signalled: set[subprocess.Popen] = set()
     run_dirs = []
     root.mkdir(parents=True, exist_ok=True)
+    command = shlex.split(clippo)
     while queue or running:
-        running = {p: d for p, d in running.items() if p.poll() is None}
+        for proc, run_dir in list(running.items()):
+            if proc.poll() is not None:
+                print(f"{now()} {run_dir.name} ended with exit status {proc.returncode}", flush=True)
+                del running[proc]
+                if on_done is not None:
+                    on_done(run_dir)
         for proc, run_dir in running.items():
             if stop_at_steps is not None and proc not in signalled and last_step(run_dir) >= stop_at_steps:
                 print(
@@ -132,19 +175,22 @@ def run_all(
                 proc.send_signal(signal.SIGINT)
                 signalled.add(proc)
         while queue and len(running) < jobs:
-            env, seed = queue.pop(0)
+            env, seed, extra = queue.pop(0)
             run_dir = root / run_name(env, seed)
             run_dirs.append(run_dir)
             if finished(run_dir, stop_at_steps):
                 continue
             log = open(root / f"{run_name(env, seed)}.log", "a")
-            if (run_dir / "metrics.csv").exists():
-                cmd = [clippo, "resume", str(run_dir)]
+            if run_dir.exists() and not has_checkpoint(run_dir):
+                # stopped before its first checkpoint: nothing to resume, start it again
+                shutil.rmtree(run_dir)
+            if run_dir.exists():
+                cmd = [*command, "resume", str(run_dir)]
             else:
-                cmd = [clippo, "train", env, "--seed", str(seed), "--run-dir", str(run_dir), *extra]
+                cmd = [*command, "train", env, "--seed", str(seed), "--run-dir", str(run_dir), *extra]
             print(f"{now()} start: {' '.join(cmd)}", flush=True)
             running[subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env())] = run_dir
-        time.sleep(5)
+        time.sleep(2)
     return run_dirs
 
 
@@ -322,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--jobs", type=int, default=2, help="runs at a time (one core each)")
     run.add_argument("--root", type=Path, default=Path("runs/presets"), help="where the run directories go")
     run.add_argument("--extra", action="append", default=[], help="a flag passed to every new clippo train (repeat it)")
-    run.add_argument("--clippo", default="clippo", help="the clippo executable")
+    run.add_argument("--clippo", default="clippo", help='the command that runs clippo (e.g. "python -m clippo")')
     run.add_argument(
         "--stop-at-steps",
         type=int,

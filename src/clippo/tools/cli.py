@@ -419,14 +419,31 @@ def _add_understanding_commands(commands) -> None:
 
     report = commands.add_parser(
         "report",
-        help="one-page summary of a run with health warnings and suggested fixes",
-        description="Config, final and best return, throughput, and health checks of a run (thresholds in "
-        "docs/tuning.md). Markdown (with the figure in a PNG beside it) or self-contained HTML, by the suffix of -o.",
+        help="one-page summary of a run with health warnings and suggested fixes, or of several seeds of one config",
+        description="One run: config, final and best return, throughput, and health checks (thresholds in "
+        "docs/tuning.md); Markdown (with the figure in a PNG beside it) or self-contained HTML, by the suffix of -o. "
+        "Several runs (seeds of one config): each seed's final deterministic evaluation (eval.json), the success "
+        "count (with --threshold), median, worst seed, and the interquartile mean with a bootstrap confidence "
+        "interval; Markdown on stdout or in -o.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    report.add_argument("run_dir", metavar="RUN_DIR", help="a run directory of `clippo train`")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories of `clippo train`")
     report.add_argument(
-        "-o", "--output", default=None, metavar="FILE", help="report.md or report.html (default: RUN_DIR/report.md)"
+        "-o",
+        "--output",
+        default=None,
+        metavar="FILE",
+        help="report.md or report.html (default: RUN_DIR/report.md for one run, stdout for several)",
+    )
+    report.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        metavar="X",
+        help="several runs: a seed succeeds when its final return is >= X (e.g. 475 for CartPole-v1)",
+    )
+    report.add_argument(
+        "--confidence", type=float, default=0.95, metavar="P", help="several runs: the IQM interval's coverage"
     )
 
     enjoy = commands.add_parser(
@@ -470,14 +487,37 @@ def _plot(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from clippo.tools.report import write_report
 
-    output = Path(args.output) if args.output else Path(args.run_dir) / "report.md"
-    report = write_report(args.run_dir, output, trust_code=args.trust_code, env_modules=args.env_modules)
+    if len(args.run_dirs) > 1 or args.threshold is not None:
+        return _report_seeds(args)
+    (run_dir,) = args.run_dirs
+    output = Path(args.output) if args.output else Path(run_dir) / "report.md"
+    report = write_report(run_dir, output, trust_code=args.trust_code, env_modules=args.env_modules)
     print(f"wrote {output}" + (f" and {report.figure_path}" if report.figure_path else ""))
     if report.warnings:
         for warning in report.warnings:
             print(f"warning: {warning.title}")
     else:
         print("no health warnings")
+    return 0
+
+
+def _report_seeds(args: argparse.Namespace) -> int:
+    """Several runs of one config: per-seed final returns, success count, IQM with its interval."""
+    from clippo.tools.aggregate import seeds_markdown
+
+    if not 0.0 < args.confidence < 1.0:
+        raise ValueError(f"--confidence={args.confidence} is invalid: it must lie strictly between 0 and 1")
+    if args.output and not args.output.endswith(".md"):
+        raise ValueError(f"--output={args.output!r} is invalid: a report over seeds is Markdown (give FILE.md)")
+    text = seeds_markdown(args.run_dirs, threshold=args.threshold, confidence=args.confidence)
+    if args.output:
+        from clippo.core.safety import write_file
+
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        write_file(Path(args.output), text)  # (atomically, never through a link)
+        print(f"wrote {args.output}")
+    else:
+        print(text, end="")
     return 0
 
 
