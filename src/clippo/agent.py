@@ -53,7 +53,7 @@ from clippo.training.checkpoint import (
 )
 from clippo.training.distributed import broadcast_, init_world
 from clippo.training.logger import METRICS_FILE
-from clippo.training.loop import StopRequest, train
+from clippo.training.loop import Stoppable, StopRequest, train
 from clippo.training.optim import FlatAdam
 from clippo.training.update import MINIBATCH_STATS, Learner, LossFunction, UpdatePlan
 
@@ -277,7 +277,7 @@ def _saved_world(value: Any) -> dict[str, Any] | None:
     return {"size": size, "num_envs": counts}
 
 
-class PPO:
+class PPO(Stoppable):
     """Proximal Policy Optimization agent.
 
     >>> agent = PPO("CartPole-v1", seed=0, num_envs=8)
@@ -497,22 +497,6 @@ class PPO:
     def finished(self) -> bool:
         """Whether the current learn() call has reached its end."""
         return self.global_step >= self.schedule_end
-
-    def request_stop(self, signum: int | None = None) -> None:
-        """Ask ``learn`` to stop at the next update boundary, checkpoint, and raise TrainingInterrupted
-        (``signum``: the signal that asked, if one did)."""
-        self.stopping.requested = True
-        self.stopping.signal = signum
-
-    @property
-    def stop_requested(self) -> bool:
-        """Whether ``request_stop`` asked the current ``learn`` call to stop."""
-        return self.stopping.requested
-
-    @property
-    def stopped_by_callback(self) -> bool:
-        """Whether the last ``learn`` call ended because a callback returned False."""
-        return self.stopping.by_callback
 
     def save_checkpoint(self, include_runner: bool = True) -> Path:
         """Write a periodic checkpoint into the run directory (keeping ``keep_checkpoints`` of them)."""

@@ -437,6 +437,12 @@ _CHECKS = (
 
 FIELD_NAMES = tuple(f.name for f in fields(PPOConfig))
 
+#: Fields that do not change what is learned, only where and how it runs and is recorded: runs
+#: that differ in them alone are runs of one config (plots, reports and tuning treat them so).
+BOOKKEEPING_KEYS = frozenset(
+    {"device", "torch_threads", "tensorboard", "checkpoint_every", "keep_checkpoints", "eval_episodes", "eval_every"}
+)
+
 # The allowed values of the fields that take a name (also the CLI's argparse choices).
 CHOICES: dict[str, tuple[str, ...]] = {
     "network": ("separate", "shared"),

@@ -60,7 +60,14 @@ from clippo.training.checkpoint import (
 )
 from clippo.training.distributed import init_world
 from clippo.training.logger import COLUMNS, METRICS_FILE, RunLogger
-from clippo.training.loop import StopRequest, annealed_clip_epsilon, annealed_learning_rate, stop_interrupted
+from clippo.training.loop import (
+    Stoppable,
+    StopRequest,
+    annealed_clip_epsilon,
+    annealed_learning_rate,
+    checkpoint_if_due,
+    stop_interrupted,
+)
 from clippo.training.update import LossFunction
 
 #: metrics.csv of a multi-agent run: the single-agent columns, then env steps and self-play's.
@@ -250,7 +257,7 @@ def _check_mask_space(spec: GroupSpec, distribution) -> None:
         )
 
 
-class MultiAgentPPO:
+class MultiAgentPPO(Stoppable):
     """PPO for PettingZoo envs (made by ``PPO(...)``; see the module docstring)."""
 
     #: the columns of this kind of run's metrics.csv
@@ -437,20 +444,6 @@ class MultiAgentPPO:
         self._train(progress, callback)
         return self
 
-    def request_stop(self, signum: int | None = None) -> None:
-        """Ask ``learn`` to stop at the next update boundary, checkpoint, and raise TrainingInterrupted."""
-        self.stopping.requested = True
-        self.stopping.signal = signum
-
-    @property
-    def stop_requested(self) -> bool:
-        return self.stopping.requested
-
-    @property
-    def stopped_by_callback(self) -> bool:
-        """Whether the last ``learn`` call ended because a callback returned False."""
-        return self.stopping.by_callback
-
     def _train(self, progress: bool | None, callback) -> None:
         lock = run_dir_lock(self.run_dir, create=True) if self.run_dir is not None else contextlib.nullcontext()
         with lock:
@@ -533,8 +526,7 @@ class MultiAgentPPO:
                 if callback.on_update(self, metrics) is False:
                     stopping.by_callback = True
                 logger.log(metrics)
-                if self.run_dir is not None and cfg.checkpoint_every and self.update % cfg.checkpoint_every == 0:
-                    self.save_checkpoint()
+                checkpoint_if_due(self)
         finally:
             logger.close()
         if self.run_dir is not None:

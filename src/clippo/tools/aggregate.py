@@ -18,22 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from clippo.config.ppo_config import BOOKKEEPING_KEYS
+
 # Bookkeeping keys that may differ between runs of "one config" (the seed is the point).
-PER_RUN_KEYS = frozenset(
-    {
-        "seed",
-        "run_dir",
-        "device",
-        "torch_threads",
-        "tensorboard",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "eval_every",
-        "eval_episodes",
-        "nonfinite",
-        "vector_env",
-    }
-)
+PER_RUN_KEYS = frozenset({"seed", "run_dir", "nonfinite", "vector_env"}) | BOOKKEEPING_KEYS
 
 
 def iqm(values: Any) -> float:

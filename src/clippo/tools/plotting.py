@@ -22,6 +22,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from clippo.config.ppo_config import BOOKKEEPING_KEYS
 from clippo.core.errors import first_line
 from clippo.training.logger import METRICS_FILE
 
@@ -29,18 +30,7 @@ CONFIG_FILE = "config.yaml"
 
 # Config keys that may differ between runs of one group: the seed, and bookkeeping that does not
 # change the training computation.
-IGNORED_KEYS = frozenset(
-    {
-        "seed",
-        "device",
-        "torch_threads",
-        "tensorboard",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "eval_episodes",
-        "eval_every",
-    }
-)
+IGNORED_KEYS = frozenset({"seed"}) | BOOKKEEPING_KEYS
 
 RETURN_COLUMN = "recent_return"
 RETURN_LABEL = "return (mean of last 100 episodes)"

@@ -55,6 +55,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from clippo.config.ppo_config import BOOKKEEPING_KEYS
 from clippo.core.errors import EnvStepError, NonFiniteError, first_line
 from clippo.training.callbacks import EVAL_MEAN, Callback, EvalCallback
 
@@ -93,15 +94,9 @@ DEFAULT_EVALUATIONS = 10
 _NOT_WRITTEN = {
     "env_id",
     "seed",
-    "device",
-    "torch_threads",
-    "tensorboard",
-    "checkpoint_every",
-    "keep_checkpoints",
-    "eval_episodes",
-    "eval_every",
     "stop_at_return",
     "env_modules",  # (named on the train command line: a config file's modules would need --trust-code)
+    *BOOKKEEPING_KEYS,
 }
 
 

@@ -56,6 +56,29 @@ class StopRequest:
     by_callback: bool = False
 
 
+class Stoppable:
+    """What an agent class offers about stopping: ``request_stop`` and what it and the loop leave in
+    ``stopping`` (``clippo.agent.PPO`` and ``clippo.multiagent``'s agent share it)."""
+
+    stopping: StopRequest
+
+    def request_stop(self, signum: int | None = None) -> None:
+        """Ask ``learn`` to stop at the next update boundary, checkpoint, and raise TrainingInterrupted
+        (``signum``: the signal that asked, if one did)."""
+        self.stopping.requested = True
+        self.stopping.signal = signum
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether ``request_stop`` asked the current ``learn`` call to stop."""
+        return self.stopping.requested
+
+    @property
+    def stopped_by_callback(self) -> bool:
+        """Whether the last ``learn`` call ended because a callback returned False."""
+        return self.stopping.by_callback
+
+
 class Scheduled(Protocol):
     """What the annealing schedules read: the config and where the current ``learn`` call stands."""
 
@@ -211,12 +234,18 @@ def _train(agent: Trainee, progress: bool | None, callback) -> None:
             if callback.on_update(agent, metrics) is False:
                 request_callback_stop(agent)
             logger.log(metrics)
-            if agent.run_dir is not None and cfg.checkpoint_every and agent.update % cfg.checkpoint_every == 0:
-                agent.save_checkpoint()
+            checkpoint_if_due(agent)
     finally:
         logger.close()
     if agent.run_dir is not None:
         agent.save(agent.run_dir / FINAL_NAME)
+
+
+def checkpoint_if_due(agent: Interruptible) -> None:
+    """A periodic checkpoint after every ``checkpoint_every``-th update (with a run directory)."""
+    every = agent.config.checkpoint_every
+    if agent.run_dir is not None and every and agent.update % every == 0:
+        agent.save_checkpoint()
 
 
 def stop_interrupted(agent: Interruptible) -> NoReturn:
