@@ -193,19 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where config, metrics, TensorBoard logs and checkpoints go (default: runs/ENV_ID-seedS-TIME)",
     )
-    train.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="live progress bar (default: when stderr is a terminal)",
-    )
-    train.add_argument(
-        "--nproc",
-        type=_integer,
-        default=1,
-        metavar="N",
-        help="train on N local processes (each with its own envs; steps count over all)",
-    )
+    _add_progress_and_nproc(train, "train on N local processes (each with its own envs; steps count over all)")
     _add_hyperparameter_flags(train)
 
     evaluate = commands.add_parser(
@@ -234,18 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="train the run to N environment steps in all (more than it has: extends a finished run); "
         "default: its own total_steps",
     )
-    resume.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="live progress bar (default: when stderr is a terminal)",
-    )
-    resume.add_argument(
-        "--nproc",
-        type=int,
-        default=1,
-        metavar="N",
-        help="continue on N local processes: as many as the run trained on (the checkpoint records them)",
+    _add_progress_and_nproc(
+        resume, "continue on N local processes: as many as the run trained on (the checkpoint records them)"
     )
 
     commands.add_parser("presets", help="print every preset's values as Markdown (docs/presets.md)")
@@ -298,6 +276,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: the commands that take ``--env-module`` (the user's own env modules)
 ENV_MODULE_COMMANDS = ("train", "tune", "eval", "resume", "report", "enjoy", "export")
+
+
+def _add_progress_and_nproc(command: argparse.ArgumentParser, nproc_help: str) -> None:
+    """``--progress`` and ``--nproc``: the flags of the commands that train (train, resume)."""
+    command.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="live progress bar (default: when stderr is a terminal)",
+    )
+    command.add_argument("--nproc", type=_integer, default=1, metavar="N", help=nproc_help)
+
+
 #: the commands that take ``--trust-code`` (clippo.core.safety)
 TRUST_COMMANDS = ("train", "eval", "resume", "report", "plot", "enjoy", "tune", "export", "play")
 
