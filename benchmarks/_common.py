@@ -36,6 +36,19 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def measure_child(script: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Run ``script --child SPEC`` in a fresh single-threaded interpreter; its result (the JSON line
+    ``emit_result`` printed), or ``{"error": ...}`` with the last line it wrote."""
+    proc = subprocess.run(
+        [sys.executable, script, "--child", json.dumps(spec)], capture_output=True, text=True, env=child_env()
+    )
+    result = parse_child_output(proc.stdout)
+    if proc.returncode != 0 or result is None:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"error": tail[0]}
+    return result
+
+
 def run_child_script(script: str, spec: dict[str, Any], log_path: Path, keys: Sequence[str]) -> dict[str, Any]:
     """Run ``script _child SPEC`` (one measurement) in a fresh single-threaded interpreter; its
     output goes to ``log_path``. Returns ``spec``'s ``keys`` plus ``ok`` and the child's result,

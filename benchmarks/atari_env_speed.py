@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -108,13 +107,7 @@ def envpool_available() -> bool:
 
 
 def measure(case: dict) -> dict:
-    command = [sys.executable, __file__, "--child", json.dumps(case)]
-    proc = subprocess.run(command, capture_output=True, text=True, env=_common.child_env())
-    result = _common.parse_child_output(proc.stdout)
-    if proc.returncode != 0 or result is None:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        return {"error": tail[0]}
-    return result
+    return _common.measure_child(__file__, case)
 
 
 def main() -> int:

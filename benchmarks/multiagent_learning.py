@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -95,14 +94,7 @@ def child(spec: dict) -> int:
 
 
 def measure(spec: dict) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, env=_common.child_env()
-    )
-    result = _common.parse_child_output(proc.stdout)
-    if proc.returncode != 0 or result is None:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        return {"error": tail[0]}
-    return result
+    return _common.measure_child(__file__, spec)
 
 
 def main() -> int:
