@@ -9,8 +9,9 @@
   wrote (docs/export.md exports ``policy.onnx``, then runs it with onnxruntime alone), as a reader
   following the page would.
 - Small step counts: the blocks are written with realistic budgets (``agent.learn(100_000)``);
-  while they run, ``PPO.learn`` is wrapped so that each call trains for at most ``STEP_CAP``
-  environment steps (still rounded up to whole rollouts, as always) with no progress display.
+  while they run, ``PPO.learn`` (single- and multi-agent) is wrapped so that each call trains for
+  at most ``STEP_CAP`` environment (or agent) steps (still rounded up to whole rollouts, as
+  always) with no progress display.
   Nothing else about the block changes: the same code path, the same presets.
 - Every ``clippo SUBCOMMAND --flag`` shown in a bash or text block (also after ``-m clippo``) or in
   an inline code span is a subcommand and a flag that the command line's parser
@@ -89,16 +90,18 @@ def test_blocks_are_found():
 
 @pytest.fixture
 def capped_learn(monkeypatch):
-    """``PPO.learn`` trains for at most STEP_CAP steps per call, without a progress display."""
+    """``PPO.learn`` (and multi-agent PPO's, which ``PPO(pettingzoo_env)`` returns) trains for at most
+    STEP_CAP steps per call, without a progress display."""
     from clippo import PPO
+    from clippo.multiagent.agent import MultiAgentPPO
 
-    learn = PPO.learn
+    for cls in (PPO, MultiAgentPPO):
 
-    def capped(self, total_steps=None, progress=None, callback=None):
-        steps = self.config.total_steps if total_steps is None else total_steps
-        return learn(self, min(steps, STEP_CAP), progress=False, callback=callback)
+        def capped(self, total_steps=None, progress=None, callback=None, learn=cls.learn):
+            steps = self.config.total_steps if total_steps is None else total_steps
+            return learn(self, min(steps, STEP_CAP), progress=False, callback=callback)
 
-    monkeypatch.setattr(PPO, "learn", capped)
+        monkeypatch.setattr(cls, "learn", capped)
 
 
 def run_block(block: CodeBlock) -> None:
