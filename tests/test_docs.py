@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import re
 import shlex
 from dataclasses import dataclass, fields
@@ -38,7 +39,7 @@ DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 COMMAND_FILES = [*DOC_FILES, ROOT / "benchmarks" / "README.md"]
 NOT_RUN = "<!-- not run -->"
 #: the most environment steps one ``learn`` call of a doc example trains for in the tests
-STEP_CAP = 4096
+STEP_CAP = 2048
 
 
 # ------------------------------------------------------------------------------------------------
@@ -148,6 +149,7 @@ def test_marked_blocks_are_still_python():
 # ------------------------------------------------------------------------------------------------
 # command lines
 # ------------------------------------------------------------------------------------------------
+@functools.cache  # built once: the parametrized tests only read it
 def clippo_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     from clippo.tools.cli import build_parser
 
@@ -297,6 +299,7 @@ def concept_rows() -> list[tuple[str, str, str]]:
     return rows
 
 
+@functools.cache  # parsed once per file: many concept-map rows name the same file
 def defined_names(path: Path) -> set[str]:
     """Top-level functions and ``Class.method`` names defined in a Python file."""
     names = set()
