@@ -11,7 +11,7 @@
 - Small step counts: the blocks are written with realistic budgets (``agent.learn(100_000)``);
   while they run, ``PPO.learn`` (single- and multi-agent) is wrapped so that each call trains for
   at most ``STEP_CAP`` environment (or agent) steps (still rounded up to whole rollouts, as
-  always) with no progress display.
+  always, so every example runs at least one update) with no progress display.
   Nothing else about the block changes: the same code path, the same presets.
 - Every ``clippo SUBCOMMAND --flag`` shown in a bash or text block (also after ``-m clippo``) or in
   an inline code span is a subcommand and a flag that the command line's parser
@@ -38,8 +38,9 @@ DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 #: also checked for clippo commands (their flags), not for Python examples
 COMMAND_FILES = [*DOC_FILES, ROOT / "benchmarks" / "README.md"]
 NOT_RUN = "<!-- not run -->"
-#: the most environment steps one ``learn`` call of a doc example trains for in the tests
-STEP_CAP = 2048
+#: the most environment steps one ``learn`` call of a doc example trains for in the tests (one
+#: rollout of the default 8 x 128: the examples run, they are not learning tests)
+STEP_CAP = 1024
 
 
 # ------------------------------------------------------------------------------------------------
