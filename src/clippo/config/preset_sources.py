@@ -172,7 +172,7 @@ ENV_PRESET_SOURCES: dict[str, PresetSource] = {
     "clippo/PendulumNoVel-v1": PresetSource(
         f"{RL_ZOO_RECURRENT}, PendulumNoVel-v1, without gSDE, with 32-step BPTT chunks from own tuning",
         "RL-Zoo's values: 4 envs x 1024 steps, 10 epochs, lr 1e-3, gamma 0.9, lambda 0.95, "
-        "normalization (it adds gSDE, which clippo's recurrent policies lack). The update replays "
+        "normalization (it adds gSDE, which this preset does not use). The update replays "
         "32-step chunks from their stored states, 32 minibatches of 4 chunks (128 steps). In tuning "
         "runs (10 evaluation episodes) the same with 512-step rollouts and 16 minibatches ended at "
         "-195, -222 and -217 on seeds 1-3, these values at -149, -194 and -185.",
