@@ -333,7 +333,11 @@ def _add_tune_command(commands) -> None:
         "per study, nothing of another study touched. Search space: docs/tuning.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    tune.add_argument("env_id", metavar="ENV_ID", help="Gymnasium environment id, e.g. CartPole-v1")
+    tune.add_argument(
+        "env_id",
+        metavar="ENV_ID",
+        help="Gymnasium environment id, e.g. CartPole-v1, or a PettingZoo module path, e.g. mpe2.simple_spread_v3",
+    )
     tune.add_argument(
         "--trials",
         type=_integer,
