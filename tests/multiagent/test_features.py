@@ -1,0 +1,280 @@
+"""The rest of clippo on multi-agent runs (issue #33, item 7): ONNX export per policy group,
+enjoy --video, per-group plot and report, tune, and --nproc (torchrun)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clippo import PPO
+from clippo.core.errors import CheckpointError, ExportCheckError
+from clippo.multiagent.toy_envs import Rendezvous, TakeAway, TwoKinds
+from tests.helpers import run_cli
+
+SMALL = dict(num_envs=2, num_steps=16, num_minibatches=2, update_epochs=2, tensorboard=False, seed=0)
+
+
+@pytest.fixture
+def toy_module(tmp_path, monkeypatch) -> str:
+    """A PettingZoo env module on sys.path (what the command line names): Rendezvous with 2 agents."""
+    folder = tmp_path / "modules"
+    (folder / "matoy").mkdir(parents=True)
+    (folder / "matoy" / "__init__.py").write_text("")
+    (folder / "matoy" / "rendezvous.py").write_text(
+        textwrap.dedent(
+            """
+            from clippo.multiagent.toy_envs import Rendezvous
+
+
+            def parallel_env(n_agents=2, choices=3, length=4):
+                return Rendezvous(n_agents=n_agents, choices=choices, length=length)
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(folder))
+    return "matoy.rendezvous"
+
+
+# --- export ---------------------------------------------------------------------------------------
+def run_graph(path: Path, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
+
+
+def test_export_writes_a_parity_checked_graph_per_policy_group(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from clippo.tools.export import export_policies
+
+    agent = PPO(TwoKinds, **SMALL, normalize_observations=True)
+    agent.learn(256, progress=False)  # (the normalization statistics move: the graph must fold them in)
+    results = export_policies(agent, tmp_path / "policy.onnx", check_steps=32, check_envs=2)
+    assert set(results) == {"speaker", "listener"}
+    for name, result in results.items():
+        assert result.path == tmp_path / f"policy_{name}.onnx" and result.path.exists()
+        assert result.check.passed and result.check.observations == 64  # 2 copies x 32 steps, one move each
+    # the graphs act as agent.act does on observations the check did not see
+    env = TwoKinds()
+    obs, _ = env.reset(seed=123)
+    for _ in range(4):
+        expected = agent.act(obs, deterministic=True)
+        for name in ("speaker", "listener"):
+            (action,) = run_graph(tmp_path / f"policy_{name}.onnx", {"obs": obs[name][None].astype(np.float32)})
+            assert int(action[0]) == expected[name]
+        obs, *_ = env.step(expected)
+    agent.close()
+
+
+@pytest.mark.parametrize(
+    "make_env, overrides, inputs",
+    [
+        (TakeAway, {}, ["obs", "action_mask"]),  # self-play game: the mask is an input of its own
+        (lambda: Rendezvous(n_agents=3), {"critic": "centralized", "agent_id_feature": True}, ["obs"]),
+        (lambda: Rendezvous(n_agents=2), {"recurrent": "gru", "recurrent_hidden_size": 8}, ["obs", "state_in"]),
+    ],
+    ids=["masked-game", "centralized-agent-id", "recurrent"],
+)
+def test_export_covers_masks_centralized_critics_agent_ids_and_recurrent_policies(
+    make_env, overrides, inputs, tmp_path
+):
+    pytest.importorskip("onnxruntime")
+    from clippo.tools.export import export_policies
+
+    agent = PPO(make_env, **{**SMALL, **overrides})
+    agent.learn(128, progress=False)
+    (result,) = export_policies(agent, tmp_path / "p.onnx", check_steps=24, check_envs=2).values()
+    assert [port.name for port in result.inputs] == inputs
+    assert result.check.passed and result.check.identical == result.check.observations
+    if "recurrent" in overrides:
+        assert result.check.max_difference is not None and result.check.max_difference <= 1e-5  # state_out
+    agent.close()
+
+
+def test_a_failed_group_check_writes_no_file_at_all(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from clippo.tools import export
+
+    agent = PPO(TwoKinds, **SMALL)
+    calls = []
+    real = export.check_parity
+
+    def second_fails(*args, **kwargs):
+        check = real(*args, **kwargs)
+        calls.append(check)
+        if len(calls) == 2:  # the listener's graph disagrees with agent.act
+            return export.ParityCheck(check.observations, check.source, 0, None, check.tolerance)
+        return check
+
+    monkeypatch.setattr(export, "check_parity", second_fails)
+    with pytest.raises(ExportCheckError, match="policy group 'listener'"):
+        export.export_policies(agent, tmp_path / "policy.onnx", check_steps=8, check_envs=1)
+    assert calls[0].passed and sorted(p.name for p in tmp_path.iterdir()) == []  # the speaker's is not written either
+    with pytest.raises(ValueError, match="export_policies"):
+        export.export_onnx(agent, tmp_path / "policy.onnx")
+    agent.close()
+
+
+def test_cli_export_and_enjoy_on_a_module_path_run(tmp_path, toy_module):
+    pytest.importorskip("onnxruntime")
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli(["train", toy_module, "--total-steps", "256", "--num-envs", "2", "--num-steps", "16",
+                              "--run-dir", str(run_dir), "--no-tensorboard", "--eval-episodes", "2"])  # fmt: skip
+    assert code == 0, err
+    code, out, err = run_cli(["export", str(run_dir), "--check-steps", "16"])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--trust-code" in err  # the run names its module
+    code, out, err = run_cli(["export", str(run_dir), "--trust-code", "--check-steps", "16", "--check-envs", "2"])
+    assert code == 0, err
+    assert (
+        "policy group shared: wrote" in out and "64/64 discrete actions identical" in out
+    )  # 2 copies x 16 steps x 2 agents
+    assert (run_dir / "policy_shared.onnx").exists()
+    code, out, err = run_cli(["enjoy", str(run_dir), "--trust-code", "--episodes", "2", "--seed", "1"])
+    assert code == 0, err
+    assert out.count("length 4") == 2 and "mean return" in out
+    # Rendezvous renders nothing: --video is one line naming render_mode
+    code, out, err = run_cli(["enjoy", str(run_dir), "--trust-code", "--video", str(tmp_path / "v.mp4")])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "render_mode" in err
+    assert not (tmp_path / "v.mp4").exists()
+
+
+# --- enjoy --video ----------------------------------------------------------------------------------
+class Painted(Rendezvous):
+    """Rendezvous that renders: a 6x8 frame whose brightness tells the step."""
+
+    metadata = {"name": "painted_v0", "render_modes": ["rgb_array"], "render_fps": 4}  # noqa: RUF012
+
+    def __init__(self, render_mode: str | None = None) -> None:
+        super().__init__(n_agents=2, choices=3, length=3)
+        self.render_mode = render_mode
+
+    def render(self):
+        return np.full((6, 8, 3), 40 * self.t, dtype=np.uint8)
+
+
+def test_enjoy_video_records_every_frame_of_every_episode(tmp_path):
+    pytest.importorskip("moviepy")
+    from moviepy import VideoFileClip
+
+    from clippo.tools.playback import play_multiagent
+
+    agent = PPO(Painted, **SMALL)
+    video = tmp_path / "episodes.mp4"
+    result = play_multiagent(agent, episodes=2, seed=0, video=video)
+    assert result.lengths == [3, 3] and result.video_path == video
+    clip = VideoFileClip(str(video))
+    try:
+        frames = list(clip.iter_frames())
+    finally:
+        clip.close()
+    assert len(frames) == 2 * (3 + 1)  # the reset's frame and one per step, per episode
+    assert frames[0].shape[:2] == (258, 344)  # 6x8 scaled up 43 times: a shorter side of at least 256
+    brightness = [int(frame.mean().round()) for frame in frames]
+    assert brightness[:4] == sorted(brightness[:4]) and brightness[0] < 10 < 100 < brightness[3]
+    agent.close()
+
+
+# --- plot and report per group --------------------------------------------------------------------
+@pytest.mark.slow
+def test_report_and_plot_show_each_policy_group(tmp_path):
+    pytest.importorskip("matplotlib")
+    from clippo.tools.plotting import draw_groups, read_run, RunGroup
+    from clippo.tools.report import write_report
+
+    run_dir = tmp_path / "run"
+    agent = PPO(TwoKinds, **SMALL, run_dir=run_dir)
+    agent.learn(256, progress=False)
+    agent.close()
+    report = write_report(run_dir, run_dir / "report.md")
+    text = (run_dir / "report.md").read_text()
+    assert "## Policy group speaker" in text and "## Policy group listener" in text
+    assert report.figure_path is not None and report.figure_path.exists()
+    run = read_run(run_dir)
+    figure = draw_groups([RunGroup([run], label="toy")], diagnostics=True)
+    labels = {line.get_label() for ax in figure.axes for line in ax.get_lines()}
+    assert {"toy", "toy: speaker", "toy: listener"} <= labels
+
+
+def test_a_policy_groups_own_collapse_is_a_warning_of_its_own():
+    import pandas as pd
+
+    from clippo.tools.report import group_health_warnings
+
+    rows = 20
+    metrics = pd.DataFrame({
+        "global_step": np.arange(1, rows + 1) * 64, "wall_time": np.arange(rows) * 0.1,
+        "group/speaker/explained_variance": np.full(rows, 0.5), "group/speaker/entropy": np.full(rows, 1.0),
+        "group/listener/explained_variance": np.full(rows, -0.4), "group/listener/entropy": np.full(rows, 0.69),
+    })  # fmt: skip
+    warnings = group_health_warnings(metrics, {}, ["speaker", "listener"])
+    assert [(w.check, w.title.split(":")[0]) for w in warnings] == [("explained_variance", "Policy group 'listener'")]
+
+
+@pytest.mark.slow
+def test_selfplay_runs_report_their_games(tmp_path):
+    pytest.importorskip("matplotlib")
+    from clippo.tools.report import write_report
+
+    run_dir = tmp_path / "run"
+    agent = PPO(TakeAway, **SMALL, run_dir=run_dir, selfplay_eval_every=1, selfplay_eval_games=4)
+    agent.learn(96, progress=False)
+    agent.close()
+    write_report(run_dir, run_dir / "report.md")
+    text = (run_dir / "report.md").read_text()
+    assert "## Self-play" in text and "`vs_random/win`" in text and "`selfplay/elo`" in text
+
+
+# --- tune -------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_tune_runs_a_study_on_a_pettingzoo_module(tmp_path, toy_module):
+    pytest.importorskip("optuna")
+    from clippo.tools.tuning import TuneSettings
+
+    config = tmp_path / "base.yaml"
+    config.write_text("num_envs: 2\nupdate_epochs: 1\nnum_minibatches: 1\n")
+    settings = TuneSettings(env_id=toy_module, trials=2, steps_per_trial=512, eval_every=128, eval_episodes=2,
+                            out=str(tmp_path / "tune"), config_file=str(config), plots=False)  # fmt: skip
+    resolved = settings.resolved()
+    assert resolved.agents_per_step == 2  # Rendezvous: both agents act at every env step
+    code, out, err = run_cli(["tune", toy_module, "--trials", "2", "--steps-per-trial", "512", "--eval-every", "128",
+                              "--eval-episodes", "2", "--out", str(tmp_path / "tune"), "--config", str(config),
+                              "--no-plots"])  # fmt: skip
+    assert code == 0, err
+    # every trial is evaluated at each of the 4 multiples of --eval-every (its rollouts fit in one interval)
+    assert out.count("over 4 evaluations") == 2, out
+    best = tmp_path / "tune" / f"clippo-{toy_module}" / "best_config.yaml"
+    assert best.exists() and f"clippo train {toy_module} --config" in out
+    code, out, err = run_cli(["tune", "no_such_module_xyz.env_v0", "--trials", "1"])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "does not import" in err
+
+
+# --- --nproc (torchrun) -----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_two_ranks_train_the_groups_in_lockstep_and_a_resume_needs_two(tmp_path):
+    worker = Path(__file__).with_name("distributed_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(worker)]
+    result = subprocess.run([*command, str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=240)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert rank0["params"].shape[0] == 4  # four updates recorded
+    assert torch.equal(rank0["params"], rank1["params"])  # both groups' weights, after every update
+    assert torch.equal(rank0["obs_mean"], rank1["obs_mean"])  # normalization pooled across ranks
+    assert not torch.equal(rank0["params"][0], rank0["params"][-1])  # and they learned
+    # steps count over both ranks: 4 updates x 2 ranks x 2 copies x 16 env steps x 2 agents
+    assert rank0["global_step"] == rank1["global_step"] == 4 * 2 * 2 * 16 * 2
+    assert rank0["env_steps"] == 4 * 2 * 2 * 16
+    # each rank's episodes (2 copies x 16 steps / 6-step episodes, both ranks) are logged once by rank 0
+    assert torch.equal(rank0["episodes"], rank1["episodes"]) and rank0["episodes"].sum() > 0
+    # one process would halve each update's batch: resuming the run takes --nproc 2
+    with pytest.raises(CheckpointError, match="--nproc 2"):
+        PPO.from_run(tmp_path / "run", env=TwoKinds)
+    agent = PPO.load(tmp_path / "run" / "agent.pt")  # (it loads in one process to act)
+    assert agent.global_step == rank0["global_step"]
