@@ -184,7 +184,7 @@ def test_enjoy_video_records_every_frame_of_every_episode(tmp_path):
 @pytest.mark.slow
 def test_report_and_plot_show_each_policy_group(tmp_path):
     pytest.importorskip("matplotlib")
-    from clippo.tools.plotting import draw_groups, read_run, RunGroup
+    from clippo.tools.plotting import RunGroup, draw_groups, read_run
     from clippo.tools.report import write_report
 
     run_dir = tmp_path / "run"
