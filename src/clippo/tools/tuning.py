@@ -204,13 +204,13 @@ def _is_multiagent(env_id: str) -> bool:
 def _agents_per_step(env_id: str, env_kwargs: dict[str, Any]) -> int:
     """The most agent steps one env step of a PettingZoo env takes: all its agents in the
     Parallel API, one in the AEC (turn-based) API."""
-    from clippo.multiagent.pettingzoo import make_adapter, multiagent_source
+    from clippo.multiagent.pettingzoo import AECAdapter, make_adapter, multiagent_source
 
     source = multiagent_source(env_id, env_kwargs)
     assert source is not None  # (checked by _is_multiagent)
     adapter = make_adapter(source.make())
     try:
-        return 1 if adapter.kind == "aec" else max(len(adapter.possible_agents), 1)
+        return 1 if isinstance(adapter, AECAdapter) else max(len(adapter.possible_agents), 1)
     finally:
         adapter.close()
 
