@@ -15,6 +15,7 @@ import torch
 
 from clippo import PPO
 from clippo.core.errors import CheckpointError, ExportCheckError
+from clippo.multiagent.agent import MultiAgentPPO
 from clippo.multiagent.toy_envs import Rendezvous, TakeAway, TwoKinds
 from tests.helpers import run_cli
 
@@ -278,3 +279,116 @@ def test_two_ranks_train_the_groups_in_lockstep_and_a_resume_needs_two(tmp_path)
         PPO.from_run(tmp_path / "run", env=TwoKinds)
     agent = PPO.load(tmp_path / "run" / "agent.pt")  # (it loads in one process to act)
     assert agent.global_step == rank0["global_step"]
+
+
+# --- exact resume -----------------------------------------------------------------------------------
+def train_updates(make_env, overrides: dict, run_dir: Path, updates: int = 5, stop_at: int | None = None,
+                  restore: bool = True, monkeypatch=None):  # fmt: skip
+    """``updates`` updates straight, or stopped after ``stop_at`` and resumed from the run directory
+    (``restore=False``: the resumed run's env copies start fresh, the control)."""
+    from clippo.core.errors import TrainingInterrupted
+
+    def stop(agent, metrics):
+        if metrics["update"] in (updates, stop_at):
+            agent.request_stop()
+
+    agent = PPO(make_env, **SMALL, **overrides, run_dir=run_dir)
+    with pytest.raises(TrainingInterrupted):
+        agent.learn(10**7, progress=False, callback=stop)
+    agent.close()
+    if stop_at is not None:
+        if not restore:
+            monkeypatch.setattr("clippo.multiagent.agent.restore_runner", lambda runner, state: "switched off")
+        agent = PPO.from_run(run_dir, env=make_env)
+        with pytest.raises(TrainingInterrupted):
+            agent.resume(progress=False, callback=stop)
+        assert agent.envs_restored == restore, agent.envs_fresh_reason
+        agent.close()
+    import pandas as pd
+
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    return torch.cat([learner.optimizer.flat for learner in agent.learners]), metrics
+
+
+@pytest.mark.parametrize(
+    "make_env, overrides",
+    [
+        (Rendezvous, {"critic": "centralized"}),
+        (TakeAway, {"selfplay_snapshot_every": 1, "selfplay_eval_every": 0}),  # the games against the pool
+        (TwoKinds, {"normalize_observations": True, "normalize_rewards": True}),
+        (lambda: Rendezvous(n_agents=2, length=7), {"recurrent": "gru", "recurrent_hidden_size": 8}),
+        ("pettingzoo.classic.connect_four_v3", {"selfplay_snapshot_every": 1, "selfplay_eval_every": 0}),
+        ("mpe2.simple_spread_v3", {"env_kwargs": {"N": 2, "max_cycles": 10}}),
+    ],
+    ids=["centralized", "selfplay", "normalized-groups", "recurrent", "connect-four", "mpe"],
+)
+def test_an_interrupted_run_resumes_exactly_as_if_never_stopped(make_env, overrides, tmp_path, monkeypatch):
+    straight, metrics = train_updates(make_env, overrides, tmp_path / "a")
+    resumed, metrics_resumed = train_updates(make_env, overrides, tmp_path / "b", stop_at=2)
+    assert torch.equal(straight, resumed)
+    columns = ["global_step", "episode_return", "episodes", "value_loss", "entropy", "approx_kl"]
+    assert metrics[columns].equals(metrics_resumed[columns])
+    # the control: with the env copies reset on resume, the run goes elsewhere
+    fresh, _ = train_updates(make_env, overrides, tmp_path / "c", stop_at=2, restore=False, monkeypatch=monkeypatch)
+    assert not torch.equal(straight, fresh)
+
+
+def interrupted_run(make_env, run_dir: Path) -> Path:
+    """A run stopped after its second update; the checkpoint it wrote then."""
+    from clippo.core.errors import TrainingInterrupted
+
+    def stop(agent, metrics):
+        if metrics["update"] == 2:
+            agent.request_stop()
+
+    agent = PPO(make_env, **SMALL, run_dir=run_dir)
+    with pytest.raises(TrainingInterrupted) as info:
+        agent.learn(10**6, progress=False, callback=stop)
+    agent.close()
+    return Path(info.value.checkpoint)
+
+
+def test_the_saved_env_state_is_data_and_a_bad_one_leaves_the_envs_fresh(tmp_path):
+    from clippo.training.checkpoint import write_atomic
+
+    run_dir = tmp_path / "run"
+    checkpoint = interrupted_run(TakeAway, run_dir)
+    payload = torch.load(checkpoint, weights_only=True)  # tensors and plain data only
+    env_state = payload["runner"]["adapters"][0]["env"]["object"]
+    assert env_state["pile"] in range(6) and isinstance(payload["runner"]["buffers"][0]["ptr"]["ndarray"], torch.Tensor)
+
+    def resumed_with(change) -> MultiAgentPPO:
+        bad = torch.load(checkpoint, weights_only=True)
+        change(bad["runner"]["adapters"][0]["env"]["object"])
+        write_atomic(bad, checkpoint)
+        loaded = PPO.load(checkpoint, env=TakeAway)
+        loaded.env_runner()
+        loaded.close()
+        return loaded
+
+    def shadow_a_method(state):
+        state["step"] = 1
+
+    def an_object_for_a_number(state):
+        state["pile"] = {"object": {"__skipped__": []}}
+
+    def a_list_for_a_number(state):
+        state["pile"] = {"list": [1, 2]}
+
+    for change, words in ((shadow_a_method, "step"), (an_object_for_a_number, "pile"), (a_list_for_a_number, "pile")):
+        loaded = resumed_with(change)
+        assert not loaded.envs_restored and words in loaded.envs_fresh_reason
+        assert "\n" not in loaded.envs_fresh_reason
+
+
+class OwnEnv(Rendezvous):
+    """An env class clippo does not walk (its module is not one of resume.RESTORABLE_MODULES)."""
+
+
+def test_an_env_clippo_does_not_walk_resumes_with_fresh_copies(tmp_path):
+
+    interrupted_run(OwnEnv, tmp_path / "run")
+    loaded = PPO.from_run(tmp_path / "run", env=OwnEnv)
+    loaded.env_runner()
+    assert not loaded.envs_restored and "holds no env state" in loaded.envs_fresh_reason
+    loaded.close()

@@ -39,6 +39,7 @@ from clippo.multiagent.buffer import combine
 from clippo.multiagent.critic import CentralInput, centralize
 from clippo.multiagent.groups import GroupSpec, ObservationMaker, build_groups
 from clippo.multiagent.pettingzoo import EnvFactory, UntrustedImportError, make_adapter, multiagent_source
+from clippo.multiagent.resume import restore_runner, runner_state
 from clippo.multiagent.runner import MultiAgentRunner, env_action_rows
 from clippo.multiagent.selfplay import SelfPlay
 from clippo.rollout.masking import MASK_KEY, component_starts, first_invalid_row
@@ -349,6 +350,8 @@ class MultiAgentPPO(Stoppable):
         #: why training should end early (a signal, a callback): set by request_stop and the loop
         self.stopping = StopRequest()
         self.envs_restored = False
+        #: a loaded checkpoint's runner state, restored when the env copies are made (clippo.multiagent.resume)
+        self._pending_runner_state: Any = None
         #: why a resumed run's envs start fresh (a multi-agent run does not save its env copies)
         self.envs_fresh_reason: str | None = None
         self._runner: MultiAgentRunner | None = None
@@ -419,8 +422,26 @@ class MultiAgentPPO(Stoppable):
                 adapter.has_state = self.env_info.state_size is not None
             self._runner = MultiAgentRunner(adapters, self.learners, self.central, self.config.num_steps, self.selfplay)
             seed = self.config.seed + (7919 * self.update if self.update else 0) + RANK_SEED_STRIDE * self.world.rank
-            self._runner.start(seed)
+            pending, self._pending_runner_state = self._pending_runner_state, None
+            self.envs_restored, self.envs_fresh_reason = False, None
+            if pending is not None:
+                self._restore_runner(pending, seed)
+            if not self.envs_restored:
+                self._runner.start(seed)
         return self._runner
+
+    def _restore_runner(self, pending: Any, seed: int) -> None:
+        """Continue from a checkpoint's runner state (``clippo.multiagent.resume``): the env copies
+        are reset first (so that every attribute the state names exists), then overwritten."""
+        assert self._runner is not None
+        if self.world.distributed:
+            self.envs_fresh_reason = "saved env state is rank 0's"
+            return
+        for c, adapter in enumerate(self._runner.adapters):
+            adapter.reset(seed + c)
+        self.envs_fresh_reason = restore_runner(self._runner, pending)
+        self.envs_restored = self.envs_fresh_reason is None
+        self._runner.started = self.envs_restored
 
     def close(self) -> None:
         if self._runner is not None:
@@ -821,11 +842,17 @@ class MultiAgentPPO(Stoppable):
         }
 
     def save(self, path: str | Path, include_runner: bool = True) -> Path:
-        """Write a checkpoint atomically (the env copies are not saved: a resumed run resets them)."""
+        """Write a checkpoint atomically; with ``include_runner``, the env copies' state and what
+        the runner carries into the next rollout, where they can be saved exactly
+        (``clippo.multiagent.resume``), so that a resumed run continues as if never stopped."""
         for learner in self.learners:
             if not torch.isfinite(learner.optimizer.flat).all():
                 raise NonFiniteError(f"refusing to write {path}: group {learner.spec.name!r} has non-finite parameters")
-        return write_atomic(self.state_dict(), path)
+        state = self.state_dict()
+        if include_runner and self._runner is not None and self._runner.started:
+            # (a marker where the env copies cannot be saved: the resume then says why it starts them afresh)
+            state["runner"] = runner_state(self._runner) or {"unavailable": True}
+        return write_atomic(state, path)
 
     def save_checkpoint(self, include_runner: bool = True) -> Path:
         """Write a periodic checkpoint into the run directory (keeping ``keep_checkpoints`` of them)."""
@@ -894,6 +921,7 @@ class MultiAgentPPO(Stoppable):
             agent.schedule_start, agent.schedule_end = (int(v) for v in payload["schedule"])
             agent.train_time = float(payload.get("train_time", 0.0))
             agent.recent_returns = [float(r) for r in payload.get("recent_returns", [])]
+            agent._pending_runner_state = payload.get("runner")
         except Exception as exc:  # a damaged payload can fail anywhere in reconstruction
             raise CheckpointError(
                 f"checkpoint {str(path)!r} does not fit this clippo: {first_line(exc)[:200]}"
