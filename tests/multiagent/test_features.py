@@ -392,3 +392,48 @@ def test_an_env_clippo_does_not_walk_resumes_with_fresh_copies(tmp_path):
     loaded.env_runner()
     assert not loaded.envs_restored and "holds no env state" in loaded.envs_fresh_reason
     loaded.close()
+
+
+def test_cli_resume_of_a_module_path_run_restores_its_env_copies(tmp_path, toy_module):
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli(["train", toy_module, "--total-steps", "640", "--num-envs", "2", "--num-steps", "16",
+                              "--run-dir", str(run_dir), "--no-tensorboard", "--checkpoint-every", "3"])  # fmt: skip
+    assert code == 0, err
+    (run_dir / "agent.pt").unlink()  # as if stopped after the checkpoint of update 9 (of 10)
+    code, out, err = run_cli(["resume", str(run_dir), "--trust-code"])
+    assert code == 0, err
+    assert f"resuming {toy_module} at step 576 exactly (envs restored)" in out
+
+
+# --- periodic evaluation, best.pt and callbacks -----------------------------------------------------
+def test_periodic_evaluation_keeps_the_best_policy_and_callbacks_see_every_update(tmp_path):
+    from clippo.training.callbacks import Callback
+
+    class Seen(Callback):
+        def __init__(self) -> None:
+            self.updates: list[int] = []
+
+        def on_update(self, agent, metrics):
+            self.updates.append(metrics["update"])
+
+    seen = Seen()
+    run_dir = tmp_path / "run"
+    agent = PPO(TwoKinds, **SMALL, run_dir=run_dir, eval_every=128, eval_episodes=2)
+    agent.learn(512, progress=False, callback=seen)  # 64 agent steps per update: 8 updates, 4 evaluations
+    agent.close()
+    assert seen.updates == list(range(1, 9))
+    import json
+
+    import pandas as pd
+
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    evaluations = metrics["eval/mean_return"].dropna()
+    assert len(evaluations) == 4
+    best = json.loads((run_dir / "best.json").read_text())
+    assert best["mean_return"] == evaluations.max()
+    payload = torch.load(run_dir / "best.pt", weights_only=True)
+    assert payload["global_step"] == best["global_step"]
+    loaded = PPO.load(run_dir / "best.pt")  # acts without its env
+    env = TwoKinds()
+    obs, _ = env.reset(seed=0)
+    assert set(loaded.act(obs, deterministic=True)) == {"speaker", "listener"}
