@@ -1,7 +1,10 @@
 """Run by tests/multiagent/test_features.py under torchrun: one rank of a small distributed
 multi-agent job (TwoKinds: two policy groups), recording every group's parameters after each update.
 
-python -m torch.distributed.run --standalone --nproc-per-node 2 tests/multiagent/distributed_worker.py OUT_DIR
+python -m torch.distributed.run --standalone --nproc-per-node 2 tests/multiagent/distributed_worker.py MODE OUT_DIR
+
+MODE: ``lockstep`` (4 updates, parameters recorded) or ``callback_stop`` (rank 1's callback asks to
+stop at update 2).
 """
 
 from __future__ import annotations
@@ -16,8 +19,25 @@ from clippo.multiagent.toy_envs import TwoKinds
 from clippo.training.distributed import shutdown
 
 
+def callback_stop(out: Path) -> None:
+    """Rank 1's callback returns False at update 2: every rank must end after the same update."""
+    agent = PPO(TwoKinds, num_envs=2, num_steps=16, tensorboard=False, seed=3)
+    rank = agent.world.rank
+
+    def stop(a, metrics):
+        return False if rank == 1 and metrics["update"] == 2 else None
+
+    agent.learn(10 * 128, progress=False, callback=stop)
+    torch.save({"update": agent.update, "stopped": agent.stopped_by_callback}, out / f"rank{rank}.pt")
+    agent.close()
+    shutdown(agent.world)
+
+
 def main() -> None:
-    out = Path(sys.argv[1])
+    mode, out = sys.argv[1], Path(sys.argv[2])
+    if mode == "callback_stop":
+        callback_stop(out)
+        return
     agent = PPO(
         TwoKinds, num_envs=2, num_steps=16, num_minibatches=2, update_epochs=2, normalize_observations=True,
         tensorboard=False, seed=3, run_dir=out / "run",

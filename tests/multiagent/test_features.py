@@ -261,8 +261,8 @@ def test_two_ranks_train_the_groups_in_lockstep_and_a_resume_needs_two(tmp_path)
     worker = Path(__file__).with_name("distributed_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(worker)]
-    result = subprocess.run([*command, str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=240)  # fmt: skip
+    result = subprocess.run([*command, "lockstep", str(tmp_path)], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=240)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert rank0["params"].shape[0] == 4  # four updates recorded
@@ -437,3 +437,16 @@ def test_periodic_evaluation_keeps_the_best_policy_and_callbacks_see_every_updat
     env = TwoKinds()
     obs, _ = env.reset(seed=0)
     assert set(loaded.act(obs, deterministic=True)) == {"speaker", "listener"}
+
+
+@pytest.mark.slow
+def test_one_ranks_callback_stop_ends_training_on_every_rank_after_the_same_update(tmp_path):
+    worker = Path(__file__).with_name("distributed_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(worker)]
+    result = subprocess.run([*command, "callback_stop", str(tmp_path)], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=240)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    # asked on rank 1 at update 2, agreed in update 3's after-rollout exchange: both end after update 3
+    assert rank0 == rank1 == {"update": 3, "stopped": True}
