@@ -19,7 +19,17 @@ from tests.toy_envs import DictGoalEnv, MaskedGridEnv, SpotImageEnv
     "env, hyperparameters",
     [
         ("CartPole-v1", dict(num_envs=4, num_steps=64)),
-        ("Pendulum-v1", dict(num_envs=2, num_steps=128, normalize_observations=True, normalize_rewards=True)),
+        # a plain Gaussian (the preset's gSDE runs on torch only)
+        (
+            "Pendulum-v1",
+            dict(
+                num_envs=2,
+                num_steps=128,
+                use_sde=False,
+                normalize_observations=True,
+                normalize_rewards=True,
+            ),
+        ),
         ("CartPole-v1", dict(num_envs=4, num_steps=64, network="shared", clip_value_loss=True, ent_coef=0.01)),
         (
             "MountainCarContinuous-v0",
@@ -77,7 +87,7 @@ def test_the_fast_path_is_chosen_only_where_it_applies():
         (PPO(SpotImageEnv), EnvRunner, RolloutBuffer, AutogradLoss),
         (PPO(DictGoalEnv), EnvRunner, RolloutBuffer, AutogradLoss),
         (PPO("Pendulum-v1", use_sde=True), EnvRunner, RolloutBuffer, AutogradLoss),  # gSDE: torch only
-        (PPO("Pendulum-v1", orthogonal_init=False), FastEnvRunner, FlatRolloutBuffer, AnalyticGradient),
+        (PPO("Pendulum-v1", use_sde=False, orthogonal_init=False), FastEnvRunner, FlatRolloutBuffer, AnalyticGradient),
         (PPO("CartPole-v1", activation="gelu"), EnvRunner, RolloutBuffer, AutogradLoss),  # numpy has tanh and relu only
         (PPO("Pendulum-v1", activation="gelu", network="shared"), EnvRunner, RolloutBuffer, AutogradLoss),
         (PPO("CartPole-v1", head_sizes=[16]), EnvRunner, RolloutBuffer, AutogradLoss),  # layers after the encoders

@@ -151,7 +151,9 @@ def test_train_pendulum_with_its_builtin_preset(tmp_path):
     assert code == 0, err
     assert (run_dir / "agent.pt").is_file()
     loaded = PPO.load(run_dir)
-    assert loaded.config.normalize_rewards and loaded.config.normalize_observations
+    # the preset's own values (RL-Zoo's gSDE recipe), with the flags on top
+    assert loaded.config.use_sde and loaded.config.sde_sample_freq == 4 and loaded.config.gamma == 0.9
+    assert loaded.config.num_envs == 2
 
 
 def test_train_with_config_file_and_flags(tmp_path):

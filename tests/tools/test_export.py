@@ -20,7 +20,7 @@ from clippo.tools.export import export_onnx  # noqa: E402
 from tests.helpers import run_cli  # noqa: E402
 from tests.toy_envs import DictGoalEnv, SpotImageEnv  # noqa: E402
 
-TINY = dict(num_envs=2, num_steps=16, seed=0)
+TINY = dict(num_envs=2, num_steps=16, num_minibatches=2, seed=0)
 CHECK = dict(check_steps=24, check_envs=2)
 
 

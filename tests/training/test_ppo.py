@@ -12,7 +12,8 @@ from gymnasium import spaces
 
 from clippo import PPO
 
-TINY = dict(num_envs=2, num_steps=32, num_minibatches=4, update_epochs=2, hidden_sizes=[16, 16])
+# use_sde=False: Pendulum-v1's preset uses gSDE; these tests check the plain Gaussian
+TINY = dict(num_envs=2, num_steps=32, num_minibatches=4, update_epochs=2, hidden_sizes=[16, 16], use_sde=False)
 
 
 def record_update_stats(agent: PPO) -> list[dict]:
