@@ -49,6 +49,9 @@ class Cycle(AECEnv):
     def observe(self, agent):
         return np.array([self.cycles / self.length, self.last[agent] / 2 + self.noise], np.float32)
 
+    def state(self):
+        return np.array([self.cycles, self.noise, *self.last.values()], np.float32)
+
     def reset(self, seed=None, options=None):
         if seed is not None:
             self.rng = np.random.default_rng(seed)
@@ -112,6 +115,7 @@ def trajectory(adapter, seed: int, steps: int) -> list:
                 {agent: np.asarray(obs).tolist() for agent, obs in acting.items()},
                 over,
                 list(adapter.env.agents),
+                adapter.state().tolist(),  # the centralized critic's input
             )
         )
         if over:
@@ -127,6 +131,8 @@ def test_direct_stepping_gives_what_the_conversion_gives(make_env):
         make_env = lambda: simple_spread.parallel_env(N=3, max_cycles=5)  # noqa: E731
     direct, plain = make_adapter(make_env()), make_adapter(make_env(), direct=False)
     assert type(direct) is DirectParallelAdapter and type(plain) is ParallelAdapter
+    direct.detect_state()
+    assert direct.has_state
     got, expected = trajectory(direct, 3, 40), trajectory(plain, 3, 40)
     assert got == expected
     # the toy's episodes had an agent end mid-episode and rewards from the middle of a cycle

@@ -237,6 +237,8 @@ class Adapter:
         self.env = env
         self.possible_agents: list[str] = list(env.possible_agents)
         self.has_state = False
+        #: what ``state()`` is asked of (DirectParallelAdapter: the AEC env beneath the checks)
+        self.state_env = env
         #: agents whose transition is open (acted, outcome not yet seen)
         self.open: set[str] = set()
 
@@ -249,13 +251,13 @@ class Adapter:
     def detect_state(self) -> None:
         """Whether the env gives a global ``state()`` (after a reset)."""
         try:
-            state = self.env.state()
+            state = self.state_env.state()
             self.has_state = state is not None and np.asarray(state).size > 0
         except (NotImplementedError, AttributeError):
             self.has_state = False
 
     def state(self) -> np.ndarray:
-        return np.asarray(self.env.state(), dtype=np.float32).reshape(-1)
+        return np.asarray(self.state_env.state(), dtype=np.float32).reshape(-1)
 
     def current_observations(self) -> dict[str, Any]:
         """Every live agent's latest observation (the centralized critic's fallback input)."""
@@ -394,6 +396,7 @@ class DirectParallelAdapter(ParallelAdapter):
             self.checks_bounds = self.checks_bounds or type(inner).__name__ == "AssertOutOfBoundsWrapper"
             inner = inner.env
         self.inner = inner
+        self.state_env = inner  # the conversion's state() is the AEC env's
         #: agent -> (start, n) of a Discrete action space, checked inline; others by ``contains``
         self.discrete: dict[str, tuple[int, int]] = {}
         if self.checks_bounds:
