@@ -131,10 +131,10 @@ def test_direct_stepping_gives_what_the_conversion_gives(make_env):
         make_env = lambda: simple_spread.parallel_env(N=3, max_cycles=5)  # noqa: E731
     direct, plain = make_adapter(make_env()), make_adapter(make_env(), direct=False)
     assert type(direct) is DirectParallelAdapter and type(plain) is ParallelAdapter
-    direct.detect_state()
-    assert direct.has_state
     got, expected = trajectory(direct, 3, 40), trajectory(plain, 3, 40)
     assert got == expected
+    direct.detect_state()
+    assert direct.has_state
     # the toy's episodes had an agent end mid-episode and rewards from the middle of a cycle
     if isinstance(direct.env.aec_env.env.env, Cycle):
         ended = [o for step in expected if isinstance(step, tuple) for o in step[0] if o[2]]
