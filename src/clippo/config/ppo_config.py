@@ -858,12 +858,14 @@ ENV_PRESETS: dict[str, dict[str, Any]] = {
 ENV_PRESETS["LunarLanderContinuous-v3"] = dict(ENV_PRESETS["LunarLander-v3"])
 
 # Multi-agent envs (clippo.multiagent), named by module path. total_steps counts agent steps.
-# NOT yet tuned or measured (issue #33's targets are benchmarked in later work).
+# Not tuned; simple_spread measured (below), the board games not yet (issue #33).
 # simple_spread: issue #33's speed recipe (8 env copies x 128 steps = 3072 agent steps per
-# update for 3 agents, 4 epochs of minibatches of 512 rows, lr 3e-4, entropy 0.01), one policy
-# shared by the 3 identical agents.
+# update for 3 agents, 4 epochs of minibatches of 512 rows, lr 3e-4 annealed, entropy 0.01), one
+# policy shared by the 3 identical agents, 1M agent steps (a few CPU minutes), not tuned; IPPO
+# (critic local) and MAPPO (centralized) against SB3+SuperSuit over 3 seeds:
+# benchmarks/results/multiagent_learning (docs/multiagent.md).
 ENV_PRESETS["mpe2.simple_spread_v3"] = {
-    "total_steps": 2_000_000,
+    "total_steps": 1_000_000,
     "env_kwargs": {"N": 3, "max_cycles": 25, "continuous_actions": False},
     "num_envs": 8,
     "num_steps": 128,
