@@ -126,8 +126,9 @@ class PPOConfig:
         0,
     )
     fast_path: str = knob(
-        "auto or off: the numpy rollout and hand-written gradient where they apply (flat observations, MLP, CPU), or "
-        "always the general torch path.",
+        "auto or off: the numpy rollout and hand-written gradient where they apply (flat observations, MLP, CPU), and "
+        "PettingZoo envs converted from AEC stepped beneath their checking wrappers; or always the general torch path "
+        "and each env's own step().",
         "auto",
     )
     precision: str = knob(
