@@ -56,7 +56,7 @@ TASKS = [
     Task("MountainCarContinuous-v0", 90, GYM + " (RL-Zoo's PPO: 88.3 +- 2.6)"),
     Task("clippo/ToolAmount-v0", 19.5, "97.5% of the optimum 20 (random 7.8; seeds 1-3 gave 19.89-19.90)"),
     Task("clippo/CartPoleNoVel-v1", 475, "CartPole's " + GYM + " (RL-Zoo's RecurrentPPO: 500 at 100k)"),
-    Task("Pendulum-v1", -200, "no Gymnasium threshold; -200, the usual bar (seeds 1-3 gave -135)"),
+    Task("Pendulum-v1", -200, "no Gymnasium threshold; -200, the usual bar (RL-Zoo's PPO: -172 +- 104 at 100k)"),
     Task("clippo/PendulumNoVel-v1", -218, "RL-Zoo's RecurrentPPO at 100k steps"),
     Task("Acrobot-v1", -100, GYM),
     Task("MountainCar-v0", -110, GYM + " (RL-Zoo's PPO: -110.4 +- 19.5)"),
@@ -113,14 +113,45 @@ def retire_old_recipes(tasks: list[Task], root: Path) -> None:
                 print(f"{now()} {run_dir.name}: recipe changed ({differences}); moved to {target}", flush=True)
 
 
-def collect(task: Task, root: Path) -> list[dict[str, Any]]:
+def recipe(env_id: str) -> str:
+    """A fingerprint of today's preset of ``env_id`` (its hyperparameters, bookkeeping keys left
+    out), recorded with each run, so a row kept from an earlier table is reused only while the
+    preset is unchanged."""
+    import hashlib
+
+    from clippo.config.ppo_config import resolve_config
+    from clippo.tools.plotting import IGNORED_KEYS
+
+    ignored = IGNORED_KEYS | {"env_id", "nonfinite", "vector_env", "eval_every", "eval_episodes", "seed"}
+    values = {k: v for k, v in resolve_config(env_id).to_dict().items() if k not in ignored}
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def archived_rows(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
+    """The finished rows of the table already written to ``out``: a run directory can be lost
+    (another machine, a cleaned checkout) while its result stays valid for the same preset."""
+    path = out / "results.json"
+    if not path.exists():
+        return {}
+    return {(r["env_id"], int(r["seed"])): r for task in json.loads(path.read_text()) for r in task["runs"]}
+
+
+def collect(
+    task: Task, root: Path, archive: dict[tuple[str, int], dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """The task's rows: finished runs with their final evaluation, unfinished ones with the step
     they reached. A finished run whose recipe differs from today's preset (beyond the task's own
-    flags) is marked, so a preset change never mixes with runs of the old one."""
+    flags) is marked, so a preset change never mixes with runs of the old one. A seed with no run
+    directory takes its row from ``archive`` (the earlier table) if that row's recorded recipe is
+    today's preset; such rows are marked ``archived``."""
     rows = []
+    today = recipe(task.env)
     for seed in task.seeds:
         run_dir = root / run_name(task.env, seed)
         if not (run_dir / "metrics.csv").exists():
+            kept = (archive or {}).get((task.env, seed))
+            if kept is not None and kept.get("recipe") == today:
+                rows.append({**kept, "archived": True})
             continue
         try:
             row = read_run(run_dir)
@@ -142,6 +173,7 @@ def collect(task: Task, root: Path) -> list[dict[str, Any]]:
             # continued after a stop: its trajectory may differ from an uninterrupted run's
             row["resumed"] = log.exists() and "resuming " in log.read_text(errors="replace")
             row.update(diagnostics(run_dir))
+            row["recipe"] = today
         rows.append(row)
     for run_dir in sorted((root / "superseded").glob(f"{run_name(task.env, 0)[:-1]}*")):
         row = read_run(run_dir) if (run_dir / "eval.json").exists() else None
@@ -193,14 +225,16 @@ def write_table(tasks: list[Task], root: Path, out: Path) -> Path:
         "Success: final return >= the threshold. IQM: mean of the middle half of the seeds, with a 95% "
         "percentile bootstrap interval over seeds (2000 resamples). Runs share 2 cores with other work at "
         "`nice 19`, so wall times say little. A run marked resumed was stopped and continued with `clippo resume` "
-        "from its last checkpoint.",
+        "from its last checkpoint. A run marked kept is a row of the table written before, whose run directory "
+        "is no longer here; it is kept while the preset it ran is today's (its recipe is recorded with it).",
         "",
         "## Summary",
         "",
     ]
     summary_rows, per_seed, unfinished, earlier, records = [], [], [], [], []
+    archive = archived_rows(out)
     for task in tasks:
-        rows = collect(task, root)
+        rows = collect(task, root, archive)
         done = [r for r in rows if not r.get("unfinished") and not r["differences"]]
         unfinished += [r for r in rows if r.get("unfinished")]
         earlier += [r for r in rows if not r.get("unfinished") and r["differences"]]
@@ -265,7 +299,9 @@ def write_table(tasks: list[Task], root: Path, out: Path) -> Path:
                 fmt(r["train_return"], 1),
                 f"{fmt(r['entropy_first'], 2)} / {fmt(r['entropy_last'], 2)}",
                 "-" if r["kl_stop_share"] is None else f"{r['kl_stop_share']:.0%}",
-                f"{r['steps']:_}" + (" (resumed)" if r.get("resumed") else ""),
+                f"{r['steps']:_}"
+                + (" (resumed)" if r.get("resumed") else "")
+                + (" (kept)" if r.get("archived") else ""),
                 f"{r['wall_s'] / 60:.1f} min",
             ]
             for r in per_seed
@@ -322,7 +358,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{now()} table not written: {exc}", flush=True)
 
         retire_old_recipes(tasks, args.root)
-        run_queue(task_items(tasks, args.seeds), args.root, args.jobs, args.clippo, on_done=rewrite)
+        archive = archived_rows(args.out)
+        kept = {
+            (t.env, s) for t in tasks for s in t.seeds if archive.get((t.env, s), {}).get("recipe") == recipe(t.env)
+        }
+        items = [item for item in task_items(tasks, args.seeds) if (item[0], item[1]) not in kept]
+        run_queue(items, args.root, args.jobs, args.clippo, on_done=rewrite)
     print(f"wrote {write_table(TASKS, args.root, args.out)}")
     return 0
 

@@ -9,6 +9,7 @@ subpackage, the import graph has no cycle at all.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,7 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
     return {name for name in found if name in modules}
 
 
+@functools.cache  # parsed once per session: every parametrized test reads the same graph
 def graph() -> dict[str, set[str]]:
     paths = sorted(SRC.rglob("*.py"))
     modules = {module_name(p) for p in paths}

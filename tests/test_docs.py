@@ -9,8 +9,9 @@
   wrote (docs/export.md exports ``policy.onnx``, then runs it with onnxruntime alone), as a reader
   following the page would.
 - Small step counts: the blocks are written with realistic budgets (``agent.learn(100_000)``);
-  while they run, ``PPO.learn`` is wrapped so that each call trains for at most ``STEP_CAP``
-  environment steps (still rounded up to whole rollouts, as always) with no progress display.
+  while they run, ``PPO.learn`` (single- and multi-agent) is wrapped so that each call trains for
+  at most ``STEP_CAP`` environment (or agent) steps (still rounded up to whole rollouts, as
+  always, so every example runs at least one update) with no progress display.
   Nothing else about the block changes: the same code path, the same presets.
 - Every ``clippo SUBCOMMAND --flag`` shown in a bash or text block (also after ``-m clippo``) or in
   an inline code span is a subcommand and a flag that the command line's parser
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import re
 import shlex
 from dataclasses import dataclass, fields
@@ -36,8 +38,9 @@ DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 #: also checked for clippo commands (their flags), not for Python examples
 COMMAND_FILES = [*DOC_FILES, ROOT / "benchmarks" / "README.md"]
 NOT_RUN = "<!-- not run -->"
-#: the most environment steps one ``learn`` call of a doc example trains for in the tests
-STEP_CAP = 4096
+#: the most environment steps one ``learn`` call of a doc example trains for in the tests (one
+#: rollout of the default 8 x 128: the examples run, they are not learning tests)
+STEP_CAP = 1024
 
 
 # ------------------------------------------------------------------------------------------------
@@ -89,16 +92,18 @@ def test_blocks_are_found():
 
 @pytest.fixture
 def capped_learn(monkeypatch):
-    """``PPO.learn`` trains for at most STEP_CAP steps per call, without a progress display."""
+    """``PPO.learn`` (and multi-agent PPO's, which ``PPO(pettingzoo_env)`` returns) trains for at most
+    STEP_CAP steps per call, without a progress display."""
     from clippo import PPO
+    from clippo.multiagent.agent import MultiAgentPPO
 
-    learn = PPO.learn
+    for cls in (PPO, MultiAgentPPO):
 
-    def capped(self, total_steps=None, progress=None, callback=None):
-        steps = self.config.total_steps if total_steps is None else total_steps
-        return learn(self, min(steps, STEP_CAP), progress=False, callback=callback)
+        def capped(self, total_steps=None, progress=None, callback=None, learn=cls.learn):
+            steps = self.config.total_steps if total_steps is None else total_steps
+            return learn(self, min(steps, STEP_CAP), progress=False, callback=callback)
 
-    monkeypatch.setattr(PPO, "learn", capped)
+        monkeypatch.setattr(cls, "learn", capped)
 
 
 def run_block(block: CodeBlock) -> None:
@@ -145,6 +150,7 @@ def test_marked_blocks_are_still_python():
 # ------------------------------------------------------------------------------------------------
 # command lines
 # ------------------------------------------------------------------------------------------------
+@functools.cache  # built once: the parametrized tests only read it
 def clippo_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     from clippo.tools.cli import build_parser
 
@@ -294,6 +300,7 @@ def concept_rows() -> list[tuple[str, str, str]]:
     return rows
 
 
+@functools.cache  # parsed once per file: many concept-map rows name the same file
 def defined_names(path: Path) -> set[str]:
     """Top-level functions and ``Class.method`` names defined in a Python file."""
     names = set()

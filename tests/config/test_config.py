@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -20,6 +21,7 @@ from clippo.config.ppo_config import (
     resolve_config,
     save_config,
 )
+from clippo.config.preset_sources import ENV_PRESET_SOURCES, PRESET_SOURCES
 
 DEFAULTS = PPOConfig()
 
@@ -195,6 +197,21 @@ def test_env_preset_referencing_a_named_preset():
     cheetah = env_preset_values("HalfCheetah-v5")
     assert cheetah["num_steps"] == 512 and PRESETS["mujoco"]["num_steps"] != 512
     assert cheetah["normalize_observations"] is True and cheetah["total_steps"] == 1_000_000
+
+
+@pytest.mark.parametrize(
+    "presets, sources", [(PRESETS, PRESET_SOURCES), (ENV_PRESETS, ENV_PRESET_SOURCES)], ids=["named", "per-env"]
+)
+def test_every_preset_names_its_source(presets, sources):
+    """A preset without a source entry (or a source for a preset that is gone) fails here:
+    add it to clippo/config/preset_sources.py and regenerate docs/presets.md."""
+    assert sorted(set(presets) - set(sources)) == [], "presets without a source entry"
+    assert sorted(set(sources) - set(presets)) == [], "source entries of presets that do not exist"
+    root = Path(__file__).resolve().parents[2]
+    for name, source in sources.items():
+        assert source.source.strip() and "\n" not in source.source, name
+        for path in source.results:
+            assert (root / path).is_file(), f"{name}: result file {path} does not exist"
 
 
 def test_unknown_preset_name():

@@ -51,7 +51,9 @@ def test_sticky_actions_are_the_envs_own():
     )
 
 
-@pytest.mark.parametrize("mode", ATARI_MODES)
+@pytest.mark.parametrize(
+    "mode", [pytest.param(m, marks=pytest.mark.slow) if m == "async" else m for m in ATARI_MODES]
+)  # (async starts a process per env)
 def test_atari_contract_and_next_step_autoreset(mode):
     """Spaces, dtypes, info["lives"] and NEXT_STEP autoreset, an episode cut short at 60 frames (15 steps)."""
     _need(mode)
@@ -112,6 +114,7 @@ def test_noframeskip_v4_ids():
         envs.close()
 
 
+@pytest.mark.slow
 def test_minatar_observations_and_next_step_autoreset():
     envs = make_vector_env("MinAtar/Breakout-v1", 2)
     try:
@@ -133,6 +136,7 @@ def test_minatar_observations_and_next_step_autoreset():
         envs.close()
 
 
+@pytest.mark.slow  # starts a process per env
 def test_minatar_async():
     envs = make_vector_env("MinAtar/Freeway-v1", 2, "async")
     try:

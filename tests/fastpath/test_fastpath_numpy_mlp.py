@@ -131,6 +131,7 @@ def test_numpy_mlp_reads_inputs_with_a_ones_column_in_place(activation, rows, ta
         np.testing.assert_allclose(out, model.actor(torch.from_numpy(obs)).numpy(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_tanh_form_follows_numpys_dispatch():
     """With numpy's AVX-512 loops switched off, the numpy copies and the analytic update go back to
     torch's sigmoid form of tanh (numpy's AVX2 tanh is the slower one)."""

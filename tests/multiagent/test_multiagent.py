@@ -375,6 +375,7 @@ def test_learn_counts_agent_steps_and_logs_env_steps(tmp_path):
     assert (tmp_path / "run" / "agent.pt").exists()
 
 
+@pytest.mark.slow
 def test_cooperative_toy_env_improves():
     agent = PPO(lambda: Rendezvous(n_agents=2, choices=3, length=4), num_envs=4, num_steps=32, num_minibatches=2,
                 update_epochs=4, learning_rate=3e-3, tensorboard=False, seed=1)  # fmt: skip

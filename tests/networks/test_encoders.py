@@ -209,6 +209,7 @@ def test_a_tuple_and_multibinary_observation_space_round_trips_through_a_checkpo
     assert space_from_dict(space_to_dict(space)) == space
 
 
+@pytest.mark.slow
 def test_an_image_agent_through_the_cli_train_eval_enjoy_plot_report(tmp_path):
     from tests.helpers import run_cli
 

@@ -89,6 +89,7 @@ def user_env(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------
 # 1. your own env everywhere
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_module_env_id_trains_and_is_recorded_for_the_commands_on_the_run(user_env):
     folder, module, env_id = user_env
     run = folder / "run"

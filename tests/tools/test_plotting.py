@@ -179,6 +179,7 @@ def test_plot_command_writes_a_png(runs, tmp_path, x):
     assert out.read_bytes().startswith(PNG_SIGNATURE)
 
 
+@pytest.mark.slow
 def test_plot_command_with_diagnostics_and_minmax_band(runs, tmp_path):
     out = tmp_path / "sub" / "diag.png"
     code, _, err = run_cli(

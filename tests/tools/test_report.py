@@ -144,6 +144,7 @@ def test_signal_check_spares_constant_reward_runs_at_the_time_limit():
 # ------------------------------------------------------------------------------------------------
 # output
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_markdown_report_from_the_command(run_dirs, tmp_path):
     out = tmp_path / "r" / "report.md"
     code, stdout, err = run_cli(["report", str(run_dirs["explained_variance"]), "-o", str(out)])
@@ -205,6 +206,7 @@ def test_default_output_is_in_the_run_dir(run_dirs):
     assert (run_dirs["healthy"] / "report.md").is_file() and (run_dirs["healthy"] / "report.png").is_file()
 
 
+@pytest.mark.slow
 def test_html_report_is_self_contained(run_dirs, tmp_path):
     out = tmp_path / "report.html"
     report = write_report(run_dirs["reward_signal_erased"], out)

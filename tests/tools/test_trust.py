@@ -470,6 +470,7 @@ def test_the_lock_is_written_in_place_not_truncated(tmp_path):
     assert len((tmp_path / ".lock").read_bytes()) == safety.LOCK_SIZE
 
 
+@pytest.mark.slow
 def test_a_run_dir_that_is_itself_a_link_is_the_users_choice(tmp_path, run):
     """runs/latest is a link clippo makes itself: the directory given may be one."""
     (tmp_path / "latest").symlink_to(run)
@@ -488,6 +489,7 @@ def set_config_yaml(run_dir: Path, **values) -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
 
 
+@pytest.mark.slow
 def test_report_imports_no_env_module_named_by_config_yaml(run, marker_module):
     """Without a checkpoint, report asks Gymnasium for the env's action space (gym.make, which
     imports the module before a colon): only with --trust-code."""
@@ -693,6 +695,7 @@ def test_global_rng_states_are_checked_as_data(stopped):
 # ---------------------------------------------------------------------------------------------
 # 6. reports escape what they take from run files
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_reports_escape_html_from_config_strings(tmp_path, run):
     set_config_yaml(
         run,

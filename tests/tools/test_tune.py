@@ -151,6 +151,7 @@ def test_trial_directories_are_never_reused_or_deleted(tmp_path):
     assert study_folder_name("..") == "_.."
 
 
+@pytest.mark.slow
 def test_continuing_with_other_settings_is_refused(tmp_path, base_config):
     code, _, err = tune(tmp_path, base_config, 1)
     assert code == 0, err

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from clippo.config.preset_sources import ENV_PRESET_SOURCES, PRESET_SOURCES, PresetSource
 from clippo.core import safety
 from clippo.core.errors import ConfigError, first_line
 from clippo.envs.families import check_module_name, family
@@ -461,12 +462,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 # ---------------------------------------------------------------------------------------------
 # Presets. Values not named fall back to the dataclass defaults above (the ``default`` preset).
+# Where each one comes from and what was measured with it: preset_sources.py (every preset has
+# an entry there; docs/presets.md shows both).
 # ---------------------------------------------------------------------------------------------
 PRESETS: dict[str, dict[str, Any]] = {
-    # A generic recipe for discrete and continuous tasks (CleanRL/SB3-like).
     "default": {},
-    # OpenAI Spinning Up's reference PPO: 4000 steps per update, full-batch steps, up to 80 of them
-    # stopped early at KL 0.01, lambda 0.97, no annealing, no entropy bonus.
     "spinningup": {
         "num_envs": 1,
         "num_steps": 4000,
@@ -482,10 +482,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_grad_norm": None,
         "vector_env": "sync",
     },
-    # The PPO paper's Atari recipe (Schulman et al. 2017, Table 5): 8 envs x 128 steps, 4 epochs of
-    # 4 minibatches, lr 2.5e-4 annealed, clip 0.1, entropy 0.01, 10M steps; the Nature CNN shared by
-    # both heads (as SB3's CnnPolicy), rewards clipped to their sign, a lost life terminal for
-    # learning (the whole game's score is logged and evaluated).
     "atari": {
         "total_steps": 10_000_000,
         "num_envs": 8,
@@ -505,13 +501,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "episodic_life": True,
         "checkpoint_every": 100,
     },
-    # MinAtar (Young & Tian 2019) at 10M steps: gymnax's published PPO recipe (gymnax-blines,
-    # the same for every game): 64 envs x 128 steps, 4 epochs of 8 minibatches, constant lr 5e-4,
-    # gamma 0.999, separate 256-256 ReLU MLPs on the flattened 10x10xC grid; but an entropy bonus
-    # of 0.03 instead of 0.01: with 0.01 the policy's entropy fell to ~0.25 nats within 0.6M steps
-    # and Breakout crept from a plateau (20.2 at 10M, seed 1), with 0.03 it reached 38.9 (Asterix
-    # 6.1 -> see benchmarks/results/minatar/). The small MinAtar CNN shared by both heads
-    # plateaued on Breakout (6.3 at 1.4M steps against 13.2 for the MLP).
     "minatar": {
         "total_steps": 10_000_000,
         "num_envs": 64,
@@ -523,16 +512,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "gamma": 0.999,
         "gae_lambda": 0.95,
         "clip_epsilon": 0.2,
-        "ent_coef": 0.03,
+        "ent_coef": 0.03,  # not gymnax's 0.01: with it the entropy collapsed and Breakout plateaued
         "vf_coef": 0.5,
         "max_grad_norm": 0.5,
-        "encoder": "mlp",
+        "encoder": "mlp",  # the small MinAtar CNN plateaued on Breakout
         "hidden_sizes": [256, 256],
         "activation": "relu",
         "network": "separate",
         "checkpoint_every": 100,
     },
-    # Continuous-control locomotion (MuJoCo) at 1M steps.
     "mujoco": {
         "total_steps": 1_000_000,
         "num_envs": 1,
@@ -548,13 +536,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-# Tuned hyperparameters used by ``clippo train ENV_ID`` when no --preset is given.
+# Tuned hyperparameters used by ``clippo train ENV_ID`` when no --preset is given (sources and
+# measurements: ENV_PRESET_SOURCES in preset_sources.py).
 ENV_PRESETS: dict[str, dict[str, Any]] = {
-    # Tuned for wall-clock time to solve: many cheap (natively vectorized) envs, few large
-    # minibatches. gamma 0.99, not RL-Zoo's 0.98: with 0.98 seeds 16 and 17 of 1-19 ended at 327.5
-    # and 435.0, their policies balancing the pole while the cart drifted off the track (x = -2.4 at
-    # every evaluation episode's end, after ~300 steps, beyond 0.98's ~50-step horizon); with 0.99
-    # all 20 of seeds 1-20 reached 500 (benchmarks/results/seed_robustness/gamma_evidence.md).
+    # Tuned for wall-clock time to solve: many cheap (natively vectorized) envs, few large minibatches.
     "CartPole-v1": {
         "total_steps": 100_000,
         "num_envs": 64,
@@ -562,7 +547,7 @@ ENV_PRESETS: dict[str, dict[str, Any]] = {
         "num_minibatches": 4,
         "update_epochs": 8,
         "learning_rate": 2e-3,
-        "gamma": 0.99,
+        "gamma": 0.99,  # with 0.98 the cart drifted off the track on some seeds
         "gae_lambda": 0.8,
         "ent_coef": 0.0,
     },
@@ -575,25 +560,22 @@ ENV_PRESETS: dict[str, dict[str, Any]] = {
         "gamma": 0.99,
         "gae_lambda": 0.94,
         "normalize_observations": True,
-        # Without reward scaling 2 of 5 seeds never reached the goal (-500 throughout,
-        # benchmarks/results/shared_vs_separate/); with it seeds 2, 3 and 4 reach -77 to -85.
-        "normalize_rewards": True,
+        "normalize_rewards": True,  # without it 2 of 5 seeds never reached the goal
     },
+    # annealing the learning rate keeps the last updates from undoing a swing-up on rare starts
     "Pendulum-v1": {
-        "total_steps": 200_000,
+        "total_steps": 100_000,
         "num_envs": 4,
-        "num_steps": 512,
-        "num_minibatches": 32,
+        "num_steps": 1024,
+        "num_minibatches": 64,
         "update_epochs": 10,
         "learning_rate": 1e-3,
         "gamma": 0.9,
         "gae_lambda": 0.95,
-        "normalize_observations": True,
-        "normalize_rewards": True,
+        "ent_coef": 0.0,
+        "use_sde": True,
+        "sde_sample_freq": 4,
     },
-    # Box2D: RL-Zoo's tuned PPO for LunarLander-v2 (rl-baselines3-zoo ppo.yml: 16 envs x 1024 steps,
-    # minibatches of 64, 4 epochs, constant lr 3e-4, gamma 0.999, lambda 0.98, entropy 0.01; its
-    # benchmark table gives 242 +- 32 at 1M steps). v3 has the same dynamics.
     "LunarLander-v3": {
         "total_steps": 1_000_000,
         "num_envs": 16,
@@ -606,12 +588,7 @@ ENV_PRESETS: dict[str, dict[str, Any]] = {
         "gae_lambda": 0.98,
         "ent_coef": 0.01,
     },
-    # RL-Zoo's MountainCar-v0 values (16 envs x 16 steps, minibatches of 64, lambda 0.98, observation
-    # and reward normalization; -110.4 at 1M steps in its benchmark table) but 10 epochs instead of 4
-    # and gamma 0.999 instead of 0.99. With RL-Zoo's values clippo's final policies went left first
-    # from part of the start positions and needed another swing (-115.9, -118.4, -110.1 on seeds 1-3,
-    # 50 episodes each); gamma 0.999 alone gave -111.2 on average, with 10 epochs -99.5, -105.1,
-    # -101.5 (benchmarks/results/mountaincar/).
+    # RL-Zoo's values but 10 epochs and gamma 0.999: with its 4 and 0.99 the policies needed an extra swing.
     "MountainCar-v0": {
         "total_steps": 1_000_000,
         "num_envs": 16,
@@ -626,13 +603,6 @@ ENV_PRESETS: dict[str, dict[str, Any]] = {
         "normalize_observations": True,
         "normalize_rewards": True,
     },
-    # RL-Zoo's MountainCarContinuous-v0 values (one env x 8 steps, one minibatch, 10 epochs,
-    # constant lr 7.77e-5, gamma 0.9999, lambda 0.9, clip 0.1, gSDE with log-std -3.29, PyTorch's
-    # default init, observation and reward normalization; 88.3 +- 2.6 at 20k steps in its
-    # benchmark table). Without gSDE the same values ended seed 1 at -0.01: white noise at every
-    # step does not rock the car up the hill. With clippo's usual orthogonal init seeds 2 and 3
-    # reached the flag a few times and then stood still (-0.1, -0.8; SB3 with that init: 2 of 3
-    # seeds stood still too); with the default init all three reached it (88.7-95.0).
     "MountainCarContinuous-v0": {
         "total_steps": 20_000,
         "num_envs": 1,
@@ -647,15 +617,12 @@ ENV_PRESETS: dict[str, dict[str, Any]] = {
         "ent_coef": 0.00429,
         "vf_coef": 0.19,
         "max_grad_norm": 5.0,
-        "use_sde": True,
+        "use_sde": True,  # white noise at every step does not rock the car up the hill
         "init_log_std": -3.29,
-        "orthogonal_init": False,
+        "orthogonal_init": False,  # with it 2 of 3 seeds stood still after reaching the flag
         "normalize_observations": True,
         "normalize_rewards": True,
     },
-    # RL-Zoo's BipedalWalker-v3 values (32 envs x 2048 steps, minibatches of 64, 10 epochs, constant
-    # lr 3e-4, clip 0.18, gamma 0.999, lambda 0.95, observation and reward normalization; 213 +- 129
-    # at 5M steps in its benchmark table).
     "BipedalWalker-v3": {
         "total_steps": 5_000_000,
         "num_envs": 32,
@@ -671,13 +638,6 @@ ENV_PRESETS: dict[str, dict[str, Any]] = {
         "normalize_observations": True,
         "normalize_rewards": True,
     },
-    # RL-Zoo's CarRacing values (rl-baselines3-zoo ppo.yml): each action repeated twice, frames
-    # resized to 64x64 and grayscale, the last 2 stacked; 8 envs x 512 steps, minibatches of 128,
-    # 10 epochs, lr 1e-4 annealed to 0, gSDE (new noise every 4 steps, log-std -2), PyTorch's
-    # default init, the Nature CNN shared by both heads with one 256-unit GELU layer in each, rewards
-    # scaled (observations are pixels); 153.9 +- 74.5 at 4M steps in its benchmark table
-    # (CarRacing-v0). Not yet measured with clippo: the env alone steps at 100-200 frames/s on this
-    # project's 2-core machine.
     "CarRacing-v3": {
         "total_steps": 4_000_000,
         "num_envs": 8,
@@ -705,18 +665,7 @@ ENV_PRESETS: dict[str, dict[str, Any]] = {
         "orthogonal_init": False,
         "normalize_rewards": True,
     },
-    # Partially observed tasks (clippo.envs.toy, velocities hidden): an LSTM after a 64-unit ReLU
-    # layer, on RL-Zoo's RecurrentPPO values for CartPoleNoVel-v1 (8 envs x 32 steps, one minibatch
-    # of whole sequences, 20 epochs, lr 1e-3 annealed, gamma 0.98, lambda 0.8, normalized
-    # observations and rewards) plus a KL stop at 0.02: without it, in tuning runs (10 evaluation
-    # episodes), 1 of 3 seeds kept its 500 and the other two fell from ~400 to 163 and 253 by 100k
-    # steps (the preset's own table: benchmarks/results/recurrent/). gamma 0.995, not RL-Zoo's 0.98:
-    # with 0.98, 4 of seeds 7-14 ended between 239 and 463, each failing policy checked keeping the pole up
-    # while the cart drifted off the track (x = +-2.4 at the end of each failed episode, after
-    # 200-300 steps, far beyond 0.98's ~50-step horizon); on seeds 7-14 gamma 0.99 solved 7 of 8,
-    # 0.995 8 of 8. A 64-unit layer after the LSTM (head_sizes, RecurrentPPO's layout) solved 2 of 5,
-    # (with PyTorch's init too: 1 of 4), an entropy bonus of 0.01 3 of 4, 10 epochs 2 of 4 (20 evaluation
-    # episodes each; benchmarks/results/seed_robustness/gamma_evidence.md).
+    # Partially observed tasks (velocities hidden): an LSTM core.
     "clippo/CartPoleNoVel-v1": {
         "total_steps": 100_000,
         "num_envs": 8,
@@ -724,9 +673,9 @@ ENV_PRESETS: dict[str, dict[str, Any]] = {
         "num_minibatches": 1,
         "update_epochs": 20,
         "learning_rate": 1e-3,
-        "gamma": 0.995,
+        "gamma": 0.995,  # with RL-Zoo's 0.98 the cart drifted off the track on some seeds
         "gae_lambda": 0.8,
-        "target_kl": 0.02,
+        "target_kl": 0.02,  # without it policies that had solved the task fell back
         "normalize_observations": True,
         "normalize_rewards": True,
         "hidden_sizes": [64],
@@ -734,12 +683,6 @@ ENV_PRESETS: dict[str, dict[str, Any]] = {
         "recurrent": "lstm",
         "recurrent_hidden_size": 64,
     },
-    # RL-Zoo's RecurrentPPO values for PendulumNoVel-v1 (4 envs x 1024 steps, 10 epochs, lr 1e-3,
-    # gamma 0.9, lambda 0.95, normalization; it adds gSDE, clippo has none), the update replaying
-    # 32-step chunks from their stored states, 32 minibatches of 4 chunks (128 steps). In tuning runs
-    # (10 evaluation episodes) the same with 512-step rollouts and 16 minibatches ended at -195,
-    # -222 and -217 on seeds 1-3, these values at -149, -194 and -185 (the preset's own table:
-    # benchmarks/results/recurrent/).
     "clippo/PendulumNoVel-v1": {
         "total_steps": 100_000,
         "num_envs": 4,
@@ -756,16 +699,10 @@ ENV_PRESETS: dict[str, dict[str, Any]] = {
         "recurrent": "lstm",
         "recurrent_hidden_size": 64,
     },
-    # clippo's toy envs (clippo.envs.toy): each step's reward depends on that step's action alone
-    # and observations are independent of the actions (contextual bandits), so a short horizon
-    # changes no optimum and only cuts the advantages' variance (with gamma 0.99, 200k steps left
-    # the amount's mean 0.08 from its target against 0.014 with 0.5; the default log-std 0, a std
-    # as wide as the Box, left it at 0.34).
+    # Contextual bandits: a short horizon changes no optimum and only cuts the advantages' variance.
     "clippo/ToolAmount-v0": {"total_steps": 200_000, "gamma": 0.5, "gae_lambda": 0.5, "init_log_std": -1.0},
     "clippo/Bits-v0": {"total_steps": 100_000, "gamma": 0.5, "gae_lambda": 0.5},
-    # MuJoCo v5 locomotion: the RL-Zoo tuned values for the v3 envs (Raffin et al.; one env,
-    # 512-step rollouts, small minibatches, many epochs, no annealing), on top of the "mujoco"
-    # preset's running observation normalization and reward scaling.
+    # MuJoCo v5: RL-Zoo's values for the v3 envs, on top of the "mujoco" preset.
     "HalfCheetah-v5": {
         "preset": "mujoco",
         "num_steps": 512,
@@ -783,12 +720,8 @@ ENV_PRESETS: dict[str, dict[str, Any]] = {
         "activation": "relu",
         "init_log_std": -2.0,
     },
-    # RL-Zoo's Hopper values (gamma 0.999, 1 x 512 steps, 256-256 ReLU) stood still at ~1000 (the
-    # healthy-reward plateau) with KL spikes on seed 1; the generic recipe with a smaller initial
-    # action std (0.6, Andrychowicz et al. 2021) is used instead.
+    # RL-Zoo's Hopper and Walker2d values did worse here than the generic recipe with a smaller std.
     "Hopper-v5": {"preset": "mujoco", "init_log_std": -0.5},
-    # RL-Zoo's Walker2d values (1 x 512 steps, minibatch 32, 20 epochs, lr 5e-5) ended at 2490 on
-    # seed 1 (benchmarks/results/mujoco/); the Hopper recipe is used instead.
     "Walker2d-v5": {"preset": "mujoco", "init_log_std": -0.5},
     "Humanoid-v5": {
         "preset": "mujoco",
@@ -855,16 +788,14 @@ ENV_PRESETS: dict[str, dict[str, Any]] = {
     "Swimmer-v5": {"preset": "mujoco", "gamma": 0.9999},
     "Ant-v5": {"preset": "mujoco"},
 }
-# RL-Zoo tunes the continuous-action lander with the same values (271 +- 32 at 1M steps).
+# RL-Zoo tunes the continuous-action lander with the same values.
 ENV_PRESETS["LunarLanderContinuous-v3"] = dict(ENV_PRESETS["LunarLander-v3"])
 
 # Multi-agent envs (clippo.multiagent), named by module path. total_steps counts agent steps.
-# Not tuned; simple_spread measured (below), the board games not yet (issue #33).
 # simple_spread: issue #33's speed recipe (8 env copies x 128 steps = 3072 agent steps per
-# update for 3 agents, 4 epochs of minibatches of 512 rows, lr 3e-4 annealed, entropy 0.01), one
-# policy shared by the 3 identical agents, 1M agent steps (a few CPU minutes), not tuned; IPPO
-# (critic local) and MAPPO (centralized) against SB3+SuperSuit over 3 seeds:
-# benchmarks/results/multiagent_learning (docs/multiagent.md).
+# update for 3 agents, 4 epochs of minibatches of 512 rows, lr 3e-4, entropy 0.01), one policy
+# shared by the 3 identical agents; 1M agent steps, measured (preset_sources.py). The board games:
+# not yet tuned or measured.
 ENV_PRESETS["mpe2.simple_spread_v3"] = {
     "total_steps": 1_000_000,
     "env_kwargs": {"N": 3, "max_cycles": 25, "continuous_actions": False},
@@ -1081,13 +1012,26 @@ def save_config(config: PPOConfig, path: str | Path) -> None:
     safety.write_file(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
+def _preset_section(name: str, values: dict[str, Any], source: PresetSource) -> list[str]:
+    """One preset's part of docs/presets.md: its values, source, note and result files."""
+    shown = ", ".join(f"`{k}={v}`" for k, v in values.items()) or "the defaults above"
+    lines = ["", f"### {name}", "", f"- values: {shown}", f"- source: {source.source}"]
+    if source.note:
+        lines.append(f"- notes: {source.note}")
+    if source.results:
+        links = ", ".join(f"[{path.removeprefix('benchmarks/results/')}](../{path})" for path in source.results)
+        lines.append(f"- results: {links}")
+    return lines
+
+
 def presets_markdown() -> str:
     """The table of every preset's values, as committed in docs/presets.md (a test keeps them equal)."""
     defaults = PPOConfig().to_dict()
     lines = [
         "# Presets",
         "",
-        "Generated from `src/clippo/config/ppo_config.py` by `clippo presets > docs/presets.md`.",
+        "Generated from `src/clippo/config/ppo_config.py` (values) and `preset_sources.py` (their sources) by",
+        "`clippo presets > docs/presets.md`.",
         "",
         "`clippo train ENV_ID` uses the env's built-in values below when it has them and no `--preset`",
         "is given; `--preset NAME` picks a named set instead. Values not listed are the defaults.",
@@ -1100,14 +1044,18 @@ def presets_markdown() -> str:
     ]
     for f in fields(PPOConfig):
         lines.append(f"| `{f.name}` | `{defaults[f.name]}` | {f.metadata['help']} |")
-    lines += ["", "## Named presets (`--preset NAME`)", ""]
+    lines += [
+        "",
+        "## Named presets (`--preset NAME`)",
+        "",
+        "Each preset's values, where they come from, and what was measured with them (seeds, numbers,",
+        "result files). Sources are kept as data in `src/clippo/config/preset_sources.py`.",
+    ]
     for name, values in PRESETS.items():
-        shown = ", ".join(f"`{k}={v}`" for k, v in values.items()) or "the defaults above"
-        lines.append(f"- **{name}**: {shown}")
-    lines += ["", "## Built-in values per environment", ""]
+        lines += _preset_section(name, values, PRESET_SOURCES[name])
+    lines += ["", "## Built-in values per environment"]
     for env_id, values in ENV_PRESETS.items():
-        shown = ", ".join(f"`{k}={v}`" for k, v in values.items())
-        lines.append(f"- **{env_id}**: {shown}")
+        lines += _preset_section(env_id, values, ENV_PRESET_SOURCES[env_id])
     lines += [
         "",
         "Atari ids (`ALE/<Game>-v5`, `<Game>NoFrameskip-v4`) without values of their own use the `atari`",

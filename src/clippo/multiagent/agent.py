@@ -39,6 +39,7 @@ from clippo.multiagent.buffer import combine
 from clippo.multiagent.critic import CentralInput, centralize
 from clippo.multiagent.groups import GroupSpec, ObservationMaker, build_groups
 from clippo.multiagent.pettingzoo import EnvFactory, UntrustedImportError, make_adapter, multiagent_source
+from clippo.multiagent.resume import restore_runner, runner_state
 from clippo.multiagent.runner import MultiAgentRunner, env_action_rows
 from clippo.multiagent.selfplay import SelfPlay
 from clippo.rollout.masking import MASK_KEY, component_starts, first_invalid_row
@@ -58,7 +59,7 @@ from clippo.training.checkpoint import (
     space_to_dict,
     write_atomic,
 )
-from clippo.training.distributed import init_world
+from clippo.training.distributed import all_gather, init_world, pool_statistics, statistics_sums
 from clippo.training.logger import COLUMNS, METRICS_FILE, RunLogger
 from clippo.training.loop import (
     Stoppable,
@@ -94,6 +95,10 @@ MULTIAGENT_COLUMNS = [
 #: what metrics.csv shows per group when there are several (``group/<name>/<statistic>``;
 #: ``transitions``: the group's transitions in the update's batch)
 GROUP_STATS = ("policy_loss", "value_loss", "entropy", "approx_kl", "explained_variance", "transitions")
+
+
+#: env seeds of rank r start r * RANK_SEED_STRIDE after rank 0's (each rank its own episodes)
+RANK_SEED_STRIDE = 104_729
 
 
 class GroupLearner(PPO):
@@ -299,10 +304,11 @@ class MultiAgentPPO(Stoppable):
         _check_supported(config)
         self.config = config
         self.env_info = info
+        # Across torch.distributed ranks (--nproc, torchrun): each rank steps its own env copies;
+        # every group's learner all-reduces its gradients (clippo.training.update), and
+        # _exchange_after_rollout agrees on the rest. Only rank 0 writes.
         self.world = init_world(config.device)
-        if self.world.distributed:
-            raise ConfigError("multi-agent (PettingZoo) runs take one process: drop --nproc")
-        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.run_dir = Path(run_dir) if run_dir is not None and self.world.is_main else None
         self.specs = build_groups(
             info.possible_agents,
             info.observation_spaces,
@@ -344,6 +350,8 @@ class MultiAgentPPO(Stoppable):
         #: why training should end early (a signal, a callback): set by request_stop and the loop
         self.stopping = StopRequest()
         self.envs_restored = False
+        #: a loaded checkpoint's runner state, restored when the env copies are made (clippo.multiagent.resume)
+        self._pending_runner_state: Any = None
         #: why a resumed run's envs start fresh (a multi-agent run does not save its env copies)
         self.envs_fresh_reason: str | None = None
         self._runner: MultiAgentRunner | None = None
@@ -413,9 +421,27 @@ class MultiAgentPPO(Stoppable):
             for adapter in adapters:
                 adapter.has_state = self.env_info.state_size is not None
             self._runner = MultiAgentRunner(adapters, self.learners, self.central, self.config.num_steps, self.selfplay)
-            seed = self.config.seed + (7919 * self.update if self.update else 0)
-            self._runner.start(seed)
+            seed = self.config.seed + (7919 * self.update if self.update else 0) + RANK_SEED_STRIDE * self.world.rank
+            pending, self._pending_runner_state = self._pending_runner_state, None
+            self.envs_restored, self.envs_fresh_reason = False, None
+            if pending is not None:
+                self._restore_runner(pending, seed)
+            if not self.envs_restored:
+                self._runner.start(seed)
         return self._runner
+
+    def _restore_runner(self, pending: Any, seed: int) -> None:
+        """Continue from a checkpoint's runner state (``clippo.multiagent.resume``): the env copies
+        are reset first (so that every attribute the state names exists), then overwritten."""
+        assert self._runner is not None
+        if self.world.distributed:
+            self.envs_fresh_reason = "saved env state is rank 0's"
+            return
+        for c, adapter in enumerate(self._runner.adapters):
+            adapter.reset(seed + c)
+        self.envs_fresh_reason = restore_runner(self._runner, pending)
+        self.envs_restored = self.envs_fresh_reason is None
+        self._runner.started = self.envs_restored
 
     def close(self) -> None:
         if self._runner is not None:
@@ -454,9 +480,16 @@ class MultiAgentPPO(Stoppable):
         callback = with_config_evaluation(as_callback(callback), cfg)
         stopping = self.stopping
         stopping.by_callback = stopping.requested = False
+        stopping.agreed = stopping.callback_asked = False
         runner = self.env_runner()
+        distributed = self.world.distributed
         logger = RunLogger(
-            self.run_dir, self.schedule_end, self.global_step, progress, cfg.tensorboard, columns=self.metrics_columns
+            self.run_dir,
+            self.schedule_end,
+            self.global_step,
+            progress if self.world.is_main else False,
+            cfg.tensorboard,
+            columns=self.metrics_columns,
         )
         start_time, start_step, start_env_steps, time_before = (
             time.perf_counter(),
@@ -466,7 +499,7 @@ class MultiAgentPPO(Stoppable):
         )
         try:
             while not (self.finished or stopping.by_callback):
-                if stopping.requested:
+                if stopping.agreed if distributed else stopping.requested:
                     stop_interrupted(self)
                 learning_rate = annealed_learning_rate(self)
                 clip = annealed_clip_epsilon(self)
@@ -477,23 +510,26 @@ class MultiAgentPPO(Stoppable):
                 # 1. Every env copy for num_steps env steps; each agent's transitions in its slot.
                 rollout_start = time.perf_counter()
                 taken = runner.collect([learner.generator for learner in self.learners])
+                episodes = runner.pop_finished()
+                counts = [buffer.transitions() for buffer in runner.buffers]
+                if distributed:
+                    taken, counts, episodes = self._exchange_after_rollout(taken, counts, episodes)
                 self.global_step += taken
                 self.global_batch_size = taken
-                self.env_steps += cfg.num_envs * cfg.num_steps
+                self.env_steps += cfg.num_envs * cfg.num_steps * self.world.size
                 self.update += 1
 
                 # 2. Values, then GAE per agent slot; the batches; the next rollout's starting rows.
                 batches = []
-                for learner, buffer in zip(self.learners, runner.buffers, strict=False):
-                    if buffer.transitions():
+                for learner, buffer, count in zip(self.learners, runner.buffers, counts, strict=True):
+                    if count:
                         if not buffer.state_size:  # (a recurrent critic's values come from acting)
                             buffer.estimate_values(learner.model.value)
                         advantages, returns = buffer.advantages(cfg.gamma, cfg.gae_lambda)
                         batches.append((learner, buffer.flatten(advantages, returns)))
                     buffer.carry_over()
-                episodes = runner.pop_finished()
                 if callback.on_rollout(self) is False:
-                    stopping.by_callback = True
+                    self._callback_stop()
                 update_start = time.perf_counter()
 
                 # 3. The PPO update of each group on its own agents' transitions.
@@ -524,13 +560,39 @@ class MultiAgentPPO(Stoppable):
                     **extra,
                 }
                 if callback.on_update(self, metrics) is False:
-                    stopping.by_callback = True
+                    self._callback_stop()
                 logger.log(metrics)
                 checkpoint_if_due(self)
         finally:
             logger.close()
         if self.run_dir is not None:
             self.save(self.run_dir / FINAL_NAME)
+
+    def _callback_stop(self) -> None:
+        """A callback returned False: stop after this update (across ranks, after the update in
+        which every rank learns of it: the next after-rollout exchange)."""
+        if self.world.distributed:
+            self.stopping.callback_asked = True
+        else:
+            self.stopping.by_callback = True
+
+    def _exchange_after_rollout(self, taken: int, counts: list[int], episodes: list) -> tuple[int, list[int], list]:
+        """Across ranks, in one exchange after each rollout: the agent steps taken (summed), each
+        group's transitions (a group learns only where every rank has at least one minibatch of
+        them: its minibatch steps all-reduce their gradients, so all ranks must take them), the
+        groups' normalization statistics (pooled, so that every rank holds the same), the
+        finished episodes (every rank's, in rank order) and whether a rank was asked to stop."""
+        stats = [s for learner in self.learners for s in (learner.obs_normalizer.stats, learner.reward_scaler.stats)]
+        stopping = self.stopping
+        every = all_gather(
+            (taken, counts, statistics_sums(stats), episodes, stopping.requested, stopping.callback_asked), self.world
+        )
+        pool_statistics(stats, [rank[2] for rank in every], self.world.size)
+        stopping.agreed = any(rank[4] for rank in every)
+        stopping.by_callback = any(rank[5] for rank in every)
+        least = self.config.num_minibatches
+        counts = [count if all(rank[1][g] >= least for rank in every) else 0 for g, count in enumerate(counts)]
+        return sum(rank[0] for rank in every), counts, [episode for rank in every for episode in rank[3]]
 
     def _update_groups(self, batches: list) -> dict[str, float]:
         """Each group's ``Learner.update_policy`` on its batch; the statistics averaged over the groups
@@ -577,7 +639,7 @@ class MultiAgentPPO(Stoppable):
         if self.update % cfg.selfplay_snapshot_every == 0:
             self.selfplay.add_snapshot(self.learners[0].model, self.update)
         stats = self.selfplay.pop_stats()
-        if cfg.selfplay_eval_every and self.update % cfg.selfplay_eval_every == 0:
+        if cfg.selfplay_eval_every and self.update % cfg.selfplay_eval_every == 0 and self.world.is_main:
             result = self.play_random(cfg.selfplay_eval_games, seed=cfg.seed + 20_000 + self.update)
             for outcome in ("win", "draw", "loss"):
                 stats[f"vs_random/{outcome}"] = result[outcome]
@@ -767,6 +829,8 @@ class MultiAgentPPO(Stoppable):
                 "groups": [learner.group_state() for learner in self.learners],
                 "selfplay": None if self.selfplay is None else self.selfplay.state_dict(),
                 "env_steps": self.env_steps,
+                # a rollout is num_envs x num_steps env steps per rank: a resume runs in the same world
+                "world_size": self.world.size,
             },
             "global_step": self.global_step,
             "update": self.update,
@@ -778,11 +842,17 @@ class MultiAgentPPO(Stoppable):
         }
 
     def save(self, path: str | Path, include_runner: bool = True) -> Path:
-        """Write a checkpoint atomically (the env copies are not saved: a resumed run resets them)."""
+        """Write a checkpoint atomically; with ``include_runner``, the env copies' state and what
+        the runner carries into the next rollout, where they can be saved exactly
+        (``clippo.multiagent.resume``), so that a resumed run continues as if never stopped."""
         for learner in self.learners:
             if not torch.isfinite(learner.optimizer.flat).all():
                 raise NonFiniteError(f"refusing to write {path}: group {learner.spec.name!r} has non-finite parameters")
-        return write_atomic(self.state_dict(), path)
+        state = self.state_dict()
+        if include_runner and self._runner is not None and self._runner.started:
+            # (a marker where the env copies cannot be saved: the resume then says why it starts them afresh)
+            state["runner"] = runner_state(self._runner) or {"unavailable": True}
+        return write_atomic(state, path)
 
     def save_checkpoint(self, include_runner: bool = True) -> Path:
         """Write a periodic checkpoint into the run directory (keeping ``keep_checkpoints`` of them)."""
@@ -813,6 +883,16 @@ class MultiAgentPPO(Stoppable):
     def from_run(cls, run_dir: str | Path, env: Any = None, trust_code: bool = False) -> MultiAgentPPO:
         path, payload = latest_checkpoint(run_dir)
         agent = cls._from_payload(payload, path, env, run_dir, {}, trust_code)
+        saved = payload["multiagent"].get("world_size", 1)
+        if not isinstance(saved, int) or isinstance(saved, bool) or saved < 1:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} does not fit this clippo: world_size {safety.clean(saved, 20)}"
+            )
+        if saved != agent.world.size:
+            raise CheckpointError(
+                f"run {str(run_dir)!r} trained on {saved} processes, this is {agent.world.size}: resume it with: "
+                f"clippo resume {run_dir}" + (f" --nproc {saved}" if saved != 1 else "")
+            )
         if payload.get("global_rngs") is not None:
             set_global_rng_states(payload["global_rngs"])
         return agent
@@ -841,6 +921,7 @@ class MultiAgentPPO(Stoppable):
             agent.schedule_start, agent.schedule_end = (int(v) for v in payload["schedule"])
             agent.train_time = float(payload.get("train_time", 0.0))
             agent.recent_returns = [float(r) for r in payload.get("recent_returns", [])]
+            agent._pending_runner_state = payload.get("runner")
         except Exception as exc:  # a damaged payload can fail anywhere in reconstruction
             raise CheckpointError(
                 f"checkpoint {str(path)!r} does not fit this clippo: {first_line(exc)[:200]}"

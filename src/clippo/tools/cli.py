@@ -333,7 +333,11 @@ def _add_tune_command(commands) -> None:
         "per study, nothing of another study touched. Search space: docs/tuning.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    tune.add_argument("env_id", metavar="ENV_ID", help="Gymnasium environment id, e.g. CartPole-v1")
+    tune.add_argument(
+        "env_id",
+        metavar="ENV_ID",
+        help="Gymnasium environment id, e.g. CartPole-v1, or a PettingZoo module path, e.g. mpe2.simple_spread_v3",
+    )
     tune.add_argument(
         "--trials",
         type=_integer,
@@ -570,6 +574,17 @@ def _export(args: argparse.Namespace) -> int:
     path = Path(args.path)
     output = Path(args.output) if args.output else (path if path.is_dir() else path.parent) / "policy.onnx"
     agent = PPO.load(path, encoder=args.encoder, trust_code=args.trust_code, env_modules=args.env_modules)
+    if hasattr(agent, "learners"):  # a multi-agent run: one graph per policy group
+        from clippo.tools.export import export_policies
+
+        results = export_policies(
+            agent, output, check_steps=args.check_steps, check_envs=args.check_envs, seed=args.seed
+        )
+        if args.json:
+            print(json.dumps({name: result.to_dict() for name, result in results.items()}))
+        else:
+            print("\n".join(f"policy group {name}: {describe(result)}" for name, result in results.items()))
+        return 0
     result = export_onnx(agent, output, check_steps=args.check_steps, check_envs=args.check_envs, seed=args.seed)
     print(json.dumps(result.to_dict()) if args.json else describe(result))
     return 0

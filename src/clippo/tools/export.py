@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass
@@ -228,6 +229,9 @@ class DeterministicPolicy(nn.Module):
         self.input_names = [port.name for port in graph_inputs(agent, mask_input)]
         self.policy_inputs = _policy_input_names(agent)
         self.masked = mask_input or masking.observation_has_mask(agent.observation_space)
+        critic_space = getattr(agent, "critic_space", None)  # a multi-agent group's centralized critic input
+        self.centralized = critic_space is not None
+        self.critic_size = int(critic_space.shape[0]) if critic_space is not None else 0
         normalizer = agent.obs_normalizer
         self.normalize = bool(normalizer.enabled)
         if self.normalize:
@@ -253,9 +257,14 @@ class DeterministicPolicy(nn.Module):
                 )
         else:
             obs = {key: named[name] for key, name in self.policy_inputs.items()}
+        if self.centralized:
+            # a multi-agent group's model with a centralized critic reads Dict(actor=..., critic=...)
+            obs = {f"actor.{key}": value for key, value in obs.items()} if isinstance(obs, dict) else {"actor": obs}
         if not self.model.recurrent:
             return tuple(env_actions(self.distribution, self.model.actor(obs, masks)))
         state = named[STATE_IN]
+        if self.centralized:  # (its critic core steps on zeros, as acting does: the actions read only the actor's)
+            obs["critic"] = torch.zeros_like(state[:, :1]).expand(-1, self.critic_size)
         params, _, state = self.model.step(obs, state, torch.zeros_like(state[:, 0], dtype=torch.bool), masks)
         return (*env_actions(self.distribution, params), state)
 
@@ -458,6 +467,8 @@ def export_onnx(
     actions must be identical and continuous ones within ``tolerance``; otherwise
     ``ExportCheckError`` is raised and nothing is written (an existing file is left as it was).
     """
+    if hasattr(agent, "learners"):  # (clippo.multiagent's agent: a graph per policy group)
+        raise ValueError("a multi-agent agent has a policy per group: export it with export_policies(agent, path)")
     onnx, onnxruntime = require_onnx()
     path = _checked_output_path(path)
     for label, value in (("check_steps", check_steps), ("check_envs", check_envs)):
@@ -555,3 +566,188 @@ def describe(result: ExportResult) -> str:
         f"outputs {', '.join(p.describe() for p in result.outputs)}\n"
         f"check passed: {result.check.summary()}"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# multi-agent runs: one graph per policy group
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GroupView:
+    """What the graph of one policy group of a multi-agent agent is built from, in the shape the
+    single-agent functions above read (``graph_inputs``, ``DeterministicPolicy``): the group's
+    policy observation (its action mask split off into an ``action_mask`` input, the agent
+    one-hot of ``agent_id_feature`` included), its model and its frozen normalization."""
+
+    observation_space: spaces.Space
+    model: nn.Module
+    obs_normalizer: Any
+    #: a centralized critic's input space (the graph steps its recurrent core on zeros); None: local
+    critic_space: spaces.Box | None
+
+    @classmethod
+    def of(cls, learner) -> GroupView:
+        return cls(learner.spec.policy_space, learner.model, learner.obs_normalizer, learner.critic_space)
+
+
+class _CheckDone(Exception):
+    """Ends the check's episodes once it has its observations."""
+
+
+def _random_action(space: spaces.Space, mask: np.ndarray | None, rng: np.random.Generator) -> Any:
+    """A uniformly random action (a legal one where the observation carries a mask)."""
+    if mask is not None and isinstance(space, spaces.Discrete):
+        return int(rng.choice(np.flatnonzero(mask.reshape(-1)))) + int(space.start)
+    return space.sample()
+
+
+def _stack_actions(actions: list) -> Any:
+    """Per-agent env actions as one batch in the action space's structure (what ``flat_actions`` reads)."""
+    first = actions[0]
+    if isinstance(first, dict):
+        return {key: _stack_actions([a[key] for a in actions]) for key in first}
+    if isinstance(first, tuple):
+        return tuple(_stack_actions([a[i] for a in actions]) for i in range(len(first)))
+    return np.stack([np.asarray(a) for a in actions])
+
+
+def collect_group_check_data(
+    agent, steps: int = CHECK_STEPS, num_envs: int = CHECK_ENVS, seed: int = 0
+) -> dict[str, CheckData]:
+    """Step ``num_envs`` copies of a multi-agent agent's env for ``steps`` env steps, every agent
+    choosing by ``agent.act_batch`` (deterministic; a random legal action is played instead at a
+    ``RANDOM_STEP_FRACTION`` of the moves, so that the observations also cover states the
+    policies do not visit), keeping each observation with the action and (recurrent) state the
+    agent gave for it: ``CheckData`` per policy group."""
+    from clippo.multiagent.evaluation import play_episodes
+
+    rng = np.random.default_rng(seed)
+    for space in agent.env_info.action_spaces.values():
+        space.seed(seed)
+    rows: dict[int, list[tuple[str, Any, Any, Any, Any]]] = {gi: [] for gi in range(len(agent.learners))}
+    carried: dict[tuple[int, str], Any] = {}
+    calls = [0]
+
+    def choose(due, seats):
+        if calls[0] >= steps:
+            raise _CheckDone
+        calls[0] += 1
+        before = [carried.get((c, name)) for c, name, _ in due]
+        actions, states = agent.act_batch(
+            [(name, obs) for _, name, obs in due], True, before if agent.recurrent else None
+        )
+        played = []
+        for (c, name, obs), action, old, new in zip(due, actions, before, states, strict=True):
+            gi, maker = agent.makers[name]
+            rows[gi].append((name, obs, action, old, new))
+            carried[(c, name)] = new
+            if rng.random() < RANDOM_STEP_FRACTION:
+                action = _random_action(agent.env_info.action_spaces[name], maker.split(obs)[1], rng)
+            played.append(action)
+        return played
+
+    def episode_over(c):
+        for key in [key for key in carried if key[0] == c]:
+            del carried[key]
+
+    try:
+        play_episodes(agent, steps * num_envs, seed, choose, num_envs, on_episode_end=episode_over)
+    except _CheckDone:
+        pass
+    source = f"{agent.config.env_id}, {num_envs} env copies x {steps} steps, seed {seed}"
+    return {
+        learner.spec.name: _group_check_data(agent, gi, rows[gi], source) for gi, learner in enumerate(agent.learners)
+    }
+
+
+def _group_check_data(agent, gi: int, rows: list, source: str) -> CheckData:
+    learner = agent.learners[gi]
+    if not rows:
+        raise ValueError(
+            f"the export check saw no move of policy group {learner.spec.name!r} (agents "
+            f"{', '.join(learner.spec.agents)}): raise --check-steps"
+        )
+    maker = agent.makers[rows[0][0]][1]
+    obs, masks = maker.batch([row[0] for row in rows], [row[1] for row in rows])
+    view = GroupView.of(learner)
+    ports = graph_inputs(view, mask_input=masks is not None)
+    if isinstance(obs, dict):
+        feed = {port.name: np.ascontiguousarray(obs[port.name], dtype=port.dtype) for port in ports if port.name in obs}
+    else:
+        feed = {"obs": np.ascontiguousarray(obs, dtype=ports[0].dtype)}
+    if masks is not None:
+        feed[masking.MASK_KEY] = np.ascontiguousarray(masks.reshape(len(rows), -1), dtype=bool)
+    expected = flat_actions(learner.model.distribution, _stack_actions([row[2] for row in rows]))
+    if learner.model.recurrent:
+        size = learner.model.state_size
+        feed[STATE_IN] = np.stack(
+            [
+                np.zeros(size, np.float32) if row[3] is None else np.asarray(row[3], np.float32).reshape(size)
+                for row in rows
+            ]
+        )
+        expected.append(np.stack([np.asarray(row[4], np.float32).reshape(size) for row in rows]))
+    return CheckData(feed, expected, source, masks is not None)
+
+
+def group_file(path: str | os.PathLike, group: str) -> Path:
+    """Where ``export_policies`` writes a group's graph: ``policy.onnx`` -> ``policy_<group>.onnx``."""
+    path = Path(path)
+    safe = re.sub(r"[^\w.-]", "_", group)  # (a group name a user chose may hold a path separator)
+    return path.with_name(f"{path.stem}_{safe}{path.suffix or '.onnx'}")
+
+
+def export_policies(
+    agent,
+    path: str | os.PathLike,
+    *,
+    check_steps: int = CHECK_STEPS,
+    check_envs: int = CHECK_ENVS,
+    seed: int = 0,
+    tolerance: float = TOLERANCE,
+    opset: int = OPSET,
+) -> dict[str, ExportResult]:
+    """Write each policy group of a multi-agent (PettingZoo) agent as its own ONNX graph, at
+    ``group_file(path, group)`` (``policy.onnx`` -> ``policy_shared.onnx``,
+    ``policy_speaker.onnx``...), after checking every graph with onnxruntime against
+    ``agent.act`` on ``check_envs`` env copies stepped ``check_steps`` times from ``seed``.
+
+    A graph's inputs are its group's policy observation (``obs``, or one input per field of a
+    Dict), a bool ``action_mask`` where the env's observations carry one, and ``state_in`` for a
+    recurrent policy; its outputs are those of a single-agent graph. If any group's check fails,
+    ``ExportCheckError`` is raised and no file is written."""
+    onnx, onnxruntime = require_onnx()
+    for label, value in (("check_steps", check_steps), ("check_envs", check_envs)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{label}={value!r} is invalid: it must be an integer >= 1")
+    targets = {
+        learner.spec.name: _checked_output_path(group_file(path, learner.spec.name)) for learner in agent.learners
+    }
+    if len(set(targets.values())) < len(targets):
+        raise ValueError(f"the policy groups {', '.join(targets)} would share a file name: rename the groups")
+    datas = collect_group_check_data(agent, check_steps, check_envs, seed)
+    results: dict[str, ExportResult] = {}
+    temporary: list[tuple[Path, Path]] = []
+    try:
+        for learner in agent.learners:
+            name, target, data = learner.spec.name, targets[learner.spec.name], datas[learner.spec.name]
+            view = GroupView.of(learner)
+            inputs = graph_inputs(view, data.mask_input)
+            outputs = policy_outputs(view)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            os.close(fd)
+            temporary.append((Path(tmp_name), target))
+            example = tuple(torch.from_numpy(np.ascontiguousarray(data.feed[port.name][:2])) for port in inputs)
+            _trace(DeterministicPolicy(view, data.mask_input), example, Path(tmp_name), inputs, outputs, opset)
+            onnx.checker.check_model(tmp_name)
+            check = check_parity(onnxruntime, Path(tmp_name), data, outputs, tolerance)
+            if not check.passed:
+                raise ExportCheckError(
+                    f"export check of policy group {name!r} failed: {check.summary()}; no file was written"
+                )
+            results[name] = ExportResult(target, inputs, outputs, check, opset)
+        for tmp, target in temporary:  # (every group passed: only now is any file replaced)
+            os.replace(tmp, target)
+    finally:
+        for tmp, _ in temporary:
+            tmp.unlink(missing_ok=True)
+    return results

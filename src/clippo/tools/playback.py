@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -81,6 +82,8 @@ def play(
             # is read when MuJoCo's renderer is first imported, so set it before anything loads.
             os.environ.setdefault("MUJOCO_GL", "egl")
     agent = PPO.load(path, encoder=encoder, trust_code=trust_code, env_modules=env_modules)
+    if hasattr(agent, "learners"):  # a multi-agent (PettingZoo) run
+        return play_multiagent(agent, episodes, seed, deterministic, video_path)
     env_id = agent.config.env_id
     check_env_id(env_id, agent.config.env_modules)  # (their import was decided by PPO.load: clippo.core.safety)
     scratch = Path(tempfile.mkdtemp(prefix="clippo-video-")) if video_path is not None else None
@@ -171,3 +174,115 @@ def join_videos(parts: list[Path], output: Path) -> None:
                 clip.close()
     with atomic_output(output, suffix=".mp4") as f, open(source, "rb") as video:
         shutil.copyfileobj(video, f)
+
+
+def play_multiagent(
+    agent, episodes: int, seed: int | None = None, deterministic: bool = True, video: Path | None = None
+) -> PlaybackResult:
+    """``play`` for a multi-agent (PettingZoo) agent: whole episodes on one env copy with every
+    agent acting by its policy (both seats of a game: the agent against itself); ``returns`` are
+    team returns (the sum of all agents' rewards). With ``video``, the env is made with
+    ``render_mode="rgb_array"`` and its frame after the reset and after every step is recorded:
+    one clip per episode, joined into that MP4 file."""
+    import dataclasses
+
+    from clippo.multiagent.evaluation import play_episodes
+
+    env_id = agent.config.env_id
+    carried: dict[tuple[int, str], Any] = {}
+
+    def choose(due, seats):
+        actions, states = agent.act_batch(
+            [(name, obs) for _, name, obs in due], deterministic, [carried.get((c, name)) for c, name, _ in due]
+        )
+        for (c, name, _), state in zip(due, states, strict=True):
+            carried[(c, name)] = state
+        return actions
+
+    if video is None:
+        played = play_episodes(agent, episodes, seed, choose, 1, on_episode_end=lambda c: carried.clear())
+        return PlaybackResult(env_id, [e.team_return for e in played], [e.length for e in played], None)
+    source = agent.env_source
+    if source is None:
+        agent.new_adapter()  # (the one-line error: the checkpoint names an env module nobody trusted)
+    recorder = FrameRecorder()
+    agent.env_source = dataclasses.replace(
+        source, constructor=recorder.wrap(source.constructor), kwargs={**source.kwargs, "render_mode": "rgb_array"},
+        probe=None,
+    )  # fmt: skip
+    scratch = Path(tempfile.mkdtemp(prefix="clippo-video-"))
+    try:
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # (pygame renderers look for a display otherwise)
+        played = play_episodes(agent, episodes, seed, choose, 1, on_episode_end=lambda c: carried.clear())
+        clips = recorder.episodes[:episodes]
+        if not clips or not all(clips):
+            raise ValueError(f"no video was recorded: {env_id!r} rendered no frames with render_mode='rgb_array'")
+        parts = []
+        for index, frames in enumerate(clips, start=1):
+            parts.append(scratch / f"{VIDEO_PREFIX}-episode-{index}.mp4")
+            write_clip(frames, parts[-1], recorder.fps)
+        join_videos(parts, video)
+    finally:
+        agent.env_source = source
+        shutil.rmtree(scratch, ignore_errors=True)
+    return PlaybackResult(env_id, [e.team_return for e in played], [e.length for e in played], video)
+
+
+class FrameRecorder:
+    """Wraps a PettingZoo env constructor so that every env it makes records its rendered frame
+    after each reset and step (one list of frames per episode, in ``episodes``)."""
+
+    def __init__(self) -> None:
+        self.episodes: list[list[np.ndarray]] = []
+        self.fps = 30
+
+    def wrap(self, constructor):
+        def make(**kwargs):
+            try:
+                env = constructor(**kwargs)
+            except TypeError as exc:
+                raise ValueError(
+                    f"the env does not take render_mode='rgb_array', which --video needs: {str(exc).splitlines()[0]}"
+                ) from None
+            return self.recording(env)
+
+        return make
+
+    def recording(self, env):
+        from pettingzoo.utils import BaseParallelWrapper, BaseWrapper
+
+        from clippo.multiagent.pettingzoo import is_parallel_env
+
+        recorder = self
+        self.fps = max(1, int((getattr(env, "metadata", None) or {}).get("render_fps", 30)))
+        base = BaseParallelWrapper if is_parallel_env(env) else BaseWrapper
+
+        class Recording(base):  # type: ignore[valid-type, misc]
+            def reset(self, *args, **kwargs):
+                result = super().reset(*args, **kwargs)
+                recorder.episodes.append([])
+                recorder.frame(self.env)
+                return result
+
+            def step(self, *args, **kwargs):
+                result = super().step(*args, **kwargs)
+                recorder.frame(self.env)
+                return result
+
+        return Recording(env)
+
+    def frame(self, env) -> None:
+        image = env.render()
+        if isinstance(image, np.ndarray) and image.ndim == 3:
+            self.episodes[-1].append(upscale_frame(image))
+
+
+def write_clip(frames: list[np.ndarray], path: Path, fps: int) -> None:
+    """One episode's frames as an MP4 file (through moviepy)."""
+    from moviepy import ImageSequenceClip
+
+    clip = ImageSequenceClip(frames, fps=fps)
+    try:
+        clip.write_videofile(str(path), fps=fps, logger=None, audio=False)
+    finally:
+        clip.close()

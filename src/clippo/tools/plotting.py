@@ -7,7 +7,9 @@ are one *group*: their curves are interpolated onto a common grid over the x ran
 of the group covers, and drawn as the mean with a band, either the 95% confidence interval of that
 mean (Student t, the default) or the min-max range over the seeds. Runs of different environments
 get a row of panels each. Runs with periodic evaluations (``--eval-every``) get a panel of their
-deterministic evaluation return beside the training return.
+deterministic evaluation return beside the training return. Multi-agent runs: with several policy
+groups the diagnostics panels also draw each group's own statistic (dashed), and self-play runs
+get panels of their win rate against a random player and their Elo rating.
 
 matplotlib is used through its object API on the Agg canvas (no pyplot state, no display).
 """
@@ -49,6 +51,12 @@ DIAGNOSTICS = {
     "explained_variance": "explained variance",
     "value_loss": "value loss",
 }
+# A multi-agent run's self-play panels (two-player games), drawn where the run logged them.
+SELFPLAY_PANELS = {"vs_random/win": "win rate against a random player", "selfplay/elo": "Elo rating (self-play)"}
+# A multi-agent run with several policy groups logs each group's statistics as group/NAME/STATISTIC:
+# the diagnostics panels draw each group's beside the run's (the transition-weighted mean), dashed.
+GROUP_PREFIX = "group/"
+GROUP_LINE_STYLES = ("--", ":", "-.")
 REQUIRED_COLUMNS = ("global_step", "wall_time", RETURN_COLUMN)
 GRID_POINTS = 200
 
@@ -346,13 +354,35 @@ def plot_runs(
     return write_file(output, buffer.getvalue())
 
 
-def panels_for(x: str, diagnostics: bool, evaluation: bool = False) -> list[tuple[str, str, str, str]]:
+def policy_groups(columns: Iterable[str]) -> list[str]:
+    """The policy groups whose own statistics a multi-agent run's metrics hold (``group/NAME/STATISTIC``)."""
+    names: list[str] = []
+    for column in columns:
+        rest = column[len(GROUP_PREFIX) :] if column.startswith(GROUP_PREFIX) else ""
+        if "/" in rest and rest.rsplit("/", 1)[0] not in names:
+            names.append(rest.rsplit("/", 1)[0])
+    return names
+
+
+def group_metrics(metrics, name: str):
+    """Policy group ``name``'s statistics under the run-wide column names (``entropy``...), with the x columns."""
+    prefix = f"{GROUP_PREFIX}{name}/"
+    own = {column: column[len(prefix) :] for column in metrics.columns if column.startswith(prefix)}
+    x_columns = [column for column in ("global_step", "wall_time") if column in metrics.columns]
+    return metrics[x_columns + list(own)].rename(columns=own)
+
+
+def panels_for(
+    x: str, diagnostics: bool, evaluation: bool = False, selfplay: Sequence[str] = ()
+) -> list[tuple[str, str, str, str]]:
     """(x column, x label, y column, y label) of each panel of one environment's row; with
-    ``evaluation``, the evaluation return against the same x axes."""
+    ``evaluation``, the evaluation return against the same x axes; ``selfplay``: the columns of
+    ``SELFPLAY_PANELS`` to draw against env steps."""
     modes = ["steps", "time"] if x == "both" else [x]
     panels = [(*X_COLUMNS[m], RETURN_COLUMN, RETURN_LABEL) for m in modes]
     if evaluation:
         panels += [(*X_COLUMNS[m], EVAL_COLUMN, EVAL_LABEL) for m in modes]
+    panels += [(*X_COLUMNS["steps"], column, SELFPLAY_PANELS[column]) for column in selfplay]
     if diagnostics:
         panels += [(*X_COLUMNS["steps"], column, label) for column, label in DIAGNOSTICS.items()]
     return panels
@@ -363,7 +393,13 @@ def draw_groups(groups: Sequence[RunGroup], x: str = "steps", diagnostics: bool 
     from matplotlib.figure import Figure
     from matplotlib.ticker import EngFormatter
 
-    panels = panels_for(x, diagnostics, evaluation=any(has_values(run, EVAL_COLUMN) for g in groups for run in g.runs))
+    runs = [run for g in groups for run in g.runs]
+    panels = panels_for(
+        x,
+        diagnostics,
+        evaluation=any(has_values(run, EVAL_COLUMN) for run in runs),
+        selfplay=[column for column in SELFPLAY_PANELS if any(has_values(run, column) for run in runs)],
+    )
     envs = list(dict.fromkeys(g.env_id for g in groups))
     if len(envs) == 1:
         ncols = min(len(panels), 3)
@@ -391,6 +427,8 @@ def draw_groups(groups: Sequence[RunGroup], x: str = "steps", diagnostics: bool 
                 ax.plot(curve.x, curve.mean, color=color, lw=1.6, label=name, marker=marker, markersize=4)
                 if curve.low is not None:
                     ax.fill_between(curve.x, curve.low, curve.high, color=color, alpha=0.2, lw=0)
+                if y_column in DIAGNOSTICS:
+                    _draw_policy_groups(ax, group, x_column, y_column, band, color)
             ax.set_xlabel(x_label)
             ax.set_ylabel(y_label)
             ax.set_title(env_id if panel_index == 0 or len(envs) > 1 else f"{env_id}: {y_label}", fontsize=10)
@@ -421,6 +459,16 @@ def draw_groups(groups: Sequence[RunGroup], x: str = "steps", diagnostics: bool 
             frameon=False,
         )
     return figure
+
+
+def _draw_policy_groups(ax, group: RunGroup, x_column: str, y_column: str, band: str, color: Any) -> None:
+    """Each policy group's own ``y_column`` (a multi-agent run's ``group/NAME/...``), dashed."""
+    names = policy_groups(column for run in group.runs for column in run.metrics.columns)
+    for index, policy in enumerate(names):
+        own = mean_curve(group.runs, x_column, f"{GROUP_PREFIX}{policy}/{y_column}", band)
+        if own is not None:
+            style = GROUP_LINE_STYLES[index % len(GROUP_LINE_STYLES)]
+            ax.plot(own.x, own.mean, color=color, lw=1.1, ls=style, label=f"{group.label}: {policy}")
 
 
 def has_values(run: Run, column: str) -> bool:

@@ -21,7 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from clippo.tools.plotting import EVAL_COLUMN, RunGroup, draw_groups, read_run, require_plotting_packages
+from clippo.tools.plotting import (
+    EVAL_COLUMN,
+    RunGroup,
+    draw_groups,
+    group_metrics,
+    policy_groups,
+    read_run,
+    require_plotting_packages,
+)
 from clippo.training.callbacks import BEST_NAME
 
 # --- thresholds -------------------------------------------------------------------------------
@@ -375,6 +383,27 @@ def health_warnings(
     return warnings, passed
 
 
+#: the checks run on each policy group's own statistics (a multi-agent run with several groups)
+GROUP_CHECKS: dict[str, Callable[..., HealthWarning | None]] = {
+    "explained_variance": check_explained_variance,
+    "entropy_collapse": check_entropy_collapse,
+}
+
+
+def group_health_warnings(metrics, config: dict[str, Any], groups: list[str]) -> list[HealthWarning]:
+    """The checks of ``GROUP_CHECKS`` on each policy group's own statistics (``group/NAME/...``),
+    titled with the group: one group's collapse can hide in the run-wide mean."""
+    found = []
+    for name in groups:
+        for check in GROUP_CHECKS.values():
+            warning = check(group_metrics(metrics, name), config)
+            if warning is not None:
+                found.append(
+                    HealthWarning(warning.check, f"Policy group {name!r}: {warning.title}", warning.detail, warning.fix)
+                )
+    return found
+
+
 def build_report(
     run_dir: str | Path, trust_code: bool = False, env_modules: list[str] | tuple[str, ...] = ()
 ) -> RunReport:
@@ -389,6 +418,7 @@ def build_report(
     warnings, passed = health_warnings(
         run.metrics, run.config, _action_space(run.run_dir, env_id, trust_code), time_limit_of(env_id, trust_code)
     )
+    warnings += group_health_warnings(run.metrics, run.config, policy_groups(run.metrics.columns))
     return RunReport(run.run_dir, run.config, run.metrics, _read_evaluation(run.run_dir), warnings, passed)
 
 
@@ -538,6 +568,16 @@ def _diagnostic_rows(metrics) -> list[list[str]]:
     return rows
 
 
+def _selfplay_rows(metrics) -> list[list[str]]:
+    """A self-play run's results against a random player, its pool and its Elo rating, where logged."""
+    rows = []
+    for name in ("vs_random/win", "vs_random/draw", "vs_random/loss", "selfplay/win_vs_pool", "selfplay/elo"):
+        values = _column(metrics, name)
+        if len(values):
+            rows.append([f"`{name}`", f"{values[0]:.4g}", f"{np.median(values):.4g}", f"{values[-1]:.4g}"])
+    return rows
+
+
 def _config_rows(config: dict[str, Any]) -> list[list[str]]:
     items = [(k, v) for k, v in config.items() if k not in _HEADER_KEYS]
     half = math.ceil(len(items) / 2)
@@ -573,6 +613,18 @@ def report_blocks(report: RunReport) -> list[Block]:
         ("figure", "return and diagnostics against environment steps"),
         ("h2", "Diagnostics"),
         ("table", ["metric", "first update", "median", "last update"], _diagnostic_rows(report.metrics)),
+    ]
+    for name in policy_groups(report.metrics.columns):
+        rows = _diagnostic_rows(group_metrics(report.metrics, name))
+        if rows:
+            blocks += [
+                ("h2", f"Policy group {name}"),
+                ("table", ["metric", "first update", "median", "last update"], rows),
+            ]
+    selfplay = _selfplay_rows(report.metrics)
+    if selfplay:
+        blocks += [("h2", "Self-play"), ("table", ["metric", "first", "median", "last"], selfplay)]
+    blocks += [
         ("h2", "Config"),
         ("table", ["hyperparameter", "value", "hyperparameter", "value"], _config_rows(report.config)),
     ]

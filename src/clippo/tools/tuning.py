@@ -148,7 +148,9 @@ class TuneSettings:
             _check_positive(name, getattr(self, name))
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"--seed={self.seed} is invalid: it must be an integer in [0, 2**32)")
-        check_env_id(self.env_id, self.env_modules)
+        multiagent = not self.env_modules and _is_multiagent(self.env_id)
+        if not multiagent:
+            check_env_id(self.env_id, self.env_modules)
         base = resolve_config(
             self.env_id, config_file=self.config_file, trust_code=self.trust_code, overrides=self._modules()
         )
@@ -168,6 +170,7 @@ class TuneSettings:
                 "out": out,
                 "storage": storage,
                 "study_name": self.study_name or f"clippo-{self.env_id}",
+                "agents_per_step": _agents_per_step(self.env_id, base.env_kwargs) if multiagent else 1,
             }
         )
 
@@ -185,6 +188,31 @@ class ResolvedTuneSettings(TuneSettings):
     storage: str
     study_name: str
     out: str
+    #: agent steps per env step (a PettingZoo env's; ``total_steps`` counts agent steps): the
+    #: rollout lengths offered keep a batch within one evaluation interval
+    agents_per_step: int = 1
+
+
+def _is_multiagent(env_id: str) -> bool:
+    """Whether ``env_id`` names a PettingZoo env module (a typed path: importing it is the user's
+    choice); a module path that does not import, or has no constructor, is a one-line ValueError."""
+    from clippo.multiagent.pettingzoo import multiagent_source
+
+    return multiagent_source(env_id) is not None
+
+
+def _agents_per_step(env_id: str, env_kwargs: dict[str, Any]) -> int:
+    """The most agent steps one env step of a PettingZoo env takes: all its agents in the
+    Parallel API, one in the AEC (turn-based) API."""
+    from clippo.multiagent.pettingzoo import AECAdapter, make_adapter, multiagent_source
+
+    source = multiagent_source(env_id, env_kwargs)
+    assert source is not None  # (checked by _is_multiagent)
+    adapter = make_adapter(source.make())
+    try:
+        return 1 if isinstance(adapter, AECAdapter) else max(len(adapter.possible_agents), 1)
+    finally:
+        adapter.close()
 
 
 def study_folder_name(study_name: str) -> str:
@@ -236,15 +264,20 @@ def study_identity(settings: TuneSettings, base: dict[str, Any]) -> dict[str, An
     }
 
 
-def suggest(trial, space: dict[str, tuple[str, tuple]], base: dict[str, Any], eval_every: int) -> dict[str, Any]:
+def suggest(
+    trial, space: dict[str, tuple[str, tuple]], base: dict[str, Any], eval_every: int, agents_per_step: int = 1
+) -> dict[str, Any]:
     """Draw one trial's values of the ``space``'s hyperparameters (PPOConfig field names and
-    values); ``base``: the config they go on top of."""
+    values); ``base``: the config they go on top of; ``agents_per_step``: a PettingZoo env's
+    agent steps per env step."""
     params: dict[str, Any] = {}
     num_envs = base["num_envs"]
     for name, (kind, values) in space.items():
         if name == "num_steps":
             min_batch = 1 if "num_minibatches" in space else base["num_minibatches"]
-            params[name] = trial.suggest_categorical(name, num_steps_choices(num_envs, eval_every, min_batch))
+            params[name] = trial.suggest_categorical(
+                name, num_steps_choices(num_envs * agents_per_step, eval_every, min_batch)
+            )
         elif name == "num_minibatches":
             low, high = values
             batch = num_envs * params.get("num_steps", base["num_steps"])
@@ -305,7 +338,7 @@ def run_trial(trial, settings: ResolvedTuneSettings, worker: int = 0) -> float:
     from clippo.config.ppo_config import save_config
 
     base = base_values(settings)
-    params = suggest(trial, search_space(settings), base, settings.eval_every)
+    params = suggest(trial, search_space(settings), base, settings.eval_every, settings.agents_per_step)
     evaluations = settings.steps_per_trial // settings.eval_every
     run_dir = claim_trial_dir(settings.study_dir / "trials", trial.number)
     started = time.perf_counter()
