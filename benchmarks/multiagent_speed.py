@@ -7,8 +7,12 @@ The recipe, the same for both learners: N=3 agents, 25 cycles, discrete actions;
 0.99, lambda 0.95, entropy 0.01, clip 0.2, separate 64-64 tanh networks, one policy shared by the
 agents, a local critic; one torch thread each, the envs stepped in the training process.
 
-- ``env``: the 8 envs stepped with uniformly random actions (PettingZoo's parallel API, the same
-  loop clippo's runner drives); agent steps / second.
+- ``env``: the 8 envs stepped with uniformly random actions through PettingZoo's Parallel API
+  (``env.step(actions)``); agent steps / second. The issue's target compares clippo with this.
+- ``env-direct``: the same, stepped as clippo's runner steps them
+  (``clippo.multiagent.pettingzoo.DirectParallelAdapter``: the same AEC steps as the
+  ``aec_to_parallel`` conversion, beneath its order and bounds checking wrappers, whose checks
+  it keeps). clippo / env-direct is the share of clippo's time spent in the env.
 - ``clippo``: ``PPO("mpe2.simple_spread_v3", ...)`` learning ``--steps`` agent steps.
 - ``sb3``: ``supersuit.pettingzoo_env_to_vec_env_v1`` + ``concat_vec_envs_v1(..., 8, num_cpus=1,
   base_class="stable_baselines3")`` (every agent a row: 24 rows x 128 steps), SB3's PPO learning
@@ -39,7 +43,7 @@ import _common
 ENV_KWARGS = {"N": 3, "max_cycles": 25, "continuous_actions": False}
 NUM_ENVS, NUM_STEPS, MINIBATCH, EPOCHS = 8, 128, 512, 4
 AGENT_STEPS_PER_UPDATE = NUM_ENVS * NUM_STEPS * ENV_KWARGS["N"]
-KINDS = ("env", "clippo", "sb3")
+KINDS = ("env", "env-direct", "clippo", "sb3")
 
 
 def make_env():
@@ -64,6 +68,31 @@ def child_env_only(spec: dict) -> dict:
             steps += len(actions)
             if not env.agents:
                 env.reset()
+    return {
+        "agent_steps": steps,
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu_start,
+    }
+
+
+def child_env_direct(spec: dict) -> dict:
+    import numpy as np
+
+    from clippo.multiagent.pettingzoo import DirectParallelAdapter, make_adapter
+
+    adapters = [make_adapter(make_env()) for _ in range(NUM_ENVS)]
+    assert all(isinstance(adapter, DirectParallelAdapter) for adapter in adapters)
+    acting = [adapter.reset(spec["seed"] + i) for i, adapter in enumerate(adapters)]
+    rng = np.random.default_rng(spec["seed"])
+    steps = 0
+    start, cpu_start = time.perf_counter(), time.process_time()
+    while steps < spec["steps"]:
+        for i, adapter in enumerate(adapters):
+            actions = {agent: int(rng.integers(5)) for agent in acting[i]}
+            _, acting[i], over = adapter.step(actions)
+            steps += len(actions)
+            if over:
+                acting[i] = adapter.reset(None)
     return {
         "agent_steps": steps,
         "seconds": time.perf_counter() - start,
@@ -118,7 +147,8 @@ def child_sb3(spec: dict) -> dict:
 
 
 def child(spec: dict) -> int:
-    result = {"env": child_env_only, "clippo": child_clippo, "sb3": child_sb3}[spec["kind"]](spec)
+    kinds = {"env": child_env_only, "env-direct": child_env_direct, "clippo": child_clippo, "sb3": child_sb3}
+    result = kinds[spec["kind"]](spec)
     result["agent_steps_per_s"] = result["agent_steps"] / result["seconds"]
     # per CPU second of the (single-threaded) process: less sensitive to other jobs on the machine
     result["agent_steps_per_cpu_s"] = result["agent_steps"] / result["cpu_seconds"]
@@ -173,6 +203,7 @@ def main() -> int:
         "cpu_clippo_over_env": _common.ratio(cpu_medians.get("clippo"), cpu_medians.get("env")),
         "clippo_over_sb3": _common.ratio(medians.get("clippo"), medians.get("sb3")),
         "clippo_over_env": _common.ratio(medians.get("clippo"), medians.get("env")),
+        "cpu_clippo_over_env_direct": _common.ratio(cpu_medians.get("clippo"), cpu_medians.get("env-direct")),
         "runs": runs,
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -200,7 +231,9 @@ def main() -> int:
         "",
         f"clippo / SB3+SuperSuit: {_common.fmt(data['clippo_over_sb3'])} (target >= 1.5); "
         f"clippo / env alone: {_common.fmt(data['clippo_over_env'])} (target >= 0.75); per CPU second: "
-        f"{_common.fmt(data['cpu_clippo_over_sb3'])} and {_common.fmt(data['cpu_clippo_over_env'])}",
+        f"{_common.fmt(data['cpu_clippo_over_sb3'])} and {_common.fmt(data['cpu_clippo_over_env'])}; "
+        f"clippo / env-direct per CPU second: {_common.fmt(data['cpu_clippo_over_env_direct'])} (the share of "
+        "clippo's time in the env, stepped as clippo steps it)",
     ]
     (args.out / "multiagent_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[-1:]))

@@ -127,8 +127,9 @@ class PPOConfig:
         0,
     )
     fast_path: str = knob(
-        "auto or off: the numpy rollout and hand-written gradient where they apply (flat observations, MLP, CPU), or "
-        "always the general torch path.",
+        "auto or off: the numpy rollout and hand-written gradient where they apply (flat observations, MLP, CPU), and "
+        "PettingZoo envs converted from AEC stepped beneath their checking wrappers; or always the general torch path "
+        "and each env's own step().",
         "auto",
     )
     precision: str = knob(
@@ -791,12 +792,12 @@ ENV_PRESETS: dict[str, dict[str, Any]] = {
 ENV_PRESETS["LunarLanderContinuous-v3"] = dict(ENV_PRESETS["LunarLander-v3"])
 
 # Multi-agent envs (clippo.multiagent), named by module path. total_steps counts agent steps.
-# NOT yet tuned or measured (issue #33's targets are benchmarked in later work).
 # simple_spread: issue #33's speed recipe (8 env copies x 128 steps = 3072 agent steps per
 # update for 3 agents, 4 epochs of minibatches of 512 rows, lr 3e-4, entropy 0.01), one policy
-# shared by the 3 identical agents.
+# shared by the 3 identical agents; 1M agent steps, measured (preset_sources.py). The board games:
+# not yet tuned or measured.
 ENV_PRESETS["mpe2.simple_spread_v3"] = {
-    "total_steps": 2_000_000,
+    "total_steps": 1_000_000,
     "env_kwargs": {"N": 3, "max_cycles": 25, "continuous_actions": False},
     "num_envs": 8,
     "num_steps": 128,

@@ -290,7 +290,7 @@ class MultiAgentPPO(Stoppable):
                 f"or continue it with: clippo resume {run_dir}"
             )
         self.env_source: EnvFactory | None = source
-        adapter = make_adapter(source.make())
+        adapter = make_adapter(source.make(), direct=config.fast_path == "auto")
         try:
             info = EnvInfo.of(adapter, config.seed)
             self._setup(config, info, run_dir)
@@ -403,7 +403,7 @@ class MultiAgentPPO(Stoppable):
                 "importing it runs "
                 "its code: pass env= (a module path or env function) or trust_code=True (--trust-code) if you trust it"
             )
-        adapter = make_adapter(self.env_source.make())
+        adapter = make_adapter(self.env_source.make(), direct=self.config.fast_path == "auto")
         try:
             self.env_info.check(adapter, self.env_source.name)
         except BaseException:

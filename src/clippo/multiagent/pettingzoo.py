@@ -237,6 +237,8 @@ class Adapter:
         self.env = env
         self.possible_agents: list[str] = list(env.possible_agents)
         self.has_state = False
+        #: what ``state()`` is asked of (DirectParallelAdapter: the AEC env beneath the checks)
+        self.state_env = env
         #: agents whose transition is open (acted, outcome not yet seen)
         self.open: set[str] = set()
 
@@ -249,13 +251,13 @@ class Adapter:
     def detect_state(self) -> None:
         """Whether the env gives a global ``state()`` (after a reset)."""
         try:
-            state = self.env.state()
+            state = self.state_env.state()
             self.has_state = state is not None and np.asarray(state).size > 0
         except (NotImplementedError, AttributeError):
             self.has_state = False
 
     def state(self) -> np.ndarray:
-        return np.asarray(self.env.state(), dtype=np.float32).reshape(-1)
+        return np.asarray(self.state_env.state(), dtype=np.float32).reshape(-1)
 
     def current_observations(self) -> dict[str, Any]:
         """Every live agent's latest observation (the centralized critic's fallback input)."""
@@ -355,7 +357,127 @@ class AECAdapter(Adapter):
         return self._advance()
 
 
-def make_adapter(env: Any) -> Adapter:
+class DirectParallelAdapter(ParallelAdapter):
+    """A Parallel env that is PettingZoo's ``aec_to_parallel_wrapper`` over an AEC env (as most
+    PettingZoo Parallel envs are, MPE's among them), stepped as that wrapper steps it, but from
+    beneath the AEC wrappers that only check how the env is called.
+
+    Per parallel step, the conversion calls through its AEC wrapper chain a few dozen times
+    (``OrderEnforcingWrapper`` and ``BaseWrapper`` forward every attribute read through
+    ``__getattr__``), and calls ``last()`` once per agent only to throw its result away (an
+    observation computed for nothing). On ``mpe2.simple_spread_v3`` that is a third of the
+    time of a step. This adapter does what ``aec_to_parallel_wrapper.step`` does, in the same
+    order, on the first wrapper that is not one of :data:`CHECKING_WRAPPERS` (the env below
+    them):
+
+    - the same cycle check (each live agent must be the one selected, in turn), raising the
+      conversion's ``AssertionError``; the same per-step reward sums, end flags, observations
+      of the live agents, and dead steps (``step(None)``) for the agents that ended;
+    - ``AssertOutOfBoundsWrapper``'s check, where that wrapper was stepped beneath: an action
+      outside its agent's space is refused before the env sees it (``AssertionError`` naming
+      the agent, the action and the space; a Discrete action is checked inline, any other by
+      its space's ``contains``);
+    - ``OrderEnforcingWrapper``'s checks hold by construction: the adapter resets (through the
+      whole chain, so the wrappers know it) before it steps, and never steps an env whose
+      agents are all done (the runner resets it first);
+    - the discarded ``last()`` is not called: ``observe`` is a query (PettingZoo's API), so
+      the observations, rewards and flags are the same (``tests/multiagent/test_speed_paths.py``
+      pins them to the wrapper's, step by step).
+
+    Used where the env is exactly ``aec_to_parallel_wrapper`` (a subclass may step otherwise);
+    ``fast_path="off"`` steps through the wrapper as any Parallel env.
+    """
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        inner = env.aec_env
+        self.checks_bounds = False
+        while type(inner) in CHECKING_WRAPPERS:
+            self.checks_bounds = self.checks_bounds or type(inner).__name__ == "AssertOutOfBoundsWrapper"
+            inner = inner.env
+        self.inner = inner
+        self.state_env = inner  # the conversion's state() is the AEC env's
+        #: agent -> (start, n) of a Discrete action space, checked inline; others by ``contains``
+        self.discrete: dict[str, tuple[int, int]] = {}
+        if self.checks_bounds:
+            from gymnasium import spaces
+
+            for agent in self.possible_agents:
+                space = env.action_space(agent)
+                if type(space) is spaces.Discrete:
+                    self.discrete[agent] = (int(space.start), int(space.n))
+
+    def _check_action(self, agent: str, action: Any) -> None:
+        bounds = self.discrete.get(agent)
+        if bounds is not None and type(action) is int and bounds[0] <= action < bounds[0] + bounds[1]:
+            return
+        space = self.env.action_space(agent)
+        if not space.contains(action):
+            raise AssertionError(f"action {action!r} of agent {agent!r} is not in its action space {space}")
+
+    def step(self, actions: dict[str, Any]) -> tuple[list[Outcome], dict[str, Any], bool]:
+        env = self.inner
+        rewards: dict[str, float] = {}
+        for agent in env.agents:
+            selected = env.agent_selection
+            if agent != selected:
+                if env.terminations[agent] or env.truncations[agent]:
+                    raise AssertionError(
+                        f"expected agent {agent} got termination or truncation agent {selected}: the Parallel "
+                        "conversion expects agents to end only at the end of a cycle"
+                    )
+                raise AssertionError(f"expected agent {agent} got agent {selected}: the Parallel conversion expects "
+                                     "agents to step in a cycle")  # fmt: skip
+            action = actions[agent]
+            if self.checks_bounds:
+                self._check_action(agent, action)
+            env.step(action)
+            step_rewards = env.rewards
+            for other in env.agents:
+                rewards[other] = rewards.get(other, 0) + step_rewards[other]
+        terminations, truncations = env.terminations, env.truncations
+        live = env.agents
+        obs = {agent: env.observe(agent) for agent in live}
+        outcomes = []
+        for agent in actions:
+            terminated, truncated = bool(terminations.get(agent, False)), bool(truncations.get(agent, False))
+            if agent not in obs and not (terminated or truncated):
+                terminated = True  # as ParallelAdapter.step: an agent that left without an end flag
+            outcomes.append(Outcome(agent, float(rewards.get(agent, 0.0)), terminated, truncated and not terminated,
+                                    obs.get(agent, self.last_obs.get(agent))))  # fmt: skip
+        acting = {agent: obs[agent] for agent in live if not (terminations.get(agent) or truncations.get(agent))}
+        while env.agents and (env.terminations[env.agent_selection] or env.truncations[env.agent_selection]):
+            env.step(None)  # the dead steps of the agents that ended, as the conversion takes them
+        self.env.agents = env.agents
+        self.last_obs = obs
+        return outcomes, acting, not acting
+
+
+def _checking_wrappers() -> tuple[type, ...]:
+    try:
+        from pettingzoo.utils.wrappers import AssertOutOfBoundsWrapper, OrderEnforcingWrapper
+    except ImportError:
+        return ()
+    return (OrderEnforcingWrapper, AssertOutOfBoundsWrapper)
+
+
+#: AEC wrappers that only check how the env is called (see DirectParallelAdapter)
+CHECKING_WRAPPERS = _checking_wrappers()
+
+
+def _is_converted_aec(env: Any) -> bool:
+    try:
+        from pettingzoo.utils.conversions import aec_to_parallel_wrapper
+    except ImportError:
+        return False
+    return type(env) is aec_to_parallel_wrapper
+
+
+def make_adapter(env: Any, direct: bool = True) -> Adapter:
+    """The adapter for ``env``; ``direct``: a converted AEC env steps beneath its checking
+    wrappers (:class:`DirectParallelAdapter`), else every Parallel env through its own ``step``."""
+    if direct and _is_converted_aec(env):
+        return DirectParallelAdapter(env)
     if is_parallel_env(env):
         return ParallelAdapter(env)
     if is_aec_env(env):
