@@ -105,6 +105,17 @@ print("BENCH_RESULT " + json.dumps({
 """
 
 
+def jax_versions(python: str) -> str:
+    """The jax-side package versions, as ``name version`` pairs (what ``--jax-python`` runs)."""
+    code = (
+        "import importlib.metadata as m\n"
+        "for n in ('jax', 'jaxlib', 'flax', 'optax', 'distrax', 'gymnax'):\n"
+        "    print(n, m.version(n))"
+    )
+    proc = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    return ", ".join(proc.stdout.split("\n")).strip(", ") if proc.returncode == 0 else "unknown"
+
+
 def pinned(command: list[str], core: str | None) -> list[str]:
     return ["taskset", "-c", core, *command] if core is not None else command
 
@@ -213,6 +224,7 @@ def markdown(meta: dict[str, Any], runs: list[dict[str, Any]], summary: dict[str
         f"PureJaxRL time / clippo time: wall {fmt(summary.get('speedup_wall'))}x, CPU {fmt(summary.get('speedup_cpu'))}x. "
         f"Lowest return: clippo {fmt(clippo.get('min_return'), 1)}, PureJaxRL {fmt(peer.get('min_return'), 1)}.",
         "",
+        f"- PureJaxRL: `{meta['purejaxrl']}` run by `{meta['jax_python']}` ({meta['jax_versions']})",
         *machine_markdown(meta),
     ]
     return "\n".join(lines) + "\n"
@@ -250,12 +262,14 @@ def main() -> int:
 
     summary = summarize(runs)
     meta = {
-        **machine_info(),
+        "machine": machine_info(),
         "command": command_line(),
         "date": now(),
         "core": args.core,
         "jax_python": args.jax_python,
         "purejaxrl": str(args.purejaxrl),
+        "jax_versions": jax_versions(args.jax_python),
+        "finished": now(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "results.json", {"meta": meta, "runs": runs, "summary": summary})
