@@ -44,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     DEFAULT_OUT,
     RESULT_PREFIX,
     child_env,
@@ -103,6 +103,12 @@ print("BENCH_RESULT " + json.dumps({
     "final_return": float(returns.mean()) if returns.size else None, "final_episodes": int(returns.size),
 }))
 """
+
+
+def git_commit(path: Path) -> str:
+    """The commit checked out at ``path`` (``unknown`` outside a git checkout)."""
+    proc = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else "unknown"
 
 
 def jax_versions(python: str) -> str:
@@ -210,21 +216,24 @@ def markdown(meta: dict[str, Any], runs: list[dict[str, Any]], summary: dict[str
     rows = []
     for run in runs:
         if not run["ok"]:
-            rows.append([run["library"], run["seed"], "failed", run["error"], "", "", ""])
+            rows.append([run["library"], run["seed"], "failed", run["error"], "", ""])
             continue
         split = f"{fmt(run['rollout_s'])} / {fmt(run['update_s'])}" if "rollout_s" in run else ""
         ret = run.get("eval_return", run["final_return"])
-        rows.append([run["library"], run["seed"], fmt(run["wall_s"]), fmt(run["cpu_s"]), split, fmt(ret, 1), ""])
-    lines += md_table(["library", "seed", "wall s", "CPU s", "rollout / update s", "return", ""], rows)
+        rows.append([run["library"], run["seed"], fmt(run["wall_s"]), fmt(run["cpu_s"]), split, fmt(ret, 1)])
+    lines += md_table(["library", "seed", "wall s", "CPU s", "rollout / update s (clippo's metrics)", "return"], rows)
     clippo, peer = summary["clippo"], summary["purejaxrl"]
     lines += [
         "",
         f"Medians: clippo wall {fmt(clippo.get('wall_s'))} s, CPU {fmt(clippo.get('cpu_s'))} s; "
         f"PureJaxRL wall {fmt(peer.get('wall_s'))} s, CPU {fmt(peer.get('cpu_s'))} s. "
-        f"PureJaxRL time / clippo time: wall {fmt(summary.get('speedup_wall'))}x, CPU {fmt(summary.get('speedup_cpu'))}x. "
+        f"PureJaxRL time / clippo time: wall {fmt(summary.get('speedup_wall'))}x, "
+        f"CPU {fmt(summary.get('speedup_cpu'))}x. "
         f"Lowest return: clippo {fmt(clippo.get('min_return'), 1)}, PureJaxRL {fmt(peer.get('min_return'), 1)}.",
         "",
-        f"- PureJaxRL: `{meta['purejaxrl']}` run by `{meta['jax_python']}` ({meta['jax_versions']})",
+        f"- clippo: this checkout's src/ (commit {meta['clippo_commit']}, uncommitted changes not shown)",
+        f"- PureJaxRL: `{meta['purejaxrl']}` (commit {meta['purejaxrl_commit']}) run by `{meta['jax_python']}` "
+        f"({meta['jax_versions']})",
         *machine_markdown(meta),
     ]
     return "\n".join(lines) + "\n"
@@ -249,6 +258,7 @@ def main() -> int:
     args.purejaxrl = args.purejaxrl.resolve()
     args.core = None if args.core == "none" or shutil.which("taskset") is None else args.core
 
+    started = now()
     runs: list[dict[str, Any]] = []
     for round_index in range(args.rounds):
         for seed_index, seed in enumerate(args.seeds):
@@ -264,7 +274,9 @@ def main() -> int:
     meta = {
         "machine": machine_info(),
         "command": command_line(),
-        "date": now(),
+        "date": started,
+        "clippo_commit": git_commit(REPO_SRC.parent),
+        "purejaxrl_commit": git_commit(args.purejaxrl),
         "core": args.core,
         "jax_python": args.jax_python,
         "purejaxrl": str(args.purejaxrl),
