@@ -122,3 +122,28 @@ def test_analytic_gradient_needs_the_paired_layout():
     with pytest.raises(ValueError, match="paired_parameters"):
         AnalyticGradient(model, 0.2, 0.5, 0.0)
     agent.close()
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_analytic_gradient_keeps_right_across_minibatch_sizes(activation):
+    # The layers write into buffers kept per minibatch size (and dropped past a few sizes): switching
+    # sizes back and forth, and past the number kept, must give autograd's gradient every time.
+    agent = PPO(make_fixed_length_env(action_space=ACTION_SPACES["discrete"]), seed=3, num_envs=1,
+                hidden_sizes=[16, 8], activation=activation, clip_value_loss=True, ent_coef=0.05)  # fmt: skip
+    analytic_loss = agent.learner.loss
+    assert isinstance(analytic_loss, AnalyticGradient)
+    cfg = agent.config
+    reference_loss = AutogradLoss(agent.model, cfg.clip_epsilon, cfg.vf_coef, cfg.ent_coef, agent.optimizer.zero_grad)
+    for step, size in enumerate([64, 31, 64, 5, 6, 7, 8, 31, 64]):
+        minibatch, advantages = random_minibatch(agent, size, seed=10 + step)
+        agent.learner.loss = analytic_loss
+        agent.optimizer.grad.fill_(123.0)
+        analytic = agent.loss_and_gradient(minibatch, advantages)
+        analytic_grad = agent.optimizer.grad.clone()
+        agent.learner.loss = reference_loss
+        reference = agent.loss_and_gradient(minibatch, advantages)
+        torch.testing.assert_close(analytic_grad, agent.optimizer.grad, rtol=1e-5, atol=1e-6)
+        assert analytic.loss == pytest.approx(reference.loss, rel=1e-5, abs=1e-6), size
+        agent.optimizer.step()  # the buffers must follow weights that change in place
+    assert len(analytic_loss.hidden) <= 4
+    agent.close()

@@ -83,6 +83,12 @@ class AnalyticGradient:
         self.biases = [_side_by_side(a.bias, c.bias).unsqueeze(1) for a, c in pairs]
         self.weight_grads = [_side_by_side(_grad(a.weight), _grad(c.weight)) for a, c in pairs]
         self.bias_grads = [_side_by_side(_grad(a.bias), _grad(c.bias)) for a, c in pairs]
+        # numpy views of the same memory: the hidden layers run in numpy (see _forward)
+        self.np_weights = [w.numpy() for w in self.weights]
+        self.np_weight_grads = [g.numpy() for g in self.weight_grads]
+        self.np_bias_grads = [g.numpy() for g in self.bias_grads]
+        self.hidden: dict[int, list[tuple[np.ndarray, torch.Tensor]]] = {}
+        self.ones: dict[int, np.ndarray] = {}
         # The heads (a few outputs each) in numpy, where such thin products cost about half of
         # torch's call: views of the same memory, kept once (module attribute lookups cost too).
         heads = (model.actor_head, model.critic_head)
@@ -190,51 +196,86 @@ class AnalyticGradient:
         clip_fraction = float(np.count_nonzero(np.abs(ratio - 1.0) > eps)) / n
         return LossTerms(loss, policy_loss, value_loss, entropy, kl, clip_fraction, torch.from_numpy(logratio))
 
-    def _forward(self, obs: torch.Tensor) -> tuple[list[torch.Tensor], np.ndarray, np.ndarray]:
-        """Each hidden layer's input ([2, batch, in]: actor's, critic's) and the last one's
-        output; the actor's output ([batch, outputs]) and the critic's values ([batch])."""
-        x = obs.expand(2, *obs.shape)  # both networks read the same observations (no copy)
-        inputs = []
-        for weight, bias in zip(self.weights, self.biases, strict=False):
+    def _forward(self, obs: torch.Tensor) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """Each hidden layer's input ([2, batch, in]: actor's, critic's; the first one the
+        observations, [batch, in], which both read) and the last one's output; the actor's output
+        ([batch, outputs]) and the critic's values ([batch]).
+
+        The layers write into buffers kept per batch size (``_buffers``): at a minibatch of a
+        hundred or so rows, fresh arrays on every step cost a noticeable share of it (issue #36).
+        """
+        x = obs.numpy()
+        x_tensor = obs.expand(2, *obs.shape)  # both networks read the same observations (no copy)
+        hidden = self._buffers(x.shape[0])
+        inputs: list[np.ndarray] = []
+        for weight, bias, (h, h_tensor) in zip(self.weights, self.biases, hidden, strict=False):
             inputs.append(x)
+            # torch's batched product takes the transposed weights as they are (numpy's would copy)
+            # and adds the bias in the same call
+            torch.baddbmm(bias, x_tensor, weight.transpose(1, 2), out=h_tensor)
             if self.relu:
-                x = torch.baddbmm(bias, x, weight.transpose(1, 2)).relu_()
+                np.maximum(h, 0.0, out=h)
             elif TANH_IN_NUMPY:  # numpy's AVX-512 tanh beats both torch forms (see numpy_tanh_is_avx512)
-                x = torch.baddbmm(bias, x, weight.transpose(1, 2))
-                h = x.numpy()  # the same memory
                 np.tanh(h, out=h)
-            elif x.shape[1] * weight.shape[1] >= TANH_AS_SIGMOID_MIN:
+            elif h.size >= 2 * TANH_AS_SIGMOID_MIN:
                 # tanh(u) = 2 sigmoid(2u) - 1 (same values up to ~1e-7): torch's CPU sigmoid is
                 # vectorized, its tanh much less so, and on large layers this is the cheaper form.
-                x = torch.baddbmm(bias, x, weight.transpose(1, 2), beta=2.0, alpha=2.0).sigmoid_()
-                x = torch.add(_MINUS_ONE, x, alpha=2.0, out=x)  # 2 s - 1 in one pass
+                h_tensor.mul_(2.0).sigmoid_()
+                torch.add(_MINUS_ONE, h_tensor, alpha=2.0, out=h_tensor)  # 2 s - 1 in one pass
             else:
-                x = torch.baddbmm(bias, x, weight.transpose(1, 2)).tanh_()
+                h_tensor.tanh_()
+            x, x_tensor = h, h_tensor
         inputs.append(x)
-        last = x.numpy()
         (actor_weight, critic_weight), (actor_bias, critic_bias) = self.head_weights, self.head_biases
-        return inputs, last[0] @ actor_weight.T + actor_bias, (last[1] @ critic_weight.T)[:, 0] + critic_bias
+        return inputs, x[0] @ actor_weight.T + actor_bias, (x[1] @ critic_weight.T)[:, 0] + critic_bias
 
-    def _backward(self, inputs: list[torch.Tensor], d_out: np.ndarray, d_values: np.ndarray) -> None:
+    def _buffers(self, rows: int) -> list[tuple[np.ndarray, torch.Tensor]]:
+        """The hidden layers' outputs ([2, rows, out] each, as arrays and as tensors on the same
+        memory) and a row of ones (for sums over the batch as products), for batches of ``rows``
+        rows, made once per batch size (a PPO update's minibatches all have one size, or two)."""
+        hidden = self.hidden.get(rows)
+        if hidden is None:
+            if len(self.hidden) >= 4:  # (sizes seen once, e.g. a final partial minibatch, are not kept forever)
+                self.hidden.clear()
+                self.ones.clear()
+            arrays = [np.empty((2, rows, w.shape[1]), np.float32) for w in self.np_weights]
+            hidden = self.hidden[rows] = [(array, torch.from_numpy(array)) for array in arrays]
+            self.ones[rows] = np.ones((1, rows), np.float32)
+        return hidden
+
+    def _backward(self, inputs: list[np.ndarray], d_out: np.ndarray, d_values: np.ndarray) -> None:
         """Write every weight and bias gradient, from the loss gradients at the actor's output
         and at the values ([batch, 1])."""
-        last = inputs[-1].numpy()
-        d_last = np.empty_like(last)
+        last = inputs[-1]
+        # Sums over the batch as products with a row of ones: numpy's reduction along the batch
+        # axis of these thin arrays costs several times more.
+        ones = self.ones[last.shape[1]]
+        d = np.empty_like(last)
         for k, d_head in enumerate((d_out, d_values)):
             np.matmul(d_head.T, last[k], out=self.head_weight_grads[k])
-            np.add.reduce(d_head, 0, out=self.head_bias_grads[k])
-            np.matmul(d_head, self.head_weights[k], out=d_last[k])
-        d = torch.from_numpy(d_last)
-        for i in range(len(self.weights) - 1, -1, -1):
+            np.dot(ones[0], d_head, out=self.head_bias_grads[k])
+            np.dot(d_head, self.head_weights[k], out=d[k])
+        scratch = np.empty_like(last)
+        for i in range(len(self.np_weights) - 1, -1, -1):
             # through the activation: its output is the next layer's input
+            h = inputs[i + 1]
+            if scratch.shape != h.shape:
+                scratch = np.empty_like(h)
             if self.relu:
-                d = torch.ops.aten.threshold_backward(d, inputs[i + 1], 0.0)
+                np.greater(h, 0.0, out=scratch)
+            else:  # tanh' = 1 - tanh^2
+                np.multiply(h, h, out=scratch)
+                np.subtract(1.0, scratch, out=scratch)
+            np.multiply(d, scratch, out=d)
+            x = inputs[i]
+            if i == 0:  # the shared observations, [batch, in]
+                np.dot(d[0].T, x, out=self.np_weight_grads[0][0])
+                np.dot(d[1].T, x, out=self.np_weight_grads[0][1])
             else:
-                d = torch.ops.aten.tanh_backward(d, inputs[i + 1])
-            torch.bmm(d.transpose(1, 2), inputs[i], out=self.weight_grads[i])
-            torch.sum(d, 1, out=self.bias_grads[i])
+                np.matmul(d.transpose(0, 2, 1), x, out=self.np_weight_grads[i])
+            np.matmul(ones, d, out=self.np_bias_grads[i][:, None, :])
             if i > 0:
-                d = torch.bmm(d, self.weights[i])
+                d = np.matmul(d, self.np_weights[i])
 
 
 def _grad(param: torch.Tensor) -> torch.Tensor:

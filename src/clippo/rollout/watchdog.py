@@ -69,9 +69,15 @@ class EnvWatch:
     def step(self, actions: Any) -> tuple:
         """``envs.step(actions)`` within the time limit (the limit itself for an async env; the
         watchdog's for the others)."""
-        with self.call("step"):
-            if self.timeout is None or not self.asynchronous:
+        if self.timeout is None or not self.asynchronous:
+            # ``call("step")`` written out: this runs once per vector step, and at a few envs the
+            # generator-based context manager costs a noticeable share of a step (issue #36).
+            self.thread_id, self.since, self.method = threading.get_ident(), time.monotonic(), "step"
+            try:
                 return self.envs.step(actions)
+            finally:
+                self.method = None
+        with self.call("step"):
             self.envs.step_async(actions)
             try:
                 return self.envs.step_wait(timeout=self.timeout)
