@@ -292,9 +292,9 @@ def main() -> int:
                 flush=True,
             )
             runs.append(run)
-    meta["finished"] = _common.now()
-    write_summary(runs, meta, args.out)
-    plot(runs, args.out / "curves.png")
+            meta["finished"] = _common.now()  # (the summary so far: a long session can stop between runs)
+            write_summary(runs, meta, args.out)
+            plot(runs, args.out / "curves.png")
     return 0
 
 
