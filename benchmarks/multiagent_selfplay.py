@@ -11,9 +11,9 @@ random generator seeded from (seed, opponent, seat). Targets: connect four wins 
 random in each seat and more than half of its games against the lookahead player; tic-tac-toe
 never loses to random. Each run's training wall time (this machine, under whatever else runs on
 it) is reported with the load average. Runs whose ``agent.pt`` and train record exist are not
-retrained (``--retrain`` does); their games are replayed. Writes ``multiagent_selfplay.json``,
-``.md``, one JSON per run (with its curve: win rate against random and Elo over training, from
-the run's metrics.csv) and ``curves.png`` to ``--out``.
+retrained (``--retrain`` does); their games are replayed (``--no-train``: only those). Writes
+``multiagent_selfplay.json``, ``.md``, one JSON per run (with its curve: win rate against random
+and Elo over training, from the run's metrics.csv) and ``curves.png`` to ``--out``.
 
     python benchmarks/multiagent_selfplay.py --games connect_four tictactoe --seeds 1000 1001
 """
@@ -264,6 +264,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=_common.DEFAULT_OUT / "multiagent_selfplay")
     parser.add_argument("--retrain", action="store_true", help="train again even where a finished run exists")
     parser.add_argument(
+        "--no-train", action="store_true", help="only evaluate and summarize the finished runs (skip the others)"
+    )
+    parser.add_argument(
         "--train-args", default="", help="extra `clippo train` flags for every run (default: the preset as it is)"
     )
     args = parser.parse_args()
@@ -275,7 +278,11 @@ def main() -> int:
         for seed in args.seeds:
             run_dir = args.runs / f"{game}_s{seed}"
             record = run_dir / "train_record.json"
-            if args.retrain or not (record.exists() and (run_dir / "agent.pt").exists()):
+            finished = record.exists() and (run_dir / "agent.pt").exists()
+            if args.no_train and not finished:
+                print(f"{game} seed {seed}: no finished run in {run_dir}, skipped (--no-train)", flush=True)
+                continue
+            if args.retrain or not finished:
                 print(f"training {game} seed {seed} ...", flush=True)
                 info = train(game, seed, run_dir, extra)
                 record.write_text(json.dumps(info, indent=2) + "\n")
