@@ -810,9 +810,9 @@ ENV_PRESETS["mpe2.simple_spread_v3"] = {
     "ent_coef": 0.01,
     "critic": "local",
 }
-# Two-player board games: self-play (the default for such games), an MLP on the flattened board.
+# Two-player board games (self-play): entropy kept high, else the self-play games collapse to one line
 ENV_PRESETS["pettingzoo.classic.connect_four_v3"] = {
-    "total_steps": 3_000_000,
+    "total_steps": 1_500_000,
     "num_envs": 16,
     "num_steps": 128,
     "num_minibatches": 8,
@@ -820,9 +820,8 @@ ENV_PRESETS["pettingzoo.classic.connect_four_v3"] = {
     "learning_rate": 3e-4,
     "gamma": 0.99,
     "gae_lambda": 0.95,
-    "ent_coef": 0.01,
-    "encoder": "mlp",
-    "hidden_sizes": [256, 256],
+    "ent_coef": 0.05,
+    "encoder": "cnn",
     "selfplay_snapshot_every": 10,
 }
 ENV_PRESETS["pettingzoo.classic.tictactoe_v3"] = {
@@ -834,7 +833,7 @@ ENV_PRESETS["pettingzoo.classic.tictactoe_v3"] = {
     "learning_rate": 1e-3,
     "gamma": 0.99,
     "gae_lambda": 0.95,
-    "ent_coef": 0.01,
+    "ent_coef": 0.05,
     "encoder": "mlp",
     "hidden_sizes": [128, 128],
     "selfplay_snapshot_every": 5,
