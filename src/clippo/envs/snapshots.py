@@ -59,8 +59,13 @@ def _snapshot_objects(envs: VectorEnv) -> list[object] | None:
     return objects
 
 
-def _encode(value):
-    """Plain data for a checkpoint, or _SKIP for attributes that are configuration or objects."""
+#: what ``encode_leaf`` returns for a value that is not a number, string, array or RNG
+NOT_LEAF = object()
+
+
+def encode_leaf(value: Any) -> Any:
+    """A number, string, None, numeric numpy array or scalar, or numpy RNG as checkpoint data
+    (arrays as tensors, an RNG as its state), or ``NOT_LEAF`` for anything else."""
     # numpy scalars first: np.float64 is a subclass of float, but pickled as numpy's own type a
     # checkpoint no longer loads with weights_only=True (MountainCar keeps its state as a tuple
     # of them)
@@ -72,6 +77,38 @@ def _encode(value):
         return {"ndarray": torch.from_numpy(value.copy())}
     if isinstance(value, np.random.Generator):
         return {"rng": value.bit_generator.state}
+    return NOT_LEAF
+
+
+def decode_plain(value: Any, current: Any) -> Any:
+    """A saved number, string or None, checked against ``current`` (what the object holds now)."""
+    if value is not None and not isinstance(value, (bool, int, float, str)):
+        raise ValueError(f"a {type(value).__name__} is not plain data")
+    if value is not None and current is not None:
+        if isinstance(value, str) != isinstance(current, str) or not isinstance(
+            current, (bool, int, float, str, np.generic)
+        ):
+            raise ValueError(f"a {type(value).__name__} where the env holds a {type(current).__name__}")
+    return value
+
+
+def decode_array(tensor: Any, kind: str, current: Any) -> Any:
+    """A saved array (``kind`` "ndarray") or numpy scalar ("scalar"), checked against ``current``."""
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError("an array that is not a tensor")
+    array = tensor.numpy().copy() if kind == "ndarray" else tensor.numpy()[()]
+    if current is not None and not isinstance(current, (np.ndarray, np.generic, bool, int, float)):
+        raise ValueError(f"an array where the env holds a {type(current).__name__}")
+    if isinstance(current, np.ndarray) and (array.shape != current.shape or array.dtype != current.dtype):
+        raise ValueError(f"an array of shape {array.shape} where the env holds {current.shape}")
+    return array
+
+
+def _encode(value):
+    """Plain data for a checkpoint, or _SKIP for attributes that are configuration or objects."""
+    leaf = encode_leaf(value)
+    if leaf is not NOT_LEAF:
+        return leaf
     if isinstance(value, (tuple, list)):
         items = [_encode(v) for v in value]
         if any(item is _SKIP for item in items):
@@ -88,25 +125,10 @@ def _decode(value, current):
     now): a checkpoint is data, so nothing it holds is looked up by name or made of another type.
     Raises ValueError when it does not fit."""
     if not isinstance(value, dict):
-        if value is None:
-            return None
-        if not isinstance(value, (bool, int, float, str)):
-            raise ValueError(f"a {type(value).__name__} is not plain data")
-        if current is not None and isinstance(value, str) != isinstance(current, str):
-            raise ValueError(f"a {type(value).__name__} where the env holds a {type(current).__name__}")
-        if current is not None and not isinstance(current, (bool, int, float, str, np.generic)):
-            raise ValueError(f"a {type(value).__name__} where the env holds a {type(current).__name__}")
-        return value
+        return decode_plain(value, current)
     if "ndarray" in value or "scalar" in value:
-        tensor = value.get("ndarray", value.get("scalar"))
-        if not isinstance(tensor, torch.Tensor):
-            raise ValueError("an array that is not a tensor")
-        array = tensor.numpy().copy() if "ndarray" in value else tensor.numpy()[()]
-        if current is not None and not isinstance(current, (np.ndarray, np.generic, bool, int, float)):
-            raise ValueError(f"an array where the env holds a {type(current).__name__}")
-        if isinstance(current, np.ndarray) and (array.shape != current.shape or array.dtype != current.dtype):
-            raise ValueError(f"an array of shape {array.shape} where the env holds {current.shape}")
-        return array
+        array_kind = "ndarray" if "ndarray" in value else "scalar"
+        return decode_array(value[array_kind], array_kind, current)
     if "rng" in value:
         state = value["rng"]
         if not isinstance(state, dict):

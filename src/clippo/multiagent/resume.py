@@ -24,9 +24,9 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
-import torch
 
 from clippo.core import safety
+from clippo.envs import snapshots
 
 #: the modules of the env classes (and the objects they hold) whose state can be saved exactly
 RESTORABLE_MODULES = (
@@ -68,14 +68,9 @@ def _walkable(value: Any) -> bool:
 
 def encode(value: Any, depth: int = 0) -> Any:
     """``value`` as plain data and tensors, or ``SKIP`` where it holds something else."""
-    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
-        return {"scalar": torch.from_numpy(np.asarray(value).copy())}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
-        return {"ndarray": torch.from_numpy(value.copy())}
-    if isinstance(value, np.random.Generator):
-        return {"rng": value.bit_generator.state}
+    leaf = snapshots.encode_leaf(value)
+    if leaf is not snapshots.NOT_LEAF:
+        return leaf
     if depth >= MAX_DEPTH:
         return SKIP
     if isinstance(value, dict):
@@ -116,13 +111,13 @@ def decode(value: Any, current: Any, updates: list) -> Any:
     holds there): raises ValueError where it does not fit. A saved object's attributes are not set
     here but added to ``updates`` (set by the caller once everything fits)."""
     if not isinstance(value, dict):
-        return _decode_plain(value, current)
+        return snapshots.decode_plain(value, current)
     kinds = [key for key in ("scalar", "ndarray", "rng", "dict", "set", "list", "tuple", "object") if key in value]
     if len(kinds) != 1 or len(value) != 1:
         raise ValueError("an unknown kind of value")
     kind = kinds[0]
     if kind in ("scalar", "ndarray"):
-        return _decode_array(value[kind], kind, current)
+        return snapshots.decode_array(value[kind], kind, current)
     if kind == "rng":
         state = value["rng"]
         if not isinstance(state, dict):
@@ -137,28 +132,6 @@ def decode(value: Any, current: Any, updates: list) -> Any:
         decode_attributes(value["object"], current, updates)
         return current
     return _decode_container(value[kind], kind, current, updates)
-
-
-def _decode_plain(value: Any, current: Any) -> Any:
-    if value is not None and not isinstance(value, (bool, int, float, str)):
-        raise ValueError(f"a {type(value).__name__} is not plain data")
-    if value is not None and current is not None:
-        if isinstance(value, str) != isinstance(current, str) or not isinstance(
-            current, (bool, int, float, str, np.generic)
-        ):
-            raise ValueError(f"a {type(value).__name__} where the env holds a {type(current).__name__}")
-    return value
-
-
-def _decode_array(tensor: Any, kind: str, current: Any) -> Any:
-    if not isinstance(tensor, torch.Tensor):
-        raise ValueError("an array that is not a tensor")
-    array = tensor.numpy().copy() if kind == "ndarray" else tensor.numpy()[()]
-    if current is not None and not isinstance(current, (np.ndarray, np.generic, bool, int, float)):
-        raise ValueError(f"an array where the env holds a {type(current).__name__}")
-    if isinstance(current, np.ndarray) and (array.shape != current.shape or array.dtype != current.dtype):
-        raise ValueError(f"an array of shape {array.shape} where the env holds {current.shape}")
-    return array
 
 
 def _decode_container(items: Any, kind: str, current: Any, updates: list) -> Any:
