@@ -84,17 +84,16 @@ def play_episodes(
     return finished
 
 
-def evaluate_team(
-    agent: MultiAgentPPO, episodes: int, seed: int | None, deterministic: bool, num_envs: int | None
-) -> dict[str, Any]:
-    """Every agent by its policy: the mean team return and each agent's mean return."""
-    carried: dict[tuple[int, str], np.ndarray] = {}  # a recurrent policy's state per (copy, agent)
+def policy_chooser(agent: MultiAgentPPO, deterministic: bool) -> tuple[Any, Any]:
+    """``(choose, episode_over)`` for ``play_episodes``: every due agent acts by its policy, a
+    recurrent policy's state carried per (env copy, agent) and dropped when that copy's episode ends."""
+    carried: dict[tuple[int, str], Any] = {}
 
     def choose(due, seats):
         actions, states = agent.act_batch(
             [(name, obs) for _, name, obs in due], deterministic, [carried.get((c, name)) for c, name, _ in due]
         )
-        for (c, name, _), state in zip(due, states, strict=False):
+        for (c, name, _), state in zip(due, states, strict=True):
             carried[(c, name)] = state
         return actions
 
@@ -102,6 +101,14 @@ def evaluate_team(
         for key in [key for key in carried if key[0] == c]:
             del carried[key]
 
+    return choose, episode_over
+
+
+def evaluate_team(
+    agent: MultiAgentPPO, episodes: int, seed: int | None, deterministic: bool, num_envs: int | None
+) -> dict[str, Any]:
+    """Every agent by its policy: the mean team return and each agent's mean return."""
+    choose, episode_over = policy_chooser(agent, deterministic)
     played = play_episodes(agent, episodes, seed, choose, num_envs, on_episode_end=episode_over)
     returns = [e.team_return for e in played]
     return {

@@ -15,7 +15,6 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -186,21 +185,13 @@ def play_multiagent(
     one clip per episode, joined into that MP4 file."""
     import dataclasses
 
-    from clippo.multiagent.evaluation import play_episodes
+    from clippo.multiagent.evaluation import play_episodes, policy_chooser
 
     env_id = agent.config.env_id
-    carried: dict[tuple[int, str], Any] = {}
-
-    def choose(due, seats):
-        actions, states = agent.act_batch(
-            [(name, obs) for _, name, obs in due], deterministic, [carried.get((c, name)) for c, name, _ in due]
-        )
-        for (c, name, _), state in zip(due, states, strict=True):
-            carried[(c, name)] = state
-        return actions
+    choose, episode_over = policy_chooser(agent, deterministic)
 
     if video is None:
-        played = play_episodes(agent, episodes, seed, choose, 1, on_episode_end=lambda c: carried.clear())
+        played = play_episodes(agent, episodes, seed, choose, 1, on_episode_end=episode_over)
         return PlaybackResult(env_id, [e.team_return for e in played], [e.length for e in played], None)
     source = agent.env_source
     if source is None:
@@ -213,7 +204,7 @@ def play_multiagent(
     scratch = Path(tempfile.mkdtemp(prefix="clippo-video-"))
     try:
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # (pygame renderers look for a display otherwise)
-        played = play_episodes(agent, episodes, seed, choose, 1, on_episode_end=lambda c: carried.clear())
+        played = play_episodes(agent, episodes, seed, choose, 1, on_episode_end=episode_over)
         clips = recorder.episodes[:episodes]
         if not clips or not all(clips):
             raise ValueError(f"no video was recorded: {env_id!r} rendered no frames with render_mode='rgb_array'")
