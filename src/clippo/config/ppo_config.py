@@ -851,6 +851,7 @@ ENV_PRESETS["pettingzoo.classic.tictactoe_v3"] = {
     "encoder": "mlp",
     "hidden_sizes": [128, 128],
     "selfplay_snapshot_every": 5,
+    "selfplay_random_prob": 0.5,
 }
 
 
