@@ -273,8 +273,8 @@ ENV_PRESET_SOURCES: dict[str, PresetSource] = {
         "positions a random player reaches are played poorly. selfplay_random_prob 0.5 (half the games "
         "against a uniformly random player; 0.2 lost 140 and 230) cut that to 100 and 91 losses (98.6% / "
         "89.6% and 99.6% / 86.4% wins moving first / second; 54% against the one-move-lookahead player, "
-        "13-18% before); ent_coef 0.02 with it did no better. The losses left are mostly moving second, "
-        "among them missed blocks of an immediate threat.",
+        "13-18% before); ent_coef 0.02 with it lost 96 and 100 (none moving first). The losses left are "
+        "mostly moving second, among them missed blocks of an immediate threat.",
         (
             "benchmarks/results/multiagent_selfplay/multiagent_selfplay.md",
             "benchmarks/results/multiagent_selfplay/tuning_seed0.md",
