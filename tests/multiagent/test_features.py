@@ -315,12 +315,14 @@ def train_updates(make_env, overrides: dict, run_dir: Path, updates: int = 5, st
     [
         (Rendezvous, {"critic": "centralized"}),
         (TakeAway, {"selfplay_snapshot_every": 1, "selfplay_eval_every": 0}),  # the games against the pool
+        # games in progress against the random player (and its moves from the self-play rng)
+        (TakeAway, {"selfplay_snapshot_every": 1, "selfplay_eval_every": 0, "selfplay_random_prob": 0.5}),
         (TwoKinds, {"normalize_observations": True, "normalize_rewards": True}),
         (lambda: Rendezvous(n_agents=2, length=7), {"recurrent": "gru", "recurrent_hidden_size": 8}),
         ("pettingzoo.classic.connect_four_v3", {"selfplay_snapshot_every": 1, "selfplay_eval_every": 0}),
         ("mpe2.simple_spread_v3", {"env_kwargs": {"N": 2, "max_cycles": 10}}),
     ],
-    ids=["centralized", "selfplay", "normalized-groups", "recurrent", "connect-four", "mpe"],
+    ids=["centralized", "selfplay", "selfplay-random", "normalized-groups", "recurrent", "connect-four", "mpe"],
 )
 def test_an_interrupted_run_resumes_exactly_as_if_never_stopped(make_env, overrides, tmp_path, monkeypatch):
     straight, metrics = train_updates(make_env, overrides, tmp_path / "a")

@@ -18,7 +18,7 @@ from clippo.multiagent.agent import MultiAgentPPO
 from clippo.multiagent.buffer import IDLE, OBSERVED
 from clippo.multiagent.pettingzoo import UntrustedImportError, import_env_module
 from clippo.multiagent.runner import GroupActor
-from clippo.multiagent.selfplay import SelfPlay, elo_update
+from clippo.multiagent.selfplay import ELO_START, RANDOM, SelfPlay, elo_update
 from clippo.multiagent.toy_envs import LeaveJoin, Rendezvous, TakeAway, TwoKinds
 from tests.helpers import run_cli
 
@@ -83,6 +83,8 @@ def test_untrusted_module_paths_are_refused():
         ({"critic": "centralized", "network": "shared"}, "network='shared' is invalid"),
         ({"selfplay": "on"}, "selfplay='on' is invalid"),
         ({"selfplay_latest_prob": 1.5}, "selfplay_latest_prob=1.5 is invalid"),
+        ({"selfplay_random_prob": -0.1}, "selfplay_random_prob=-0.1 is invalid: it must be in [0, 1]"),
+        ({"selfplay_random_prob": 0.6}, "with selfplay_latest_prob=0.5: their sum must be <= 1"),
     ],
 )
 def test_bad_settings_are_one_line_errors(overrides, words):
@@ -298,6 +300,51 @@ def test_selfplay_seats_alternate_and_elo_moves_both_ratings():
     assert [selfplay.assign(1, game)[0] for game in range(2)] == ["p1", "p0"]
     winner, loser = elo_update(1000.0, 1000.0, 1.0)
     assert winner == pytest.approx(1008.0) and loser == pytest.approx(992.0)
+
+
+def test_selfplay_draws_random_latest_and_pool_opponents_at_their_rates():
+    selfplay = SelfPlay(["p0", "p1"], pool_size=3, latest_prob=0.5, sampling="uniform", seed=0, random_prob=0.25)
+    n = 4000
+
+    def rates() -> tuple[float, float, float]:
+        opponents = [selfplay.assign(0, game)[1] for game in range(n)]
+        random = sum(o is RANDOM for o in opponents) / n
+        latest = sum(o is None for o in opponents) / n
+        return random, latest, 1.0 - random - latest
+
+    # an empty pool: the snapshots' share goes to the current policy
+    for got, want in zip(rates(), (0.25, 0.75, 0.0), strict=True):
+        assert abs(got - want) < 0.03, (got, want)
+    selfplay.add_snapshot(torch.nn.Linear(2, 2), update=1)
+    for got, want in zip(rates(), (0.25, 0.5, 0.25), strict=True):
+        assert abs(got - want) < 0.03, (got, want)
+    # the same seed draws the same opponents
+    a, b = (SelfPlay(["p0", "p1"], 3, 0.5, "uniform", seed=7, random_prob=0.25) for _ in range(2))
+    assert [a.assign(0, g)[1] is RANDOM for g in range(50)] == [b.assign(0, g)[1] is RANDOM for g in range(50)]
+
+
+def test_the_random_opponent_picks_every_legal_move_and_only_those():
+    selfplay = SelfPlay(["p0", "p1"], pool_size=1, latest_prob=0.0, sampling="uniform", seed=0, random_prob=1.0)
+    masks = np.array([[True, False, True, False], [False, False, False, True]])
+    moves = np.stack([selfplay.random_actions(masks) for _ in range(200)])
+    assert set(moves[:, 0].tolist()) == {0, 2} and set(moves[:, 1].tolist()) == {3}
+
+
+def test_games_against_the_random_opponent_are_learned_from_tallied_and_rated():
+    agent = PPO(TakeAway, **{**SMALL, "num_envs": 4}, selfplay_snapshot_every=1, selfplay_latest_prob=0.0,
+                selfplay_random_prob=1.0, selfplay_eval_every=0)  # fmt: skip
+    rows = []
+    agent.learn(4 * 16 * 3, progress=False, callback=lambda a, m: rows.append(m))  # TakeAway raises on an illegal move
+    for row in rows:
+        assert row["selfplay/games_vs_random"] > 0
+        assert row["selfplay/games_vs_pool"] == 0 and row["selfplay/games_vs_latest"] == 0
+        rates = [row[f"selfplay/{r}_vs_random"] for r in ("win", "draw", "loss")]
+        assert sum(rates) == pytest.approx(1.0)
+    # only the learner's seat is learned from: the random player's moves are env steps, not agent steps
+    assert rows[-1]["global_step"] < rows[-1]["env_steps"]
+    # every game moved the learner's rating against the fixed anchor
+    assert agent.selfplay.rating != ELO_START
+    agent.close()
 
 
 def test_selfplay_evaluation_against_a_random_player_counts_both_seats():

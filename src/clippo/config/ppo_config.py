@@ -245,7 +245,14 @@ class PPOConfig:
         "Self-play: add a snapshot of the policy to the pool every this many updates.", 10
     )
     selfplay_latest_prob: float = knob(
-        "Self-play: the fraction of games played against the current policy (the rest against pool snapshots).", 0.5
+        "Self-play: the fraction of games played against the current policy (the rest against pool snapshots and "
+        "the random player, see selfplay_random_prob).",
+        0.5,
+    )
+    selfplay_random_prob: float = knob(
+        "Self-play: the fraction of games played against a uniformly random legal-move player (only the learner's "
+        "side is learned from); selfplay_latest_prob + selfplay_random_prob <= 1, the rest against pool snapshots.",
+        0.0,
     )
     selfplay_sampling: str = knob(
         "Self-play: how opponents are drawn from the pool: uniform, or recent (weights growing with recency).",
@@ -424,6 +431,13 @@ def _check_selfplay(config: PPOConfig) -> None:
         )
     if not 0.0 <= config.selfplay_latest_prob <= 1.0:
         raise ConfigError(f"selfplay_latest_prob={config.selfplay_latest_prob} is invalid: it must be in [0, 1]")
+    if not 0.0 <= config.selfplay_random_prob <= 1.0:
+        raise ConfigError(f"selfplay_random_prob={config.selfplay_random_prob} is invalid: it must be in [0, 1]")
+    if config.selfplay_latest_prob + config.selfplay_random_prob > 1.0 + 1e-9:
+        raise ConfigError(
+            f"selfplay_random_prob={config.selfplay_random_prob} is invalid with selfplay_latest_prob="
+            f"{config.selfplay_latest_prob}: their sum must be <= 1 (the rest of the games are against pool snapshots)"
+        )
 
 
 #: every check of ``PPOConfig.validate``, in order
@@ -837,6 +851,7 @@ ENV_PRESETS["pettingzoo.classic.tictactoe_v3"] = {
     "encoder": "mlp",
     "hidden_sizes": [128, 128],
     "selfplay_snapshot_every": 5,
+    "selfplay_random_prob": 0.5,
 }
 
 

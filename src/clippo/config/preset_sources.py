@@ -265,14 +265,22 @@ ENV_PRESET_SOURCES: dict[str, PresetSource] = {
         ),
     ),
     "pettingzoo.classic.tictactoe_v3": PresetSource(
-        "own first tuning (seed 0, a few short runs); does not yet meet issue #33's targets",
+        "own tuning (seed 0, a few short runs; selfplay_random_prob on seeds 1000, 1001); does not yet meet "
+        "issue #33's targets",
         "Self-play. ent_coef 0.05 (0.1 with lr 3e-4, or without advantage normalization, did worse at "
-        "500k steps on seed 0). Seeds 1000 and 1001: 79.4% / 44.3% and 91.7% / 64.9% wins against a "
-        "random player moving first / second, losing 616 and 356 of 2000 games: from ~300k steps the "
-        "self-play games collapse to one line, and positions a random player reaches are played poorly.",
+        "500k steps on seed 0). Without random opponents, seeds 1000 and 1001 lost 616 and 356 of 2000 "
+        "games to a random player: from ~300k steps the self-play games collapse to one line, and "
+        "positions a random player reaches are played poorly. selfplay_random_prob 0.5 (half the games "
+        "against a uniformly random player; 0.2 lost 140 and 230) cut that to 100 and 91 losses (98.6% / "
+        "89.6% and 99.6% / 86.4% wins moving first / second; 54% against the one-move-lookahead player, "
+        "13-18% before); ent_coef 0.02 with it lost 96 and 100 (none moving first). The losses left are "
+        "mostly moving second, among them missed blocks of an immediate threat.",
         (
             "benchmarks/results/multiagent_selfplay/multiagent_selfplay.md",
             "benchmarks/results/multiagent_selfplay/tuning_seed0.md",
+            "benchmarks/results/multiagent_selfplay_random_prob_0.2/multiagent_selfplay.md",
+            "benchmarks/results/multiagent_selfplay_random_prob_0.5/multiagent_selfplay.md",
+            "benchmarks/results/multiagent_selfplay_random_prob_0.5_ent0.02/multiagent_selfplay.md",
         ),
     ),
 }

@@ -83,6 +83,10 @@ MULTIAGENT_COLUMNS = [
     "selfplay/win_vs_latest",
     "selfplay/draw_vs_latest",
     "selfplay/loss_vs_latest",
+    "selfplay/win_vs_random",
+    "selfplay/draw_vs_random",
+    "selfplay/loss_vs_random",
+    "selfplay/games_vs_random",
     "selfplay/elo",
     "selfplay/pool_size",
     "selfplay/pool_mean_elo",
@@ -381,6 +385,7 @@ class MultiAgentPPO(Stoppable):
             config.selfplay_latest_prob,
             config.selfplay_sampling,
             config.seed + 31,
+            config.selfplay_random_prob,
         )
 
     @property

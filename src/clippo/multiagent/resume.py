@@ -14,7 +14,8 @@ run resumes with freshly reset env copies, and ``restore_runner`` says why in on
 What the runner carries: its per-copy bookkeeping (episode returns and lengths, games, seats,
 opponents due to act), each adapter's open transitions and last observations, every group's
 slot buffer (the row each agent carries into the next rollout, with its recurrent state), and
-which pool snapshot each game in progress is played against (by its index in the pool).
+which pool snapshot each game in progress is played against (by its index in the pool; "random"
+for the random player).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 
 from clippo.core import safety
 from clippo.envs import snapshots
+from clippo.multiagent.selfplay import RANDOM
 
 #: the modules of the env classes (and the objects they hold) whose state can be saved exactly
 RESTORABLE_MODULES = (
@@ -40,6 +42,8 @@ RESTORABLE_MODULES = (
 MAX_DEPTH = 8
 #: what a runner state holds (bumped when its layout changes: an older one is not restored)
 RUNNER_FORMAT = 1
+#: a game in progress against the random player, in the saved opponents
+RANDOM_NAME = "random"
 #: runner attributes that are rebuilt, not restored: the parts it was made from, and the lookups
 #: derived from them (the adapters, buffers and controllers are saved by their own rules)
 _NOT_SAVED = frozenset({"adapters", "learners", "central", "selfplay", "makers", "group_of", "slots", "buffers",
@@ -232,8 +236,11 @@ def runner_state(runner: Any) -> dict[str, Any] | None:
             pool = {id(snapshot): index for index, snapshot in enumerate(runner.selfplay.pool)}
             controllers = []
             for copy in runner.controllers:
-                row = {}
+                row: dict[str, int | str | None] = {}
                 for agent, snapshot in copy.items():
+                    if snapshot is RANDOM:
+                        row[agent] = RANDOM_NAME
+                        continue
                     if snapshot is not None and id(snapshot) not in pool:
                         return None
                     row[agent] = None if snapshot is None else pool[id(snapshot)]
@@ -307,8 +314,11 @@ def _controllers(runner: Any, saved: Any) -> list[dict[str, Any]] | None:
     for row in saved:
         if not isinstance(row, dict) or not set(row) <= set(runner.selfplay.agents):
             raise ValueError("a game in progress with other players")
-        copy = {}
+        copy: dict[str, Any] = {}
         for agent, index in row.items():
+            if index == RANDOM_NAME:
+                copy[agent] = RANDOM
+                continue
             in_pool = isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(pool)
             if index is not None and not in_pool:
                 raise ValueError(f"an opponent {safety.clean(index, 20)} that is not in the pool")

@@ -30,7 +30,7 @@ from clippo.multiagent.buffer import IDLE, OBSERVED, SlotBuffer, combine
 from clippo.multiagent.critic import CentralInput, KeyedEncoder
 from clippo.multiagent.groups import ObservationMaker
 from clippo.multiagent.pettingzoo import Adapter, Outcome
-from clippo.multiagent.selfplay import SelfPlay, game_result
+from clippo.multiagent.selfplay import RANDOM, SelfPlay, game_result
 from clippo.networks.distributions import MASKED_LOGIT
 from clippo.networks.encoders import MLPEncoder
 from clippo.rollout.masking import component_starts, first_invalid_row
@@ -53,7 +53,7 @@ class Episode:
     agent_returns: dict[str, float]
     length: int
     seat: str | None = None
-    opponent: Any = None  # the pool snapshot played against (None: the current policy)
+    opponent: Any = None  # the pool snapshot played against (None: the current policy; RANDOM: the random player)
     result: str | None = None
 
     @property
@@ -484,7 +484,8 @@ class MultiAgentRunner:
             )
 
     def _opponents_act(self, actions: list[dict[str, Any]], generator: torch.Generator) -> None:
-        """Pool snapshots act for the opponents due (batched per snapshot)."""
+        """Pool snapshots act for the opponents due (batched per snapshot), the random player
+        with the self-play rng (copies in order, so runs are reproducible)."""
         by_snapshot: dict[int, list[tuple[int, str, Any]]] = defaultdict(list)
         snapshots = {}
         for c, due in enumerate(self.opponent_due):
@@ -496,16 +497,28 @@ class MultiAgentRunner:
         assert self.selfplay is not None  # only self-play has opponents
         learner = self.learners[0]
         for key, items in by_snapshot.items():
-            model = self.selfplay.opponent_model(snapshots[key], learner.model)
             obs, masks = self.makers[0].batch([a for _, a, _ in items], [o for _, _, o in items])
-            if learner.obs_normalizer.enabled:
-                obs = learner.obs_normalizer(obs, update=False)
-            with torch.inference_mode():
-                tensors = observations.to_tensor(combine(obs, None, learner.centralized), learner.device)
-                mask_tensor = None if masks is None else torch.from_numpy(masks).to(learner.device)
-                noise = model.distribution.noise((len(items),), generator, learner.device)
-                chosen = model.distribution.sample(model.actor(tensors, mask_tensor), noise).cpu().numpy()
-            for (c, agent, _), action in zip(items, env_action_rows(model.distribution, chosen), strict=False):
+            if snapshots[key] is RANDOM:
+                assert masks is not None  # self-play games' observations carry action masks
+                if not masks.any(axis=1).all():
+                    c, agent, _ = items[int(np.flatnonzero(~masks.any(axis=1))[0])]
+                    raise ActionMaskError(
+                        f"agent {agent!r} of env copy {c} has no valid action at env step {self.step_count}: its "
+                        "action mask is all false"
+                    )
+                chosen = self.selfplay.random_actions(masks)
+                distribution = learner.model.distribution
+            else:
+                model = self.selfplay.opponent_model(snapshots[key], learner.model)
+                distribution = model.distribution
+                if learner.obs_normalizer.enabled:
+                    obs = learner.obs_normalizer(obs, update=False)
+                with torch.inference_mode():
+                    tensors = observations.to_tensor(combine(obs, None, learner.centralized), learner.device)
+                    mask_tensor = None if masks is None else torch.from_numpy(masks).to(learner.device)
+                    noise = model.distribution.noise((len(items),), generator, learner.device)
+                    chosen = model.distribution.sample(model.actor(tensors, mask_tensor), noise).cpu().numpy()
+            for (c, agent, _), action in zip(items, env_action_rows(distribution, chosen), strict=False):
                 actions[c][agent] = action
 
     def pop_finished(self) -> list[Episode]:

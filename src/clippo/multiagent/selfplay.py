@@ -7,12 +7,17 @@ sides' transitions are learned from) or a snapshot from a pool of its past polic
 learner's seat is learned from; the snapshot acts with its own frozen weights, sampling, masks
 respected). A snapshot joins the pool every ``selfplay_snapshot_every`` updates; the oldest
 leaves when the pool is full. Snapshots are drawn uniformly, or with weights growing linearly
-with their age rank (``recent``).
+with their age rank (``recent``). A fraction ``selfplay_random_prob`` of games is played against a
+uniformly random legal-move player (``RANDOM``; only the learner's seat is learned from): it
+reaches positions that games among similar policies never do. Per game one draw ``u`` of the
+self-play rng picks the opponent: ``u < random_prob`` the random player, else
+``u < random_prob + latest_prob`` (or an empty pool) the current policy, else a snapshot.
 
 Ratings: Elo (expected score ``1 / (1 + 10^((r_b - r_a) / 400))``, K = ``ELO_K``). The learner
 starts at ``ELO_START``; a snapshot enters with the learner's rating at that time; each game
 against a snapshot updates both. The uniformly random player is an anchor fixed at
-``ELO_START``: games against it (the periodic evaluation) update the learner only.
+``ELO_START``: games against it (training games and the periodic evaluation) update the learner
+only.
 """
 
 from __future__ import annotations
@@ -50,6 +55,17 @@ SCORES = {"win": 1.0, "draw": 0.5, "loss": 0.0}
 ModelT = TypeVar("ModelT", bound=torch.nn.Module)
 
 
+class RandomOpponent:
+    """The uniformly random legal-move opponent (one instance, ``RANDOM``): it acts with the
+    self-play rng, so runs stay reproducible."""
+
+    def __repr__(self) -> str:
+        return "RANDOM"
+
+
+RANDOM = RandomOpponent()
+
+
 @dataclass
 class Snapshot:
     """A past policy of the learner: its weights, the update it was taken at, and its rating."""
@@ -80,7 +96,15 @@ class Tally:
 class SelfPlay:
     """The opponent pool, seat assignment and ratings of one self-play run."""
 
-    def __init__(self, agents: list[str], pool_size: int, latest_prob: float, sampling: str, seed: int) -> None:
+    def __init__(
+        self,
+        agents: list[str],
+        pool_size: int,
+        latest_prob: float,
+        sampling: str,
+        seed: int,
+        random_prob: float = 0.0,
+    ) -> None:
         if len(agents) != 2:
             raise ValueError(
                 f"self-play needs a two-player game, this env has {len(agents)} agents: {', '.join(agents)}"
@@ -88,6 +112,7 @@ class SelfPlay:
         self.agents = list(agents)
         self.pool_size = pool_size
         self.latest_prob = latest_prob
+        self.random_prob = random_prob
         self.sampling = sampling
         self.rng = np.random.default_rng(seed)
         self.pool: list[Snapshot] = []
@@ -96,14 +121,23 @@ class SelfPlay:
         self._models: dict[int, Any] = {}  # id(snapshot) -> the model acting for it
         self.tally_pool = Tally()
         self.tally_latest = Tally()
+        self.tally_random = Tally()
 
     # --- games ------------------------------------------------------------------------------------
-    def assign(self, copy_index: int, game_index: int) -> tuple[str, Snapshot | None]:
-        """(the learner's seat, the opponent: None for the current policy, else a pool snapshot)
-        for game ``game_index`` of env copy ``copy_index``: seats alternate."""
+    def assign(self, copy_index: int, game_index: int) -> tuple[str, Snapshot | RandomOpponent | None]:
+        """(the learner's seat, the opponent: None for the current policy, ``RANDOM`` for the
+        random player, else a pool snapshot) for game ``game_index`` of env copy ``copy_index``:
+        seats alternate."""
         seat = self.agents[(copy_index + game_index) % 2]
         self.games_started += 1
-        if not self.pool or self.rng.random() < self.latest_prob:
+        if self.random_prob > 0.0:
+            draw = self.rng.random()
+            if draw < self.random_prob:
+                return seat, RANDOM
+            if not self.pool or draw < self.random_prob + self.latest_prob:
+                return seat, None
+        # (without random games, the draws are those of runs before random_prob existed)
+        elif not self.pool or self.rng.random() < self.latest_prob:
             return seat, None
         if self.sampling == "recent":
             weights = np.arange(1, len(self.pool) + 1, dtype=np.float64)
@@ -111,6 +145,10 @@ class SelfPlay:
         else:
             index = int(self.rng.integers(len(self.pool)))
         return seat, self.pool[index]
+
+    def random_actions(self, masks: np.ndarray) -> np.ndarray:
+        """The random opponent's moves: a uniformly random legal action per row of ``masks``."""
+        return random_policy(masks, self.rng)
 
     def opponent_model(self, snapshot: Snapshot, template: ModelT) -> ModelT:
         """The model acting for ``snapshot`` (built on ``template``'s architecture once; a game
@@ -123,10 +161,14 @@ class SelfPlay:
             self._models[key] = model
         return self._models[key]
 
-    def record(self, opponent: Snapshot | None, result: str) -> None:
+    def record(self, opponent: Snapshot | RandomOpponent | None, result: str) -> None:
         """A finished game's result for the learner against ``opponent``."""
         if opponent is None:
             self.tally_latest.add(result)
+            return
+        if isinstance(opponent, RandomOpponent):
+            self.tally_random.add(result)
+            self.record_random(result)
             return
         self.tally_pool.add(result)
         self.rating, opponent.rating = elo_update(self.rating, opponent.rating, SCORES[result])
@@ -147,14 +189,14 @@ class SelfPlay:
     def pop_stats(self) -> dict[str, float]:
         """This update's metrics (the tallies restart)."""
         stats = {}
-        for name, tally in (("pool", self.tally_pool), ("latest", self.tally_latest)):
+        for name, tally in (("pool", self.tally_pool), ("latest", self.tally_latest), ("random", self.tally_random)):
             for result, rate in tally.rates().items():
                 stats[f"selfplay/{result}_vs_{name}"] = rate
             stats[f"selfplay/games_vs_{name}"] = tally.games
         stats["selfplay/elo"] = self.rating
         stats["selfplay/pool_size"] = len(self.pool)
         stats["selfplay/pool_mean_elo"] = float(np.mean([s.rating for s in self.pool])) if self.pool else float("nan")
-        self.tally_pool, self.tally_latest = Tally(), Tally()
+        self.tally_pool, self.tally_latest, self.tally_random = Tally(), Tally(), Tally()
         return stats
 
     # --- checkpoints --------------------------------------------------------------------------------
