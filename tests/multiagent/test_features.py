@@ -452,3 +452,55 @@ def test_one_ranks_callback_stop_ends_training_on_every_rank_after_the_same_upda
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     # asked on rank 1 at update 2, agreed in update 3's after-rollout exchange: both end after update 3
     assert rank0 == rank1 == {"update": 3, "stopped": True}
+
+
+# --- trust: a run names its env module; only the user's opt-in imports it ----------------------------
+def test_commands_on_a_module_path_run_import_its_module_only_with_trust_code(tmp_path, monkeypatch):
+    """The env module a run directory names is imported by eval, enjoy (with or without --video),
+    export and resume only with --trust-code (each refusal one line, the module not imported: its
+    import leaves a marker file); plot and report read the run without importing it."""
+    folder, marker = tmp_path / "modules", tmp_path / "imported.txt"
+    (folder / "marked").mkdir(parents=True)
+    (folder / "marked" / "__init__.py").write_text("")
+    (folder / "marked" / "rendezvous.py").write_text(
+        textwrap.dedent(
+            f"""
+            from pathlib import Path
+
+            from clippo.multiagent.toy_envs import Rendezvous
+
+            Path({str(marker)!r}).write_text("imported")
+
+
+            def parallel_env(n_agents=2, choices=3, length=4):
+                return Rendezvous(n_agents=n_agents, choices=choices, length=length)
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(folder))
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli(["train", "marked.rendezvous", "--total-steps", "128", "--num-envs", "2", "--num-steps",
+                              "16", "--run-dir", str(run_dir), "--no-tensorboard", "--eval-episodes", "1"])  # fmt: skip
+    assert code == 0, err
+    assert marker.exists()  # typed on the command line: the user's choice
+    for name in [n for n in sys.modules if n == "marked" or n.startswith("marked.")]:
+        monkeypatch.delitem(sys.modules, name)
+    marker.unlink()
+    refused = [
+        ["eval", str(run_dir), "--episodes", "1"],
+        ["enjoy", str(run_dir), "--episodes", "1"],
+        ["enjoy", str(run_dir), "--video", str(tmp_path / "v.mp4")],
+        ["export", str(run_dir), "--check-steps", "16"],
+        ["resume", str(run_dir), "--total-steps", "256"],
+    ]
+    for command in refused:
+        code, out, err = run_cli(command)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "--trust-code" in err, (command, err)
+        assert not marker.exists(), command
+    for command in (["plot", str(run_dir), "--output", str(tmp_path / "curves.png")], ["report", str(run_dir)]):
+        code, out, err = run_cli(command)
+        assert code == 0, (command, err)
+        assert not marker.exists(), command
+    code, out, err = run_cli(["enjoy", str(run_dir), "--trust-code", "--episodes", "1"])
+    assert code == 0, err
+    assert marker.exists() and "mean return" in out
