@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import operator
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -158,6 +160,11 @@ class GroupActor:
         params = self.model.actor(tensors, mask_tensor)
         actions = self.distribution.sample(params, noise)
         return actions.cpu().numpy(), params.cpu().numpy()
+
+
+def _item_owner(items: list[tuple[int, str, Any]], row: int) -> tuple[int, str]:
+    """(env copy, agent) of an opponent's row ``row`` of ``items``."""
+    return items[row][0], items[row][1]
 
 
 class MultiAgentRunner:
@@ -347,7 +354,7 @@ class MultiAgentRunner:
                 continue
             obs, critic, masks = buffer.current(slots)
             if masks is not None:
-                self._check_masks(gi, slots, masks)
+                self._check_masks(masks, actor.distribution, partial(self._slot_owner, gi, slots))
             if buffer.state_size:
                 chosen, params, values, new_state = actor.step(
                     obs, critic, masks, *buffer.acting_state(slots), generators[gi]
@@ -472,16 +479,20 @@ class MultiAgentRunner:
             if self.buffers[gi].status[slot] != IDLE:
                 ends[gi].append(slot)
 
-    def _check_masks(self, gi: int, slots: np.ndarray, masks: np.ndarray) -> None:
-        bad = first_invalid_row(masks, component_starts(self.learners[gi].model.distribution))
+    def _check_masks(self, masks: np.ndarray, distribution, where: Callable[[int], tuple[int, str]]) -> None:
+        """One line naming the agent (``where(row)``: its env copy and name) whose mask allows no action."""
+        bad = first_invalid_row(masks, component_starts(distribution))
         if bad is not None:
-            agents = self.learners[gi].spec.agents
-            slot = int(slots[bad])
+            c, agent = where(bad)
             raise ActionMaskError(
-                f"agent {agents[slot % len(agents)]!r} of env copy {slot // len(agents)} has no valid action at env "
-                "step "
-                f"{self.step_count}: its action mask is all false"
+                f"agent {agent!r} of env copy {c} has no valid action at env step {self.step_count}: its action "
+                "mask is all false"
             )
+
+    def _slot_owner(self, gi: int, slots: np.ndarray, row: int) -> tuple[int, str]:
+        """(env copy, agent) of group ``gi``'s slot ``slots[row]``."""
+        agents, slot = self.learners[gi].spec.agents, int(slots[row])
+        return slot // len(agents), agents[slot % len(agents)]
 
     def _opponents_act(self, actions: list[dict[str, Any]], generator: torch.Generator) -> None:
         """Pool snapshots act for the opponents due (batched per snapshot), the random player
@@ -500,14 +511,9 @@ class MultiAgentRunner:
             obs, masks = self.makers[0].batch([a for _, a, _ in items], [o for _, _, o in items])
             if snapshots[key] is RANDOM:
                 assert masks is not None  # self-play games' observations carry action masks
-                if not masks.any(axis=1).all():
-                    c, agent, _ = items[int(np.flatnonzero(~masks.any(axis=1))[0])]
-                    raise ActionMaskError(
-                        f"agent {agent!r} of env copy {c} has no valid action at env step {self.step_count}: its "
-                        "action mask is all false"
-                    )
-                chosen = self.selfplay.random_actions(masks)
                 distribution = learner.model.distribution
+                self._check_masks(masks, distribution, partial(_item_owner, items))
+                chosen = self.selfplay.random_actions(masks)
             else:
                 model = self.selfplay.opponent_model(snapshots[key], learner.model)
                 distribution = model.distribution
