@@ -3,8 +3,8 @@ multi-agent job (TwoKinds: two policy groups), recording every group's parameter
 
 python -m torch.distributed.run --standalone --nproc-per-node 2 tests/multiagent/distributed_worker.py MODE OUT_DIR
 
-MODE: ``lockstep`` (4 updates, parameters recorded) or ``callback_stop`` (rank 1's callback asks to
-stop at update 2).
+MODE: ``lockstep`` (4 updates, parameters recorded), ``callback_stop`` (rank 1's callback asks to
+stop at update 2) or ``selfplay`` (TakeAway by self-play: each update's Elo and game tallies).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from clippo import PPO
-from clippo.multiagent.toy_envs import TwoKinds
+from clippo.multiagent.toy_envs import TakeAway, TwoKinds
 from clippo.training.distributed import shutdown
 
 
@@ -33,10 +33,32 @@ def callback_stop(out: Path) -> None:
     shutdown(agent.world)
 
 
+def selfplay(out: Path) -> None:
+    """Self-play with a pool, random games and evaluations: ratings and tallies must agree across ranks."""
+    agent = PPO(
+        TakeAway, num_envs=2, num_steps=16, tensorboard=False, seed=3, selfplay_snapshot_every=1,
+        selfplay_latest_prob=0.3, selfplay_random_prob=0.3, selfplay_eval_every=2, selfplay_eval_games=4,
+    )  # fmt: skip
+    rows: list[list[float]] = []
+    keys = ["selfplay/elo", "selfplay/pool_mean_elo", "selfplay/games_vs_pool", "selfplay/games_vs_latest",
+            "selfplay/games_vs_random", "selfplay/win_vs_pool"]  # fmt: skip
+
+    def record(a, metrics):
+        rows.append([float(metrics[key]) for key in keys])
+
+    agent.learn(6 * 2 * 2 * 16, progress=False, callback=record)
+    torch.save({"rows": torch.tensor(rows, dtype=torch.float64)}, out / f"rank{agent.world.rank}.pt")
+    agent.close()
+    shutdown(agent.world)
+
+
 def main() -> None:
     mode, out = sys.argv[1], Path(sys.argv[2])
     if mode == "callback_stop":
         callback_stop(out)
+        return
+    if mode == "selfplay":
+        selfplay(out)
         return
     agent = PPO(
         TwoKinds, num_envs=2, num_steps=16, num_minibatches=2, update_epochs=2, normalize_observations=True,

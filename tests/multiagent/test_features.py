@@ -200,6 +200,8 @@ def test_report_and_plot_show_each_policy_group(tmp_path):
     figure = draw_groups([RunGroup([run], label="toy")], diagnostics=True)
     labels = {line.get_label() for ax in figure.axes for line in ax.get_lines()}
     assert {"toy", "toy: speaker", "toy: listener"} <= labels
+    step_axes = [ax for ax in figure.axes if ax.get_lines() and ax.get_xlabel().endswith("steps")]
+    assert step_axes and {ax.get_xlabel() for ax in step_axes} == {"agent steps"}
 
 
 def test_a_policy_groups_own_collapse_is_a_warning_of_its_own():
@@ -452,6 +454,24 @@ def test_one_ranks_callback_stop_ends_training_on_every_rank_after_the_same_upda
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     # asked on rank 1 at update 2, agreed in update 3's after-rollout exchange: both end after update 3
     assert rank0 == rank1 == {"update": 3, "stopped": True}
+
+
+@pytest.mark.slow
+def test_two_ranks_of_selfplay_keep_one_rating_and_count_every_ranks_games(tmp_path):
+    worker = Path(__file__).with_name("distributed_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(worker)]
+    result = subprocess.run([*command, "selfplay", str(tmp_path)], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=240)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True)["rows"] for r in (0, 1))
+    assert rank0.shape[0] >= 5
+    # (NaN: no pool game in an update) ratings, pool ratings and tallies identical on both ranks
+    assert torch.equal(torch.nan_to_num(rank0, nan=-1.0), torch.nan_to_num(rank1, nan=-1.0))
+    assert len(set(rank0[:, 0].tolist())) > 1  # the rating moved
+    # every update's games are both ranks' (each rank plays its own 2 copies)
+    games = rank0[:, 2:5].sum(dim=1)
+    assert (games > 0).all()
 
 
 # --- trust: a run names its env module; only the user's opt-in imports it ----------------------------

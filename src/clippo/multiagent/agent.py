@@ -59,7 +59,7 @@ from clippo.training.checkpoint import (
     space_to_dict,
     write_atomic,
 )
-from clippo.training.distributed import all_gather, init_world, pool_statistics, statistics_sums
+from clippo.training.distributed import all_gather, broadcast_, init_world, pool_statistics, statistics_sums
 from clippo.training.logger import COLUMNS, METRICS_FILE, RunLogger
 from clippo.training.loop import (
     Stoppable,
@@ -519,6 +519,9 @@ class MultiAgentPPO(Stoppable):
                 counts = [buffer.transitions() for buffer in runner.buffers]
                 if distributed:
                     taken, counts, episodes = self._exchange_after_rollout(taken, counts, episodes)
+                if self.selfplay is not None:
+                    for episode in episodes:
+                        self.selfplay.record(episode.opponent, episode.result)
                 self.global_step += taken
                 self.global_batch_size = taken
                 self.env_steps += cfg.num_envs * cfg.num_steps * self.world.size
@@ -644,10 +647,14 @@ class MultiAgentPPO(Stoppable):
         if self.update % cfg.selfplay_snapshot_every == 0:
             self.selfplay.add_snapshot(self.learners[0].model, self.update)
         stats = self.selfplay.pop_stats()
-        if cfg.selfplay_eval_every and self.update % cfg.selfplay_eval_every == 0 and self.world.is_main:
-            result = self.play_random(cfg.selfplay_eval_games, seed=cfg.seed + 20_000 + self.update)
-            for outcome in ("win", "draw", "loss"):
-                stats[f"vs_random/{outcome}"] = result[outcome]
+        if cfg.selfplay_eval_every and self.update % cfg.selfplay_eval_every == 0:
+            if self.world.is_main:
+                result = self.play_random(cfg.selfplay_eval_games, seed=cfg.seed + 20_000 + self.update)
+                for outcome in ("win", "draw", "loss"):
+                    stats[f"vs_random/{outcome}"] = result[outcome]
+            if self.world.distributed:  # rank 0 played the games: every rank takes its rating
+                rating = torch.tensor([self.selfplay.rating], dtype=torch.float64)
+                self.selfplay.rating = float(broadcast_(rating, self.world)[0])
             stats["selfplay/elo"] = self.selfplay.rating
         return stats
 

@@ -32,7 +32,7 @@ from clippo.multiagent.buffer import IDLE, OBSERVED, SlotBuffer, combine
 from clippo.multiagent.critic import CentralInput, KeyedEncoder
 from clippo.multiagent.groups import ObservationMaker
 from clippo.multiagent.pettingzoo import Adapter, Outcome
-from clippo.multiagent.selfplay import RANDOM, SelfPlay, game_result
+from clippo.multiagent.selfplay import RANDOM, OpponentRef, SelfPlay, game_result
 from clippo.networks.distributions import MASKED_LOGIT
 from clippo.networks.encoders import MLPEncoder
 from clippo.rollout.masking import component_starts, first_invalid_row
@@ -55,7 +55,7 @@ class Episode:
     agent_returns: dict[str, float]
     length: int
     seat: str | None = None
-    opponent: Any = None  # the pool snapshot played against (None: the current policy; RANDOM: the random player)
+    opponent: OpponentRef | None = None  # self-play: who the learner played
     result: str | None = None
 
     @property
@@ -460,15 +460,16 @@ class MultiAgentRunner:
         """Copy ``c``'s episode is over: record it; learner agents still awaiting an outcome or
         an action are ended (after this step's outcomes are stored)."""
         seat = self.seats[c]
-        opponent = None
+        opponent: OpponentRef | None = None
         result = None
         if self.selfplay is not None:
             assert seat is not None  # _begin_game gave every self-play game a seat
-            opponent = self.controllers[c].get(
-                self.selfplay.agents[0] if seat != self.selfplay.agents[0] else self.selfplay.agents[1]
+            opponent = OpponentRef.of(
+                self.controllers[c].get(
+                    self.selfplay.agents[0] if seat != self.selfplay.agents[0] else self.selfplay.agents[1]
+                )
             )
-            result = game_result(self.returns[c].get(seat, 0.0))
-            self.selfplay.record(opponent, result)
+            result = game_result(self.returns[c].get(seat, 0.0))  # (recorded after the rollout, every rank's)
         self.finished.append(Episode(dict(self.returns[c]), int(self.lengths[c]), seat, opponent, result))
         self.returns[c] = defaultdict(float)
         self.lengths[c] = 0

@@ -75,6 +75,25 @@ class Snapshot:
     rating: float
 
 
+@dataclass(frozen=True)
+class OpponentRef:
+    """Who a training game was played against, small enough to send between ranks: ``latest``
+    (the current policy), ``random`` (the random player) or ``pool`` (the snapshot taken at
+    ``update``, rated ``rating`` when the game began)."""
+
+    kind: str
+    update: int = -1
+    rating: float = ELO_START
+
+    @classmethod
+    def of(cls, opponent: Snapshot | RandomOpponent | None) -> OpponentRef:
+        if opponent is None:
+            return cls("latest")
+        if isinstance(opponent, RandomOpponent):
+            return cls("random")
+        return cls("pool", opponent.update, opponent.rating)
+
+
 @dataclass
 class Tally:
     """Win/draw/loss counts."""
@@ -161,17 +180,22 @@ class SelfPlay:
             self._models[key] = model
         return self._models[key]
 
-    def record(self, opponent: Snapshot | RandomOpponent | None, result: str) -> None:
-        """A finished game's result for the learner against ``opponent``."""
-        if opponent is None:
+    def record(self, opponent: OpponentRef, result: str) -> None:
+        """A finished game's result for the learner against ``opponent``. Under ``--nproc`` every
+        rank records every rank's games in rank order, so ratings and tallies agree across ranks."""
+        if opponent.kind == "latest":
             self.tally_latest.add(result)
             return
-        if isinstance(opponent, RandomOpponent):
+        if opponent.kind == "random":
             self.tally_random.add(result)
             self.record_random(result)
             return
         self.tally_pool.add(result)
-        self.rating, opponent.rating = elo_update(self.rating, opponent.rating, SCORES[result])
+        snapshot = next((s for s in self.pool if s.update == opponent.update), None)
+        if snapshot is None:  # it left the pool while the game went on: only the learner is rated
+            self.rating, _ = elo_update(self.rating, opponent.rating, SCORES[result])
+        else:
+            self.rating, snapshot.rating = elo_update(self.rating, snapshot.rating, SCORES[result])
 
     def record_random(self, result: str) -> None:
         """A game against the uniformly random anchor (fixed at ``ELO_START``)."""

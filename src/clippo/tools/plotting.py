@@ -388,6 +388,12 @@ def panels_for(
     return panels
 
 
+def axis_label(x_column: str, x_label: str, groups: Sequence[RunGroup]) -> str:
+    """``x_label``, but "agent steps" on the step axis of multi-agent runs (one step per agent action)."""
+    multiagent = any("env_steps" in run.metrics.columns for group in groups for run in group.runs)
+    return "agent steps" if x_column == "global_step" and multiagent else x_label
+
+
 def draw_groups(groups: Sequence[RunGroup], x: str = "steps", diagnostics: bool = False, band: str = "ci95"):
     """A matplotlib Figure: a row of panels per environment (a wrapped grid for one environment)."""
     from matplotlib.figure import Figure
@@ -429,7 +435,7 @@ def draw_groups(groups: Sequence[RunGroup], x: str = "steps", diagnostics: bool 
                     ax.fill_between(curve.x, curve.low, curve.high, color=color, alpha=0.2, lw=0)
                 if y_column in DIAGNOSTICS:
                     _draw_policy_groups(ax, group, x_column, y_column, band, color)
-            ax.set_xlabel(x_label)
+            ax.set_xlabel(axis_label(x_column, x_label, env_groups))
             ax.set_ylabel(y_label)
             ax.set_title(env_id if panel_index == 0 or len(envs) > 1 else f"{env_id}: {y_label}", fontsize=10)
             ax.grid(alpha=0.3)
