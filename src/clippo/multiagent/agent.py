@@ -521,6 +521,7 @@ class MultiAgentPPO(Stoppable):
                     taken, counts, episodes = self._exchange_after_rollout(taken, counts, episodes)
                 if self.selfplay is not None:
                     for episode in episodes:
+                        assert episode.opponent is not None and episode.result is not None  # a self-play game's
                         self.selfplay.record(episode.opponent, episode.result)
                 self.global_step += taken
                 self.global_batch_size = taken
