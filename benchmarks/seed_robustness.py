@@ -113,18 +113,43 @@ def retire_old_recipes(tasks: list[Task], root: Path) -> None:
                 print(f"{now()} {run_dir.name}: recipe changed ({differences}); moved to {target}", flush=True)
 
 
-def recipe(env_id: str) -> str:
-    """A fingerprint of today's preset of ``env_id`` (its hyperparameters, bookkeeping keys left
-    out), recorded with each run, so a row kept from an earlier table is reused only while the
-    preset is unchanged."""
-    import hashlib
-
+def recipe_values(env_id: str) -> dict[str, Any]:
+    """Today's preset of ``env_id``: its hyperparameters (bookkeeping keys left out), as JSON values."""
     from clippo.config.ppo_config import resolve_config
+
+    values = {k: v for k, v in resolve_config(env_id).to_dict().items() if not recipe_ignores(k)}
+    return json.loads(json.dumps(values, sort_keys=True, default=str))
+
+
+def recipe_ignores(key: str) -> bool:
+    """Keys that are no part of a single-agent task's recipe: bookkeeping, and the knobs that only
+    multi-agent runs read (every task here is single-agent)."""
     from clippo.tools.plotting import IGNORED_KEYS
 
-    ignored = IGNORED_KEYS | {"env_id", "nonfinite", "vector_env", "eval_every", "eval_episodes", "seed"}
-    values = {k: v for k, v in resolve_config(env_id).to_dict().items() if k not in ignored}
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    bookkeeping = IGNORED_KEYS | {"env_id", "nonfinite", "vector_env", "eval_every", "eval_episodes", "seed"}
+    return key in bookkeeping or key.startswith("selfplay") or key in {"critic", "agent_id_feature", "policy_groups"}
+
+
+def recipe(env_id: str) -> str:
+    """A fingerprint of today's preset of ``env_id`` (``recipe_values``), shown with each run."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(recipe_values(env_id), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def same_recipe(row: dict[str, Any], env_id: str) -> bool:
+    """Whether a kept row ran today's preset of ``env_id``. A row with its recipe's values compares
+    them key by key, a knob added since counting as its default (a new knob at its default changes
+    no run); an older row has only the fingerprint."""
+    values = row.get("recipe_values")
+    if values is None:
+        return row.get("recipe") == recipe(env_id)
+    from clippo.config.ppo_config import PPOConfig
+
+    defaults = json.loads(json.dumps(PPOConfig().to_dict(), default=str))
+    today = recipe_values(env_id)
+    keys = {k for k in set(values) | set(today) if not recipe_ignores(k)}
+    return all(values.get(k, defaults.get(k)) == today.get(k, defaults.get(k)) for k in keys)
 
 
 def archived_rows(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
@@ -150,7 +175,7 @@ def collect(
         run_dir = root / run_name(task.env, seed)
         if not (run_dir / "metrics.csv").exists():
             kept = (archive or {}).get((task.env, seed))
-            if kept is not None and kept.get("recipe") == today:
+            if kept is not None and same_recipe(kept, task.env):
                 rows.append({**kept, "archived": True})
             continue
         try:
@@ -174,6 +199,7 @@ def collect(
             row["resumed"] = log.exists() and "resuming " in log.read_text(errors="replace")
             row.update(diagnostics(run_dir))
             row["recipe"] = today
+            row["recipe_values"] = recipe_values(task.env)
         rows.append(row)
     for run_dir in sorted((root / "superseded").glob(f"{run_name(task.env, 0)[:-1]}*")):
         row = read_run(run_dir) if (run_dir / "eval.json").exists() else None
@@ -360,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         retire_old_recipes(tasks, args.root)
         archive = archived_rows(args.out)
         kept = {
-            (t.env, s) for t in tasks for s in t.seeds if archive.get((t.env, s), {}).get("recipe") == recipe(t.env)
+            (t.env, s) for t in tasks for s in t.seeds if (t.env, s) in archive and same_recipe(archive[(t.env, s)], t.env)
         }
         items = [item for item in task_items(tasks, args.seeds) if (item[0], item[1]) not in kept]
         run_queue(items, args.root, args.jobs, args.clippo, on_done=rewrite)
