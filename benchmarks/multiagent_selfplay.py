@@ -4,7 +4,9 @@ then the final policy (``agent.pt``, acting deterministically) plays whole games
 
 - a uniformly random player (legal moves only), in each seat, and
 - a one-move-lookahead player (``clippo.multiagent.lookahead``: a winning move if one exists,
-  else blocks the opponent's immediate win, else a random legal move), in each seat.
+  else blocks the opponent's immediate win, else a random legal move), in each seat;
+- for tic-tac-toe, also every one of the game's 4,520 positions with its player to move, solved by
+  minimax: the share where the policy's move keeps the position's value (an optimal player's 100%).
 
 Game i of an (opponent, seat) pairing runs on env seed EVAL_SEED + i with the opponent's own
 random generator seeded from (seed, opponent, seat). Targets: connect four wins >= 95% against
@@ -127,6 +129,78 @@ def play(game: str, agent, opponent, seat_index: int, games: int) -> dict[str, A
     return {**counts, "games": games, "win_rate": counts["win"] / games, "win_ci95": [low, high]}
 
 
+# --- tic-tac-toe solved: how often the policy's move keeps the game's value -------------------------
+LINES = ((0, 1, 2), (3, 4, 5), (6, 7, 8), (0, 3, 6), (1, 4, 7), (2, 5, 8), (0, 4, 8), (2, 4, 6))
+
+
+def ttt_winner(board: tuple[int, ...]) -> int:
+    """1 or 2 if that player has three in a row on ``board`` (9 cells: 0 empty, 1, 2), else 0."""
+    for a, b, c in LINES:
+        if board[a] and board[a] == board[b] == board[c]:
+            return board[a]
+    return 0
+
+
+def ttt_move_values(board: tuple[int, ...], player: int, memo: dict) -> dict[int, int]:
+    """The minimax value (+1 win, 0 draw, -1 loss) for ``player`` of each legal move."""
+    values = {}
+    for cell in (i for i in range(9) if not board[i]):
+        after = board[:cell] + (player,) + board[cell + 1 :]
+        if ttt_winner(after):
+            values[cell] = 1
+        elif all(after):
+            values[cell] = 0
+        else:
+            values[cell] = -ttt_value(after, 3 - player, memo)
+    return values
+
+
+def ttt_value(board: tuple[int, ...], player: int, memo: dict) -> int:
+    """The minimax value of ``board`` for ``player``, who moves next."""
+    key = (board, player)
+    if key not in memo:
+        memo[key] = max(ttt_move_values(board, player, memo).values())
+    return memo[key]
+
+
+def ttt_optimality(agent) -> dict[str, Any]:
+    """Every position reachable in tic-tac-toe with its player to move (4,520): the share where the
+    agent's deterministic move keeps the position's minimax value, and where it takes an immediate
+    win, or blocks the opponent's, when there is one (a policy that never loses must do both)."""
+    import numpy as np
+
+    memo: dict = {}
+    positions: set[tuple[tuple[int, ...], int]] = set()
+
+    def walk(board: tuple[int, ...], player: int) -> None:
+        if ttt_winner(board) or all(board) or (board, player) in positions:
+            return
+        positions.add((board, player))
+        for cell in (i for i in range(9) if not board[i]):
+            walk(board[:cell] + (player,) + board[cell + 1 :], 3 - player)
+
+    walk((0,) * 9, 1)
+    counts = {"positions": 0, "optimal": 0, "win_available": 0, "took_win": 0, "must_block": 0, "blocked": 0}
+    for board, player in sorted(positions):
+        grid = np.array(board).reshape(3, 3)
+        planes = np.stack([grid == player, grid == 3 - player], axis=-1).astype(np.int8)
+        mask = np.array([0 if x else 1 for x in board], dtype=np.int8)
+        name = "player_1" if player == 1 else "player_2"
+        move = int(agent.act({name: {"observation": planes, "action_mask": mask}}, deterministic=True)[name])
+        values = ttt_move_values(board, player, memo)
+        counts["positions"] += 1
+        counts["optimal"] += values[move] == max(values.values())
+        wins = [c for c in values if ttt_winner(board[:c] + (player,) + board[c + 1 :]) == player]
+        threats = [c for c in values if ttt_winner(board[:c] + (3 - player,) + board[c + 1 :]) == 3 - player]
+        if wins:
+            counts["win_available"] += 1
+            counts["took_win"] += move in wins
+        elif threats:
+            counts["must_block"] += 1
+            counts["blocked"] += move in threats
+    return counts
+
+
 def evaluate(game: str, seed: int, run_dir: Path, games_random: int, games_lookahead: int) -> dict[str, Any]:
     import numpy as np
     import torch
@@ -153,6 +227,8 @@ def evaluate(game: str, seed: int, run_dir: Path, games_random: int, games_looka
         total["win_rate"] = total["win"] / total["games"]
         total["win_ci95"] = list(wilson(total["win"], total["games"]))
         results[f"{kind}/both"] = total
+    if game == "tictactoe":
+        results["optimality"] = ttt_optimality(agent)
     results["eval_wall_s"] = time.perf_counter() - start
     return results
 
@@ -196,6 +272,17 @@ def pct(rate: float) -> str:
     return f"{100 * rate:.1f}%"
 
 
+def optimal_cell(ev: dict[str, Any]) -> str:
+    """Tic-tac-toe: value-keeping moves, wins taken and blocks made, of the positions that have them."""
+    o = ev.get("optimality")
+    if not o:
+        return "-"
+    return (
+        f"{pct(o['optimal'] / o['positions'])} of {o['positions']:,}; wins taken {o['took_win']}/{o['win_available']}, "
+        f"blocks {o['blocked']}/{o['must_block']}"
+    )
+
+
 def write_summary(runs: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> None:
     summary: dict[str, Any] = {}
     for game in sorted({r["game"] for r in runs}):
@@ -221,7 +308,7 @@ def write_summary(runs: list[dict[str, Any]], meta: dict[str, Any], out: Path) -
     headers = [
         "game", "seed", "agent steps", "train wall time", "load (before/after)", "vs random, moving first",
         "vs random, moving second", "vs lookahead, moving first", "vs lookahead, moving second", "vs lookahead (both)",
-        "targets",
+        "optimal moves (tic-tac-toe)", "targets",
     ]  # fmt: skip
     rows = []
     for r in runs:
@@ -237,7 +324,7 @@ def write_summary(runs: list[dict[str, Any]], meta: dict[str, Any], out: Path) -
                 r["game"], r["seed"], f"{ev['global_step']:,}", f"{r['train']['train_wall_s'] / 60:.1f} min",
                 f"{r['train']['load_before'][0]:.1f} / {r['train']['load_after'][0]:.1f}",
                 cell("random/first"), cell("random/second"), cell("lookahead/first"),
-                cell("lookahead/second"), cell("lookahead/both"),
+                cell("lookahead/second"), cell("lookahead/both"), optimal_cell(ev),
                 ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in r["targets"].items()),
             ]
         )  # fmt: skip

@@ -84,7 +84,7 @@ def test_untrusted_module_paths_are_refused():
         ({"selfplay": "on"}, "selfplay='on' is invalid"),
         ({"selfplay_latest_prob": 1.5}, "selfplay_latest_prob=1.5 is invalid"),
         ({"selfplay_random_prob": -0.1}, "selfplay_random_prob=-0.1 is invalid: it must be in [0, 1]"),
-        ({"selfplay_random_prob": 0.6}, "with selfplay_latest_prob=0.5: their sum must be <= 1"),
+        ({"selfplay_random_prob": 0.8}, "with selfplay_latest_prob=0.25: their sum must be <= 1"),
     ],
 )
 def test_bad_settings_are_one_line_errors(overrides, words):
@@ -281,7 +281,8 @@ def test_centralized_critic_without_a_state_concatenates_every_agents_observatio
 # --- self-play ---------------------------------------------------------------------------------
 def test_selfplay_is_on_by_default_for_two_player_masked_games_and_respects_masks():
     agent = PPO(TakeAway, **{**SMALL, "num_envs": 4}, selfplay_snapshot_every=1, selfplay_pool_size=2,
-                selfplay_latest_prob=0.0, selfplay_eval_every=1, selfplay_eval_games=4)  # fmt: skip
+                selfplay_latest_prob=0.0, selfplay_random_prob=0.0, selfplay_eval_every=1,
+                selfplay_eval_games=4)  # fmt: skip
     assert agent.selfplay is not None
     rows = []
     agent.learn(4 * 16 * 3, progress=False, callback=lambda a, m: rows.append(m))  # TakeAway raises on an illegal move

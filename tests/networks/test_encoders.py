@@ -76,6 +76,16 @@ def test_explicit_cnn_and_mlp_override_the_choice():
     assert type(make_encoder(spaces.Box(0, 255, (84, 84, 4), np.uint8), "mlp", [16])) is MLPEncoder
 
 
+def test_encoder_kwargs_size_the_built_in_cnn_and_unknown_ones_are_refused():
+    small = spaces.Box(0.0, 1.0, (6, 7, 2), np.float32)
+    cnn = make_encoder(small, "cnn", encoder_kwargs={"channels": 8, "features": 32})
+    assert type(cnn) is MinAtarCNN and cnn.output_size == 32 and cnn.net[0][0].out_channels == 8
+    big = make_encoder(spaces.Box(0, 255, (84, 84, 4), np.uint8), "auto", encoder_kwargs={"features": 64})
+    assert type(big) is NatureCNN and big.output_size == 64
+    with pytest.raises(ValueError, match="key 'chanels' is invalid for the built-in MinAtarCNN: it takes channels, "):
+        make_encoder(small, "cnn", encoder_kwargs={"chanels": 8})
+
+
 @pytest.mark.parametrize(
     "space, kind, words",
     [

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 import math
 from collections.abc import Iterable
 from typing import Any, TypeGuard, cast
@@ -190,11 +191,20 @@ class MinAtarCNN(_ImageEncoder):
         self.output_size = features
 
 
-def image_encoder(space: spaces.Box) -> _ImageEncoder:
-    """The built-in CNN for an image space's size."""
+def image_encoder(space: spaces.Box, **kwargs: Any) -> _ImageEncoder:
+    """The built-in CNN for an image space's size; ``kwargs`` size it (MinAtarCNN: channels,
+    features; NatureCNN: features)."""
     hwc = channels_last(space.shape)
     side = min(space.shape[:2] if hwc else space.shape[1:])
-    return NatureCNN(space) if side >= NATURE_CNN_MIN_SIDE else MinAtarCNN(space)
+    cls = NatureCNN if side >= NATURE_CNN_MIN_SIDE else MinAtarCNN
+    allowed = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "space")]
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"encoder_kwargs key {unknown[0]!r} is invalid for the built-in {cls.__name__}: it takes "
+            f"{', '.join(allowed)}"
+        )
+    return cls(space, **kwargs)
 
 
 class CombinedEncoder(nn.Module):
@@ -298,7 +308,7 @@ def make_encoder(
     elif callable(kind) and not isinstance(kind, str):
         encoder = kind(space, **(encoder_kwargs or {}))
     elif kind in ("auto", "cnn", "mlp"):
-        return _builtin_encoder(space, kind, hidden_sizes, activation)
+        return _builtin_encoder(space, kind, hidden_sizes, activation, encoder_kwargs or {})
     else:
         raise ValueError(f"encoder={kind!r} is invalid: choose auto, mlp, cnn, or an importable 'module:Class'")
     if not isinstance(encoder, nn.Module):
@@ -307,14 +317,20 @@ def make_encoder(
     return encoder
 
 
-def _builtin_encoder(space: spaces.Space, kind: str, hidden_sizes: list[int], activation: str) -> nn.Module:
+def _builtin_encoder(
+    space: spaces.Space, kind: str, hidden_sizes: list[int], activation: str, kwargs: dict[str, Any]
+) -> nn.Module:
+    """A built-in encoder; ``kwargs`` (encoder_kwargs) size the built-in CNN of an image space (the
+    MLP's size is hidden_sizes: there they are unused, as when a config file's own encoder and its
+    kwargs are replaced by an explicit ``encoder="mlp"``)."""
     parts = observations.fields(space)  # raises for unsupported spaces
+    cnn = kind == "cnn" or (kind == "auto" and parts is None and is_image(space))
     if parts is not None:
         return CombinedEncoder(space, hidden_sizes, activation, cnn=kind != "mlp")
-    if kind == "cnn" or (kind == "auto" and is_image(space)):
+    if cnn:
         if not (isinstance(space, spaces.Box) and len(space.shape) == 3):
             raise ValueError(
                 f"encoder='cnn' is invalid for observation space {space}: a CNN needs a 3-D Box (HWC or CHW)"
             )
-        return image_encoder(space)
+        return image_encoder(space, **kwargs)
     return MLPEncoder(space, hidden_sizes, activation)
