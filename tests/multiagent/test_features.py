@@ -258,14 +258,19 @@ def test_tune_runs_a_study_on_a_pettingzoo_module(tmp_path, toy_module):
 
 
 # --- --nproc (torchrun) -----------------------------------------------------------------------------
-@pytest.mark.slow
-def test_two_ranks_train_the_groups_in_lockstep_and_a_resume_needs_two(tmp_path):
+def run_two_ranks(mode: str, tmp_path: Path) -> None:
+    """tests/multiagent/distributed_worker.py MODE under torchrun with 2 ranks (each writes rankN.pt)."""
     worker = Path(__file__).with_name("distributed_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(worker)]
-    result = subprocess.run([*command, "lockstep", str(tmp_path)], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=240)  # fmt: skip
+    result = subprocess.run([*command, mode, str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=240)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_ranks_train_the_groups_in_lockstep_and_a_resume_needs_two(tmp_path):
+    run_two_ranks("lockstep", tmp_path)
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert rank0["params"].shape[0] == 4  # four updates recorded
     assert torch.equal(rank0["params"], rank1["params"])  # both groups' weights, after every update
@@ -445,12 +450,7 @@ def test_periodic_evaluation_keeps_the_best_policy_and_callbacks_see_every_updat
 
 @pytest.mark.slow
 def test_one_ranks_callback_stop_ends_training_on_every_rank_after_the_same_update(tmp_path):
-    worker = Path(__file__).with_name("distributed_worker.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(worker)]
-    result = subprocess.run([*command, "callback_stop", str(tmp_path)], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=240)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_two_ranks("callback_stop", tmp_path)
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     # asked on rank 1 at update 2, agreed in update 3's after-rollout exchange: both end after update 3
     assert rank0 == rank1 == {"update": 3, "stopped": True}
@@ -458,12 +458,7 @@ def test_one_ranks_callback_stop_ends_training_on_every_rank_after_the_same_upda
 
 @pytest.mark.slow
 def test_two_ranks_of_selfplay_keep_one_rating_and_count_every_ranks_games(tmp_path):
-    worker = Path(__file__).with_name("distributed_worker.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(worker)]
-    result = subprocess.run([*command, "selfplay", str(tmp_path)], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=240)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_two_ranks("selfplay", tmp_path)
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True)["rows"] for r in (0, 1))
     assert rank0.shape[0] >= 5
     # (NaN: no pool game in an update) ratings, pool ratings and tallies identical on both ranks
