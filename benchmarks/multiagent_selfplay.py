@@ -272,6 +272,11 @@ def pct(rate: float) -> str:
     return f"{100 * rate:.1f}%"
 
 
+def load(averages: list[float] | None) -> str:
+    """The 1-minute load average, or n/a where it was not recorded."""
+    return "n/a" if not averages or averages[0] is None else f"{averages[0]:.1f}"
+
+
 def optimal_cell(ev: dict[str, Any]) -> str:
     """Tic-tac-toe: value-keeping moves, wins taken and blocks made, of the positions that have them."""
     o = ev.get("optimality")
@@ -322,7 +327,7 @@ def write_summary(runs: list[dict[str, Any]], meta: dict[str, Any], out: Path) -
         rows.append(
             [
                 r["game"], r["seed"], f"{ev['global_step']:,}", f"{r['train']['train_wall_s'] / 60:.1f} min",
-                f"{r['train']['load_before'][0]:.1f} / {r['train']['load_after'][0]:.1f}",
+                f"{load(r['train']['load_before'])} / {load(r['train']['load_after'])}",
                 cell("random/first"), cell("random/second"), cell("lookahead/first"),
                 cell("lookahead/second"), cell("lookahead/both"), optimal_cell(ev),
                 ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in r["targets"].items()),
@@ -356,11 +361,26 @@ def main() -> int:
     parser.add_argument(
         "--train-args", default="", help="extra `clippo train` flags for every run (default: the preset as it is)"
     )
+    parser.add_argument(
+        "--merge", type=Path, nargs="+", default=None, metavar="DIR",
+        help="write one summary to --out from the per-run results of earlier invocations' --out DIRs (runs played "
+        "in parallel), training and playing nothing",
+    )  # fmt: skip
     args = parser.parse_args()
     extra = args.train_args.split()
     meta = {"command": _common.command_line(), "date": _common.now(), "machine": _common.machine_info()}
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
     runs = []
+    if args.merge:
+        for path in sorted(p for d in args.merge for p in (d / "runs").glob("*.json")):
+            run = json.loads(path.read_text())
+            _common.write_json(args.out / "runs" / path.name, run)
+            runs.append(run)
+        runs.sort(key=lambda r: (r["game"], r["seed"]))
+        meta["finished"] = _common.now()
+        write_summary(runs, meta, args.out)
+        plot(runs, args.out / "curves.png")
+        return 0
     for game in args.games:
         for seed in args.seeds:
             run_dir = args.runs / f"{game}_s{seed}"

@@ -386,7 +386,10 @@ def main(argv: list[str] | None = None) -> int:
         retire_old_recipes(tasks, args.root)
         archive = archived_rows(args.out)
         kept = {
-            (t.env, s) for t in tasks for s in t.seeds if (t.env, s) in archive and same_recipe(archive[(t.env, s)], t.env)
+            (t.env, s)
+            for t in tasks
+            for s in t.seeds
+            if (t.env, s) in archive and same_recipe(archive[(t.env, s)], t.env)
         }
         items = [item for item in task_items(tasks, args.seeds) if (item[0], item[1]) not in kept]
         run_queue(items, args.root, args.jobs, args.clippo, on_done=rewrite)
