@@ -87,7 +87,7 @@ def recipe_differences(run_dir: Path, task: Task) -> dict[str, Any]:
     from preset_runs import preset_differences
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    differences = preset_differences(config)
+    differences = {k: v for k, v in preset_differences(config).items() if not recipe_ignores(k)}
     if "--total-steps" in task.extra:
         differences.pop("total_steps", None)
     return differences
