@@ -189,7 +189,7 @@ def collect(
             row["steps"] = last_step(run_dir)
             row["total_steps"] = total_steps_of(run_dir)
         else:
-            differences = dict(row["differences"])
+            differences = {k: v for k, v in row["differences"].items() if not recipe_ignores(k)}
             if "--total-steps" in task.extra:
                 differences.pop("total_steps", None)
             row["differences"] = differences
