@@ -4,6 +4,7 @@
     python benchmarks/bench_recurrent.py speed --seeds 1 2 3     # clippo vs RecurrentPPO, alternating
     python benchmarks/bench_recurrent.py presets --seeds 1 2 3 --jobs 2   # the presets, with and without memory
     python benchmarks/bench_recurrent.py bptt --seeds 1 2 3 --jobs 2      # whole rollouts vs truncated BPTT chunks
+    python benchmarks/bench_recurrent.py zoo --seeds 1000 1001 --jobs 1   # the reference: RecurrentPPO, RL-Zoo's recipe
 
 Each writes ``<part>.json`` into --out (benchmarks/results/recurrent/), and ``results.md`` is
 rewritten from every part's JSON there.
@@ -58,7 +59,20 @@ LIB_NAMES = {"clippo": "clippo", "recurrentppo": "RecurrentPPO"}
 #: RL-Zoo's RecurrentPPO hyperparameters for CartPoleNoVel-v1 (rl-baselines3-zoo, ppo_lstm.yml).
 ZOO = {"n_envs": 8, "n_steps": 32, "batch_size": 256, "n_epochs": 20, "learning_rate": 1e-3, "gamma": 0.98,
        "gae_lambda": 0.8, "clip_range": 0.2, "ent_coef": 0.0, "vf_coef": 0.5, "max_grad_norm": 0.5,
-       "lstm_hidden_size": 64, "net_arch": 64}  # fmt: skip
+       "lstm_hidden_size": 64, "net_arch": 64, "anneal": True, "use_sde": False, "sde_sample_freq": -1,
+       "norm_reward": True, "total_steps": 100_000}  # fmt: skip
+
+#: RL-Zoo's own RecurrentPPO recipe per partially observed task (ppo_lstm.yml; for PendulumNoVel-v1
+#: as its published agent lists it: constant lr and clip, gSDE every 4 steps, observations
+#: normalized but not rewards, RecurrentPPO's default minibatch of 128 rows).
+ZOO_RECIPES = {
+    "clippo/CartPoleNoVel-v1": ZOO,
+    "clippo/PendulumNoVel-v1": {
+        "n_envs": 4, "n_steps": 1024, "batch_size": 128, "n_epochs": 10, "learning_rate": 1e-3, "gamma": 0.9,
+        "gae_lambda": 0.95, "clip_range": 0.2, "ent_coef": 0.0, "vf_coef": 0.5, "max_grad_norm": 0.5,
+        "lstm_hidden_size": 64, "net_arch": 64, "anneal": False, "use_sde": True, "sde_sample_freq": 4,
+        "norm_reward": False, "total_steps": 100_000},
+}  # fmt: skip
 
 #: The partially observed tasks and the figure each must reach (RL-Zoo's RecurrentPPO at 100k steps).
 PRESET_TARGETS = {"clippo/CartPoleNoVel-v1": 475.0, "clippo/PendulumNoVel-v1": -218.0}
@@ -97,37 +111,47 @@ def child_speed_clippo(spec: dict[str, Any]) -> dict[str, Any]:
     return {"learn_s": learn_s, "steps": agent.global_step, "eval_returns": result["returns"]}
 
 
-def child_speed_recurrentppo(spec: dict[str, Any]) -> dict[str, Any]:
+def train_recurrentppo(env_id: str, z: dict[str, Any], seed: int, total_steps: int, spec: dict[str, Any]) -> dict[str, Any]:
+    """sb3-contrib's RecurrentPPO on ``env_id`` with the RL-Zoo recipe ``z``, then its deterministic
+    evaluation (VecNormalize's observation statistics frozen, raw rewards)."""
     _single_thread()
-    import gymnasium as gym
     from sb3_contrib import RecurrentPPO
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.vec_env import VecNormalize
     from torch import nn
 
-    import clippo  # noqa: F401  (registers clippo/CartPoleNoVel-v1)
+    import clippo  # noqa: F401  (registers the clippo/... tasks)
 
-    z, seed = ZOO, spec["seed"]
-    venv = VecNormalize(make_vec_env(ENV, n_envs=z["n_envs"], seed=seed), gamma=z["gamma"])
-    schedule = lambda start: lambda progress: progress * start  # noqa: E731  (RL-Zoo's lin_<start>)
+    venv = VecNormalize(make_vec_env(env_id, n_envs=z["n_envs"], seed=seed), gamma=z["gamma"], norm_reward=z["norm_reward"])
+    schedule = lambda start: (lambda progress: progress * start) if z["anneal"] else start  # noqa: E731  (RL-Zoo's lin_<start>)
     model = RecurrentPPO(
         "MlpLstmPolicy", venv, n_steps=z["n_steps"], batch_size=z["batch_size"], n_epochs=z["n_epochs"],
         learning_rate=schedule(z["learning_rate"]), clip_range=schedule(z["clip_range"]), gamma=z["gamma"],
         gae_lambda=z["gae_lambda"], ent_coef=z["ent_coef"], vf_coef=z["vf_coef"], max_grad_norm=z["max_grad_norm"],
+        use_sde=z["use_sde"], sde_sample_freq=z["sde_sample_freq"],
         policy_kwargs=dict(ortho_init=False, activation_fn=nn.ReLU, lstm_hidden_size=z["lstm_hidden_size"],
                            enable_critic_lstm=True, net_arch=dict(pi=[z["net_arch"]], vf=[z["net_arch"]])),
         seed=seed, device="cpu", verbose=0,
     )  # fmt: skip
     t0 = time.perf_counter()
-    model.learn(total_timesteps=spec["total_steps"])
+    model.learn(total_timesteps=total_steps)
     learn_s = time.perf_counter() - t0
-    eval_env = VecNormalize(make_vec_env(ENV, n_envs=1, seed=spec["eval_seed"]), training=False, norm_reward=False)
+    eval_env = VecNormalize(make_vec_env(env_id, n_envs=1, seed=spec["eval_seed"]), training=False, norm_reward=False)
     eval_env.obs_rms = venv.obs_rms
     returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=spec["eval_episodes"], deterministic=True,
                                  return_episode_rewards=True)  # fmt: skip
-    del gym
     return {"learn_s": learn_s, "steps": int(model.num_timesteps), "eval_returns": [float(r) for r in returns]}
+
+
+def child_speed_recurrentppo(spec: dict[str, Any]) -> dict[str, Any]:
+    return train_recurrentppo(ENV, ZOO, spec["seed"], spec["total_steps"], spec)
+
+
+def child_zoo_recurrentppo(spec: dict[str, Any]) -> dict[str, Any]:
+    """The reference itself on the seed benchmark's seeds: RecurrentPPO with RL-Zoo's recipe."""
+    z = ZOO_RECIPES[spec["env"]]
+    return {**train_recurrentppo(spec["env"], z, spec["seed"], z["total_steps"], spec), "curve": []}
 
 
 def child_preset_clippo(spec: dict[str, Any]) -> dict[str, Any]:
@@ -162,7 +186,8 @@ def child_preset_clippo(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 CHILDREN = {"speed-clippo": child_speed_clippo, "speed-recurrentppo": child_speed_recurrentppo,
-            "presets-clippo": child_preset_clippo, "bptt-clippo": child_preset_clippo}  # fmt: skip
+            "presets-clippo": child_preset_clippo, "bptt-clippo": child_preset_clippo,
+            "zoo-recurrentppo": child_zoo_recurrentppo}  # fmt: skip
 
 
 def run_child(spec: dict[str, Any], log_path: Path) -> dict[str, Any]:
@@ -238,6 +263,14 @@ def run_bptt(args, out: Path) -> dict[str, Any]:
     return run_specs("bptt", specs, out, {"eval_episodes": args.eval_episodes, "runs_per_env": BPTT_RUNS}, args.jobs)
 
 
+def run_zoo(args, out: Path) -> dict[str, Any]:
+    specs = [{"part": "zoo", "lib": "recurrentppo", "env": env, "variant": "rl-zoo", "seed": seed,
+              "eval_episodes": args.eval_episodes, "eval_seed": EVAL_SEED}
+             for seed in args.seeds for env in args.envs]  # fmt: skip
+    recipes = {env: ZOO_RECIPES[env] for env in args.envs}
+    return run_specs("zoo", specs, out, {"eval_episodes": args.eval_episodes, "recipes": recipes}, args.jobs)
+
+
 # ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
@@ -304,6 +337,7 @@ def write_markdown(out: Path) -> None:
         ]
     for name, title, keys in (
         ("presets", "Built-in presets: with and without memory", ("env", "variant")),
+        ("zoo", "The reference: RecurrentPPO with RL-Zoo's own recipe per task", ("env", "variant")),
         ("bptt", "Whole-rollout sequences vs truncated BPTT chunks", ("env", "variant")),
     ):
         path = out / f"{name}.json"
@@ -311,9 +345,14 @@ def write_markdown(out: Path) -> None:
             continue
         results = json.loads(path.read_text())
         s = summary_rows(results["runs"], keys)
+        runs_what = {
+            "presets": "`clippo train ENV --seed S` (the built-in preset; feed-forward: with --recurrent none)",
+            "bptt": "`clippo train ENV --seed S` (the built-in preset; with --bptt-length N)",
+            "zoo": f"sb3-contrib's RecurrentPPO with RL-Zoo's recipe ({json.dumps(results.get('recipes'))})",
+        }[name]
         lines += [f"## {title}", "", *machine_markdown(results["meta"]), "",
-                  f"`clippo train ENV --seed S` (the built-in preset{'; feed-forward: with --recurrent none' if name == 'presets' else '; with --bptt-length N'}), "
-                  f"one torch thread; eval: deterministic, {results['eval_episodes']} episodes on env seed {EVAL_SEED}.", ""]  # fmt: skip
+                  f"{runs_what}, seeds {sorted({r['seed'] for r in results['runs']})}, one torch thread; "
+                  f"eval: deterministic, {results['eval_episodes']} episodes on env seed {EVAL_SEED}.", ""]  # fmt: skip
         rows = []
         for (env, variant), g in sorted(s.items()):
             target = PRESET_TARGETS.get(env)
@@ -323,7 +362,7 @@ def write_markdown(out: Path) -> None:
                          fmt(g["median_learn_s"], 1), fmt(g["median_sps"], 0)])  # fmt: skip
         lines += md_table(["env", "variant", "eval per seed", "median", "target", "seeds at target", "median learn s",
                            "median steps/s"], rows)  # fmt: skip
-        if plot_curves(results, out / f"{name}_curves.png"):
+        if name != "zoo" and plot_curves(results, out / f"{name}_curves.png"):
             lines += [
                 "",
                 f"Curves (one line per seed; `learn s` leaves out these evaluations): ![{name}]({name}_curves.png)",
@@ -336,11 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument("part", choices=["speed", "presets", "bptt", "report", "_child"])
+    parser.add_argument("part", choices=["speed", "presets", "bptt", "zoo", "report", "_child"])
     parser.add_argument("spec", nargs="?", help=argparse.SUPPRESS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    parser.add_argument("--envs", nargs="+", default=list(PRESET_TARGETS), help="presets/bptt envs")
-    parser.add_argument("--jobs", type=int, default=1, help="presets/bptt: runs at a time")
+    parser.add_argument("--envs", nargs="+", default=list(PRESET_TARGETS), help="presets/bptt/zoo envs")
+    parser.add_argument("--jobs", type=int, default=1, help="presets/bptt/zoo: runs at a time")
     parser.add_argument("--total-steps", type=int, default=100_000, help="steps per speed run")
     parser.add_argument("--eval-episodes", type=int, default=20)
     parser.add_argument(
@@ -355,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     if args.part != "report":
-        {"speed": run_speed, "presets": run_presets, "bptt": run_bptt}[args.part](args, out)
+        {"speed": run_speed, "presets": run_presets, "bptt": run_bptt, "zoo": run_zoo}[args.part](args, out)
     write_markdown(out)
     print((out / "results.md").read_text())
     return 0
