@@ -111,7 +111,9 @@ def child_speed_clippo(spec: dict[str, Any]) -> dict[str, Any]:
     return {"learn_s": learn_s, "steps": agent.global_step, "eval_returns": result["returns"]}
 
 
-def train_recurrentppo(env_id: str, z: dict[str, Any], seed: int, total_steps: int, spec: dict[str, Any]) -> dict[str, Any]:
+def train_recurrentppo(
+    env_id: str, z: dict[str, Any], seed: int, total_steps: int, spec: dict[str, Any]
+) -> dict[str, Any]:
     """sb3-contrib's RecurrentPPO on ``env_id`` with the RL-Zoo recipe ``z``, then its deterministic
     evaluation (VecNormalize's observation statistics frozen, raw rewards)."""
     _single_thread()
@@ -123,8 +125,10 @@ def train_recurrentppo(env_id: str, z: dict[str, Any], seed: int, total_steps: i
 
     import clippo  # noqa: F401  (registers the clippo/... tasks)
 
-    venv = VecNormalize(make_vec_env(env_id, n_envs=z["n_envs"], seed=seed), gamma=z["gamma"], norm_reward=z["norm_reward"])
-    schedule = lambda start: (lambda progress: progress * start) if z["anneal"] else start  # noqa: E731  (RL-Zoo's lin_<start>)
+    venv = make_vec_env(env_id, n_envs=z["n_envs"], seed=seed)
+    venv = VecNormalize(venv, gamma=z["gamma"], norm_reward=z["norm_reward"])
+    # RL-Zoo's lin_<start>, or a constant
+    schedule = lambda start: (lambda progress: progress * start) if z["anneal"] else start  # noqa: E731
     model = RecurrentPPO(
         "MlpLstmPolicy", venv, n_steps=z["n_steps"], batch_size=z["batch_size"], n_epochs=z["n_epochs"],
         learning_rate=schedule(z["learning_rate"]), clip_range=schedule(z["clip_range"]), gamma=z["gamma"],
