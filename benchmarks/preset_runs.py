@@ -159,6 +159,38 @@ def run_queue(
     run_dirs = []
     root.mkdir(parents=True, exist_ok=True)
     command = shlex.split(clippo)
+
+    def stop_driver(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    # A killed driver stops its runs as well (SIGINT: each checkpoints first): a run left behind
+    # would still hold its run directory when the driver is started again, which then fails it.
+    signal.signal(signal.SIGTERM, stop_driver)
+    try:
+        _drain_queue(queue, running, signalled, run_dirs, root, jobs, command, stop_at_steps, on_done)
+    finally:
+        for proc in running:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for proc in running:
+            try:
+                proc.wait(timeout=300)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return run_dirs
+
+
+def _drain_queue(
+    queue: list[tuple[str, int, list[str]]],
+    running: dict[subprocess.Popen, Path],
+    signalled: set[subprocess.Popen],
+    run_dirs: list[Path],
+    root: Path,
+    jobs: int,
+    command: list[str],
+    stop_at_steps: int | None,
+    on_done: Callable[[Path], None] | None,
+) -> None:
     while queue or running:
         for proc, run_dir in list(running.items()):
             if proc.poll() is not None:
@@ -191,7 +223,6 @@ def run_queue(
             print(f"{now()} start: {' '.join(cmd)}", flush=True)
             running[subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env())] = run_dir
         time.sleep(2)
-    return run_dirs
 
 
 def preset_differences(config: dict[str, Any]) -> dict[str, Any]:
