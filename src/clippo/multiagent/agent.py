@@ -405,8 +405,8 @@ class MultiAgentPPO(Stoppable):
         if self.env_source is None:
             raise UntrustedImportError(
                 f"this agent's env {self._untrusted_env or self.config.env_id!r} is named by its checkpoint, and "
-                "importing it runs "
-                "its code: pass env= (a module path or env function) or trust_code=True (--trust-code) if you trust it"
+                "importing it runs its code: pass the env yourself (env= in Python: a module path or env function), "
+                f"or trust the file ({safety.TRUST_ARGUMENT} in Python, {safety.TRUST_FLAG} on the command line)"
             )
         adapter = make_adapter(self.env_source.make(), direct=self.config.fast_path == "auto")
         try:
