@@ -74,17 +74,18 @@ TASKS = [
 COMMON_EXTRA = ["--eval-episodes", "20"]
 
 #: Where a preset falls short, the reference's own library run with its own recipe on the same
-#: seeds (written by another benchmark into OUT/<folder>): does the reference itself hold there?
+#: seeds (written by another benchmark into OUT/<folder>; a glob, so that seeds run by invocations
+#: side by side, each with its own --out, count together): does the reference itself hold there?
 PEERS = {
     "MountainCarContinuous-v0": (
         "SB3 PPO, RL-Zoo's recipe (the preset's values)",
-        "peer_mcc/results.json",
+        "peer_mcc*/results.json",
         "python benchmarks/bench_sb3.py --envs MountainCarContinuous-v0 --libs sb3 --seeds 1000 ... 1009 "
         "--eval-episodes 20 --no-limits --out benchmarks/results/seed_robustness/peer_mcc",
     ),
     "clippo/PendulumNoVel-v1": (
         "sb3-contrib RecurrentPPO, RL-Zoo's recipe",
-        "peer_pendulumnovel/zoo.json",
+        "peer_pendulumnovel*/zoo.json",
         "python benchmarks/bench_recurrent.py zoo --envs clippo/PendulumNoVel-v1 --seeds 1000 ... 1009 "
         "--out benchmarks/results/seed_robustness/peer_pendulumnovel",
     ),
@@ -391,10 +392,12 @@ def peer_finals(path: Path, env_id: str) -> dict[int, float]:
 def peer_lines(tasks: list[Task], records: list[dict[str, Any]], out: Path) -> list[str]:
     rows = []
     for task in tasks:
-        if task.env not in PEERS or not (out / PEERS[task.env][1]).exists():
+        if task.env not in PEERS:
             continue
-        label, rel, _command = PEERS[task.env]
-        finals = peer_finals(out / rel, task.env)
+        label, pattern, _command = PEERS[task.env]
+        finals = {
+            seed: final for path in sorted(out.glob(pattern)) for seed, final in peer_finals(path, task.env).items()
+        }
         ours = {r["seed"]: r["eval_mean"] for rec in records if rec["env_id"] == task.env for r in rec["runs"]}
         seeds = sorted(set(finals) & set(ours))
         if not seeds:
@@ -407,7 +410,7 @@ def peer_lines(tasks: list[Task], records: list[dict[str, Any]], out: Path) -> l
                 f"**{sum(finals[s] >= task.threshold for s in seeds)}/{len(seeds)}**",
                 f"{sum(ours[s] >= task.threshold for s in seeds)}/{len(seeds)}",
                 f"{task.threshold:g}",
-                f"[{Path(rel).parent}]({Path(rel).parent}/)",
+                ", ".join(f"[{p.parent.name}]({p.parent.name}/)" for p in sorted(out.glob(pattern))),
             ]
         )
     if not rows:
