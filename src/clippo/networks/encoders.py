@@ -324,10 +324,9 @@ def _builtin_encoder(
     MLP's size is hidden_sizes: there they are unused, as when a config file's own encoder and its
     kwargs are replaced by an explicit ``encoder="mlp"``)."""
     parts = observations.fields(space)  # raises for unsupported spaces
-    cnn = kind == "cnn" or (kind == "auto" and parts is None and is_image(space))
     if parts is not None:
         return CombinedEncoder(space, hidden_sizes, activation, cnn=kind != "mlp")
-    if cnn:
+    if kind == "cnn" or (kind == "auto" and is_image(space)):
         if not (isinstance(space, spaces.Box) and len(space.shape) == 3):
             raise ValueError(
                 f"encoder='cnn' is invalid for observation space {space}: a CNN needs a 3-D Box (HWC or CHW)"
