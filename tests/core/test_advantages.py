@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from clippo.core.advantages import compute_gae, discounted_rewards_to_go, next_values_of
+from clippo.core.advantages import (
+    PYTHON_LOOP_MAX_ENVS,
+    compute_gae,
+    discounted_rewards_to_go,
+    discounted_sums,
+    next_values_of,
+)
+from clippo.core.losses import explained_variance
 
 F64 = torch.float64
 
@@ -175,3 +184,31 @@ def test_inputs_are_not_modified_and_float32_works():
     for before, after in zip(copies, (rewards, values, terminated, truncated), strict=False):
         assert torch.equal(before, after)
     torch.testing.assert_close(returns, advantages + values)
+
+
+@pytest.mark.parametrize("num_envs", [1, 3, PYTHON_LOOP_MAX_ENVS - 1, PYTHON_LOOP_MAX_ENVS, 17])
+def test_discounted_sums_match_the_recursion_on_both_paths(num_envs):
+    # Few envs take the loop on Python floats, many the loop over numpy rows: both are the
+    # recursion y_t = x_t + d_t y_{t+1} (checked here in float64, with episode ends as d_t = 0).
+    generator = torch.Generator().manual_seed(num_envs)
+    x = torch.randn(50, num_envs, generator=generator)
+    d = 0.9 * (torch.rand(50, num_envs, generator=generator) > 0.1).float()
+    expected = torch.zeros(50, num_envs, dtype=F64)
+    later = torch.zeros(num_envs, dtype=F64)
+    for step in range(49, -1, -1):
+        later = x[step].double() + d[step].double() * later
+        expected[step] = later
+    result = discounted_sums(x, d)
+    assert result.dtype == x.dtype and result.shape == x.shape
+    torch.testing.assert_close(result.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_explained_variance_is_one_minus_the_variance_ratio():
+    generator = torch.Generator().manual_seed(0)
+    targets = torch.randn(200, generator=generator)
+    predictions = targets + 0.5 * torch.randn(200, generator=generator)
+    expected = 1.0 - float((targets - predictions).var() / targets.var())
+    assert explained_variance(predictions, targets) == pytest.approx(expected, rel=1e-5)
+    assert explained_variance(targets, targets) == pytest.approx(1.0)
+    assert math.isnan(explained_variance(predictions, torch.ones(200)))
+    assert math.isnan(explained_variance(predictions[:1], targets[:1]))

@@ -27,21 +27,43 @@ def next_values_of(values: torch.Tensor, last_value: torch.Tensor) -> torch.Tens
 
 
 def discounted_sums(terms: torch.Tensor, discounts: torch.Tensor) -> torch.Tensor:
-    """``y_t = terms_t + discounts_t * y_{t+1}`` backwards over the time axis (zero after the end).
-
-    A loop over the steps of tiny per-step operations: run in numpy, whose per-call cost is a
-    fraction of torch's (the inputs carry no gradient), on rows walked by one ``zip`` (indexing
-    each row costs as much as the arithmetic; docs/fast-path.md).
-    """
+    """``y_t = terms_t + discounts_t * y_{t+1}`` backwards over the time axis (zero after the end)."""
     x = terms.detach().cpu().numpy()
     d = discounts.detach().cpu().numpy().astype(x.dtype, copy=False)
+    return torch.from_numpy(_discounted_sums(x, d)).to(terms.device)
+
+
+#: up to this many envs the backward recursion runs on Python floats, one env at a time; from
+#: it on, on whole rows in numpy (measured per rollout of 128 steps: 4 envs 91 vs 229 us, 16 envs
+#: 349 vs 227 us; 1 env of 2048 steps 0.34 vs 5.2 ms)
+PYTHON_LOOP_MAX_ENVS = 8
+
+
+def _discounted_sums(x: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """``discounted_sums`` on ``[steps, envs]`` arrays, in ``x``'s dtype.
+
+    A loop over the steps of tiny per-step operations, so its cost is per-call overhead: with a
+    few envs, Python's float arithmetic (accumulating in float64) beats a numpy call per step; with
+    many, numpy's calls on whole rows, walked by one ``zip`` (indexing each row costs as much as
+    the arithmetic).
+    """
+    if x.shape[1] < PYTHON_LOOP_MAX_ENVS:
+        out = np.empty(x.shape[::-1], dtype=np.float64)
+        for row, x_env, d_env in zip(out, x.T.tolist(), d.T.tolist(), strict=True):
+            later, sums = 0.0, []
+            for x_t, d_t in zip(reversed(x_env), reversed(d_env), strict=True):
+                later = x_t + d_t * later
+                sums.append(later)
+            sums.reverse()
+            row[:] = sums
+        return out.T.astype(x.dtype)
     out = np.empty_like(x)
     out[-1] = later = x[-1]
     for out_t, x_t, d_t in zip(out[-2::-1], x[-2::-1], d[-2::-1], strict=False):
         np.multiply(d_t, later, out=out_t)
         np.add(out_t, x_t, out=out_t)
         later = out_t
-    return torch.from_numpy(out).to(terms.device)
+    return out
 
 
 def discounted_rewards_to_go(
@@ -77,9 +99,12 @@ def compute_gae(
     ``A_t = delta_t + gamma * lambda * (1 - done_t) * A_{t+1}``. With ``gae_lambda = 1`` the
     advantages equal ``discounted_rewards_to_go(...) - values``.
     """
-    next_values = next_values_of(values, last_value)
-    not_terminated = (~terminated).to(rewards.dtype)
-    continues = (~(terminated | truncated)).to(rewards.dtype)
-    deltas = rewards + gamma * next_values * not_terminated - values
-    advantages = discounted_sums(deltas, gamma * gae_lambda * continues)
+    # In numpy (the recursion runs there anyway): on a rollout's few hundred values, a fraction
+    # of torch's per-call cost; the results go back to the tensors' device.
+    r, v, term, trunc, last = (t.detach().cpu().numpy() for t in (rewards, values, terminated, truncated, last_value))
+    next_values = np.concatenate([v[1:], last[None]])
+    deltas = r + gamma * next_values * ~term - v
+    continues = ~(term | trunc)
+    advantages = torch.from_numpy(_discounted_sums(deltas, (gamma * gae_lambda * continues).astype(deltas.dtype)))
+    advantages = advantages.to(values.device)
     return advantages, advantages + values

@@ -9,7 +9,6 @@ steps; ``SequenceBatch`` keeps whole env sequences in time order for recurrent p
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,9 +44,19 @@ class Batch:
         return self.actions.shape[0]
 
     def __getitem__(self, index: torch.Tensor | slice) -> Batch:
-        fields = (getattr(self, name) for name in self.__dataclass_fields__)
-        parts: Iterator[Any] = (None if value is None else map_obs(lambda v: v[index], value) for value in fields)
-        return Batch(*parts)
+        # Field by field, written out: a PPO update indexes every minibatch, and at a hundred rows a
+        # generic walk over the fields cost as much as the indexing itself (issue #36).
+        obs = self.obs[index] if isinstance(self.obs, torch.Tensor) else map_obs(lambda v: v[index], self.obs)
+        masks = None if self.masks is None else self.masks[index]
+        return Batch(
+            obs,
+            self.actions[index],
+            self.logprobs[index],
+            self.values[index],
+            self.advantages[index],
+            self.returns[index],
+            masks,
+        )
 
     def samples(self, name: str, index: torch.Tensor | None = None) -> torch.Tensor:
         """One per-sample field (``logprobs``, ``values``, ``advantages``, ``returns``) as a flat
@@ -204,16 +213,31 @@ class RolloutBuffer:
         the rollout as sequences (``SequenceBatch``)."""
         if self.states is not None:
             return self.sequence_batch(advantages, returns)
-        mask = self.tensor("valid").reshape(-1)
-        obs = map_obs(lambda a: torch.from_numpy(a).to(self.device).reshape(-1, *a.shape[2:])[mask], self.obs)
+        valid = self.valid.reshape(-1)
+        if self.device.type == "cpu":
+            # numpy's boolean indexing: a fraction of torch's on a rollout's few hundred rows (issue #36)
+            def take(a: np.ndarray) -> torch.Tensor:
+                return torch.from_numpy(a.reshape(-1, *a.shape[2:])[valid])
+
+            def take_tensor(t: torch.Tensor) -> torch.Tensor:
+                return take(t.numpy())
+        else:
+            mask = torch.from_numpy(valid).to(self.device)
+
+            def take(a: np.ndarray) -> torch.Tensor:
+                return torch.from_numpy(a).to(self.device).reshape(-1, *a.shape[2:])[mask]
+
+            def take_tensor(t: torch.Tensor) -> torch.Tensor:
+                return t.reshape(-1, *t.shape[2:])[mask]
+
         return Batch(
-            obs=obs,
-            actions=self.tensor("actions").reshape(-1, *self.actions.shape[2:])[mask],
-            logprobs=self.tensor("logprobs").reshape(-1)[mask],
-            values=self.tensor("values").reshape(-1)[mask],
-            advantages=advantages.reshape(-1)[mask],
-            returns=returns.reshape(-1)[mask],
-            masks=None if self.masks is None else self.tensor("masks").reshape(-1, self.masks.shape[-1])[mask],
+            obs=map_obs(take, self.obs),
+            actions=take(self.actions),
+            logprobs=take(self.logprobs),
+            values=take(self.values),
+            advantages=take_tensor(advantages),
+            returns=take_tensor(returns),
+            masks=None if self.masks is None else take(self.masks),
         )
 
     def sequence_batch(self, advantages: torch.Tensor, returns: torch.Tensor) -> SequenceBatch:

@@ -19,6 +19,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -63,6 +64,9 @@ class FlatAdam:
         # The fused kernel's step counter lives in a tensor; it mirrors step_count.
         self._step_tensor = torch.zeros((), dtype=self.flat.dtype, device=self.flat.device)
         self.fused = _has_fused_adam(self.flat)
+        #: the gradient as a numpy array (same memory) for float32 on the CPU, else None
+        on_cpu = self.grad.device.type == "cpu" and self.grad.dtype == torch.float32
+        self._grad_array = self.grad.numpy() if on_cpu else None
         assert self.flat.device == first.device
 
     def zero_grad(self) -> None:
@@ -71,15 +75,24 @@ class FlatAdam:
     def clip_grad_norm(self, max_norm: float | None) -> float:
         """Scale the gradient so its global L2 norm is at most ``max_norm`` (None: leave it);
         return the norm before (NaN or inf when the gradient is not finite)."""
-        norm = torch.linalg.vector_norm(self.grad).item()
+        grad = self._grad_array
+        # On the CPU in numpy (a float32 dot product; torch's norm where that overflows): once per
+        # minibatch step, a third of torch's two calls at PPO's sizes (issue #36).
+        norm = math.sqrt(float(np.dot(grad, grad))) if grad is not None else math.inf
+        if not math.isfinite(norm):
+            norm = torch.linalg.vector_norm(self.grad).item()
         if max_norm is not None:
             scale = max_norm / (norm + 1e-6)
             if scale < 1.0:
-                self.grad.mul_(scale)
+                if grad is not None:
+                    np.multiply(grad, np.float32(scale), out=grad)
+                else:
+                    self.grad.mul_(scale)
         return norm
 
-    @torch.no_grad()
     def step(self) -> None:
+        # (no torch.no_grad(): the flat vector and the moments are plain tensors outside autograd,
+        # which the parameters only view, and the context manager costs a few us per step)
         beta1, beta2 = self.betas
         self.step_count += 1
         if self.fused:

@@ -209,5 +209,5 @@ def shuffled_minibatches(batch: Batch, indices: list[torch.Tensor]) -> list[Batc
     """``[batch[i] for i in indices]``, gathered as one shuffled copy of the batch cut into
     consecutive slices: one indexing per field and epoch instead of one per minibatch."""
     shuffled = batch[torch.cat(indices)]
-    bounds = np.cumsum([0] + [len(i) for i in indices]).tolist()
+    bounds = list(itertools.accumulate((i.shape[0] for i in indices), initial=0))
     return [shuffled[start:stop] for start, stop in itertools.pairwise(bounds)]
