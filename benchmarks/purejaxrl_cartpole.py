@@ -239,7 +239,7 @@ def markdown(meta: dict[str, Any], runs: list[dict[str, Any]], summary: dict[str
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--purejaxrl", type=Path, required=True, help="a checkout's purejaxrl/ folder (ppo.py)")
     parser.add_argument("--jax-python", default=DEFAULT_JAX_PYTHON, help="a Python with jax, flax, optax, gymnax")
@@ -248,7 +248,7 @@ def main() -> int:
     parser.add_argument("--total-steps", type=int, default=TOTAL_STEPS)
     parser.add_argument("--core", default="0", help="taskset core list for every child ('none': no pinning)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT / "purejaxrl_cartpole")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if (args.purejaxrl / "purejaxrl" / "ppo.py").is_file():
         args.purejaxrl = args.purejaxrl / "purejaxrl"
     if not (args.purejaxrl / "ppo.py").is_file():
