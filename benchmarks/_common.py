@@ -6,16 +6,21 @@ Only the standard library is imported here, so the parent processes of the bench
 
 from __future__ import annotations
 
+import csv
 import datetime
 import importlib.metadata
 import json
 import math
 import os
 import platform
+import resource
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +28,7 @@ from typing import Any
 RESULT_PREFIX = "BENCH_RESULT "
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = BENCH_DIR / "results"
+REPO_SRC = BENCH_DIR.parent / "src"
 
 # Every child process runs single-threaded: small MLPs are fastest on one thread, and the
 # comparison must not depend on how many cores each library would grab by default.
@@ -63,6 +69,64 @@ def run_child_script(script: str, spec: dict[str, Any], log_path: Path, keys: Se
         tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-2:])
         return {**base, "ok": False, "error": f"exit status {proc.returncode}: {tail}"}
     return {**base, "ok": True, **parsed}
+
+
+def git_commit(path: Path) -> str:
+    """The commit checked out at ``path`` (``unknown`` outside a git checkout)."""
+    proc = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else "unknown"
+
+
+def pinned(command: list[str], core: str | None) -> list[str]:
+    """``command`` run by ``taskset -c core`` (as it is for ``None``)."""
+    return ["taskset", "-c", core, *command] if core is not None else command
+
+
+def timed(command: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run ``command``; its result, wall seconds and CPU seconds (user + system, its children included)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.run(command, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return proc, wall, cpu
+
+
+def failure(proc: subprocess.CompletedProcess) -> str:
+    """A failed child in one line: its exit status and last line of output."""
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+    return f"exit status {proc.returncode}: {tail[0]}"
+
+
+def time_clippo_train(train_args: list[str], core: str | None) -> dict[str, Any]:
+    """``clippo train *train_args`` from this checkout's src/ in a fresh run directory, as a whole
+    process (pinned to ``core``, one thread): ``ok``, wall and CPU seconds, steps, the rollout and
+    update seconds and last training return from its metrics.csv, its final evaluation; or the error."""
+    env = child_env()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_SRC), env.get("PYTHONPATH")]))
+    run_dir = Path(tempfile.mkdtemp(prefix="clippo-bench-")) / "run"
+    command = [sys.executable, "-m", "clippo", "train", *train_args, "--run-dir", str(run_dir)]
+    try:
+        proc, wall, cpu = timed(pinned(command, core), env)
+        if proc.returncode != 0:
+            return {"ok": False, "error": failure(proc)}
+        with open(run_dir / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        evaluation = json.loads((run_dir / "eval.json").read_text())
+        return {
+            "ok": True,
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "steps": int(rows[-1]["global_step"]),
+            "rollout_s": sum(float(row["rollout_time"]) for row in rows),
+            "update_s": sum(float(row["update_time"]) for row in rows),
+            "train_loop_s": float(rows[-1]["wall_time"]),
+            "final_return": float(rows[-1]["recent_return"]),
+            "eval_return": float(evaluation["mean_return"]),
+        }
+    finally:
+        shutil.rmtree(run_dir.parent, ignore_errors=True)
 
 
 def package_version(name: str) -> str:

@@ -19,13 +19,10 @@ Hopper-v5), clippo's rollout / update split from its metrics.csv and its final e
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
 import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +30,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
     DEFAULT_OUT,
+    REPO_SRC,
     RESULT_PREFIX,
     child_env,
     command_line,
+    failure,
     fmt,
+    git_commit,
     machine_info,
     machine_markdown,
     md_table,
     now,
     parse_child_output,
+    pinned,
+    time_clippo_train,
+    timed,
     write_json,
 )
-from purejaxrl_cartpole import failure, git_commit, pinned, timed
-
-REPO_SRC = Path(__file__).resolve().parent.parent / "src"
 
 # Run with argv [env_id, steps, seed]; prints one BENCH_RESULT line.
 ENV_ONLY_DRIVER = """
@@ -86,31 +86,8 @@ def run_env_only(args: argparse.Namespace, seed: int) -> dict[str, Any]:
 
 
 def run_clippo(args: argparse.Namespace, seed: int) -> dict[str, Any]:
-    env = child_env()
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_SRC), env.get("PYTHONPATH")]))
-    run_dir = Path(tempfile.mkdtemp(prefix="clippo-env-overhead-")) / "run"
-    command = [sys.executable, "-m", "clippo", "train", args.env, "--seed", str(seed)]
-    command += ["--total-steps", str(args.steps), "--run-dir", str(run_dir), "--no-progress"]
-    try:
-        proc, wall, cpu = timed(pinned(command, args.core), env)
-        if proc.returncode != 0:
-            return {"side": "clippo", "seed": seed, "ok": False, "error": failure(proc)}
-        with open(run_dir / "metrics.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-        evaluation = json.loads((run_dir / "eval.json").read_text())
-        return {
-            "side": "clippo",
-            "seed": seed,
-            "ok": True,
-            "wall_s": wall,
-            "cpu_s": cpu,
-            "steps": int(rows[-1]["global_step"]),
-            "rollout_s": sum(float(row["rollout_time"]) for row in rows),
-            "update_s": sum(float(row["update_time"]) for row in rows),
-            "eval_return": float(evaluation["mean_return"]),
-        }
-    finally:
-        shutil.rmtree(run_dir.parent, ignore_errors=True)
+    train_args = [args.env, "--seed", str(seed), "--total-steps", str(args.steps), "--no-progress"]
+    return {"side": "clippo", "seed": seed, **time_clippo_train(train_args, args.core)}
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -29,16 +29,11 @@ episodes that ended in its last 10 updates), so that neither wins by learning no
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -46,19 +41,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
     DEFAULT_OUT,
+    REPO_SRC,
     RESULT_PREFIX,
     child_env,
     command_line,
+    failure,
     fmt,
+    git_commit,
     machine_info,
     machine_markdown,
     md_table,
     now,
     parse_child_output,
+    pinned,
+    time_clippo_train,
+    timed,
     write_json,
 )
 
-REPO_SRC = Path(__file__).resolve().parent.parent / "src"
 DEFAULT_JAX_PYTHON = "/work/venv-jax/bin/python"
 TOTAL_STEPS = 500_000
 
@@ -105,12 +105,6 @@ print("BENCH_RESULT " + json.dumps({
 """
 
 
-def git_commit(path: Path) -> str:
-    """The commit checked out at ``path`` (``unknown`` outside a git checkout)."""
-    proc = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return proc.stdout.strip() if proc.returncode == 0 else "unknown"
-
-
 def jax_versions(python: str) -> str:
     """The jax-side package versions, as ``name version`` pairs (what ``--jax-python`` runs)."""
     code = (
@@ -120,26 +114,6 @@ def jax_versions(python: str) -> str:
     )
     proc = subprocess.run([python, "-c", code], capture_output=True, text=True)
     return ", ".join(proc.stdout.split("\n")).strip(", ") if proc.returncode == 0 else "unknown"
-
-
-def pinned(command: list[str], core: str | None) -> list[str]:
-    return ["taskset", "-c", core, *command] if core is not None else command
-
-
-def timed(command: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float, float]:
-    """Run ``command``; its result, wall seconds and CPU seconds (user + system, its children included)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    proc = subprocess.run(command, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return proc, wall, cpu
-
-
-def failure(proc: subprocess.CompletedProcess) -> str:
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-    return f"exit status {proc.returncode}: {tail[0]}"
 
 
 def run_purejaxrl(args: argparse.Namespace, seed: int) -> dict[str, Any]:
@@ -155,32 +129,8 @@ def run_purejaxrl(args: argparse.Namespace, seed: int) -> dict[str, Any]:
 
 
 def run_clippo(args: argparse.Namespace, seed: int) -> dict[str, Any]:
-    env = child_env()
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_SRC), env.get("PYTHONPATH")]))
-    run_dir = Path(tempfile.mkdtemp(prefix="clippo-purejaxrl-")) / "run"
-    command = [sys.executable, "-m", "clippo", "train", "CartPole-v1", *CLIPPO_FLAGS]
-    command += ["--seed", str(seed), "--total-steps", str(args.total_steps), "--run-dir", str(run_dir)]
-    try:
-        proc, wall, cpu = timed(pinned(command, args.core), env)
-        if proc.returncode != 0:
-            return {"library": "clippo", "seed": seed, "ok": False, "error": failure(proc)}
-        with open(run_dir / "metrics.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-        evaluation = json.loads((run_dir / "eval.json").read_text())
-        return {
-            "library": "clippo",
-            "seed": seed,
-            "ok": True,
-            "wall_s": wall,
-            "cpu_s": cpu,
-            "rollout_s": sum(float(row["rollout_time"]) for row in rows),
-            "update_s": sum(float(row["update_time"]) for row in rows),
-            "train_loop_s": float(rows[-1]["wall_time"]),
-            "final_return": float(rows[-1]["recent_return"]),
-            "eval_return": float(evaluation["mean_return"]),
-        }
-    finally:
-        shutil.rmtree(run_dir.parent, ignore_errors=True)
+    train_args = ["CartPole-v1", *CLIPPO_FLAGS, "--seed", str(seed), "--total-steps", str(args.total_steps)]
+    return {"library": "clippo", "seed": seed, **time_clippo_train(train_args, args.core)}
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
