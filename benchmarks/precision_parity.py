@@ -17,8 +17,9 @@ then compare (run directories are found as ``ROOT/<anything>_<precision>/<Env>_s
 Per env and precision: each seed's mean training return over the last 100 episodes at the step
 where the shortest run of the env stands (so unfinished runs compare at equal steps), and the
 deterministic evaluations logged on the way. Parity: the two precisions' ranges over seeds
-overlap. ``--reference ENV:PRECISION:SEED=RETURN@STEPS`` adds a run known only by its return at
-STEPS (e.g. an earlier run whose directory was not kept).
+overlap (two-sided); reported beside it, whether bf16's worst seed is at least fp32's worst.
+``--reference ENV:PRECISION:SEED=RETURN@STEPS`` adds a run known only by its return at STEPS (e.g.
+an earlier run whose directory was not kept).
 """
 
 from __future__ import annotations
@@ -110,18 +111,25 @@ def compare(runs: list[dict[str, Any]], references: list[tuple[str, str, int, fl
             )
         ranges = {}
         for p, seeds in by_precision.items():
-            values = [s["return"] for s in seeds if not math.isnan(s["return"])]
+            # (while runs are short of a reference's steps, the reference is listed but not ranged)
+            values = [
+                s["return"]
+                for s in seeds
+                if not math.isnan(s["return"]) and not (pending and s["source"] == "reference")
+            ]
             ranges[p] = (min(values), sum(values) / len(values), max(values)) if values else None
         a, b = ranges["fp32"], ranges["bf16"]
-        overlap = None if a is None or b is None or pending else a[0] <= b[2] and b[0] <= a[2]
+        judged = a is not None and b is not None and not pending
         out.append(
             {
                 "env": env,
                 "step": step,
                 "precisions": by_precision,
                 "ranges": ranges,
-                "overlap": overlap,
                 "pending": pending,
+                # two-sided: the ranges overlap; one-sided: bf16's worst seed at least fp32's worst
+                "overlap": (a[0] <= b[2] and b[0] <= a[2]) if judged else None,
+                "bf16_not_below": (b[0] >= a[0]) if judged else None,
             }
         )
     return out
@@ -166,7 +174,8 @@ def markdown(meta: dict[str, Any], results: list[dict[str, Any]], images: dict[s
         f"Command: `{meta['command']}` ({meta['date']}).",
         "Return: each seed's mean training return over the last 100 episodes, at the step where the",
         "env's shortest run stands; evaluations: the deterministic evaluations logged on the way.",
-        "Parity: the two precisions' ranges over seeds overlap.",
+        "Parity: the two precisions' ranges over seeds overlap; beside it, the one-sided check that",
+        "bf16's worst seed is no worse than fp32's worst.",
         "",
     ]
     rows = []
@@ -179,14 +188,18 @@ def markdown(meta: dict[str, Any], results: list[dict[str, Any]], images: dict[s
                 )
                 rows.append([res["env"], precision, s["seed"], fmt(s["return"], 1), evals or "-", source])
     lines += md_table(["env", "precision", "seed", "return", "evaluations", "steps/s (its run)"], rows)
-    lines += ["", "| env | compared at step | fp32 min / mean / max | bf16 min / mean / max | ranges overlap |"]
-    lines += ["| --- | --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "| env | compared at step | fp32 min / mean / max | bf16 min / mean / max | ranges overlap "
+        "| bf16's worst seed >= fp32's worst |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for res in results:
         cells = [" / ".join(fmt(v, 1) for v in res["ranges"][p]) if res["ranges"][p] else "-" for p in PRECISIONS]
-        verdict = "-" if res["overlap"] is None else ("yes" if res["overlap"] else "**no**")
+        verdicts = ["-" if v is None else ("yes" if v else "**no**") for v in (res["overlap"], res["bf16_not_below"])]
         if res["pending"]:
-            verdict = "pending (runs short of the reference's steps)"
-        lines.append(f"| {res['env']} | {fmt(res['step'], 0)} | {cells[0]} | {cells[1]} | {verdict} |")
+            verdicts = ["pending (runs short of the reference's steps)", "pending"]
+        lines.append(f"| {res['env']} | {fmt(res['step'], 0)} | {cells[0]} | {cells[1]} | {' | '.join(verdicts)} |")
     lines += [""] + [f"![{env}]({name})" for env, name in images.items()]
     lines += ["", *machine_markdown(meta)]
     return "\n".join(lines) + "\n"
@@ -238,7 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out / "results.json", without_nan({"meta": meta, "results": results}))
     (args.out / "results.md").write_text(markdown(meta, results, images))
     for res in results:
-        print(f"{res['env']}: at step {fmt(res['step'], 0)} ranges {res['ranges']} overlap {res['overlap']}")
+        print(
+            f"{res['env']}: at step {fmt(res['step'], 0)} ranges {res['ranges']} overlap {res['overlap']}, "
+            f"bf16 not below {res['bf16_not_below']}"
+        )
     return 0
 
 
