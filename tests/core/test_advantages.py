@@ -212,3 +212,22 @@ def test_explained_variance_is_one_minus_the_variance_ratio():
     assert explained_variance(targets, targets) == pytest.approx(1.0)
     assert math.isnan(explained_variance(predictions, torch.ones(200)))
     assert math.isnan(explained_variance(predictions[:1], targets[:1]))
+
+
+def test_half_precision_inputs_give_the_float32_results():
+    # numpy has no bfloat16: such inputs are computed in float32 (the torch path's type promotion aside)
+    generator = torch.Generator().manual_seed(1)
+    rewards, values = torch.randn(20, 3, generator=generator), torch.randn(20, 3, generator=generator)
+    terminated, truncated = torch.rand(20, 3, generator=generator) > 0.9, torch.zeros(20, 3, dtype=torch.bool)
+    last_value = torch.randn(3, generator=generator)
+    half = [x.bfloat16() for x in (rewards, values)]
+    expected, _ = compute_gae(
+        *(x.float() for x in half), terminated, truncated, last_value.bfloat16().float(), 0.9, 0.8
+    )
+    advantages, _ = compute_gae(*half, terminated, truncated, last_value.bfloat16(), 0.9, 0.8)
+    torch.testing.assert_close(advantages.float(), expected, rtol=1e-2, atol=1e-2)
+    targets = torch.randn(50, generator=generator)
+    predictions = targets + 0.3 * torch.randn(50, generator=generator)
+    assert explained_variance(predictions.bfloat16(), targets.bfloat16()) == pytest.approx(
+        explained_variance(predictions, targets), abs=0.05
+    )

@@ -100,7 +100,9 @@ def explained_variance(predictions: torch.Tensor, targets: torch.Tensor) -> floa
     """``1 - Var(targets - predictions) / Var(targets)``: 1 is perfect, 0 no better than a constant."""
     if targets.numel() < 2:
         return float("nan")
-    if targets.device.type == "cpu":  # (numpy: a fraction of torch's per-call cost on a rollout's values)
+    numpy_dtypes = {torch.float32, torch.float64}
+    if predictions.device.type == targets.device.type == "cpu" and {targets.dtype, predictions.dtype} <= numpy_dtypes:
+        # (numpy: a fraction of torch's per-call cost on a rollout's values)
         y = targets.detach().numpy()
         sum_of_squares = _sum_of_squares(y)
         if sum_of_squares == 0:
