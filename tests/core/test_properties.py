@@ -431,3 +431,12 @@ def test_flatten_keeps_exactly_the_valid_entries_in_time_major_order(
         shuffled = batch[order]
         for name in ("obs", "actions", "logprobs", "values", "advantages", "returns"):
             assert torch.equal(getattr(shuffled, name), getattr(batch, name)[order])
+
+
+@pytest.mark.parametrize("modules", [["not a module"], ["a..b"], ["ok.module", "-bad"], ["m"] * 1000])
+def test_bad_env_modules_are_named_by_the_field(modules):
+    # (the property test above draws these only sometimes)
+    with pytest.raises(ConfigError) as info:
+        PPOConfig(env_modules=modules).validate()
+    message = str(info.value)
+    assert message.startswith("env_modules=") and "is invalid" in message and "\n" not in message

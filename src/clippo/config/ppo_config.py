@@ -862,12 +862,15 @@ ENV_PRESETS["pettingzoo.classic.tictactoe_v3"] = {
 def _check_env_modules(modules: list[str]) -> None:
     """``env_modules``: at most ``safety.MAX_LIST`` dotted module paths."""
     if len(modules) > safety.MAX_LIST:
-        raise ConfigError(f"env_modules is invalid: {len(modules)} modules, at most {safety.MAX_LIST}")
+        raise ConfigError(f"env_modules=[...] is invalid: {len(modules)} modules, at most {safety.MAX_LIST}")
     for module in modules:
         try:
             check_module_name(module)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        except ValueError:  # (named by the field, as every config error is)
+            raise ConfigError(
+                f"env_modules={safety.shown(modules)} is invalid: {safety.shown(module)} is not an importable "
+                "Python module path such as mypackage.envs"
+            ) from None
 
 
 def _check_types(config: PPOConfig) -> None:
