@@ -77,6 +77,11 @@ def git_commit(path: Path) -> str:
     return proc.stdout.strip() if proc.returncode == 0 else "unknown"
 
 
+def pinning_core(core: str) -> str | None:
+    """A ``--core`` option's taskset core list, or None for no pinning ('none', or no taskset here)."""
+    return None if core == "none" or shutil.which("taskset") is None else core
+
+
 def pinned(command: list[str], core: str | None) -> list[str]:
     """``command`` run by ``taskset -c core`` (as it is for ``None``)."""
     return ["taskset", "-c", core, *command] if core is not None else command

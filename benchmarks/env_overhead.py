@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -43,6 +42,7 @@ from _common import (
     now,
     parse_child_output,
     pinned,
+    pinning_core,
     time_clippo_train,
     timed,
     write_json,
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--core", default="0", help="taskset core list for every child ('none': no pinning)")
     parser.add_argument("--out", type=Path, default=None, help="default: results/env_overhead_<env>")
     args = parser.parse_args(argv)
-    args.core = None if args.core == "none" or shutil.which("taskset") is None else args.core
+    args.core = pinning_core(args.core)
     out = args.out or DEFAULT_OUT / f"env_overhead_{args.env.replace('/', '-')}"
 
     started = now()

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,7 @@ from _common import (
     now,
     parse_child_output,
     pinned,
+    pinning_core,
     time_clippo_train,
     timed,
     write_json,
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.jax_python).exists():
         parser.error(f"--jax-python {args.jax_python}: not found (a Python with jax, flax, optax, distrax, gymnax)")
     args.purejaxrl = args.purejaxrl.resolve()
-    args.core = None if args.core == "none" or shutil.which("taskset") is None else args.core
+    args.core = pinning_core(args.core)
 
     started = now()
     runs: list[dict[str, Any]] = []
