@@ -20,22 +20,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from clippo.core.precision import as_numpy
+
 
 def next_values_of(values: torch.Tensor, last_value: torch.Tensor) -> torch.Tensor:
     """``values`` shifted one step back, with the bootstrap value of the rollout cut appended."""
     return torch.cat([values[1:], last_value.unsqueeze(0)], dim=0)
 
 
-def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
-    """A tensor's values as a numpy array on the CPU (half precisions, which numpy lacks, as float32)."""
-    tensor = tensor.detach().cpu()
-    return (tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor).numpy()
-
-
 def discounted_sums(terms: torch.Tensor, discounts: torch.Tensor) -> torch.Tensor:
     """``y_t = terms_t + discounts_t * y_{t+1}`` backwards over the time axis (zero after the end)."""
-    x = _as_numpy(terms)
-    d = _as_numpy(discounts).astype(x.dtype, copy=False)
+    x = as_numpy(terms)
+    d = as_numpy(discounts).astype(x.dtype, copy=False)
     return torch.from_numpy(_discounted_sums(x, d)).to(terms.device)
 
 
@@ -107,7 +103,7 @@ def compute_gae(
     """
     # In numpy (the recursion runs there anyway): on a rollout's few hundred values, a fraction
     # of torch's per-call cost; the results go back to the tensors' device.
-    r, v, term, trunc, last = (_as_numpy(t) for t in (rewards, values, terminated, truncated, last_value))
+    r, v, term, trunc, last = (as_numpy(t) for t in (rewards, values, terminated, truncated, last_value))
     next_values = np.concatenate([v[1:], last[None]])
     deltas = r + gamma * next_values * ~term - v
     continues = ~(term | trunc)

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from clippo.core.precision import as_numpy
+
 
 def float_mean(x: np.ndarray) -> float:
     """``x.mean()`` as a float, without ``np.mean``'s Python-level overhead (more than the sum
@@ -100,18 +102,12 @@ def explained_variance(predictions: torch.Tensor, targets: torch.Tensor) -> floa
     """``1 - Var(targets - predictions) / Var(targets)``: 1 is perfect, 0 no better than a constant."""
     if targets.numel() < 2:
         return float("nan")
-    numpy_dtypes = {torch.float32, torch.float64}
-    if predictions.device.type == targets.device.type == "cpu" and {targets.dtype, predictions.dtype} <= numpy_dtypes:
-        # (numpy: a fraction of torch's per-call cost on a rollout's values)
-        y = targets.detach().numpy()
-        sum_of_squares = _sum_of_squares(y)
-        if sum_of_squares == 0:
-            return float("nan")
-        return 1.0 - _sum_of_squares(y - predictions.detach().numpy()) / sum_of_squares
-    var_targets = targets.var()
-    if var_targets == 0:
+    # (in numpy: a fraction of torch's per-call cost on a rollout's values)
+    y = as_numpy(targets)
+    sum_of_squares = _sum_of_squares(y)
+    if sum_of_squares == 0:
         return float("nan")
-    return float(1.0 - (targets - predictions).var() / var_targets)
+    return 1.0 - _sum_of_squares(y - as_numpy(predictions)) / sum_of_squares
 
 
 def _sum_of_squares(x: np.ndarray) -> float:

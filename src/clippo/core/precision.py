@@ -12,9 +12,16 @@ from __future__ import annotations
 import contextlib
 from contextlib import AbstractContextManager
 
+import numpy as np
 import torch
 
 PRECISIONS = ("fp32", "bf16")
+
+
+def as_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor's values as a numpy array on the CPU; half precisions, which numpy lacks, as float32."""
+    tensor = tensor.detach().cpu()
+    return (tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor).numpy()
 
 
 def cpu_supports_bf16() -> bool:
