@@ -96,6 +96,12 @@ def last_step(run_dir: Path) -> int:
     return int(float(lines[-1].split(",")[column]))
 
 
+def logged_since(run_dir: Path, since: float) -> bool:
+    """Whether the run's metrics.csv was written after ``since`` (a ``time.time()``)."""
+    path = run_dir / "metrics.csv"
+    return path.exists() and path.stat().st_mtime > since
+
+
 def total_steps_of(run_dir: Path) -> int | None:
     """The run's ``total_steps`` from its config.yaml (None when it has none yet)."""
     path = run_dir / "config.yaml"
@@ -108,12 +114,14 @@ def total_steps_of(run_dir: Path) -> int | None:
 
 
 def finished(run_dir: Path, stop_at_steps: int | None = None) -> bool:
-    """Done: the final evaluation is written and the run reached ``stop_at_steps`` (else its own
-    total_steps). A run stopped by a signal also writes eval.json, so the step decides whether
-    to continue."""
+    """Done: the run reached ``stop_at_steps`` (a run stopped there by SIGINT writes no final
+    evaluation: its periodic ones are its record), or, without it, the run wrote its final
+    evaluation at its own total_steps."""
+    if stop_at_steps is not None:
+        return last_step(run_dir) >= stop_at_steps
     if not (run_dir / "eval.json").exists():
         return False
-    target = stop_at_steps if stop_at_steps is not None else total_steps_of(run_dir)
+    target = total_steps_of(run_dir)
     return target is None or last_step(run_dir) >= target
 
 
@@ -156,6 +164,7 @@ def run_queue(
     queue = list(items)
     running: dict[subprocess.Popen, Path] = {}
     signalled: set[subprocess.Popen] = set()
+    started: dict[subprocess.Popen, float] = {}  # when each run's process started (time.time())
     run_dirs = []
     root.mkdir(parents=True, exist_ok=True)
     command = shlex.split(clippo)
@@ -167,7 +176,7 @@ def run_queue(
     # would still hold its run directory when the driver is started again, which then fails it.
     signal.signal(signal.SIGTERM, stop_driver)
     try:
-        _drain_queue(queue, running, signalled, run_dirs, root, jobs, command, stop_at_steps, on_done)
+        _drain_queue(queue, running, signalled, started, run_dirs, root, jobs, command, stop_at_steps, on_done)
     finally:
         for proc in running:
             if proc.poll() is None:
@@ -184,6 +193,7 @@ def _drain_queue(
     queue: list[tuple[str, int, list[str]]],
     running: dict[subprocess.Popen, Path],
     signalled: set[subprocess.Popen],
+    started: dict[subprocess.Popen, float],
     run_dirs: list[Path],
     root: Path,
     jobs: int,
@@ -199,9 +209,14 @@ def _drain_queue(
                 if on_done is not None:
                     on_done(run_dir)
         for proc, run_dir in running.items():
-            if stop_at_steps is not None and proc not in signalled and last_step(run_dir) >= stop_at_steps:
+            # Signalled only once the run has logged an update of its own: clippo's SIGINT handler is
+            # installed by then (before it, e.g. while Python imports, a SIGINT that the driver's
+            # parent made ignored, as a shell does for `&` jobs, is lost and the run trains on).
+            step = last_step(run_dir)
+            due = stop_at_steps is not None and step >= stop_at_steps and logged_since(run_dir, started[proc])
+            if due and proc not in signalled:
                 print(
-                    f"{now()} {run_dir.name} reached {last_step(run_dir):_} >= {stop_at_steps:_} steps: SIGINT",
+                    f"{now()} {run_dir.name} reached {step:_} >= {stop_at_steps:_} steps: SIGINT",
                     flush=True,
                 )
                 proc.send_signal(signal.SIGINT)
@@ -221,7 +236,9 @@ def _drain_queue(
             else:
                 cmd = [*command, "train", env, "--seed", str(seed), "--run-dir", str(run_dir), *extra]
             print(f"{now()} start: {' '.join(cmd)}", flush=True)
-            running[subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env())] = run_dir
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env())
+            running[proc] = run_dir
+            started[proc] = time.time()
         time.sleep(2)
 
 
