@@ -86,6 +86,19 @@ def test_encoder_kwargs_size_the_built_in_cnn_and_unknown_ones_are_refused():
         make_encoder(small, "cnn", encoder_kwargs={"chanels": 8})
 
 
+def test_encoder_kwargs_size_the_cnn_of_each_image_field_of_a_dict_space():
+    space = spaces.Dict(
+        {"frame": spaces.Box(0, 255, (6, 7, 2), np.uint8), "speed": spaces.Box(-1.0, 1.0, (3,), np.float32)}
+    )
+    encoder = make_encoder(space, "auto", [16], encoder_kwargs={"channels": 8, "features": 32})
+    assert isinstance(encoder, CombinedEncoder)
+    cnn = encoder.cnns["frame"]
+    assert type(cnn) is MinAtarCNN and cnn.output_size == 32 and cnn.net[0][0].out_channels == 8
+    assert encoder.layers[0].in_features == 32 + 3
+    with pytest.raises(ValueError, match="key 'chanels' is invalid for the built-in MinAtarCNN"):
+        make_encoder(space, "auto", [16], encoder_kwargs={"chanels": 8})
+
+
 @pytest.mark.parametrize(
     "space, kind, words",
     [

@@ -208,11 +208,17 @@ def image_encoder(space: spaces.Box, **kwargs: Any) -> _ImageEncoder:
 
 
 class CombinedEncoder(nn.Module):
-    """Dict/Tuple observations: a CNN per image field, the other fields flattened, all
-    concatenated (in the space's field order) and put through an MLP's hidden layers."""
+    """Dict/Tuple observations: a CNN per image field (``image_encoder``, sized by ``cnn_kwargs``:
+    the run's encoder_kwargs), the other fields flattened, all concatenated (in the space's field
+    order) and put through an MLP's hidden layers."""
 
     def __init__(
-        self, space: spaces.Space, hidden_sizes: list[int], activation: str = "tanh", cnn: bool = True
+        self,
+        space: spaces.Space,
+        hidden_sizes: list[int],
+        activation: str = "tanh",
+        cnn: bool = True,
+        cnn_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         fields = observations.fields(space)
@@ -223,7 +229,7 @@ class CombinedEncoder(nn.Module):
         width = 0
         for key, sub in self.fields.items():
             if cnn and is_image(sub):
-                encoder = image_encoder(sub)
+                encoder = image_encoder(sub, **(cnn_kwargs or {}))
                 self.cnns[key.replace(".", "_")] = encoder
                 width += encoder.output_size
             else:
@@ -320,12 +326,13 @@ def make_encoder(
 def _builtin_encoder(
     space: spaces.Space, kind: str, hidden_sizes: list[int], activation: str, kwargs: dict[str, Any]
 ) -> nn.Module:
-    """A built-in encoder; ``kwargs`` (encoder_kwargs) size the built-in CNN of an image space (the
-    MLP's size is hidden_sizes: there they are unused, as when a config file's own encoder and its
-    kwargs are replaced by an explicit ``encoder="mlp"``)."""
+    """A built-in encoder; ``kwargs`` (encoder_kwargs) size the built-in CNN of an image space, or
+    of each image field of a Dict/Tuple space (the MLP's size is hidden_sizes: there they are
+    unused, as when a config file's own encoder and its kwargs are replaced by an explicit
+    ``encoder="mlp"``)."""
     parts = observations.fields(space)  # raises for unsupported spaces
     if parts is not None:
-        return CombinedEncoder(space, hidden_sizes, activation, cnn=kind != "mlp")
+        return CombinedEncoder(space, hidden_sizes, activation, cnn=kind != "mlp", cnn_kwargs=kwargs)
     if kind == "cnn" or (kind == "auto" and is_image(space)):
         if not (isinstance(space, spaces.Box) and len(space.shape) == 3):
             raise ValueError(
