@@ -111,12 +111,14 @@ def child_masking_clippo(spec: dict[str, Any]) -> dict[str, Any]:
 
     name, seed, d = spec["env"], spec["seed"], MASKABLE_DEFAULTS
     hyperparameters = {
-        "seed": seed, "num_envs": d["n_envs"], "num_steps": d["n_steps"], "num_minibatches": d["n_envs"] * d["n_steps"] // d["batch_size"],
+        "seed": seed, "num_envs": d["n_envs"], "num_steps": d["n_steps"],
+        "num_minibatches": d["n_envs"] * d["n_steps"] // d["batch_size"],
         "update_epochs": d["n_epochs"], "learning_rate": d["learning_rate"], "anneal_lr": False, "gamma": d["gamma"],
-        "gae_lambda": d["gae_lambda"], "clip_epsilon": d["clip_range"], "clip_value_loss": False, "ent_coef": d["ent_coef"],
-        "vf_coef": d["vf_coef"], "max_grad_norm": d["max_grad_norm"], "target_kl": None, "normalize_advantages": True,
-        "network": "separate", "hidden_sizes": [64, 64], "activation": "tanh", "normalize_observations": False,
-        "normalize_rewards": False, "vector_env": "sync", "torch_threads": 1, "checkpoint_every": 0, "tensorboard": False,
+        "gae_lambda": d["gae_lambda"], "clip_epsilon": d["clip_range"], "clip_value_loss": False,
+        "ent_coef": d["ent_coef"], "vf_coef": d["vf_coef"], "max_grad_norm": d["max_grad_norm"], "target_kl": None,
+        "normalize_advantages": True, "network": "separate", "hidden_sizes": [64, 64], "activation": "tanh",
+        "normalize_observations": False, "normalize_rewards": False, "vector_env": "sync", "torch_threads": 1,
+        "checkpoint_every": 0, "tensorboard": False,
     }  # fmt: skip
     counter = iter(range(10**9))
     agent = PPO(
@@ -146,7 +148,8 @@ def child_masking_maskable(spec: dict[str, Any]) -> dict[str, Any]:
     model = MaskablePPO(
         "MlpPolicy", venv, learning_rate=d["learning_rate"], n_steps=d["n_steps"], batch_size=d["batch_size"],
         n_epochs=d["n_epochs"], gamma=d["gamma"], gae_lambda=d["gae_lambda"], clip_range=d["clip_range"],
-        ent_coef=d["ent_coef"], vf_coef=d["vf_coef"], max_grad_norm=d["max_grad_norm"], seed=seed, device="cpu", verbose=0,
+        ent_coef=d["ent_coef"], vf_coef=d["vf_coef"], max_grad_norm=d["max_grad_norm"], seed=seed, device="cpu",
+        verbose=0,
     )  # fmt: skip
     t0 = time.perf_counter()
     model.learn(total_timesteps=spec["total_steps"])
@@ -217,8 +220,9 @@ def slots_baselines(eval_episodes: int, eval_seed: int, episodes: int = 20_000) 
 
 
 def run_masking(args, out: Path) -> dict[str, Any]:
-    results = {"meta": meta(), "recipe": MASKABLE_DEFAULTS, "total_steps": args.total_steps, "eval_episodes": args.eval_episodes,
-               "slots_baselines": slots_baselines(args.eval_episodes, EVAL_SEED), "runs": []}  # fmt: skip
+    results = {"meta": meta(), "recipe": MASKABLE_DEFAULTS, "total_steps": args.total_steps,
+               "eval_episodes": args.eval_episodes, "slots_baselines": slots_baselines(args.eval_episodes, EVAL_SEED),
+               "runs": []}  # fmt: skip
     order = [(seed, env, lib) for seed in args.seeds for env in args.envs for lib in LIBS]
     for i, (seed, env, lib) in enumerate(order, 1):
         spec = {"part": "masking", "lib": lib, "env": env, "seed": seed, "total_steps": args.total_steps,
@@ -227,8 +231,9 @@ def run_masking(args, out: Path) -> dict[str, Any]:
         results["runs"].append(r)
         if r["ok"]:
             log(
-                f"[{i}/{len(order)}] {LIB_NAMES[lib]:11} {env:7} seed {seed}: {r['steps'] / r['learn_s']:,.0f} steps/s, "
-                f"eval {mean_std(r['eval_returns'])[0]:.3f}, invalid actions {r['invalid_training']} + {r['invalid_eval']}"
+                f"[{i}/{len(order)}] {LIB_NAMES[lib]:11} {env:7} seed {seed}: "
+                f"{r['steps'] / r['learn_s']:,.0f} steps/s, eval {mean_std(r['eval_returns'])[0]:.3f}, "
+                f"invalid actions {r['invalid_training']} + {r['invalid_eval']}"
             )
         else:
             log(f"[{i}/{len(order)}] {LIB_NAMES[lib]:11} {env:7} seed {seed}: FAILED {r['error']}")
@@ -305,7 +310,9 @@ def run_distributed(args, out: Path) -> dict[str, Any]:
         resumed_at = next((line for line in resume_output.splitlines() if line.startswith("resuming")), None)
         entry = {"env": env, "command": "clippo " + " ".join(train_args).replace(str(run_dir), "RUN_DIR"),
                  "train_exit": code, "train_s": train_s, "resume_exit": resume_code, "resume_s": resume_s,
-                 "resumed": resumed_at, "eval": evaluation and {k: evaluation[k] for k in ("mean_return", "std_return", "episodes")}}  # fmt: skip
+                 "resumed": resumed_at,
+                 "eval": evaluation and {k: evaluation[k] for k in ("mean_return", "std_return", "episodes")},
+        }  # fmt: skip
         results["runs"].append(entry)
         log(
             f"{env}: train exit {code} ({train_s:.0f} s), {resumed_at}, resume exit {resume_code}, eval {entry['eval']}"
@@ -351,19 +358,24 @@ def write_markdown(out: Path) -> None:
         results = json.loads(path.read_text())
         summary = masking_summary(results)
         base = results["slots_baselines"]
-        lines += ["## Invalid-action masking: clippo vs sb3-contrib's MaskablePPO", "", *machine_markdown(results["meta"]), "",
-                  f"MaskablePPO's default hyperparameters for both ({json.dumps(results['recipe'])}; separate 64-64 tanh "
-                  f"MLPs, orthogonal init, constant learning rate), {results['total_steps']:,} steps per run, each run a child "
-                  "process of its own, alternating clippo / MaskablePPO. Evaluation: deterministic, with the env's masks, "
-                  f"{results['eval_episodes']} episodes. `invalid`: `InvalidActionEnvDiscrete(dim=20, n_invalid_actions=10)` "
-                  "(best return 100; a wrapper counts the masked actions taken); `slots`: `clippo.envs.toy.SlotsMethodEnv`, "
+        lines += ["## Invalid-action masking: clippo vs sb3-contrib's MaskablePPO", "",
+                  *machine_markdown(results["meta"]), "",
+                  f"MaskablePPO's default hyperparameters for both ({json.dumps(results['recipe'])}; "
+                  "separate 64-64 tanh MLPs, orthogonal init, constant learning rate), "
+                  f"{results['total_steps']:,} steps per run, each run a child process of its own, "
+                  "alternating clippo / MaskablePPO. Evaluation: deterministic, "
+                  f"with the env's masks, {results['eval_episodes']} episodes. "
+                  "`invalid`: `InvalidActionEnvDiscrete(dim=20, n_invalid_actions=10)` "
+                  "(best return 100; a wrapper counts the masked actions taken); "
+                  "`slots`: `clippo.envs.toy.SlotsMethodEnv`, "
                   f"whose step raises on an invalid action (best return {base['best']:.3f} on average, random valid "
                   f"actions {base['random']:.3f}; the best possible on the evaluation's own episodes: "
                   f"{base['eval_best']:.3f}).", ""]  # fmt: skip
         rows = []
         for env, s in summary.items():
-            rows.append([env, fmt(s["clippo"]["median_sps"], 0), fmt(s["maskable"]["median_sps"], 0), fmt(s["speedup"], 2, "x"),
-                         fmt(s["clippo"]["median_eval"], 3), fmt(s["maskable"]["median_eval"], 3),
+            rows.append([env, fmt(s["clippo"]["median_sps"], 0), fmt(s["maskable"]["median_sps"], 0),
+                         fmt(s["speedup"], 2, "x"), fmt(s["clippo"]["median_eval"], 3),
+                         fmt(s["maskable"]["median_eval"], 3),
                          f"{s['clippo']['invalid']} / {s['maskable']['invalid']}",
                          f"{s['clippo']['failed']} / {s['maskable']['failed']}"])  # fmt: skip
         lines += md_table(["env", "clippo steps/s (median)", "MaskablePPO steps/s (median)", "clippo speed-up",
@@ -371,7 +383,8 @@ def write_markdown(out: Path) -> None:
                            "invalid actions taken (clippo / MaskablePPO)", "failed runs"], rows)  # fmt: skip
         lines += ["", "Per run:", ""]
         rows = [[r["env"], r["seed"], LIB_NAMES[r["lib"]], fmt(r["steps"] / r["learn_s"], 0) if r["ok"] else "FAILED",
-                 fmt(r["learn_s"], 1) if r["ok"] else r["error"][:120], fmt(mean_std(r["eval_returns"])[0], 3) if r["ok"] else "",
+                 fmt(r["learn_s"], 1) if r["ok"] else r["error"][:120],
+                 fmt(mean_std(r["eval_returns"])[0], 3) if r["ok"] else "",
                  f"{r['invalid_training']} + {r['invalid_eval']}" if r["ok"] else "", r.get("mask_source", "")]
                 for r in results["runs"]]  # fmt: skip
         lines += md_table(
@@ -381,12 +394,13 @@ def write_markdown(out: Path) -> None:
     path = out / "spaces.json"
     if path.exists():
         results = json.loads(path.read_text())
-        lines += ["## Hybrid Dict and MultiBinary actions (each env's built-in preset)", "", *machine_markdown(results["meta"]), "",
+        lines += ["## Hybrid Dict and MultiBinary actions (each env's built-in preset)", "",
+                  *machine_markdown(results["meta"]), "",
                   "`clippo/ToolAmount-v0`: `Dict(tool=Discrete(3), amount=Box(-1, 1, (1,)))`, optimum 20 per episode "
                   "(random actions 7.8); `clippo/Bits-v0`: `MultiBinary(4)`, optimum 8 (random 4). Both train with "
                   "`clippo train ENV`'s values (clippo's defaults with gamma 0.5 and lambda 0.5, and an initial "
-                  f"log-std of -1 for ToolAmount: docs/presets.md). Deterministic evaluation, {results['eval_episodes']} "
-                  "episodes.", ""]  # fmt: skip
+                  "log-std of -1 for ToolAmount: docs/presets.md). "
+                  f"Deterministic evaluation, {results['eval_episodes']} episodes.", ""]  # fmt: skip
         rows = []
         for env in SPACES_RUNS:
             runs = [r for r in results["runs"] if r["env"] == env and r["ok"]]

@@ -208,9 +208,10 @@ def write_markdown(out: Path, data: dict) -> None:
         "# Atari and MinAtar: env-only steps/second",
         "",
         "Random actions, env steps per second (vector steps x envs; one Atari step is 4 frames) "
-        f"over {settings['steps']:,} timed vector steps (MinAtar {settings['minatar_steps']:,}) after {settings['warmup']} "
-        f"warm-up steps, each measurement a fresh child process, modes alternating, {settings['rounds']} rounds: median "
-        "(min-max). Atari through `clippo.envs.atari.make_atari_vector_env`: standard preprocessing (no-op reset up to 30, "
+        f"over {settings['steps']:,} timed vector steps (MinAtar {settings['minatar_steps']:,}) "
+        f"after {settings['warmup']} warm-up steps, each measurement a fresh child process, modes alternating, "
+        f"{settings['rounds']} rounds: median (min-max). Atari through `clippo.envs.atari.make_atari_vector_env`: "
+        "standard preprocessing (no-op reset up to 30, "
         "frame skip 4 with max-pooling, 84x84 grayscale, 4 stacked frames, FIRE on reset), raw rewards, whole games, "
         '`info["lives"]`, NEXT_STEP autoreset, the env\'s own sticky actions (0.25 for v5). MinAtar through '
         "`make_minatar_vector_env` (sticky actions 0.1). CPU us per env step: user + system time of the "
@@ -250,14 +251,15 @@ def write_markdown(out: Path, data: dict) -> None:
     lines += [
         "",
         f"Fastest Atari mode in this run: **{data['fastest_atari'] or 'n/a'}**. clippo's `--vector-env auto` for Atari "
-        f"ids is `{atari.AUTO_ATARI_MODE}` with {atari.DEFAULT_ALE_THREADS} threads (`clippo.envs.atari.AUTO_ATARI_MODE`, "
-        "`DEFAULT_ALE_THREADS`).",
+        f"ids is `{atari.AUTO_ATARI_MODE}` with {atari.DEFAULT_ALE_THREADS} threads "
+        "(`clippo.envs.atari.AUTO_ATARI_MODE`, `DEFAULT_ALE_THREADS`).",
     ]
     if busy:
         lines += [
             "",
             f"The load average exceeded the {nproc} cores during this run (other processes shared the CPUs): "
-            "the wall-clock rates are low and noisy; compare modes within a round (`atari_env_speed.json` has every run).",
+            "the wall-clock rates are low and noisy; compare modes within a round "
+            "(`atari_env_speed.json` has every run).",
         ]
     lines += [
         "",

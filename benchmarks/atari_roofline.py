@@ -14,9 +14,9 @@ backward, exactly what autograd runs), measures what one thread of this CPU sust
 and turns them into the least time per 1,024 env steps that any fp32 implementation would need
 (arithmetic only: no env, no Python, no optimizer). Where the CPU computes bf16 natively (AVX512-BF16
 or AMX), it measures the same two rates in bf16 (the matrix product on bf16 operands; the CNN under
-clippo's ``precision="bf16"`` autocast) and gives the bf16 bound beside the fp32 one. Given a peer's measured training rate
-(``--peer-steps-per-s``, SB3's from ``bench_atari.py``), it prints the largest speed-up over the
-peer that the arithmetic allows.
+clippo's ``precision="bf16"`` autocast) and gives the bf16 bound beside the fp32 one. Given a peer's
+measured training rate (``--peer-steps-per-s``, SB3's from ``bench_atari.py``), it prints the largest
+speed-up over the peer that the arithmetic allows.
 
     python benchmarks/atari_roofline.py --peer-steps-per-s 186.1 --out benchmarks/results/atari_roofline
 """

@@ -89,12 +89,13 @@ def zoo_hyperparameters_for_clippo(seed: int) -> dict[str, Any]:
     return {
         "seed": seed, "num_envs": z["n_envs"], "num_steps": z["n_steps"],
         "num_minibatches": z["n_envs"] * z["n_steps"] // z["batch_size"], "update_epochs": z["n_epochs"],
-        "learning_rate": z["learning_rate"], "anneal_lr": True, "anneal_clip": True, "gamma": z["gamma"], "gae_lambda": z["gae_lambda"],
-        "clip_epsilon": z["clip_range"], "ent_coef": z["ent_coef"], "vf_coef": z["vf_coef"],
-        "max_grad_norm": z["max_grad_norm"], "target_kl": None, "normalize_advantages": True, "network": "separate",
-        "hidden_sizes": [z["net_arch"]], "activation": "relu", "recurrent": "lstm",
+        "learning_rate": z["learning_rate"], "anneal_lr": True, "anneal_clip": True, "gamma": z["gamma"],
+        "gae_lambda": z["gae_lambda"], "clip_epsilon": z["clip_range"], "ent_coef": z["ent_coef"],
+        "vf_coef": z["vf_coef"], "max_grad_norm": z["max_grad_norm"], "target_kl": None, "normalize_advantages": True,
+        "network": "separate", "hidden_sizes": [z["net_arch"]], "activation": "relu", "recurrent": "lstm",
         "recurrent_hidden_size": z["lstm_hidden_size"], "bptt_length": 0, "normalize_observations": True,
-        "normalize_rewards": True, "vector_env": "sync", "torch_threads": 1, "checkpoint_every": 0, "tensorboard": False,
+        "normalize_rewards": True, "vector_env": "sync", "torch_threads": 1, "checkpoint_every": 0,
+        "tensorboard": False,
     }  # fmt: skip
 
 
@@ -218,7 +219,8 @@ def run_specs(
         r = run_child(spec, out / "runs" / "logs" / f"{name}-{label}.log")
         if r["ok"]:
             log(
-                f"{label}: {r['steps'] / r['learn_s']:,.0f} steps/s, {r['learn_s']:.0f} s, eval {mean_std(r['eval_returns'])[0]:.1f}"
+                f"{label}: {r['steps'] / r['learn_s']:,.0f} steps/s, {r['learn_s']:.0f} s, "
+                f"eval {mean_std(r['eval_returns'])[0]:.1f}"
             )
         else:
             log(f"{label}: FAILED {r['error']}")
@@ -253,7 +255,8 @@ def run_presets(args, out: Path) -> dict[str, Any]:
 #: CartPoleNoVel's rollouts are 32 steps (one minibatch of all 256 steps); PendulumNoVel's are 1024
 #: steps in 4 envs, so 4 minibatches of 1024 steps each: one env's whole rollout, or 8 or 32 chunks.
 BPTT_RUNS = {
-    "clippo/CartPoleNoVel-v1": [("whole32", {"bptt_length": 0}), ("bptt16", {"bptt_length": 16}), ("bptt8", {"bptt_length": 8})],
+    "clippo/CartPoleNoVel-v1": [("whole32", {"bptt_length": 0}), ("bptt16", {"bptt_length": 16}),
+                                ("bptt8", {"bptt_length": 8})],
     "clippo/PendulumNoVel-v1": [("whole1024", {"bptt_length": 0, "num_minibatches": 4}),
                                 ("bptt128", {"bptt_length": 128, "num_minibatches": 4}),
                                 ("bptt32", {"bptt_length": 32, "num_minibatches": 4})],
@@ -326,17 +329,20 @@ def write_markdown(out: Path) -> None:
         results = json.loads(path.read_text())
         s = summary_rows(results["runs"], ("lib",))
         c, r = s.get(("clippo",), {}), s.get(("recurrentppo",), {})
-        lines += ["## Speed: clippo vs RecurrentPPO on clippo/CartPoleNoVel-v1", "", *machine_markdown(results["meta"]), "",
+        lines += ["## Speed: clippo vs RecurrentPPO on clippo/CartPoleNoVel-v1", "",
+                  *machine_markdown(results["meta"]), "",
                   f"RL-Zoo's RecurrentPPO hyperparameters for both ({json.dumps(results['recipe'])}), "
                   f"{results['total_steps']:,} steps per run, one torch thread, each run a child process, alternating "
-                  f"clippo / RecurrentPPO. Evaluation: deterministic, {results['eval_episodes']} episodes.", ""]  # fmt: skip
+                  f"clippo / RecurrentPPO. Evaluation: deterministic, {results['eval_episodes']} episodes.",
+                  ""]  # fmt: skip
         lines += md_table(["library", "runs", "median steps/s", "median learn s", "eval per seed", "median eval"], [
             [LIB_NAMES[lib], g.get("runs"), fmt(g.get("median_sps"), 0), fmt(g.get("median_learn_s"), 1),
              ", ".join(f"{e:.1f}" for e in g.get("evals", [])), fmt(g.get("median_eval"), 1)]
             for lib, g in (("clippo", c), ("recurrentppo", r))])  # fmt: skip
         lines += [
             "",
-            f"clippo / RecurrentPPO steps/s (medians): **{fmt(ratio(c.get('median_sps'), r.get('median_sps')), 2, 'x')}**",
+            "clippo / RecurrentPPO steps/s (medians): "
+            f"**{fmt(ratio(c.get('median_sps'), r.get('median_sps')), 2, 'x')}**",
             "",
         ]
     for name, title, keys in (
@@ -362,7 +368,8 @@ def write_markdown(out: Path) -> None:
             target = PRESET_TARGETS.get(env)
             hit = sum(e >= target for e in g["evals"]) if target is not None else None
             rows.append([env, variant, ", ".join(f"{e:.1f}" for e in g["evals"]), fmt(g["median_eval"], 1),
-                         fmt(target, 0) if target is not None else "-", f"{hit} of {g['runs']}" if hit is not None else "-",
+                         fmt(target, 0) if target is not None else "-",
+                         f"{hit} of {g['runs']}" if hit is not None else "-",
                          fmt(g["median_learn_s"], 1), fmt(g["median_sps"], 0)])  # fmt: skip
         lines += md_table(["env", "variant", "eval per seed", "median", "target", "seeds at target", "median learn s",
                            "median steps/s"], rows)  # fmt: skip

@@ -711,7 +711,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     lines += machine_markdown(meta)
     lines += [
         f"- seeds {results['seeds']}, deterministic evaluation over {results['eval_episodes']} episodes with eval seed "
-        f"{results['eval_seed']}; run order: seed-major, alternating " + " / ".join(LIB_NAMES[l] for l in libs),
+        f"{results['eval_seed']}; run order: seed-major, alternating " + " / ".join(LIB_NAMES[lib] for lib in libs),
         "",
         "## Summary (median over seeds)",
         "",
@@ -788,13 +788,15 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
             "",
             'env-only: `envs.step(envs.action_space.sample())` on `clippo.envs.make.make_vector_env(env, n, "auto")` '
             "(SB3: `make_vec_env` DummyVecEnv with Monitor, plus VecNormalize when the recipe normalizes). "
-            "Rollout, the same work for both: actions, log-probabilities, critic values and GAE advantages for a whole rollout. clippo: "
-            "`EnvRunner.collect` into a `RolloutBuffer` (acting with a numpy copy of the actor; log-probabilities of the "
-            "stored actor outputs in one call after the loop), `RolloutBuffer.estimate_values` (numpy copy of the critic, "
+            "Rollout, the same work for both: actions, log-probabilities, critic values and GAE advantages "
+            "for a whole rollout. clippo: "
+            "`EnvRunner.collect` into a `RolloutBuffer` (acting with a numpy copy of the actor; "
+            "log-probabilities of the stored actor outputs in one call after the loop), "
+            "`RolloutBuffer.estimate_values` (numpy copy of the critic, "
             "one batch) and `compute_gae`, as `PPO._train` does them; SB3: "
             "`collect_rollouts` (critic evaluated at every step, GAE at the end). "
-            "Timed in rounds after one warm-up of each: one rollout's worth of env-only vector steps, then one rollout, "
-            "alternated (the machine's speed drifts); rates are totals over the rounds.",
+            "Timed in rounds after one warm-up of each: one rollout's worth of env-only vector steps, "
+            "then one rollout, alternated (the machine's speed drifts); rates are totals over the rounds.",
         ]
     else:
         lines += ["(not measured)"]
@@ -1020,7 +1022,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit-env-steps",
         type=int,
         default=100_000,
-        help="transitions (summed over envs), at least, for the env-only rate (measured in rounds alternating with the rollouts)",
+        help="transitions (summed over envs), at least, for the env-only rate "
+        "(measured in rounds alternating with the rollouts)",
     )
     parser.add_argument(
         "--limit-collect-steps", type=int, default=50_000, help="transitions (at least) for the rollout rate"

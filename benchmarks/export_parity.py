@@ -133,7 +133,7 @@ def markdown(results: list[dict], meta: dict) -> str:
                 "passed",
             ],
             rows,
-        ),  # fmt: skip
+        ),
         "",
         "## Commands",
         "",
@@ -162,7 +162,8 @@ def main() -> int:
         results.append(run_case(name, args.work))
         r = results[-1]
         print(
-            f"{name}: {r['observations']} observations, agreement {r['agreement']}, max difference {r['max_difference']}",
+            f"{name}: {r['observations']} observations, agreement {r['agreement']}, "
+            f"max difference {r['max_difference']}",
             flush=True,
         )
     meta["finished"] = now()

@@ -145,7 +145,7 @@ def ttt_move_values(board: tuple[int, ...], player: int, memo: dict) -> dict[int
     """The minimax value (+1 win, 0 draw, -1 loss) for ``player`` of each legal move."""
     values = {}
     for cell in (i for i in range(9) if not board[i]):
-        after = board[:cell] + (player,) + board[cell + 1 :]
+        after = (*board[:cell], player, *board[cell + 1 :])
         if ttt_winner(after):
             values[cell] = 1
         elif all(after):
@@ -177,7 +177,7 @@ def ttt_optimality(agent) -> dict[str, Any]:
             return
         positions.add((board, player))
         for cell in (i for i in range(9) if not board[i]):
-            walk(board[:cell] + (player,) + board[cell + 1 :], 3 - player)
+            walk((*board[:cell], player, *board[cell + 1 :]), 3 - player)
 
     walk((0,) * 9, 1)
     counts = {"positions": 0, "optimal": 0, "win_available": 0, "took_win": 0, "must_block": 0, "blocked": 0}
@@ -190,8 +190,8 @@ def ttt_optimality(agent) -> dict[str, Any]:
         values = ttt_move_values(board, player, memo)
         counts["positions"] += 1
         counts["optimal"] += values[move] == max(values.values())
-        wins = [c for c in values if ttt_winner(board[:c] + (player,) + board[c + 1 :]) == player]
-        threats = [c for c in values if ttt_winner(board[:c] + (3 - player,) + board[c + 1 :]) == 3 - player]
+        wins = [c for c in values if ttt_winner((*board[:c], player, *board[c + 1 :])) == player]
+        threats = [c for c in values if ttt_winner((*board[:c], 3 - player, *board[c + 1 :])) == 3 - player]
         if wins:
             counts["win_available"] += 1
             counts["took_win"] += move in wins

@@ -27,8 +27,9 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from clippo.networks.recurrent import RecurrentCore, episode_pieces
 import itertools
+
+from clippo.networks.recurrent import RecurrentCore, episode_pieces
 
 STRATEGIES = ("fused pieces (clippo)", "cell stepped", "one call per segment", "packed")
 
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     print(
-        f"torch {torch.__version__}, 1 thread, hidden {args.hidden}, {args.envs} envs; median ms of {args.repeats} calls\n"
+        f"torch {torch.__version__}, 1 thread, hidden {args.hidden}, {args.envs} envs; "
+        f"median ms of {args.repeats} calls\n"
     )
 
     print("| acting, one step | nn layer call | cell function (clippo) |\n| --- | --- | --- |")
@@ -129,8 +131,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
             else:
                 h0 = state.unsqueeze(0).contiguous()
-            layer = timed(lambda: core.rnn(x.unsqueeze(0), h0), args.repeats * 10)
-            cell = timed(lambda: core.step(x, state, starts), args.repeats * 10)
+            layer = timed(lambda core=core, x=x, h0=h0: core.rnn(x.unsqueeze(0), h0), args.repeats * 10)
+            cell = timed(
+                lambda core=core, x=x, state=state, starts=starts: core.step(x, state, starts), args.repeats * 10
+            )
         print(f"| {kind} | {layer * 1e3:.0f} µs | {cell * 1e3:.0f} µs |")
 
     print("\n| replay, forward + backward | length | mean episode | " + " | ".join(STRATEGIES) + " |")

@@ -1,9 +1,9 @@
 """Where a rollout's time goes: clippo's collection loop with a timer around each part.
 
-The loop below mirrors ``FastEnvRunner.collect`` (clippo/fastpath/rollout.py; plus the critic pass and GAE that ``clippo.training.loop.train``
-runs after it) step by step, on the Zoo CartPole recipe's network with N envs, and reports
-microseconds per vector step for each part, medians over rounds. Keep it in step with
-``clippo/fastpath/rollout.py`` when that changes.
+The loop below mirrors ``FastEnvRunner.collect`` (clippo/fastpath/rollout.py; plus the critic pass
+and GAE that ``clippo.training.loop.train`` runs after it) step by step, on the Zoo CartPole
+recipe's network with N envs, and reports microseconds per vector step for each part, medians
+over rounds. Keep it in step with ``clippo/fastpath/rollout.py`` when that changes.
 
     python benchmarks/rollout_breakdown.py --envs 64 --steps 128 --rounds 10
 """
@@ -120,7 +120,10 @@ def main() -> int:
         print(f"  {name:34s} {statistics.median(values):8.1f}")
     env_block = per_round["env-only block (random actions)"]
     print(f"  {'rollout total':34s} {statistics.median(rollout_total):8.1f}")
-    print(f"  rollout / env-only rate: {statistics.median(e / r for e, r in zip(env_block, rollout_total, strict=False)):.2f}")
+    print(
+        "  rollout / env-only rate: "
+        f"{statistics.median(e / r for e, r in zip(env_block, rollout_total, strict=False)):.2f}"
+    )
     return 0
 
 

@@ -52,7 +52,8 @@ def summary_markdown(paths: list[Path], env_id: str, stuck_below: float) -> str:
     lines = [f"# {env_id}: learning over seeds, clippo and SB3 with the same hyperparameters", ""]
     lines += [f"- command: `{command_line()}`"]
     lines += [
-        f"- merged from: {', '.join(f'`{p}`' for p in paths)} (each file's own results.md gives its command, date, machine and evaluation episodes)"
+        f"- merged from: {', '.join(f'`{p}`' for p in paths)} "
+        "(each file's own results.md gives its command, date, machine and evaluation episodes)"
     ]
     lines += [
         f"- stuck: the training curve's last point (mean return of the last episodes) at or below {stuck_below:g}",

@@ -96,7 +96,8 @@ def train(env_id: str, network: str, seed: int, args: argparse.Namespace) -> dic
     log = args.out / "runs" / "logs" / f"{env_id}-{network}-seed{seed}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(
-        f"$ {' '.join(cmd)}\nexit status {proc.returncode}, {wall:.1f} s\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+        f"$ {' '.join(cmd)}\nexit status {proc.returncode}, {wall:.1f} s\n"
+        f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
     )
     print(f"{env_id} {network} seed {seed}: exit {proc.returncode}, {wall:.0f} s", flush=True)
     return {"env": env_id, "network": network, "seed": seed, "reused": False, "exit_status": proc.returncode}

@@ -100,22 +100,25 @@ def judge(
     t3_met = t3_median is not None and len(measured) == len(fractions) and t3_median >= ROLLOUT_FRACTION
     return [
         {
-            "target": f"1. same hyperparameters, {ENV_ID} 100k steps: clippo >= {SPEEDUP:g}x faster than SB3, both solving it",
-            "measured": f"{fmt(speedup, 2, 'x')} (median over {seeds} seeds); eval >= {SOLVED:g}: clippo {solved['clippo']}/{seeds}, "
-            f"SB3 {solved['sb3']}/{seeds}",
+            "target": f"1. same hyperparameters, {ENV_ID} 100k steps: "
+            f"clippo >= {SPEEDUP:g}x faster than SB3, both solving it",
+            "measured": f"{fmt(speedup, 2, 'x')} (median over {seeds} seeds); "
+            f"eval >= {SOLVED:g}: clippo {solved['clippo']}/{seeds}, SB3 {solved['sb3']}/{seeds}",
             "met": t1_met,
             "values": {"speedup": speedup, "solved": solved, "seeds": seeds},
         },
         {
-            "target": f"2. time to solve: `clippo train {ENV_ID} --seed S` <= {SOLVE_RATIO:g} of SB3-Zoo's whole-process time, "
-            "eval >= 475, on every seed",
+            "target": f"2. time to solve: `clippo train {ENV_ID} --seed S` <= {SOLVE_RATIO:g} "
+            "of SB3-Zoo's whole-process time, eval >= 475, on every seed",
             "measured": f"median {fmt(solve['summary'].get('ratio_clippo_over_sb3'), 3)}, worst seed "
-            f"{fmt(max(t2_ratios) if t2_ratios else None, 3)}; clippo solved {sum(p['clippo_solved'] for p in per_seed)}/{len(per_seed)}",
+            f"{fmt(max(t2_ratios) if t2_ratios else None, 3)}; "
+            f"clippo solved {sum(p['clippo_solved'] for p in per_seed)}/{len(per_seed)}",
             "met": t2_met,
             "values": {"per_seed": per_seed, "median_ratio": solve["summary"].get("ratio_clippo_over_sb3")},
         },
         {
-            "target": f"3. {num_envs} {ENV_ID} envs: rollout collection >= {ROLLOUT_FRACTION:g} of the env-only step rate",
+            "target": f"3. {num_envs} {ENV_ID} envs: "
+            f"rollout collection >= {ROLLOUT_FRACTION:g} of the env-only step rate",
             "measured": f"median {fmt(t3_median, 2)} over {len(measured)} measurements "
             f"({', '.join(fmt(f, 2) for f in measured)})",
             "met": t3_met,
@@ -175,7 +178,8 @@ def md_row_note(report: dict[str, Any]) -> str:
     a = report["args"]
     return (
         f"Seeds: target 1 {a['seeds']}, target 2 {a['solve_seeds']}; target 3 measured {a['limit_repeats']} times "
-        f"with {a['throughput_envs']} envs x {a['throughput_steps']} steps. Every run is a process of its own, one thread."
+        f"with {a['throughput_envs']} envs x {a['throughput_steps']} steps. "
+        "Every run is a process of its own, one thread."
     )
 
 

@@ -181,7 +181,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     lines += machine_markdown(results["meta"])
     lines += [
         f"- seeds {results['seeds']}; solved = deterministic evaluation mean return >= {SOLVED:g}; "
-        "order: per seed, clippo then SB3, after one untimed process importing both libraries (warms the OS file cache)",
+        "order: per seed, clippo then SB3, after one untimed process importing both libraries "
+        "(warms the OS file cache)",
         f"- clippo: `{' '.join(results['clippo_command'])} train CartPole-v1 --seed S --run-dir DIR`"
         + (f" plus `{results['overrides']}`" if results["overrides"] else "")
         + " (built-in CartPole-v1 recipe; eval.json from its end-of-training evaluation, eval seed S+10000)",

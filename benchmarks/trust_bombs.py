@@ -1,8 +1,8 @@
 """Peak memory and wall time of clippo commands on the resource bombs of issue #30 (docs/trust.md).
 
 Each command runs in a fresh process (``python -m clippo ...``) under a small wrapper process
-that reports the command's peak resident memory (``ru_maxrss``). The baseline rows are the same commands on the honest run they were made
-from. Run from the repository root:
+that reports the command's peak resident memory (``ru_maxrss``). The baseline rows are the same
+commands on the honest run they were made from. Run from the repository root:
 
     python benchmarks/trust_bombs.py
 
@@ -24,9 +24,13 @@ import torch
 from clippo.training.checkpoint import read_checkpoint, write_atomic
 
 # 10 lols, then 39 levels of 10 aliases each: 10**40 strings once expanded (a 2 KB file)
-BILLION_LAUGHS = "a0: &a0 [" + ", ".join(["lol"] * 10) + "]\n" + "".join(
-    f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 40)
-) + "encoder_kwargs: {x: *a39}\n"
+BILLION_LAUGHS = (
+    "a0: &a0 ["
+    + ", ".join(["lol"] * 10)
+    + "]\n"
+    + "".join(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 40))
+    + "encoder_kwargs: {x: *a39}\n"
+)
 ZERO_TENSOR_BYTES = 400 << 20
 
 
@@ -42,8 +46,13 @@ def measure(args: list[str], cwd: Path) -> str:
     """One command in a process of its own (under a wrapper that reads its ``ru_maxrss``):
     seconds, peak RSS (MB), exit status, last stderr line."""
     started = time.perf_counter()
-    wrapper = subprocess.run([sys.executable, "-c", _WRAPPER, sys.executable, "-m", "clippo", *args], cwd=cwd,
-                             capture_output=True, text=True, check=True)
+    wrapper = subprocess.run(
+        [sys.executable, "-c", _WRAPPER, sys.executable, "-m", "clippo", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     seconds = time.perf_counter() - started
     first, _, last = wrapper.stdout.partition("\n")
     peak_kb, code = first.split()
@@ -53,22 +62,47 @@ def measure(args: list[str], cwd: Path) -> str:
 def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="clippo-trust-bombs-"))
     try:
-        subprocess.run([sys.executable, "-m", "clippo", "train", "CartPole-v1", "--run-dir", "run", "--total-steps",
-                        "256", "--num-envs", "2", "--num-steps", "32", "--eval-episodes", "1", "--no-tensorboard",
-                        "--no-progress"], cwd=folder, check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "clippo",
+                "train",
+                "CartPole-v1",
+                "--run-dir",
+                "run",
+                "--total-steps",
+                "256",
+                "--num-envs",
+                "2",
+                "--num-steps",
+                "32",
+                "--eval-episodes",
+                "1",
+                "--no-tensorboard",
+                "--no-progress",
+            ],
+            cwd=folder,
+            check=True,
+            capture_output=True,
+        )
         payload = read_checkpoint(folder / "run" / "agent.pt")
         payload["junk"] = torch.zeros(ZERO_TENSOR_BYTES, dtype=torch.uint8)
         torch.save(payload, folder / "stored.pt")
         del payload
-        with zipfile.ZipFile(folder / "stored.pt") as source, \
-                zipfile.ZipFile(folder / "bomb.pt", "w", zipfile.ZIP_DEFLATED) as target:
+        with (
+            zipfile.ZipFile(folder / "stored.pt") as source,
+            zipfile.ZipFile(folder / "bomb.pt", "w", zipfile.ZIP_DEFLATED) as target,
+        ):
             for entry in source.infolist():
                 with source.open(entry) as reader, target.open(entry.filename, "w", force_zip64=True) as writer:
                     shutil.copyfileobj(reader, writer, 1 << 20)
         (folder / "stored.pt").unlink()
         size = (folder / "bomb.pt").stat().st_size // 1024
-        print(f"deflate bomb ({size} KB file, {ZERO_TENSOR_BYTES >> 20} MB zero tensor), eval: "
-              f"{measure(['eval', 'bomb.pt', '--episodes', '1'], folder)}")
+        print(
+            f"deflate bomb ({size} KB file, {ZERO_TENSOR_BYTES >> 20} MB zero tensor), eval: "
+            f"{measure(['eval', 'bomb.pt', '--episodes', '1'], folder)}"
+        )
         print(f"baseline eval:                {measure(['eval', 'run', '--episodes', '1'], folder)}")
         shutil.copytree(folder / "run", folder / "laughs")
         (folder / "laughs" / "config.yaml").write_text(BILLION_LAUGHS)

@@ -112,7 +112,7 @@ def main() -> None:
     for variant, flags in VARIANTS.items():
         runs = [r for r in rows if r["variant"] == variant]
 
-        def avg(key: str) -> float:
+        def avg(key: str, runs: list[dict] = runs) -> float:
             return statistics.fmean(r[key] for r in runs)
 
         table.append(

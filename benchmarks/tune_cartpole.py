@@ -314,9 +314,10 @@ def markdown(results: dict[str, Any], args) -> str:
         "## Resuming after a kill",
         "",
         f"`{killed['command']}` was started, killed with SIGKILL (the command and its 2 workers) "
-        f"{killed['killed_after_s']:.0f} s in, once {killed['finished_before']} trials had finished and one had run for "
-        f"3 s (running at the kill: {', '.join(f'trial {n}' for n in killed['running_at_kill']) or 'none'}), and the "
-        "same command was run again "
+        f"{killed['killed_after_s']:.0f} s in, once {killed['finished_before']} trials had finished "
+        "and one had run for 3 s "
+        f"(running at the kill: {', '.join(f'trial {n}' for n in killed['running_at_kill']) or 'none'}), "
+        "and the same command was run again "
         f"(exit {killed['resume_exit_code']}, {killed['resume_seconds']:.0f} s).",
         "",
         f"- trials finished before the kill still in the study, with the same state, value and parameters: "

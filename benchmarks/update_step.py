@@ -78,8 +78,10 @@ def main() -> int:
         times.append(time.perf_counter() - start)
     agent.close()
     print(
-        f"{args.env} ({args.recipe}): {len(batch)} rows, {cfg.num_minibatches} minibatch(es) x {cfg.update_epochs} epochs; "
-        f"per minibatch step: min {min(times) / steps * 1e6:.0f} us, median {statistics.median(times) / steps * 1e6:.0f} us"
+        f"{args.env} ({args.recipe}): {len(batch)} rows, "
+        f"{cfg.num_minibatches} minibatch(es) x {cfg.update_epochs} epochs; "
+        f"per minibatch step: min {min(times) / steps * 1e6:.0f} us, "
+        f"median {statistics.median(times) / steps * 1e6:.0f} us"
     )
     return 0
 
