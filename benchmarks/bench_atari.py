@@ -73,6 +73,7 @@ def child_clippo(spec: dict[str, Any]) -> dict[str, Any]:
         torch_threads=spec["threads"],
         tensorboard=False,
         precision=spec.get("precision", "fp32"),
+        device=spec.get("device", "cpu"),
         **RECIPE,
     )
     batch = agent.batch_size
@@ -123,7 +124,7 @@ def child_sb3(spec: dict[str, Any]) -> dict[str, Any]:
         gae_lambda=RECIPE["gae_lambda"],
         max_grad_norm=RECIPE["max_grad_norm"],
         seed=spec["seed"],
-        device="cpu",
+        device=spec.get("device", "cpu"),
         verbose=0,
     )
     batch = RECIPE["num_envs"] * RECIPE["num_steps"]
@@ -216,6 +217,12 @@ def main() -> int:
     parser.add_argument(
         "--bf16", action="store_true", help="also time clippo in bf16 mixed precision (CPUs with AVX512-BF16 or AMX)"
     )
+    parser.add_argument(
+        "--device", default="cpu", help="where both libraries train: cpu or cuda (the envs step on the CPU)"
+    )
+    parser.add_argument(
+        "--no-sb3", action="store_true", help="time clippo alone (e.g. fp32 against bf16 on a GPU machine)"
+    )
     parser.add_argument("--_child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:
@@ -223,11 +230,20 @@ def main() -> int:
         emit_result(CHILDREN[spec["kind"]](spec))
         return 0
 
-    meta = {"command": command_line(), "date": now(), "machine": machine_info(), "recipe": RECIPE}
+    meta = {
+        "command": command_line(),
+        "date": now(),
+        "machine": machine_info(),
+        "recipe": RECIPE,
+        "device": args.device,
+    }
+    kinds = ["env_clippo", "env_sb3", "clippo", *(["clippo_bf16"] if args.bf16 else []), "sb3"]
+    if args.no_sb3:
+        kinds = [kind for kind in kinds if "sb3" not in kind]
     runs: list[dict[str, Any]] = []
     for threads in args.threads:
         for round_index in range(args.rounds):
-            for kind in ("env_clippo", "env_sb3", "clippo", *(("clippo_bf16",) if args.bf16 else ()), "sb3"):
+            for kind in kinds:
                 spec = {
                     "kind": kind,
                     "env": args.env,
@@ -235,6 +251,7 @@ def main() -> int:
                     "env_steps": args.env_steps,
                     "threads": threads,
                     "seed": args.seed,
+                    "device": args.device,
                 }
                 result = run_child(spec)
                 runs.append({**spec, **result, "round": round_index})
@@ -247,14 +264,16 @@ def main() -> int:
             for kind in CHILDREN
             if any(r["kind"] == kind for r in runs)
         }
-        bf16 = {"ratio_bf16": ratio(rates["clippo_bf16"], rates["sb3"])} if "clippo_bf16" in rates else {}
-        summary.append({"threads": threads, **rates, "ratio": ratio(rates["clippo"], rates["sb3"]), **bf16})
+        sb3 = rates.get("sb3")
+        bf16 = {"ratio_bf16": ratio(rates["clippo_bf16"], sb3)} if "clippo_bf16" in rates else {}
+        summary.append({"threads": threads, **rates, "ratio": ratio(rates["clippo"], sb3), **bf16})
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "atari_speed.json", {"meta": meta, "runs": runs, "summary": summary})
     lines = [
         f"# Atari training speed: clippo vs Stable-Baselines3 ({args.env})",
         "",
         *machine_markdown(meta),
+        f"- device: {args.device} (the networks and the update; the envs step on the CPU)",
         "",
         "Same recipe for both (the PPO paper's Atari settings, Nature CNN shared by actor and critic): "
         + ", ".join(f"`{k}={v}`" for k, v in RECIPE.items())
@@ -278,12 +297,12 @@ def main() -> int:
             [
                 s["threads"],
                 fmt(s["clippo"], 1),
-                fmt(s["sb3"], 1),
-                fmt(s["ratio"], 2) + "x",
+                fmt(s.get("sb3"), 1),
+                fmt(s["ratio"], 2, "x"),
                 fmt(s["clippo_bf16"], 1) if "clippo_bf16" in s else "-",
-                fmt(s["ratio_bf16"], 2) + "x" if "ratio_bf16" in s else "-",
+                fmt(s["ratio_bf16"], 2, "x") if "ratio_bf16" in s else "-",
                 fmt(s["env_clippo"], 0),
-                fmt(s["env_sb3"], 0),
+                fmt(s.get("env_sb3"), 0),
             ]
             for s in summary
         ],

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from clippo import PPO
+from tests.toy_envs import SpotImageEnv
 from tests.training.test_ppo import record_first_logratios
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -70,3 +71,43 @@ def test_cuda_masked_and_hybrid_agents_train_from_the_rollouts_log_probs(env):
         assert logratio.device.type == "cuda" and logratio.abs().max().item() < 1e-5, logratio
     assert agent.evaluate(episodes=2, seed=0)["episodes"] == 2
     agent.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not torch.cuda.is_bf16_supported(), reason="needs a bf16 GPU")
+@pytest.mark.parametrize("network", ["separate", "shared"])
+def test_cuda_bf16_update_starts_from_the_rollouts_log_probs(network):
+    """bf16 on CUDA (issue #36): the rollout acts in bf16 on batches of num_envs frames, the update
+    recomputes the log-probabilities in bf16 on minibatches of other sizes; where the GPU's kernels
+    round differently with the batch size, the first ratio of an update would drift from 1."""
+    agent = PPO(
+        lambda: SpotImageEnv(size=12),
+        device="cuda",
+        precision="bf16",
+        network=network,
+        num_envs=4,
+        num_steps=32,
+        num_minibatches=2,
+        update_epochs=2,
+        tensorboard=False,
+        seed=0,
+    )
+    firsts = record_first_logratios(agent)
+    agent.learn(total_steps=agent.batch_size * 3)
+    assert agent.model.compute_dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in agent.model.parameters())
+    assert len(firsts) == 3
+    for logratio in firsts:
+        assert logratio.abs().max().item() < 1e-5, logratio
+    agent.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not torch.cuda.is_bf16_supported(), reason="needs a bf16 GPU")
+def test_cuda_bf16_checkpoint_loads_on_the_cpu_in_fp32(tmp_path):
+    agent = PPO(lambda: SpotImageEnv(size=12), device="cuda", precision="bf16", num_envs=2, num_steps=32, seed=1)
+    agent.learn(total_steps=128)
+    path = agent.save(tmp_path / "agent.pt")
+    agent.close()
+    cpu = PPO.load(path, env=lambda: SpotImageEnv(size=12), device="cpu", precision="fp32")
+    assert cpu.model.compute_dtype is None and all(p.device.type == "cpu" for p in cpu.model.parameters())
+    cpu.learn(total_steps=64)
+    cpu.close()
