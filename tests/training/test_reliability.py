@@ -683,8 +683,7 @@ def test_second_sigint_quits_at_once(tmp_path):
         ],
         tmp_path,
     )
-    wait_for_line(process, "training ")
-    time.sleep(0.5)  # past the installation of the signal handlers
+    wait_for_line(process, "training ")  # (printed once the signal handlers are installed)
     process.send_signal(signal.SIGINT)
     time.sleep(0.3)
     sent = time.monotonic()

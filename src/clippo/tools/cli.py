@@ -694,12 +694,14 @@ def _train_claimed(args: argparse.Namespace, agent, run_dir: Path) -> int:
         if args.run_dir is None:
             _point_latest_at(run_dir)
         save_config(agent.config, run_dir / "config.yaml")
-        ranks = f" on {agent.world.size} processes" if agent.world.distributed else ""
-        print(
-            f"training {args.env_id} for {agent.config.total_steps} steps{ranks}; run directory: {run_dir}", flush=True
-        )
     callback = _eval_callback(agent)
     with stop_on_signals(agent):
+        if main_rank:  # (printed once the handlers are in place: from this line on, Ctrl-C stops cleanly)
+            ranks = f" on {agent.world.size} processes" if agent.world.distributed else ""
+            print(
+                f"training {args.env_id} for {agent.config.total_steps} steps{ranks}; run directory: {run_dir}",
+                flush=True,
+            )
         try:
             agent.learn(progress=args.progress if main_rank else False, callback=callback)
         finally:
