@@ -390,7 +390,10 @@ class PPO(Stoppable):
         # Seed the global RNG only for the weight init; everything after draws from our generator.
         torch.manual_seed(config.seed)
         self.model = self._build_model(config, policy_space, action_space, encoder).to(self.device)
-        self.model.compute_dtype = precision.compute_dtype(config.precision, self.device)
+        # (``auto`` resolves to fp32 where the numpy fast path covers the agent: asked before the dtype is set)
+        masked = masking.observation_has_mask(observation_space)
+        fast = fastpath.rollout_applies(config, self.model, self.device, masked)
+        self.model.compute_dtype = precision.compute_dtype(config.precision, self.device, fast)
         # Extra slots carry each minibatch's approximate KL and loss statistics along with the
         # gradient (averaged across ranks in the same exchange).
         self.optimizer = FlatAdam(
@@ -449,6 +452,12 @@ class PPO(Stoppable):
         masked = self.action_masks is not None or masking.observation_has_mask(self.observation_space)
         self.runner_class, self.buffer_class = fastpath.make_rollout(self.config, self.model, self.device, masked)
         return fastpath.make_loss(self.config, self.model, self.device, self.optimizer.zero_grad, masked)
+
+    @property
+    def precision(self) -> str:
+        """The precision the networks run in, ``fp32`` or ``bf16`` (``config.precision`` resolved:
+        ``auto`` depends on the device, ``clippo.core.precision``)."""
+        return "fp32" if self.model.compute_dtype is None else "bf16"
 
     @property
     def clip_epsilon(self) -> float:
@@ -813,7 +822,7 @@ class PPO(Stoppable):
         ``encoder`` only for a user encoder (its class). A checkpoint is data: a user encoder or
         an env module it names is imported only with ``trust_code=True`` (docs/trust.md), or when
         you name that module yourself in ``env_modules`` (imported before the env is made).
-        ``device`` and ``precision`` (``fp32`` or ``bf16``) replace the run's own: checkpoints hold
+        ``device`` and ``precision`` (``fp32``, ``bf16`` or ``auto``) replace the run's own: checkpoints hold
         fp32 parameters, which load in either precision.
         """
         if run_dir is not None:  # (it will be written: no links where clippo writes)

@@ -13,6 +13,7 @@ from gymnasium import spaces
 pytest.importorskip("pettingzoo")
 
 from clippo import PPO
+from clippo.core import precision
 from clippo.core.errors import ActionMaskError, ConfigError
 from clippo.multiagent.agent import MultiAgentPPO
 from clippo.multiagent.buffer import IDLE, OBSERVED
@@ -720,3 +721,14 @@ def test_a_mask_field_without_a_shape_is_a_one_line_error():
         PPO(NestedMaskTakeAway, **SMALL, selfplay="off")
     message = one_line(info.value)
     assert "'action_mask' of player_0, player_1 is Dict" in message and "needs 2 values" in message
+
+
+@pytest.mark.skipif(not precision.cpu_supports_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
+def test_precision_auto_keeps_the_numpy_actor_and_bf16_runs_the_torch_one():
+    """``auto`` resolves per group: flat MLP groups stay on the fp32 numpy actor; ``bf16`` acts in torch."""
+    auto = PPO(Rendezvous, **SMALL, precision="auto")
+    bf16 = PPO(Rendezvous, **SMALL, precision="bf16")
+    assert (auto.precision, bf16.precision) == ("fp32", "bf16")
+    assert GroupActor(auto.learners[0]).numpy is not None and GroupActor(bf16.learners[0]).numpy is None
+    bf16.learn(2 * 16 * 2 * 3, progress=False)
+    assert bf16.update >= 1

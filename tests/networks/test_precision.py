@@ -1,7 +1,8 @@
 """bf16 mixed precision (``precision="bf16"``, clippo.core.precision): the networks' passes run in
 bfloat16 while parameters, outputs and statistics stay fp32; the first ratio of every update is
-still 1; hardware without bf16 is refused in one line. (Exact resume in bf16:
-tests/training/test_reliability.py, case cartpole-bf16.)"""
+still 1; hardware without bf16 is refused in one line; ``auto`` takes bf16 where the hardware has
+it and the fast path does not apply. (Exact resume in bf16: tests/training/test_reliability.py,
+case cartpole-bf16.)"""
 
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ from tests.training.test_ppo import record_first_logratios
 IMAGE = dict(num_envs=2, num_steps=32, num_minibatches=2, update_epochs=2, tensorboard=False, seed=0)
 
 
-@pytest.fixture(autouse=True)
-def _needs_bf16():
-    if not precision.cpu_supports_bf16():
-        pytest.skip("this CPU has no native bf16 (AVX512-BF16 or AMX); the refusal is tested below")
+needs_bf16 = pytest.mark.skipif(
+    not precision.cpu_supports_bf16(),
+    reason="this CPU has no native bf16 (AVX512-BF16 or AMX); the refusal and auto's fp32 are tested without it",
+)
 
 
+@needs_bf16
 @pytest.mark.parametrize("name", ["fp32", "bf16"])
 def test_first_ratio_of_every_update_is_one(name):
     """The rollout's log-probabilities and the update's first ones come from the same networks in
@@ -37,6 +39,7 @@ def test_first_ratio_of_every_update_is_one(name):
         assert logratio.abs().max().item() < 1e-5, logratio
 
 
+@needs_bf16
 def test_bf16_runs_the_networks_in_bf16_and_keeps_everything_else_fp32():
     agent = PPO(lambda: SpotImageEnv(size=12), precision="bf16", **IMAGE)
     seen: list[torch.dtype] = []
@@ -51,6 +54,7 @@ def test_bf16_runs_the_networks_in_bf16_and_keeps_everything_else_fp32():
     assert agent.optimizer.flat.dtype == torch.float32 and torch.isfinite(agent.optimizer.flat).all()
 
 
+@needs_bf16
 def test_bf16_takes_the_general_torch_path():
     """The numpy fast path computes in fp32: bf16 runs flat MLPs on the torch path."""
     fp32 = PPO("CartPole-v1", **IMAGE)
@@ -62,6 +66,7 @@ def test_bf16_takes_the_general_torch_path():
     bf16.close()
 
 
+@needs_bf16
 def test_a_checkpoint_loads_in_either_precision(tmp_path):
     agent = PPO(lambda: SpotImageEnv(size=12), precision="bf16", **IMAGE)
     agent.learn(agent.batch_size, progress=False)
@@ -81,3 +86,56 @@ def test_bf16_on_a_cpu_without_it_is_one_line(monkeypatch, tmp_path):
     assert "\n" not in str(info.value)
     code, _out, err = run_cli(["train", "CartPole-v1", "--precision", "bf16", "--run-dir", str(tmp_path / "run")])
     assert code == 2 and "precision='bf16' is invalid on this CPU" in err and len(err.strip().splitlines()) == 1
+
+
+@needs_bf16
+def test_auto_is_bf16_where_the_cpu_has_it_and_the_fast_path_does_not_apply(tmp_path):
+    image = PPO(lambda: SpotImageEnv(size=12), precision="auto", **IMAGE)
+    flat = PPO("CartPole-v1", precision="auto", **IMAGE)
+    off = PPO("CartPole-v1", precision="auto", fast_path="off", **IMAGE)
+    assert (image.precision, flat.precision, off.precision) == ("bf16", "fp32", "bf16")
+    assert image.model.compute_dtype == torch.bfloat16 and flat.model.compute_dtype is None
+    assert flat.runner_class is not EnvRunner and not isinstance(flat.learner.loss, AutogradLoss)
+    image.learn(image.batch_size, progress=False)
+    path = image.save(tmp_path / "agent.pt")
+    # The checkpoint keeps "auto": loaded on a machine without bf16, the same agent runs in fp32.
+    assert PPO.load(path, env=lambda: SpotImageEnv(size=12)).precision == "bf16"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(precision, "cpu_supports_bf16", lambda: False)
+        loaded = PPO.load(path, env=lambda: SpotImageEnv(size=12))
+        assert loaded.config.precision == "auto" and loaded.precision == "fp32"
+        assert torch.equal(loaded.optimizer.flat, image.optimizer.flat)
+    for agent in (image, flat, off):
+        agent.close()
+
+
+def test_auto_is_fp32_on_a_cpu_without_bf16(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
+    agent = PPO(lambda: SpotImageEnv(size=12), precision="auto", **IMAGE)
+    assert agent.precision == "fp32" and agent.model.compute_dtype is None
+    agent.learn(agent.batch_size, progress=False)
+
+
+def test_the_atari_preset_trains_in_auto():
+    from clippo.config.ppo_config import PRESETS, PPOConfig, env_preset_values
+
+    assert PRESETS["atari"]["precision"] == "auto"
+    assert env_preset_values("ALE/Breakout-v5")["precision"] == "auto"
+    assert PPOConfig().precision == "fp32"  # everything else stays fp32 unless asked
+
+
+def test_a_bad_precision_is_one_line(tmp_path):
+    with pytest.raises(ValueError, match=r"^precision='fp16' is invalid: choose one of fp32, bf16, auto$"):
+        PPO("CartPole-v1", precision="fp16", **IMAGE)
+    code, _out, err = run_cli(["train", "CartPole-v1", "--precision", "fp16", "--run-dir", str(tmp_path / "run")])
+    assert code == 2 and "fp16" in err and len(err.strip().splitlines()) == 1
+
+
+@needs_bf16
+def test_the_cli_says_when_it_trains_in_bf16(tmp_path):
+    flags = ["--total-steps", "64", "--num-envs", "2", "--num-steps", "32", "--eval-episodes", "1", "--no-tensorboard"]
+    for name, said in (("auto", False), ("bf16", True)):  # (auto keeps CartPole's fp32 fast path)
+        run = tmp_path / name
+        code, out, err = run_cli(["train", "CartPole-v1", "--precision", name, "--run-dir", str(run), *flags])
+        assert code == 0, err
+        assert ("steps in bf16; run directory" in out) is said, out

@@ -135,9 +135,10 @@ class PPOConfig:
         "auto",
     )
     precision: str = knob(
-        "fp32 or bf16: bf16 runs the networks' passes in bfloat16 mixed precision (autocast; parameters, optimizer, "
-        "losses and statistics stay fp32) on CPUs with AVX512-BF16 or AMX and on bf16 GPUs; it takes the general "
-        "torch path (the numpy fast path is fp32).",
+        "fp32, bf16 or auto: bf16 runs the networks' passes in bfloat16 mixed precision (autocast; parameters, "
+        "optimizer, losses and statistics stay fp32) on CPUs with AVX512-BF16 or AMX and on bf16 GPUs; it takes the "
+        "general torch path (the numpy fast path is fp32). auto: bf16 where the device computes it natively, except "
+        "where the fast path applies; fp32 elsewhere.",
         "fp32",
     )
     reward_sign: bool = knob(
@@ -469,7 +470,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("cpu", "cuda", "auto"),
     "nonfinite": ("stop", "skip"),
     "fast_path": ("auto", "off"),
-    "precision": ("fp32", "bf16"),
+    "precision": ("fp32", "bf16", "auto"),
     "recurrent": ("none", "lstm", "gru"),
     "critic": ("local", "centralized"),
     "selfplay": ("auto", "on", "off"),
@@ -515,6 +516,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "network": "shared",
         "reward_sign": True,
         "episodic_life": True,
+        "precision": "auto",
         "checkpoint_every": 100,
     },
     "minatar": {

@@ -5,6 +5,11 @@ With ``bf16`` the encoders, recurrent cores and heads run under ``torch.autocast
 Adam's state, the distributions' math, the loss reductions, advantages and every statistic stay
 fp32, and the networks' outputs are returned as fp32. On a CPU this needs bf16 instructions
 (AVX512-BF16 or AMX); on CUDA a GPU that supports bf16. Elsewhere ``bf16`` is refused in one line.
+
+``auto`` picks per run: bf16 where the device computes it natively, fp32 elsewhere and wherever
+the numpy fast path covers the agent (flat MLPs on a CPU, which it runs faster in fp32 than
+torch runs them in bf16). A checkpoint keeps ``auto``, so it resolves again on the machine that
+loads it.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from contextlib import AbstractContextManager
 import numpy as np
 import torch
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 def as_numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -33,12 +38,27 @@ def cpu_supports_bf16() -> bool:
     )
 
 
-def compute_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``precision`` on ``device`` (None for fp32); a one-line ValueError where
-    the hardware cannot compute it natively."""
+def device_supports_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively (a CPU with AVX512-BF16 or AMX, a bf16 GPU)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return device.type == "cpu" and cpu_supports_bf16()
+
+
+def resolve(precision: str, device: torch.device, fast_path_applies: bool = False) -> str:
+    """``fp32`` or ``bf16``: ``precision`` itself, or what ``auto`` means on ``device`` (fp32 where
+    ``fast_path_applies``, the numpy fast path covering the agent in fp32)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} is invalid: choose one of {', '.join(PRECISIONS)}")
-    if precision == "fp32":
+    if precision != "auto":
+        return precision
+    return "bf16" if device_supports_bf16(device) and not fast_path_applies else "fp32"
+
+
+def compute_dtype(precision: str, device: torch.device, fast_path_applies: bool = False) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` on ``device`` (None for fp32; ``auto`` as ``resolve``); a
+    one-line ValueError where the hardware cannot compute bf16 natively."""
+    if resolve(precision, device, fast_path_applies) == "fp32":
         return None
     if device.type == "cuda":
         if not torch.cuda.is_bf16_supported():

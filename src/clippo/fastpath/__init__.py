@@ -34,7 +34,7 @@ def rollout_applies(config: PPOConfig, model: ActorCritic, device: torch.device,
     space = model.observation_space
     return (
         config.fast_path == "auto"
-        and config.precision == "fp32"
+        and model.compute_dtype is None  # fp32 (clippo.core.precision)
         and not (masked and not model.distribution.maskable)
         and device.type == "cpu"
         and (

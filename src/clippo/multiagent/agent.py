@@ -394,6 +394,12 @@ class MultiAgentPPO(Stoppable):
         return {learner.spec.name: learner for learner in self.learners}
 
     @property
+    def precision(self) -> str:
+        """``bf16`` where any group's networks run in bf16 (``precision=auto`` resolves per group: a
+        group on the numpy fast path stays fp32), else ``fp32``."""
+        return "bf16" if any(learner.precision == "bf16" for learner in self.learners) else "fp32"
+
+    @property
     def finished(self) -> bool:
         return self.global_step >= self.schedule_end
 

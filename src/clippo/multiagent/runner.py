@@ -108,7 +108,7 @@ class GroupActor:
             and not model.head_sizes
             and not self.distribution.feature_size
             and learner.config.fast_path == "auto"
-            and learner.config.precision == "fp32"
+            and model.compute_dtype is None  # fp32
             and numpy_sampler(self.distribution) is not None
         ):
             from clippo.fastpath.numpy_mlp import NumpyMLP

@@ -698,8 +698,9 @@ def _train_claimed(args: argparse.Namespace, agent, run_dir: Path) -> int:
     with stop_on_signals(agent):
         if main_rank:  # (printed once the handlers are in place: from this line on, Ctrl-C stops cleanly)
             ranks = f" on {agent.world.size} processes" if agent.world.distributed else ""
+            bf16 = " in bf16" if agent.precision == "bf16" else ""
             print(
-                f"training {args.env_id} for {agent.config.total_steps} steps{ranks}; run directory: {run_dir}",
+                f"training {args.env_id} for {agent.config.total_steps} steps{ranks}{bf16}; run directory: {run_dir}",
                 flush=True,
             )
         try:
