@@ -519,3 +519,16 @@ def test_commands_on_a_module_path_run_import_its_module_only_with_trust_code(tm
     code, out, err = run_cli(["enjoy", str(run_dir), "--trust-code", "--episodes", "1"])
     assert code == 0, err
     assert marker.exists() and "mean return" in out
+
+
+def test_a_bf16_agent_exports_its_groups_fp32_policies(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from clippo.core import precision
+    from clippo.tools.export import export_policies
+
+    if not precision.cpu_supports_bf16():
+        pytest.skip("this CPU has no native bf16 (AVX512-BF16 or AMX)")
+    agent = PPO(TwoKinds, **SMALL, precision="bf16")
+    agent.learn(128, progress=False)
+    results = export_policies(agent, tmp_path / "policy.onnx", check_steps=16, check_envs=2)
+    assert all(result.check.passed for result in results.values()) and agent.precision == "bf16"

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 onnxruntime = pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
+onnx = pytest.importorskip("onnx")
 
 from clippo import PPO  # noqa: E402
+from clippo.core import precision  # noqa: E402
 from clippo.core.errors import ExportCheckError  # noqa: E402
 from clippo.tools.export import export_onnx  # noqa: E402
 from tests.helpers import run_cli  # noqa: E402
@@ -250,3 +252,16 @@ def test_cli_bad_input_one_line_error(run_dir, tmp_path, args, fragment):
 def test_cli_run_dir_without_checkpoint(tmp_path):
     code, _out, err = run_cli(["export", str(tmp_path)])
     assert_one_line_error(code, err, "no checkpoint in run directory")
+
+
+@pytest.mark.skipif(not precision.cpu_supports_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
+def test_a_bf16_agent_exports_its_fp32_policy(make_agent, tmp_path):
+    """ONNX graphs hold the fp32 weights (runtimes run fp32): a bf16 agent's export is traced and
+    checked in fp32, and the agent goes on in bf16."""
+    agent = make_agent(lambda: SpotImageEnv(size=12), precision="bf16")
+    agent.learn(agent.batch_size, progress=False)
+    result = export_onnx(agent, tmp_path / "policy.onnx", **CHECK)
+    assert result.check.passed and agent.precision == "bf16" and agent.model.compute_dtype is torch.bfloat16
+    graph = onnx.load(str(tmp_path / "policy.onnx"))
+    assert onnx.TensorProto.BFLOAT16 not in {init.data_type for init in graph.graph.initializer}
+    assert not [n for n in graph.graph.node if n.op_type == "Cast" and n.attribute[0].i == onnx.TensorProto.BFLOAT16]

@@ -15,6 +15,7 @@ loads it.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 
 import numpy as np
@@ -79,3 +80,17 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContext
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def fp32_passes(*models: torch.nn.Module) -> Iterator[None]:
+    """The models' passes in fp32 for the duration, whatever their precision (the ONNX export:
+    its graph holds the checkpoint's fp32 weights, checked against the policy in fp32)."""
+    saved = [getattr(model, "compute_dtype", None) for model in models]
+    for model in models:
+        model.compute_dtype = None
+    try:
+        yield
+    finally:
+        for model, dtype in zip(models, saved, strict=True):
+            model.compute_dtype = dtype

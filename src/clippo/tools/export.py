@@ -45,7 +45,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from clippo.core import observations
+from clippo.core import observations, precision
 from clippo.core.errors import ExportCheckError, first_line
 from clippo.networks.distributions import (
     ActionDistribution,
@@ -474,28 +474,29 @@ def export_onnx(
     for label, value in (("check_steps", check_steps), ("check_envs", check_envs)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{label}={value!r} is invalid: it must be an integer >= 1")
-    if check_observations is None:
-        data = collect_check_data(agent, check_steps, check_envs, seed)
-    else:
-        data = check_data_from(agent, check_observations, check_masks)
-    inputs = graph_inputs(agent, data.mask_input)
-    outputs = policy_outputs(agent)
-    policy = DeterministicPolicy(agent, data.mask_input)
-    example = tuple(torch.from_numpy(np.ascontiguousarray(data.feed[port.name][:2])) for port in inputs)
-    # a new file of its own (mkstemp: created exclusively, never through a link), renamed into place
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        _trace(policy, example, tmp, inputs, outputs, opset)
-        onnx.checker.check_model(str(tmp))
-        check = check_parity(onnxruntime, tmp, data, outputs, tolerance)
-        if not check.passed:
-            raise ExportCheckError(f"export check failed: {check.summary()}; {path} was not written")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return ExportResult(path, inputs, outputs, check, opset)
+    with precision.fp32_passes(agent.model):  # (ONNX graphs are fp32, whatever the agent trains in)
+        if check_observations is None:
+            data = collect_check_data(agent, check_steps, check_envs, seed)
+        else:
+            data = check_data_from(agent, check_observations, check_masks)
+        inputs = graph_inputs(agent, data.mask_input)
+        outputs = policy_outputs(agent)
+        policy = DeterministicPolicy(agent, data.mask_input)
+        example = tuple(torch.from_numpy(np.ascontiguousarray(data.feed[port.name][:2])) for port in inputs)
+        # a new file of its own (mkstemp: created exclusively, never through a link), renamed into place
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            _trace(policy, example, tmp, inputs, outputs, opset)
+            onnx.checker.check_model(str(tmp))
+            check = check_parity(onnxruntime, tmp, data, outputs, tolerance)
+            if not check.passed:
+                raise ExportCheckError(f"export check failed: {check.summary()}; {path} was not written")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return ExportResult(path, inputs, outputs, check, opset)
 
 
 def _checked_output_path(path: str | os.PathLike) -> Path:
@@ -724,30 +725,31 @@ def export_policies(
     }
     if len(set(targets.values())) < len(targets):
         raise ValueError(f"the policy groups {', '.join(targets)} would share a file name: rename the groups")
-    datas = collect_group_check_data(agent, check_steps, check_envs, seed)
-    results: dict[str, ExportResult] = {}
-    temporary: list[tuple[Path, Path]] = []
-    try:
-        for learner in agent.learners:
-            name, target, data = learner.spec.name, targets[learner.spec.name], datas[learner.spec.name]
-            view = GroupView.of(learner)
-            inputs = graph_inputs(view, data.mask_input)
-            outputs = policy_outputs(view)
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            os.close(fd)
-            temporary.append((Path(tmp_name), target))
-            example = tuple(torch.from_numpy(np.ascontiguousarray(data.feed[port.name][:2])) for port in inputs)
-            _trace(DeterministicPolicy(view, data.mask_input), example, Path(tmp_name), inputs, outputs, opset)
-            onnx.checker.check_model(tmp_name)
-            check = check_parity(onnxruntime, Path(tmp_name), data, outputs, tolerance)
-            if not check.passed:
-                raise ExportCheckError(
-                    f"export check of policy group {name!r} failed: {check.summary()}; no file was written"
-                )
-            results[name] = ExportResult(target, inputs, outputs, check, opset)
-        for tmp, target in temporary:  # (every group passed: only now is any file replaced)
-            os.replace(tmp, target)
-    finally:
-        for tmp, _ in temporary:
-            tmp.unlink(missing_ok=True)
-    return results
+    with precision.fp32_passes(*(learner.model for learner in agent.learners)):
+        datas = collect_group_check_data(agent, check_steps, check_envs, seed)
+        results: dict[str, ExportResult] = {}
+        temporary: list[tuple[Path, Path]] = []
+        try:
+            for learner in agent.learners:
+                name, target, data = learner.spec.name, targets[learner.spec.name], datas[learner.spec.name]
+                view = GroupView.of(learner)
+                inputs = graph_inputs(view, data.mask_input)
+                outputs = policy_outputs(view)
+                fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+                os.close(fd)
+                temporary.append((Path(tmp_name), target))
+                example = tuple(torch.from_numpy(np.ascontiguousarray(data.feed[port.name][:2])) for port in inputs)
+                _trace(DeterministicPolicy(view, data.mask_input), example, Path(tmp_name), inputs, outputs, opset)
+                onnx.checker.check_model(tmp_name)
+                check = check_parity(onnxruntime, Path(tmp_name), data, outputs, tolerance)
+                if not check.passed:
+                    raise ExportCheckError(
+                        f"export check of policy group {name!r} failed: {check.summary()}; no file was written"
+                    )
+                results[name] = ExportResult(target, inputs, outputs, check, opset)
+            for tmp, target in temporary:  # (every group passed: only now is any file replaced)
+                os.replace(tmp, target)
+        finally:
+            for tmp, _ in temporary:
+                tmp.unlink(missing_ok=True)
+        return results
