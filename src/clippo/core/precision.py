@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,9 +84,9 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContext
 
 
 @contextlib.contextmanager
-def fp32_passes(*models: torch.nn.Module) -> Iterator[None]:
-    """The models' passes in fp32 for the duration, whatever their precision (the ONNX export:
-    its graph holds the checkpoint's fp32 weights, checked against the policy in fp32)."""
+def fp32_passes(*models: Any) -> Iterator[None]:
+    """The passes of ``models`` (ActorCritics) in fp32 for the duration, whatever their precision
+    (the ONNX export: its graph holds the checkpoint's fp32 weights, checked against the policy in fp32)."""
     saved = [getattr(model, "compute_dtype", None) for model in models]
     for model in models:
         model.compute_dtype = None
