@@ -435,6 +435,8 @@ class PPO(Stoppable):
         self.envs_fresh_reason: str | None = None
         #: the world a loaded checkpoint was trained in: its size and each rank's env count
         self.saved_world: dict[str, Any] | None = None
+        #: the precision a loaded checkpoint trained in (``auto`` may resolve otherwise here)
+        self.saved_precision: str | None = None
         self._envs = None
         self._runner: EnvRunner | None = None
         self._pending_runner_state: dict | None = None
@@ -786,6 +788,7 @@ class PPO(Stoppable):
             "global_rngs": global_rng_states(),
             "train_time": self.train_time,
             "recent_returns": [float(r) for r in self.recent_returns],
+            "precision": self.precision,  # (resolved: config.precision may say auto)
             # the global batch is num_envs * num_steps * size: a resume must run in the same world
             "world": {"size": self.world.size, "num_envs": [self.config.num_envs] * self.world.size},
             "runner": None,
@@ -937,6 +940,7 @@ class PPO(Stoppable):
                 agent.generator.manual_seed(config.seed + 1_000_003 * agent.world.rank + 7919 * agent.update)
             agent.train_time = float(payload.get("train_time", 0.0))
             agent.recent_returns = [float(r) for r in payload.get("recent_returns", [])]
+            agent.saved_precision = payload.get("precision") if payload.get("precision") in ("fp32", "bf16") else None
             agent._pending_runner_state = payload.get("runner")
             agent.saved_world = _saved_world(payload.get("world"))
         except Exception as exc:  # a damaged payload can fail anywhere in reconstruction

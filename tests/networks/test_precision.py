@@ -139,3 +139,30 @@ def test_the_cli_says_when_it_trains_in_bf16(tmp_path):
         code, out, err = run_cli(["train", "CartPole-v1", "--precision", name, "--run-dir", str(run), *flags])
         assert code == 0, err
         assert ("steps in bf16; run directory" in out) is said, out
+
+
+@needs_bf16
+def test_a_resume_says_when_auto_resolves_to_another_precision(monkeypatch, tmp_path):
+    run = tmp_path / "run"
+    flags = ["--num-envs", "2", "--num-steps", "32", "--eval-episodes", "1", "--no-tensorboard"]
+    code, out, err = run_cli(
+        [
+            "train",
+            "CartPole-v1",
+            "--precision",
+            "auto",
+            "--fast-path",
+            "off",
+            "--total-steps",
+            "64",
+            "--run-dir",
+            str(run),
+            *flags,
+        ]
+    )
+    assert code == 0 and "in bf16" in out, err
+    code, out, err = run_cli(["resume", str(run), "--total-steps", "128"])
+    assert code == 0 and "resuming" in out and "it trained in" not in out, err
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)  # the run moves to a CPU without bf16
+    code, out, err = run_cli(["resume", str(run), "--total-steps", "192"])
+    assert code == 0 and "; in fp32, not the bf16 it trained in" in out, err

@@ -358,6 +358,8 @@ class MultiAgentPPO(Stoppable):
         self._pending_runner_state: Any = None
         #: why a resumed run's envs start fresh (a multi-agent run does not save its env copies)
         self.envs_fresh_reason: str | None = None
+        #: the precision a loaded checkpoint trained in (``auto`` may resolve otherwise here)
+        self.saved_precision: str | None = None
         self._runner: MultiAgentRunner | None = None
         self._spare_adapters = []
         self._untrusted_env: str | None = None
@@ -857,6 +859,7 @@ class MultiAgentPPO(Stoppable):
             "global_rngs": global_rng_states(),
             "train_time": self.train_time,
             "recent_returns": [float(r) for r in self.recent_returns],
+            "precision": self.precision,  # (resolved: config.precision may say auto)
             "runner": None,
         }
 
@@ -940,6 +943,7 @@ class MultiAgentPPO(Stoppable):
             agent.schedule_start, agent.schedule_end = (int(v) for v in payload["schedule"])
             agent.train_time = float(payload.get("train_time", 0.0))
             agent.recent_returns = [float(r) for r in payload.get("recent_returns", [])]
+            agent.saved_precision = payload.get("precision") if payload.get("precision") in ("fp32", "bf16") else None
             agent._pending_runner_state = payload.get("runner")
         except Exception as exc:  # a damaged payload can fail anywhere in reconstruction
             raise CheckpointError(

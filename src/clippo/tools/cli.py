@@ -780,6 +780,8 @@ def _resume_locked(args: argparse.Namespace, run_dir: Path) -> int:
                 how = "with rank 0's envs restored (the other ranks' envs reset afresh)"
             if agent.envs_fresh_reason and agent.world.is_main:
                 how += f": {agent.envs_fresh_reason}"
+            if agent.saved_precision not in (None, agent.precision):  # (precision=auto on other hardware)
+                how += f"; in {agent.precision}, not the {agent.saved_precision} it trained in"
             ranks = f" on {agent.world.size} processes" if agent.world.distributed else ""
             if agent.world.is_main:
                 print(f"resuming {agent.config.env_id} at step {agent.global_step}{ranks} {how}", flush=True)
