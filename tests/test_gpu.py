@@ -111,3 +111,11 @@ def test_cuda_bf16_checkpoint_loads_on_the_cpu_in_fp32(tmp_path):
     assert cpu.model.compute_dtype is None and all(p.device.type == "cpu" for p in cpu.model.parameters())
     cpu.learn(total_steps=64)
     cpu.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not torch.cuda.is_bf16_supported(), reason="needs a bf16 GPU")
+def test_cuda_precision_auto_is_bf16_on_a_bf16_gpu():
+    agent = PPO(lambda: SpotImageEnv(size=12), device="cuda", precision="auto", num_envs=2, num_steps=32, seed=1)
+    assert agent.precision == "bf16" and agent.model.compute_dtype == torch.bfloat16
+    agent.learn(total_steps=64)
+    agent.close()
