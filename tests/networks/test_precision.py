@@ -116,11 +116,11 @@ def test_auto_is_fp32_on_a_cpu_without_bf16(monkeypatch):
     agent.learn(agent.batch_size, progress=False)
 
 
-def test_the_atari_preset_trains_in_auto():
+def test_the_atari_and_minatar_presets_train_in_auto():
     from clippo.config.ppo_config import PRESETS, PPOConfig, env_preset_values
 
-    assert PRESETS["atari"]["precision"] == "auto"
-    assert env_preset_values("ALE/Breakout-v5")["precision"] == "auto"
+    assert PRESETS["atari"]["precision"] == PRESETS["minatar"]["precision"] == "auto"
+    assert env_preset_values("ALE/Breakout-v5")["precision"] == env_preset_values("MinAtar/Breakout-v1")["precision"]
     assert PPOConfig().precision == "fp32"  # everything else stays fp32 unless asked
 
 

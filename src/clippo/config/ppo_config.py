@@ -537,6 +537,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "hidden_sizes": [256, 256],
         "activation": "relu",
         "network": "separate",
+        "precision": "auto",  # (bool observations: the MLP runs on the torch path, where bf16 applies)
         "checkpoint_every": 100,
     },
     "mujoco": {
