@@ -373,7 +373,9 @@ class PPO(Stoppable):
         action_space: spaces.Space,
         run_dir: str | Path | None,
         encoder: Any = None,
+        loaded: bool = False,
     ) -> None:
+        """``loaded``: from a checkpoint, whose bf16 runs in fp32 on hardware without bf16."""
         self.config = config
         # The env's spaces (what act() takes and gives); the model observes observation_space
         # without an "action_mask" key (clippo.rollout.masking.policy_observation_space).
@@ -393,7 +395,7 @@ class PPO(Stoppable):
         # (``auto`` resolves to fp32 where the numpy fast path covers the agent: asked before the dtype is set)
         masked = masking.observation_has_mask(observation_space)
         fast = fastpath.rollout_applies(config, self.model, self.device, masked)
-        self.model.compute_dtype = precision.compute_dtype(config.precision, self.device, fast)
+        self.model.compute_dtype = precision.compute_dtype(config.precision, self.device, fast, fallback=loaded)
         # Extra slots carry each minibatch's approximate KL and loss statistics along with the
         # gradient (averaged across ranks in the same exchange).
         self.optimizer = FlatAdam(
@@ -826,7 +828,8 @@ class PPO(Stoppable):
         an env module it names is imported only with ``trust_code=True`` (docs/trust.md), or when
         you name that module yourself in ``env_modules`` (imported before the env is made).
         ``device`` and ``precision`` (``fp32``, ``bf16`` or ``auto``) replace the run's own: checkpoints hold
-        fp32 parameters, which load in either precision.
+        fp32 parameters, which load in either precision. A run that trained in bf16 loads in fp32 on
+        hardware without bf16 (``agent.precision`` says which one runs).
         """
         if run_dir is not None:  # (it will be written: no links where clippo writes)
             safety.check_run_dir(run_dir)
@@ -924,7 +927,8 @@ class PPO(Stoppable):
                 config, masking.policy_observation_space(observation_space), action_space, encoder, payload["model"]
             )
             agent = cls.__new__(cls)
-            agent._setup(config, observation_space, action_space, run_dir, encoder)
+            # (a precision passed now is the user's: refused where it cannot run; the file's own falls back)
+            agent._setup(config, observation_space, action_space, run_dir, encoder, loaded="precision" not in overrides)
             agent.model.load_state_dict(payload["model"])
             # (checkpoints written before the optimizer recorded its layout used the model's order)
             agent.optimizer.load_state_dict(

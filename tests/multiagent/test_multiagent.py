@@ -724,11 +724,16 @@ def test_a_mask_field_without_a_shape_is_a_one_line_error():
 
 
 @pytest.mark.skipif(not precision.cpu_supports_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
-def test_precision_auto_keeps_the_numpy_actor_and_bf16_runs_the_torch_one():
-    """``auto`` resolves per group: flat MLP groups stay on the fp32 numpy actor; ``bf16`` acts in torch."""
+def test_precision_auto_keeps_the_numpy_actor_and_bf16_runs_the_torch_one(monkeypatch, tmp_path):
+    """``auto`` resolves per group: flat MLP groups stay on the fp32 numpy actor; ``bf16`` acts in
+    torch, and its checkpoint loads in fp32 on hardware without bf16."""
     auto = PPO(Rendezvous, **SMALL, precision="auto")
     bf16 = PPO(Rendezvous, **SMALL, precision="bf16")
     assert (auto.precision, bf16.precision) == ("fp32", "bf16")
     assert GroupActor(auto.learners[0]).numpy is not None and GroupActor(bf16.learners[0]).numpy is None
     bf16.learn(2 * 16 * 2 * 3, progress=False)
     assert bf16.update >= 1
+    path = bf16.save(tmp_path / "agent.pt")
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
+    loaded = MultiAgentPPO.load(path, env=Rendezvous)
+    assert loaded.precision == "fp32" and loaded.saved_precision == "bf16"

@@ -166,3 +166,24 @@ def test_a_resume_says_when_auto_resolves_to_another_precision(monkeypatch, tmp_
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)  # the run moves to a CPU without bf16
     code, out, err = run_cli(["resume", str(run), "--total-steps", "192"])
     assert code == 0 and "; in fp32, not the bf16 it trained in" in out, err
+
+
+@needs_bf16
+def test_a_bf16_run_goes_on_in_fp32_on_hardware_without_bf16(monkeypatch, tmp_path):
+    """The run's own bf16 falls back to fp32 where it cannot run (its parameters are fp32): it can
+    still be evaluated, exported and resumed there; a bf16 asked for now is refused."""
+    run = tmp_path / "run"
+    flags = ["--num-envs", "2", "--num-steps", "32", "--eval-episodes", "1", "--no-tensorboard"]
+    code, _out, err = run_cli(
+        ["train", "CartPole-v1", "--precision", "bf16", "--total-steps", "64", "--run-dir", str(run), *flags]
+    )
+    assert code == 0, err
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
+    loaded = PPO.load(run / "agent.pt")
+    assert loaded.config.precision == "bf16" and loaded.precision == "fp32" and loaded.saved_precision == "bf16"
+    with pytest.raises(ValueError, match=r"precision='bf16' is invalid on this CPU"):
+        PPO.load(run / "agent.pt", precision="bf16")
+    code, out, err = run_cli(["eval", str(run), "--episodes", "1"])
+    assert code == 0, err
+    code, out, err = run_cli(["resume", str(run), "--total-steps", "128"])
+    assert code == 0 and "; in fp32, not the bf16 it trained in" in out, err

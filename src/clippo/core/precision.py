@@ -57,10 +57,16 @@ def resolve(precision: str, device: torch.device, fast_path_applies: bool = Fals
     return "bf16" if device_supports_bf16(device) and not fast_path_applies else "fp32"
 
 
-def compute_dtype(precision: str, device: torch.device, fast_path_applies: bool = False) -> torch.dtype | None:
+def compute_dtype(
+    precision: str, device: torch.device, fast_path_applies: bool = False, fallback: bool = False
+) -> torch.dtype | None:
     """The autocast dtype of ``precision`` on ``device`` (None for fp32; ``auto`` as ``resolve``); a
-    one-line ValueError where the hardware cannot compute bf16 natively."""
+    one-line ValueError where the hardware cannot compute bf16 natively, or with ``fallback`` (a
+    loaded checkpoint's own precision, not one asked for now) fp32 there: its parameters are fp32,
+    and refusing would leave a run that trained in bf16 unusable on other hardware."""
     if resolve(precision, device, fast_path_applies) == "fp32":
+        return None
+    if fallback and not device_supports_bf16(device):
         return None
     if device.type == "cuda":
         if not torch.cuda.is_bf16_supported():

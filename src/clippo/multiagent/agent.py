@@ -111,7 +111,13 @@ class GroupLearner(PPO):
     ``critic_space``: the centralized critic's input space (None: a local critic)."""
 
     def __init__(
-        self, spec: GroupSpec, config: PPOConfig, critic_space: spaces.Box | None, masked: bool, index: int
+        self,
+        spec: GroupSpec,
+        config: PPOConfig,
+        critic_space: spaces.Box | None,
+        masked: bool,
+        index: int,
+        loaded: bool = False,
     ) -> None:
         self.spec = spec
         self.critic_space = critic_space
@@ -119,7 +125,7 @@ class GroupLearner(PPO):
         self.masked = masked
         # Groups of the same shape should not start from the same weights.
         group_config = dataclasses.replace(config, seed=(config.seed + 7919 * index) % 2**32)
-        self._setup(group_config, spec.policy_space, spec.action_space, None)
+        self._setup(group_config, spec.policy_space, spec.action_space, None, loaded=loaded)
 
     def _build_model(self, config, policy_space, action_space, encoder):
         model = super()._build_model(config, policy_space, action_space, encoder)
@@ -304,7 +310,8 @@ class MultiAgentPPO(Stoppable):
         self._spare_adapters = [adapter]
 
     # ------------------------------------------------------------------------------------------
-    def _setup(self, config: PPOConfig, info: EnvInfo, run_dir: str | Path | None) -> None:
+    def _setup(self, config: PPOConfig, info: EnvInfo, run_dir: str | Path | None, loaded: bool = False) -> None:
+        """``loaded``: from a checkpoint (its bf16 runs in fp32 on hardware without bf16)."""
         _check_supported(config)
         self.config = config
         self.env_info = info
@@ -332,7 +339,7 @@ class MultiAgentPPO(Stoppable):
         for index, spec in enumerate(self.specs):
             maker = ObservationMaker(spec)
             critic_space = None if self.central is None else self.central.space(spec)
-            learner = GroupLearner(spec, config, critic_space, maker.masked, index)
+            learner = GroupLearner(spec, config, critic_space, maker.masked, index, loaded)
             # reward scaling runs over the group's agent slots (env copies x agents)
             learner.reward_scaler = RewardScaler(
                 config.num_envs * len(spec.agents), config.gamma, config.reward_clip, config.normalize_rewards
@@ -928,7 +935,7 @@ class MultiAgentPPO(Stoppable):
             config = config_from_dict(values)
             data = payload["multiagent"]
             agent = cls.__new__(cls)
-            agent._setup(config, EnvInfo.from_dict(data["env"]), run_dir)
+            agent._setup(config, EnvInfo.from_dict(data["env"]), run_dir, loaded=True)
             if len(data["groups"]) != len(agent.learners):
                 raise CheckpointError(
                     f"it holds {len(data['groups'])} policy groups, its config makes {len(agent.learners)}"
