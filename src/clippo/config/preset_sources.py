@@ -52,11 +52,12 @@ PRESET_SOURCES: dict[str, PresetSource] = {
         "`precision: auto` (clippo's own): bf16 mixed precision where the CPU or GPU computes it natively, "
         "else fp32. In bf16 Breakout-v5 trained at 610 steps/s against 363 in fp32 (one thread, SB3 256), "
         "and the training returns of three seeds per precision overlapped at 1M steps on Breakout-v5 "
-        "(fp32 19.7-23.0, bf16 16.5-21.5) and of two on Pong-v5 (fp32 -12.7 and -11.9, bf16 -14.6 and "
-        "-10.0); the runs of the first result file are fp32.",
+        "(fp32 19.7-23.0, bf16 16.5-21.5) and on Pong-v5 (fp32 -12.9 to -11.9, bf16 -14.6 to -9.8); "
+        "the runs of the first result file are fp32.",
         (
             "benchmarks/results/atari/results.md",
             "benchmarks/results/precision_parity/results.md",
+            "benchmarks/results/precision_parity/pong_seed3.md",
             "benchmarks/results/atari_speed/atari_speed.md",
         ),
     ),
