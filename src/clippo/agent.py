@@ -944,7 +944,7 @@ class PPO(Stoppable):
                 agent.generator.manual_seed(config.seed + 1_000_003 * agent.world.rank + 7919 * agent.update)
             agent.train_time = float(payload.get("train_time", 0.0))
             agent.recent_returns = [float(r) for r in payload.get("recent_returns", [])]
-            agent.saved_precision = payload.get("precision") if payload.get("precision") in ("fp32", "bf16") else None
+            agent.saved_precision = precision.recorded(payload.get("precision"))
             agent._pending_runner_state = payload.get("runner")
             agent.saved_world = _saved_world(payload.get("world"))
         except Exception as exc:  # a damaged payload can fail anywhere in reconstruction

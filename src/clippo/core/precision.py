@@ -66,20 +66,23 @@ def compute_dtype(
     and refusing would leave a run that trained in bf16 unusable on other hardware."""
     if resolve(precision, device, fast_path_applies) == "fp32":
         return None
-    if fallback and not device_supports_bf16(device):
+    if device_supports_bf16(device):
+        return torch.bfloat16
+    if fallback:
         return None
     if device.type == "cuda":
-        if not torch.cuda.is_bf16_supported():
-            raise ValueError("precision='bf16' is invalid on this GPU: it does not support bfloat16 (use fp32)")
-    elif device.type == "cpu":
-        if not cpu_supports_bf16():
-            raise ValueError(
-                "precision='bf16' is invalid on this CPU: it has neither AVX512-BF16 nor AMX, so bf16 would be "
-                "emulated and slower than fp32 (use fp32)"
-            )
-    else:
-        raise ValueError(f"precision='bf16' is invalid on device {device.type!r}: use cpu or cuda, or fp32")
-    return torch.bfloat16
+        raise ValueError("precision='bf16' is invalid on this GPU: it does not support bfloat16 (use fp32)")
+    if device.type == "cpu":
+        raise ValueError(
+            "precision='bf16' is invalid on this CPU: it has neither AVX512-BF16 nor AMX, so bf16 would be "
+            "emulated and slower than fp32 (use fp32)"
+        )
+    raise ValueError(f"precision='bf16' is invalid on device {device.type!r}: use cpu or cuda, or fp32")
+
+
+def recorded(value: object) -> str | None:
+    """The precision a checkpoint says its run trained in (``fp32`` or ``bf16``; None if it says none)."""
+    return value if value in ("fp32", "bf16") else None
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[object]:

@@ -28,7 +28,7 @@ from gymnasium import spaces
 from clippo import fastpath
 from clippo.agent import PPO, global_rng_states, restore_generator, set_global_rng_states
 from clippo.config.ppo_config import PPOConfig, config_from_dict, resolve_config
-from clippo.core import safety
+from clippo.core import precision, safety
 from clippo.core.errors import ActionMaskError, CheckpointError, ConfigError, NonFiniteError, first_line
 from clippo.core.losses import AutogradLoss, explained_variance
 from clippo.core.observations import to_tensor
@@ -950,7 +950,7 @@ class MultiAgentPPO(Stoppable):
             agent.schedule_start, agent.schedule_end = (int(v) for v in payload["schedule"])
             agent.train_time = float(payload.get("train_time", 0.0))
             agent.recent_returns = [float(r) for r in payload.get("recent_returns", [])]
-            agent.saved_precision = payload.get("precision") if payload.get("precision") in ("fp32", "bf16") else None
+            agent.saved_precision = precision.recorded(payload.get("precision"))
             agent._pending_runner_state = payload.get("runner")
         except Exception as exc:  # a damaged payload can fail anywhere in reconstruction
             raise CheckpointError(
